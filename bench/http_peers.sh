@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# bench/http_peers.sh — coinbit against its HTTP peers, one pinned server core each.
+#
+# Builds the release binaries, installs wrk and nginx from Debian if missing, then for each
+# server in turn (coinbit, may-hello, nginx) starts it pinned to SERVER_CPU, waits until it
+# answers, drives `GET /health` with wrk pinned to CLIENT_CPU at keep-alive 64/256/1024
+# connections and pipelined depth 16 at 256 connections, stops it, and prints a markdown
+# table of req/s and p99 per server with the ratios coinbit/nginx and coinbit/may-hello.
+# The table is also written to bench/out/http_peers-<date>.md (raw wrk output beside it).
+#
+# Usage:  bench/http_peers.sh
+# Environment (all optional):
+#   SERVERS="coinbit may-hello nginx"  servers to run, in this order
+#   DURATION=10s      wrk duration of each cell           WARMUP=2s  wrk warm-up per server start (0 = none)
+#   ROUNDS=1          rounds; each runs every server, the order rotating; a cell is the median
+#   CONNS="64 256 1024"   keep-alive connection counts
+#   PIPELINE_DEPTH=16 PIPELINE_CONNS=256   the pipelined scenario (PIPELINE_DEPTH=0 drops it)
+#   SERVER_CPU=0 CLIENT_CPU=1             taskset cores of the server and of wrk
+#   PORT_BASE=18080   coinbit on PORT_BASE, may-hello +1, nginx +2 (keep below 32768)
+#   BENCH_PATH=/health  WRK_TIMEOUT=5s  WRK_THREADS=1
+#   BUILD=1           0 = do not run cargo, use the binaries already built
+#   INSTALL=1         0 = do not apt-get install wrk/nginx when missing
+#   CARGO_TARGET_DIR  honoured (default: target/ in the repository)
+#   OUT_DIR=bench/out
+
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 1
+
+SERVERS=${SERVERS:-"coinbit may-hello nginx"}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+ROUNDS=${ROUNDS:-1}
+CONNS=${CONNS:-"64 256 1024"}
+PIPELINE_DEPTH=${PIPELINE_DEPTH:-16}
+PIPELINE_CONNS=${PIPELINE_CONNS:-256}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+PORT_BASE=${PORT_BASE:-18080}
+BENCH_PATH=${BENCH_PATH:-/health}
+WRK_TIMEOUT=${WRK_TIMEOUT:-5s}
+WRK_THREADS=${WRK_THREADS:-1}
+BUILD=${BUILD:-1}
+INSTALL=${INSTALL:-1}
+HOST=127.0.0.1
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT_DIR=${OUT_DIR:-$ROOT/bench/out}
+export PIPELINE_DEPTH
+
+log() { printf '[http_peers] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
+[[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE + 2 < 32768)) \
+    || die "PORT_BASE must be within 1024..32765 (below the ephemeral range), got '$PORT_BASE'"
+for s in $SERVERS; do
+    case $s in coinbit|may-hello|nginx) ;; *) die "unknown server '$s' in SERVERS (coinbit, may-hello, nginx)";; esac
+done
+
+port_of() {
+    case $1 in coinbit) echo $((PORT_BASE));; may-hello) echo $((PORT_BASE + 1));; nginx) echo $((PORT_BASE + 2));; esac
+}
+
+# ---------------------------------------------------------------- tools
+find_nginx() { command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; }; }
+
+need_pkgs=()
+command -v wrk >/dev/null || need_pkgs+=(wrk)
+[[ " $SERVERS " == *" nginx "* ]] && [[ -z $(find_nginx) ]] && need_pkgs+=(nginx)
+command -v taskset >/dev/null || need_pkgs+=(util-linux)
+command -v curl >/dev/null || need_pkgs+=(curl)
+if ((${#need_pkgs[@]})); then
+    ((INSTALL)) || die "missing ${need_pkgs[*]} and INSTALL=0"
+    ((EUID == 0)) || die "missing ${need_pkgs[*]}: run as root or: sudo apt-get install -y ${need_pkgs[*]}"
+    log "installing ${need_pkgs[*]} from Debian"
+    apt-get update -qq || die "apt-get update failed"
+    # Another apt may hold the lock for a while on a shared machine: wait for it.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${need_pkgs[@]}" >&2 \
+        || die "apt-get install ${need_pkgs[*]} failed"
+fi
+NGINX=$(find_nginx)
+
+# ---------------------------------------------------------------- build
+declare -A SKIP=()   # server -> reason it is not measured
+cargo_pkgs=()
+for s in $SERVERS; do
+    [[ $s == nginx ]] || cargo_pkgs+=("$s")
+done
+if ((${#cargo_pkgs[@]})); then
+    if ((BUILD)); then
+        args=(); for p in "${cargo_pkgs[@]}"; do args+=(-p "$p"); done
+        log "cargo build --release ${args[*]}  (target dir: $TARGET_DIR)"
+        if ! cargo build --release "${args[@]}" >&2; then
+            # Build one by one, so that one server that does not build skips only itself.
+            for p in "${cargo_pkgs[@]}"; do
+                if ! cargo build --release -p "$p" >&2; then
+                    SKIP[$p]="its release build failed (cargo build --release -p $p)"
+                fi
+            done
+        fi
+    fi
+    for p in "${cargo_pkgs[@]}"; do
+        [[ -n ${SKIP[$p]:-} || -x $TARGET_DIR/release/$p ]] || SKIP[$p]="no binary at $TARGET_DIR/release/$p"
+    done
+fi
+for s in "${!SKIP[@]}"; do log "SKIPPING $s: ${SKIP[$s]}"; done
+
+# ---------------------------------------------------------------- limits, temp dir, cleanup
+want_fd=20000
+if (( $(ulimit -n) < want_fd )); then
+    ulimit -n "$want_fd" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fi
+max_conns=$PIPELINE_CONNS; for c in $CONNS; do ((c > max_conns)) && max_conns=$c; done
+(( $(ulimit -n) > max_conns + 64 )) || log "warning: open-file limit $(ulimit -n) is tight for $max_conns connections"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/http_peers.XXXXXX") || die "mktemp failed"
+SERVER_PID=""
+stop_server() {
+    [[ -n $SERVER_PID ]] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID" 2>/dev/null
+    SERVER_PID=""
+}
+cleanup() { stop_server; rm -rf "$TMP"; }
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT_DIR" || die "cannot create $OUT_DIR"
+RAW_DIR=$OUT_DIR/http_peers-$STAMP.raw
+mkdir -p "$RAW_DIR"
+OUT_MD=$OUT_DIR/http_peers-$STAMP.md
+
+# ---------------------------------------------------------------- servers
+port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+start_server() { # name -> sets SERVER_PID, returns non-zero if it does not come up
+    local name=$1 port log_file
+    port=$(port_of "$name")
+    log_file=$RAW_DIR/$name.server.log
+    if port_busy "$port"; then
+        log "port $port is already in use: cannot start $name"; return 1
+    fi
+    case $name in
+        coinbit)
+            taskset -c "$SERVER_CPU" "$TARGET_DIR/release/coinbit" --port "$port" \
+                --shard-cpus "$SERVER_CPU" --monitor-core "$SERVER_CPU" >>"$log_file" 2>&1 &
+            ;;
+        may-hello)
+            taskset -c "$SERVER_CPU" "$TARGET_DIR/release/may-hello" --port "$port" \
+                --workers 1 --cpu "$SERVER_CPU" >>"$log_file" 2>&1 &
+            ;;
+        nginx)
+            local ndir=$TMP/nginx mask
+            rm -rf "$ndir"; mkdir -p "$ndir"; chmod 755 "$TMP" "$ndir"
+            # worker_cpu_affinity bit mask, CPU 0 rightmost (e.g. CPU 0 -> 1, CPU 2 -> 100)
+            mask=1; for ((i = 0; i < SERVER_CPU; i++)); do mask+=0; done
+            sed -e "s|@TMPDIR@|$ndir|g" -e "s|@CPU_MASK@|$mask|g" -e "s|@HOST@|$HOST|g" \
+                -e "s|@PORT@|$port|g" "$ROOT/bench/peers/nginx.conf.in" >"$ndir/nginx.conf"
+            cp "$ndir/nginx.conf" "$RAW_DIR/nginx.conf"
+            taskset -c "$SERVER_CPU" "$NGINX" -p "$ndir/" -e "$ndir/error.log" \
+                -c "$ndir/nginx.conf" >>"$log_file" 2>&1 &
+            ;;
+    esac
+    SERVER_PID=$!
+    local url="http://$HOST:$port$BENCH_PATH"
+    for _ in $(seq 100); do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            log "$name exited during start-up; its log:"; tail -n 20 "$log_file" >&2
+            [[ $name == nginx ]] && tail -n 20 "$TMP/nginx/error.log" >&2 2>/dev/null
+            SERVER_PID=""; return 1
+        fi
+        if curl -s -o /dev/null -m 1 "$url"; then
+            local code
+            code=$(curl -s -o "$RAW_DIR/$name.health.body" -w '%{http_code}' -m 2 "$url")
+            [[ $code == 200 ]] || log "warning: $name answers $BENCH_PATH with HTTP $code"
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "$name did not answer $url within 10 s"; stop_server; return 1
+}
+
+# ---------------------------------------------------------------- scenarios and wrk
+SCENARIOS=()
+for c in $CONNS; do SCENARIOS+=("ka$c"); done
+((PIPELINE_DEPTH > 0)) && SCENARIOS+=("pipe$PIPELINE_DEPTH")
+scenario_label() {
+    case $1 in
+        ka*) echo "keep-alive, ${1#ka} conns";;
+        pipe*) echo "pipelined ×${1#pipe}, $PIPELINE_CONNS conns";;
+    esac
+}
+
+# p99 from wrk ("850.00us", "1.23ms", "1.02s", "1.50m") in milliseconds
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+        else printf "nan" }'
+}
+
+declare -A RPS=() P99=() ERRS=()   # key "server|scenario" -> space-separated values per round
+
+run_wrk() { # server scenario round
+    local name=$1 sc=$2 round=$3 port conns args=() out
+    port=$(port_of "$name")
+    case $sc in
+        ka*) conns=${sc#ka};;
+        pipe*) conns=$PIPELINE_CONNS; args=(-s "$ROOT/bench/peers/pipeline.lua");;
+    esac
+    out=$RAW_DIR/r$round-$name-$sc.txt
+    WRK_CONNECTIONS=$conns taskset -c "$CLIENT_CPU" wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" \
+        --timeout "$WRK_TIMEOUT" --latency "${args[@]}" "http://$HOST:$port$BENCH_PATH" >"$out" 2>&1
+    local rps p99 sock non2xx
+    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
+    if [[ $sc == pipe* ]]; then
+        # wrk's own percentiles are wrong for pipelined runs: pipeline.lua prints the batch ones
+        p99=$(awk '/^pipeline-batch-latency-us / {for (i = 2; i <= NF; i++) if ($i ~ /^p99=/) {sub(/^p99=/, "", $i); print $i "us"}}' "$out")
+        [[ -n $p99 || -z $rps ]] || { p99=nan; ERRS["$name|$sc"]+="round $round: $(grep -h '^pipeline-batch-latency-us' "$out" || echo 'no batch latency line'); "; }
+    else
+        p99=$(awk '/Latency Distribution/ {d = 1} d && $1 == "99%" {print $2; exit}' "$out")
+    fi
+    sock=$(awk '/Socket errors:/ {gsub(/,/, ""); print "connect " $4 ", read " $6 ", write " $8 ", timeout " $10}' "$out")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+    if [[ -z $rps || -z $p99 ]]; then
+        log "  $name $sc: wrk gave no result (see $out)"
+        ERRS["$name|$sc"]+="round $round: no result; "
+        return
+    fi
+    p99=$(to_ms "$p99")
+    if [[ $p99 == 0.000 ]]; then
+        ERRS["$name|$sc"]+="round $round: wrk reported a p99 of 0 (not used); "; p99=nan
+    fi
+    RPS["$name|$sc"]+="$rps "
+    [[ $p99 == nan ]] || P99["$name|$sc"]+="$p99 "
+    [[ -n $sock ]] && ERRS["$name|$sc"]+="round $round: socket errors $sock; "
+    [[ -n $non2xx ]] && ERRS["$name|$sc"]+="round $round: $non2xx non-2xx; "
+    log "  $name $(scenario_label "$sc"): $rps req/s, p99 ${p99} ms${sock:+ (socket errors: $sock)}${non2xx:+ ($non2xx non-2xx)}"
+}
+
+median() { # values... -> median ("" when none)
+    printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{v[NR] = $1} END {
+        if (NR == 0) exit
+        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# ---------------------------------------------------------------- run
+read -r -a ORDER <<<"$SERVERS"
+RUN=()
+for s in "${ORDER[@]}"; do [[ -z ${SKIP[$s]:-} ]] && RUN+=("$s"); done
+((${#RUN[@]})) || die "no server left to measure"
+declare -A FAILED=()
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "scenarios: ${SCENARIOS[*]}; ${DURATION} each; rounds: $ROUNDS; server cpu $SERVER_CPU, wrk cpu $CLIENT_CPU"
+for ((round = 1; round <= ROUNDS; round++)); do
+    n=${#RUN[@]}
+    for ((k = 0; k < n; k++)); do
+        name=${RUN[$(((k + round - 1) % n))]}   # rotate the order each round
+        [[ -n ${FAILED[$name]:-} ]] && continue
+        log "round $round/$ROUNDS: $name on port $(port_of "$name")"
+        if ! start_server "$name"; then
+            FAILED[$name]="did not start or answer (see $RAW_DIR/$name.server.log)"
+            continue
+        fi
+        if [[ $WARMUP != 0 ]]; then
+            taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"$WARMUP" "http://$HOST:$(port_of "$name")$BENCH_PATH" >/dev/null 2>&1
+        fi
+        for sc in "${SCENARIOS[@]}"; do
+            kill -0 "$SERVER_PID" 2>/dev/null || { log "$name died during the run"; FAILED[$name]="died during the run"; break; }
+            run_wrk "$name" "$sc" "$round"
+        done
+        stop_server
+        sleep 1
+    done
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- report
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+[[ -n $cpu_model ]] || cpu_model=$(uname -m)
+fmt_rps() { [[ -n $1 ]] && printf '%.0f' "$1" || printf '—'; }
+fmt_p99() { [[ -n $1 ]] && printf '%.2f ms' "$1" || printf '—'; }
+ratio() { # a b -> "a/b" as "0.62×"
+    if [[ -n $1 && -n $2 ]]; then awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else printf "—" }'
+    else printf '—'; fi
+}
+has() { [[ " ${ORDER[*]} " == *" $1 "* ]]; }
+
+{
+    echo "### GET $BENCH_PATH, one server core — $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- Machine: $(nproc) CPUs, $cpu_model, Linux $(uname -r)"
+    echo "- Load average (1/5/15 min) at start: $LOAD_START; at end: $LOAD_END"
+    echo "- Server pinned to CPU $SERVER_CPU (taskset); wrk $(wrk -v 2>&1 | awk 'NR == 1 {print $2}') pinned to CPU $CLIENT_CPU, -t$WRK_THREADS, $DURATION per cell, --timeout $WRK_TIMEOUT; ROUNDS=$ROUNDS (median of rounds)"
+    [[ -n $NGINX ]] && has nginx && echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), 1 worker, access_log off, \`return 200 '{\"status\":\"pass\"}'\`"
+    has may-hello && echo "- may-hello: may_minihttp $(cargo tree -p may-hello --depth 1 -e normal 2>/dev/null | awk '/may_minihttp/ {print $3; exit}'), may $(cargo tree -p may-hello -e normal 2>/dev/null | awk '$0 ~ /may v/ {for (i = 1; i <= NF; i++) if ($i == "may") {print $(i + 1); exit}}'), 1 worker"
+    echo "- Command: \`SERVERS=\"$SERVERS\" DURATION=$DURATION ROUNDS=$ROUNDS bench/http_peers.sh\`"
+    ((PIPELINE_DEPTH > 0)) && echo "- Pipelined p99 is per batch of ${PIPELINE_DEPTH} (send → last response), from bench/peers/pipeline.lua: wrk's own percentiles are wrong for pipelined runs"
+    echo "- p99 is wrk's, corrected for coordinated omission as wrk does"
+    for s in "${!SKIP[@]}"; do echo "- **$s not measured**: ${SKIP[$s]}"; done
+    for s in "${!FAILED[@]}"; do echo "- **$s**: ${FAILED[$s]}"; done
+    echo
+    header="| Scenario |"; sep="|---|"
+    for s in "${ORDER[@]}"; do header+=" $s req/s | $s p99 |"; sep+="---:|---:|"; done
+    header+=" coinbit/nginx | coinbit/may-hello |"; sep+="---:|---:|"
+    has may-hello && has nginx && { header+=" may-hello/nginx |"; sep+="---:|"; }
+    echo "$header"; echo "$sep"
+    for sc in "${SCENARIOS[@]}"; do
+        declare -A MR=()
+        row="| $(scenario_label "$sc") |"
+        for s in "${ORDER[@]}"; do
+            # shellcheck disable=SC2086
+            MR[$s]=$(median ${RPS["$s|$sc"]:-})
+            # shellcheck disable=SC2086
+            row+=" $(fmt_rps "${MR[$s]}") | $(fmt_p99 "$(median ${P99["$s|$sc"]:-})") |"
+        done
+        row+=" $(ratio "${MR[coinbit]:-}" "${MR[nginx]:-}") | $(ratio "${MR[coinbit]:-}" "${MR[may-hello]:-}") |"
+        has may-hello && has nginx && row+=" $(ratio "${MR[may-hello]:-}" "${MR[nginx]:-}") |"
+        echo "$row"
+        unset MR
+    done
+    echo
+    echo "Ratios are of req/s (higher is better for the numerator)."
+    notes=""
+    for s in "${ORDER[@]}"; do for sc in "${SCENARIOS[@]}"; do
+        [[ -n ${ERRS["$s|$sc"]:-} ]] && notes+="- $s, $(scenario_label "$sc"): ${ERRS["$s|$sc"]%; }"$'\n'
+    done; done
+    if [[ -n $notes ]]; then echo; echo "Errors reported by wrk:"; echo; printf '%s' "$notes"; fi
+} | tee "$OUT_MD"
+
+log "written: $OUT_MD (raw wrk output: $RAW_DIR)"
