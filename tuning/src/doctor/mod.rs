@@ -171,3 +171,341 @@ pub fn main_with_args(args: &[String]) -> i32 {
     }
     report.exit_code
 }
+
+#[cfg(test)]
+mod tests {
+    use super::checks::{Check, Status};
+    use super::testing::{serve_once, FakeHost};
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_options() {
+        let o = parse_args(&args(&[
+            "--json",
+            "--connections=500",
+            "--shards",
+            "3",
+            "--iface",
+            "eth0",
+            "--iface=eth1",
+            "--proc-root",
+            "/tmp/p",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(o.json);
+        assert_eq!(
+            (o.connections_per_shard, o.shards, o.ifaces.len()),
+            (500, Some(3), 2)
+        );
+        assert_eq!(o.proc_root, PathBuf::from("/tmp/p"));
+        assert_eq!(parse_args(&args(&["--help"])), Ok(None));
+        for bad in [
+            &["--shards"][..],
+            &["--shards", "x"],
+            &["--json=1"],
+            &["--frobnicate"],
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(main_with_args(&args(&["--bogus"])), 2);
+        assert_eq!(main_with_args(&args(&["-h"])), 0);
+        for option in [
+            "--server",
+            "--connections",
+            "--shards",
+            "--monitor-core",
+            "--iface",
+            "--json",
+            "--proc-root",
+            "--sys-root",
+        ] {
+            assert!(HELP.contains(option), "--help lacks {option}");
+        }
+    }
+
+    /// The doctor on this machine, as whatever user runs the tests: it must finish, and
+    /// anything it cannot read is UNKNOWN with a reason, never a crash.
+    #[test]
+    fn runs_on_this_host() {
+        let report = run(&Options::default(), &Host::live());
+        let text = report.text();
+        println!("{text}");
+        assert_eq!(text.lines().count(), report.checks.len() + 2);
+        for c in &report.checks {
+            assert!(!c.explanation.is_empty(), "{c:?}");
+            assert_eq!(
+                c.fix.is_some(),
+                matches!(c.status, Status::Warn | Status::Fail),
+                "{c:?}"
+            );
+            let line = text
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(c.name.as_str()))
+                .unwrap();
+            assert!(line.starts_with(&c.status.to_string()), "{line}");
+        }
+        assert_eq!(
+            report.exit_code,
+            i32::from(report.checks.iter().any(|c| c.status == Status::Fail))
+        );
+        let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+        for name in [
+            "io_uring",
+            "memlock",
+            "nofile",
+            "net.core.somaxconn",
+            "cpu_governor",
+            "transparent_hugepages",
+            "nic_irq_affinity",
+            "swap",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+    }
+
+    /// A tree with nothing in it: every check is UNKNOWN (io_uring aside, which probes), the
+    /// doctor exits 0.
+    #[test]
+    fn empty_tree_is_all_unknown() {
+        let fake = FakeHost::new();
+        let report = run(&Options::default(), &fake.host());
+        for c in report
+            .checks
+            .iter()
+            .filter(|c| c.name != "io_uring" && c.name != "isolcpus" && c.name != "nohz_full")
+        {
+            assert_eq!(c.status, Status::Unknown, "{c:?}");
+        }
+        assert_eq!(report.exit_code, 0);
+    }
+
+    fn shard(id: usize, cpu: usize, tid: u32) -> String {
+        format!(
+            r#"{{"id":{id},"cpu":{cpu},"tid":{tid},"state":"running","open_connections":3,"requests_served":100,"heartbeat_age_ms":12,"restarts":0}}"#
+        )
+    }
+
+    fn status_json(
+        engine: &str,
+        monitor_cpu: usize,
+        shares: bool,
+        shards: &[(usize, usize, u32)],
+    ) -> String {
+        let shards: Vec<String> = shards
+            .iter()
+            .map(|&(id, cpu, tid)| shard(id, cpu, tid))
+            .collect();
+        format!(
+            r#"{{"engine":"{engine}","pid":4242,"monitor":{{"cpu":{monitor_cpu},"tid":4250,"shares_core":{shares}}},"shards":[{}]}}"#,
+            shards.join(",")
+        )
+    }
+
+    /// A 4-CPU host whose pid 4242 has threads pinned as `pins` (tid, Cpus_allowed_list).
+    fn server_host(pins: &[(u32, &str)]) -> FakeHost {
+        let fake = FakeHost::new();
+        fake.sys("devices/system/cpu/online", "0-3\n");
+        for (tid, allowed) in pins {
+            fake.proc(
+                &format!("4242/task/{tid}/status"),
+                &format!("Name:\tcoinbit\nCpus_allowed:\tf\nCpus_allowed_list:\t{allowed}\n"),
+            );
+        }
+        fake.proc(
+            "4242/limits",
+            "Limit                     Soft Limit           Hard Limit           Units\n\
+             Max open files            1048576              1048576              files\n\
+             Max locked memory         unlimited            unlimited            bytes\n",
+        );
+        fake
+    }
+
+    fn server_checks(fake: &FakeHost, body: String, chunked: bool) -> (Report, Vec<Check>) {
+        let options = Options {
+            server: Some(serve_once("HTTP/1.1 200 OK", body, chunked)),
+            ..Options::default()
+        };
+        let report = run(&options, &fake.host());
+        let server = report
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("server"))
+            .cloned()
+            .collect();
+        (report, server)
+    }
+
+    fn status_of(checks: &[Check], name: &str) -> Status {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {checks:#?}"))
+            .status
+    }
+
+    /// (host pins, status body, chunked) -> engine, placement, pinning, memlock
+    type ServerCase = (&'static [(u32, &'static str)], String, bool, [Status; 4]);
+
+    #[test]
+    fn server_checks_read_a_fake_cluster_status() {
+        use Status::*;
+        const GOOD: &[(u32, &str)] = &[(4250, "0"), (4251, "1"), (4252, "2"), (4253, "3")];
+        let three = [(0, 1, 4251), (1, 2, 4252), (2, 3, 4253)];
+        let cases: Vec<ServerCase> = vec![
+            (
+                GOOD,
+                status_json("glommio", 0, false, &three),
+                false,
+                [Pass, Pass, Pass, Pass],
+            ),
+            (
+                GOOD,
+                status_json("glommio", 0, false, &three),
+                true,
+                [Pass, Pass, Pass, Pass],
+            ),
+            (
+                &[(4250, "0"), (4251, "1"), (4252, "0-3"), (4253, "3")],
+                status_json("glommio", 0, false, &three),
+                false,
+                [Pass, Pass, Fail, Pass],
+            ),
+            (
+                GOOD,
+                status_json("may", 1, false, &three),
+                false,
+                [Warn, Fail, Fail, Pass],
+            ),
+            (
+                GOOD,
+                status_json("glommio", 1, true, &three),
+                false,
+                [Pass, Pass, Fail, Pass],
+            ),
+            (
+                GOOD,
+                status_json("glommio", 0, false, &[(0, 1, 4251), (1, 1, 4252)]),
+                false,
+                [Pass, Fail, Fail, Pass],
+            ),
+            // pid 4242 not on this host: pinning and limits cannot be judged
+            (
+                &[],
+                status_json("glommio", 0, false, &three),
+                false,
+                [Pass, Pass, Unknown, Unknown],
+            ),
+        ];
+        for (pins, body, chunked, want) in cases {
+            let fake = server_host(pins);
+            let (report, checks) = server_checks(&fake, body.clone(), chunked);
+            assert_eq!(status_of(&checks, "server"), Pass, "{checks:#?}");
+            let got = [
+                "server.engine",
+                "server.placement",
+                "server.pinning",
+                "server.memlock",
+            ]
+            .map(|n| status_of(&checks, n));
+            assert_eq!(got, want, "{body}\n{checks:#?}");
+            assert_eq!(report.layout.source, "server");
+            assert_eq!(report.exit_code, i32::from(got.contains(&Fail)));
+        }
+    }
+
+    #[test]
+    fn server_layout_drives_the_host_checks() {
+        let fake = server_host(&[(4250, "0"), (4251, "1"), (4252, "2"), (4253, "3")]);
+        let (report, _) = server_checks(
+            &fake,
+            status_json(
+                "glommio",
+                0,
+                false,
+                &[(0, 1, 4251), (1, 2, 4252), (2, 3, 4253)],
+            ),
+            false,
+        );
+        assert_eq!(
+            (
+                report.layout.shard_cpus.as_str(),
+                report.layout.shards,
+                report.layout.connection_target
+            ),
+            ("1-3", 3, 30_000)
+        );
+    }
+
+    #[test]
+    fn unreachable_or_garbled_servers_fail() {
+        let fake = server_host(&[]);
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        for url in [closed, "https://localhost:3000".to_string()] {
+            let report = run(
+                &Options {
+                    server: Some(url.clone()),
+                    ..Options::default()
+                },
+                &fake.host(),
+            );
+            assert_eq!(status_of(&report.checks, "server"), Status::Fail, "{url}");
+            assert_eq!((report.exit_code, report.layout.source), (1, "policy"));
+        }
+        let (report, checks) = server_checks(&fake, "{\"engine\": 1}".into(), false);
+        assert_eq!(status_of(&checks, "server"), Status::Fail);
+        assert_eq!(report.exit_code, 1);
+        let url = serve_once("HTTP/1.1 503 Service Unavailable", "{}".into(), false);
+        let report = run(
+            &Options {
+                server: Some(url),
+                ..Options::default()
+            },
+            &fake.host(),
+        );
+        assert!(
+            report.checks.last().unwrap().explanation.contains("503"),
+            "{:?}",
+            report.checks.last()
+        );
+    }
+
+    #[test]
+    fn json_report_has_every_check_and_the_exit_code() {
+        let fake = server_host(&[(4250, "0"), (4251, "1-3")]);
+        let body = status_json("glommio", 0, false, &[(0, 1, 4251)]);
+        let (report, _) = server_checks(&fake, body, false);
+        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+        let checks = json["checks"].as_array().unwrap();
+        assert_eq!(checks.len(), report.checks.len());
+        for c in checks {
+            assert!(
+                ["PASS", "WARN", "FAIL", "UNKNOWN"].contains(&c["status"].as_str().unwrap()),
+                "{c}"
+            );
+            assert!(
+                c["name"].is_string() && c["value"].is_string() && c["explanation"].is_string(),
+                "{c}"
+            );
+        }
+        let pinning = checks
+            .iter()
+            .find(|c| c["name"] == "server.pinning")
+            .unwrap();
+        assert_eq!(pinning["status"], "FAIL");
+        assert!(pinning["fix"].is_string());
+        assert_eq!(json["exit_code"], 1);
+        assert_eq!(
+            json["summary"]["fail"].as_u64().unwrap() as usize,
+            report.summary.fail
+        );
+        assert_eq!(json["layout"]["monitor_cpu"], 0);
+    }
+}

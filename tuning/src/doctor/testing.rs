@@ -82,3 +82,37 @@ pub fn context(online: &str) -> Context {
         ifaces: Vec::new(),
     }
 }
+
+/// Serves one HTTP request on a loopback port with `body` (chunked when asked); returns the
+/// server's base URL.
+pub fn serve_once(status_line: &'static str, body: String, chunked: bool) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert!(request.starts_with(b"GET /api/enterprise/cluster/status HTTP/1.1\r\n"));
+        let response = if chunked {
+            let (a, b) = body.split_at(body.len() / 2);
+            format!(
+                "{status_line}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                a.len(),
+                b.len()
+            )
+        } else {
+            format!("{status_line}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        };
+        let _ = conn.write_all(response.as_bytes());
+        // Keep the connection open: the client must stop at the announced length.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+    url
+}

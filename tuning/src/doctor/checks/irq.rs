@@ -10,7 +10,9 @@ pub fn checks(host: &Host, ctx: &Context) -> Vec<Check> {
 
 fn irqbalance(host: &Host) -> Check {
     const NAME: &str = "irqbalance";
-    or_unknown(NAME, host.proc_dir(""), |entries| {
+    // Without pid 1 in view (hidepid, or a pid namespace) other processes may be hidden.
+    let entries = host.proc("1/comm").and_then(|_| host.proc_dir(""));
+    or_unknown(NAME, entries, |entries| {
         let running = entries
             .iter()
             .filter(|e| e.bytes().all(|b| b.is_ascii_digit()))

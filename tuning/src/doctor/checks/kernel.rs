@@ -123,10 +123,19 @@ mod tests {
     use super::*;
     use crate::doctor::testing::FakeHost;
 
+    /// (io_uring_disabled, seccomp, osrelease, probe) -> status, value fragment
+    type Case = (
+        Option<&'static str>,
+        &'static str,
+        &'static str,
+        ProbeOutcome,
+        Status,
+        &'static str,
+    );
+
     #[test]
     fn io_uring_branches_on_fake_trees() {
-        // (io_uring_disabled, seccomp, osrelease, probe) -> status, value fragment
-        let cases: &[(Option<&str>, &str, &str, Result<(), i32>, Status, &str)] = &[
+        let cases: &[Case] = &[
             (Some("0"), "0", "6.8.0", Ok(()), Status::Pass, "available"),
             (
                 None,
