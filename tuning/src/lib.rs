@@ -16,6 +16,11 @@
 //! - `doctor/recommended.rs`: the values of `tuning/sysctl.conf`, compiled in, so the doctor's
 //!   fixes and the file cannot drift.
 //!
+//! - `apply_sh_tests.rs`: runs `apply.sh` against a temp root (tests only).
+//!
 //! The files beside the crate (`sysctl.conf`, `apply.sh`, `coinbit.service`, `README.md`) are
 //! the host side of the same advice.
 pub mod doctor;
+
+#[cfg(test)]
+mod apply_sh_tests;
