@@ -508,4 +508,73 @@ mod tests {
         );
         assert_eq!(json["layout"]["monitor_cpu"], 0);
     }
+
+    /// The real `/proc` of this test process stands in for the server: a thread pinned to the
+    /// first CPU it may use is "shard 0"; claiming another CPU for it must FAIL.
+    #[test]
+    fn pinning_is_read_from_the_real_proc() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let pinned = std::thread::spawn(move || {
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            // SAFETY: zeroed cpu_set_t values read and written by the affinity calls and the
+            // CPU_* helpers, for this thread only; gettid cannot fail.
+            let (cpu, tid) = unsafe {
+                let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(libc::sched_getaffinity(0, size, &mut allowed), 0);
+                let cpu = (0..libc::CPU_SETSIZE as usize)
+                    .find(|&c| libc::CPU_ISSET(c, &allowed))
+                    .unwrap();
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
+                (cpu, libc::syscall(libc::SYS_gettid) as u32)
+            };
+            tid_tx.send((cpu, tid)).unwrap();
+            let _ = done_rx.recv();
+        });
+        let (cpu, tid) = tid_rx.recv().unwrap();
+        let pid = std::process::id();
+        for (claimed, want) in [(cpu, Status::Pass), (cpu + 1, Status::Fail)] {
+            let body = format!(
+                r#"{{"engine":"glommio","pid":{pid},"monitor":{{"cpu":{cpu},"shares_core":true}},"shards":[{{"id":0,"cpu":{claimed},"tid":{tid},"state":"running"}}]}}"#
+            );
+            let options = Options {
+                server: Some(serve_once("HTTP/1.1 200 OK", body, false)),
+                ..Options::default()
+            };
+            let report = run(&options, &Host::live());
+            assert_eq!(
+                status_of(&report.checks, "server.pinning"),
+                want,
+                "{:#?}",
+                report.checks
+            );
+            assert_ne!(status_of(&report.checks, "server.nofile"), Status::Unknown);
+        }
+        done_tx.send(()).unwrap();
+        pinned.join().unwrap();
+    }
+
+    #[test]
+    fn cli_on_a_fake_tree_exits_1_on_fail() {
+        let fake = FakeHost::new();
+        fake.proc("self/limits", "Limit Soft Hard Units\nMax open files 1024 1024 files\nMax locked memory 65536 65536 bytes\n");
+        let roots = |fake: &FakeHost| {
+            let r = fake.root().to_string_lossy().into_owned();
+            args(&[
+                "--json",
+                "--proc-root",
+                &format!("{r}/proc"),
+                "--sys-root",
+                &format!("{r}/sys"),
+            ])
+        };
+        assert_eq!(main_with_args(&roots(&fake)), 1);
+        let empty = FakeHost::new();
+        assert_eq!(
+            main_with_args(&roots(&empty)),
+            i32::from(Host::live().io_uring_probe().is_err())
+        );
+    }
 }
