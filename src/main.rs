@@ -1,7 +1,38 @@
 //! `coinbit`: serves the API; `coinbit doctor` checks the host.
+
+use coinbit::config::{Cli, Command};
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("doctor") {
-        std::process::exit(coinbit_tuning::doctor::main_with_args(&args[2..]));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The doctor reads the host, not the server's settings: dispatch before validating them.
+    if args.get(1).is_some_and(|a| a == "doctor") {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        std::process::exit(coinbit_tuning::doctor::main_with_args(&rest));
+    }
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let cli = match Cli::parse_from(args, &env) {
+        Ok(cli) => cli,
+        Err(e) if e.exit_code() == 0 => {
+            print!("{e}");
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("coinbit: {e}");
+            std::process::exit(e.exit_code());
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match cli.command {
+        None | Some(Command::Serve) => {}
+        Some(Command::Doctor { .. }) => unreachable!("dispatched above"),
+    }
+    if let Err(e) = coinbit::server::run(cli.config) {
+        eprintln!("coinbit: {e}");
+        std::process::exit(e.exit_code());
     }
 }

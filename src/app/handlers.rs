@@ -1,0 +1,99 @@
+//! One function per endpoint. Status bodies come pre-rendered from the monitor's snapshot.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::http::conn::EscalatePanic;
+use crate::http::{Reply, Request, Response, StatusCode};
+use crate::monitor::{HealthStatus, Published};
+
+const HEALTH_JSON: &str = "application/health+json";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Longest sleep the debug route accepts.
+const MAX_DEBUG_SLEEP: Duration = Duration::from_secs(60);
+
+/// `GET /health`: 200 for pass and warn, 503 for fail (RFC draft health+json semantics).
+pub fn health(published: &Published) -> Response {
+    let status = match published.health_status {
+        HealthStatus::Fail => StatusCode::SERVICE_UNAVAILABLE,
+        HealthStatus::Pass | HealthStatus::Warn => StatusCode::OK,
+    };
+    Response::new(status, HEALTH_JSON, published.health.clone())
+}
+
+/// `GET /livez`: the shard's event loop answers.
+pub fn livez() -> Response {
+    Response::new(
+        StatusCode::OK,
+        HEALTH_JSON,
+        Bytes::from_static(br#"{"status":"pass"}"#),
+    )
+}
+
+/// `GET /readyz`: 503 while this shard drains or the server fails its health check.
+pub fn readyz(published: &Published, draining: bool) -> Response {
+    if draining {
+        Response::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            HEALTH_JSON,
+            Bytes::from_static(br#"{"status":"fail","output":"shutting down"}"#),
+        )
+    } else if published.health_status == HealthStatus::Fail {
+        Response::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            HEALTH_JSON,
+            Bytes::from_static(br#"{"status":"fail","output":"no shard running"}"#),
+        )
+    } else {
+        Response::new(
+            StatusCode::OK,
+            HEALTH_JSON,
+            Bytes::from_static(br#"{"status":"pass"}"#),
+        )
+    }
+}
+
+pub fn json_snapshot(body: Bytes) -> Response {
+    Response::json(StatusCode::OK, body)
+}
+
+pub fn prometheus(body: Bytes) -> Response {
+    Response::new(StatusCode::OK, PROMETHEUS_TEXT, body)
+}
+
+/// `POST /debug/crash-shard`: takes this shard down so the supervisor restarts it.
+pub fn debug_crash_shard(shard: usize) -> Reply {
+    log::warn!("shard {shard}: crash requested through the debug route");
+    std::panic::panic_any(EscalatePanic("crash requested through /debug/crash-shard"))
+}
+
+/// `GET /debug/sleep?ms=N`: answers after N ms without holding the event loop (a request in
+/// flight for shutdown tests). The wait runs on a helper thread so the app needs no engine timer.
+pub fn debug_sleep(request: &Request<'_>) -> Reply {
+    let Some(ms) = request
+        .query_param("ms")
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return Response::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected ?ms=<milliseconds>",
+        )
+        .into();
+    };
+    let duration = Duration::from_millis(ms).min(MAX_DEBUG_SLEEP);
+    let (done, wait) = flume::bounded::<()>(1);
+    std::thread::spawn(move || {
+        std::thread::sleep(duration);
+        let _ = done.send(());
+    });
+    Reply::Later(Box::pin(async move {
+        let _ = wait.recv_async().await;
+        Response::json(
+            StatusCode::OK,
+            format!(r#"{{"slept_ms":{}}}"#, duration.as_millis()),
+        )
+    }))
+}
+

@@ -1,0 +1,122 @@
+//! The application: routes and handlers, engine-agnostic.
+//!
+//! Each shard builds its own [`ShardApp`] (the factory is [`ShardApp::new`]) and drives it
+//! through the codec's [`Service`] trait. The app knows requests and responses, its own
+//! metrics, and the monitor's published snapshot; it knows no engine, socket or timer.
+//!
+//! # Layout
+//! - [`routes`]: the route table, method checks and route names used in metrics.
+//! - [`handlers`]: one function per endpoint.
+
+pub mod handlers;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::http::{HttpDate, HttpError, Reply, Request, Response, Service, StatusCode};
+use crate::metrics::ShardMetrics;
+use crate::monitor::Published;
+use routes::{Match, Route};
+
+/// One shard's application state. Owned by the shard; never shared with another.
+pub struct ShardApp {
+    pub shard: usize,
+    published: Arc<ArcSwap<Published>>,
+    pub metrics: ShardMetrics,
+    date: HttpDate,
+    draining: bool,
+    debug_routes: bool,
+}
+
+impl ShardApp {
+    pub fn new(shard: usize, published: Arc<ArcSwap<Published>>, debug_routes: bool) -> Self {
+        ShardApp {
+            shard,
+            published,
+            metrics: ShardMetrics::new(routes::ROUTE_NAMES.len()),
+            date: HttpDate::now(),
+            draining: false,
+            debug_routes,
+        }
+    }
+
+    /// Called by the engine about once a second.
+    pub fn tick(&mut self, now: SystemTime) {
+        self.date.refresh(now);
+    }
+
+    /// The shard stopped accepting: `/readyz` answers 503 from now on.
+    pub fn begin_draining(&mut self) {
+        self.draining = true;
+    }
+
+    fn dispatch(&mut self, route: Route, request: &Request<'_>) -> Reply {
+        let published = self.published.load();
+        match route {
+            Route::Health => handlers::health(&published).into(),
+            Route::Livez => handlers::livez().into(),
+            Route::Readyz => handlers::readyz(&published, self.draining).into(),
+            Route::ClusterStatus => {
+                handlers::json_snapshot(published.cluster_status.clone()).into()
+            }
+            Route::Metrics => handlers::json_snapshot(published.metrics.clone()).into(),
+            Route::Prometheus => handlers::prometheus(published.prometheus.clone()).into(),
+            Route::DebugCrashShard => handlers::debug_crash_shard(self.shard),
+            Route::DebugSleep => handlers::debug_sleep(request),
+        }
+    }
+}
+
+impl Service for ShardApp {
+    fn call(&mut self, request: &Request<'_>) -> Reply {
+        let (route_index, reply) =
+            match routes::match_route(request.method, request.path, self.debug_routes) {
+                Match::Found(route) => (route as usize, self.dispatch(route, request)),
+                Match::MethodNotAllowed(allow) => (
+                    routes::METHOD_NOT_ALLOWED_INDEX,
+                    Response::error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        &format!(
+                            "{} is not allowed on {}; allowed: {allow}",
+                            request.method.as_str(),
+                            request.path
+                        ),
+                    )
+                    .with_header("Allow", allow)
+                    .into(),
+                ),
+                Match::NotFound => (
+                    routes::NOT_FOUND_INDEX,
+                    Response::error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        &format!("no route for {}", request.path),
+                    )
+                    .into(),
+                ),
+            };
+        match &reply {
+            Reply::Ready(response) => self.metrics.count_route(route_index, response.status.0),
+            // Answers that come later are counted as 2xx when handed out; the debug sleep is the
+            // only one so far and always succeeds.
+            Reply::Later(_) => self.metrics.count_route(route_index, 200),
+        }
+        reply
+    }
+
+    fn date(&self) -> &[u8] {
+        self.date.as_bytes()
+    }
+
+    fn rejected(&mut self, error: &HttpError) {
+        self.metrics.count_unrouted(error.status().0);
+    }
+
+    fn responded(&mut self, count: u64, latency: Duration) {
+        self.metrics.record_latency(count, latency);
+    }
+}

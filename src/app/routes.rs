@@ -1,0 +1,161 @@
+//! The route table.
+
+use crate::http::Method;
+
+/// Every endpoint, by its index in [`ROUTE_NAMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health = 0,
+    Livez,
+    Readyz,
+    ClusterStatus,
+    Metrics,
+    Prometheus,
+    DebugCrashShard,
+    DebugSleep,
+}
+
+/// Route names as metrics label them; the last two count 405 and 404 answers.
+pub const ROUTE_NAMES: &[&str] = &[
+    "health",
+    "livez",
+    "readyz",
+    "cluster_status",
+    "metrics",
+    "prometheus",
+    "debug_crash_shard",
+    "debug_sleep",
+    "method_not_allowed",
+    "not_found",
+];
+pub const METHOD_NOT_ALLOWED_INDEX: usize = ROUTE_NAMES.len() - 2;
+pub const NOT_FOUND_INDEX: usize = ROUTE_NAMES.len() - 1;
+
+struct Entry {
+    path: &'static str,
+    /// Methods besides HEAD, which every GET route also answers.
+    method: Method,
+    allow: &'static str,
+    route: Route,
+    debug_only: bool,
+}
+
+const fn get(path: &'static str, route: Route) -> Entry {
+    Entry {
+        path,
+        method: Method::Get,
+        allow: "GET, HEAD",
+        route,
+        debug_only: false,
+    }
+}
+
+const TABLE: &[Entry] = &[
+    get("/health", Route::Health),
+    get("/livez", Route::Livez),
+    get("/readyz", Route::Readyz),
+    get("/api/enterprise/cluster/status", Route::ClusterStatus),
+    get("/api/enterprise/metrics", Route::Metrics),
+    get("/metrics", Route::Prometheus),
+    Entry {
+        path: "/debug/crash-shard",
+        method: Method::Post,
+        allow: "POST",
+        route: Route::DebugCrashShard,
+        debug_only: true,
+    },
+    Entry {
+        debug_only: true,
+        ..get("/debug/sleep", Route::DebugSleep)
+    },
+];
+
+/// The result of matching a request against the table.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Match {
+    Found(Route),
+    /// The path exists but not for this method; the value is the `Allow` header.
+    MethodNotAllowed(&'static str),
+    NotFound,
+}
+
+pub fn match_route(method: Method, path: &str, debug_routes: bool) -> Match {
+    let Some(entry) = TABLE
+        .iter()
+        .find(|e| e.path == path && (debug_routes || !e.debug_only))
+    else {
+        return Match::NotFound;
+    };
+    let head_of_get = method == Method::Head && entry.method == Method::Get;
+    if method == entry.method || head_of_get {
+        Match::Found(entry.route)
+    } else {
+        Match::MethodNotAllowed(entry.allow)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_table() {
+        let cases = [
+            (Method::Get, "/health", false, Match::Found(Route::Health)),
+            (Method::Head, "/health", false, Match::Found(Route::Health)),
+            (
+                Method::Post,
+                "/health",
+                false,
+                Match::MethodNotAllowed("GET, HEAD"),
+            ),
+            (
+                Method::Get,
+                "/api/enterprise/cluster/status",
+                false,
+                Match::Found(Route::ClusterStatus),
+            ),
+            (
+                Method::Get,
+                "/api/enterprise/metrics",
+                false,
+                Match::Found(Route::Metrics),
+            ),
+            (
+                Method::Get,
+                "/metrics",
+                false,
+                Match::Found(Route::Prometheus),
+            ),
+            (Method::Get, "/nope", false, Match::NotFound),
+            (Method::Get, "/health/", false, Match::NotFound),
+            (Method::Post, "/debug/crash-shard", false, Match::NotFound),
+            (
+                Method::Post,
+                "/debug/crash-shard",
+                true,
+                Match::Found(Route::DebugCrashShard),
+            ),
+            (
+                Method::Get,
+                "/debug/crash-shard",
+                true,
+                Match::MethodNotAllowed("POST"),
+            ),
+            (
+                Method::Get,
+                "/debug/sleep",
+                true,
+                Match::Found(Route::DebugSleep),
+            ),
+        ];
+        for (method, path, debug, expected) in cases {
+            assert_eq!(
+                match_route(method, path, debug),
+                expected,
+                "{method:?} {path} debug={debug}"
+            );
+        }
+        assert_eq!(ROUTE_NAMES[Route::DebugSleep as usize], "debug_sleep");
+    }
+}

@@ -1,0 +1,437 @@
+//! Configuration: command-line flags and the seed's environment variables, in one place.
+//!
+//! Every setting is a flag with an environment variable beside it (the variable names are the
+//! seed's contract). [`Config::parse_from`] turns both into a [`Config`] and [`Config::validate`]
+//! checks what one flag alone cannot (min against max). Any bad value becomes a [`ConfigError`]
+//! that names the variable (or flag) and the value; `main` prints it and exits with code 2.
+
+mod cpus;
+mod error;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+pub use cpus::CpuList;
+pub use error::ConfigError;
+
+/// Range accepted for percentage thresholds.
+fn percent() -> clap::builder::RangedU64ValueParser<u8> {
+    clap::builder::RangedU64ValueParser::<u8>::new().range(0..=100)
+}
+
+/// Duration in milliseconds from a whole number, 1 ms at the least.
+fn millis() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::builder::RangedU64ValueParser::<u64>::new().range(1..)
+}
+
+/// CoinBitClub Enterprise API server: one pinned event-loop shard per CPU.
+///
+/// Every flag can also be set by the environment variable shown beside it; a flag given on the
+/// command line wins. A bad value stops start-up with exit code 2.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "coinbit", version, about, long_about, max_term_width = 110)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands; without one the server serves.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Check this host's tuning for the server (see tuning/README.md).
+    Doctor {
+        /// Arguments passed to the doctor (`coinbit doctor --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Everything the server reads at start-up.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub server: ServerConfig,
+    #[command(flatten)]
+    pub http: HttpConfig,
+    #[command(flatten)]
+    pub cluster: ClusterConfig,
+    #[command(flatten)]
+    pub queues: QueueConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub monitoring: MonitoringConfig,
+}
+
+/// Listener, shards and lifecycle.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server")]
+pub struct ServerConfig {
+    /// TCP port every shard listens on (SO_REUSEPORT); 0 picks a free one and logs it.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Event-loop engine. `glommio` runs on io_uring.
+    #[arg(long, env = "ENGINE", value_enum, default_value_t = EngineKind::Glommio)]
+    pub engine: EngineKind,
+    /// Number of shards; default one per CPU (less the monitor core with 4 or more CPUs).
+    #[arg(long, env = "SHARDS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub shards: Option<usize>,
+    /// CPUs the shards are pinned to, e.g. `0-3,6`; default every CPU the process may use.
+    #[arg(long, env = "SHARD_CPUS")]
+    pub shard_cpus: Option<CpuList>,
+    /// CPU of the monitor thread; default the last CPU.
+    #[arg(long, env = "MONITOR_CORE")]
+    pub monitor_core: Option<usize>,
+    /// Listen backlog of each shard's socket.
+    #[arg(long, env = "LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: i32,
+    /// How long in-flight requests may run after SIGINT/SIGTERM before the process exits (ms).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
+    pub shutdown_timeout_ms: u64,
+    /// How often shards send their metrics to the monitor, which doubles as their heartbeat (ms).
+    #[arg(long, env = "SNAPSHOT_INTERVAL", default_value_t = 1_000, value_parser = millis())]
+    pub snapshot_interval_ms: u64,
+    /// Enable the `/debug/*` routes (test hooks: crash a shard, slow request). Never in production.
+    #[arg(long, env = "DEBUG_ROUTES", default_value_t = false)]
+    pub debug_routes: bool,
+}
+
+/// HTTP/1.1 limits and timeouts.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpConfig {
+    /// Longest request line accepted; longer gets 414 (bytes).
+    #[arg(long, env = "MAX_REQUEST_LINE_BYTES", default_value_t = 8 * 1024)]
+    pub max_request_line_bytes: usize,
+    /// Largest header section accepted; larger gets 431 (bytes).
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 8 * 1024)]
+    pub max_header_bytes: usize,
+    /// Largest request body accepted; larger gets 413 (bytes).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Time a client has to send a whole request head (and body) once it started (ms).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
+    pub header_read_timeout_ms: u64,
+    /// Time an idle keep-alive connection is kept open (ms).
+    #[arg(long, env = "KEEP_ALIVE_TIMEOUT", default_value_t = 30_000, value_parser = millis())]
+    pub keep_alive_timeout_ms: u64,
+    /// Open connections per shard; past it a new connection gets 503 and is closed.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_SHARD", default_value_t = 8_192,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections_per_shard: usize,
+}
+
+/// The seed's cluster manager settings.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cluster")]
+pub struct ClusterConfig {
+    /// Fewest active shards when auto-scaling.
+    #[arg(long, env = "CLUSTER_MIN_WORKERS", default_value_t = 8,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub min_workers: usize,
+    /// Most active shards when auto-scaling (bounded by the CPUs).
+    #[arg(long, env = "CLUSTER_MAX_WORKERS", default_value_t = 32,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_workers: usize,
+    /// CPU % above which a shard is added.
+    #[arg(long, env = "SCALE_UP_THRESHOLD", default_value_t = 80, value_parser = percent())]
+    pub scale_up_threshold: u8,
+    /// CPU % below which a shard is parked.
+    #[arg(long, env = "SCALE_DOWN_THRESHOLD", default_value_t = 30, value_parser = percent())]
+    pub scale_down_threshold: u8,
+    /// Time between two scaling actions (ms).
+    #[arg(long, env = "SCALE_COOLDOWN", default_value_t = 30_000, value_parser = millis())]
+    pub scale_cooldown_ms: u64,
+}
+
+/// The seed's message-queue settings, per shard.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Queues")]
+pub struct QueueConfig {
+    /// Workers of the high-priority queue.
+    #[arg(long, env = "QUEUE_HIGH_WORKERS", default_value_t = 4)]
+    pub high_workers: usize,
+    /// Workers of the medium-priority queue.
+    #[arg(long, env = "QUEUE_MEDIUM_WORKERS", default_value_t = 3)]
+    pub medium_workers: usize,
+    /// Workers of the low-priority queue.
+    #[arg(long, env = "QUEUE_LOW_WORKERS", default_value_t = 2)]
+    pub low_workers: usize,
+    /// Workers of the background queue.
+    #[arg(long, env = "QUEUE_BACKGROUND_WORKERS", default_value_t = 1)]
+    pub background_workers: usize,
+    /// Most jobs waiting in one queue.
+    #[arg(long, env = "QUEUE_MAX_SIZE", default_value_t = 10_000)]
+    pub max_size: usize,
+}
+
+/// PostgreSQL primary and read replicas.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
+pub struct DatabaseConfig {
+    /// Primary's URL (writes). Without it the server runs and database routes answer 503.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Read replicas in order; from the environment as DB_READ_REPLICA_1, DB_READ_REPLICA_2, ...
+    #[arg(long = "db-read-replica", value_name = "URL")]
+    pub read_replicas: Vec<String>,
+    /// Connections per database node.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub pool_size: usize,
+    /// Time between replica health checks (ms).
+    #[arg(long, env = "REPLICA_HEALTH_CHECK_INTERVAL", default_value_t = 15_000, value_parser = millis())]
+    pub replica_health_check_interval_ms: u64,
+}
+
+/// The seed's monitoring thresholds and cadence.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Monitoring")]
+pub struct MonitoringConfig {
+    /// Time between two alerts of the same kind (ms).
+    #[arg(long, env = "MONITORING_ALERT_COOLDOWN", default_value_t = 300_000, value_parser = millis())]
+    pub alert_cooldown_ms: u64,
+    /// Time between two metric samples on the monitor core (ms).
+    #[arg(long, env = "MONITORING_METRICS_INTERVAL", default_value_t = 5_000, value_parser = millis())]
+    pub metrics_interval_ms: u64,
+    /// CPU % that raises a warning.
+    #[arg(long, env = "MONITORING_CPU_WARNING", default_value_t = 70, value_parser = percent())]
+    pub cpu_warning: u8,
+    /// CPU % that raises a critical alert.
+    #[arg(long, env = "MONITORING_CPU_CRITICAL", default_value_t = 90, value_parser = percent())]
+    pub cpu_critical: u8,
+    /// Memory % that raises a warning.
+    #[arg(long, env = "MONITORING_MEMORY_WARNING", default_value_t = 80, value_parser = percent())]
+    pub memory_warning: u8,
+    /// Memory % that raises a critical alert.
+    #[arg(long, env = "MONITORING_MEMORY_CRITICAL", default_value_t = 95, value_parser = percent())]
+    pub memory_critical: u8,
+    /// Response time that raises a warning (ms).
+    #[arg(long, env = "MONITORING_RESPONSE_TIME_WARNING", default_value_t = 1_000, value_parser = millis())]
+    pub response_time_warning_ms: u64,
+    /// Response time that raises a critical alert (ms).
+    #[arg(long, env = "MONITORING_RESPONSE_TIME_CRITICAL", default_value_t = 3_000, value_parser = millis())]
+    pub response_time_critical_ms: u64,
+    /// Error rate % that raises a warning.
+    #[arg(long, env = "MONITORING_ERROR_RATE_WARNING", default_value_t = 1, value_parser = percent())]
+    pub error_rate_warning: u8,
+    /// Error rate % that raises a critical alert.
+    #[arg(long, env = "MONITORING_ERROR_RATE_CRITICAL", default_value_t = 5, value_parser = percent())]
+    pub error_rate_critical: u8,
+    /// Concurrent users that raise a warning.
+    #[arg(
+        long,
+        env = "MONITORING_CONCURRENT_USERS_WARNING",
+        default_value_t = 800
+    )]
+    pub concurrent_users_warning: u64,
+    /// Concurrent users that raise a critical alert.
+    #[arg(
+        long,
+        env = "MONITORING_CONCURRENT_USERS_CRITICAL",
+        default_value_t = 950
+    )]
+    pub concurrent_users_critical: u64,
+    /// Queued jobs that raise a warning.
+    #[arg(long, env = "MONITORING_QUEUE_SIZE_WARNING", default_value_t = 1_000)]
+    pub queue_size_warning: u64,
+    /// Queued jobs that raise a critical alert.
+    #[arg(long, env = "MONITORING_QUEUE_SIZE_CRITICAL", default_value_t = 5_000)]
+    pub queue_size_critical: u64,
+}
+
+/// Event-loop engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    /// glommio on io_uring.
+    Glommio,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Glommio => "glommio",
+        }
+    }
+}
+
+/// Prefix of the numbered replica variables (`DB_READ_REPLICA_1`, ...).
+pub const READ_REPLICA_VAR_PREFIX: &str = "DB_READ_REPLICA_";
+
+impl Cli {
+    /// Parses the command line and the environment. clap reads the variables named in the flags;
+    /// `env` is the same environment, passed in so that an error can name the variable a bad
+    /// value came from and so that the numbered replica variables can be collected.
+    pub fn parse_from<I, T>(args: I, env: &[(String, String)]) -> Result<Cli, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let command = Cli::command();
+        let matches = command
+            .clone()
+            .try_get_matches_from(args)
+            .map_err(|e| ConfigError::from_clap(e, &command, env))?;
+        let mut cli = Cli::from_arg_matches(&matches)
+            .map_err(|e| ConfigError::from_clap(e, &command, env))?;
+        cli.config
+            .database
+            .read_replicas
+            .extend(read_replicas_from_env(env)?);
+        cli.config.validate()?;
+        Ok(cli)
+    }
+}
+
+/// `DB_READ_REPLICA_1..n` in numeric order; a gap or a non-number suffix is an error.
+fn read_replicas_from_env(env: &[(String, String)]) -> Result<Vec<String>, ConfigError> {
+    let mut numbered = Vec::new();
+    for (name, value) in env {
+        let Some(suffix) = name.strip_prefix(READ_REPLICA_VAR_PREFIX) else {
+            continue;
+        };
+        let index: usize = suffix.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            ConfigError::invalid(name, value, "replica variables are numbered from 1")
+        })?;
+        numbered.push((index, name.clone(), value.clone()));
+    }
+    numbered.sort();
+    for (position, (index, name, value)) in numbered.iter().enumerate() {
+        if *index != position + 1 {
+            return Err(ConfigError::invalid(
+                name,
+                value,
+                &format!("replicas must be numbered without gaps: {READ_REPLICA_VAR_PREFIX}{} is missing", position + 1),
+            ));
+        }
+    }
+    Ok(numbered.into_iter().map(|(_, _, value)| value).collect())
+}
+
+impl Config {
+    /// Checks that settings agree with each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.min_workers > c.max_workers {
+            return Err(ConfigError::conflict(
+                ("CLUSTER_MIN_WORKERS", c.min_workers),
+                ("CLUSTER_MAX_WORKERS", c.max_workers),
+                "the minimum must not exceed the maximum",
+            ));
+        }
+        if c.scale_down_threshold >= c.scale_up_threshold {
+            return Err(ConfigError::conflict(
+                ("SCALE_DOWN_THRESHOLD", c.scale_down_threshold),
+                ("SCALE_UP_THRESHOLD", c.scale_up_threshold),
+                "scale-down must be below scale-up",
+            ));
+        }
+        let m = &self.monitoring;
+        let pairs: [(&str, u64, &str, u64); 6] = [
+            (
+                "MONITORING_CPU_WARNING",
+                m.cpu_warning.into(),
+                "MONITORING_CPU_CRITICAL",
+                m.cpu_critical.into(),
+            ),
+            (
+                "MONITORING_MEMORY_WARNING",
+                m.memory_warning.into(),
+                "MONITORING_MEMORY_CRITICAL",
+                m.memory_critical.into(),
+            ),
+            (
+                "MONITORING_RESPONSE_TIME_WARNING",
+                m.response_time_warning_ms,
+                "MONITORING_RESPONSE_TIME_CRITICAL",
+                m.response_time_critical_ms,
+            ),
+            (
+                "MONITORING_ERROR_RATE_WARNING",
+                m.error_rate_warning.into(),
+                "MONITORING_ERROR_RATE_CRITICAL",
+                m.error_rate_critical.into(),
+            ),
+            (
+                "MONITORING_CONCURRENT_USERS_WARNING",
+                m.concurrent_users_warning,
+                "MONITORING_CONCURRENT_USERS_CRITICAL",
+                m.concurrent_users_critical,
+            ),
+            (
+                "MONITORING_QUEUE_SIZE_WARNING",
+                m.queue_size_warning,
+                "MONITORING_QUEUE_SIZE_CRITICAL",
+                m.queue_size_critical,
+            ),
+        ];
+        for (warn_name, warn, crit_name, crit) in pairs {
+            if warn > crit {
+                return Err(ConfigError::conflict(
+                    (warn_name, warn),
+                    (crit_name, crit),
+                    "a warning must not exceed its critical level",
+                ));
+            }
+        }
+        let h = &self.http;
+        for (name, value) in [
+            ("MAX_REQUEST_LINE_BYTES", h.max_request_line_bytes),
+            ("MAX_HEADER_BYTES", h.max_header_bytes),
+        ] {
+            if value < 64 {
+                return Err(ConfigError::invalid(
+                    name,
+                    &value.to_string(),
+                    "must be at least 64 bytes",
+                ));
+            }
+        }
+        for (index, url) in self.database.read_replicas.iter().enumerate() {
+            check_postgres_url(&format!("{READ_REPLICA_VAR_PREFIX}{}", index + 1), url)?;
+        }
+        if let Some(url) = &self.database.database_url {
+            check_postgres_url("DATABASE_URL", url)?;
+        }
+        if self.server.listen_backlog < 1 {
+            return Err(ConfigError::invalid(
+                "LISTEN_BACKLOG",
+                &self.server.listen_backlog.to_string(),
+                "must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.shutdown_timeout_ms)
+    }
+
+    pub fn snapshot_interval(&self) -> Duration {
+        Duration::from_millis(self.server.snapshot_interval_ms)
+    }
+}
+
+fn check_postgres_url(name: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            name,
+            url,
+            "expected a postgres:// or postgresql:// URL",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

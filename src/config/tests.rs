@@ -1,0 +1,113 @@
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Cli, ConfigError> {
+    let argv = std::iter::once("coinbit").chain(args.iter().copied());
+    Cli::parse_from(argv, &[])
+}
+
+#[test]
+fn defaults_are_the_seeds() {
+    let cli = parse(&[]).unwrap();
+    let c = &cli.config;
+    assert_eq!(c.server.port, 3000);
+    assert_eq!((c.cluster.min_workers, c.cluster.max_workers), (8, 32));
+    assert_eq!(
+        (c.cluster.scale_up_threshold, c.cluster.scale_down_threshold),
+        (80, 30)
+    );
+    assert_eq!(
+        (
+            c.queues.high_workers,
+            c.queues.medium_workers,
+            c.queues.low_workers,
+            c.queues.background_workers
+        ),
+        (4, 3, 2, 1)
+    );
+    assert_eq!(c.database.replica_health_check_interval_ms, 15_000);
+    assert_eq!(c.monitoring.alert_cooldown_ms, 300_000);
+    assert_eq!(c.monitoring.metrics_interval_ms, 5_000);
+    assert_eq!(
+        (c.monitoring.cpu_warning, c.monitoring.cpu_critical),
+        (70, 90)
+    );
+    assert_eq!(c.http.max_body_bytes, 1024 * 1024);
+}
+
+#[test]
+fn bad_values_name_the_setting_and_value() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["--port", "http"], "--port", "http"),
+        (
+            &["--scale-up-threshold", "150"],
+            "--scale-up-threshold",
+            "150",
+        ),
+        (
+            &["--min-workers", "40", "--max-workers", "10"],
+            "CLUSTER_MIN_WORKERS",
+            "40",
+        ),
+        (
+            &["--scale-down-threshold", "90"],
+            "SCALE_DOWN_THRESHOLD",
+            "90",
+        ),
+        (&["--cpu-warning", "95"], "MONITORING_CPU_WARNING", "95"),
+        (
+            &["--database-url", "mysql://x"],
+            "DATABASE_URL",
+            "mysql://x",
+        ),
+        (&["--shard-cpus", "3-1"], "--shard-cpus", "3-1"),
+    ];
+    for (args, name, value) in cases {
+        let err = parse(args).expect_err(&format!("{args:?} should be refused"));
+        let text = err.to_string();
+        assert_eq!(err.exit_code(), 2, "{text}");
+        assert!(
+            text.contains(name) && text.contains(value),
+            "{args:?}: {text}"
+        );
+    }
+}
+
+#[test]
+fn numbered_replicas_are_read_in_order_and_gaps_refused() {
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let ok = env(&[
+        ("DB_READ_REPLICA_2", "postgres://b"),
+        ("DB_READ_REPLICA_1", "postgres://a"),
+    ]);
+    let cli = Cli::parse_from(["coinbit"], &ok).unwrap();
+    assert_eq!(
+        cli.config.database.read_replicas,
+        vec!["postgres://a", "postgres://b"]
+    );
+
+    let gap = env(&[
+        ("DB_READ_REPLICA_1", "postgres://a"),
+        ("DB_READ_REPLICA_3", "postgres://c"),
+    ]);
+    let err = Cli::parse_from(["coinbit"], &gap).unwrap_err().to_string();
+    assert!(err.contains("DB_READ_REPLICA_3"), "{err}");
+
+    let bad = env(&[("DB_READ_REPLICA_x", "postgres://a")]);
+    assert!(Cli::parse_from(["coinbit"], &bad).is_err());
+}
+
+#[test]
+fn help_lists_every_variable() {
+    let help = Cli::command().render_long_help().to_string();
+    for arg in Cli::command().get_arguments() {
+        if let Some(env) = arg.get_env() {
+            assert!(help.contains(env.to_str().unwrap()), "--help lacks {env:?}");
+        }
+    }
+    assert!(help.contains("DB_READ_REPLICA_1"));
+}

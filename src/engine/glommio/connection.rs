@@ -1,0 +1,116 @@
+//! One connection: read into the codec, advance it, write what it produced.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::{Shard, Tracked};
+use crate::http::conn::TimeoutKind;
+use crate::http::{Connection, Step};
+
+/// What housekeeping reads of a connection, and the drain flag it sets.
+#[derive(Default)]
+pub(crate) struct ConnShared {
+    pub deadline: Cell<Option<(Instant, TimeoutKind)>>,
+    /// Nothing buffered or in progress: safe to close at once when draining.
+    pub idle: Cell<bool>,
+    /// The shard is shutting down: close after the next response.
+    pub drain: Cell<bool>,
+}
+
+/// Registers and starts a connection's task.
+pub(crate) fn spawn(shard: &Rc<Shard>, stream: TcpStream) {
+    let id = shard.next_connection_id.get();
+    shard.next_connection_id.set(id + 1);
+    let shared = Rc::new(ConnShared::default());
+    shard.app.borrow_mut().metrics.connections.open += 1;
+    shard.connections.borrow_mut().insert(
+        id,
+        Tracked {
+            shared: shared.clone(),
+            task: None,
+        },
+    );
+    let guard = Registration {
+        shard: shard.clone(),
+        id,
+    };
+    let task = glommio::spawn_local(serve(guard, stream, shared)).detach();
+    if let Some(tracked) = shard.connections.borrow_mut().get_mut(&id) {
+        tracked.task = Some(task);
+    }
+}
+
+/// Removes the connection from the shard's table however its task ends (returned or cancelled).
+struct Registration {
+    shard: Rc<Shard>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shard.connections.borrow_mut().remove(&self.id);
+        self.shard.app.borrow_mut().metrics.connections.open -= 1;
+    }
+}
+
+async fn serve(registration: Registration, mut stream: TcpStream, shared: Rc<ConnShared>) {
+    let shard = registration.shard.clone();
+    let mut conn = Connection::new(shard.limits, shard.timeouts, Instant::now());
+    let mut step = Step::Read;
+    loop {
+        if !conn.output().is_empty() {
+            if stream.write_all(conn.output()).await.is_err() {
+                return;
+            }
+            conn.clear_output();
+        }
+        if shared.drain.get() {
+            conn.drain();
+        }
+        step = match step {
+            Step::Close => {
+                linger_close(&mut stream).await;
+                return;
+            }
+            Step::Flush => conn.advance(&mut *shard.app.borrow_mut(), Instant::now()),
+            Step::Read => {
+                shared.deadline.set(conn.deadline());
+                shared.idle.set(conn.is_idle());
+                let read = stream.read(conn.read_buf()).await;
+                shared.idle.set(false);
+                let n = match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let now = Instant::now();
+                conn.filled(n, now);
+                conn.advance(&mut *shard.app.borrow_mut(), now)
+            }
+            Step::Await(pending) => {
+                shared.deadline.set(None);
+                let response = pending.await;
+                conn.resume(response, &mut *shard.app.borrow_mut(), Instant::now())
+            }
+        };
+    }
+}
+
+/// Half-closes and reads what the client still sends (briefly), so that closing with unread
+/// bytes does not reset the connection before the client has read our last response.
+async fn linger_close(stream: &mut TcpStream) {
+    const LINGER_BYTES: usize = 256 * 1024;
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}

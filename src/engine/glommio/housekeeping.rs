@@ -1,0 +1,99 @@
+//! The shard's timer loop: the `Date` header, connection deadlines, metrics reports to the
+//! monitor, and draining on shutdown.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::Shard;
+use crate::http::conn::TimeoutKind;
+use crate::shard::ShardState;
+
+/// Coarse enough to cost nothing, fine enough for second-scale timeouts and a prompt shutdown.
+const TICK: Duration = Duration::from_millis(50);
+/// How often draining checks whether the last connection has gone.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// Runs until shutdown begins.
+pub(crate) async fn run(shard: &Shard) {
+    let interval = shard.ctx.config.snapshot_interval();
+    let mut next_report = Instant::now();
+    loop {
+        let now = Instant::now();
+        shard.app.borrow_mut().tick(SystemTime::now());
+        if now >= next_report {
+            send_report(shard, now);
+            next_report = now + interval;
+        }
+        expire_deadlines(shard, now);
+        if shard.ctx.control.is_shutting_down() {
+            return;
+        }
+        glommio::timer::sleep(TICK).await;
+    }
+}
+
+/// Closes idle connections now, lets busy ones finish their response, and cancels whatever is
+/// left at the shutdown deadline.
+pub(crate) async fn drain(shard: &Shard) {
+    shard.ctx.slot.set_state(ShardState::Draining);
+    shard.app.borrow_mut().begin_draining();
+    let deadline = Instant::now() + shard.ctx.config.shutdown_timeout();
+    loop {
+        // Cancelling only schedules the task's drop, so the table may stay borrowed meanwhile.
+        {
+            let connections = shard.connections.borrow();
+            for connection in connections.values() {
+                connection.shared.drain.set(true);
+                if connection.shared.idle.get() {
+                    connection.cancel();
+                }
+            }
+        }
+        let open = shard.connections.borrow().len();
+        if open == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "shard {}: shutdown deadline passed with {open} connections open",
+                shard.ctx.slot.id
+            );
+            shard.connections.borrow().values().for_each(|c| c.cancel());
+            break;
+        }
+        glommio::timer::sleep(DRAIN_POLL).await;
+    }
+    send_report(shard, Instant::now());
+}
+
+fn send_report(shard: &Shard, now: Instant) {
+    let slot = &shard.ctx.slot;
+    let report =
+        shard
+            .app
+            .borrow_mut()
+            .metrics
+            .report(slot.id, shard.ctx.generation, slot.tid(), now);
+    // A full channel means the monitor is behind; the next report carries the counters anyway.
+    let _ = shard.ctx.reports.try_send(report);
+}
+
+/// Cancels connections whose deadline passed; their tasks' guards unregister them.
+fn expire_deadlines(shard: &Shard, now: Instant) {
+    let connections = shard.connections.borrow();
+    for connection in connections.values() {
+        let Some((at, kind)) = connection.shared.deadline.get() else {
+            continue;
+        };
+        if at > now {
+            continue;
+        }
+        // Expire once: the task is gone by the next tick, but clear the deadline regardless.
+        connection.shared.deadline.set(None);
+        connection.cancel();
+        let mut app = shard.app.borrow_mut();
+        match kind {
+            TimeoutKind::RequestRead => app.metrics.connections.request_timeouts += 1,
+            TimeoutKind::Idle => app.metrics.connections.idle_timeouts += 1,
+        }
+    }
+}

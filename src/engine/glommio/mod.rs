@@ -1,0 +1,183 @@
+//! The glommio engine: one `LocalExecutor` per shard thread, on io_uring.
+//!
+//! A shard owns its SO_REUSEPORT listener, every connection it accepts, its [`ShardApp`] and its
+//! metrics. Three kinds of task share the executor: the accept loop, one task per connection, and
+//! the housekeeping loop (date, deadlines, reports, shutdown). They share state through `Rc` and
+//! `RefCell` on one thread: no locks.
+//!
+//! # Layout
+//! - [`connection`]: one connection's read/advance/write loop around the codec.
+//! - [`housekeeping`]: the per-shard timer loop: deadlines, date, metrics reports, draining.
+
+mod connection;
+mod housekeeping;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::ShardContext;
+use crate::app::ShardApp;
+use crate::http::{Limits, Response, StatusCode, Timeouts};
+use crate::shard::{ShardExit, ShardState};
+use connection::ConnShared;
+
+pub const ENGINE_NAME: &str = "glommio";
+
+/// Runs one generation of a shard on its own pinned thread until it stops or dies.
+pub fn run_shard(ctx: ShardContext) -> ShardExit {
+    let name = format!("shard-{}", ctx.slot.id);
+    let cpu = ctx.slot.cpu;
+    // Pinning is done with core_affinity inside the thread, as for every engine.
+    let spawned = LocalExecutorBuilder::new(Placement::Unbound)
+        .name(&name)
+        .spawn(move || async move {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                log::warn!("could not pin {name} to CPU {cpu}");
+            }
+            shard_main(ctx).await
+        });
+    let handle = match spawned {
+        Ok(handle) => handle,
+        Err(e) => return ShardExit::Died(format!("cannot start the glommio executor: {e}")),
+    };
+    match handle.join() {
+        Ok(Ok(())) => ShardExit::Clean,
+        Ok(Err(e)) => ShardExit::Died(e.to_string()),
+        Err(e) => ShardExit::Died(format!("the shard thread ended abnormally: {e}")),
+    }
+}
+
+/// A shard's state, shared by its tasks on its one thread.
+pub(crate) struct Shard {
+    pub ctx: ShardContext,
+    pub app: RefCell<ShardApp>,
+    pub connections: RefCell<HashMap<u64, Tracked>>,
+    pub next_connection_id: std::cell::Cell<u64>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+}
+
+/// What housekeeping knows of a live connection.
+pub(crate) struct Tracked {
+    pub shared: Rc<ConnShared>,
+    pub task: Option<glommio::task::JoinHandle<()>>,
+}
+
+impl Tracked {
+    /// Schedules the connection's task to be dropped (which closes the socket).
+    pub fn cancel(&self) {
+        if let Some(task) = &self.task {
+            task.cancel();
+        }
+    }
+}
+
+async fn shard_main(ctx: ShardContext) -> io::Result<()> {
+    ctx.slot.set_current_thread();
+    let listener = bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog)?;
+    let http = &ctx.config.http;
+    let shard = Rc::new(Shard {
+        app: RefCell::new(ShardApp::new(
+            ctx.slot.id,
+            ctx.published.clone(),
+            ctx.config.server.debug_routes,
+        )),
+        connections: RefCell::new(HashMap::new()),
+        next_connection_id: std::cell::Cell::new(0),
+        limits: Limits {
+            max_request_line: http.max_request_line_bytes,
+            max_header_bytes: http.max_header_bytes,
+            max_body_bytes: http.max_body_bytes,
+        },
+        timeouts: Timeouts {
+            header_read: Duration::from_millis(http.header_read_timeout_ms),
+            keep_alive: Duration::from_millis(http.keep_alive_timeout_ms),
+        },
+        ctx,
+    });
+    shard.ctx.slot.set_state(ShardState::Running);
+    log::debug!(
+        "shard {} serving on CPU {}",
+        shard.ctx.slot.id,
+        shard.ctx.slot.cpu
+    );
+    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+    housekeeping::run(&shard).await;
+    // Shutdown: stop accepting (dropping the listener), then drain.
+    acceptor.cancel();
+    housekeeping::drain(&shard).await;
+    Ok(())
+}
+
+/// A listener of the shard's own, in the port's SO_REUSEPORT group.
+fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+    socket.listen(backlog)?;
+    // SAFETY: the descriptor is a listening TCP socket whose ownership moves to glommio.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let cap = shard.ctx.config.http.max_connections_per_shard;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of descriptors or a transient error: back off rather than spin.
+                log::warn!("shard {}: accept failed: {e}", shard.ctx.slot.id);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let open = {
+            let mut app = shard.app.borrow_mut();
+            app.metrics.connections.accepted += 1;
+            app.metrics.connections.open
+        };
+        if open as usize >= cap {
+            shard.app.borrow_mut().metrics.connections.rejected_at_cap += 1;
+            glommio::spawn_local(reject_over_cap(shard.clone(), stream)).detach();
+            continue;
+        }
+        connection::spawn(&shard, stream);
+    }
+}
+
+/// Past the per-shard cap: 503, then close.
+async fn reject_over_cap(shard: Rc<Shard>, mut stream: TcpStream) {
+    use futures_lite::AsyncWriteExt;
+    let response = Response::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        "this server is at its connection limit; retry later",
+    )
+    .with_header("Retry-After", "1");
+    let mut out = Vec::with_capacity(256);
+    response.encode(
+        &mut out,
+        crate::http::Service::date(&*shard.app.borrow()),
+        false,
+        true,
+    );
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}

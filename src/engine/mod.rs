@@ -1,0 +1,35 @@
+//! Engines: the event loops that move bytes and time for the shards.
+//!
+//! An engine accepts connections on its shard's listener, reads into the codec's buffer, writes
+//! what the codec produced, runs the timers the codec asks for, and sends the shard's metrics to
+//! the monitor. Everything above the socket is the app's, through [`crate::http::Service`].
+//!
+//! # Layout
+//! - [`glommio`]: io_uring via glommio, one `LocalExecutor` per pinned shard thread.
+//! - [`preflight`]: start-up checks of what an engine needs from the kernel.
+
+pub mod glommio;
+pub mod preflight;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::Sender;
+
+use crate::config::Config;
+use crate::metrics::ShardReport;
+use crate::monitor::Published;
+use crate::shard::{Control, ShardSlot};
+
+/// Everything one run of a shard needs, whatever the engine.
+#[derive(Clone)]
+pub struct ShardContext {
+    pub slot: Arc<ShardSlot>,
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub listen_addr: SocketAddr,
+    pub control: Arc<Control>,
+    pub reports: Sender<ShardReport>,
+    pub published: Arc<ArcSwap<Published>>,
+}

@@ -1,0 +1,352 @@
+//! One connection's HTTP/1.1 state machine, independent of any socket.
+//!
+//! The engine loop is:
+//! ```text
+//! loop {
+//!     match conn.advance(&mut service, now) {
+//!         Step::Read => { write conn.output(); read into conn.read_buf(); conn.filled(n, now) }
+//!         Step::Flush => write conn.output(),
+//!         Step::Await(future) => { write conn.output(); conn.resume(future.await, ..) }
+//!         Step::Close => { write conn.output(); close }
+//!     }
+//! }
+//! ```
+//! and, beside it, a timer that closes the connection once [`Connection::deadline`] has passed.
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use super::error::HttpError;
+use super::parse::{header_slots, parse_head};
+use super::request::{Method, Request};
+use super::response::{PendingResponse, Reply, Response, StatusCode};
+
+/// Size limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_request_line: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+/// How long a client may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From the first byte of a request until it is complete (slow clients, slowloris).
+    pub header_read: Duration,
+    /// Between requests on a keep-alive connection.
+    pub keep_alive: Duration,
+}
+
+/// What the connection's requests are served by: the app, from the codec's point of view.
+pub trait Service {
+    /// Answers one request.
+    fn call(&mut self, request: &Request<'_>) -> Reply;
+    /// The cached `Date` header value.
+    fn date(&self) -> &[u8];
+    /// The codec refused a request before routing it.
+    fn rejected(&mut self, error: &HttpError);
+    /// `count` responses became ready `latency` after their requests arrived.
+    fn responded(&mut self, count: u64, latency: Duration);
+}
+
+/// A panic payload that is not contained to one request: it takes the whole shard down, so the
+/// supervisor restarts it. Only the debug routes raise it.
+#[derive(Debug)]
+pub struct EscalatePanic(pub &'static str);
+
+/// What the engine must do next.
+pub enum Step {
+    /// Write [`Connection::output`] (if any), then read more bytes.
+    Read,
+    /// Write [`Connection::output`] (it grew large), then call `advance` again.
+    Flush,
+    /// Write [`Connection::output`], await the future, and hand its response to `resume`.
+    Await(PendingResponse),
+    /// Write [`Connection::output`], then close the connection.
+    Close,
+}
+
+/// Why a connection's deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// A request was started and not finished in time.
+    RequestRead,
+    /// No request came on an idle keep-alive connection.
+    Idle,
+}
+
+/// Output is flushed once it passes this size even if more pipelined requests are buffered.
+const FLUSH_AT: usize = 64 * 1024;
+/// Space offered to each read.
+const MIN_READ: usize = 8 * 1024;
+const INTERIM_CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+struct Awaiting {
+    head_only: bool,
+    keep_alive: bool,
+    since: Instant,
+}
+
+pub struct Connection {
+    limits: Limits,
+    timeouts: Timeouts,
+    /// Read buffer; unparsed bytes are `buf[start..end]`. Fully initialised once, never shrunk.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+    /// A response that ends the connection has been queued.
+    closing: bool,
+    /// The server is shutting down: the next response closes the connection.
+    draining: bool,
+    /// When the first byte of the request being received arrived.
+    request_started: Option<Instant>,
+    last_activity: Instant,
+    continue_sent: bool,
+    awaiting: Option<Awaiting>,
+    /// Responses encoded in this `advance` call, recorded together when it returns.
+    batch: u64,
+}
+
+impl Connection {
+    pub fn new(limits: Limits, timeouts: Timeouts, now: Instant) -> Self {
+        Connection {
+            limits,
+            timeouts,
+            buf: vec![0; MIN_READ * 2],
+            start: 0,
+            end: 0,
+            out: Vec::with_capacity(4096),
+            closing: false,
+            draining: false,
+            request_started: None,
+            last_activity: now,
+            continue_sent: false,
+            awaiting: None,
+            batch: 0,
+        }
+    }
+
+    /// Free space to read into (at least 8 KiB).
+    pub fn read_buf(&mut self) -> &mut [u8] {
+        self.make_room(MIN_READ);
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were read into [`Connection::read_buf`].
+    pub fn filled(&mut self, n: usize, now: Instant) {
+        self.end += n;
+        self.last_activity = now;
+        if n > 0 && self.request_started.is_none() {
+            self.request_started = Some(now);
+        }
+    }
+
+    /// Bytes to write before the next read or close.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// The output was written.
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    /// Stop keeping the connection alive: the next response says `Connection: close`.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// No request is buffered, in progress or awaited: closing now loses nothing.
+    pub fn is_idle(&self) -> bool {
+        self.start == self.end && self.awaiting.is_none() && self.out.is_empty()
+    }
+
+    /// When the connection must be closed if nothing changes, and why; `None` while a handler
+    /// is still working on a response.
+    pub fn deadline(&self) -> Option<(Instant, TimeoutKind)> {
+        if self.awaiting.is_some() {
+            return None;
+        }
+        Some(match self.request_started {
+            Some(started) => (
+                started + self.timeouts.header_read,
+                TimeoutKind::RequestRead,
+            ),
+            None => (
+                self.last_activity + self.timeouts.keep_alive,
+                TimeoutKind::Idle,
+            ),
+        })
+    }
+
+    /// Parses and answers every complete request in the buffer. `now` is when the last read
+    /// completed; response latency is measured from it.
+    pub fn advance<S: Service>(&mut self, service: &mut S, now: Instant) -> Step {
+        let step = self.process(service, now);
+        if self.batch > 0 {
+            service.responded(self.batch, now.elapsed());
+            self.batch = 0;
+        }
+        step
+    }
+
+    /// Hands over the response of a [`Step::Await`], then goes on like `advance`.
+    pub fn resume<S: Service>(
+        &mut self,
+        response: Response,
+        service: &mut S,
+        now: Instant,
+    ) -> Step {
+        let awaiting = self
+            .awaiting
+            .take()
+            .expect("resume without a pending response");
+        self.queue(
+            &response,
+            service.date(),
+            awaiting.head_only,
+            awaiting.keep_alive,
+        );
+        // Recorded on its own: its latency runs from when it was handed to the handler.
+        self.batch -= 1;
+        service.responded(1, awaiting.since.elapsed());
+        self.advance(service, now)
+    }
+
+    fn process<S: Service>(&mut self, service: &mut S, now: Instant) -> Step {
+        loop {
+            if self.closing {
+                return Step::Close;
+            }
+            if self.out.len() >= FLUSH_AT {
+                return Step::Flush;
+            }
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+                self.request_started = None;
+                self.last_activity = now;
+                return if self.draining {
+                    Step::Close
+                } else {
+                    Step::Read
+                };
+            }
+            self.request_started.get_or_insert(now);
+            match self.next_request(service) {
+                Next::NeedBytes => return Step::Read,
+                Next::Answered => {}
+                Next::Await(future) => return Step::Await(future),
+            }
+        }
+    }
+
+    fn next_request<S: Service>(&mut self, service: &mut S) -> Next {
+        let mut slots = header_slots();
+        let data = &self.buf[self.start..self.end];
+        let head = match parse_head(data, &self.limits, &mut slots) {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                self.make_room(0);
+                return Next::NeedBytes;
+            }
+            Err(error) => {
+                service.rejected(&error);
+                let response = error.response();
+                self.closing = true;
+                self.queue(&response, service.date(), false, false);
+                return Next::Answered;
+            }
+        };
+        let total = head.head_len + head.content_length;
+        if data.len() < total {
+            let expect_continue = head.expect_continue;
+            if expect_continue && !self.continue_sent {
+                self.out.extend_from_slice(INTERIM_CONTINUE);
+                self.continue_sent = true;
+            }
+            self.make_room(total);
+            return Next::NeedBytes;
+        }
+        let request = Request {
+            method: head.method,
+            path: head.path,
+            query: head.query,
+            headers: head.headers,
+            body: &data[head.head_len..total],
+            keep_alive: head.keep_alive && !self.draining,
+        };
+        let head_only = request.method == Method::Head;
+        let keep_alive = request.keep_alive;
+        let reply = catch_unwind(AssertUnwindSafe(|| service.call(&request)));
+        self.start += total;
+        self.request_started = None;
+        self.continue_sent = false;
+        let response = match reply {
+            Ok(Reply::Ready(response)) => response,
+            Ok(Reply::Later(future)) => {
+                self.awaiting = Some(Awaiting {
+                    head_only,
+                    keep_alive,
+                    since: Instant::now(),
+                });
+                return Next::Await(future);
+            }
+            Err(payload) if payload.is::<EscalatePanic>() => resume_unwind(payload),
+            Err(payload) => {
+                log::error!("handler panicked: {}", panic_text(payload.as_ref()));
+                Response::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the request could not be completed",
+                )
+            }
+        };
+        self.queue(&response, service.date(), head_only, keep_alive);
+        Next::Answered
+    }
+
+    fn queue(&mut self, response: &Response, date: &[u8], head_only: bool, keep_alive: bool) {
+        let close = !keep_alive || self.draining;
+        response.encode(&mut self.out, date, head_only, close);
+        self.closing |= close;
+        self.batch += 1;
+    }
+
+    /// Ensures `buf` can hold `need` unparsed bytes (the request being received) plus a read of
+    /// `MIN_READ`, moving the unparsed bytes to the front when that is enough.
+    fn make_room(&mut self, need: usize) {
+        let pending = self.end - self.start;
+        let wanted = pending.max(need) + MIN_READ;
+        if self.buf.len() - self.start >= wanted {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = pending;
+        }
+        if self.buf.len() < wanted {
+            self.buf.resize(wanted.next_power_of_two(), 0);
+        }
+    }
+}
+
+enum Next {
+    NeedBytes,
+    Answered,
+    Await(PendingResponse),
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-text panic payload)")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+use super::*;
+use crate::http::response::JSON;
+
+/// A service that echoes the path and records what the codec told it.
+#[derive(Default)]
+struct Echo {
+    rejected: Vec<u16>,
+    responded: u64,
+}
+
+impl Service for Echo {
+    fn call(&mut self, request: &Request<'_>) -> Reply {
+        match request.path {
+            "/panic" => panic!("handler bug"),
+            "/later" => Reply::Later(Box::pin(async {
+                Response::new(StatusCode::OK, JSON, "later")
+            })),
+            path => Response::new(
+                StatusCode::OK,
+                "text/plain",
+                format!("{path}:{}", request.body.len()),
+            )
+            .into(),
+        }
+    }
+    fn date(&self) -> &[u8] {
+        b"Sun, 06 Nov 1994 08:49:37 GMT"
+    }
+    fn rejected(&mut self, error: &HttpError) {
+        self.rejected.push(error.status().0);
+    }
+    fn responded(&mut self, count: u64, _latency: Duration) {
+        self.responded += count;
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_request_line: 1024,
+        max_header_bytes: 1024,
+        max_body_bytes: 64,
+    }
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        header_read: Duration::from_secs(2),
+        keep_alive: Duration::from_secs(5),
+    }
+}
+
+fn feed(conn: &mut Connection, bytes: &[u8], now: Instant) {
+    let buf = conn.read_buf();
+    buf[..bytes.len()].copy_from_slice(bytes);
+    conn.filled(bytes.len(), now);
+}
+
+fn bodies(out: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(out);
+    text.split("HTTP/1.1 ")
+        .skip(1)
+        .map(|r| r.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_in_one_output() {
+    let now = Instant::now();
+    let mut conn = Connection::new(limits(), timeouts(), now);
+    let mut echo = Echo::default();
+    let mut input = Vec::new();
+    for i in 0..100 {
+        input.extend_from_slice(format!("GET /r{i} HTTP/1.1\r\n\r\n").as_bytes());
+    }
+    // Feed in odd-sized pieces so requests straddle reads.
+    let mut answered = Vec::new();
+    for chunk in input.chunks(777) {
+        feed(&mut conn, chunk, now);
+        assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+        answered.extend_from_slice(conn.output());
+        conn.clear_output();
+    }
+    let expected: Vec<String> = (0..100).map(|i| format!("/r{i}:0")).collect();
+    assert_eq!(bodies(&answered), expected);
+    assert_eq!(echo.responded, 100);
+    assert!(conn.is_idle());
+}
+
+#[test]
+fn body_split_across_reads_and_expect_continue() {
+    let now = Instant::now();
+    let mut conn = Connection::new(limits(), timeouts(), now);
+    let mut echo = Echo::default();
+    feed(
+        &mut conn,
+        b"POST /b HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n12345",
+        now,
+    );
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    assert_eq!(conn.output(), INTERIM_CONTINUE);
+    conn.clear_output();
+    feed(&mut conn, b"67890", now);
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    assert_eq!(bodies(conn.output()), vec!["/b:10"]);
+}
+
+#[test]
+fn errors_answer_json_and_close() {
+    let cases: &[(&[u8], u16)] = &[
+        (b"BAD\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: 65\r\n\r\n", 413),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
+    ];
+    for (input, status) in cases {
+        let now = Instant::now();
+        let mut conn = Connection::new(limits(), timeouts(), now);
+        let mut echo = Echo::default();
+        feed(&mut conn, input, now);
+        assert!(
+            matches!(conn.advance(&mut echo, now), Step::Close),
+            "{status}"
+        );
+        let text = String::from_utf8_lossy(conn.output()).to_string();
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        assert!(text.contains("\"error\":{\"code\""), "{text}");
+        assert_eq!(echo.rejected, vec![*status]);
+    }
+}
+
+#[test]
+fn connection_close_and_http10_end_the_connection_after_the_response() {
+    for input in [
+        &b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n"[..],
+        b"GET /a HTTP/1.0\r\n\r\n",
+    ] {
+        let now = Instant::now();
+        let mut conn = Connection::new(limits(), timeouts(), now);
+        let mut echo = Echo::default();
+        feed(&mut conn, input, now);
+        assert!(matches!(conn.advance(&mut echo, now), Step::Close));
+        assert_eq!(
+            bodies(conn.output()),
+            vec!["/a:0"],
+            "the request after close is not answered"
+        );
+    }
+}
+
+#[test]
+fn head_gets_headers_without_body() {
+    let now = Instant::now();
+    let mut conn = Connection::new(limits(), timeouts(), now);
+    let mut echo = Echo::default();
+    feed(&mut conn, b"HEAD /h HTTP/1.1\r\n\r\n", now);
+    conn.advance(&mut echo, now);
+    let text = String::from_utf8_lossy(conn.output()).to_string();
+    assert!(
+        text.contains("Content-Length: 4\r\n") && text.ends_with("\r\n\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_panicking_handler_gets_500_and_the_connection_goes_on() {
+    let now = Instant::now();
+    let mut conn = Connection::new(limits(), timeouts(), now);
+    let mut echo = Echo::default();
+    feed(
+        &mut conn,
+        b"GET /panic HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n",
+        now,
+    );
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    let text = String::from_utf8_lossy(conn.output()).to_string();
+    assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
+    assert_eq!(bodies(conn.output())[1], "/after:0");
+}
+
+#[test]
+fn later_replies_keep_pipelined_order() {
+    let now = Instant::now();
+    let mut conn = Connection::new(limits(), timeouts(), now);
+    let mut echo = Echo::default();
+    feed(
+        &mut conn,
+        b"GET /one HTTP/1.1\r\n\r\nGET /later HTTP/1.1\r\n\r\nGET /three HTTP/1.1\r\n\r\n",
+        now,
+    );
+    let Step::Await(_future) = conn.advance(&mut echo, now) else {
+        panic!("expected Await")
+    };
+    assert_eq!(conn.deadline(), None, "no timeout while a handler works");
+    let response = Response::new(StatusCode::OK, JSON, "later");
+    assert!(matches!(conn.resume(response, &mut echo, now), Step::Read));
+    assert_eq!(bodies(conn.output()), vec!["/one:0", "later", "/three:0"]);
+    assert_eq!(echo.responded, 3);
+}
+
+#[test]
+fn deadlines_follow_the_request_state() {
+    let t0 = Instant::now();
+    let mut conn = Connection::new(limits(), timeouts(), t0);
+    let mut echo = Echo::default();
+    assert_eq!(
+        conn.deadline(),
+        Some((t0 + Duration::from_secs(5), TimeoutKind::Idle))
+    );
+    let t1 = t0 + Duration::from_secs(1);
+    feed(&mut conn, b"GET / HTTP/1.1\r\nX-Slow: ", t1);
+    conn.advance(&mut echo, t1);
+    assert_eq!(
+        conn.deadline(),
+        Some((t1 + Duration::from_secs(2), TimeoutKind::RequestRead))
+    );
+    // Trickling more bytes does not move the request deadline (slowloris).
+    let t2 = t1 + Duration::from_millis(1500);
+    feed(&mut conn, b"a", t2);
+    conn.advance(&mut echo, t2);
+    assert_eq!(
+        conn.deadline(),
+        Some((t1 + Duration::from_secs(2), TimeoutKind::RequestRead))
+    );
+    feed(&mut conn, b"\r\n\r\n", t2);
+    conn.advance(&mut echo, t2);
+    assert_eq!(
+        conn.deadline(),
+        Some((t2 + Duration::from_secs(5), TimeoutKind::Idle))
+    );
+}
+
+#[test]
+fn draining_closes_after_the_current_response() {
+    let now = Instant::now();
+    let mut conn = Connection::new(limits(), timeouts(), now);
+    let mut echo = Echo::default();
+    conn.drain();
+    feed(&mut conn, b"GET /x HTTP/1.1\r\n\r\n", now);
+    assert!(matches!(conn.advance(&mut echo, now), Step::Close));
+    assert!(String::from_utf8_lossy(conn.output()).contains("Connection: close"));
+}
+
+#[test]
+fn large_bodies_grow_the_buffer_once() {
+    let now = Instant::now();
+    let big = Limits {
+        max_body_bytes: 100_000,
+        ..limits()
+    };
+    let mut conn = Connection::new(big, timeouts(), now);
+    let mut echo = Echo::default();
+    let mut input = b"POST /big HTTP/1.1\r\nContent-Length: 50000\r\n\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 50_000));
+    for chunk in input.chunks(8000) {
+        feed(&mut conn, chunk, now);
+        conn.advance(&mut echo, now);
+    }
+    assert_eq!(bodies(conn.output()), vec!["/big:50000"]);
+}

@@ -1,0 +1,361 @@
+//! Request-head parsing over `httparse`, with this server's size limits.
+
+use std::mem::MaybeUninit;
+
+use super::conn::Limits;
+use super::error::HttpError;
+use super::request::Method;
+
+/// Most header fields in one request; more is answered like an oversized header section (431).
+pub const MAX_HEADERS: usize = 64;
+
+/// Uninitialised header slots for one parse (no per-request memset).
+pub type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+pub fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// A complete request head.
+#[derive(Debug)]
+pub struct Head<'b, 'h> {
+    pub method: Method,
+    pub path: &'b str,
+    pub query: Option<&'b str>,
+    pub headers: &'h [httparse::Header<'b>],
+    /// Bytes of the request line and header section, blank line included.
+    pub head_len: usize,
+    /// Body bytes that follow the head.
+    pub content_length: usize,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+/// Parses the head at the start of `buf`. `Ok(None)` means more bytes are needed (and the ones so
+/// far are within the limits).
+pub fn parse_head<'b, 'h>(
+    buf: &'b [u8],
+    limits: &Limits,
+    slots: &'h mut HeaderSlots<'b>,
+) -> Result<Option<Head<'b, 'h>>, HttpError> {
+    let line_len = request_line_len(buf, limits.max_request_line)?;
+    let mut request = httparse::Request::new(&mut []);
+    let status = request.parse_with_uninit_headers(buf, slots);
+    let head_len = match status {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            let header_bytes = buf.len() - line_len.unwrap_or(buf.len());
+            if header_bytes > limits.max_header_bytes {
+                return Err(HttpError::HeadersTooLarge {
+                    limit: limits.max_header_bytes,
+                });
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::HeadersTooLarge {
+                limit: limits.max_header_bytes,
+            })
+        }
+        Err(httparse::Error::Version) => return Err(HttpError::VersionNotSupported),
+        Err(e) => return Err(HttpError::BadRequest(parse_error_text(e))),
+    };
+    // A complete head always has its request line.
+    let line_len = line_len.unwrap_or(head_len);
+    if head_len - line_len > limits.max_header_bytes {
+        return Err(HttpError::HeadersTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    let method = Method::from_bytes(request.method.unwrap_or(""));
+    let target = request.path.unwrap_or("");
+    let minor_version = request.version.unwrap_or(1);
+    let headers: &'h [httparse::Header<'b>] = request.headers;
+
+    let (path, query) = split_target(target)?;
+    let framing = Framing::read(headers, minor_version)?;
+    if framing.content_length > limits.max_body_bytes as u64 {
+        return Err(HttpError::PayloadTooLarge {
+            length: framing.content_length,
+            limit: limits.max_body_bytes,
+        });
+    }
+    Ok(Some(Head {
+        method,
+        path,
+        query,
+        headers,
+        head_len,
+        content_length: framing.content_length as usize,
+        keep_alive: framing.keep_alive,
+        expect_continue: framing.expect_continue,
+    }))
+}
+
+/// Length of the request line including its line break, once it is complete; an error when it
+/// is (or has already grown) longer than the limit.
+fn request_line_len(buf: &[u8], limit: usize) -> Result<Option<usize>, HttpError> {
+    // Leading blank lines are allowed before a request (RFC 9112 section 2.2).
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let scan_end = buf.len().min(start + limit + 2);
+    match buf[start..scan_end].iter().position(|b| *b == b'\n') {
+        Some(newline) => {
+            let without_crlf = if newline > 0 && buf[start + newline - 1] == b'\r' {
+                newline - 1
+            } else {
+                newline
+            };
+            if without_crlf > limit {
+                return Err(HttpError::UriTooLong { limit });
+            }
+            Ok(Some(start + newline + 1))
+        }
+        None if buf.len() - start > limit + 1 => Err(HttpError::UriTooLong { limit }),
+        None => Ok(None),
+    }
+}
+
+fn split_target(target: &str) -> Result<(&str, Option<&str>), HttpError> {
+    // Absolute form (`http://host/path`) is accepted as RFC 9112 requires; the authority is ignored.
+    let origin = match target.find("://") {
+        Some(scheme_end) => {
+            let after = &target[scheme_end + 3..];
+            after.find('/').map(|slash| &after[slash..]).unwrap_or("/")
+        }
+        None => target,
+    };
+    if !(origin.starts_with('/') || origin == "*") {
+        return Err(HttpError::BadRequest("request target must be a path"));
+    }
+    Ok(match origin.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (origin, None),
+    })
+}
+
+/// How the message is framed and whether the connection persists.
+struct Framing {
+    content_length: u64,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Framing {
+    fn read(headers: &[httparse::Header<'_>], minor_version: u8) -> Result<Framing, HttpError> {
+        let mut content_length: Option<u64> = None;
+        let mut chunked_or_other_coding = false;
+        // HTTP/1.1 persists by default, HTTP/1.0 only when asked.
+        let mut keep_alive = minor_version >= 1;
+        let mut expect_continue = false;
+        for header in headers {
+            let name = header.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let value = parse_content_length(header.value)?;
+                if content_length.is_some_and(|seen| seen != value) {
+                    return Err(HttpError::BadRequest("conflicting Content-Length headers"));
+                }
+                content_length = Some(value);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked_or_other_coding = true;
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in header.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && minor_version == 0 {
+                        keep_alive = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("expect") {
+                expect_continue = header
+                    .value
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        if chunked_or_other_coding {
+            if content_length.is_some() {
+                return Err(HttpError::BadRequest(
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
+            return Err(HttpError::NotImplemented(
+                "Transfer-Encoding on requests (send Content-Length)",
+            ));
+        }
+        Ok(Framing {
+            content_length: content_length.unwrap_or(0),
+            keep_alive,
+            expect_continue,
+        })
+    }
+}
+
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(HttpError::BadRequest("invalid Content-Length"));
+    }
+    Ok(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn parse_error_text(error: httparse::Error) -> &'static str {
+    match error {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid method or request target",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_request_line: 64,
+            max_header_bytes: 128,
+            max_body_bytes: 1000,
+        }
+    }
+
+    /// (path, query, head length, content length, keep-alive)
+    type Summary = (String, Option<String>, usize, usize, bool);
+    type Expected<'a> = (&'a str, Option<&'a str>, usize, usize, bool);
+
+    fn parse(input: &str) -> Result<Option<Summary>, HttpError> {
+        let mut slots = header_slots();
+        parse_head(input.as_bytes(), &limits(), &mut slots).map(|head| {
+            head.map(|h| {
+                (
+                    h.path.to_string(),
+                    h.query.map(str::to_string),
+                    h.head_len,
+                    h.content_length,
+                    h.keep_alive,
+                )
+            })
+        })
+    }
+
+    #[test]
+    fn table_of_heads() {
+        let long_path = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(80));
+        let long_unfinished = format!("GET /{}", "a".repeat(80));
+        let big_headers = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(200));
+        let big_unfinished_headers = format!("GET / HTTP/1.1\r\nX: {}", "v".repeat(200));
+        let cases: Vec<(&str, Result<Option<Expected>, HttpError>)> = vec![
+            (
+                "GET /health HTTP/1.1\r\n\r\n",
+                Ok(Some(("/health", None, 24, 0, true))),
+            ),
+            (
+                "GET /a?b=1 HTTP/1.0\r\n\r\n",
+                Ok(Some(("/a", Some("b=1"), 23, 0, false))),
+            ),
+            (
+                "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                Ok(Some(("/", None, 42, 0, true))),
+            ),
+            (
+                "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+                Ok(Some(("/", None, 37, 0, false))),
+            ),
+            (
+                "POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+                Ok(Some(("/x", None, 39, 5, true))),
+            ),
+            (
+                "\r\nGET / HTTP/1.1\r\n\r\n",
+                Ok(Some(("/", None, 20, 0, true))),
+            ),
+            (
+                "GET http://h:1/p?q HTTP/1.1\r\n\r\n",
+                Ok(Some(("/p", Some("q"), 31, 0, true))),
+            ),
+            ("GET /health HTTP/1.1\r\nHost: x", Ok(None)),
+            ("GET /hea", Ok(None)),
+            (&long_path, Err(HttpError::UriTooLong { limit: 64 })),
+            (&long_unfinished, Err(HttpError::UriTooLong { limit: 64 })),
+            (&big_headers, Err(HttpError::HeadersTooLarge { limit: 128 })),
+            (
+                &big_unfinished_headers,
+                Err(HttpError::HeadersTooLarge { limit: 128 }),
+            ),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n",
+                Err(HttpError::PayloadTooLarge {
+                    length: 2000,
+                    limit: 1000,
+                }),
+            ),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                Err(HttpError::BadRequest("invalid Content-Length")),
+            ),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                Err(HttpError::BadRequest("conflicting Content-Length headers")),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Err(HttpError::NotImplemented(
+                    "Transfer-Encoding on requests (send Content-Length)",
+                )),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                Err(HttpError::BadRequest(
+                    "both Content-Length and Transfer-Encoding",
+                )),
+            ),
+            (
+                "GET noslash HTTP/1.1\r\n\r\n",
+                Err(HttpError::BadRequest("request target must be a path")),
+            ),
+            (
+                "G@T / HTTP/1.1\r\n\r\n",
+                Err(HttpError::BadRequest("invalid method or request target")),
+            ),
+            (
+                "GET / HTTP/2.0\r\n\r\n",
+                Err(HttpError::VersionNotSupported),
+            ),
+            (
+                "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+                Err(HttpError::BadRequest("invalid header name")),
+            ),
+        ];
+        for (input, expected) in cases {
+            let expected = expected
+                .map(|o| o.map(|(p, q, h, c, k)| (p.to_string(), q.map(str::to_string), h, c, k)));
+            assert_eq!(parse(input), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let mut input = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_HEADERS {
+            input.push_str(&format!("h{i}: v\r\n"));
+        }
+        input.push_str("\r\n");
+        let mut slots = header_slots();
+        let big = Limits {
+            max_request_line: 64,
+            max_header_bytes: 8192,
+            max_body_bytes: 0,
+        };
+        assert_eq!(
+            parse_head(input.as_bytes(), &big, &mut slots).unwrap_err(),
+            HttpError::HeadersTooLarge { limit: 8192 }
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! CoinBitClub Enterprise API server: thread-per-core, shared-nothing.
+//!
+//! One shard per CPU, each an OS thread pinned with `core_affinity` running its own event loop
+//! (the engine), its own SO_REUSEPORT listener and every connection it accepts for that
+//! connection's life. A monitor thread on its own core (or a shared one on small hosts) merges the
+//! shards' metric reports and publishes the status bodies. Shards talk to the rest only over
+//! lock-free channels and immutable published snapshots: no lock sits on the request path.
+//!
+//! # Layout
+//! - [`config`]: flags and the seed's environment variables, validated in one place.
+//! - [`http`]: the sans-I/O HTTP/1.1 codec every engine drives.
+//! - [`app`]: the router and handlers (engine-agnostic).
+//! - [`engine`]: event loops that move bytes and time (`glommio`), and start-up checks.
+//! - [`shard`]: placement on CPUs, shard lifecycle, supervision and restarts.
+//! - [`metrics`]: per-shard counters and HDR histograms.
+//! - [`monitor`]: the monitor core: merging, health, rendering of status bodies.
+//! - [`server`]: start-up and graceful shutdown.
+
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod monitor;
+pub mod server;
+pub mod shard;

@@ -1,0 +1,256 @@
+//! Merging shard reports: lifetime and recent-window latency, rates, heartbeats.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::metrics::{latency_histogram, ConnectionCounters, ShardReport};
+use crate::shard::ShardSlot;
+
+/// Rates and recent percentiles cover this much time.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// Counters that survive a shard's restart (its own counters start again from zero).
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub route_counts: Vec<[u64; 5]>,
+    pub unrouted_counts: [u64; 5],
+    pub connections: ConnectionCounters,
+    pub latency_sum_micros: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: &Totals) {
+        if self.route_counts.len() < other.route_counts.len() {
+            self.route_counts.resize(other.route_counts.len(), [0; 5]);
+        }
+        for (mine, theirs) in self.route_counts.iter_mut().zip(&other.route_counts) {
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m += t;
+            }
+        }
+        for (m, t) in self.unrouted_counts.iter_mut().zip(&other.unrouted_counts) {
+            *m += t;
+        }
+        let (c, o) = (&mut self.connections, &other.connections);
+        c.open += o.open;
+        c.accepted += o.accepted;
+        c.rejected_at_cap += o.rejected_at_cap;
+        c.request_timeouts += o.request_timeouts;
+        c.idle_timeouts += o.idle_timeouts;
+        c.protocol_errors += o.protocol_errors;
+        self.latency_sum_micros += other.latency_sum_micros;
+    }
+
+    fn from_report(report: &ShardReport) -> Totals {
+        Totals {
+            route_counts: report.route_counts.clone(),
+            unrouted_counts: report.unrouted_counts,
+            connections: report.connections,
+            latency_sum_micros: report.latency_sum_micros,
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.route_counts
+            .iter()
+            .chain(std::iter::once(&self.unrouted_counts))
+            .flatten()
+            .sum()
+    }
+
+    pub fn server_errors(&self) -> u64 {
+        self.route_counts
+            .iter()
+            .chain(std::iter::once(&self.unrouted_counts))
+            .map(|c| c[4])
+            .sum()
+    }
+}
+
+/// One interval of a shard's traffic, kept while it is inside the window.
+struct Interval {
+    at: Instant,
+    requests: u64,
+    server_errors: u64,
+    latency: Histogram<u64>,
+}
+
+/// What the monitor knows of one shard.
+pub struct ShardTrack {
+    pub slot: Arc<ShardSlot>,
+    pub generation: u64,
+    pub last_report_at: Option<Instant>,
+    /// Counters of earlier generations (before restarts).
+    carried: Totals,
+    /// Counters of the current generation, as last reported.
+    current: Totals,
+    pub lifetime_latency: Histogram<u64>,
+    window: VecDeque<Interval>,
+    pub window_latency: Histogram<u64>,
+}
+
+impl ShardTrack {
+    pub fn totals(&self) -> Totals {
+        let mut totals = self.carried.clone();
+        totals.add(&self.current);
+        // Open connections of dead generations are gone.
+        totals.connections.open = self.current.connections.open;
+        totals
+    }
+
+    /// Requests and 5xx responses inside the window, and the time it spans.
+    pub fn window_counts(&self, now: Instant) -> (u64, u64, Duration) {
+        let requests = self.window.iter().map(|i| i.requests).sum();
+        let errors = self.window.iter().map(|i| i.server_errors).sum();
+        let span = self
+            .window
+            .front()
+            .map(|first| now.saturating_duration_since(first.at))
+            .unwrap_or_default();
+        (requests, errors, span)
+    }
+}
+
+/// The monitor's merged view of all shards.
+pub struct ClusterState {
+    pub shards: Vec<ShardTrack>,
+    pub routes: &'static [&'static str],
+    pub interval: Duration,
+    pub monitor_tid: i32,
+}
+
+impl ClusterState {
+    pub fn new(
+        slots: Vec<Arc<ShardSlot>>,
+        routes: &'static [&'static str],
+        interval: Duration,
+    ) -> Self {
+        let shards = slots
+            .into_iter()
+            .map(|slot| ShardTrack {
+                slot,
+                generation: 0,
+                last_report_at: None,
+                carried: Totals::default(),
+                current: Totals::default(),
+                lifetime_latency: latency_histogram(),
+                window: VecDeque::new(),
+                window_latency: latency_histogram(),
+            })
+            .collect();
+        ClusterState {
+            shards,
+            routes,
+            interval,
+            monitor_tid: 0,
+        }
+    }
+
+    /// Takes in one report: a new generation moves the old counters to `carried`.
+    pub fn absorb(&mut self, report: ShardReport) {
+        let Some(track) = self.shards.get_mut(report.shard) else {
+            log::warn!("report from unknown shard {}", report.shard);
+            return;
+        };
+        if report.generation != track.generation {
+            let previous = std::mem::take(&mut track.current);
+            track.carried.add(&previous);
+            track.generation = report.generation;
+        }
+        let before = track.current.requests();
+        let errors_before = track.current.server_errors();
+        track.current = Totals::from_report(&report);
+        track.last_report_at = Some(report.at);
+        // Histogram bounds are identical everywhere, so adding cannot fail.
+        let _ = track.lifetime_latency.add(&report.interval_latency);
+        let _ = track.window_latency.add(&report.interval_latency);
+        track.window.push_back(Interval {
+            at: report.at,
+            requests: track.current.requests().saturating_sub(before),
+            server_errors: track.current.server_errors().saturating_sub(errors_before),
+            latency: report.interval_latency,
+        });
+    }
+
+    /// Drops intervals that left the window.
+    pub fn advance_window(&mut self, now: Instant) {
+        for track in &mut self.shards {
+            while track
+                .window
+                .front()
+                .is_some_and(|i| now.saturating_duration_since(i.at) > WINDOW)
+            {
+                let old = track.window.pop_front().expect("front exists");
+                let _ = track.window_latency.subtract(&old.latency);
+            }
+        }
+    }
+
+    /// Latency of all shards merged: (window, lifetime).
+    pub fn merged_latency(&self) -> (Histogram<u64>, Histogram<u64>) {
+        let mut window = latency_histogram();
+        let mut lifetime = latency_histogram();
+        for track in &self.shards {
+            let _ = window.add(&track.window_latency);
+            let _ = lifetime.add(&track.lifetime_latency);
+        }
+        (window, lifetime)
+    }
+
+    pub fn merged_totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for track in &self.shards {
+            totals.add(&track.totals());
+        }
+        totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ShardMetrics;
+
+    fn report(metrics: &mut ShardMetrics, generation: u64, at: Instant) -> ShardReport {
+        metrics.report(0, generation, 7, at)
+    }
+
+    #[test]
+    fn restarts_carry_counters_and_the_window_expires() {
+        let t0 = Instant::now();
+        let mut state = ClusterState::new(
+            vec![Arc::new(ShardSlot::new(0, 0))],
+            &["health"],
+            Duration::from_secs(1),
+        );
+        let mut first = ShardMetrics::new(1);
+        for _ in 0..5 {
+            first.count_route(0, 200);
+        }
+        first.record_latency(5, Duration::from_millis(2));
+        state.absorb(report(&mut first, 1, t0));
+        // The shard restarts: a new generation counts from zero again.
+        let mut second = ShardMetrics::new(1);
+        second.count_route(0, 500);
+        second.record_latency(1, Duration::from_millis(40));
+        state.absorb(report(&mut second, 2, t0 + Duration::from_secs(1)));
+
+        let totals = state.merged_totals();
+        assert_eq!((totals.requests(), totals.server_errors()), (6, 1));
+        let (window, lifetime) = state.merged_latency();
+        assert_eq!((window.len(), lifetime.len()), (6, 6));
+        assert!(window.value_at_quantile(1.0) >= 39_000);
+
+        state.advance_window(t0 + WINDOW + Duration::from_millis(1500));
+        let (window, lifetime) = state.merged_latency();
+        assert_eq!(
+            (window.len(), lifetime.len()),
+            (0, 6),
+            "the window forgets, the lifetime does not"
+        );
+        assert_eq!(state.merged_totals().requests(), 6);
+    }
+}

@@ -1,0 +1,257 @@
+//! Start-up and shutdown: checks, placement, the monitor, one supervised thread per shard, and
+//! the signals that stop them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::app::routes::ROUTE_NAMES;
+use crate::config::Config;
+use crate::engine::{self, ShardContext};
+use crate::monitor::{Identity, Monitor};
+use crate::shard::{self, Control, ShardSlot, ShardState};
+
+/// Why the server could not start. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Preflight(#[from] engine::preflight::PreflightError),
+    #[error("invalid configuration: {0}")]
+    Placement(#[from] shard::PlacementError),
+    #[error("cannot reserve {addr}: {source}")]
+    Reserve {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("shard {shard} on CPU {cpu} failed to start: {reason}")]
+    ShardStart {
+        shard: usize,
+        cpu: usize,
+        reason: String,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl StartError {
+    /// 2 for configuration mistakes, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Placement(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// How long start-up waits for every shard to bind and run.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running server: its address, and the threads to join once it stops.
+pub struct Server {
+    pub addr: SocketAddr,
+    control: Arc<Control>,
+    supervisors: Vec<JoinHandle<()>>,
+    monitor: Option<JoinHandle<()>>,
+    /// Holds the port while no shard listens (port 0 and restarts); never accepts.
+    _port_reservation: socket2::Socket,
+}
+
+/// Checks the host, places and starts the shards and the monitor, and returns once every shard
+/// serves.
+pub fn start(config: Config) -> Result<Server, StartError> {
+    engine::preflight::check_glommio()?;
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let placement = shard::place(
+        &available,
+        config.server.shards,
+        config.server.shard_cpus.as_ref().map(|c| c.ids()),
+        config.server.monitor_core,
+    )?;
+    if placement.shard_cpus.len() > available.len() {
+        log::warn!(
+            "{} shards on {} CPUs: some CPUs run two shards",
+            placement.shard_cpus.len(),
+            available.len()
+        );
+    }
+    let (reservation, addr) = reserve_port(SocketAddr::new(
+        config.server.bind_address,
+        config.server.port,
+    ))?;
+    let config = Arc::new(config);
+    let control = Arc::new(Control::default());
+    let slots: Vec<Arc<ShardSlot>> = placement
+        .shard_cpus
+        .iter()
+        .enumerate()
+        .map(|(id, &cpu)| Arc::new(ShardSlot::new(id, cpu)))
+        .collect();
+
+    let identity = Identity {
+        engine: engine::glommio::ENGINE_NAME,
+        monitor_cpu: placement.monitor_cpu,
+        monitor_shares_core: placement.monitor_shares_core,
+        min_workers: config.cluster.min_workers,
+        max_workers: config.cluster.max_workers,
+    };
+    let monitor = Monitor::new(
+        slots.clone(),
+        identity,
+        control.clone(),
+        ROUTE_NAMES,
+        config.snapshot_interval(),
+    );
+    let published = monitor.published.clone();
+    // Bounded: a monitor that falls behind makes shards drop reports, never block.
+    let (reports, report_rx) = crossbeam::channel::bounded(1024);
+    let monitor_cpu = placement.monitor_cpu;
+    let monitor_thread = std::thread::Builder::new()
+        .name("monitor".into())
+        .spawn(move || {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: monitor_cpu }) {
+                log::warn!("could not pin the monitor to CPU {monitor_cpu}");
+            }
+            monitor.run(report_rx)
+        })
+        .expect("spawning the monitor thread");
+
+    let supervisors = slots
+        .iter()
+        .map(|slot| {
+            let context = ShardContext {
+                slot: slot.clone(),
+                generation: 0,
+                config: config.clone(),
+                listen_addr: addr,
+                control: control.clone(),
+                reports: reports.clone(),
+                published: published.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("supervisor-{}", slot.id))
+                .spawn(move || {
+                    let (slot, control) = (context.slot.clone(), context.control.clone());
+                    shard::supervise(slot, control, |generation| {
+                        engine::glommio::run_shard(ShardContext {
+                            generation,
+                            ..context.clone()
+                        })
+                    })
+                })
+                .expect("spawning a supervisor thread")
+        })
+        .collect();
+    drop(reports);
+    let server = Server {
+        addr,
+        control,
+        supervisors,
+        monitor: Some(monitor_thread),
+        _port_reservation: reservation,
+    };
+    if let Err(e) = wait_until_running(&slots) {
+        server.stop();
+        return Err(e);
+    }
+    log::info!(
+        "listening on http://{addr} with {} {} shards on CPUs {:?}; monitor on CPU {}{}",
+        slots.len(),
+        engine::glommio::ENGINE_NAME,
+        placement.shard_cpus,
+        placement.monitor_cpu,
+        if placement.monitor_shares_core {
+            " (shared)"
+        } else {
+            ""
+        }
+    );
+    Ok(server)
+}
+
+impl Server {
+    /// Begins a graceful shutdown and waits for the shards (each bounded by the shutdown
+    /// timeout) and the monitor to finish.
+    pub fn stop(mut self) {
+        self.control.begin_shutdown();
+        for supervisor in self.supervisors.drain(..) {
+            let _ = supervisor.join();
+        }
+        if let Some(monitor) = self.monitor.take() {
+            let _ = monitor.join();
+        }
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, then shuts down gracefully. A second signal exits at once.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(StartError::Signals)?;
+    let server = start(config)?;
+    // The line tests and scripts wait for: the bound address (useful with --port 0).
+    println!("coinbit listening on http://{}", server.addr);
+    if let Some(signal) = signals.forever().next() {
+        log::info!("signal {signal} received: draining connections, then exiting");
+    }
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            log::warn!("second signal: exiting without waiting");
+            std::process::exit(130);
+        }
+    });
+    let started = Instant::now();
+    server.stop();
+    log::info!("stopped in {:?}", started.elapsed());
+    Ok(())
+}
+
+/// Binds (without listening) to the address so that port 0 resolves to one port every shard
+/// then shares, and so the port stays ours while a shard restarts.
+fn reserve_port(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), StartError> {
+    let reserve = || -> std::io::Result<(socket2::Socket, SocketAddr)> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_port(true)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        let bound = socket.local_addr()?.as_socket().unwrap_or(addr);
+        Ok((socket, bound))
+    };
+    reserve().map_err(|source| StartError::Reserve { addr, source })
+}
+
+fn wait_until_running(slots: &[Arc<ShardSlot>]) -> Result<(), StartError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(slot) = slots
+            .iter()
+            .find(|s| s.restarts() > 0 || s.state() == ShardState::Stopped)
+        {
+            return Err(StartError::ShardStart {
+                shard: slot.id,
+                cpu: slot.cpu,
+                reason: slot.last_error().unwrap_or_else(|| "it stopped".into()),
+            });
+        }
+        if slots.iter().all(|s| s.state() == ShardState::Running) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError::ShardStart {
+                shard: 0,
+                cpu: slots[0].cpu,
+                reason: "timed out".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
