@@ -136,10 +136,17 @@ pub fn run(options: &Options, host: &Host) -> Report {
     };
     match server::fetch(url) {
         Ok(status) => {
-            ctx.layout = status.layout(online);
+            // A server on this host replaces the policy with its real layout; one elsewhere
+            // says nothing about this host's CPUs.
+            let local = server::visible_pid(host, &status).is_ok();
+            if local {
+                ctx.layout = status.layout(online);
+            }
             let mut all = checks::all(host, &ctx);
-            all.extend(server::checks(host, url, &status, &ctx));
-            Report::new(&ctx, "server", all)
+            let mut server_ctx = ctx.clone();
+            server_ctx.layout = status.layout(server_ctx.layout.online.clone());
+            all.extend(server::checks(host, url, &status, &server_ctx));
+            Report::new(&ctx, if local { "server" } else { "policy" }, all)
         }
         Err(unreachable) => {
             let mut all = checks::all(host, &ctx);
@@ -413,7 +420,8 @@ mod tests {
             ]
             .map(|n| status_of(&checks, n));
             assert_eq!(got, want, "{body}\n{checks:#?}");
-            assert_eq!(report.layout.source, "server");
+            let source = if pins.is_empty() { "policy" } else { "server" };
+            assert_eq!(report.layout.source, source);
             assert_eq!(report.exit_code, i32::from(got.contains(&Fail)));
         }
     }

@@ -238,7 +238,7 @@ pub fn placement(status: &ClusterStatus) -> Check {
 }
 
 /// The server's pid when this host can see it and all its threads; else why not.
-fn visible_pid(host: &Host, status: &ClusterStatus) -> Result<u32, String> {
+pub fn visible_pid(host: &Host, status: &ClusterStatus) -> Result<u32, String> {
     let pid = status.pid.ok_or("the status names no pid")?;
     let tasks = host
         .proc_dir(&format!("{pid}/task"))

@@ -38,7 +38,7 @@ pub struct Names {
 }
 
 impl Names {
-    pub const SHELL: Names = Names { memlock: "memlock", nofile: "nofile", whose: "this shell (a server started from it inherits them; under systemd the unit's Limit*= rule)" };
+    pub const SHELL: Names = Names { memlock: "memlock", nofile: "nofile", whose: "this shell (a server started from it inherits them; under systemd the unit's Limit*= settings apply instead)" };
     pub const SERVER: Names = Names {
         memlock: "server.memlock",
         nofile: "server.nofile",
