@@ -171,11 +171,13 @@ pub fn main_with_args(args: &[String]) -> i32 {
     };
     let host = Host::new(&options.proc_root, &options.sys_root, IoUringProbe::Live);
     let report = run(&options, &host);
-    if options.json {
-        println!("{}", report.json());
+    let out = if options.json {
+        report.json() + "\n"
     } else {
-        print!("{}", report.text());
-    }
+        report.text()
+    };
+    // A closed pipe (`coinbit doctor | head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
     report.exit_code
 }
 
