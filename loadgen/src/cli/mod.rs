@@ -298,7 +298,7 @@ impl Args {
         }
 
         let load = if let Some(rate) = self.rate {
-            if !(rate > 0.0) || !rate.is_finite() {
+            if rate.is_nan() || rate <= 0.0 || !rate.is_finite() {
                 return Err("--rate must be more than zero".into());
             }
             let profile = profile_for(rate)?;
@@ -422,7 +422,8 @@ mod tests {
 
     #[test]
     fn urls() {
-        let cases: &[(&str, Result<(&str, Option<&str>), ()>)] = &[
+        type Case<'a> = (&'a str, Result<(&'a str, Option<&'a str>), ()>);
+        let cases: &[Case] = &[
             ("http://127.0.0.1:3000", Ok(("127.0.0.1:3000", None))),
             ("http://127.0.0.1:3000/", Ok(("127.0.0.1:3000", Some("/")))),
             (

@@ -49,7 +49,7 @@ impl Template {
         let mut rest = text;
         while let Some(open) = rest.find("{{") {
             if open > 0 {
-                segments.push(Segment::Lit(rest[..open].as_bytes().to_vec()));
+                segments.push(Segment::Lit(rest.as_bytes()[..open].to_vec()));
             }
             let after = &rest[open + 2..];
             let close = after

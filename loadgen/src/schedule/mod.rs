@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn stage_parsing() {
-        let cases: &[(&str, Result<Vec<(f64, f64)>, ()>)] = &[
+        type Case<'a> = (&'a str, Result<Vec<(f64, f64)>, ()>);
+        let cases: &[Case] = &[
             (
                 "10s:100,30s:1100,10s:0",
                 Ok(vec![(10.0, 100.0), (30.0, 1100.0), (10.0, 0.0)]),

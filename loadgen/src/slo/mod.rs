@@ -205,7 +205,8 @@ mod tests {
 
     #[test]
     fn parsing() {
-        let cases: &[(&str, Option<(Metric, Cmp, f64)>)] = &[
+        type Case<'a> = (&'a str, Option<(Metric, Cmp, f64)>);
+        let cases: &[Case] = &[
             ("p99<5ms", Some((Metric::Quantile(0.99), Cmp::Lt, 5e6))),
             ("p99.9<=1s", Some((Metric::Quantile(0.999), Cmp::Le, 1e9))),
             ("P50 < 250us", Some((Metric::Quantile(0.5), Cmp::Lt, 250e3))),
