@@ -2,17 +2,19 @@
 # bench/http_peers.sh — coinbit against its HTTP peers, one pinned server core each.
 #
 # Builds the release binaries, installs wrk and nginx from Debian if missing, then for each
-# server in turn (coinbit, may-hello, nginx) starts it pinned to SERVER_CPU, waits until it
-# answers, drives `GET /health` with wrk pinned to CLIENT_CPU at keep-alive 64/256/1024
-# connections and pipelined depth 16 at 256 connections, stops it, and prints a markdown
+# scenario — keep-alive 64/256/1024 connections, pipelined depth 16 at 256 connections — runs
+# each server in turn (coinbit, may-hello, nginx): starts it pinned to SERVER_CPU, waits until
+# it answers, drives `GET /health` with wrk pinned to CLIENT_CPU, stops it. Then it prints a markdown
 # table of req/s and p99 per server with the ratios coinbit/nginx and coinbit/may-hello.
 # The table is also written to bench/out/http_peers-<date>.md (raw wrk output beside it).
 #
 # Usage:  bench/http_peers.sh
 # Environment (all optional):
 #   SERVERS="coinbit may-hello nginx"  servers to run, in this order
-#   DURATION=10s      wrk duration of each cell           WARMUP=2s  wrk warm-up per server start (0 = none)
-#   ROUNDS=1          rounds; each runs every server, the order rotating; a cell is the median
+#   DURATION=10s      wrk duration of each cell     WARMUP=2s  unrecorded wrk run before each cell (0 = none)
+#   ROUNDS=1          rounds; in each, every scenario runs on every server back to back (a fresh
+#                     server per cell, order rotating); a cell is the median over rounds, a
+#                     ratio the median of the per-round ratios
 #   CONNS="64 256 1024"   keep-alive connection counts
 #   PIPELINE_DEPTH=16 PIPELINE_CONNS=256   the pipelined scenario (PIPELINE_DEPTH=0 drops it)
 #   SERVER_CPU=0 CLIENT_CPU=1             taskset cores of the server and of wrk
@@ -58,9 +60,11 @@ for s in $SERVERS; do
     case $s in coinbit|may-hello|nginx) ;; *) die "unknown server '$s' in SERVERS (coinbit, may-hello, nginx)";; esac
 done
 
-port_of() {
+declare -A PORT=()   # server -> port it listens on (chosen when it first starts)
+preferred_port() {
     case $1 in coinbit) echo $((PORT_BASE));; may-hello) echo $((PORT_BASE + 1));; nginx) echo $((PORT_BASE + 2));; esac
 }
+port_of() { echo "${PORT[$1]:-$(preferred_port "$1")}"; }
 
 # ---------------------------------------------------------------- tools
 find_nginx() { command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; }; }
@@ -142,8 +146,14 @@ start_server() { # name -> sets SERVER_PID, returns non-zero if it does not come
     port=$(port_of "$name")
     log_file=$RAW_DIR/$name.server.log
     if port_busy "$port"; then
-        log "port $port is already in use: cannot start $name"; return 1
+        # Shared machine: someone else may sit on the port. Take the next free one above.
+        local p=$((port + 3))
+        while port_busy "$p" && ((p < port + 200 && p < 32767)); do p=$((p + 1)); done
+        port_busy "$p" && { log "no free port near $port for $name"; return 1; }
+        log "port $port is in use by another process: $name uses port $p"
+        port=$p
     fi
+    PORT[$name]=$port
     case $name in
         coinbit)
             taskset -c "$SERVER_CPU" "$TARGET_DIR/release/coinbit" --port "$port" \
@@ -205,15 +215,20 @@ to_ms() {
         else printf "nan" }'
 }
 
-declare -A RPS=() P99=() ERRS=()   # key "server|scenario" -> space-separated values per round
+declare -A RPS=() P99=() ERRS=()   # RPS/P99 key "server|scenario|round"; ERRS key "server|scenario"
 
-run_wrk() { # server scenario round
+run_wrk() { # server scenario round [warmup]
     local name=$1 sc=$2 round=$3 port conns args=() out
     port=$(port_of "$name")
     case $sc in
         ka*) conns=${sc#ka};;
         pipe*) conns=$PIPELINE_CONNS; args=(-s "$ROOT/bench/peers/pipeline.lua");;
     esac
+    if [[ ${4:-} == warmup ]]; then
+        WRK_CONNECTIONS=$conns taskset -c "$CLIENT_CPU" wrk -t"$WRK_THREADS" -c"$conns" -d"$WARMUP" \
+            --timeout "$WRK_TIMEOUT" "${args[@]}" "http://$HOST:$port$BENCH_PATH" >/dev/null 2>&1
+        return
+    fi
     out=$RAW_DIR/r$round-$name-$sc.txt
     WRK_CONNECTIONS=$conns taskset -c "$CLIENT_CPU" wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" \
         --timeout "$WRK_TIMEOUT" --latency "${args[@]}" "http://$HOST:$port$BENCH_PATH" >"$out" 2>&1
@@ -237,8 +252,8 @@ run_wrk() { # server scenario round
     if [[ $p99 == 0.000 ]]; then
         ERRS["$name|$sc"]+="round $round: wrk reported a p99 of 0 (not used); "; p99=nan
     fi
-    RPS["$name|$sc"]+="$rps "
-    [[ $p99 == nan ]] || P99["$name|$sc"]+="$p99 "
+    RPS["$name|$sc|$round"]=$rps
+    [[ $p99 == nan ]] || P99["$name|$sc|$round"]=$p99
     [[ -n $sock ]] && ERRS["$name|$sc"]+="round $round: socket errors $sock; "
     [[ -n $non2xx ]] && ERRS["$name|$sc"]+="round $round: $non2xx non-2xx; "
     log "  $name $(scenario_label "$sc"): $rps req/s, p99 ${p99} ms${sock:+ (socket errors: $sock)}${non2xx:+ ($non2xx non-2xx)}"
@@ -258,26 +273,32 @@ for s in "${ORDER[@]}"; do [[ -z ${SKIP[$s]:-} ]] && RUN+=("$s"); done
 declare -A FAILED=()
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log "scenarios: ${SCENARIOS[*]}; ${DURATION} each; rounds: $ROUNDS; server cpu $SERVER_CPU, wrk cpu $CLIENT_CPU"
+log "scenarios: ${SCENARIOS[*]}; ${DURATION} each (warm-up ${WARMUP}); rounds: $ROUNDS; server cpu $SERVER_CPU, wrk cpu $CLIENT_CPU"
+# Cell-level interleaving: for each round and scenario every server runs back to back (order
+# rotating), each started fresh and stopped after its cell, so that the machine's background
+# load (a shared machine) falls on all of them alike and ratios are taken within one round.
+n=${#RUN[@]}
 for ((round = 1; round <= ROUNDS; round++)); do
-    n=${#RUN[@]}
-    for ((k = 0; k < n; k++)); do
-        name=${RUN[$(((k + round - 1) % n))]}   # rotate the order each round
-        [[ -n ${FAILED[$name]:-} ]] && continue
-        log "round $round/$ROUNDS: $name on port $(port_of "$name")"
-        if ! start_server "$name"; then
-            FAILED[$name]="did not start or answer (see $RAW_DIR/$name.server.log)"
-            continue
-        fi
-        if [[ $WARMUP != 0 ]]; then
-            taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"$WARMUP" "http://$HOST:$(port_of "$name")$BENCH_PATH" >/dev/null 2>&1
-        fi
-        for sc in "${SCENARIOS[@]}"; do
-            kill -0 "$SERVER_PID" 2>/dev/null || { log "$name died during the run"; FAILED[$name]="died during the run"; break; }
-            run_wrk "$name" "$sc" "$round"
+    for ((j = 0; j < ${#SCENARIOS[@]}; j++)); do
+        sc=${SCENARIOS[$j]}
+        for ((k = 0; k < n; k++)); do
+            name=${RUN[$(((k + round - 1 + j) % n))]}
+            [[ -n ${FAILED[$name]:-} ]] && continue
+            if ! start_server "$name"; then
+                FAILED[$name]="did not start or answer (see its log in $RAW_DIR)"
+                continue
+            fi
+            if [[ $WARMUP != 0 ]]; then
+                run_wrk "$name" "$sc" "$round" warmup
+            fi
+            if kill -0 "$SERVER_PID" 2>/dev/null; then
+                log "round $round/$ROUNDS, $(scenario_label "$sc"): $name (port $(port_of "$name"))"
+                run_wrk "$name" "$sc" "$round"
+            fi
+            kill -0 "$SERVER_PID" 2>/dev/null || { log "$name died during the run"; FAILED[$name]="died during a run (see $RAW_DIR)"; }
+            stop_server
+            sleep 0.5
         done
-        stop_server
-        sleep 1
     done
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -287,23 +308,38 @@ cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 [[ -n $cpu_model ]] || cpu_model=$(uname -m)
 fmt_rps() { [[ -n $1 ]] && printf '%.0f' "$1" || printf '—'; }
 fmt_p99() { [[ -n $1 ]] && printf '%.2f ms' "$1" || printf '—'; }
-ratio() { # a b -> "a/b" as "0.62×"
-    if [[ -n $1 && -n $2 ]]; then awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else printf "—" }'
-    else printf '—'; fi
-}
 has() { [[ " ${ORDER[*]} " == *" $1 "* ]]; }
+vals() { # kind(RPS|P99) server scenario -> the values of all rounds
+    local -n arr=$1; local r
+    for ((r = 1; r <= ROUNDS; r++)); do [[ -n ${arr["$2|$3|$r"]:-} ]] && echo "${arr["$2|$3|$r"]}"; done
+}
+ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken in the same round
+    local r a b rs=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+        a=${RPS["$1|$3|$r"]:-}; b=${RPS["$2|$3|$r"]:-}
+        [[ -n $a && -n $b ]] && rs+=("$(awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.6f", a / b }')")
+    done
+    local m; m=$(median "${rs[@]}")
+    [[ -n $m ]] && printf '%.2f×' "$m" || printf '—'
+}
 
 {
     echo "### GET $BENCH_PATH, one server core — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "- Machine: $(nproc) CPUs, $cpu_model, Linux $(uname -r)"
     echo "- Load average (1/5/15 min) at start: $LOAD_START; at end: $LOAD_END"
-    echo "- Server pinned to CPU $SERVER_CPU (taskset); wrk $(wrk -v 2>&1 | awk 'NR == 1 {print $2}') pinned to CPU $CLIENT_CPU, -t$WRK_THREADS, $DURATION per cell, --timeout $WRK_TIMEOUT; ROUNDS=$ROUNDS (median of rounds)"
+    echo "- Server pinned to CPU $SERVER_CPU (taskset); wrk $(wrk -v 2>&1 | awk 'NR == 1 {print $2}') pinned to CPU $CLIENT_CPU, -t$WRK_THREADS, $DURATION per cell after a $WARMUP warm-up, --timeout $WRK_TIMEOUT"
+    echo "- $ROUNDS round(s); in each, every scenario runs on every server back to back (fresh start per cell, order rotating); figures are medians over rounds, ratios the median of the per-round ratios"
     [[ -n $NGINX ]] && has nginx && echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), 1 worker, access_log off, \`return 200 '{\"status\":\"pass\"}'\`"
     has may-hello && echo "- may-hello: may_minihttp $(cargo tree -p may-hello --depth 1 -e normal 2>/dev/null | awk '/may_minihttp/ {print $3; exit}'), may $(cargo tree -p may-hello -e normal 2>/dev/null | awk '$0 ~ /may v/ {for (i = 1; i <= NF; i++) if ($i == "may") {print $(i + 1); exit}}'), 1 worker"
-    echo "- Command: \`SERVERS=\"$SERVERS\" DURATION=$DURATION ROUNDS=$ROUNDS bench/http_peers.sh\`"
-    ((PIPELINE_DEPTH > 0)) && echo "- Pipelined p99 is per batch of ${PIPELINE_DEPTH} (send → last response), from bench/peers/pipeline.lua: wrk's own percentiles are wrong for pipelined runs"
-    echo "- p99 is wrk's, corrected for coordinated omission as wrk does"
+    has coinbit && echo "- coinbit: \`coinbit --port P --shard-cpus $SERVER_CPU --monitor-core $SERVER_CPU\` (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ', with uncommitted changes'))"
+    sizes=""
+    for s in "${ORDER[@]}"; do
+        [[ -f $RAW_DIR/$s.health.body ]] && sizes+="${sizes:+, }$s $(wc -c <"$RAW_DIR/$s.health.body") B"
+    done
+    [[ -n $sizes ]] && echo "- Response body of GET $BENCH_PATH: $sizes"
+    echo "- Command: \`SERVERS=\"$SERVERS\" DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS bench/http_peers.sh\`"
+    echo "- p99: wrk's, corrected for coordinated omission as wrk does.$( ((PIPELINE_DEPTH > 0)) && echo " Pipelined: per batch of ${PIPELINE_DEPTH} (send → last response), recovered by bench/peers/pipeline.lua because wrk's own pipelined percentiles are wrong")"
     for s in "${!SKIP[@]}"; do echo "- **$s not measured**: ${SKIP[$s]}"; done
     for s in "${!FAILED[@]}"; do echo "- **$s**: ${FAILED[$s]}"; done
     echo
@@ -313,21 +349,31 @@ has() { [[ " ${ORDER[*]} " == *" $1 "* ]]; }
     has may-hello && has nginx && { header+=" may-hello/nginx |"; sep+="---:|"; }
     echo "$header"; echo "$sep"
     for sc in "${SCENARIOS[@]}"; do
-        declare -A MR=()
         row="| $(scenario_label "$sc") |"
         for s in "${ORDER[@]}"; do
-            # shellcheck disable=SC2086
-            MR[$s]=$(median ${RPS["$s|$sc"]:-})
-            # shellcheck disable=SC2086
-            row+=" $(fmt_rps "${MR[$s]}") | $(fmt_p99 "$(median ${P99["$s|$sc"]:-})") |"
+            row+=" $(fmt_rps "$(median $(vals RPS "$s" "$sc"))") | $(fmt_p99 "$(median $(vals P99 "$s" "$sc"))") |"
         done
-        row+=" $(ratio "${MR[coinbit]:-}" "${MR[nginx]:-}") | $(ratio "${MR[coinbit]:-}" "${MR[may-hello]:-}") |"
-        has may-hello && has nginx && row+=" $(ratio "${MR[may-hello]:-}" "${MR[nginx]:-}") |"
+        row+=" $(ratio coinbit nginx "$sc") | $(ratio coinbit may-hello "$sc") |"
+        has may-hello && has nginx && row+=" $(ratio may-hello nginx "$sc") |"
         echo "$row"
-        unset MR
     done
     echo
-    echo "Ratios are of req/s (higher is better for the numerator)."
+    echo "Ratios are of req/s (above 1: the first server served more)."
+    if ((ROUNDS > 1)); then
+        echo
+        echo "Per round, req/s:"
+        echo
+        header="| Scenario | round |"; sep="|---|---:|"
+        for s in "${ORDER[@]}"; do header+=" $s |"; sep+="---:|"; done
+        echo "$header"; echo "$sep"
+        for sc in "${SCENARIOS[@]}"; do
+            for ((r = 1; r <= ROUNDS; r++)); do
+                row="| $(scenario_label "$sc") | $r |"
+                for s in "${ORDER[@]}"; do row+=" $(fmt_rps "${RPS["$s|$sc|$r"]:-}") |"; done
+                echo "$row"
+            done
+        done
+    fi
     notes=""
     for s in "${ORDER[@]}"; do for sc in "${SCENARIOS[@]}"; do
         [[ -n ${ERRS["$s|$sc"]:-} ]] && notes+="- $s, $(scenario_label "$sc"): ${ERRS["$s|$sc"]%; }"$'\n'
