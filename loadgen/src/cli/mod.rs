@@ -106,6 +106,11 @@ pub struct Args {
     #[arg(long)]
     pub slo: Option<String>,
 
+    /// Busy-poll instead of sleeping when the next scheduled send is this close: trades client
+    /// CPU for send-time precision (the timer's wake-up latency counts in corrected latency).
+    #[arg(long, default_value = "50us", value_parser = duration)]
+    pub spin: Duration,
+
     /// Reporting interval of the progress line, the timeline and the interval log.
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub interval: Duration,
@@ -148,6 +153,7 @@ pub struct Config {
     pub out: Option<PathBuf>,
     pub slo: Vec<Objective>,
     pub interval: Duration,
+    pub spin: Duration,
     pub progress: bool,
     pub seed: u64,
     pub json: bool,
@@ -374,6 +380,7 @@ impl Args {
             out: self.out,
             slo,
             interval: self.interval,
+            spin: self.spin,
             progress,
             seed: self.seed.unwrap_or_else(|| fastrand::u64(..)),
             json: self.json,

@@ -50,7 +50,7 @@ fn table_row(out: &mut String, e: &EndpointSummary) {
         out,
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
         esc(&e.name),
-        esc(&format!("{} {}", e.method, e.path)),
+        esc(format!("{} {}", e.method, e.path).trim()),
         e.count,
         e.rps,
         e.errors,

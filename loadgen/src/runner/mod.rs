@@ -85,6 +85,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Outcome, Error> {
             timeout: cfg.timeout,
             interval: cfg.interval,
             drain,
+            spin: cfg.spin,
             scenario: scenario.clone(),
             builders: builders.clone(),
             seed: cfg.seed,
@@ -273,7 +274,7 @@ fn summarize(
     let sum = |f: &dyn Fn(&WorkerTotals) -> u64| done.iter().map(f).sum::<u64>();
     let not_sent = sum(&|t| t.not_sent);
     let all = overall(&agg.totals, not_sent);
-    let overall_summary = EndpointSummary::new("all", "*", "*", &all, secs);
+    let overall_summary = EndpointSummary::new("all", "", "(all endpoints)", &all, secs);
     let endpoints: Vec<EndpointSummary> = cfg
         .scenario
         .endpoints

@@ -431,3 +431,14 @@ mod tests {
         assert_eq!(sanitize_name("///"), "request");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn shipped_example_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/example.toml");
+        let sc = super::Scenario::load(path).unwrap();
+        assert_eq!(sc.endpoints.len(), 4);
+        assert!(sc.endpoints[3].expects(503));
+    }
+}

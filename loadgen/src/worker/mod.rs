@@ -31,8 +31,6 @@ use timer::Timer;
 const TIMER: Token = Token(usize::MAX);
 /// How often timeouts, reconnects, ramps and the control channel are looked at.
 const HOUSEKEEPING: Duration = Duration::from_millis(10);
-/// Deadlines closer than this are polled for rather than slept on.
-const SPIN: Duration = Duration::from_micros(20);
 
 /// The load model of one worker.
 #[derive(Clone, Debug)]
@@ -65,6 +63,8 @@ pub struct Plan {
     pub interval: Duration,
     /// How long outstanding requests may finish after the schedule ends.
     pub drain: Duration,
+    /// Deadlines closer than this are busy-polled for rather than slept on.
+    pub spin: Duration,
     pub scenario: Arc<Scenario>,
     pub builders: Arc<Vec<RequestBuilder>>,
     pub seed: u64,
@@ -333,12 +333,13 @@ impl Worker {
                 self.housekeeping(now);
                 next_housekeeping = now + HOUSEKEEPING;
             }
+            if self.running {
+                // Everything due before the end goes out, even when the loop woke late.
+                self.dispatch_due(now);
+            }
             if self.running && now >= self.end {
                 self.finish_schedule();
                 drain_until = Some(now + self.plan.drain);
-            }
-            if self.running {
-                self.dispatch_due(now);
             }
             self.flush_dirty(now);
             while now >= next_cut {
@@ -363,7 +364,7 @@ impl Worker {
                 deadline = deadline.min(until);
             }
             let now = Instant::now();
-            let timeout = if deadline <= now + SPIN {
+            let timeout = if deadline <= now + self.plan.spin {
                 Duration::ZERO
             } else {
                 if self.timer.arm(deadline, now).is_err() {
