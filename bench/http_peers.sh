@@ -18,7 +18,8 @@
 #   CONNS="64 256 1024"   keep-alive connection counts
 #   PIPELINE_DEPTH=16 PIPELINE_CONNS=256   the pipelined scenario (PIPELINE_DEPTH=0 drops it)
 #   SERVER_CPU=0 CLIENT_CPU=1             taskset cores of the server and of wrk
-#   PORT_BASE=18080   coinbit on PORT_BASE, may-hello +1, nginx +2 (keep below 32768)
+#   PORT_BASE=18080   coinbit on PORT_BASE, may-hello +1, nginx +2 (below 32768); a port held by
+#                     another process is replaced by the next free one above PORT_BASE+2
 #   BENCH_PATH=/health  WRK_TIMEOUT=5s  WRK_THREADS=1
 #   BUILD=1           0 = do not run cargo, use the binaries already built
 #   INSTALL=1         0 = do not apt-get install wrk/nginx when missing
