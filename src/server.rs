@@ -12,8 +12,9 @@ use signal_hook::iterator::Signals;
 use crate::app::routes::ROUTE_NAMES;
 use crate::config::Config;
 use crate::engine::{self, ShardContext};
-use crate::monitor::{Identity, Monitor};
+use crate::monitor::{Identity, Monitor, Published};
 use crate::shard::{self, Control, ShardSlot, ShardState};
+use arc_swap::ArcSwap;
 
 /// Why the server could not start. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +158,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         monitor: Some(monitor_thread),
         _port_reservation: reservation,
     };
-    if let Err(e) = wait_until_running(&slots) {
+    if let Err(e) = wait_until_running(&slots, &published) {
         server.stop();
         return Err(e);
     }
@@ -229,7 +230,12 @@ fn reserve_port(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), Start
     reserve().map_err(|source| StartError::Reserve { addr, source })
 }
 
-fn wait_until_running(slots: &[Arc<ShardSlot>]) -> Result<(), StartError> {
+/// Waits until every shard runs and the monitor has published that, so the first `/health`
+/// already shows them.
+fn wait_until_running(
+    slots: &[Arc<ShardSlot>],
+    published: &ArcSwap<Published>,
+) -> Result<(), StartError> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(slot) = slots
@@ -242,7 +248,8 @@ fn wait_until_running(slots: &[Arc<ShardSlot>]) -> Result<(), StartError> {
                 reason: slot.last_error().unwrap_or_else(|| "it stopped".into()),
             });
         }
-        if slots.iter().all(|s| s.state() == ShardState::Running) {
+        let all_running = slots.iter().all(|s| s.state() == ShardState::Running);
+        if all_running && published.load().running_shards == slots.len() {
             return Ok(());
         }
         if Instant::now() >= deadline {

@@ -68,6 +68,11 @@ pub fn debug_crash_shard(shard: usize) -> Reply {
     std::panic::panic_any(EscalatePanic("crash requested through /debug/crash-shard"))
 }
 
+/// `GET /debug/shard`: which shard owns this connection.
+pub fn debug_shard(shard: usize) -> Response {
+    Response::json(StatusCode::OK, format!(r#"{{"shard":{shard}}}"#))
+}
+
 /// `GET /debug/sleep?ms=N`: answers after N ms without holding the event loop (a request in
 /// flight for shutdown tests). The wait runs on a helper thread so the app needs no engine timer.
 pub fn debug_sleep(request: &Request<'_>) -> Reply {
@@ -96,4 +101,3 @@ pub fn debug_sleep(request: &Request<'_>) -> Reply {
         )
     }))
 }
-

@@ -66,6 +66,7 @@ impl ShardApp {
             Route::Prometheus => handlers::prometheus(published.prometheus.clone()).into(),
             Route::DebugCrashShard => handlers::debug_crash_shard(self.shard),
             Route::DebugSleep => handlers::debug_sleep(request),
+            Route::DebugShard => handlers::debug_shard(self.shard).into(),
         }
     }
 }

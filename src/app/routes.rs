@@ -13,6 +13,7 @@ pub enum Route {
     Prometheus,
     DebugCrashShard,
     DebugSleep,
+    DebugShard,
 }
 
 /// Route names as metrics label them; the last two count 405 and 404 answers.
@@ -25,6 +26,7 @@ pub const ROUTE_NAMES: &[&str] = &[
     "prometheus",
     "debug_crash_shard",
     "debug_sleep",
+    "debug_shard",
     "method_not_allowed",
     "not_found",
 ];
@@ -67,6 +69,10 @@ const TABLE: &[Entry] = &[
     Entry {
         debug_only: true,
         ..get("/debug/sleep", Route::DebugSleep)
+    },
+    Entry {
+        debug_only: true,
+        ..get("/debug/shard", Route::DebugShard)
     },
 ];
 

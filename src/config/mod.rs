@@ -95,10 +95,10 @@ pub struct ServerConfig {
     #[arg(long, env = "LISTEN_BACKLOG", default_value_t = 4096)]
     pub listen_backlog: i32,
     /// How long in-flight requests may run after SIGINT/SIGTERM before the process exits (ms).
-    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
+    #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
     pub shutdown_timeout_ms: u64,
     /// How often shards send their metrics to the monitor, which doubles as their heartbeat (ms).
-    #[arg(long, env = "SNAPSHOT_INTERVAL", default_value_t = 1_000, value_parser = millis())]
+    #[arg(long = "snapshot-interval", env = "SNAPSHOT_INTERVAL", default_value_t = 1_000, value_parser = millis())]
     pub snapshot_interval_ms: u64,
     /// Enable the `/debug/*` routes (test hooks: crash a shard, slow request). Never in production.
     #[arg(long, env = "DEBUG_ROUTES", default_value_t = false)]
@@ -119,10 +119,10 @@ pub struct HttpConfig {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Time a client has to send a whole request head (and body) once it started (ms).
-    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
+    #[arg(long = "header-read-timeout", env = "HEADER_READ_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
     pub header_read_timeout_ms: u64,
     /// Time an idle keep-alive connection is kept open (ms).
-    #[arg(long, env = "KEEP_ALIVE_TIMEOUT", default_value_t = 30_000, value_parser = millis())]
+    #[arg(long = "keep-alive-timeout", env = "KEEP_ALIVE_TIMEOUT", default_value_t = 30_000, value_parser = millis())]
     pub keep_alive_timeout_ms: u64,
     /// Open connections per shard; past it a new connection gets 503 and is closed.
     #[arg(long, env = "MAX_CONNECTIONS_PER_SHARD", default_value_t = 8_192,
@@ -149,7 +149,7 @@ pub struct ClusterConfig {
     #[arg(long, env = "SCALE_DOWN_THRESHOLD", default_value_t = 30, value_parser = percent())]
     pub scale_down_threshold: u8,
     /// Time between two scaling actions (ms).
-    #[arg(long, env = "SCALE_COOLDOWN", default_value_t = 30_000, value_parser = millis())]
+    #[arg(long = "scale-cooldown", env = "SCALE_COOLDOWN", default_value_t = 30_000, value_parser = millis())]
     pub scale_cooldown_ms: u64,
 }
 
@@ -189,7 +189,7 @@ pub struct DatabaseConfig {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub pool_size: usize,
     /// Time between replica health checks (ms).
-    #[arg(long, env = "REPLICA_HEALTH_CHECK_INTERVAL", default_value_t = 15_000, value_parser = millis())]
+    #[arg(long = "replica-health-check-interval", env = "REPLICA_HEALTH_CHECK_INTERVAL", default_value_t = 15_000, value_parser = millis())]
     pub replica_health_check_interval_ms: u64,
 }
 
@@ -198,10 +198,10 @@ pub struct DatabaseConfig {
 #[command(next_help_heading = "Monitoring")]
 pub struct MonitoringConfig {
     /// Time between two alerts of the same kind (ms).
-    #[arg(long, env = "MONITORING_ALERT_COOLDOWN", default_value_t = 300_000, value_parser = millis())]
+    #[arg(long = "alert-cooldown", env = "MONITORING_ALERT_COOLDOWN", default_value_t = 300_000, value_parser = millis())]
     pub alert_cooldown_ms: u64,
     /// Time between two metric samples on the monitor core (ms).
-    #[arg(long, env = "MONITORING_METRICS_INTERVAL", default_value_t = 5_000, value_parser = millis())]
+    #[arg(long = "metrics-interval", env = "MONITORING_METRICS_INTERVAL", default_value_t = 5_000, value_parser = millis())]
     pub metrics_interval_ms: u64,
     /// CPU % that raises a warning.
     #[arg(long, env = "MONITORING_CPU_WARNING", default_value_t = 70, value_parser = percent())]
@@ -216,10 +216,10 @@ pub struct MonitoringConfig {
     #[arg(long, env = "MONITORING_MEMORY_CRITICAL", default_value_t = 95, value_parser = percent())]
     pub memory_critical: u8,
     /// Response time that raises a warning (ms).
-    #[arg(long, env = "MONITORING_RESPONSE_TIME_WARNING", default_value_t = 1_000, value_parser = millis())]
+    #[arg(long = "response-time-warning", env = "MONITORING_RESPONSE_TIME_WARNING", default_value_t = 1_000, value_parser = millis())]
     pub response_time_warning_ms: u64,
     /// Response time that raises a critical alert (ms).
-    #[arg(long, env = "MONITORING_RESPONSE_TIME_CRITICAL", default_value_t = 3_000, value_parser = millis())]
+    #[arg(long = "response-time-critical", env = "MONITORING_RESPONSE_TIME_CRITICAL", default_value_t = 3_000, value_parser = millis())]
     pub response_time_critical_ms: u64,
     /// Error rate % that raises a warning.
     #[arg(long, env = "MONITORING_ERROR_RATE_WARNING", default_value_t = 1, value_parser = percent())]

@@ -296,7 +296,7 @@ impl Connection {
             }
             Err(payload) if payload.is::<EscalatePanic>() => resume_unwind(payload),
             Err(payload) => {
-                log::error!("handler panicked: {}", panic_text(payload.as_ref()));
+                log::error!("handler panicked: {}", panic_message(payload.as_ref()));
                 Response::error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -340,11 +340,13 @@ enum Next {
     Await(PendingResponse),
 }
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+/// The message of a panic payload, for logs.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .or_else(|| payload.downcast_ref::<EscalatePanic>().map(|e| e.0))
         .unwrap_or("(non-text panic payload)")
 }
 

@@ -149,13 +149,15 @@ impl ClusterState {
         }
     }
 
-    /// Takes in one report: a new generation moves the old counters to `carried`.
-    pub fn absorb(&mut self, report: ShardReport) {
+    /// Takes in one report: a new generation moves the old counters to `carried`. Returns
+    /// whether the report came from a new generation (a start or restart).
+    pub fn absorb(&mut self, report: ShardReport) -> bool {
         let Some(track) = self.shards.get_mut(report.shard) else {
             log::warn!("report from unknown shard {}", report.shard);
-            return;
+            return false;
         };
-        if report.generation != track.generation {
+        let new_generation = report.generation != track.generation;
+        if new_generation {
             let previous = std::mem::take(&mut track.current);
             track.carried.add(&previous);
             track.generation = report.generation;
@@ -173,6 +175,7 @@ impl ClusterState {
             server_errors: track.current.server_errors().saturating_sub(errors_before),
             latency: report.interval_latency,
         });
+        new_generation
     }
 
     /// Drops intervals that left the window.

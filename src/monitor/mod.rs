@@ -38,6 +38,8 @@ pub struct Published {
     pub cluster_status: Bytes,
     pub metrics: Bytes,
     pub prometheus: Bytes,
+    /// Shards running when this was rendered (start-up waits until all are).
+    pub running_shards: usize,
 }
 
 /// Facts about the process that the status bodies carry.
@@ -89,7 +91,12 @@ impl Monitor {
         let mut next_publish = Instant::now() + self.interval;
         loop {
             match reports.recv_deadline(next_publish) {
-                Ok(report) => self.state.absorb(report),
+                Ok(report) => {
+                    // A shard that (re)started is shown at once, not at the next interval.
+                    if self.state.absorb(report) {
+                        next_publish = Instant::now();
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }

@@ -205,6 +205,7 @@ pub fn publish(
         cluster_status: cluster_status.to_string().into(),
         metrics: metrics.to_string().into(),
         prometheus: prometheus.into(),
+        running_shards: running,
     }
 }
 

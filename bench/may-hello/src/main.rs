@@ -43,7 +43,12 @@ const USAGE: &str = "usage: may-hello [--port PORT] [--workers N] [--cpu CPU] [-
   --host     address to bind (default 127.0.0.1)";
 
 fn parse_args() -> Args {
-    let mut a = Args { host: "127.0.0.1".into(), port: 18081, workers: 1, cpu: None };
+    let mut a = Args {
+        host: "127.0.0.1".into(),
+        port: 18081,
+        workers: 1,
+        cpu: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -63,7 +68,11 @@ fn parse_args() -> Args {
             exit(2)
         };
         match name.as_str() {
-            "--port" => a.port = value.parse().unwrap_or_else(|_| bad("expected a port number")),
+            "--port" => {
+                a.port = value
+                    .parse()
+                    .unwrap_or_else(|_| bad("expected a port number"))
+            }
             "--workers" => {
                 a.workers = value.parse().unwrap_or_else(|_| bad("expected a count"));
                 if a.workers == 0 {

@@ -38,7 +38,7 @@ pub(crate) fn spawn(shard: &Rc<Shard>, stream: TcpStream) {
         shard: shard.clone(),
         id,
     };
-    let task = glommio::spawn_local(serve(guard, stream, shared)).detach();
+    let task = super::spawn_guarded(shard, serve(guard, stream, shared));
     if let Some(tracked) = shard.connections.borrow_mut().get_mut(&id) {
         tracked.task = Some(task);
     }
@@ -93,6 +93,9 @@ async fn serve(registration: Registration, mut stream: TcpStream, shared: Rc<Con
             Step::Await(pending) => {
                 shared.deadline.set(None);
                 let response = pending.await;
+                if shared.drain.get() {
+                    conn.drain();
+                }
                 conn.resume(response, &mut *shard.app.borrow_mut(), Instant::now())
             }
         };

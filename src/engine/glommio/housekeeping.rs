@@ -12,8 +12,8 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often draining checks whether the last connection has gone.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
-/// Runs until shutdown begins.
-pub(crate) async fn run(shard: &Shard) {
+/// Runs until shutdown begins (`Ok`) or a task crashed the shard (`Err` with why).
+pub(crate) async fn run(shard: &Shard) -> Result<(), String> {
     let interval = shard.ctx.config.snapshot_interval();
     let mut next_report = Instant::now();
     loop {
@@ -24,8 +24,11 @@ pub(crate) async fn run(shard: &Shard) {
             next_report = now + interval;
         }
         expire_deadlines(shard, now);
+        if let Some(why) = shard.crash.borrow().clone() {
+            return Err(why);
+        }
         if shard.ctx.control.is_shutting_down() {
-            return;
+            return Ok(());
         }
         glommio::timer::sleep(TICK).await;
     }
@@ -63,6 +66,15 @@ pub(crate) async fn drain(shard: &Shard) {
         glommio::timer::sleep(DRAIN_POLL).await;
     }
     send_report(shard, Instant::now());
+}
+
+/// After a crash: closes every connection now and waits (briefly) until their tasks are gone.
+pub(crate) async fn abort_connections(shard: &Shard) {
+    shard.connections.borrow().values().for_each(|c| c.cancel());
+    let give_up = Instant::now() + Duration::from_secs(1);
+    while !shard.connections.borrow().is_empty() && Instant::now() < give_up {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 fn send_report(shard: &Shard, now: Instant) {

@@ -63,6 +63,35 @@ pub(crate) struct Shard {
     pub next_connection_id: std::cell::Cell<u64>,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    /// Set when a task panicked past its own containment: the shard tears down and restarts.
+    pub crash: RefCell<Option<String>>,
+}
+
+impl Shard {
+    fn record_crash(&self, why: String) {
+        self.crash.borrow_mut().get_or_insert(why);
+    }
+}
+
+/// Spawns a task whose panic is caught and turned into an orderly shard crash: the shard then
+/// closes its listener and connections (a panic unwinding through the executor would leak them)
+/// and the supervisor starts a fresh one on the same core.
+pub(crate) fn spawn_guarded(
+    shard: &Rc<Shard>,
+    task: impl std::future::Future<Output = ()> + 'static,
+) -> glommio::task::JoinHandle<()> {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        if let Err(payload) =
+            futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task)).await
+        {
+            shard.record_crash(format!(
+                "panicked: {}",
+                crate::http::conn::panic_message(payload.as_ref())
+            ));
+        }
+    })
+    .detach()
 }
 
 /// What housekeeping knows of a live connection.
@@ -101,6 +130,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
             header_read: Duration::from_millis(http.header_read_timeout_ms),
             keep_alive: Duration::from_millis(http.keep_alive_timeout_ms),
         },
+        crash: RefCell::new(None),
         ctx,
     });
     shard.ctx.slot.set_state(ShardState::Running);
@@ -109,12 +139,21 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
         shard.ctx.slot.id,
         shard.ctx.slot.cpu
     );
-    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
-    housekeeping::run(&shard).await;
-    // Shutdown: stop accepting (dropping the listener), then drain.
+    let acceptor = spawn_guarded(&shard, accept_loop(shard.clone(), listener));
+    let outcome = housekeeping::run(&shard).await;
+    // Either way, stop accepting first: awaiting the cancelled task drops the listener.
     acceptor.cancel();
-    housekeeping::drain(&shard).await;
-    Ok(())
+    let _ = acceptor.await;
+    match outcome {
+        Ok(()) => {
+            housekeeping::drain(&shard).await;
+            Ok(())
+        }
+        Err(why) => {
+            housekeeping::abort_connections(&shard).await;
+            Err(io::Error::other(why))
+        }
+    }
 }
 
 /// A listener of the shard's own, in the port's SO_REUSEPORT group.

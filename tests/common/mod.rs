@@ -1,0 +1,321 @@
+//! Test harness: starts the real `coinbit` binary on an ephemeral port and talks to it over
+//! real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Engines every HTTP test runs against.
+pub const ENGINES: &[&str] = &["glommio"];
+
+/// Runs `case` once per engine.
+pub fn each_engine(case: impl Fn(&str)) {
+    for engine in ENGINES {
+        eprintln!("--- engine {engine}");
+        case(engine);
+    }
+}
+
+pub fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_coinbit"));
+    // Tests set what they need; nothing leaks in from the developer's shell.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("DB_")
+            || name.starts_with("CLUSTER_")
+            || name.starts_with("MONITORING_")
+            || name == "PORT"
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A running server process, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts the server with a fast snapshot interval on 127.0.0.1:0 plus `args`.
+    pub fn start(engine: &str, args: &[&str]) -> Server {
+        Server::start_with(engine, args, &[])
+    }
+
+    pub fn start_with(engine: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = binary();
+        command
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--snapshot-interval",
+                "100",
+                "--engine",
+                engine,
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn coinbit");
+        let stdout = child.stdout.take().unwrap();
+        let (addr_tx, addr_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("coinbit listening on http://") {
+                    let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                let _ = err_tx.send(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; stderr: {:?}",
+                    err_rx.try_iter().collect::<Vec<_>>()
+                )
+            });
+        Server {
+            child,
+            addr,
+            stderr: err_rx,
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// One request on a fresh connection.
+    pub fn get(&self, path: &str) -> Response {
+        self.connect().request("GET", path, &[], b"")
+    }
+
+    /// The cluster status, parsed.
+    pub fn cluster_status(&self) -> serde_json::Value {
+        self.get("/api/enterprise/cluster/status").json()
+    }
+
+    /// Polls `check` on the cluster status until it holds. A connection lost on the way counts
+    /// as "not yet" (a shard that is restarting resets what its old listener had queued).
+    pub fn wait_for_status(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(what, Duration::from_secs(15), || {
+            let response =
+                self.connect()
+                    .try_request("GET", "/api/enterprise/cluster/status", &[], b"")?;
+            let status = response.json();
+            check(&status).then_some(status)
+        })
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        wait_for("the server to exit", limit, || {
+            self.child.try_wait().unwrap()
+        })
+    }
+
+    /// Server log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, or panics after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `error.code` of a JSON error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// A blocking HTTP/1.1 client over one connection.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.try_request(method, path, headers, body)
+            .expect("connection closed before a response")
+    }
+
+    /// Like `request`, but `None` when the connection fails or closes first.
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<Response> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        self.stream.write_all(head.as_bytes()).ok()?;
+        self.stream.write_all(body).ok()?;
+        self.try_read_response(method == "HEAD")
+    }
+
+    /// Reads one response; `head_only` for answers to HEAD (no body follows).
+    pub fn read_response(&mut self, head_only: bool) -> Response {
+        self.try_read_response(head_only)
+            .expect("connection closed before a response")
+    }
+
+    /// `None` when the server closed the connection before a complete response.
+    pub fn try_read_response(&mut self, head_only: bool) -> Option<Response> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head_len)) = parsed.parse(&self.buf) {
+                let status = parsed.code.unwrap();
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let length = if head_only || status == 100 {
+                    0
+                } else {
+                    headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .map(|(_, v)| v.parse::<usize>().unwrap())
+                        .unwrap_or(0)
+                };
+                if self.buf.len() >= head_len + length {
+                    let body = self.buf[head_len..head_len + length].to_vec();
+                    self.buf.drain(..head_len + length);
+                    return Some(Response {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// True once the server has closed the connection within `limit` (EOF or reset); false
+    /// if it is still open (the read timed out) or sent bytes.
+    pub fn is_closed_by_server(&mut self, limit: Duration) -> bool {
+        self.stream.set_read_timeout(Some(limit)).unwrap();
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+}

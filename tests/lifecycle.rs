@@ -1,0 +1,304 @@
+//! Process lifecycle: shard crash and restart, graceful shutdown, start-up refusals.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use common::{each_engine, Server};
+
+fn shard_of(client: &mut common::Client) -> u64 {
+    client.request("GET", "/debug/shard", &[], b"").json()["shard"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn a_crashed_shard_restarts_on_its_core_and_the_others_keep_serving() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--shards", "2", "--debug-routes"]);
+        // Open connections until both shards hold some (SO_REUSEPORT spreads them by hash).
+        let mut by_shard: [Vec<common::Client>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..200 {
+            if by_shard.iter().all(|c| c.len() >= 2) {
+                break;
+            }
+            let mut client = server.connect();
+            let shard = shard_of(&mut client) as usize;
+            by_shard[shard].push(client);
+        }
+        assert!(
+            by_shard.iter().all(|c| c.len() >= 2),
+            "connections did not reach both shards"
+        );
+        let before = server.cluster_status();
+        let victim_cpu = before["shards"][0]["cpu"].clone();
+        let [victims, survivors] = &mut by_shard;
+
+        let crash = victims[0].try_request("POST", "/debug/crash-shard", &[], b"");
+        assert!(
+            crash.is_none(),
+            "the crashing shard should not answer: {crash:?}"
+        );
+        let status = server.wait_for_status("shard 0 restarted", |s| {
+            s["shards"][0]["restarts"] == 1
+                && s["shards"][0]["state"] == "running"
+                && s["shards"][0]["generation"] == 2
+        });
+        assert_eq!(
+            status["shards"][0]["cpu"], victim_cpu,
+            "restarted on the same core"
+        );
+        assert_eq!(status["shards"][1]["restarts"], 0);
+
+        // The other shard's connections never noticed.
+        for client in survivors.iter_mut() {
+            assert_eq!(shard_of(client), 1);
+        }
+        // The dead shard's other connections are gone; new connections are served again.
+        assert!(victims[1].try_request("GET", "/livez", &[], b"").is_none());
+        for _ in 0..20 {
+            assert_eq!(server.get("/livez").status, 200);
+        }
+        let prometheus = server.get("/metrics").text();
+        assert!(
+            prometheus.contains("coinbit_shard_restarts_total{shard=\"0\",cpu="),
+            "{prometheus}"
+        );
+        assert!(prometheus.lines().any(|l| l
+            .starts_with("coinbit_shard_restarts_total{shard=\"0\"")
+            && l.ends_with(" 1")));
+    });
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
+    each_engine(|engine| {
+        let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "5000"]);
+        let mut busy = server.connect();
+        let idle = server.connect();
+        busy.send(b"GET /debug/sleep?ms=800 HTTP/1.1\r\nHost: t\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(200));
+        let signalled = Instant::now();
+        server.signal(libc::SIGTERM);
+        let response = busy.read_response(false);
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["slept_ms"], 800);
+        assert_eq!(
+            response.header("connection"),
+            Some("close"),
+            "draining answers close"
+        );
+        let status = server.wait_exit(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0));
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "waited for the deadline instead of the last request"
+        );
+        drop(idle);
+        assert!(
+            std::net::TcpStream::connect(server.addr).is_err(),
+            "still accepting after exit"
+        );
+    });
+}
+
+#[test]
+fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline() {
+    each_engine(|engine| {
+        let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "300"]);
+        let mut busy = server.connect();
+        busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(100));
+        let signalled = Instant::now();
+        server.signal(libc::SIGINT);
+        assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+        let took = signalled.elapsed();
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert!(
+            busy.try_read_response(false).is_none(),
+            "the request past the deadline is cut"
+        );
+    });
+}
+
+/// Runs the binary with `args` and `env` (on top of `PORT=0`) until it exits, at most 20 s;
+/// returns (exit code, stderr).
+fn run_to_exit(
+    args: &[&str],
+    env: &[(&str, &str)],
+    pre_exec: Option<fn() -> std::io::Result<()>>,
+) -> (i32, String) {
+    let mut command = common::binary();
+    command
+        .args(["--bind-address", "127.0.0.1"])
+        .args(args)
+        .env("PORT", "0")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(hook) = pre_exec {
+        // SAFETY: the hooks only call async-signal-safe functions (setrlimit, prctl).
+        unsafe { command.pre_exec(hook) };
+    }
+    let mut child = command.spawn().expect("run coinbit");
+    let status = common::wait_for("coinbit to exit", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn bad_environment_values_stop_start_up_with_exit_2_naming_them() {
+    /// (environment, what the message must name)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (&[("PORT", "http")], &["PORT", "http"]),
+        (
+            &[("CLUSTER_MIN_WORKERS", "40"), ("CLUSTER_MAX_WORKERS", "10")],
+            &["CLUSTER_MIN_WORKERS", "40", "CLUSTER_MAX_WORKERS"],
+        ),
+        (
+            &[("SCALE_UP_THRESHOLD", "150")],
+            &["SCALE_UP_THRESHOLD", "150"],
+        ),
+        (
+            &[("MONITORING_CPU_WARNING", "-5")],
+            &["MONITORING_CPU_WARNING", "-5"],
+        ),
+        (
+            &[("REPLICA_HEALTH_CHECK_INTERVAL", "soon")],
+            &["REPLICA_HEALTH_CHECK_INTERVAL", "soon"],
+        ),
+        (
+            &[("DB_READ_REPLICA_1", "mysql://x")],
+            &["DB_READ_REPLICA_1", "mysql://x"],
+        ),
+        (
+            &[("QUEUE_HIGH_WORKERS", "four")],
+            &["QUEUE_HIGH_WORKERS", "four"],
+        ),
+        (&[("SHARD_CPUS", "0,999")], &["SHARD_CPUS", "999"]),
+    ];
+    for (env, needles) in cases {
+        let (code, stderr) = run_to_exit(&[], env, None);
+        assert_eq!(code, 2, "{env:?}: {stderr}");
+        for needle in *needles {
+            assert!(
+                stderr.contains(needle),
+                "{env:?}: {needle:?} not in {stderr:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn help_lists_flags_and_variables() {
+    let output = common::binary().arg("--help").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--port",
+        "PORT",
+        "CLUSTER_MIN_WORKERS",
+        "QUEUE_LOW_WORKERS",
+        "DB_POOL_SIZE",
+        "MONITORING_METRICS_INTERVAL",
+        "DB_READ_REPLICA_1",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}");
+    }
+}
+
+fn lower_memlock() -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: 64 * 1024,
+        rlim_max: 64 * 1024,
+    };
+    // SAFETY: setrlimit on the child before exec.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A seccomp filter that makes io_uring_setup fail with EPERM, as container runtimes' default
+/// profiles do.
+fn block_io_uring() -> std::io::Result<()> {
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let filter = [
+        // Load the syscall number.
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ALLOW,
+        },
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut _,
+    };
+    // SAFETY: prctl with a valid, live filter program.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &program as *const _ as libc::c_ulong,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn too_little_locked_memory_is_refused_with_the_fix() {
+    let (code, stderr) = run_to_exit(&[], &[], Some(lower_memlock));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("locked-memory limit is 65536"), "{stderr}");
+    assert!(stderr.contains("ulimit -l"), "{stderr}");
+}
+
+#[test]
+fn io_uring_blocked_by_seccomp_is_refused_with_the_fix() {
+    let (code, stderr) = run_to_exit(&[], &[], Some(block_io_uring));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("io_uring is unavailable"), "{stderr}");
+    assert!(stderr.contains("seccomp"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_by_a_non_reuseport_socket_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, stderr) = run_to_exit(&["--port", &port], &[], None);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
