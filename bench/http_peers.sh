@@ -21,6 +21,8 @@
 #   PORT_BASE=18080   coinbit on PORT_BASE, may-hello +1, nginx +2 (below 32768); a port held by
 #                     another process is replaced by the next free one above PORT_BASE+2
 #   BENCH_PATH=/health  WRK_TIMEOUT=5s  WRK_THREADS=1
+#   PEER_BODY_BYTES=512  body size of the peers' answer: that of coinbit's /health document, so
+#                     every server sends the same bytes (17 gives the bare {"status":"pass"})
 #   BUILD=1           0 = do not run cargo, use the binaries already built
 #   INSTALL=1         0 = do not apt-get install wrk/nginx when missing
 #   CARGO_TARGET_DIR  honoured (default: target/ in the repository)
@@ -44,6 +46,7 @@ PORT_BASE=${PORT_BASE:-18080}
 BENCH_PATH=${BENCH_PATH:-/health}
 WRK_TIMEOUT=${WRK_TIMEOUT:-5s}
 WRK_THREADS=${WRK_THREADS:-1}
+PEER_BODY_BYTES=${PEER_BODY_BYTES:-512}
 BUILD=${BUILD:-1}
 INSTALL=${INSTALL:-1}
 HOST=127.0.0.1
@@ -52,6 +55,14 @@ OUT_DIR=${OUT_DIR:-$ROOT/bench/out}
 export PIPELINE_DEPTH
 
 log() { printf '[http_peers] %s\n' "$*" >&2; }
+
+# The peers answer a JSON body of PEER_BODY_BYTES, the size of coinbit's /health document, so
+# that every server puts the same bytes on the wire (the same padding as may-hello's).
+peer_body() {
+    local base='{"status":"pass"}' wrapper='{"status":"pass","pad":""}'
+    if ((PEER_BODY_BYTES <= ${#wrapper})); then echo "$base"; return; fi
+    printf '{"status":"pass","pad":"%s"}' "$(head -c $((PEER_BODY_BYTES - ${#wrapper})) /dev/zero | tr '\0' x)"
+}
 die() { log "error: $*"; exit 1; }
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
@@ -162,7 +173,7 @@ start_server() { # name -> sets SERVER_PID, returns non-zero if it does not come
             ;;
         may-hello)
             taskset -c "$SERVER_CPU" "$TARGET_DIR/release/may-hello" --port "$port" \
-                --workers 1 --cpu "$SERVER_CPU" >>"$log_file" 2>&1 &
+                --workers 1 --cpu "$SERVER_CPU" --body-bytes "$PEER_BODY_BYTES" >>"$log_file" 2>&1 &
             ;;
         nginx)
             local ndir=$TMP/nginx mask
@@ -170,7 +181,8 @@ start_server() { # name -> sets SERVER_PID, returns non-zero if it does not come
             # worker_cpu_affinity bit mask, CPU 0 rightmost (e.g. CPU 0 -> 1, CPU 2 -> 100)
             mask=1; for ((i = 0; i < SERVER_CPU; i++)); do mask+=0; done
             sed -e "s|@TMPDIR@|$ndir|g" -e "s|@CPU_MASK@|$mask|g" -e "s|@HOST@|$HOST|g" \
-                -e "s|@PORT@|$port|g" "$ROOT/bench/peers/nginx.conf.in" >"$ndir/nginx.conf"
+                -e "s|@PORT@|$port|g" -e "s|@BODY@|$(peer_body)|g" \
+                "$ROOT/bench/peers/nginx.conf.in" >"$ndir/nginx.conf"
             cp "$ndir/nginx.conf" "$RAW_DIR/nginx.conf"
             taskset -c "$SERVER_CPU" "$NGINX" -p "$ndir/" -e "$ndir/error.log" \
                 -c "$ndir/nginx.conf" >>"$log_file" 2>&1 &

@@ -119,8 +119,12 @@ fn request_line_len(buf: &[u8], limit: usize) -> Result<Option<usize>, HttpError
 }
 
 fn split_target(target: &str) -> Result<(&str, Option<&str>), HttpError> {
-    // Absolute form (`http://host/path`) is accepted as RFC 9112 requires; the authority is ignored.
-    let origin = match target.find("://") {
+    // Absolute form (`http://host/path`) is accepted as RFC 9112 requires; the authority is
+    // ignored. The common origin form skips the search.
+    let origin = match (!target.starts_with('/'))
+        .then(|| target.find("://"))
+        .flatten()
+    {
         Some(scheme_end) => {
             let after = &target[scheme_end + 3..];
             after.find('/').map(|slash| &after[slash..]).unwrap_or("/")

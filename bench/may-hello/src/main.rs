@@ -1,32 +1,51 @@
 //! may-hello: the bare may_minihttp server used as a peer in `bench/http_peers.sh`.
 //!
-//! Answers every request (the bench drives `GET /health`) with `{"status":"pass"}`
-//! as application/json, using may_minihttp's own connection loop and nothing else.
+//! Answers every request (the bench drives `GET /health`) with a JSON body of `--body-bytes`
+//! (default `{"status":"pass"}`, 17 bytes; the bench pads it to the size of coinbit's health
+//! document so that both put the same bytes on the wire), using may_minihttp's own connection
+//! loop and nothing else.
 //!
-//! Usage: may-hello [--port 18081] [--workers 1] [--cpu N] [--host 127.0.0.1]
+//! Usage: may-hello [--port 18081] [--workers 1] [--cpu N] [--host 127.0.0.1] [--body-bytes N]
 
 use may_minihttp::{HttpService, HttpServiceFactory, Request, Response};
 use std::io;
 use std::process::exit;
 
 #[derive(Clone)]
-struct Hello;
+struct Hello {
+    body: &'static str,
+}
 
 impl HttpService for Hello {
     fn call(&mut self, _req: Request, rsp: &mut Response) -> io::Result<()> {
         rsp.header("Content-Type: application/json");
-        rsp.body("{\"status\":\"pass\"}");
+        rsp.body(self.body);
         Ok(())
     }
 }
 
-struct HelloFactory;
+struct HelloFactory {
+    body: &'static str,
+}
 
 impl HttpServiceFactory for HelloFactory {
     type Service = Hello;
     fn new_service(&self, _id: usize) -> Hello {
-        Hello
+        Hello { body: self.body }
     }
+}
+
+/// `{"status":"pass"}` padded with a `pad` field to `bytes` bytes (never shorter than the base).
+fn padded_body(bytes: usize) -> String {
+    const BASE: &str = "{\"status\":\"pass\"}";
+    const WRAPPER: usize = "{\"status\":\"pass\",\"pad\":\"\"}".len();
+    if bytes <= WRAPPER {
+        return BASE.to_string();
+    }
+    format!(
+        "{{\"status\":\"pass\",\"pad\":\"{}\"}}",
+        "x".repeat(bytes - WRAPPER)
+    )
 }
 
 struct Args {
@@ -34,13 +53,15 @@ struct Args {
     port: u16,
     workers: usize,
     cpu: Option<usize>,
+    body_bytes: usize,
 }
 
 const USAGE: &str = "usage: may-hello [--port PORT] [--workers N] [--cpu CPU] [--host ADDR]\n\
   --port     TCP port to listen on (default 18081)\n\
   --workers  may worker threads (default 1)\n\
   --cpu      pin the process (and so every may thread) to this CPU\n\
-  --host     address to bind (default 127.0.0.1)";
+  --host     address to bind (default 127.0.0.1)\n\
+  --body-bytes  pad the JSON body to this many bytes (default 17: {\"status\":\"pass\"})";
 
 fn parse_args() -> Args {
     let mut a = Args {
@@ -48,6 +69,7 @@ fn parse_args() -> Args {
         port: 18081,
         workers: 1,
         cpu: None,
+        body_bytes: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -81,6 +103,11 @@ fn parse_args() -> Args {
             }
             "--cpu" => a.cpu = Some(value.parse().unwrap_or_else(|_| bad("expected a CPU id"))),
             "--host" => a.host = value,
+            "--body-bytes" => {
+                a.body_bytes = value
+                    .parse()
+                    .unwrap_or_else(|_| bad("expected a byte count"))
+            }
             _ => {
                 eprintln!("may-hello: unknown flag {name}\n{USAGE}");
                 exit(2)
@@ -109,7 +136,8 @@ fn main() {
     may::config().set_workers(args.workers);
 
     let addr = format!("{}:{}", args.host, args.port);
-    let server = HelloFactory.start(&addr).unwrap_or_else(|e| {
+    let body: &'static str = Box::leak(padded_body(args.body_bytes).into_boxed_str());
+    let server = HelloFactory { body }.start(&addr).unwrap_or_else(|e| {
         eprintln!("may-hello: cannot listen on {addr}: {e}");
         exit(1)
     });
