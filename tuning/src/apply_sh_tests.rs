@@ -8,12 +8,13 @@ use crate::doctor::checks::{net, Status};
 use crate::doctor::host::sysctl_path;
 use crate::doctor::testing::{context, FakeHost};
 
-const BEFORE: [(&str, &str); 5] = [
+const BEFORE: [(&str, &str); 6] = [
     ("net.core.somaxconn", "4096"),
     ("net.ipv4.tcp_max_syn_backlog", "2048"),
     ("net.core.netdev_max_backlog", "1000"),
     ("net.ipv4.ip_local_port_range", "32768\t60999"),
     ("net.ipv4.tcp_tw_reuse", "1"),
+    ("net.ipv4.tcp_migrate_req", "0"),
 ];
 
 fn apply_sh(root: &Path, args: &[&str]) -> String {
@@ -65,10 +66,11 @@ fn dry_run_apply_again_and_undo() {
         "net.core.somaxconn = 4096 -> 65535",
         "net.ipv4.tcp_max_syn_backlog = 2048 -> 65535",
         "net.core.netdev_max_backlog = 1000 -> 16384",
-        "net.ipv4.ip_local_port_range = 32768 60999 -> 10000 65535",
+        "net.ipv4.ip_local_port_range = 32768 60999 -> 32768 65535",
         "net.ipv4.tcp_tw_reuse = 1 (unchanged)",
+        "net.ipv4.tcp_migrate_req = 0 -> 1",
         "vm.swappiness: not on this kernel, skipped",
-        "dry run: 5 change(s)",
+        "dry run: 6 change(s)",
     ] {
         assert!(shown.contains(line), "missing {line:?} in\n{shown}");
     }
@@ -79,13 +81,20 @@ fn dry_run_apply_again_and_undo() {
     apply_sh(fake.root(), &["--apply"]);
     assert_eq!(
         values(&fake),
-        ["65535\n", "65535\n", "16384\n", "10000 65535\n", "1\n"]
+        [
+            "65535\n",
+            "65535\n",
+            "16384\n",
+            "32768 65535\n",
+            "1\n",
+            "1\n"
+        ]
     );
     assert_eq!(
         std::fs::read_to_string(&dropin).unwrap(),
         include_str!("../sysctl.conf")
     );
-    assert_eq!(net_statuses(&fake), [Status::Pass; 5]);
+    assert_eq!(net_statuses(&fake), [Status::Pass; 6]);
 
     let saved = std::fs::read_to_string(&state).unwrap();
     let again = apply_sh(fake.root(), &["--apply"]);

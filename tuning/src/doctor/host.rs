@@ -268,11 +268,11 @@ pub struct Layout {
 pub const DEDICATED_MONITOR_MIN_CPUS: usize = 4;
 
 impl Layout {
-    /// The server's policy: one shard per CPU; with 4 or more CPUs the monitor core (the first
+    /// The server's policy: one shard per CPU; with 4 or more CPUs the monitor core (the last
     /// online CPU unless `monitor` says otherwise) holds no shard; with fewer it shares.
     /// `shards` caps the shard count.
     pub fn from_policy(online: CpuSet, shards: Option<usize>, monitor: Option<usize>) -> Layout {
-        let monitor_cpu = monitor.or_else(|| online.iter().next()).unwrap_or(0);
+        let monitor_cpu = monitor.or_else(|| online.iter().last()).unwrap_or(0);
         let shares_core = online.len() < DEDICATED_MONITOR_MIN_CPUS;
         let candidates: Vec<usize> = online
             .iter()
@@ -318,11 +318,11 @@ mod tests {
     fn policy_reserves_a_monitor_core_from_four_cpus() {
         let cases = [
             // (online, shards, monitor) -> (shard cpus, monitor, shares)
-            ("0-1", None, None, "0-1", 0, true),
-            ("0-2", None, None, "0-2", 0, true),
-            ("0-3", None, None, "1-3", 0, false),
-            ("0-7", Some(2), None, "1-2", 0, false),
-            ("0-7", None, Some(7), "0-6", 7, false),
+            ("0-1", None, None, "0-1", 1, true),
+            ("0-2", None, None, "0-2", 2, true),
+            ("0-3", None, None, "0-2", 3, false),
+            ("0-7", Some(2), None, "0-1", 7, false),
+            ("0-7", None, Some(0), "1-7", 0, false),
         ];
         for (online, shards, monitor, want, want_monitor, want_shares) in cases {
             let layout = Layout::from_policy(CpuSet::parse(online).unwrap(), shards, monitor);

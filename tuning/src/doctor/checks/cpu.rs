@@ -248,19 +248,19 @@ mod tests {
 
     #[test]
     fn isolation_branches() {
-        // 8 CPUs: monitor on 0, shards on 1-7.
+        // 8 CPUs: monitor on 7, shards on 0-6.
         let cases = [
             (Some(""), "", Status::Pass, "not set"),
-            (Some("1-7\n"), "", Status::Pass, "1-7"),
+            (Some("0-6\n"), "", Status::Pass, "0-6"),
             (Some("0-7"), "", Status::Fail, "0-7"),
             (Some("1-3"), "", Status::Warn, "1-3"),
             (
                 None,
-                "ro isolcpus=managed_irq,domain,1-7 quiet",
+                "ro isolcpus=managed_irq,domain,0-6 quiet",
                 Status::Pass,
-                "1-7",
+                "0-6",
             ),
-            (None, "ro quiet -- isolcpus=1-7", Status::Pass, "not set"),
+            (None, "ro quiet -- isolcpus=0-6", Status::Pass, "not set"),
         ];
         for (sysfs, cmdline, want, value) in cases {
             let fake = FakeHost::new();
@@ -278,11 +278,11 @@ mod tests {
         let layout = Layout::from_policy(CpuSet::parse("0-7").unwrap(), Some(3), None);
         let idle = judge_isolation(
             &Isolation::NOHZ_FULL,
-            &CpuSet::parse("1-7").unwrap(),
+            &CpuSet::parse("0-6").unwrap(),
             &layout,
         );
         assert_eq!(idle.status, Status::Warn, "{idle:?}");
-        assert!(idle.explanation.contains("4-7"), "{idle:?}");
+        assert!(idle.explanation.contains("3-6"), "{idle:?}");
         // Neither the sysfs file nor the command line readable.
         assert_eq!(
             by_name(&FakeHost::new(), "0-7", "nohz_full").status,

@@ -219,7 +219,7 @@ mod tests {
          40:          5          0          0          0  PCI-MSIX-0000:00:04.0   0-edge      virtio20-input.0\n\
         LOC:      30381      28666      1000       1000   Local timer interrupts\n";
 
-    /// A 4-CPU host (monitor 0, shards 1-3) with eth0 on virtio2, IRQs 38 and 39 at `affinity`.
+    /// A 4-CPU host (shards 0-2, monitor 3) with eth0 on virtio2, IRQs 38 and 39 at `affinity`.
     fn virtio_host(affinity: [&str; 2]) -> FakeHost {
         let fake = FakeHost::new();
         fake.proc("interrupts", INTERRUPTS)
@@ -243,10 +243,10 @@ mod tests {
     #[test]
     fn nic_irq_branches() {
         let cases = [
-            (["1", "2"], Status::Pass, "spread"),
-            (["0", "0"], Status::Pass, "kept off"),
+            (["0", "1"], Status::Pass, "spread"),
+            (["3", "3"], Status::Pass, "kept off"),
             (["0-3", "1"], Status::Warn, "not pinned"),
-            (["0", "1"], Status::Warn, "some queues"),
+            (["3", "1"], Status::Warn, "some queues"),
             (["1", "1"], Status::Warn, "share 1 CPU"),
         ];
         for (affinity, want, fragment) in cases {
@@ -259,7 +259,7 @@ mod tests {
             assert!(check.value.starts_with("eth0: 2 IRQs"), "{check:?}");
             if want == Status::Warn {
                 let fix = check.fix.unwrap();
-                assert!(fix.contains("echo 1 > /proc/irq/38/smp_affinity_list; echo 2 > /proc/irq/39/smp_affinity_list"), "{fix}");
+                assert!(fix.contains("echo 0 > /proc/irq/38/smp_affinity_list; echo 1 > /proc/irq/39/smp_affinity_list"), "{fix}");
             }
         }
     }

@@ -44,6 +44,15 @@ pub fn checks(host: &Host, ctx: &Context) -> Vec<Check> {
         ),
         port_range(host, ctx),
         tw_reuse(host),
+        at_least(
+            host,
+            "net.ipv4.tcp_migrate_req",
+            Threshold {
+                fail_below: 0,
+                pass_at: 1,
+            },
+            "connections queued on a shard's listener when it closes (restart, scale-down) move to another shard instead of being reset",
+        ),
     ]
 }
 
@@ -143,18 +152,18 @@ mod tests {
     fn net_branches_on_fake_trees() {
         use Status::*;
         // two shards of 10,000: queues pass at 10,000, fail below 1024; 20,000 ports wanted.
-        let cases: &[([&str; 5], [Status; 5])] = &[
+        let cases: &[([&str; 6], [Status; 6])] = &[
             (
-                ["65535", "65535", "16384", "10000\t65535", "1"],
-                [Pass, Pass, Pass, Pass, Pass],
+                ["65535", "65535", "16384", "32768\t65535", "1", "1"],
+                [Pass, Pass, Pass, Pass, Pass, Pass],
             ),
             (
-                ["4096", "2048", "1000", "32768\t60999", "2"],
-                [Warn, Warn, Warn, Pass, Warn],
+                ["4096", "2048", "1000", "32768\t60999", "2", "0"],
+                [Warn, Warn, Warn, Pass, Warn, Warn],
             ),
             (
-                ["128", "512", "1000", "40000 50000", "0"],
-                [Fail, Fail, Warn, Warn, Warn],
+                ["128", "512", "1000", "40000 50000", "0", "0"],
+                [Fail, Fail, Warn, Warn, Warn, Warn],
             ),
         ];
         let keys = [
@@ -163,6 +172,7 @@ mod tests {
             "net.core.netdev_max_backlog",
             "net.ipv4.ip_local_port_range",
             "net.ipv4.tcp_tw_reuse",
+            "net.ipv4.tcp_migrate_req",
         ];
         for (values, want) in cases {
             let fake = FakeHost::new();
