@@ -343,7 +343,7 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
     echo "- Load average (1/5/15 min) at start: $LOAD_START; at end: $LOAD_END"
     echo "- Server pinned to CPU $SERVER_CPU (taskset); wrk $(wrk -v 2>&1 | awk 'NR == 1 {print $2}') pinned to CPU $CLIENT_CPU, -t$WRK_THREADS, $DURATION per cell after a $WARMUP warm-up, --timeout $WRK_TIMEOUT"
     echo "- $ROUNDS round(s); in each, every scenario runs on every server back to back (fresh start per cell, order rotating); figures are medians over rounds, ratios the median of the per-round ratios"
-    [[ -n $NGINX ]] && has nginx && echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), 1 worker, access_log off, \`return 200 '{\"status\":\"pass\"}'\`"
+    [[ -n $NGINX ]] && has nginx && echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), 1 worker, access_log off, \`return 200\` of a ${PEER_BODY_BYTES}-byte JSON body"
     has may-hello && echo "- may-hello: may_minihttp $(cargo tree -p may-hello --depth 1 -e normal 2>/dev/null | awk '/may_minihttp/ {print $3; exit}'), may $(cargo tree -p may-hello -e normal 2>/dev/null | awk '$0 ~ /may v/ {for (i = 1; i <= NF; i++) if ($i == "may") {print $(i + 1); exit}}'), 1 worker"
     has coinbit && echo "- coinbit: \`coinbit --port P --shard-cpus $SERVER_CPU --monitor-core $SERVER_CPU\` (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ', with uncommitted changes'))"
     sizes=""

@@ -185,6 +185,7 @@ impl Server {
         for supervisor in self.supervisors.drain(..) {
             let _ = supervisor.join();
         }
+        self.control.mark_shards_stopped();
         if let Some(monitor) = self.monitor.take() {
             let _ = monitor.join();
         }

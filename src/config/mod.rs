@@ -435,3 +435,37 @@ fn check_postgres_url(name: &str, url: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests;
+
+/// The README's configuration table, rendered from the flags themselves (a test keeps the
+/// README equal to it).
+pub fn configuration_table() -> String {
+    let command = Cli::command();
+    let mut out = String::from("| Variable | Flag | Default | Meaning |\n|---|---|---|---|\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let env = match arg.get_env().and_then(|e| e.to_str()) {
+            Some(env) => format!("`{env}`"),
+            None if long == "db-read-replica" => format!("`{READ_REPLICA_VAR_PREFIX}1..n`"),
+            None => String::new(),
+        };
+        let default: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let default = if default.is_empty() {
+            "—".to_string()
+        } else {
+            format!("`{}`", default.join(","))
+        };
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        out.push_str(&format!(
+            "| {env} | `--{long}` | {default} | {} |\n",
+            help.replace('|', "\\|")
+        ));
+    }
+    out
+}

@@ -111,3 +111,23 @@ fn help_lists_every_variable() {
     }
     assert!(help.contains("DB_READ_REPLICA_1"));
 }
+
+#[test]
+fn readme_configuration_table_matches_the_flags() {
+    const START: &str = "<!-- configuration-table -->\n";
+    const END: &str = "<!-- /configuration-table -->";
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    let (before, rest) = readme
+        .split_once(START)
+        .expect("README lacks the configuration table markers");
+    let (table, after) = rest.split_once(END).expect("README lacks the end marker");
+    let expected = configuration_table();
+    if table != expected {
+        if std::env::var_os("UPDATE_README").is_some() {
+            std::fs::write(path, format!("{before}{START}{expected}{END}{after}")).unwrap();
+            return;
+        }
+        panic!("README's configuration table is out of date; run `UPDATE_README=1 cargo test -p coinbit readme_configuration_table` to refresh it.\nExpected:\n{expected}");
+    }
+}

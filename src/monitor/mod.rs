@@ -85,7 +85,9 @@ impl Monitor {
         }
     }
 
-    /// Merges reports and publishes every interval until every sender is gone.
+    /// Merges reports and publishes every interval until the shards have stopped (or every
+    /// sender is gone). It does not rely on the channel alone: a sender held by a task that never
+    /// got dropped must not keep the process from exiting.
     pub fn run(mut self, reports: Receiver<ShardReport>) {
         self.state.monitor_tid = crate::shard::current_tid();
         let mut next_publish = Instant::now() + self.interval;
@@ -99,6 +101,9 @@ impl Monitor {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.control.shards_stopped() {
+                break;
             }
             let now = Instant::now();
             if now >= next_publish {

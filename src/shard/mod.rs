@@ -115,6 +115,8 @@ impl ShardSlot {
 #[derive(Debug)]
 pub struct Control {
     shutting_down: AtomicBool,
+    /// Every shard has stopped: the monitor ends too.
+    shards_stopped: AtomicBool,
     pub started_at: Instant,
 }
 
@@ -122,6 +124,7 @@ impl Default for Control {
     fn default() -> Self {
         Control {
             shutting_down: AtomicBool::new(false),
+            shards_stopped: AtomicBool::new(false),
             started_at: Instant::now(),
         }
     }
@@ -134,6 +137,14 @@ impl Control {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn mark_shards_stopped(&self) {
+        self.shards_stopped.store(true, Ordering::Release);
+    }
+
+    pub fn shards_stopped(&self) -> bool {
+        self.shards_stopped.load(Ordering::Acquire)
     }
 }
 
