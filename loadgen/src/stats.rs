@@ -211,6 +211,22 @@ pub struct WorkerTotals {
     pub client_lag: Histogram<u64>,
 }
 
+impl WorkerTotals {
+    /// Zeroed totals for worker `worker`.
+    pub fn new(worker: usize) -> WorkerTotals {
+        WorkerTotals {
+            worker,
+            connects: 0,
+            connect_errors: [0; ErrorKind::COUNT],
+            sent: 0,
+            unfinished: 0,
+            not_sent: 0,
+            waited_for_conn: 0,
+            client_lag: new_hist(),
+        }
+    }
+}
+
 /// Worker-to-runner messages.
 #[derive(Debug)]
 pub enum Msg {

@@ -8,50 +8,27 @@ use common::{run_bin, TestServer};
 fn slo_met_exits_zero_and_missed_exits_three_naming_the_objective() {
     let srv = TestServer::start();
     let url = srv.url("/slow");
-    let (code, out, _) = run_bin(&[
-        "-u",
-        "2",
-        "-t",
-        "1",
-        "-d",
-        "500ms",
-        "--slo",
-        "p99<5s,errors<1%",
-        &url,
-    ]);
+    let (code, out) = run_slo(&url, "500ms", "p99<5s,errors<1%");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("SLO met"), "{out}");
 
     // Every response takes 20 ms: p99 under 1 ms is missed, the error objective is met.
-    let (code, out, _) = run_bin(&[
-        "-u",
-        "2",
-        "-t",
-        "1",
-        "-d",
-        "500ms",
-        "--slo",
-        "p99<1ms,errors<1%",
-        &url,
-    ]);
+    let (code, out) = run_slo(&url, "500ms", "p99<1ms,errors<1%");
     assert_eq!(code, loadgen::EXIT_SLO_MISSED, "{out}");
     assert!(out.contains("SLO MISSED p99<1ms"), "{out}");
     assert!(out.contains("SLO met    errors<1%"), "{out}");
 
     // Every response is a 404.
-    let (code, out, _) = run_bin(&[
-        "-u",
-        "2",
-        "-t",
-        "1",
-        "-d",
-        "300ms",
-        "--slo",
-        "errors<0.1%",
-        &srv.url("/missing"),
-    ]);
+    let (code, out) = run_slo(&srv.url("/missing"), "300ms", "errors<0.1%");
     assert_eq!(code, loadgen::EXIT_SLO_MISSED, "{out}");
     assert!(out.contains("SLO MISSED errors<0.1%"), "{out}");
+}
+
+/// Runs the binary with 2 users on 1 thread for `duration` against `url` under `--slo slo`;
+/// returns (exit code, stdout).
+fn run_slo(url: &str, duration: &str, slo: &str) -> (i32, String) {
+    let (code, out, _) = run_bin(&["-u", "2", "-t", "1", "-d", duration, "--slo", slo, url]);
+    (code, out)
 }
 
 #[test]

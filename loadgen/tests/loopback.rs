@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run, State, TestServer};
+use common::{endpoint, run, run_scenario, scenario_file, State, TestServer};
 
 #[test]
 fn closed_model_counts_add_up() {
@@ -54,33 +54,13 @@ fn open_model_sends_exactly_the_schedule() {
 #[test]
 fn injected_delay_shows_in_percentiles() {
     let srv = TestServer::start();
-    let dir = common::temp_dir("delay");
-    let file = dir.join("mix.toml");
-    std::fs::write(
-        &file,
+    let file = scenario_file(
+        "delay",
+        "mix.toml",
         "[[requests]]\nname = \"slow\"\npath = \"/slow\"\n\n[[requests]]\nname = \"fast\"\npath = \"/fast\"\n",
-    )
-    .unwrap();
-    let out = run(&[
-        "-u",
-        "4",
-        "-t",
-        "1",
-        "-d",
-        "1500ms",
-        "-s",
-        file.to_str().unwrap(),
-        &srv.base(),
-    ]);
-    let get = |n: &str| {
-        out.summary
-            .endpoints
-            .iter()
-            .find(|e| e.name == n)
-            .unwrap()
-            .clone()
-    };
-    let (slow, fast) = (get("slow"), get("fast"));
+    );
+    let out = run_scenario(&srv, &file, &["-u", "4", "-t", "1", "-d", "1500ms"]);
+    let (slow, fast) = (endpoint(&out, "slow"), endpoint(&out, "fast"));
     assert!(slow.count > 10 && fast.count > 10);
     assert!(
         slow.latency_ms.p50 >= 20.0,
@@ -133,41 +113,33 @@ fn coordinated_omission_correction_moves_the_tail() {
 #[test]
 fn error_kinds_are_told_apart() {
     let srv = TestServer::start();
-    let dir = common::temp_dir("kinds");
-    let file = dir.join("kinds.json");
-    std::fs::write(
-        &file,
+    let file = scenario_file(
+        "kinds",
+        "kinds.json",
         r#"{"requests":[
             {"name":"missing","path":"/missing","weight":1},
             {"name":"reset","path":"/reset","weight":1},
             {"name":"hang","path":"/hang","weight":1},
             {"name":"ok","path":"/ok","weight":1}
         ]}"#,
-    )
-    .unwrap();
-    let out = run(&[
-        "-u",
-        "4",
-        "-t",
-        "1",
-        "-d",
-        "1s",
-        "--timeout",
-        "200ms",
-        "--seed",
-        "7",
-        "-s",
-        file.to_str().unwrap(),
-        &srv.base(),
-    ]);
-    let get = |n: &str| {
-        out.summary
-            .endpoints
-            .iter()
-            .find(|e| e.name == n)
-            .unwrap()
-            .clone()
-    };
+    );
+    let out = run_scenario(
+        &srv,
+        &file,
+        &[
+            "-u",
+            "4",
+            "-t",
+            "1",
+            "-d",
+            "1s",
+            "--timeout",
+            "200ms",
+            "--seed",
+            "7",
+        ],
+    );
+    let get = |n: &str| endpoint(&out, n);
     let kind = |n: &str, k: &str| get(n).errors_by_kind.get(k).copied().unwrap_or(0);
     assert!(kind("missing", "unexpected_status") > 0);
     assert_eq!(
@@ -310,10 +282,9 @@ fn stages_ramp_users_up_and_down() {
 #[test]
 fn templates_fill_variables() {
     let srv = TestServer::start();
-    let dir = common::temp_dir("tmpl");
-    let file = dir.join("orders.toml");
-    std::fs::write(
-        &file,
+    let file = scenario_file(
+        "tmpl",
+        "orders.toml",
         r#"
 user_ids = 50
 [[requests]]
@@ -324,19 +295,8 @@ headers = { content-type = "application/json" }
 body = '{"user":{{user_id}},"pair":"{{choice:BTCUSDT|ETHUSDT}}"}'
 expect = 200
 "#,
-    )
-    .unwrap();
-    let out = run(&[
-        "-u",
-        "2",
-        "-t",
-        "1",
-        "-d",
-        "300ms",
-        "-s",
-        file.to_str().unwrap(),
-        &srv.base(),
-    ]);
+    );
+    let out = run_scenario(&srv, &file, &["-u", "2", "-t", "1", "-d", "300ms"]);
     assert!(out.summary.requests.completed > 5);
     assert_eq!(out.summary.requests.errors, 0);
     let bodies = srv.state.bodies.lock().unwrap().clone();

@@ -24,7 +24,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::scenario::{Ctx, RequestBuilder, Scenario};
 use crate::schedule::{users_for_worker, Profile, Think};
-use crate::stats::{new_hist, EndpointStats, ErrorKind, Gauges, Msg, Snapshot, WorkerTotals};
+use crate::stats::{EndpointStats, ErrorKind, Gauges, Msg, Snapshot, WorkerTotals};
 use conn::{Completion, Conn, InFlight, Pending, State};
 use timer::Timer;
 
@@ -175,16 +175,7 @@ impl Worker {
             rng: fastrand::Rng::with_seed(
                 plan.seed ^ (plan.id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             ),
-            totals: WorkerTotals {
-                worker: plan.id,
-                connects: 0,
-                connect_errors: [0; ErrorKind::COUNT],
-                sent: 0,
-                unfinished: 0,
-                not_sent: 0,
-                waited_for_conn: 0,
-                client_lag: new_hist(),
-            },
+            totals: WorkerTotals::new(plan.id),
             poll,
             timer,
             tx,
@@ -237,19 +228,7 @@ impl Worker {
                 .iter()
                 .map(|c| c.pending.len() as u64)
                 .sum::<u64>();
-        let totals = std::mem::replace(
-            &mut self.totals,
-            WorkerTotals {
-                worker: self.plan.id,
-                connects: 0,
-                connect_errors: [0; ErrorKind::COUNT],
-                sent: 0,
-                unfinished: 0,
-                not_sent: 0,
-                waited_for_conn: 0,
-                client_lag: new_hist(),
-            },
-        );
+        let totals = std::mem::replace(&mut self.totals, WorkerTotals::new(self.plan.id));
         let _ = self.tx.send(Msg::Done(Box::new(totals)));
     }
 

@@ -178,3 +178,32 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Writes `contents` to `file` in a fresh temp dir for `name`; returns the file's path.
+pub fn scenario_file(name: &str, file: &str, contents: &str) -> std::path::PathBuf {
+    let path = temp_dir(name).join(file);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// Runs loadgen in-process with `args`, then `-s scenario` and the server's base URL.
+pub fn run_scenario(
+    srv: &TestServer,
+    scenario: &std::path::Path,
+    args: &[&str],
+) -> loadgen::Outcome {
+    let base = srv.base();
+    let mut v = args.to_vec();
+    v.extend(["-s", scenario.to_str().unwrap(), &base]);
+    run(&v)
+}
+
+/// The summary of the endpoint called `name`; panics if the run has none.
+pub fn endpoint(out: &loadgen::Outcome, name: &str) -> loadgen::report::EndpointSummary {
+    out.summary
+        .endpoints
+        .iter()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("no endpoint {name}"))
+        .clone()
+}
