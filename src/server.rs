@@ -217,14 +217,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 /// then shares, and so the port stays ours while a shard restarts.
 fn reserve_port(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), StartError> {
     let reserve = || -> std::io::Result<(socket2::Socket, SocketAddr)> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        socket.set_reuse_port(true)?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&addr.into())?;
+        let socket = engine::reuseport_socket(addr)?;
         let bound = socket.local_addr()?.as_socket().unwrap_or(addr);
         Ok((socket, bound))
     };

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need on a fresh Debian machine, then runs them.
+# The test command: installs what the tests need on a fresh Debian machine, then runs them all
+# (the server's unit and integration tests, loadgen's, the tuning doctor's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
+# loadgen's report test opens the HTML report in headless Chromium.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one result line per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -22,6 +22,22 @@ use crate::metrics::ShardReport;
 use crate::monitor::Published;
 use crate::shard::{Control, ShardSlot};
 
+/// A TCP socket bound to `addr` in the port's SO_REUSEPORT group (not yet listening): every
+/// shard's listener, and the port reservation that holds the port while none listens.
+pub fn reuseport_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+    Ok(socket)
+}
+
 /// Everything one run of a shard needs, whatever the engine.
 #[derive(Clone)]
 pub struct ShardContext {

@@ -46,12 +46,59 @@ pub struct ConnectionCounters {
     pub protocol_errors: u64,
 }
 
+/// Responses per route and status class, cumulative.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseCounts {
+    /// Per route (indexed as the app names them), per status class.
+    pub by_route: Vec<[u64; 5]>,
+    /// Responses to requests the codec refused before routing.
+    pub unrouted: [u64; 5],
+}
+
+impl ResponseCounts {
+    pub fn new(routes: usize) -> Self {
+        ResponseCounts {
+            by_route: vec![[0; 5]; routes],
+            unrouted: [0; 5],
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &[u64; 5]> {
+        self.by_route.iter().chain(std::iter::once(&self.unrouted))
+    }
+
+    /// Requests answered.
+    pub fn requests(&self) -> u64 {
+        self.all().flatten().sum()
+    }
+
+    /// Responses with a 5xx status.
+    pub fn server_errors(&self) -> u64 {
+        self.all().map(|c| c[4]).sum()
+    }
+
+    /// Adds `other` in, class by class.
+    pub fn add(&mut self, other: &ResponseCounts) {
+        if self.by_route.len() < other.by_route.len() {
+            self.by_route.resize(other.by_route.len(), [0; 5]);
+        }
+        let theirs = other
+            .by_route
+            .iter()
+            .chain(std::iter::once(&other.unrouted));
+        let mine = self
+            .by_route
+            .iter_mut()
+            .chain(std::iter::once(&mut self.unrouted));
+        for (m, t) in mine.zip(theirs) {
+            m.iter_mut().zip(t).for_each(|(m, t)| *m += t);
+        }
+    }
+}
+
 /// One shard's metrics. Not shared: the shard mutates it in place.
 pub struct ShardMetrics {
-    /// Per route, per status class.
-    route_counts: Vec<[u64; 5]>,
-    /// Responses whose request could not be routed (the codec refused it).
-    unrouted_counts: [u64; 5],
+    counts: ResponseCounts,
     pub connections: ConnectionCounters,
     interval_latency: Histogram<u64>,
     latency_sum_micros: u64,
@@ -60,8 +107,7 @@ pub struct ShardMetrics {
 impl ShardMetrics {
     pub fn new(routes: usize) -> Self {
         ShardMetrics {
-            route_counts: vec![[0; 5]; routes],
-            unrouted_counts: [0; 5],
+            counts: ResponseCounts::new(routes),
             connections: ConnectionCounters::default(),
             interval_latency: latency_histogram(),
             latency_sum_micros: 0,
@@ -70,12 +116,12 @@ impl ShardMetrics {
 
     /// Counts a response of a routed request.
     pub fn count_route(&mut self, route: usize, status: u16) {
-        self.route_counts[route][class_index(status)] += 1;
+        self.counts.by_route[route][class_index(status)] += 1;
     }
 
     /// Counts a response to a request the codec refused.
     pub fn count_unrouted(&mut self, status: u16) {
-        self.unrouted_counts[class_index(status)] += 1;
+        self.counts.unrouted[class_index(status)] += 1;
         self.connections.protocol_errors += 1;
     }
 
@@ -88,15 +134,6 @@ impl ShardMetrics {
             .saturating_add(micros.saturating_mul(count));
     }
 
-    /// Requests answered so far.
-    pub fn requests(&self) -> u64 {
-        self.route_counts
-            .iter()
-            .chain(std::iter::once(&self.unrouted_counts))
-            .flatten()
-            .sum()
-    }
-
     /// The report for the monitor; starts a new latency interval.
     pub fn report(&mut self, shard: usize, generation: u64, tid: i32, at: Instant) -> ShardReport {
         let mut latency = latency_histogram();
@@ -106,8 +143,7 @@ impl ShardMetrics {
             generation,
             tid,
             at,
-            route_counts: self.route_counts.clone(),
-            unrouted_counts: self.unrouted_counts,
+            counts: self.counts.clone(),
             connections: self.connections,
             interval_latency: latency,
             latency_sum_micros: self.latency_sum_micros,
@@ -124,31 +160,11 @@ pub struct ShardReport {
     /// OS thread id of the shard.
     pub tid: i32,
     pub at: Instant,
-    pub route_counts: Vec<[u64; 5]>,
-    pub unrouted_counts: [u64; 5],
+    pub counts: ResponseCounts,
     pub connections: ConnectionCounters,
     /// Latencies recorded since the previous report.
     pub interval_latency: Histogram<u64>,
     pub latency_sum_micros: u64,
-}
-
-impl ShardReport {
-    pub fn requests(&self) -> u64 {
-        self.route_counts
-            .iter()
-            .chain(std::iter::once(&self.unrouted_counts))
-            .flatten()
-            .sum()
-    }
-
-    /// Responses with a 5xx status.
-    pub fn server_errors(&self) -> u64 {
-        self.route_counts
-            .iter()
-            .chain(std::iter::once(&self.unrouted_counts))
-            .map(|c| c[4])
-            .sum()
-    }
 }
 
 #[cfg(test)]
@@ -163,14 +179,14 @@ mod tests {
         metrics.count_unrouted(400);
         metrics.record_latency(3, Duration::from_micros(250));
         let report = metrics.report(0, 1, 42, Instant::now());
-        assert_eq!(report.requests(), 3);
-        assert_eq!(report.server_errors(), 1);
+        assert_eq!(report.counts.requests(), 3);
+        assert_eq!(report.counts.server_errors(), 1);
         assert_eq!(report.connections.protocol_errors, 1);
         assert_eq!(report.interval_latency.len(), 3);
         assert_eq!(report.latency_sum_micros, 750);
         let next = metrics.report(0, 1, 42, Instant::now());
         assert_eq!(next.interval_latency.len(), 0, "the interval starts over");
-        assert_eq!(next.requests(), 3, "counters are cumulative");
+        assert_eq!(next.counts.requests(), 3, "counters are cumulative");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::metrics::{latency_histogram, ConnectionCounters, ShardReport};
+use crate::metrics::{latency_histogram, ConnectionCounters, ResponseCounts, ShardReport};
 use crate::shard::ShardSlot;
 
 /// Rates and recent percentiles cover this much time.
@@ -15,25 +15,14 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// Counters that survive a shard's restart (its own counters start again from zero).
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
-    pub route_counts: Vec<[u64; 5]>,
-    pub unrouted_counts: [u64; 5],
+    pub counts: ResponseCounts,
     pub connections: ConnectionCounters,
     pub latency_sum_micros: u64,
 }
 
 impl Totals {
     fn add(&mut self, other: &Totals) {
-        if self.route_counts.len() < other.route_counts.len() {
-            self.route_counts.resize(other.route_counts.len(), [0; 5]);
-        }
-        for (mine, theirs) in self.route_counts.iter_mut().zip(&other.route_counts) {
-            for (m, t) in mine.iter_mut().zip(theirs) {
-                *m += t;
-            }
-        }
-        for (m, t) in self.unrouted_counts.iter_mut().zip(&other.unrouted_counts) {
-            *m += t;
-        }
+        self.counts.add(&other.counts);
         let (c, o) = (&mut self.connections, &other.connections);
         c.open += o.open;
         c.accepted += o.accepted;
@@ -46,27 +35,18 @@ impl Totals {
 
     fn from_report(report: &ShardReport) -> Totals {
         Totals {
-            route_counts: report.route_counts.clone(),
-            unrouted_counts: report.unrouted_counts,
+            counts: report.counts.clone(),
             connections: report.connections,
             latency_sum_micros: report.latency_sum_micros,
         }
     }
 
     pub fn requests(&self) -> u64 {
-        self.route_counts
-            .iter()
-            .chain(std::iter::once(&self.unrouted_counts))
-            .flatten()
-            .sum()
+        self.counts.requests()
     }
 
     pub fn server_errors(&self) -> u64 {
-        self.route_counts
-            .iter()
-            .chain(std::iter::once(&self.unrouted_counts))
-            .map(|c| c[4])
-            .sum()
+        self.counts.server_errors()
     }
 }
 

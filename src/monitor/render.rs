@@ -175,12 +175,12 @@ pub fn publish(
         })
         .collect();
     let mut routes = serde_json::Map::new();
-    for (name, counts) in state.routes.iter().zip(&totals.route_counts) {
+    for (name, counts) in state.routes.iter().zip(&totals.counts.by_route) {
         routes.insert((*name).to_string(), class_counts(counts));
     }
     routes.insert(
         "unrouted".to_string(),
-        class_counts(&totals.unrouted_counts),
+        class_counts(&totals.counts.unrouted),
     );
     let metrics = json!({
         "window_seconds": WINDOW.as_secs(),
@@ -297,8 +297,8 @@ fn prometheus(
     );
     for track in &state.shards {
         let t = track.totals();
-        let routed = state.routes.iter().zip(&t.route_counts);
-        for (route, counts) in routed.chain(std::iter::once((&"unrouted", &t.unrouted_counts))) {
+        let routed = state.routes.iter().zip(&t.counts.by_route);
+        for (route, counts) in routed.chain(std::iter::once((&"unrouted", &t.counts.unrouted))) {
             for (class, n) in STATUS_CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0) {
                 let _ = writeln!(
                     out,

@@ -158,17 +158,8 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
 
 /// A listener of the shard's own, in the port's SO_REUSEPORT group.
 fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_port(true)?;
-    socket.set_reuse_address(true)?;
+    let socket = super::reuseport_socket(addr)?;
     socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
     socket.listen(backlog)?;
     // SAFETY: the descriptor is a listening TCP socket whose ownership moves to glommio.
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
