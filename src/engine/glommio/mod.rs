@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ pub(crate) struct Shard {
     pub timeouts: Timeouts,
     /// Set when a task panicked past its own containment: the shard tears down and restarts.
     pub crash: RefCell<Option<String>>,
+    /// The shard stops accepting: the accept loop ends at its next wake-up.
+    pub stopping: std::cell::Cell<bool>,
 }
 
 impl Shard {
@@ -111,7 +113,7 @@ impl Tracked {
 
 async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     ctx.slot.set_current_thread();
-    let listener = bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog)?;
+    let (listener, listener_fd) = bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog)?;
     let http = &ctx.config.http;
     let shard = Rc::new(Shard {
         app: RefCell::new(ShardApp::new(
@@ -131,6 +133,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
             keep_alive: Duration::from_millis(http.keep_alive_timeout_ms),
         },
         crash: RefCell::new(None),
+        stopping: std::cell::Cell::new(false),
         ctx,
     });
     shard.ctx.slot.set_state(ShardState::Running);
@@ -141,9 +144,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     );
     let acceptor = spawn_guarded(&shard, accept_loop(shard.clone(), listener));
     let outcome = housekeeping::run(&shard).await;
-    // Either way, stop accepting first: awaiting the cancelled task drops the listener.
-    acceptor.cancel();
-    let _ = acceptor.await;
+    stop_accepting(&shard, listener_fd, acceptor).await;
     match outcome {
         Ok(()) => {
             housekeeping::drain(&shard).await;
@@ -156,19 +157,62 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     }
 }
 
+/// Stops the accept loop and closes the listener, losing no connection the kernel handed over.
+///
+/// glommio accepts through an io_uring op that keeps the socket open in the kernel after the
+/// task drops it: cancelling the task would leak a connection whose accept had completed but
+/// not been reaped. So the socket is shut down first (which takes it out of the SO_REUSEPORT
+/// group at once and fails the pending accept), and the loop is let run to its end; a
+/// connection it still receives is closed cleanly. Cancelling is the fallback.
+async fn stop_accepting(
+    shard: &Shard,
+    listener_fd: RawFd,
+    mut acceptor: glommio::task::JoinHandle<()>,
+) {
+    shard.stopping.set(true);
+    // SAFETY: the descriptor belongs to the listener, which the accept task still owns.
+    unsafe { libc::shutdown(listener_fd, libc::SHUT_RDWR) };
+    let ended = futures_lite::future::or(
+        async {
+            let _ = (&mut acceptor).await;
+            true
+        },
+        async {
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+            false
+        },
+    )
+    .await;
+    if !ended {
+        log::warn!(
+            "shard {}: the accept loop did not stop; cancelling it",
+            shard.ctx.slot.id
+        );
+        acceptor.cancel();
+        let _ = acceptor.await;
+    }
+}
+
 /// A listener of the shard's own, in the port's SO_REUSEPORT group.
-fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+/// Also returns the descriptor, which glommio's listener does not expose, for the shutdown.
+fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<(TcpListener, RawFd)> {
     let socket = super::reuseport_socket(addr)?;
     socket.set_nonblocking(true)?;
     socket.listen(backlog)?;
+    let fd = socket.into_raw_fd();
     // SAFETY: the descriptor is a listening TCP socket whose ownership moves to glommio.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    Ok((unsafe { TcpListener::from_raw_fd(fd) }, fd))
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     let cap = shard.ctx.config.http.max_connections_per_shard;
     loop {
-        let stream = match listener.accept().await {
+        let accepted = listener.accept().await;
+        if shard.stopping.get() {
+            // A connection accepted now is closed at once (the client sees EOF and retries).
+            return;
+        }
+        let stream = match accepted {
             Ok(stream) => stream,
             Err(e) => {
                 // Out of descriptors or a transient error: back off rather than spin.
