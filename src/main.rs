@@ -29,7 +29,10 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
         None | Some(Command::Serve) => {}
-        Some(Command::Doctor { .. }) => unreachable!("dispatched above"),
+        // `coinbit --port 1 doctor ...`: flags before the subcommand.
+        Some(Command::Doctor { args }) => {
+            std::process::exit(coinbit_tuning::doctor::main_with_args(&args))
+        }
     }
     if let Err(e) = coinbit::server::run(cli.config) {
         eprintln!("coinbit: {e}");

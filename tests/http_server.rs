@@ -291,7 +291,9 @@ fn connections_past_the_per_shard_cap_get_503() {
         for client in &mut held {
             assert_eq!(client.request("GET", "/livez", &[], b"").status, 200);
         }
+        // The refused client has already sent its request: the 503 must still reach it.
         let mut over = server.connect();
+        over.send(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n");
         let response = over.read_response(false);
         assert_eq!(
             (response.status, response.error_code().as_str()),
@@ -305,5 +307,86 @@ fn connections_past_the_per_shard_cap_get_503() {
             let response = server.connect().try_request("GET", "/livez", &[], b"")?;
             (response.status == 200).then_some(())
         });
+    });
+}
+
+#[test]
+fn expect_100_continue_gets_the_interim_response_before_the_body() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &[]);
+        let mut client = server.connect();
+        client.send(b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+        let interim = client.read_response(false);
+        assert_eq!(interim.status, 100);
+        client.send(b"hello");
+        let last = client.read_response(false);
+        assert_eq!(last.status, 405, "the body was read and the request routed");
+        assert_eq!(client.request("GET", "/livez", &[], b"").status, 200);
+    });
+}
+
+#[test]
+fn http10_keep_alive_is_honoured_and_announced() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &[]);
+        let mut client = server.connect();
+        for _ in 0..3 {
+            client.send(b"GET /livez HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+            let response = client.read_response(false);
+            assert_eq!(response.status, 200);
+            assert_eq!(response.header("connection"), Some("keep-alive"));
+        }
+        client.send(b"GET /livez HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            client.read_response(false).header("connection"),
+            Some("close")
+        );
+        assert!(client.is_closed_by_server(Duration::from_secs(3)));
+    });
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_by_the_send_timeout() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--send-timeout", "1000"]);
+        let mut client = server.connect();
+        // Far more response bytes than the socket buffers hold, and never read.
+        let request = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+        let batch: Vec<u8> = request
+            .iter()
+            .copied()
+            .cycle()
+            .take(request.len() * 2000)
+            .collect();
+        for _ in 0..10 {
+            if std::io::Write::write_all(&mut client.stream, &batch).is_err() {
+                break;
+            }
+        }
+        // Polled over one keep-alive connection, which the counts then always include.
+        let poller = std::cell::RefCell::new(server.connect());
+        let open_connections = || -> u64 {
+            let status = poller
+                .borrow_mut()
+                .request("GET", "/api/enterprise/cluster/status", &[], b"")
+                .json();
+            status["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["open_connections"].as_u64().unwrap())
+                .sum()
+        };
+        // First seen open beside the poller's connection, then closed.
+        common::wait_for(
+            "the stuck connection reported",
+            Duration::from_secs(5),
+            || (open_connections() == 2).then_some(()),
+        );
+        common::wait_for(
+            "the stuck connection closed",
+            Duration::from_secs(10),
+            || (open_connections() == 1).then_some(()),
+        );
     });
 }

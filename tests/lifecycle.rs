@@ -71,6 +71,19 @@ fn a_crashed_shard_restarts_on_its_core_and_the_others_keep_serving() {
     });
 }
 
+/// Signals go only once the shard has taken the `/debug/sleep` request (the route counts it
+/// when the handler starts), so the request is in flight rather than unread.
+fn wait_until_sleep_in_flight(server: &Server) {
+    common::wait_for(
+        "the sleep request in flight",
+        Duration::from_secs(5),
+        || {
+            let m = server.get("/api/enterprise/metrics").json();
+            (m["routes"]["debug_sleep"]["2xx"].as_u64() == Some(1)).then_some(())
+        },
+    );
+}
+
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
     each_engine(|engine| {
@@ -78,7 +91,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
         let mut busy = server.connect();
         let idle = server.connect();
         busy.send(b"GET /debug/sleep?ms=800 HTTP/1.1\r\nHost: t\r\n\r\n");
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until_sleep_in_flight(&server);
         let signalled = Instant::now();
         server.signal(libc::SIGTERM);
         let response = busy.read_response(false);
@@ -109,7 +122,7 @@ fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline() {
         let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "300"]);
         let mut busy = server.connect();
         busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n");
-        std::thread::sleep(Duration::from_millis(100));
+        wait_until_sleep_in_flight(&server);
         let signalled = Instant::now();
         server.signal(libc::SIGINT);
         assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));

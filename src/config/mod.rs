@@ -101,7 +101,8 @@ pub struct ServerConfig {
     #[arg(long = "snapshot-interval", env = "SNAPSHOT_INTERVAL", default_value_t = 1_000, value_parser = millis())]
     pub snapshot_interval_ms: u64,
     /// Enable the `/debug/*` routes (test hooks: crash a shard, slow request). Never in production.
-    #[arg(long, env = "DEBUG_ROUTES", default_value_t = false)]
+    #[arg(long, env = "DEBUG_ROUTES", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub debug_routes: bool,
 }
 
@@ -124,6 +125,9 @@ pub struct HttpConfig {
     /// Time an idle keep-alive connection is kept open (ms).
     #[arg(long = "keep-alive-timeout", env = "KEEP_ALIVE_TIMEOUT", default_value_t = 30_000, value_parser = millis())]
     pub keep_alive_timeout_ms: u64,
+    /// Time a client may take to accept the bytes of a response before it is closed (ms).
+    #[arg(long = "send-timeout", env = "SEND_TIMEOUT", default_value_t = 30_000, value_parser = millis())]
+    pub send_timeout_ms: u64,
     /// Open connections per shard; past it a new connection gets 503 and is closed.
     #[arg(long, env = "MAX_CONNECTIONS_PER_SHARD", default_value_t = 8_192,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::error::HttpError;
 use super::parse::{header_slots, parse_head};
 use super::request::{Method, Request};
-use super::response::{PendingResponse, Reply, Response, StatusCode};
+use super::response::{ConnectionHeader, PendingResponse, Reply, Response, StatusCode};
 
 /// Size limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -80,18 +80,40 @@ pub enum TimeoutKind {
 const FLUSH_AT: usize = 64 * 1024;
 /// Space offered to each read.
 const MIN_READ: usize = 8 * 1024;
+/// A body is given at most this much more room per read than it has already filled.
+const BODY_GROWTH: usize = 64 * 1024;
+/// An idle connection whose buffer grew past this (a large body) goes back to the initial size.
+const SHRINK_ABOVE: usize = 64 * 1024;
 const INTERIM_CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-struct Awaiting {
+/// How one request's response is framed and whether the connection goes on after it.
+#[derive(Debug, Clone, Copy)]
+struct Exchange {
     head_only: bool,
     keep_alive: bool,
+    /// HTTP/1.0: persistence has to be announced.
+    http10: bool,
+}
+
+impl Exchange {
+    /// An error response that ends the connection.
+    const CLOSING: Exchange = Exchange {
+        head_only: false,
+        keep_alive: false,
+        http10: false,
+    };
+}
+
+struct Awaiting {
+    exchange: Exchange,
     since: Instant,
 }
 
 pub struct Connection {
     limits: Limits,
     timeouts: Timeouts,
-    /// Read buffer; unparsed bytes are `buf[start..end]`. Fully initialised once, never shrunk.
+    /// Read buffer; unparsed bytes are `buf[start..end]`. Always initialised; grows for large
+    /// requests and shrinks back once they are answered.
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -203,12 +225,7 @@ impl Connection {
             .awaiting
             .take()
             .expect("resume without a pending response");
-        self.queue(
-            &response,
-            service.date(),
-            awaiting.head_only,
-            awaiting.keep_alive,
-        );
+        self.queue(&response, service.date(), awaiting.exchange);
         // Recorded on its own: its latency runs from when it was handed to the handler.
         self.batch -= 1;
         service.responded(1, awaiting.since.elapsed());
@@ -226,6 +243,9 @@ impl Connection {
             if self.start == self.end {
                 self.start = 0;
                 self.end = 0;
+                if self.buf.len() > SHRINK_ABOVE {
+                    self.buf = vec![0; MIN_READ * 2];
+                }
                 self.request_started = None;
                 self.last_activity = now;
                 return if self.draining {
@@ -256,7 +276,7 @@ impl Connection {
                 service.rejected(&error);
                 let response = error.response();
                 self.closing = true;
-                self.queue(&response, service.date(), false, false);
+                self.queue(&response, service.date(), Exchange::CLOSING);
                 return Next::Answered;
             }
         };
@@ -267,7 +287,9 @@ impl Connection {
                 self.out.extend_from_slice(INTERIM_CONTINUE);
                 self.continue_sent = true;
             }
-            self.make_room(total);
+            // Room for the body as it arrives, not for what the client declared.
+            let pending = self.end - self.start;
+            self.make_room(total.min(pending + BODY_GROWTH));
             return Next::NeedBytes;
         }
         let request = Request {
@@ -278,8 +300,11 @@ impl Connection {
             body: &data[head.head_len..total],
             keep_alive: head.keep_alive && !self.draining,
         };
-        let head_only = request.method == Method::Head;
-        let keep_alive = request.keep_alive;
+        let exchange = Exchange {
+            head_only: request.method == Method::Head,
+            keep_alive: request.keep_alive,
+            http10: head.http10,
+        };
         let reply = catch_unwind(AssertUnwindSafe(|| service.call(&request)));
         self.start += total;
         self.request_started = None;
@@ -288,8 +313,7 @@ impl Connection {
             Ok(Reply::Ready(response)) => response,
             Ok(Reply::Later(future)) => {
                 self.awaiting = Some(Awaiting {
-                    head_only,
-                    keep_alive,
+                    exchange,
                     since: Instant::now(),
                 });
                 return Next::Await(future);
@@ -304,13 +328,18 @@ impl Connection {
                 )
             }
         };
-        self.queue(&response, service.date(), head_only, keep_alive);
+        self.queue(&response, service.date(), exchange);
         Next::Answered
     }
 
-    fn queue(&mut self, response: &Response, date: &[u8], head_only: bool, keep_alive: bool) {
-        let close = !keep_alive || self.draining;
-        response.encode(&mut self.out, date, head_only, close);
+    fn queue(&mut self, response: &Response, date: &[u8], exchange: Exchange) {
+        let close = !exchange.keep_alive || self.draining;
+        let connection = match (close, exchange.http10) {
+            (true, _) => ConnectionHeader::Close,
+            (false, true) => ConnectionHeader::KeepAlive,
+            (false, false) => ConnectionHeader::Omit,
+        };
+        response.encode(&mut self.out, date, exchange.head_only, connection);
         self.closing |= close;
         self.batch += 1;
     }

@@ -12,6 +12,8 @@ pub enum HttpError {
     UriTooLong { limit: usize },
     #[error("request header section larger than {limit} bytes")]
     HeadersTooLarge { limit: usize },
+    #[error("more than {limit} request header fields")]
+    TooManyHeaders { limit: usize },
     #[error("request body of {length} bytes exceeds the {limit}-byte limit")]
     PayloadTooLarge { length: u64, limit: usize },
     #[error("{0} is not supported")]
@@ -25,7 +27,9 @@ impl HttpError {
         match self {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            HttpError::HeadersTooLarge { .. } => StatusCode::HEADERS_TOO_LARGE,
+            HttpError::HeadersTooLarge { .. } | HttpError::TooManyHeaders { .. } => {
+                StatusCode::HEADERS_TOO_LARGE
+            }
             HttpError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             HttpError::VersionNotSupported => StatusCode::VERSION_NOT_SUPPORTED,
@@ -36,7 +40,9 @@ impl HttpError {
         match self {
             HttpError::BadRequest(_) => "bad_request",
             HttpError::UriTooLong { .. } => "uri_too_long",
-            HttpError::HeadersTooLarge { .. } => "headers_too_large",
+            HttpError::HeadersTooLarge { .. } | HttpError::TooManyHeaders { .. } => {
+                "headers_too_large"
+            }
             HttpError::PayloadTooLarge { .. } => "payload_too_large",
             HttpError::NotImplemented(_) => "not_implemented",
             HttpError::VersionNotSupported => "http_version_not_supported",

@@ -24,4 +24,4 @@ pub use conn::{Connection, Limits, Service, Step, Timeouts};
 pub use date::HttpDate;
 pub use error::HttpError;
 pub use request::{Method, Request};
-pub use response::{Reply, Response, StatusCode};
+pub use response::{ConnectionHeader, Reply, Response, StatusCode};

@@ -9,6 +9,9 @@ use super::request::Method;
 /// Most header fields in one request; more is answered like an oversized header section (431).
 pub const MAX_HEADERS: usize = 64;
 
+/// Bytes of empty lines accepted before a request line.
+const MAX_LEADING_BLANK_BYTES: usize = 16;
+
 /// Uninitialised header slots for one parse (no per-request memset).
 pub type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
 
@@ -29,6 +32,8 @@ pub struct Head<'b, 'h> {
     pub content_length: usize,
     pub keep_alive: bool,
     pub expect_continue: bool,
+    /// HTTP/1.0: a persistent connection must be announced with `Connection: keep-alive`.
+    pub http10: bool,
 }
 
 /// Parses the head at the start of `buf`. `Ok(None)` means more bytes are needed (and the ones so
@@ -53,9 +58,7 @@ pub fn parse_head<'b, 'h>(
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::HeadersTooLarge {
-                limit: limits.max_header_bytes,
-            })
+            return Err(HttpError::TooManyHeaders { limit: MAX_HEADERS })
         }
         Err(httparse::Error::Version) => return Err(HttpError::VersionNotSupported),
         Err(e) => return Err(HttpError::BadRequest(parse_error_text(e))),
@@ -88,18 +91,26 @@ pub fn parse_head<'b, 'h>(
         head_len,
         content_length: framing.content_length as usize,
         keep_alive: framing.keep_alive,
-        expect_continue: framing.expect_continue,
+        // RFC 9110 section 10.1.1: a 100-continue expectation from HTTP/1.0 is ignored.
+        expect_continue: framing.expect_continue && minor_version >= 1,
+        http10: minor_version == 0,
     }))
 }
 
 /// Length of the request line including its line break, once it is complete; an error when it
 /// is (or has already grown) longer than the limit.
 fn request_line_len(buf: &[u8], limit: usize) -> Result<Option<usize>, HttpError> {
-    // Leading blank lines are allowed before a request (RFC 9112 section 2.2).
+    // Leading blank lines are allowed before a request (RFC 9112 section 2.2), a few of them:
+    // an endless stream of line breaks must not grow the buffer past the line limit.
     let start = buf
         .iter()
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(buf.len());
+    if start > MAX_LEADING_BLANK_BYTES {
+        return Err(HttpError::BadRequest(
+            "too many empty lines before the request",
+        ));
+    }
     let scan_end = buf.len().min(start + limit + 2);
     match buf[start..scan_end].iter().position(|b| *b == b'\n') {
         Some(newline) => {
@@ -359,7 +370,7 @@ mod tests {
         };
         assert_eq!(
             parse_head(input.as_bytes(), &big, &mut slots).unwrap_err(),
-            HttpError::HeadersTooLarge { limit: 8192 }
+            HttpError::TooManyHeaders { limit: MAX_HEADERS }
         );
     }
 }

@@ -61,6 +61,17 @@ impl StatusCode {
 
 pub const JSON: &str = "application/json";
 
+/// The `Connection` header a response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    /// HTTP/1.1 keeps the connection by default: nothing to say.
+    Omit,
+    /// The connection ends after this response.
+    Close,
+    /// An HTTP/1.0 client asked to keep the connection, and it is kept.
+    KeepAlive,
+}
+
 /// A response: status, content type, extra headers and a body. The codec adds `Server`, `Date`,
 /// `Content-Length` and `Connection`.
 #[derive(Debug, Clone)]
@@ -96,9 +107,14 @@ impl Response {
         self
     }
 
-    /// Appends the encoded response to `out`. `head_only` omits the body (HEAD); `close` adds
-    /// `Connection: close`.
-    pub fn encode(&self, out: &mut Vec<u8>, date: &[u8], head_only: bool, close: bool) {
+    /// Appends the encoded response to `out`. `head_only` omits the body (HEAD).
+    pub fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        date: &[u8],
+        head_only: bool,
+        connection: ConnectionHeader,
+    ) {
         out.extend_from_slice(self.status.status_line());
         out.extend_from_slice(b"Server: coinbit\r\nDate: ");
         out.extend_from_slice(date);
@@ -113,8 +129,10 @@ impl Response {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        if close {
-            out.extend_from_slice(b"Connection: close\r\n");
+        match connection {
+            ConnectionHeader::Omit => {}
+            ConnectionHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
+            ConnectionHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         }
         out.extend_from_slice(b"\r\n");
         if !head_only {
@@ -147,14 +165,14 @@ mod tests {
         let response = Response::json(StatusCode::OK, "{}").with_header("Allow", "GET");
         let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
         let mut out = Vec::new();
-        response.encode(&mut out, date, false, false);
+        response.encode(&mut out, date, false, ConnectionHeader::Omit);
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "HTTP/1.1 200 OK\r\nServer: coinbit\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
              Content-Type: application/json\r\nContent-Length: 2\r\nAllow: GET\r\n\r\n{}"
         );
         out.clear();
-        response.encode(&mut out, date, true, true);
+        response.encode(&mut out, date, true, ConnectionHeader::Close);
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.ends_with("Content-Length: 2\r\nAllow: GET\r\nConnection: close\r\n\r\n"),

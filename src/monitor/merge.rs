@@ -52,6 +52,8 @@ impl Totals {
 
 /// One interval of a shard's traffic, kept while it is inside the window.
 struct Interval {
+    /// The interval runs from the shard's previous report (or its start) to `at`.
+    start: Instant,
     at: Instant,
     requests: u64,
     server_errors: u64,
@@ -88,7 +90,7 @@ impl ShardTrack {
         let span = self
             .window
             .front()
-            .map(|first| now.saturating_duration_since(first.at))
+            .map(|first| now.saturating_duration_since(first.start))
             .unwrap_or_default();
         (requests, errors, span)
     }
@@ -145,11 +147,18 @@ impl ClusterState {
         let before = track.current.requests();
         let errors_before = track.current.server_errors();
         track.current = Totals::from_report(&report);
+        // A new generation's first report covers the time since that shard started, which is
+        // when it sends it.
+        let start = match track.last_report_at {
+            Some(previous) if !new_generation => previous,
+            _ => report.at,
+        };
         track.last_report_at = Some(report.at);
         // Histogram bounds are identical everywhere, so adding cannot fail.
         let _ = track.lifetime_latency.add(&report.interval_latency);
         let _ = track.window_latency.add(&report.interval_latency);
         track.window.push_back(Interval {
+            start,
             at: report.at,
             requests: track.current.requests().saturating_sub(before),
             server_errors: track.current.server_errors().saturating_sub(errors_before),
@@ -199,6 +208,28 @@ mod tests {
 
     fn report(metrics: &mut ShardMetrics, generation: u64, at: Instant) -> ShardReport {
         metrics.report(0, generation, 7, at)
+    }
+
+    #[test]
+    fn the_window_rate_counts_each_interval_over_its_own_span() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut state = ClusterState::new(
+            vec![Arc::new(ShardSlot::new(0, 0))],
+            &["health"],
+            Duration::from_secs(1),
+        );
+        let mut metrics = ShardMetrics::new(1);
+        // The shard reports at start, then 100 requests in each of the next 3 seconds.
+        state.absorb(report(&mut metrics, 1, t0));
+        for i in 1..=3 {
+            for _ in 0..100 {
+                metrics.count_route(0, 200);
+            }
+            state.absorb(report(&mut metrics, 1, t0 + second * i));
+        }
+        let (requests, _, span) = state.shards[0].window_counts(t0 + second * 3);
+        assert_eq!((requests, span), (300, second * 3), "100 per second");
     }
 
     #[test]

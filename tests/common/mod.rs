@@ -21,14 +21,11 @@ pub fn each_engine(case: impl Fn(&str)) {
 
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_coinbit"));
-    // Tests set what they need; nothing leaks in from the developer's shell.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("DB_")
-            || name.starts_with("CLUSTER_")
-            || name.starts_with("MONITORING_")
-            || name == "PORT"
-        {
-            command.env_remove(name);
+    // Tests set what they need: nothing leaks in from the caller's environment but these.
+    command.env_clear();
+    for name in ["PATH", "HOME", "RUST_BACKTRACE", "LD_LIBRARY_PATH"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
         }
     }
     command

@@ -61,10 +61,14 @@ impl Drop for Registration {
 async fn serve(registration: Registration, mut stream: TcpStream, shared: Rc<ConnShared>) {
     let shard = registration.shard.clone();
     let mut conn = Connection::new(shard.limits, shard.timeouts, Instant::now());
+    // A client that stops reading is closed by the write timeout (glommio arms it only when a
+    // write would block); the codec's deadlines cover reads only.
+    let _ = stream.set_write_timeout(Some(shard.send_timeout));
     let mut step = Step::Read;
     loop {
         let wrote = !conn.output().is_empty();
         if wrote {
+            shared.deadline.set(None);
             if stream.write_all(conn.output()).await.is_err() {
                 return;
             }
@@ -146,7 +150,7 @@ async fn read_some(
 
 /// Half-closes and reads what the client still sends (briefly), so that closing with unread
 /// bytes does not reset the connection before the client has read our last response.
-async fn linger_close(stream: &mut TcpStream) {
+pub(crate) async fn linger_close(stream: &mut TcpStream) {
     const LINGER_BYTES: usize = 256 * 1024;
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));

@@ -41,6 +41,9 @@ pub(crate) async fn drain(shard: &Shard) {
     shard.app.borrow_mut().begin_draining();
     let deadline = Instant::now() + shard.ctx.config.shutdown_timeout();
     loop {
+        // The Date header and the read deadlines (slow clients) keep going while draining.
+        shard.app.borrow_mut().tick(SystemTime::now());
+        expire_deadlines(shard, Instant::now());
         // Cancelling only schedules the task's drop, so the table may stay borrowed meanwhile.
         {
             let connections = shard.connections.borrow();
@@ -75,6 +78,8 @@ pub(crate) async fn abort_connections(shard: &Shard) {
     while !shard.connections.borrow().is_empty() && Instant::now() < give_up {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+    // What was counted since the last interval still reaches the monitor.
+    send_report(shard, Instant::now());
 }
 
 fn send_report(shard: &Shard, now: Instant) {

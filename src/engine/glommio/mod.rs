@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -63,6 +63,7 @@ pub(crate) struct Shard {
     pub next_connection_id: std::cell::Cell<u64>,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    pub send_timeout: Duration,
     /// Set when a task panicked past its own containment: the shard tears down and restarts.
     pub crash: RefCell<Option<String>>,
     /// The shard stops accepting: the accept loop ends at its next wake-up.
@@ -128,6 +129,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
             max_header_bytes: http.max_header_bytes,
             max_body_bytes: http.max_body_bytes,
         },
+        send_timeout: Duration::from_millis(http.send_timeout_ms),
         timeouts: Timeouts {
             header_read: Duration::from_millis(http.header_read_timeout_ms),
             keep_alive: Duration::from_millis(http.keep_alive_timeout_ms),
@@ -166,12 +168,12 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
 /// connection it still receives is closed cleanly. Cancelling is the fallback.
 async fn stop_accepting(
     shard: &Shard,
-    listener_fd: RawFd,
+    listener: OwnedFd,
     mut acceptor: glommio::task::JoinHandle<()>,
 ) {
     shard.stopping.set(true);
-    // SAFETY: the descriptor belongs to the listener, which the accept task still owns.
-    unsafe { libc::shutdown(listener_fd, libc::SHUT_RDWR) };
+    // SAFETY: shutdown on a descriptor we own.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
     let ended = futures_lite::future::or(
         async {
             let _ = (&mut acceptor).await;
@@ -194,14 +196,18 @@ async fn stop_accepting(
 }
 
 /// A listener of the shard's own, in the port's SO_REUSEPORT group.
-/// Also returns the descriptor, which glommio's listener does not expose, for the shutdown.
-fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<(TcpListener, RawFd)> {
+/// Also returns a duplicate of its descriptor (glommio's listener exposes none) for the
+/// shutdown: a descriptor of our own stays valid even if the listener was already dropped.
+fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<(TcpListener, OwnedFd)> {
     let socket = super::reuseport_socket(addr)?;
     socket.set_nonblocking(true)?;
     socket.listen(backlog)?;
-    let fd = socket.into_raw_fd();
+    let handle = socket.try_clone()?.into();
     // SAFETY: the descriptor is a listening TCP socket whose ownership moves to glommio.
-    Ok((unsafe { TcpListener::from_raw_fd(fd) }, fd))
+    Ok((
+        unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) },
+        handle,
+    ))
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -250,8 +256,10 @@ async fn reject_over_cap(shard: Rc<Shard>, mut stream: TcpStream) {
         &mut out,
         crate::http::Service::date(&*shard.app.borrow()),
         false,
-        true,
+        crate::http::ConnectionHeader::Close,
     );
-    let _ = stream.write_all(&out).await;
-    let _ = stream.close().await;
+    let _ = stream.set_write_timeout(Some(shard.send_timeout));
+    if stream.write_all(&out).await.is_ok() {
+        connection::linger_close(&mut stream).await;
+    }
 }

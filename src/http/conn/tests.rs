@@ -244,19 +244,72 @@ fn draining_closes_after_the_current_response() {
 }
 
 #[test]
-fn large_bodies_grow_the_buffer_once() {
+fn large_bodies_grow_the_buffer_as_they_arrive_and_it_shrinks_after() {
     let now = Instant::now();
     let big = Limits {
-        max_body_bytes: 100_000,
+        max_body_bytes: 4 * 1024 * 1024,
         ..limits()
     };
     let mut conn = Connection::new(big, timeouts(), now);
     let mut echo = Echo::default();
-    let mut input = b"POST /big HTTP/1.1\r\nContent-Length: 50000\r\n\r\n".to_vec();
-    input.extend(std::iter::repeat_n(b'x', 50_000));
-    for chunk in input.chunks(8000) {
-        feed(&mut conn, chunk, now);
+    // A head that declares 2 MiB does not make the buffer 2 MiB before a byte of it arrives.
+    feed(
+        &mut conn,
+        b"POST /big HTTP/1.1\r\nContent-Length: 2097152\r\n\r\n",
+        now,
+    );
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    assert!(
+        conn.read_buf().len() < 256 * 1024,
+        "buffer sized for the declared body"
+    );
+    let chunk = vec![b'x'; 8000];
+    let mut sent = 0;
+    while sent < 2097152 {
+        let n = chunk.len().min(2097152 - sent);
+        feed(&mut conn, &chunk[..n], now);
+        sent += n;
         conn.advance(&mut echo, now);
     }
-    assert_eq!(bodies(conn.output()), vec!["/big:50000"]);
+    assert_eq!(bodies(conn.output()), vec!["/big:2097152"]);
+    // Once answered, the connection goes back to a small buffer.
+    assert!(
+        conn.read_buf().len() <= 2 * MIN_READ,
+        "{}",
+        conn.read_buf().len()
+    );
+}
+
+#[test]
+fn a_flood_of_empty_lines_is_refused() {
+    let now = Instant::now();
+    let mut conn = Connection::new(limits(), timeouts(), now);
+    let mut echo = Echo::default();
+    feed(&mut conn, &b"\r\n".repeat(1000), now);
+    assert!(matches!(conn.advance(&mut echo, now), Step::Close));
+    assert!(String::from_utf8_lossy(conn.output()).starts_with("HTTP/1.1 400 "));
+    // A couple of stray line breaks before a request are fine.
+    let mut conn = Connection::new(limits(), timeouts(), now);
+    feed(&mut conn, b"\r\n\r\nGET /ok HTTP/1.1\r\n\r\n", now);
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    assert_eq!(bodies(conn.output()), vec!["/ok:0"]);
+}
+
+#[test]
+fn http10_keep_alive_is_announced_and_gets_no_interim_continue() {
+    let now = Instant::now();
+    let mut conn = Connection::new(limits(), timeouts(), now);
+    let mut echo = Echo::default();
+    feed(
+        &mut conn,
+        b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        now,
+    );
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    let text = String::from_utf8_lossy(conn.output()).to_string();
+    assert!(text.contains("Connection: keep-alive\r\n"), "{text}");
+    conn.clear_output();
+    feed(&mut conn, b"POST /b HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n", now);
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    assert!(conn.output().is_empty(), "no 100 Continue for HTTP/1.0");
 }
