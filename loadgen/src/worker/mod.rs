@@ -693,7 +693,16 @@ impl Worker {
             self.completions = done;
             match result {
                 Ok(o) if o.closed => self.on_server_close(c, now),
-                Ok(_) => {}
+                Ok(_) => {
+                    // Send this connection's next request now rather than after every event of
+                    // this wake-up: deferring made client and server take turns (the server
+                    // idled while the client read a whole batch of responses).
+                    if self.conns[c].dirty && self.conns[c].is_open() {
+                        if let Err(e) = self.conns[c].flush() {
+                            self.fail_conn(c, ErrorKind::from_io(&e), now);
+                        }
+                    }
+                }
                 Err(f) => {
                     log::debug!("worker {} conn {c}: {}", self.plan.id, f.detail);
                     self.fail_conn(c, f.kind, now);
