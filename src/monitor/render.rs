@@ -40,10 +40,12 @@ pub fn health_status(
     }
 }
 
+/// What every body says about one shard, worked out once per publish.
 struct ShardFacts {
     state: ShardState,
     heartbeat_age: Option<Duration>,
     stale: bool,
+    totals: Totals,
 }
 
 fn shard_facts(track: &ShardTrack, interval: Duration, now: Instant) -> ShardFacts {
@@ -57,6 +59,7 @@ fn shard_facts(track: &ShardTrack, interval: Duration, now: Instant) -> ShardFac
         state,
         heartbeat_age,
         stale,
+        totals: track.totals(),
     }
 }
 
@@ -116,7 +119,7 @@ pub fn publish(
         .iter()
         .zip(&facts)
         .map(|(track, fact)| {
-            let totals = track.totals();
+            let totals = &fact.totals;
             json!({
                 "id": track.slot.id,
                 "cpu": track.slot.cpu,
@@ -160,10 +163,11 @@ pub fn publish(
     let per_shard: Vec<Value> = state
         .shards
         .iter()
-        .map(|track| {
+        .zip(&facts)
+        .map(|(track, fact)| {
             let (requests, errors, span) = track.window_counts(now);
             let mut body = traffic(
-                &track.totals(),
+                &fact.totals,
                 requests,
                 errors,
                 span,
@@ -295,8 +299,8 @@ fn prometheus(
         "counter",
         "HTTP responses by shard, route and status class.",
     );
-    for track in &state.shards {
-        let t = track.totals();
+    for (track, fact) in state.shards.iter().zip(facts) {
+        let t = &fact.totals;
         let routed = state.routes.iter().zip(&t.counts.by_route);
         for (route, counts) in routed.chain(std::iter::once((&"unrouted", &t.counts.unrouted))) {
             for (class, n) in STATUS_CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0) {
@@ -334,31 +338,31 @@ fn prometheus(
             "coinbit_http_connections_open",
             "gauge",
             "Open client connections.",
-            |t, _| t.totals().connections.open as f64,
+            |_, f| f.totals.connections.open as f64,
         ),
         (
             "coinbit_http_connections_accepted_total",
             "counter",
             "Connections accepted.",
-            |t, _| t.totals().connections.accepted as f64,
+            |_, f| f.totals.connections.accepted as f64,
         ),
         (
             "coinbit_http_connections_rejected_total",
             "counter",
             "Connections refused with 503 at the per-shard cap.",
-            |t, _| t.totals().connections.rejected_at_cap as f64,
+            |_, f| f.totals.connections.rejected_at_cap as f64,
         ),
         (
             "coinbit_http_request_timeouts_total",
             "counter",
             "Connections closed because a request arrived too slowly.",
-            |t, _| t.totals().connections.request_timeouts as f64,
+            |_, f| f.totals.connections.request_timeouts as f64,
         ),
         (
             "coinbit_http_idle_timeouts_total",
             "counter",
             "Keep-alive connections closed after the idle timeout.",
-            |t, _| t.totals().connections.idle_timeouts as f64,
+            |_, f| f.totals.connections.idle_timeouts as f64,
         ),
         (
             "coinbit_shard_restarts_total",

@@ -49,6 +49,16 @@ fn timeouts() -> Timeouts {
     }
 }
 
+/// A new connection with the test limits, its service, and the time it opened.
+fn fresh() -> (Connection, Echo, Instant) {
+    let now = Instant::now();
+    (
+        Connection::new(limits(), timeouts(), now),
+        Echo::default(),
+        now,
+    )
+}
+
 fn feed(conn: &mut Connection, bytes: &[u8], now: Instant) {
     let buf = conn.read_buf();
     buf[..bytes.len()].copy_from_slice(bytes);
@@ -65,9 +75,7 @@ fn bodies(out: &[u8]) -> Vec<String> {
 
 #[test]
 fn pipelined_requests_are_answered_in_order_in_one_output() {
-    let now = Instant::now();
-    let mut conn = Connection::new(limits(), timeouts(), now);
-    let mut echo = Echo::default();
+    let (mut conn, mut echo, now) = fresh();
     let mut input = Vec::new();
     for i in 0..100 {
         input.extend_from_slice(format!("GET /r{i} HTTP/1.1\r\n\r\n").as_bytes());
@@ -88,9 +96,7 @@ fn pipelined_requests_are_answered_in_order_in_one_output() {
 
 #[test]
 fn body_split_across_reads_and_expect_continue() {
-    let now = Instant::now();
-    let mut conn = Connection::new(limits(), timeouts(), now);
-    let mut echo = Echo::default();
+    let (mut conn, mut echo, now) = fresh();
     feed(
         &mut conn,
         b"POST /b HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n12345",
@@ -152,9 +158,7 @@ fn connection_close_and_http10_end_the_connection_after_the_response() {
 
 #[test]
 fn head_gets_headers_without_body() {
-    let now = Instant::now();
-    let mut conn = Connection::new(limits(), timeouts(), now);
-    let mut echo = Echo::default();
+    let (mut conn, mut echo, now) = fresh();
     feed(&mut conn, b"HEAD /h HTTP/1.1\r\n\r\n", now);
     conn.advance(&mut echo, now);
     let text = String::from_utf8_lossy(conn.output()).to_string();
@@ -166,9 +170,7 @@ fn head_gets_headers_without_body() {
 
 #[test]
 fn a_panicking_handler_gets_500_and_the_connection_goes_on() {
-    let now = Instant::now();
-    let mut conn = Connection::new(limits(), timeouts(), now);
-    let mut echo = Echo::default();
+    let (mut conn, mut echo, now) = fresh();
     feed(
         &mut conn,
         b"GET /panic HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n",
@@ -182,9 +184,7 @@ fn a_panicking_handler_gets_500_and_the_connection_goes_on() {
 
 #[test]
 fn later_replies_keep_pipelined_order() {
-    let now = Instant::now();
-    let mut conn = Connection::new(limits(), timeouts(), now);
-    let mut echo = Echo::default();
+    let (mut conn, mut echo, now) = fresh();
     feed(
         &mut conn,
         b"GET /one HTTP/1.1\r\n\r\nGET /later HTTP/1.1\r\n\r\nGET /three HTTP/1.1\r\n\r\n",
@@ -234,9 +234,7 @@ fn deadlines_follow_the_request_state() {
 
 #[test]
 fn draining_closes_after_the_current_response() {
-    let now = Instant::now();
-    let mut conn = Connection::new(limits(), timeouts(), now);
-    let mut echo = Echo::default();
+    let (mut conn, mut echo, now) = fresh();
     conn.drain();
     feed(&mut conn, b"GET /x HTTP/1.1\r\n\r\n", now);
     assert!(matches!(conn.advance(&mut echo, now), Step::Close));
@@ -282,9 +280,7 @@ fn large_bodies_grow_the_buffer_as_they_arrive_and_it_shrinks_after() {
 
 #[test]
 fn a_flood_of_empty_lines_is_refused() {
-    let now = Instant::now();
-    let mut conn = Connection::new(limits(), timeouts(), now);
-    let mut echo = Echo::default();
+    let (mut conn, mut echo, now) = fresh();
     feed(&mut conn, &b"\r\n".repeat(1000), now);
     assert!(matches!(conn.advance(&mut echo, now), Step::Close));
     assert!(String::from_utf8_lossy(conn.output()).starts_with("HTTP/1.1 400 "));
@@ -297,9 +293,7 @@ fn a_flood_of_empty_lines_is_refused() {
 
 #[test]
 fn http10_keep_alive_is_announced_and_gets_no_interim_continue() {
-    let now = Instant::now();
-    let mut conn = Connection::new(limits(), timeouts(), now);
-    let mut echo = Echo::default();
+    let (mut conn, mut echo, now) = fresh();
     feed(
         &mut conn,
         b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
