@@ -50,6 +50,15 @@ impl Totals {
     }
 }
 
+impl<'a> std::iter::Sum<&'a Totals> for Totals {
+    fn sum<I: Iterator<Item = &'a Totals>>(iter: I) -> Totals {
+        iter.fold(Totals::default(), |mut sum, totals| {
+            sum.add(totals);
+            sum
+        })
+    }
+}
+
 /// One interval of a shard's traffic, kept while it is inside the window.
 struct Interval {
     /// The interval runs from the shard's previous report (or its start) to `at`.
@@ -193,11 +202,12 @@ impl ClusterState {
     }
 
     pub fn merged_totals(&self) -> Totals {
-        let mut totals = Totals::default();
-        for track in &self.shards {
-            totals.add(&track.totals());
-        }
-        totals
+        self.shards
+            .iter()
+            .map(ShardTrack::totals)
+            .collect::<Vec<_>>()
+            .iter()
+            .sum()
     }
 }
 

@@ -81,7 +81,8 @@ pub fn publish(
     let stale = facts.iter().filter(|f| f.stale).count();
     let status = health_status(facts.len(), running, stale, control.is_shutting_down());
     let uptime = now.saturating_duration_since(control.started_at);
-    let totals = state.merged_totals();
+    // Summed from the facts: each shard's totals are worked out once per publish.
+    let totals: Totals = facts.iter().map(|f| &f.totals).sum();
     let (window_latency, lifetime_latency) = state.merged_latency();
 
     let health = json!({
