@@ -14,6 +14,7 @@
 //! - [`shard`]: placement on CPUs, shard lifecycle, supervision and restarts.
 //! - [`metrics`]: per-shard counters and HDR histograms.
 //! - [`monitor`]: the monitor core: merging, health, rendering of status bodies.
+//! - [`queue`]: per-core priority queues: classes, workers, retries, dead letters, hand-off.
 //! - [`server`]: start-up and graceful shutdown.
 
 pub mod app;
@@ -22,5 +23,6 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod queue;
 pub mod server;
 pub mod shard;

@@ -102,6 +102,8 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         monitor_shares_core: placement.monitor_shares_core,
         min_workers: config.cluster.min_workers,
         max_workers: config.cluster.max_workers,
+        queue_size_warning: config.monitoring.queue_size_warning,
+        queue_size_critical: config.monitoring.queue_size_critical,
     };
     let monitor = Monitor::new(
         slots.clone(),
@@ -124,6 +126,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         })
         .expect("spawning the monitor thread");
 
+    let mesh = crate::queue::Mesh::new(slots.len());
     let supervisors = slots
         .iter()
         .map(|slot| {
@@ -135,6 +138,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
                 control: control.clone(),
                 reports: reports.clone(),
                 published: published.clone(),
+                mesh: mesh.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("supervisor-{}", slot.id))

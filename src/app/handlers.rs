@@ -43,7 +43,9 @@ pub fn readyz(published: &Published, draining: bool) -> Response {
         Response::new(
             StatusCode::SERVICE_UNAVAILABLE,
             HEALTH_JSON,
-            Bytes::from_static(br#"{"status":"fail","output":"no shard running"}"#),
+            Bytes::from_static(
+                br#"{"status":"fail","output":"the health check fails (see /health)"}"#,
+            ),
         )
     } else {
         Response::new(

@@ -7,10 +7,13 @@
 //! # Layout
 //! - [`routes`]: the route table, method checks and route names used in metrics.
 //! - [`handlers`]: one function per endpoint.
+//! - [`jobs`]: the job endpoints over the shard's queues.
 
 pub mod handlers;
+pub mod jobs;
 pub mod routes;
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +22,7 @@ use arc_swap::ArcSwap;
 use crate::http::{HttpDate, HttpError, Reply, Request, Response, Service, StatusCode};
 use crate::metrics::ShardMetrics;
 use crate::monitor::Published;
+use crate::queue::{Priority, RouteClasses, ShardQueues};
 use routes::{Match, Route};
 
 /// One shard's application state. Owned by the shard; never shared with another.
@@ -29,10 +33,22 @@ pub struct ShardApp {
     date: HttpDate,
     draining: bool,
     debug_routes: bool,
+    pub queues: Rc<ShardQueues>,
+    /// The class of each route (indexed as [`routes::ROUTE_NAMES`]).
+    route_classes: Vec<Option<Priority>>,
+    /// The class of the last request routed, until the engine takes it to run the connection
+    /// in that class.
+    routed_class: Option<Option<Priority>>,
 }
 
 impl ShardApp {
-    pub fn new(shard: usize, published: Arc<ArcSwap<Published>>, debug_routes: bool) -> Self {
+    pub fn new(
+        shard: usize,
+        published: Arc<ArcSwap<Published>>,
+        debug_routes: bool,
+        queues: Rc<ShardQueues>,
+        route_classes: Option<&RouteClasses>,
+    ) -> Self {
         ShardApp {
             shard,
             published,
@@ -40,12 +56,26 @@ impl ShardApp {
             date: HttpDate::now(),
             draining: false,
             debug_routes,
+            queues,
+            route_classes: RouteClasses::resolve(
+                route_classes,
+                routes::ROUTE_NAMES,
+                &routes::default_classes(),
+            ),
+            routed_class: None,
         }
     }
 
-    /// Called by the engine about once a second.
+    /// Called by the engine about once a second or more often.
     pub fn tick(&mut self, now: SystemTime) {
         self.date.refresh(now);
+        self.queues.refresh_weights();
+    }
+
+    /// The class of the request routed since the last call, if one was: `Some(None)` for a
+    /// route without a class.
+    pub fn take_routed_class(&mut self) -> Option<Option<Priority>> {
+        self.routed_class.take()
     }
 
     /// The shard stopped accepting: `/readyz` answers 503 from now on.
@@ -67,6 +97,15 @@ impl ShardApp {
             Route::DebugCrashShard => handlers::debug_crash_shard(self.shard),
             Route::DebugSleep => handlers::debug_sleep(request),
             Route::DebugShard => handlers::debug_shard(self.shard).into(),
+            Route::QueuesStatus => handlers::json_snapshot(published.queues_status.clone()).into(),
+            Route::JobEnqueue => jobs::enqueue(&self.queues, request),
+            Route::JobStatus => jobs::status(&self.queues, request),
+            Route::DeadLetters => jobs::dead_letters(&self.queues),
+            Route::DeadLetterReplay => jobs::replay(&self.queues, request),
+            Route::DebugEffects => {
+                handlers::json_snapshot(crate::queue::kinds::debug_effects().to_string().into())
+                    .into()
+            }
         }
     }
 }
@@ -75,7 +114,10 @@ impl Service for ShardApp {
     fn call(&mut self, request: &Request<'_>) -> Reply {
         let (route_index, reply) =
             match routes::match_route(request.method, request.path, self.debug_routes) {
-                Match::Found(route) => (route as usize, self.dispatch(route, request)),
+                Match::Found(route) => {
+                    self.routed_class = Some(self.route_classes[route as usize]);
+                    (route as usize, self.dispatch(route, request))
+                }
                 Match::MethodNotAllowed(allow) => (
                     routes::METHOD_NOT_ALLOWED_INDEX,
                     Response::error(

@@ -1,6 +1,11 @@
-//! The route table.
+//! The route table, and the priority class each route's requests run in.
+//!
+//! Classes follow the endpoints' business: trading routes run high, financial medium, affiliate
+//! low, reports background (`QUEUE_ROUTE_CLASSES` overrides them). Probes and routes without a
+//! class run where the connection was accepted, at no cost.
 
 use crate::http::Method;
+use crate::queue::Priority;
 
 /// Every endpoint, by its index in [`ROUTE_NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +19,12 @@ pub enum Route {
     DebugCrashShard,
     DebugSleep,
     DebugShard,
+    QueuesStatus,
+    JobEnqueue,
+    JobStatus,
+    DeadLetters,
+    DeadLetterReplay,
+    DebugEffects,
 }
 
 /// Route names as metrics label them; the last two count 405 and 404 answers.
@@ -27,11 +38,26 @@ pub const ROUTE_NAMES: &[&str] = &[
     "debug_crash_shard",
     "debug_sleep",
     "debug_shard",
+    "queues_status",
+    "jobs_enqueue",
+    "job_status",
+    "jobs_dead",
+    "jobs_dead_replay",
+    "debug_effects",
     "method_not_allowed",
     "not_found",
 ];
 pub const METHOD_NOT_ALLOWED_INDEX: usize = ROUTE_NAMES.len() - 2;
 pub const NOT_FOUND_INDEX: usize = ROUTE_NAMES.len() - 1;
+
+/// The class of each route in [`ROUTE_NAMES`] order, before `QUEUE_ROUTE_CLASSES` overrides.
+pub fn default_classes() -> Vec<Option<Priority>> {
+    let mut classes = vec![None; ROUTE_NAMES.len()];
+    for entry in TABLE {
+        classes[entry.route as usize] = entry.class;
+    }
+    classes
+}
 
 struct Entry {
     path: &'static str,
@@ -40,6 +66,9 @@ struct Entry {
     allow: &'static str,
     route: Route,
     debug_only: bool,
+    /// The path is a prefix: what follows is a parameter (`/api/enterprise/jobs/{id}`).
+    prefix: bool,
+    class: Option<Priority>,
 }
 
 const fn get(path: &'static str, route: Route) -> Entry {
@@ -49,6 +78,24 @@ const fn get(path: &'static str, route: Route) -> Entry {
         allow: "GET, HEAD",
         route,
         debug_only: false,
+        prefix: false,
+        class: None,
+    }
+}
+
+const fn post(path: &'static str, route: Route) -> Entry {
+    Entry {
+        method: Method::Post,
+        allow: "POST",
+        ..get(path, route)
+    }
+}
+
+/// Status reports run in the background class.
+const fn report(path: &'static str, route: Route) -> Entry {
+    Entry {
+        class: Some(Priority::Background),
+        ..get(path, route)
     }
 }
 
@@ -56,15 +103,23 @@ const TABLE: &[Entry] = &[
     get("/health", Route::Health),
     get("/livez", Route::Livez),
     get("/readyz", Route::Readyz),
-    get("/api/enterprise/cluster/status", Route::ClusterStatus),
-    get("/api/enterprise/metrics", Route::Metrics),
-    get("/metrics", Route::Prometheus),
+    report("/api/enterprise/cluster/status", Route::ClusterStatus),
+    report("/api/enterprise/metrics", Route::Metrics),
+    report("/metrics", Route::Prometheus),
+    report("/api/enterprise/queues/status", Route::QueuesStatus),
+    post("/api/enterprise/jobs", Route::JobEnqueue),
+    get("/api/enterprise/jobs/dead", Route::DeadLetters),
     Entry {
-        path: "/debug/crash-shard",
-        method: Method::Post,
-        allow: "POST",
-        route: Route::DebugCrashShard,
+        prefix: true,
+        ..post("/api/enterprise/jobs/dead/", Route::DeadLetterReplay)
+    },
+    Entry {
+        prefix: true,
+        ..get("/api/enterprise/jobs/", Route::JobStatus)
+    },
+    Entry {
         debug_only: true,
+        ..post("/debug/crash-shard", Route::DebugCrashShard)
     },
     Entry {
         debug_only: true,
@@ -73,6 +128,10 @@ const TABLE: &[Entry] = &[
     Entry {
         debug_only: true,
         ..get("/debug/shard", Route::DebugShard)
+    },
+    Entry {
+        debug_only: true,
+        ..get("/debug/effects", Route::DebugEffects)
     },
 ];
 
@@ -86,10 +145,10 @@ pub enum Match {
 }
 
 pub fn match_route(method: Method, path: &str, debug_routes: bool) -> Match {
-    let Some(entry) = TABLE
-        .iter()
-        .find(|e| e.path == path && (debug_routes || !e.debug_only))
-    else {
+    let Some(entry) = TABLE.iter().find(|e| {
+        (e.path == path || (e.prefix && path.starts_with(e.path)))
+            && (debug_routes || !e.debug_only)
+    }) else {
         return Match::NotFound;
     };
     let head_of_get = method == Method::Head && entry.method == Method::Get;
@@ -163,5 +222,52 @@ mod tests {
             );
         }
         assert_eq!(ROUTE_NAMES[Route::DebugSleep as usize], "debug_sleep");
+        assert_eq!(ROUTE_NAMES[Route::DebugEffects as usize], "debug_effects");
+    }
+
+    #[test]
+    fn job_routes_and_classes() {
+        let cases = [
+            (
+                Method::Post,
+                "/api/enterprise/jobs",
+                Match::Found(Route::JobEnqueue),
+            ),
+            (
+                Method::Get,
+                "/api/enterprise/jobs",
+                Match::MethodNotAllowed("POST"),
+            ),
+            (
+                Method::Get,
+                "/api/enterprise/jobs/0.1.2",
+                Match::Found(Route::JobStatus),
+            ),
+            (
+                Method::Get,
+                "/api/enterprise/jobs/dead",
+                Match::Found(Route::DeadLetters),
+            ),
+            (
+                Method::Post,
+                "/api/enterprise/jobs/dead/0.1.2/replay",
+                Match::Found(Route::DeadLetterReplay),
+            ),
+            (
+                Method::Get,
+                "/api/enterprise/jobs/dead/0.1.2/replay",
+                Match::MethodNotAllowed("POST"),
+            ),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(
+                match_route(method, path, false),
+                expected,
+                "{method:?} {path}"
+            );
+        }
+        let classes = default_classes();
+        assert_eq!(classes[Route::Health as usize], None);
+        assert_eq!(classes[Route::Metrics as usize], Some(Priority::Background));
     }
 }

@@ -21,6 +21,11 @@ fn percent() -> clap::builder::RangedU64ValueParser<u8> {
     clap::builder::RangedU64ValueParser::<u8>::new().range(0..=100)
 }
 
+/// A count of one at the least.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
 /// Duration in milliseconds from a whole number, 1 ms at the least.
 fn millis() -> clap::builder::RangedU64ValueParser<u64> {
     clap::builder::RangedU64ValueParser::<u64>::new().range(1..)
@@ -162,20 +167,53 @@ pub struct ClusterConfig {
 #[command(next_help_heading = "Queues")]
 pub struct QueueConfig {
     /// Workers of the high-priority queue.
-    #[arg(long, env = "QUEUE_HIGH_WORKERS", default_value_t = 4)]
+    #[arg(long, env = "QUEUE_HIGH_WORKERS", default_value_t = 4, value_parser = at_least_one())]
     pub high_workers: usize,
     /// Workers of the medium-priority queue.
-    #[arg(long, env = "QUEUE_MEDIUM_WORKERS", default_value_t = 3)]
+    #[arg(long, env = "QUEUE_MEDIUM_WORKERS", default_value_t = 3, value_parser = at_least_one())]
     pub medium_workers: usize,
     /// Workers of the low-priority queue.
-    #[arg(long, env = "QUEUE_LOW_WORKERS", default_value_t = 2)]
+    #[arg(long, env = "QUEUE_LOW_WORKERS", default_value_t = 2, value_parser = at_least_one())]
     pub low_workers: usize,
     /// Workers of the background queue.
-    #[arg(long, env = "QUEUE_BACKGROUND_WORKERS", default_value_t = 1)]
+    #[arg(long, env = "QUEUE_BACKGROUND_WORKERS", default_value_t = 1, value_parser = at_least_one())]
     pub background_workers: usize,
-    /// Most jobs waiting in one queue.
-    #[arg(long, env = "QUEUE_MAX_SIZE", default_value_t = 10_000)]
+    /// Time a high-priority job may run before it is cancelled (ms).
+    #[arg(long = "high-timeout", env = "QUEUE_HIGH_TIMEOUT", default_value_t = 5_000, value_parser = millis())]
+    pub high_timeout_ms: u64,
+    /// Time a medium-priority job may run before it is cancelled (ms).
+    #[arg(long = "medium-timeout", env = "QUEUE_MEDIUM_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
+    pub medium_timeout_ms: u64,
+    /// Time a low-priority job may run before it is cancelled (ms).
+    #[arg(long = "low-timeout", env = "QUEUE_LOW_TIMEOUT", default_value_t = 30_000, value_parser = millis())]
+    pub low_timeout_ms: u64,
+    /// Time a background job may run before it is cancelled (ms).
+    #[arg(long = "background-timeout", env = "QUEUE_BACKGROUND_TIMEOUT", default_value_t = 60_000, value_parser = millis())]
+    pub background_timeout_ms: u64,
+    /// Most jobs waiting in one queue; past it enqueue answers 429.
+    #[arg(long, env = "QUEUE_MAX_SIZE", default_value_t = 10_000, value_parser = at_least_one())]
     pub max_size: usize,
+    /// Fill % of a shard's queue past which its new jobs go to the least-loaded shard.
+    #[arg(long = "handoff-watermark", env = "QUEUE_HANDOFF_WATERMARK", default_value_t = 80,
+          value_parser = clap::builder::RangedU64ValueParser::<u8>::new().range(1..=100))]
+    pub handoff_watermark_percent: u8,
+    /// Attempts a job gets (its first run included) before it goes to the dead letters.
+    #[arg(long, env = "QUEUE_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=100))]
+    pub max_attempts: u32,
+    /// Delay before the first retry; each further retry doubles it, with jitter (ms).
+    #[arg(long = "retry-base-delay", env = "QUEUE_RETRY_BASE_DELAY", default_value_t = 200, value_parser = millis())]
+    pub retry_base_delay_ms: u64,
+    /// Longest delay between two attempts (ms).
+    #[arg(long = "retry-max-delay", env = "QUEUE_RETRY_MAX_DELAY", default_value_t = 30_000, value_parser = millis())]
+    pub retry_max_delay_ms: u64,
+    /// Dead-lettered jobs kept per shard; past it the oldest is dropped (and counted).
+    #[arg(long, env = "QUEUE_DEAD_LETTER_MAX", default_value_t = 1_000, value_parser = at_least_one())]
+    pub dead_letter_max: usize,
+    /// Class each route's requests run in, e.g. `metrics=background,livez=high`, over the route
+    /// table's defaults; `none` runs every request outside the classes.
+    #[arg(long = "route-classes", env = "QUEUE_ROUTE_CLASSES", value_parser = crate::queue::RouteClasses::parse)]
+    pub route_classes: Option<crate::queue::RouteClasses>,
 }
 
 /// PostgreSQL primary and read replicas.
@@ -405,6 +443,14 @@ impl Config {
         }
         if let Some(url) = &self.database.database_url {
             check_postgres_url("DATABASE_URL", url)?;
+        }
+        let q = &self.queues;
+        if q.retry_base_delay_ms > q.retry_max_delay_ms {
+            return Err(ConfigError::conflict(
+                ("QUEUE_RETRY_BASE_DELAY", q.retry_base_delay_ms),
+                ("QUEUE_RETRY_MAX_DELAY", q.retry_max_delay_ms),
+                "the first retry delay must not exceed the longest",
+            ));
         }
         if self.server.listen_backlog < 1 {
             return Err(ConfigError::invalid(

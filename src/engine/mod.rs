@@ -48,4 +48,6 @@ pub struct ShardContext {
     pub control: Arc<Control>,
     pub reports: Sender<ShardReport>,
     pub published: Arc<ArcSwap<Published>>,
+    /// The queues' channels between shards (kept across shard restarts).
+    pub mesh: Arc<crate::queue::Mesh>,
 }

@@ -147,6 +147,7 @@ impl ShardMetrics {
             connections: self.connections,
             interval_latency: latency,
             latency_sum_micros: self.latency_sum_micros,
+            queues: None,
         }
     }
 }
@@ -165,6 +166,8 @@ pub struct ShardReport {
     /// Latencies recorded since the previous report.
     pub interval_latency: Histogram<u64>,
     pub latency_sum_micros: u64,
+    /// The shard's priority queues (filled in by the engine from the shard's queues).
+    pub queues: Option<crate::queue::QueueReport>,
 }
 
 #[cfg(test)]

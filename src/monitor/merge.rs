@@ -81,6 +81,8 @@ pub struct ShardTrack {
     pub lifetime_latency: Histogram<u64>,
     window: VecDeque<Interval>,
     pub window_latency: Histogram<u64>,
+    /// The shard's priority queues.
+    pub queues: super::queues::QueueTrack,
 }
 
 impl ShardTrack {
@@ -130,6 +132,7 @@ impl ClusterState {
                 lifetime_latency: latency_histogram(),
                 window: VecDeque::new(),
                 window_latency: latency_histogram(),
+                queues: Default::default(),
             })
             .collect();
         ClusterState {
@@ -142,7 +145,7 @@ impl ClusterState {
 
     /// Takes in one report: a new generation moves the old counters to `carried`. Returns
     /// whether the report came from a new generation (a start or restart).
-    pub fn absorb(&mut self, report: ShardReport) -> bool {
+    pub fn absorb(&mut self, mut report: ShardReport) -> bool {
         let Some(track) = self.shards.get_mut(report.shard) else {
             log::warn!("report from unknown shard {}", report.shard);
             return false;
@@ -153,6 +156,7 @@ impl ClusterState {
             track.carried.add(&previous);
             track.generation = report.generation;
         }
+        track.queues.absorb(report.queues.take(), new_generation);
         let before = track.current.requests();
         let errors_before = track.current.server_errors();
         track.current = Totals::from_report(&report);

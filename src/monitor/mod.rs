@@ -7,6 +7,7 @@
 //! `/health` loads that pointer: it never touches another shard's state or takes a lock.
 
 pub mod merge;
+pub mod queues;
 pub mod render;
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use crate::shard::{Control, ShardSlot};
 pub use merge::ClusterState;
 
 /// Health of the whole server, in the `application/health+json` words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     Pass,
@@ -38,6 +39,8 @@ pub struct Published {
     pub cluster_status: Bytes,
     pub metrics: Bytes,
     pub prometheus: Bytes,
+    /// `GET /api/enterprise/queues/status`.
+    pub queues_status: Bytes,
     /// Shards running when this was rendered (start-up waits until all are).
     pub running_shards: usize,
 }
@@ -50,6 +53,9 @@ pub struct Identity {
     pub monitor_shares_core: bool,
     pub min_workers: usize,
     pub max_workers: usize,
+    /// Jobs waiting, all shards and classes, past which `/health` warns and fails.
+    pub queue_size_warning: u64,
+    pub queue_size_critical: u64,
 }
 
 /// The monitor's shared handles.

@@ -79,7 +79,14 @@ pub fn publish(
         .filter(|f| f.state == ShardState::Running)
         .count();
     let stale = facts.iter().filter(|f| f.stale).count();
-    let status = health_status(facts.len(), running, stale, control.is_shutting_down());
+    let queued = super::queues::total_queued(state);
+    let queue_check = super::queues::queue_status(
+        queued,
+        identity.queue_size_warning,
+        identity.queue_size_critical,
+    );
+    let status =
+        health_status(facts.len(), running, stale, control.is_shutting_down()).max(queue_check);
     let uptime = now.saturating_duration_since(control.started_at);
     // Summed from the facts: each shard's totals are worked out once per publish.
     let totals: Totals = facts.iter().map(|f| &f.totals).sum();
@@ -114,6 +121,14 @@ pub fn publish(
             }],
         },
     });
+
+    let mut health = health;
+    health["checks"]["queues:size"] = super::queues::health_check(
+        queued,
+        queue_check,
+        identity.queue_size_warning,
+        identity.queue_size_critical,
+    );
 
     let shards: Vec<Value> = state
         .shards
@@ -195,7 +210,7 @@ pub fn publish(
         "routes": routes,
     });
 
-    let prometheus = prometheus(
+    let mut prometheus = prometheus(
         state,
         identity,
         &facts,
@@ -204,12 +219,16 @@ pub fn publish(
         uptime,
         status,
     );
+    super::queues::prometheus(state, &mut prometheus);
     Published {
         health_status: status,
         health: health.to_string().into(),
         cluster_status: cluster_status.to_string().into(),
         metrics: metrics.to_string().into(),
         prometheus: prometheus.into(),
+        queues_status: super::queues::status_body(state, queue_check)
+            .to_string()
+            .into(),
         running_shards: running,
     }
 }

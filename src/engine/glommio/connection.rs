@@ -1,7 +1,9 @@
 //! One connection: read into the codec, advance it, write what it produced.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -11,6 +13,7 @@ use glommio::net::TcpStream;
 use super::{Shard, Tracked};
 use crate::http::conn::TimeoutKind;
 use crate::http::{Connection, Step};
+use crate::queue::Priority;
 
 /// What housekeeping reads of a connection, and the drain flag it sets.
 #[derive(Default)]
@@ -35,11 +38,18 @@ pub(crate) fn spawn(shard: &Rc<Shard>, stream: TcpStream) {
             task: None,
         },
     );
-    let guard = Registration {
-        shard: shard.clone(),
-        id,
+    let serving = Serving {
+        conn: Connection::new(shard.limits, shard.timeouts, Instant::now()),
+        registration: Registration {
+            shard: shard.clone(),
+            id,
+        },
+        stream,
+        shared,
+        step: Step::Read,
+        class: None,
     };
-    let task = super::spawn_guarded(shard, serve(guard, stream, shared));
+    let task = super::spawn_guarded(shard, serve(serving));
     if let Some(tracked) = shard.connections.borrow_mut().get_mut(&id) {
         tracked.task = Some(task);
     }
@@ -58,54 +68,84 @@ impl Drop for Registration {
     }
 }
 
-async fn serve(registration: Registration, mut stream: TcpStream, shared: Rc<ConnShared>) {
-    let shard = registration.shard.clone();
-    let mut conn = Connection::new(shard.limits, shard.timeouts, Instant::now());
+/// A connection's whole state, so its task can be moved to another class's task queue.
+struct Serving {
+    registration: Registration,
+    stream: TcpStream,
+    shared: Rc<ConnShared>,
+    conn: Connection,
+    step: Step,
+    /// The class whose task queue runs this connection (`None`: the default queue).
+    class: Option<Priority>,
+}
+
+async fn serve(mut s: Serving) {
+    let shard = s.registration.shard.clone();
     // A client that stops reading is closed by the write timeout (glommio arms it only when a
     // write would block); the codec's deadlines cover reads only.
-    let _ = stream.set_write_timeout(Some(shard.send_timeout));
-    let mut step = Step::Read;
+    let _ = s.stream.set_write_timeout(Some(shard.send_timeout));
     loop {
-        let wrote = !conn.output().is_empty();
+        let wrote = !s.conn.output().is_empty();
         if wrote {
-            shared.deadline.set(None);
-            if stream.write_all(conn.output()).await.is_err() {
+            s.shared.deadline.set(None);
+            if s.stream.write_all(s.conn.output()).await.is_err() {
                 return;
             }
-            conn.clear_output();
+            s.conn.clear_output();
         }
-        if shared.drain.get() {
-            conn.drain();
+        if s.shared.drain.get() {
+            s.conn.drain();
         }
-        step = match step {
+        let step = std::mem::replace(&mut s.step, Step::Read);
+        s.step = match step {
             Step::Close => {
-                linger_close(&mut stream).await;
+                linger_close(&mut s.stream).await;
                 return;
             }
-            Step::Flush => conn.advance(&mut *shard.app.borrow_mut(), Instant::now()),
+            Step::Flush => s.conn.advance(&mut *shard.app.borrow_mut(), Instant::now()),
             Step::Read => {
-                shared.deadline.set(conn.deadline());
-                shared.idle.set(conn.is_idle());
-                let read = read_some(&mut stream, conn.read_buf(), wrote).await;
-                shared.idle.set(false);
+                s.shared.deadline.set(s.conn.deadline());
+                s.shared.idle.set(s.conn.is_idle());
+                let read = read_some(&mut s.stream, s.conn.read_buf(), wrote).await;
+                s.shared.idle.set(false);
                 let n = match read {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
                 let now = Instant::now();
-                conn.filled(n, now);
-                conn.advance(&mut *shard.app.borrow_mut(), now)
+                s.conn.filled(n, now);
+                s.conn.advance(&mut *shard.app.borrow_mut(), now)
             }
             Step::Await(pending) => {
-                shared.deadline.set(None);
+                s.shared.deadline.set(None);
                 let response = pending.await;
-                if shared.drain.get() {
-                    conn.drain();
+                if s.shared.drain.get() {
+                    s.conn.drain();
                 }
-                conn.resume(response, &mut *shard.app.borrow_mut(), Instant::now())
+                s.conn
+                    .resume(response, &mut *shard.app.borrow_mut(), Instant::now())
             }
         };
+        // The request just routed belongs to another class: the rest of the connection runs in
+        // that class's task queue (one re-spawn when a connection's traffic changes class; none
+        // for routes without a class, such as /health).
+        let routed = shard.app.borrow_mut().take_routed_class();
+        if let Some(class) = routed.filter(|class| *class != s.class) {
+            s.class = class;
+            move_to_class(s);
+            return;
+        }
     }
+}
+
+fn move_to_class(s: Serving) {
+    let shard = s.registration.shard.clone();
+    let (id, class) = (s.registration.id, s.class);
+    let next: Pin<Box<dyn Future<Output = ()>>> = Box::pin(serve(s));
+    let task = super::spawn_guarded_in(&shard, class, next);
+    if let Some(tracked) = shard.connections.borrow_mut().get_mut(&id) {
+        tracked.task = Some(task);
+    };
 }
 
 /// Reads what the client sent, without arming an io_uring poll when the bytes are already

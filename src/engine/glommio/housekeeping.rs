@@ -55,12 +55,13 @@ pub(crate) async fn drain(shard: &Shard) {
             }
         }
         let open = shard.connections.borrow().len();
-        if open == 0 {
+        // Accepted jobs finish too (until the deadline): they live in this shard's memory.
+        if open == 0 && shard.app.borrow().queues.is_idle() {
             break;
         }
         if Instant::now() >= deadline {
             log::warn!(
-                "shard {}: shutdown deadline passed with {open} connections open",
+                "shard {}: shutdown deadline passed with {open} connections open or jobs unfinished",
                 shard.ctx.slot.id
             );
             shard.connections.borrow().values().for_each(|c| c.cancel());
@@ -84,12 +85,12 @@ pub(crate) async fn abort_connections(shard: &Shard) {
 
 fn send_report(shard: &Shard, now: Instant) {
     let slot = &shard.ctx.slot;
-    let report =
-        shard
-            .app
-            .borrow_mut()
-            .metrics
-            .report(slot.id, shard.ctx.generation, slot.tid(), now);
+    let mut app = shard.app.borrow_mut();
+    let mut report = app
+        .metrics
+        .report(slot.id, shard.ctx.generation, slot.tid(), now);
+    report.queues = Some(app.queues.report());
+    drop(app);
     // A full channel means the monitor is behind; the next report carries the counters anyway.
     let _ = shard.ctx.reports.try_send(report);
 }

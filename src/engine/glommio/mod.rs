@@ -8,7 +8,9 @@
 //! # Layout
 //! - [`connection`]: one connection's read/advance/write loop around the codec.
 //! - [`housekeeping`]: the per-shard timer loop: deadlines, date, metrics reports, draining.
+//! - [`classes`]: the priority classes as task queues with shares.
 
+mod classes;
 mod connection;
 mod housekeeping;
 
@@ -26,7 +28,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 use super::ShardContext;
 use crate::app::ShardApp;
 use crate::http::{Limits, Response, StatusCode, Timeouts};
+use crate::queue::{QueueSettings, ShardQueues};
 use crate::shard::{ShardExit, ShardState};
+use classes::GlommioClasses;
 use connection::ConnShared;
 
 pub const ENGINE_NAME: &str = "glommio";
@@ -68,6 +72,8 @@ pub(crate) struct Shard {
     pub crash: RefCell<Option<String>>,
     /// The shard stops accepting: the accept loop ends at its next wake-up.
     pub stopping: std::cell::Cell<bool>,
+    /// The task queues of the priority classes.
+    pub classes: Rc<GlommioClasses>,
 }
 
 impl Shard {
@@ -83,18 +89,33 @@ pub(crate) fn spawn_guarded(
     shard: &Rc<Shard>,
     task: impl std::future::Future<Output = ()> + 'static,
 ) -> glommio::task::JoinHandle<()> {
-    let shard = shard.clone();
-    glommio::spawn_local(async move {
-        if let Err(payload) =
-            futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task)).await
-        {
-            shard.record_crash(format!(
-                "panicked: {}",
-                crate::http::conn::panic_message(payload.as_ref())
-            ));
-        }
-    })
-    .detach()
+    spawn_guarded_in(shard, None, task)
+}
+
+/// [`spawn_guarded`] into a class's task queue (`None`: the executor's default queue).
+pub(crate) fn spawn_guarded_in(
+    shard: &Rc<Shard>,
+    class: Option<crate::queue::Priority>,
+    task: impl std::future::Future<Output = ()> + 'static,
+) -> glommio::task::JoinHandle<()> {
+    let guarded = guard(shard.clone(), task);
+    match class {
+        None => glommio::spawn_local(guarded).detach(),
+        Some(class) => glommio::spawn_local_into(guarded, shard.classes.queue(class))
+            .expect("the class task queues live as long as the shard")
+            .detach(),
+    }
+}
+
+async fn guard(shard: Rc<Shard>, task: impl std::future::Future<Output = ()> + 'static) {
+    if let Err(payload) =
+        futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task)).await
+    {
+        shard.record_crash(format!(
+            "panicked: {}",
+            crate::http::conn::panic_message(payload.as_ref())
+        ));
+    }
 }
 
 /// What housekeeping knows of a live connection.
@@ -116,12 +137,24 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     ctx.slot.set_current_thread();
     let (listener, listener_fd) = bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog)?;
     let http = &ctx.config.http;
+    let classes = GlommioClasses::new();
+    let queues = ShardQueues::new(
+        ctx.slot.id,
+        ctx.generation,
+        QueueSettings::from_config(&ctx.config.queues, ctx.config.server.debug_routes),
+        classes.clone(),
+        ctx.mesh.clone(),
+    );
+    crate::queue::worker::start(&queues);
     let shard = Rc::new(Shard {
         app: RefCell::new(ShardApp::new(
             ctx.slot.id,
             ctx.published.clone(),
             ctx.config.server.debug_routes,
+            queues,
+            ctx.config.queues.route_classes.as_ref(),
         )),
+        classes,
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),
         limits: Limits {

@@ -1,0 +1,241 @@
+//! The job endpoints: enqueue, status by id, dead letters and their replay.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::http::{Reply, Request, Response, StatusCode};
+use crate::queue::mesh::{Enqueued, Overrides, Rejected, ReplayError};
+use crate::queue::worker::{self, Answer};
+use crate::queue::{kinds, JobId, JobSpec, Priority, ShardQueues};
+
+const ACCEPTED: StatusCode = StatusCode(202);
+const CONFLICT: StatusCode = StatusCode(409);
+/// Longest per-job timeout an enqueue or replay may ask for.
+const MAX_JOB_TIMEOUT_MS: u64 = 3_600_000;
+/// Longest idempotency key accepted.
+const MAX_KEY_BYTES: usize = 256;
+
+/// `POST /api/enterprise/jobs` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBody {
+    kind: String,
+    class: Option<String>,
+    #[serde(default)]
+    payload: Value,
+    key: Option<String>,
+    max_attempts: Option<u32>,
+    timeout_ms: Option<u64>,
+}
+
+/// `POST /api/enterprise/jobs/dead/{id}/replay` body (optional).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    max_attempts: Option<u32>,
+    timeout_ms: Option<u64>,
+}
+
+fn bad_request(message: &str) -> Response {
+    Response::error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
+}
+
+fn check_limits(max_attempts: Option<u32>, timeout_ms: Option<u64>) -> Result<(), Response> {
+    if max_attempts.is_some_and(|n| !(1..=100).contains(&n)) {
+        return Err(bad_request("max_attempts must be from 1 to 100"));
+    }
+    if timeout_ms.is_some_and(|ms| !(1..=MAX_JOB_TIMEOUT_MS).contains(&ms)) {
+        return Err(bad_request(&format!(
+            "timeout_ms must be from 1 to {MAX_JOB_TIMEOUT_MS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Turns the request into a job spec, or the 400 that says what is wrong.
+fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<JobSpec, Response> {
+    let body: EnqueueBody = parse_json(request.body)?;
+    let debug = queues.settings.debug_kinds;
+    let kind = kinds::find(&body.kind, debug).ok_or_else(|| {
+        bad_request(&format!(
+            "unknown job kind {:?}; kinds: {}",
+            body.kind,
+            kinds::names(debug).join(", ")
+        ))
+    })?;
+    let class = match body.class.as_deref() {
+        None => kind.class,
+        Some(name) => Priority::parse(name).ok_or_else(|| {
+            bad_request(&format!(
+                "unknown class {name:?}; classes: high, medium, low, background"
+            ))
+        })?,
+    };
+    (kind.validate)(&body.payload).map_err(|e| bad_request(&e))?;
+    check_limits(body.max_attempts, body.timeout_ms)?;
+    let header_key = request
+        .header("Idempotency-Key")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let key = body.key.or(header_key);
+    if key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_BYTES)
+    {
+        return Err(bad_request(&format!(
+            "the idempotency key must have 1 to {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(JobSpec {
+        kind: kind.name.to_string(),
+        class,
+        payload: body.payload,
+        key,
+        max_attempts: body.max_attempts.unwrap_or(queues.settings.max_attempts),
+        timeout: body
+            .timeout_ms
+            .map_or(queues.timeout(class), Duration::from_millis),
+    })
+}
+
+fn enqueued(result: Result<Enqueued, Rejected>) -> Response {
+    match result {
+        Ok(e) => Response::json(
+            if e.duplicate {
+                StatusCode::OK
+            } else {
+                ACCEPTED
+            },
+            json!({ "job": e.view, "duplicate": e.duplicate }).to_string(),
+        ),
+        Err(Rejected::Full) => queue_full(),
+        Err(Rejected::Unavailable) => unavailable(),
+    }
+}
+
+fn queue_full() -> Response {
+    Response::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "queue_full",
+        "the job's queue is full on every shard that could take it; retry later",
+    )
+    .with_header("Retry-After", "1")
+}
+
+fn unavailable() -> Response {
+    Response::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shard_unavailable",
+        "the shard that owns this job did not answer; retry later",
+    )
+    .with_header("Retry-After", "1")
+}
+
+fn answer<T: 'static>(answer: Answer<T>, respond: fn(T) -> Response) -> Reply {
+    match answer {
+        Answer::Now(value) => respond(value).into(),
+        Answer::Later(future) => Reply::Later(Box::pin(async move { respond(future.await) })),
+    }
+}
+
+/// `POST /api/enterprise/jobs`: 202 with the job, 200 with the existing job for a known key,
+/// 400 for a bad body, 429 with `Retry-After` when the queue is full.
+pub fn enqueue(queues: &Rc<ShardQueues>, request: &Request<'_>) -> Reply {
+    match spec(queues, request) {
+        Ok(spec) => answer(worker::submit(queues, spec), enqueued),
+        Err(response) => response.into(),
+    }
+}
+
+fn job_id(text: &str) -> Result<JobId, Response> {
+    text.parse()
+        .map_err(|()| bad_request(&format!("invalid job id {text:?}; ids look like 0.1.42")))
+}
+
+fn not_found(id: &str) -> Response {
+    Response::error(
+        StatusCode::NOT_FOUND,
+        "job_not_found",
+        &format!("no job {id} (finished jobs are kept for a while, then forgotten)"),
+    )
+}
+
+/// `GET /api/enterprise/jobs/{id}`.
+pub fn status(queues: &Rc<ShardQueues>, request: &Request<'_>) -> Reply {
+    let text = request.path.trim_start_matches("/api/enterprise/jobs/");
+    let id = match job_id(text) {
+        Ok(id) => id,
+        Err(response) => return response.into(),
+    };
+    answer(worker::status(queues, id), |view| match view {
+        Some(view) => Response::json(StatusCode::OK, json!({ "job": view }).to_string()),
+        None => not_found("with that id"),
+    })
+}
+
+/// `GET /api/enterprise/jobs/dead`: every shard's dead letters.
+pub fn dead_letters(queues: &Rc<ShardQueues>) -> Reply {
+    let all = worker::dead_letters(queues);
+    Reply::Later(Box::pin(async move {
+        let jobs = all.await;
+        Response::json(
+            StatusCode::OK,
+            json!({ "count": jobs.len(), "jobs": jobs }).to_string(),
+        )
+    }))
+}
+
+/// `POST /api/enterprise/jobs/dead/{id}/replay`, optionally with new `timeout_ms` and
+/// `max_attempts`.
+pub fn replay(queues: &Rc<ShardQueues>, request: &Request<'_>) -> Reply {
+    let rest = request
+        .path
+        .trim_start_matches("/api/enterprise/jobs/dead/");
+    let Some(text) = rest.strip_suffix("/replay") else {
+        return Response::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {}", request.path),
+        )
+        .into();
+    };
+    let id = match job_id(text) {
+        Ok(id) => id,
+        Err(response) => return response.into(),
+    };
+    let body: ReplayBody = if request.body.iter().all(u8::is_ascii_whitespace) {
+        ReplayBody::default()
+    } else {
+        match parse_json(request.body) {
+            Ok(body) => body,
+            Err(response) => return response.into(),
+        }
+    };
+    if let Err(response) = check_limits(body.max_attempts, body.timeout_ms) {
+        return response.into();
+    }
+    let overrides = Overrides {
+        timeout_ms: body.timeout_ms,
+        max_attempts: body.max_attempts,
+    };
+    answer(
+        worker::replay(queues, id, overrides),
+        |result| match result {
+            Ok(view) => Response::json(ACCEPTED, json!({ "job": view }).to_string()),
+            Err(ReplayError::NotFound) => not_found("with that id"),
+            Err(ReplayError::NotDead) => Response::error(
+                CONFLICT,
+                "job_not_dead",
+                "only a dead-lettered job can be replayed",
+            ),
+            Err(ReplayError::Full) => queue_full(),
+            Err(ReplayError::Unavailable) => unavailable(),
+        },
+    )
+}

@@ -1,0 +1,84 @@
+//! The priority classes on glommio: one task queue per class with dynamic shares, so the
+//! executor's scheduler gives each class its weight of the core (and aging can raise it).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future::BoxedLocal;
+use glommio::{Latency, Shares, SharesManager, TaskQueueHandle};
+
+use crate::queue::{Priority, QueueRuntime};
+
+/// glommio shares per unit of class weight: high (8) gets 1000, the executor's maximum and the
+/// default queue's share (where the accept loop and unclassified connections run).
+const SHARES_PER_WEIGHT: usize = 125;
+/// How often glommio re-reads a class's shares.
+const ADJUSTMENT_PERIOD: Duration = Duration::from_millis(100);
+
+struct ClassShares(Cell<usize>);
+
+impl SharesManager for ClassShares {
+    fn shares(&self) -> usize {
+        self.0.get()
+    }
+
+    fn adjustment_period(&self) -> Duration {
+        ADJUSTMENT_PERIOD
+    }
+}
+
+/// The task queues of the four classes on this shard's executor.
+pub(crate) struct GlommioClasses {
+    queues: [TaskQueueHandle; 4],
+    shares: [Rc<ClassShares>; 4],
+}
+
+impl GlommioClasses {
+    /// Creates the task queues; call on the shard's executor.
+    pub fn new() -> Rc<Self> {
+        let shares = Priority::ALL.map(|class| {
+            Rc::new(ClassShares(Cell::new(
+                class.weight() as usize * SHARES_PER_WEIGHT,
+            )))
+        });
+        let queues = Priority::ALL.map(|class| {
+            // High and medium tasks ask the scheduler to preempt others often: a request or job
+            // of theirs that becomes ready waits at most this long for a lower class's slice.
+            let latency = match class {
+                Priority::High => Latency::Matters(Duration::from_millis(1)),
+                Priority::Medium => Latency::Matters(Duration::from_millis(5)),
+                Priority::Low | Priority::Background => Latency::NotImportant,
+            };
+            glommio::executor().create_task_queue(
+                Shares::Dynamic(shares[class.index()].clone()),
+                latency,
+                class.as_str(),
+            )
+        });
+        Rc::new(GlommioClasses { queues, shares })
+    }
+
+    pub fn queue(&self, class: Priority) -> TaskQueueHandle {
+        self.queues[class.index()]
+    }
+}
+
+impl QueueRuntime for GlommioClasses {
+    fn spawn(&self, class: Priority, task: BoxedLocal<()>) {
+        match glommio::spawn_local_into(task, self.queue(class)) {
+            Ok(task) => drop(task.detach()),
+            Err(e) => log::error!("cannot spawn a {} task: {e}", class.as_str()),
+        }
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxedLocal<()> {
+        Box::pin(glommio::timer::sleep(duration))
+    }
+
+    fn set_weight(&self, class: Priority, weight: u32) {
+        self.shares[class.index()]
+            .0
+            .set(weight as usize * SHARES_PER_WEIGHT);
+    }
+}

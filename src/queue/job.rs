@@ -1,0 +1,164 @@
+//! Jobs: identity, what was asked, where a job stands.
+//!
+//! A job record is the unit a durable tier will persist: everything needed to run it again
+//! (kind, class, payload, key, limits, attempts) is in [`JobSpec`] and the attempt counter, and
+//! nothing in it refers to the shard's memory.
+
+use std::fmt;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::Priority;
+
+/// A job's identity: the shard that owns it, that shard's generation (a restarted shard starts
+/// its sequence again), and a sequence number. Written `shard.generation.seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId {
+    pub shard: usize,
+    pub generation: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.shard, self.generation, self.seq)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = ();
+    fn from_str(text: &str) -> Result<JobId, ()> {
+        let mut parts = text.split('.');
+        let mut next = || parts.next().and_then(|p| p.parse::<u64>().ok()).ok_or(());
+        let id = JobId {
+            shard: usize::try_from(next()?).map_err(|_| ())?,
+            generation: next()?,
+            seq: next()?,
+        };
+        match parts.next() {
+            None => Ok(id),
+            Some(_) => Err(()),
+        }
+    }
+}
+
+/// What was asked: `Send`, so it can travel to another shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub kind: String,
+    pub class: Priority,
+    pub payload: Value,
+    /// Idempotency key: a second enqueue with the same key returns the first job.
+    pub key: Option<String>,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    // A durable tier adds `durable: bool` here and an outbox row id; the record's fields already
+    // carry all a re-run needs.
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a worker.
+    Queued,
+    Running,
+    /// Failed or timed out; waits for its next attempt.
+    Retrying,
+    Done,
+    /// Out of attempts: in the dead-letter list.
+    Dead,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded(Value),
+    Failed(String),
+    /// Cancelled at its timeout: the future was dropped.
+    TimedOut,
+}
+
+/// A job on its owning shard.
+#[derive(Debug)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub spec: Rc<JobSpec>,
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Times it was replayed from the dead letters.
+    pub replays: u32,
+    pub enqueued_at: Instant,
+    /// When it last became ready to run (wait time is measured from here).
+    pub ready_at: Instant,
+    /// The shard that received the request when it was handed off to this one.
+    pub handed_off_from: Option<usize>,
+    pub last_error: Option<String>,
+    pub result: Option<Value>,
+    /// Order in which the shard's jobs started and finished (for tests and tracing).
+    pub start_seq: Option<u64>,
+    pub finish_seq: Option<u64>,
+}
+
+impl JobRecord {
+    pub fn new(id: JobId, spec: JobSpec, handed_off_from: Option<usize>, now: Instant) -> Self {
+        JobRecord {
+            id,
+            spec: Rc::new(spec),
+            state: JobState::Queued,
+            attempts: 0,
+            replays: 0,
+            enqueued_at: now,
+            ready_at: now,
+            handed_off_from,
+            last_error: None,
+            result: None,
+            start_seq: None,
+            finish_seq: None,
+        }
+    }
+
+    /// The job as the API shows it.
+    pub fn view(&self, now: Instant) -> Value {
+        json!({
+            "id": self.id.to_string(),
+            "shard": self.id.shard,
+            "kind": self.spec.kind,
+            "class": self.spec.class,
+            "state": self.state,
+            "attempts": self.attempts,
+            "max_attempts": self.spec.max_attempts,
+            "timeout_ms": self.spec.timeout.as_millis() as u64,
+            "key": self.spec.key,
+            "replays": self.replays,
+            "age_ms": now.saturating_duration_since(self.enqueued_at).as_millis() as u64,
+            "handed_off_from": self.handed_off_from,
+            "last_error": self.last_error,
+            "result": self.result,
+            "start_seq": self.start_seq,
+            "finish_seq": self.finish_seq,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_round_trip() {
+        let id = JobId {
+            shard: 1,
+            generation: 2,
+            seq: 30,
+        };
+        assert_eq!(id.to_string(), "1.2.30");
+        assert_eq!("1.2.30".parse::<JobId>(), Ok(id));
+        for bad in ["", "1.2", "1.2.3.4", "a.b.c", "1.-2.3"] {
+            assert!(bad.parse::<JobId>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Per-core priority queues: four classes per shard, weighted CPU sharing with aging, timeouts
+//! that cancel, retries with backoff and jitter, dead letters, idempotency keys, and hand-off to
+//! a less-loaded shard.
+//!
+//! Each shard owns a [`ShardQueues`] and the worker tasks of every class. The classes share the
+//! core by weight (8:4:2:1, see [`Priority::weight`]) through the engine's scheduler, behind
+//! [`QueueRuntime`]; a class whose oldest job waits gets a higher weight ([`aged_weight`]), so
+//! background work moves under a flood of high. HTTP requests of routes that have a class run in
+//! that class's share too (the engine moves a connection's task there).
+//!
+//! Jobs live in the shard's memory. A durable tier (PostgreSQL outbox) will add a `durable` flag
+//! to [`JobSpec`], write the job in the transaction that caused it, and feed it through
+//! [`worker::submit`]; the record already carries everything a re-run needs.
+//!
+//! # Layout
+//! - [`class`]: the classes, their weights, aging, and the route-to-class mapping.
+//! - [`job`]: job ids, specs, states and records.
+//! - [`local`]: one shard's queues: admission, taking, finishing, dead letters, replay.
+//! - [`worker`]: the worker, retry and inbox tasks, and submission across shards.
+//! - [`mesh`]: channels and published queue lengths between shards; where a job goes.
+//! - [`kinds`]: registered job kinds (the seed's side jobs, debug kinds for tests).
+//! - [`retry`]: backoff with jitter.
+//! - [`report`]: what the queues send to the monitor.
+//! - [`runtime`]: the engine seam.
+
+pub mod class;
+pub mod job;
+pub mod kinds;
+pub mod local;
+pub mod mesh;
+pub mod report;
+pub mod retry;
+pub mod runtime;
+pub mod worker;
+
+pub use class::{aged_weight, Priority, RouteClasses};
+pub use job::{JobId, JobSpec};
+pub use local::{QueueSettings, ShardQueues};
+pub use mesh::Mesh;
+pub use report::QueueReport;
+pub use runtime::QueueRuntime;
