@@ -13,6 +13,10 @@ use crate::queue::{Priority, QueueRuntime};
 /// glommio shares per unit of class weight: high (8) gets 1000, the executor's maximum and the
 /// default queue's share (where the accept loop and unclassified connections run).
 const SHARES_PER_WEIGHT: usize = 125;
+/// Longest time one task queue runs while others wait. glommio's own default is 100 ms and it
+/// only shortens it for `Latency::Matters` queues while they sit in its run heap (not while they
+/// run), so a request of the default queue could wait 100 ms behind busy job workers.
+pub(crate) const PREEMPT_TIMER: Duration = Duration::from_millis(1);
 /// How often glommio re-reads a class's shares.
 const ADJUSTMENT_PERIOD: Duration = Duration::from_millis(100);
 
@@ -43,16 +47,10 @@ impl GlommioClasses {
             )))
         });
         let queues = Priority::ALL.map(|class| {
-            // High and medium tasks ask the scheduler to preempt others often: a request or job
-            // of theirs that becomes ready waits at most this long for a lower class's slice.
-            let latency = match class {
-                Priority::High => Latency::Matters(Duration::from_millis(1)),
-                Priority::Medium => Latency::Matters(Duration::from_millis(5)),
-                Priority::Low | Priority::Background => Latency::NotImportant,
-            };
+            // The executor's preempt timer already bounds every queue's slice.
             glommio::executor().create_task_queue(
                 Shares::Dynamic(shares[class.index()].clone()),
-                latency,
+                Latency::NotImportant,
                 class.as_str(),
             )
         });

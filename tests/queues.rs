@@ -1,0 +1,472 @@
+//! The per-core priority queues over real sockets: priority under contention, no starvation,
+//! cancelling timeouts, retries, dead letters and replay, idempotency keys, full queues, hand-off
+//! between shards, and the queues check of /health.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{each_engine, wait_for, Client, Server};
+use serde_json::{json, Value};
+
+/// Waits long enough for a loaded machine (other builds and tests share its two cores).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn enqueue(client: &mut Client, body: &Value) -> common::Response {
+    client.request(
+        "POST",
+        "/api/enterprise/jobs",
+        &[],
+        body.to_string().as_bytes(),
+    )
+}
+
+/// Enqueues and expects 202; returns the job's id.
+fn enqueue_ok(client: &mut Client, body: &Value) -> String {
+    let response = enqueue(client, body);
+    assert_eq!(response.status, 202, "{}", response.text());
+    response.json()["job"]["id"].as_str().unwrap().to_string()
+}
+
+fn job(server: &Server, id: &str) -> Value {
+    let response = server.get(&format!("/api/enterprise/jobs/{id}"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["job"].clone()
+}
+
+fn wait_for_state(server: &Server, id: &str, state: &str) -> Value {
+    wait_for(&format!("job {id} to be {state}"), PATIENCE, || {
+        let job = job(server, id);
+        (job["state"] == state).then_some(job)
+    })
+}
+
+fn queues_status(server: &Server) -> Value {
+    server.get("/api/enterprise/queues/status").json()
+}
+
+/// Polls the queues status until `check` holds (it is published once per snapshot interval).
+fn wait_for_queues(server: &Server, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, PATIENCE, || {
+        let status = queues_status(server);
+        check(&status).then_some(status)
+    })
+}
+
+fn effects(server: &Server) -> Value {
+    server.get("/debug/effects").json()
+}
+
+#[test]
+fn a_job_past_its_timeout_is_cancelled_retried_dead_lettered_and_replayed() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--shards", "2", "--debug-routes"]);
+        let mut client = server.connect();
+        let tag = format!("timeout-{engine}");
+        // Sleeps 1.5 s, then records its side effect; its timeout is 150 ms.
+        let id = enqueue_ok(
+            &mut client,
+            &json!({"kind": "debug.sleep", "class": "high", "timeout_ms": 150, "max_attempts": 2,
+                    "payload": {"ms": 1500, "effect": tag}}),
+        );
+        let dead = wait_for_state(&server, &id, "dead");
+        assert_eq!(dead["attempts"], 2, "{dead}");
+        assert!(
+            dead["last_error"].as_str().unwrap().contains("timed out"),
+            "{dead}"
+        );
+        // Had the attempts not been cancelled, the last one's effect would land 1.5 s after it
+        // started: wait past that, and it must still be absent.
+        std::thread::sleep(Duration::from_millis(2000));
+        assert!(effects(&server).get(&tag).is_none(), "{}", effects(&server));
+
+        let listed = server.get("/api/enterprise/jobs/dead").json();
+        assert!(
+            listed["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["id"] == id),
+            "{listed}"
+        );
+        wait_for_queues(&server, "the timeouts to be counted", |s| {
+            let high = &s["classes"]["high"];
+            high["timed_out"] == 2 && high["retried"] == 1 && high["dead"] == 1
+        });
+
+        // Replayed with a timeout it can meet, it completes and its effect happens once.
+        let replay = client.request(
+            "POST",
+            &format!("/api/enterprise/jobs/dead/{id}/replay"),
+            &[],
+            br#"{"timeout_ms": 20000}"#,
+        );
+        assert_eq!(replay.status, 202, "{}", replay.text());
+        let done = wait_for_state(&server, &id, "done");
+        assert_eq!(
+            (done["replays"].as_u64(), done["attempts"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(effects(&server)[&tag], 1);
+        let again = client.request(
+            "POST",
+            &format!("/api/enterprise/jobs/dead/{id}/replay"),
+            &[],
+            b"",
+        );
+        assert_eq!(
+            (again.status, again.error_code().as_str()),
+            (409, "job_not_dead")
+        );
+        let listed = server.get("/api/enterprise/jobs/dead").json();
+        assert_eq!(listed["count"], 0, "{listed}");
+    });
+}
+
+#[test]
+fn failing_jobs_are_retried_until_they_succeed_and_bad_input_is_refused() {
+    each_engine(|engine| {
+        let server = Server::start(
+            engine,
+            &[
+                "--shards",
+                "2",
+                "--debug-routes",
+                "--retry-base-delay",
+                "20",
+            ],
+        );
+        let mut client = server.connect();
+        let id = enqueue_ok(
+            &mut client,
+            &json!({"kind": "debug.fail", "payload": {"times": 2}, "max_attempts": 3}),
+        );
+        let done = wait_for_state(&server, &id, "done");
+        assert_eq!(done["attempts"], 3, "{done}");
+        assert_eq!(done["result"]["attempt"], 3);
+        wait_for_queues(&server, "the failures to be counted", |s| {
+            let medium = &s["classes"]["medium"];
+            medium["failed"] == 2 && medium["retried"] == 2 && medium["processed"] == 1
+        });
+
+        let commission = enqueue_ok(
+            &mut client,
+            &json!({"kind": "commission", "payload": {"user_id": "u1", "amount": 250.0, "rate": 0.1}}),
+        );
+        assert_eq!(
+            wait_for_state(&server, &commission, "done")["result"]["commission"],
+            25.0
+        );
+
+        let cases: [(&[u8], &str); 6] = [
+            (b"{\"kind\":", "invalid JSON body"),
+            (br#"{"kind": "nope"}"#, "unknown job kind"),
+            (
+                br#"{"kind": "commission", "payload": {"user_id": "u"}}"#,
+                "payload.amount",
+            ),
+            (
+                br#"{"kind": "analytics", "class": "urgent", "payload": {"event": "e"}}"#,
+                "unknown class",
+            ),
+            (
+                br#"{"kind": "analytics", "payload": {"event": "e"}, "timeout_ms": 0}"#,
+                "timeout_ms",
+            ),
+            (
+                br#"{"kind": "analytics", "payload": {"event": "e"}, "extra": 1}"#,
+                "unknown field",
+            ),
+        ];
+        for (body, message) in cases {
+            let response = client.request("POST", "/api/enterprise/jobs", &[], body);
+            assert_eq!(response.status, 400, "{}", response.text());
+            assert!(
+                response.text().contains(message),
+                "{message}: {}",
+                response.text()
+            );
+        }
+        assert_eq!(server.get("/api/enterprise/jobs/0.9.99").status, 404);
+        assert_eq!(server.get("/api/enterprise/jobs/x").status, 400);
+        let replay = client.request("POST", "/api/enterprise/jobs/dead/1.9.9/replay", &[], b"");
+        assert_eq!(replay.status, 404);
+    });
+}
+
+#[test]
+fn an_idempotency_key_returns_the_first_job_from_any_shard() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--shards", "2", "--debug-routes"]);
+        let body = json!({"kind": "analytics", "key": "signup-42", "payload": {"event": "signup"}});
+        let first = enqueue(&mut server.connect(), &body);
+        assert_eq!(first.status, 202, "{}", first.text());
+        let id = first.json()["job"]["id"].clone();
+        // New connections land on either shard: every one must find the first job.
+        for _ in 0..8 {
+            let again = enqueue(&mut server.connect(), &body);
+            assert_eq!(again.status, 200, "{}", again.text());
+            assert_eq!(
+                (
+                    again.json()["job"]["id"].clone(),
+                    again.json()["duplicate"].clone()
+                ),
+                (id.clone(), json!(true))
+            );
+        }
+        let header = server.connect().request(
+            "POST",
+            "/api/enterprise/jobs",
+            &[("Idempotency-Key", "signup-42")],
+            br#"{"kind": "analytics", "payload": {"event": "signup"}}"#,
+        );
+        assert_eq!(
+            (header.status, header.json()["job"]["id"].clone()),
+            (200, id)
+        );
+    });
+}
+
+/// Spin jobs (CPU work) in every class on one shard with one worker each: the classes share the
+/// core 8:4:2:1, so high finishes first and background last, shown by finish order.
+#[test]
+fn classes_share_the_core_by_priority_under_contention() {
+    each_engine(|engine| {
+        let server = Server::start_with(
+            engine,
+            &["--shards", "1", "--debug-routes"],
+            &[
+                ("QUEUE_HIGH_WORKERS", "1"),
+                ("QUEUE_MEDIUM_WORKERS", "1"),
+                ("QUEUE_LOW_WORKERS", "1"),
+                ("QUEUE_BACKGROUND_WORKERS", "1"),
+            ],
+        );
+        let mut client = server.connect();
+        let classes = ["background", "low", "medium", "high"];
+        let mut ids: Vec<(String, &str)> = Vec::new();
+        // Lowest first, so the order cannot come from the order of arrival.
+        for _ in 0..20 {
+            for class in classes {
+                let id = enqueue_ok(
+                    &mut client,
+                    &json!({"kind": "debug.spin", "class": class, "payload": {"ms": 15}}),
+                );
+                ids.push((id, class));
+            }
+        }
+        let mut finished: HashMap<&str, Vec<u64>> = HashMap::new();
+        for (id, class) in &ids {
+            let job = wait_for_state(&server, id, "done");
+            finished
+                .entry(class)
+                .or_default()
+                .push(job["finish_seq"].as_u64().unwrap());
+        }
+        let mean = |class: &str| {
+            let seqs = &finished[class];
+            seqs.iter().sum::<u64>() as f64 / seqs.len() as f64
+        };
+        let last_high = *finished["high"].iter().max().unwrap();
+        let done_by = |class: &str| finished[class].iter().filter(|s| **s < last_high).count();
+        eprintln!(
+            "mean finish rank: high {:.1} medium {:.1} low {:.1} background {:.1}; done when high \
+             was: medium {} low {} background {}",
+            mean("high"),
+            mean("medium"),
+            mean("low"),
+            mean("background"),
+            done_by("medium"),
+            done_by("low"),
+            done_by("background")
+        );
+        assert!(mean("high") < mean("medium"), "{finished:?}");
+        assert!(mean("medium") < mean("low"), "{finished:?}");
+        assert!(mean("low") < mean("background"), "{finished:?}");
+        assert!(done_by("background") < done_by("medium"), "{finished:?}");
+    });
+}
+
+/// A flood of high-priority CPU work does not starve background jobs.
+#[test]
+fn background_jobs_complete_under_a_flood_of_high() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--shards", "1", "--debug-routes"]);
+        let mut client = server.connect();
+        let high: Vec<String> = (0..150)
+            .map(|_| {
+                enqueue_ok(
+                    &mut client,
+                    &json!({"kind": "debug.spin", "class": "high", "payload": {"ms": 20}}),
+                )
+            })
+            .collect();
+        let background: Vec<String> = (0..3)
+            .map(|_| {
+                enqueue_ok(
+                    &mut client,
+                    &json!({"kind": "debug.spin", "class": "background", "payload": {"ms": 20}}),
+                )
+            })
+            .collect();
+        let background_done: Vec<u64> = background
+            .iter()
+            .map(|id| {
+                wait_for_state(&server, id, "done")["finish_seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        let high_done: Vec<u64> = high
+            .iter()
+            .map(|id| {
+                wait_for_state(&server, id, "done")["finish_seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        let last_background = *background_done.iter().max().unwrap();
+        let high_after = high_done.iter().filter(|s| **s > last_background).count();
+        eprintln!("high jobs that finished after the last background one: {high_after} of 150");
+        assert!(
+            high_after >= 30,
+            "background waited for the high flood: only {high_after} high jobs finished after it"
+        );
+    });
+}
+
+#[test]
+fn a_full_queue_answers_429_and_loses_no_accepted_job() {
+    each_engine(|engine| {
+        let server = Server::start_with(
+            engine,
+            &["--shards", "1", "--debug-routes"],
+            &[("QUEUE_MAX_SIZE", "20"), ("QUEUE_BACKGROUND_WORKERS", "1")],
+        );
+        let mut client = server.connect();
+        let (mut accepted, mut refused) = (Vec::new(), 0);
+        for _ in 0..80 {
+            let response = enqueue(
+                &mut client,
+                &json!({"kind": "debug.sleep", "class": "background", "payload": {"ms": 10}}),
+            );
+            match response.status {
+                202 => accepted.push(response.json()["job"]["id"].as_str().unwrap().to_string()),
+                429 => {
+                    assert_eq!(response.header("retry-after"), Some("1"));
+                    assert_eq!(response.error_code(), "queue_full");
+                    refused += 1;
+                }
+                other => panic!("unexpected {other}: {}", response.text()),
+            }
+        }
+        assert!(
+            refused > 0,
+            "the queue never filled: {} accepted",
+            accepted.len()
+        );
+        for id in &accepted {
+            wait_for_state(&server, id, "done");
+        }
+        let n = accepted.len() as u64;
+        let status = wait_for_queues(&server, "every accepted job to be counted", |s| {
+            s["classes"]["background"]["processed"] == n
+        });
+        assert_eq!(
+            status["classes"]["background"]["rejected"], refused,
+            "{status}"
+        );
+    });
+}
+
+#[test]
+fn a_shard_past_its_watermark_hands_jobs_to_the_least_loaded_shard() {
+    each_engine(|engine| {
+        let server = Server::start_with(
+            engine,
+            &["--shards", "2", "--debug-routes"],
+            &[
+                ("QUEUE_MAX_SIZE", "100"),
+                ("QUEUE_HANDOFF_WATERMARK", "10"),
+                ("QUEUE_BACKGROUND_WORKERS", "1"),
+            ],
+        );
+        // One connection: every request lands on the same shard, which fills up.
+        let mut client = server.connect();
+        let jobs: Vec<Value> = (0..40)
+            .map(|_| {
+                let response = enqueue(
+                    &mut client,
+                    &json!({"kind": "debug.sleep", "class": "background", "payload": {"ms": 50}}),
+                );
+                assert_eq!(response.status, 202, "{}", response.text());
+                response.json()["job"].clone()
+            })
+            .collect();
+        let home = jobs[0]["shard"].as_u64().unwrap();
+        let moved: Vec<&Value> = jobs.iter().filter(|j| j["shard"] != home).collect();
+        assert!(!moved.is_empty(), "no job was handed off");
+        assert!(
+            moved.iter().all(|j| j["handed_off_from"] == home),
+            "{moved:?}"
+        );
+        for job in &jobs {
+            wait_for_state(&server, job["id"].as_str().unwrap(), "done");
+        }
+        let n = moved.len() as u64;
+        wait_for_queues(&server, "the hand-offs to be counted", |s| {
+            let shards = s["shards"].as_array().unwrap();
+            let class = |shard: u64| &shards[shard as usize]["classes"]["background"];
+            class(home)["handed_off"] == n
+                && class(1 - home)["handed_in"] == n
+                && s["classes"]["background"]["processed"] == 40
+        });
+        let metrics = server.get("/metrics").text();
+        assert!(
+            metrics.contains(&format!(
+                "coinbit_queue_jobs_handed_off_total{{shard=\"{home}\",class=\"background\"}} {n}"
+            )),
+            "{metrics}"
+        );
+    });
+}
+
+#[test]
+fn health_warns_and_fails_on_queued_jobs() {
+    each_engine(|engine| {
+        let server = Server::start_with(
+            engine,
+            &["--shards", "1", "--debug-routes"],
+            &[
+                ("MONITORING_QUEUE_SIZE_WARNING", "3"),
+                ("MONITORING_QUEUE_SIZE_CRITICAL", "6"),
+                ("QUEUE_BACKGROUND_WORKERS", "1"),
+            ],
+        );
+        let mut client = server.connect();
+        let body = json!({"kind": "debug.sleep", "class": "background", "payload": {"ms": 600}});
+        let check = |server: &Server| {
+            let health = server.get("/health");
+            (
+                health.status,
+                health.json()["checks"]["queues:size"][0]["status"].clone(),
+            )
+        };
+        for _ in 0..5 {
+            enqueue_ok(&mut client, &body);
+        }
+        wait_for("/health to warn", PATIENCE, || {
+            (check(&server) == (200, json!("warn"))).then_some(())
+        });
+        for _ in 0..4 {
+            enqueue_ok(&mut client, &body);
+        }
+        wait_for("/health to fail", PATIENCE, || {
+            (check(&server) == (503, json!("fail"))).then_some(())
+        });
+        wait_for("/health to pass once drained", PATIENCE, || {
+            (check(&server) == (200, json!("pass"))).then_some(())
+        });
+    });
+}
