@@ -189,6 +189,11 @@ fn bad_environment_values_stop_start_up_with_exit_2_naming_them() {
             &[("DB_READ_REPLICA_1", "mysql://x")],
             &["DB_READ_REPLICA_1", "mysql://x"],
         ),
+        (&[("QUEUE_HIGH_WORKERS", "0")], &["QUEUE_HIGH_WORKERS", "0"]),
+        (
+            &[("QUEUE_ROUTE_CLASSES", "livez=urgent")],
+            &["QUEUE_ROUTE_CLASSES", "livez=urgent", "unknown class"],
+        ),
         (
             &[("QUEUE_HIGH_WORKERS", "four")],
             &["QUEUE_HIGH_WORKERS", "four"],

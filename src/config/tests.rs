@@ -24,6 +24,17 @@ fn defaults_are_the_seeds() {
         ),
         (4, 3, 2, 1)
     );
+    let q = &c.queues;
+    assert_eq!(
+        (
+            q.high_timeout_ms,
+            q.medium_timeout_ms,
+            q.low_timeout_ms,
+            q.background_timeout_ms,
+            q.max_size
+        ),
+        (5_000, 10_000, 30_000, 60_000, 10_000)
+    );
     assert_eq!(c.database.replica_health_check_interval_ms, 15_000);
     assert_eq!(c.monitoring.alert_cooldown_ms, 300_000);
     assert_eq!(c.monitoring.metrics_interval_ms, 5_000);
@@ -60,6 +71,29 @@ fn bad_values_name_the_setting_and_value() {
             "mysql://x",
         ),
         (&["--shard-cpus", "3-1"], "--shard-cpus", "3-1"),
+        (&["--high-workers", "0"], "--high-workers", "0"),
+        (&["--max-size", "0"], "--max-size", "0"),
+        (
+            &["--handoff-watermark", "101"],
+            "--handoff-watermark",
+            "101",
+        ),
+        (&["--max-attempts", "0"], "--max-attempts", "0"),
+        (
+            &["--route-classes", "livez=urgent"],
+            "--route-classes",
+            "livez=urgent",
+        ),
+        (
+            &["--route-classes", "nope=high"],
+            "--route-classes",
+            "nope=high",
+        ),
+        (
+            &["--retry-base-delay", "5000", "--retry-max-delay", "100"],
+            "QUEUE_RETRY_BASE_DELAY",
+            "5000",
+        ),
     ];
     for (args, name, value) in cases {
         let err = parse(args).expect_err(&format!("{args:?} should be refused"));

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# bench/queue_classes.sh — do the priority classes keep critical work fast under a flood of
+# low-priority work on the same core?
+#
+# One shard on SERVER_CPU; every loadgen on CLIENT_CPU (the probe runs SCHED_FIFO there so the
+# flood's client does not delay it). Four measurements, each on a fresh server:
+#  1. HTTP: GET /livez as a high-class route (QUEUE_ROUTE_CLASSES=livez=high,readyz=low), probed
+#     at a fixed PROBE_RATE, alone and while two closed-loop loadgens flood GET /readyz (low) and
+#     GET /api/enterprise/cluster/status (background); with the classes, and with
+#     QUEUE_ROUTE_CLASSES=none (every request in the shard's default task queue).
+#  2. Jobs: enqueue-to-start wait p99 per class (from /api/enterprise/queues/status) for jobs
+#     enqueued at JOB_RATE across the four classes, alone and under the same flood.
+#  3. Jobs/s on one core: closed-loop enqueues of small jobs (JOB_USERS connections).
+#  4. The hot path: GET /health req/s with the classes on and off (BASE_COINBIT, if set, is
+#     measured too, e.g. a build of the previous commit).
+#
+# Usage: bench/queue_classes.sh        (wrap in `flock /work/bench.lock` on a shared machine)
+# Environment: COINBIT LOADGEN BASE_COINBIT SERVER_CPU=0 CLIENT_CPU=1 DURATION=10s PROBE_RATE=2000
+#              FLOOD_USERS=128 JOB_RATE=400 JOB_USERS=64 PORT=18300 BUILD=0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COINBIT=${COINBIT:-target/release/coinbit}
+LOADGEN=${LOADGEN:-target/release/loadgen}
+BASE_COINBIT=${BASE_COINBIT:-}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+DURATION=${DURATION:-10s}
+PROBE_RATE=${PROBE_RATE:-2000}
+FLOOD_USERS=${FLOOD_USERS:-128}
+JOB_RATE=${JOB_RATE:-400}
+JOB_USERS=${JOB_USERS:-64}
+PORT=${PORT:-18300}
+BUILD=${BUILD:-0}
+CLASSES="livez=high,readyz=low"
+URL="http://127.0.0.1:$PORT"
+
+if [ "$BUILD" = 1 ]; then
+    cargo build --release -p coinbit -p loadgen
+fi
+for bin in "$COINBIT" "$LOADGEN"; do
+    [ -x "$bin" ] || { echo "queue_classes: $bin is missing (BUILD=1 builds it)" >&2; exit 1; }
+done
+out=$(mktemp -d)
+server_pid=""
+flood_pids=()
+cleanup() {
+    for pid in "${flood_pids[@]}" $server_pid; do kill -INT "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$out"
+}
+trap cleanup EXIT
+
+# start BINARY ROUTE_CLASSES: a fresh one-shard server.
+start() {
+    QUEUE_ROUTE_CLASSES=$2 "$1" --bind-address 127.0.0.1 --port "$PORT" --shards 1 \
+        --shard-cpus "$SERVER_CPU" --monitor-core "$CLIENT_CPU" --snapshot-interval 200 \
+        >"$out/server.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 100); do
+        grep -q "listening on" "$out/server.log" && return
+        kill -0 "$server_pid" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "queue_classes: the server did not start" >&2; exit 1
+}
+stop() { kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""; }
+
+flood_start() {
+    for path in /readyz /api/enterprise/cluster/status; do
+        "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c "$FLOOD_USERS" -d 600s --progress never --json \
+            "$URL$path" >"$out/flood$(basename "$path").json" 2>/dev/null &
+        flood_pids+=($!)
+    done
+    sleep 1
+}
+flood_stop() {
+    for pid in "${flood_pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    flood_pids=()
+}
+
+# json FILE EXPR: a value from a JSON file (EXPR in Python over `d`).
+json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+
+# probe: p99 (ms, corrected) of GET /livez at PROBE_RATE.
+probe() {
+    chrt -f 10 "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -R "$PROBE_RATE" -c 16 -d "$DURATION" \
+        --progress never --json "$URL/livez" >"$out/probe.json" 2>/dev/null || true
+    json "$out/probe.json" "d['overall']['latency_ms']['p99']"
+}
+
+# rps FILE: achieved req/s of a loadgen summary.
+rps() { json "$1" "round(d['overall']['rps'])"; }
+
+echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "server: 1 shard on CPU $SERVER_CPU; loadgens on CPU $CLIENT_CPU; $DURATION per cell"
+echo
+
+echo "### 1. A high-class route under a flood of low and background requests"
+echo
+echo "| route classes | /livez p99 alone (ms) | /livez p99 under flood (ms) | under flood / alone | flood req/s |"
+echo "|---|---:|---:|---:|---:|"
+declare -A flooded
+for mode in "$CLASSES" none; do
+    start "$COINBIT" "$mode"
+    alone=$(probe)
+    flood_start
+    under=$(probe)
+    flood_stop
+    flood_rps=$(( $(rps "$out/floodreadyz.json") + $(rps "$out/floodstatus.json") ))
+    stop
+    flooded[$mode]=$under
+    printf '| `%s` | %s | %s | %.1fx | %s |\n' "$mode" "$alone" "$under" \
+        "$(awk "BEGIN {print $under / $alone}")" "$flood_rps"
+done
+printf '\nUnder the flood, /livez p99 without the classes / with them: %.1fx\n\n' \
+    "$(awk "BEGIN {print ${flooded[none]} / ${flooded[$CLASSES]}}")"
+
+echo "### 2. Enqueue-to-start wait per class (jobs at $JOB_RATE/s over the four classes)"
+echo
+cat >"$out/jobs.toml" <<TOML
+name = "queue-classes"
+[[requests]]
+name = "high"
+method = "POST"
+path = "/api/enterprise/jobs"
+body = '{"kind":"analytics","class":"high","payload":{"event":"bench"}}'
+expect = [202, 429]
+[[requests]]
+name = "medium"
+method = "POST"
+path = "/api/enterprise/jobs"
+body = '{"kind":"analytics","class":"medium","payload":{"event":"bench"}}'
+expect = [202, 429]
+[[requests]]
+name = "low"
+method = "POST"
+path = "/api/enterprise/jobs"
+body = '{"kind":"analytics","class":"low","payload":{"event":"bench"}}'
+expect = [202, 429]
+[[requests]]
+name = "background"
+method = "POST"
+path = "/api/enterprise/jobs"
+body = '{"kind":"analytics","class":"background","payload":{"event":"bench"}}'
+expect = [202, 429]
+TOML
+echo "| condition | high p50/p99 (ms) | medium p50/p99 | low p50/p99 | background p50/p99 | jobs processed |"
+echo "|---|---:|---:|---:|---:|---:|"
+for condition in alone flood; do
+    start "$COINBIT" "$CLASSES"
+    [ "$condition" = flood ] && flood_start
+    chrt -f 10 "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -R "$JOB_RATE" -c 16 -d "$DURATION" \
+        -s "$out/jobs.toml" --progress never --json >/dev/null 2>&1 "$URL" || true
+    flood_stop
+    sleep 0.5
+    curl -s "$URL/api/enterprise/queues/status" >"$out/queues.json"
+    stop
+    json "$out/queues.json" "'| $condition | ' + ' | '.join('%s / %s' % (d['classes'][c]['wait_ms']['p50'], d['classes'][c]['wait_ms']['p99']) for c in ['high','medium','low','background']) + ' | %d |' % sum(d['classes'][c]['processed'] for c in d['classes'])"
+done
+echo
+
+echo "### 3. Jobs per second on one core ($JOB_USERS connections enqueueing, closed loop)"
+echo
+start "$COINBIT" "$CLASSES"
+"$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c "$JOB_USERS" -d "$DURATION" -s "$out/jobs.toml" \
+    --progress never --json "$URL" >"$out/enqueue.json" 2>/dev/null || true
+sleep 1
+curl -s "$URL/api/enterprise/queues/status" >"$out/queues.json"
+stop
+seconds=${DURATION%s}
+echo "| enqueue req/s | jobs processed | processed jobs/s | rejected (429) |"
+echo "|---:|---:|---:|---:|"
+json "$out/queues.json" "'| $(rps "$out/enqueue.json") | %d | %d | %d |' % (sum(d['classes'][c]['processed'] for c in d['classes']), sum(d['classes'][c]['processed'] for c in d['classes']) / $seconds, sum(d['classes'][c]['rejected'] for c in d['classes']))"
+echo
+
+echo "### 4. The hot path: GET /health, 64 keep-alive connections"
+echo
+echo "| server | route classes | req/s | p99 (ms) |"
+echo "|---|---|---:|---:|"
+for round in 1 2; do
+    for entry in "$COINBIT|$CLASSES" "$COINBIT|none" ${BASE_COINBIT:+"$BASE_COINBIT|-"}; do
+        bin=${entry%%|*} mode=${entry#*|}
+        start "$bin" "$([ "$mode" = - ] && echo "" || echo "$mode")"
+        "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c 64 -d "$DURATION" --progress never --json \
+            "$URL/health" >"$out/health.json" 2>/dev/null || true
+        stop
+        printf '| %s (round %s) | `%s` | %s | %s |\n' "$bin" "$round" "$mode" "$(rps "$out/health.json")" \
+            "$(json "$out/health.json" "d['overall']['latency_ms']['p99']")"
+    done
+done
