@@ -118,33 +118,17 @@ printf '\nUnder the flood, /livez p99 without the classes / with them: %.1fx\n\n
 
 echo "### 2. Enqueue-to-start wait per class (jobs at $JOB_RATE/s over the four classes)"
 echo
-cat >"$out/jobs.toml" <<TOML
-name = "queue-classes"
+echo 'name = "queue-classes"' >"$out/jobs.toml"
+for class in high medium low background; do
+    cat >>"$out/jobs.toml" <<TOML
 [[requests]]
-name = "high"
+name = "$class"
 method = "POST"
 path = "/api/enterprise/jobs"
-body = '{"kind":"analytics","class":"high","payload":{"event":"bench"}}'
-expect = [202, 429]
-[[requests]]
-name = "medium"
-method = "POST"
-path = "/api/enterprise/jobs"
-body = '{"kind":"analytics","class":"medium","payload":{"event":"bench"}}'
-expect = [202, 429]
-[[requests]]
-name = "low"
-method = "POST"
-path = "/api/enterprise/jobs"
-body = '{"kind":"analytics","class":"low","payload":{"event":"bench"}}'
-expect = [202, 429]
-[[requests]]
-name = "background"
-method = "POST"
-path = "/api/enterprise/jobs"
-body = '{"kind":"analytics","class":"background","payload":{"event":"bench"}}'
+body = '{"kind":"analytics","class":"$class","payload":{"event":"bench"}}'
 expect = [202, 429]
 TOML
+done
 echo "| condition | high p50/p99 (ms) | medium p50/p99 | low p50/p99 | background p50/p99 | jobs processed |"
 echo "|---|---:|---:|---:|---:|---:|"
 for condition in alone flood; do

@@ -41,14 +41,11 @@ impl QueueTrack {
                 }
             }
         }
-        let Some(mut report) = report else { return };
-        for (i, class) in report.classes.iter_mut().enumerate() {
+        let Some(report) = report else { return };
+        for (i, class) in report.classes.iter().enumerate() {
             // Bounds are identical everywhere, so adding cannot fail.
             let _ = self.wait[i].add(&class.wait);
             let _ = self.run[i].add(&class.run);
-            // The interval histograms are now in the lifetime ones; keep the report light.
-            class.wait = queue_histogram();
-            class.run = queue_histogram();
         }
         self.latest = Some(report);
     }
