@@ -12,11 +12,11 @@
 #     enqueued at JOB_RATE across the four classes, alone and under the same flood.
 #  3. Jobs/s on one core: closed-loop enqueues of small jobs (JOB_USERS connections).
 #  4. The hot path: GET /health req/s with the classes on and off (BASE_COINBIT, if set, is
-#     measured too, e.g. a build of the previous commit).
+#     measured too, e.g. a build of the commit before the queues), ROUNDS interleaved rounds.
 #
 # Usage: bench/queue_classes.sh        (wrap in `flock /work/bench.lock` on a shared machine)
 # Environment: COINBIT LOADGEN BASE_COINBIT SERVER_CPU=0 CLIENT_CPU=1 DURATION=10s PROBE_RATE=2000
-#              FLOOD_USERS=128 JOB_RATE=400 JOB_USERS=64 PORT=18300 BUILD=0
+#              FLOOD_USERS=128 JOB_RATE=400 JOB_USERS=64 ROUNDS=5 SECTIONS=1234 PORT=18300 BUILD=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,8 @@ PROBE_RATE=${PROBE_RATE:-2000}
 FLOOD_USERS=${FLOOD_USERS:-128}
 JOB_RATE=${JOB_RATE:-400}
 JOB_USERS=${JOB_USERS:-64}
+ROUNDS=${ROUNDS:-5}
+SECTIONS=${SECTIONS:-1234}
 PORT=${PORT:-18300}
 BUILD=${BUILD:-0}
 CLASSES="livez=high,readyz=low"
@@ -82,9 +84,11 @@ flood_stop() {
 # json FILE EXPR: a value from a JSON file (EXPR in Python over `d`).
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
-# probe: p99 (ms, corrected) of GET /livez at PROBE_RATE.
+# probe: p99 (ms, corrected) of GET /livez at PROBE_RATE. Real-time priority so the flood's
+# client does not delay it, and no busy-polling so it cannot starve the flood's client either;
+# enough connections that a slow answer does not leave the next request without one.
 probe() {
-    chrt -f 10 "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -R "$PROBE_RATE" -c 16 -d "$DURATION" \
+    chrt -f 10 "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -R "$PROBE_RATE" -c 64 --spin 0us -d "$DURATION" \
         --progress never --json "$URL/livez" >"$out/probe.json" 2>/dev/null || true
     json "$out/probe.json" "d['overall']['latency_ms']['p99']"
 }
@@ -96,6 +100,7 @@ echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
 echo "server: 1 shard on CPU $SERVER_CPU; loadgens on CPU $CLIENT_CPU; $DURATION per cell"
 echo
 
+if [[ $SECTIONS == *1* ]]; then
 echo "### 1. A high-class route under a flood of low and background requests"
 echo
 echo "| route classes | /livez p99 alone (ms) | /livez p99 under flood (ms) | under flood / alone | flood req/s |"
@@ -115,7 +120,9 @@ for mode in "$CLASSES" none; do
 done
 printf '\nUnder the flood, /livez p99 without the classes / with them: %.1fx\n\n' \
     "$(awk "BEGIN {print ${flooded[none]} / ${flooded[$CLASSES]}}")"
+fi
 
+if [[ $SECTIONS == *2* ]]; then
 echo "### 2. Enqueue-to-start wait per class (jobs at $JOB_RATE/s over the four classes)"
 echo
 echo 'name = "queue-classes"' >"$out/jobs.toml"
@@ -134,7 +141,7 @@ echo "|---|---:|---:|---:|---:|---:|"
 for condition in alone flood; do
     start "$COINBIT" "$CLASSES"
     [ "$condition" = flood ] && flood_start
-    chrt -f 10 "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -R "$JOB_RATE" -c 16 -d "$DURATION" \
+    chrt -f 10 "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -R "$JOB_RATE" -c 64 --spin 0us -d "$DURATION" \
         -s "$out/jobs.toml" --progress never --json >/dev/null 2>&1 "$URL" || true
     flood_stop
     sleep 0.5
@@ -143,7 +150,9 @@ for condition in alone flood; do
     json "$out/queues.json" "'| $condition | ' + ' | '.join('%s / %s' % (d['classes'][c]['wait_ms']['p50'], d['classes'][c]['wait_ms']['p99']) for c in ['high','medium','low','background']) + ' | %d |' % sum(d['classes'][c]['processed'] for c in d['classes'])"
 done
 echo
+fi
 
+if [[ $SECTIONS == *3* ]]; then
 echo "### 3. Jobs per second on one core ($JOB_USERS connections enqueueing, closed loop)"
 echo
 start "$COINBIT" "$CLASSES"
@@ -158,18 +167,32 @@ echo "|---:|---:|---:|---:|"
 json "$out/queues.json" "'| $(rps "$out/enqueue.json") | %d | %d | %d |' % (sum(d['classes'][c]['processed'] for c in d['classes']), sum(d['classes'][c]['processed'] for c in d['classes']) / $seconds, sum(d['classes'][c]['rejected'] for c in d['classes']))"
 echo
 
-echo "### 4. The hot path: GET /health, 64 keep-alive connections"
 echo
-echo "| server | route classes | req/s | p99 (ms) |"
-echo "|---|---|---:|---:|"
-for round in 1 2; do
-    for entry in "$COINBIT|$CLASSES" "$COINBIT|none" ${BASE_COINBIT:+"$BASE_COINBIT|-"}; do
+fi
+
+if [[ $SECTIONS == *4* ]]; then
+echo "### 4. The hot path: GET /health, 64 keep-alive connections, $ROUNDS interleaved rounds"
+echo
+variants=("$COINBIT|$CLASSES" "$COINBIT|none")
+[ -n "$BASE_COINBIT" ] && variants+=("$BASE_COINBIT|-")
+declare -A results
+for round in $(seq "$ROUNDS"); do
+    for entry in "${variants[@]}"; do
         bin=${entry%%|*} mode=${entry#*|}
-        start "$bin" "$([ "$mode" = - ] && echo "" || echo "$mode")"
+        start "$bin" "$([ "$mode" = - ] || echo "$mode")"
         "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c 64 -d "$DURATION" --progress never --json \
             "$URL/health" >"$out/health.json" 2>/dev/null || true
         stop
-        printf '| %s (round %s) | `%s` | %s | %s |\n' "$bin" "$round" "$mode" "$(rps "$out/health.json")" \
-            "$(json "$out/health.json" "d['overall']['latency_ms']['p99']")"
+        results[$entry]+="$(rps "$out/health.json") "
     done
 done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+first=$(median <<<"${results[${variants[0]}]}")
+echo "| server | route classes | req/s per round | median | vs first row |"
+echo "|---|---|---|---:|---:|"
+for entry in "${variants[@]}"; do
+    m=$(median <<<"${results[$entry]}")
+    printf '| %s | `%s` | %s | %s | %.2fx |\n' "${entry%%|*}" "${entry#*|}" "${results[$entry]}" "$m" \
+        "$(awk "BEGIN {print $m / $first}")"
+done
+fi
