@@ -336,6 +336,34 @@ fn background_jobs_complete_under_a_flood_of_high() {
     });
 }
 
+/// While background jobs wait behind a high flood, aging raises the background class's weight.
+#[test]
+fn aging_raises_the_weight_of_a_class_whose_jobs_wait() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--shards", "1", "--debug-routes"]);
+        let mut client = server.connect();
+        let spin =
+            |class: &str| json!({"kind": "debug.spin", "class": class, "payload": {"ms": 20}});
+        let mut ids: Vec<String> = (0..100)
+            .map(|_| enqueue_ok(&mut client, &spin("high")))
+            .collect();
+        ids.extend((0..15).map(|_| enqueue_ok(&mut client, &spin("background"))));
+        let raised = wait_for_queues(&server, "the background weight to rise", |s| {
+            s["classes"]["background"]["weight"].as_u64() > Some(1)
+        });
+        eprintln!(
+            "background weight {}",
+            raised["classes"]["background"]["weight"]
+        );
+        for id in &ids {
+            wait_for_state(&server, id, "done");
+        }
+        wait_for_queues(&server, "the weight to fall back once nothing waits", |s| {
+            s["classes"]["background"]["weight"] == 1
+        });
+    });
+}
+
 #[test]
 fn a_full_queue_answers_429_and_loses_no_accepted_job() {
     each_engine(|engine| {
