@@ -364,47 +364,56 @@ fn aging_raises_the_weight_of_a_class_whose_jobs_wait() {
     });
 }
 
+/// On one shard, and on two where the first hands its overflow to the second until both are full.
 #[test]
 fn a_full_queue_answers_429_and_loses_no_accepted_job() {
     each_engine(|engine| {
-        let server = Server::start_with(
-            engine,
-            &["--shards", "1", "--debug-routes"],
-            &[("QUEUE_MAX_SIZE", "20"), ("QUEUE_BACKGROUND_WORKERS", "1")],
-        );
-        let mut client = server.connect();
-        let (mut accepted, mut refused) = (Vec::new(), 0);
-        for _ in 0..80 {
-            let response = enqueue(
-                &mut client,
-                &json!({"kind": "debug.sleep", "class": "background", "payload": {"ms": 10}}),
+        for shards in ["1", "2"] {
+            let server = Server::start_with(
+                engine,
+                &["--shards", shards, "--debug-routes"],
+                &[
+                    ("QUEUE_MAX_SIZE", "20"),
+                    ("QUEUE_HANDOFF_WATERMARK", "50"),
+                    ("QUEUE_BACKGROUND_WORKERS", "1"),
+                ],
             );
-            match response.status {
-                202 => accepted.push(response.json()["job"]["id"].as_str().unwrap().to_string()),
-                429 => {
-                    assert_eq!(response.header("retry-after"), Some("1"));
-                    assert_eq!(response.error_code(), "queue_full");
-                    refused += 1;
+            let mut client = server.connect();
+            let (mut accepted, mut refused) = (Vec::new(), 0);
+            for _ in 0..100 {
+                let response = enqueue(
+                    &mut client,
+                    &json!({"kind": "debug.sleep", "class": "background", "payload": {"ms": 10}}),
+                );
+                match response.status {
+                    202 => {
+                        accepted.push(response.json()["job"]["id"].as_str().unwrap().to_string())
+                    }
+                    429 => {
+                        assert_eq!(response.header("retry-after"), Some("1"));
+                        assert_eq!(response.error_code(), "queue_full");
+                        refused += 1;
+                    }
+                    other => panic!("unexpected {other}: {}", response.text()),
                 }
-                other => panic!("unexpected {other}: {}", response.text()),
             }
+            assert!(
+                refused > 0,
+                "{shards} shards: the queue never filled ({} accepted)",
+                accepted.len()
+            );
+            for id in &accepted {
+                wait_for_state(&server, id, "done");
+            }
+            let n = accepted.len() as u64;
+            let status = wait_for_queues(&server, "every accepted job to be counted", |s| {
+                s["classes"]["background"]["processed"] == n
+            });
+            assert_eq!(
+                status["classes"]["background"]["rejected"], refused,
+                "{shards} shards: {status}"
+            );
         }
-        assert!(
-            refused > 0,
-            "the queue never filled: {} accepted",
-            accepted.len()
-        );
-        for id in &accepted {
-            wait_for_state(&server, id, "done");
-        }
-        let n = accepted.len() as u64;
-        let status = wait_for_queues(&server, "every accepted job to be counted", |s| {
-            s["classes"]["background"]["processed"] == n
-        });
-        assert_eq!(
-            status["classes"]["background"]["rejected"], refused,
-            "{status}"
-        );
     });
 }
 

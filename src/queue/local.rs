@@ -187,7 +187,10 @@ impl ShardQueues {
         }
         let queue = &mut state.classes[class.index()];
         if queue.waiting.len() >= self.settings.max_size {
-            queue.counters.rejected += 1;
+            // A hand-off refused here is the sender's to keep or refuse (and count).
+            if handed_off_from.is_none() {
+                queue.counters.rejected += 1;
+            }
             return Err(Rejected::Full);
         }
         let id = JobId {
@@ -229,13 +232,6 @@ impl ShardQueues {
         self.state.borrow_mut().classes[class.index()]
             .counters
             .handed_off += 1;
-    }
-
-    /// Counts an enqueue refused after a hand-off attempt found every shard full.
-    pub fn count_rejected(&self, class: Priority) {
-        self.state.borrow_mut().classes[class.index()]
-            .counters
-            .rejected += 1;
     }
 
     /// The next job of `class` for a worker, if one waits.

@@ -148,39 +148,32 @@ pub fn submit(queues: &Rc<ShardQueues>, spec: JobSpec) -> Answer<Result<Enqueued
     if target == own {
         return Answer::Now(queues.enqueue(spec, None));
     }
+    // A hand-off the target cannot take (its inbox or queue is full) stays here if it fits.
+    let fallback = handoff.then(|| spec.clone());
     let (reply, answer) = flume::bounded(1);
     let message = Message::Enqueue {
         spec: Box::new(spec),
         handed_off_from: handoff.then_some(own),
         reply,
     };
-    let spec = match queues.mesh.send(target, message) {
-        Ok(()) => None,
-        Err(Message::Enqueue { spec, .. }) => Some(spec),
-        Err(_) => unreachable!("the message given back is the one sent"),
-    };
-    // The target's inbox is full: a hand-off stays here; a keyed job cannot.
-    if let Some(spec) = spec {
-        return Answer::Now(if handoff {
-            queues.enqueue(*spec, None)
-        } else {
-            Err(Rejected::Unavailable)
+    if queues.mesh.send(target, message).is_err() {
+        return Answer::Now(match fallback {
+            Some(spec) => queues.enqueue(spec, None),
+            None => Err(Rejected::Unavailable),
         });
     }
     let queues = queues.clone();
     Answer::Later(Box::pin(async move {
-        match answer.recv_async().await {
-            Ok(Ok(enqueued)) => {
+        match (answer.recv_async().await, fallback) {
+            (Ok(Ok(enqueued)), _) => {
                 if handoff && !enqueued.duplicate {
                     queues.count_handed_off(class);
                 }
                 Ok(enqueued)
             }
-            Ok(Err(rejected)) => {
-                queues.count_rejected(class);
-                Err(rejected)
-            }
-            Err(_) => Err(Rejected::Unavailable),
+            (Ok(Err(Rejected::Full)), Some(spec)) => queues.enqueue(spec, None),
+            (Ok(Err(rejected)), _) => Err(rejected),
+            (Err(_), _) => Err(Rejected::Unavailable),
         }
     }))
 }
