@@ -81,8 +81,12 @@ flood_stop() {
     flood_pids=()
 }
 
-# json FILE EXPR: a value from a JSON file (EXPR in Python over `d`).
-json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+# json FILE EXPR: a value from a JSON file (EXPR in Python over `d`); n/a when the file is not
+# a finished report (a loadgen that failed), which is said on stderr.
+json() {
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null ||
+        { echo "queue_classes: no result in $1" >&2; echo n/a; }
+}
 
 # probe: p99 (ms, corrected) of GET /livez at PROBE_RATE. Real-time priority so the flood's
 # client does not delay it, and no busy-polling so it cannot starve the flood's client either;
