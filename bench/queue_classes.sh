@@ -116,7 +116,7 @@ for mode in "$CLASSES" none; do
     flood_start
     under=$(probe)
     flood_stop
-    flood_rps=$(( $(rps "$out/floodreadyz.json") + $(rps "$out/floodstatus.json") ))
+    flood_rps=$(awk "BEGIN {print $(rps "$out/floodreadyz.json") + $(rps "$out/floodstatus.json")}" 2>/dev/null || echo n/a)
     stop
     flooded[$mode]=$under
     printf '| `%s` | %s | %s | %.1fx | %s |\n' "$mode" "$alone" "$under" \
