@@ -3,6 +3,9 @@
 //! An engine accepts connections on its shard's listener, reads into the codec's buffer, writes
 //! what the codec produced, runs the timers the codec asks for, and sends the shard's metrics to
 //! the monitor. Everything above the socket is the app's, through [`crate::http::Service`].
+//! For the shard's priority queues an engine also implements [`crate::queue::QueueRuntime`]
+//! (a task per class with its CPU share, timers), and runs a connection in the class of the
+//! route it serves ([`crate::app::ShardApp::take_routed_class`]).
 //!
 //! # Layout
 //! - [`glommio`]: io_uring via glommio, one `LocalExecutor` per pinned shard thread.
