@@ -29,6 +29,31 @@ fn enqueue_ok(client: &mut Client, body: &Value) -> String {
     response.json()["job"]["id"].as_str().unwrap().to_string()
 }
 
+/// Enqueues every body in one write (HTTP/1.1 pipelining), so the shard takes them all in before
+/// any of them runs; returns the ids in order.
+fn enqueue_batch(client: &mut Client, bodies: &[Value]) -> Vec<String> {
+    let mut bytes = Vec::new();
+    for body in bodies {
+        let body = body.to_string();
+        bytes.extend_from_slice(
+            format!(
+                "POST /api/enterprise/jobs HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    client.send(&bytes);
+    bodies
+        .iter()
+        .map(|_| {
+            let response = client.read_response(false);
+            assert_eq!(response.status, 202, "{}", response.text());
+            response.json()["job"]["id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
 fn job(server: &Server, id: &str) -> Value {
     let response = server.get(&format!("/api/enterprise/jobs/{id}"));
     assert_eq!(response.status, 200, "{}", response.text());
@@ -243,19 +268,17 @@ fn classes_share_the_core_by_priority_under_contention() {
                 ("QUEUE_BACKGROUND_WORKERS", "1"),
             ],
         );
-        let mut client = server.connect();
         let classes = ["background", "low", "medium", "high"];
-        let mut ids: Vec<(String, &str)> = Vec::new();
         // Lowest first, so the order cannot come from the order of arrival.
-        for _ in 0..20 {
-            for class in classes {
-                let id = enqueue_ok(
-                    &mut client,
-                    &json!({"kind": "debug.spin", "class": class, "payload": {"ms": 15}}),
-                );
-                ids.push((id, class));
-            }
-        }
+        let order: Vec<&str> = (0..20).flat_map(|_| classes).collect();
+        let bodies: Vec<Value> = order
+            .iter()
+            .map(|class| json!({"kind": "debug.spin", "class": class, "payload": {"ms": 15}}))
+            .collect();
+        let ids: Vec<(String, &str)> = enqueue_batch(&mut server.connect(), &bodies)
+            .into_iter()
+            .zip(order)
+            .collect();
         let mut finished: HashMap<&str, Vec<u64>> = HashMap::new();
         for (id, class) in &ids {
             let job = wait_for_state(&server, id, "done");
@@ -293,23 +316,14 @@ fn classes_share_the_core_by_priority_under_contention() {
 fn background_jobs_complete_under_a_flood_of_high() {
     each_engine(|engine| {
         let server = Server::start(engine, &["--shards", "1", "--debug-routes"]);
-        let mut client = server.connect();
-        let high: Vec<String> = (0..150)
-            .map(|_| {
-                enqueue_ok(
-                    &mut client,
-                    &json!({"kind": "debug.spin", "class": "high", "payload": {"ms": 20}}),
-                )
-            })
-            .collect();
-        let background: Vec<String> = (0..3)
-            .map(|_| {
-                enqueue_ok(
-                    &mut client,
-                    &json!({"kind": "debug.spin", "class": "background", "payload": {"ms": 20}}),
-                )
-            })
-            .collect();
+        let spin =
+            |class: &str| json!({"kind": "debug.spin", "class": class, "payload": {"ms": 20}});
+        // The flood first, then the background jobs, all taken in before any runs.
+        let mut bodies = vec![spin("high"); 150];
+        bodies.extend(vec![spin("background"); 3]);
+        let mut ids = enqueue_batch(&mut server.connect(), &bodies);
+        let background = ids.split_off(150);
+        let high = ids;
         let background_done: Vec<u64> = background
             .iter()
             .map(|id| {
@@ -341,13 +355,11 @@ fn background_jobs_complete_under_a_flood_of_high() {
 fn aging_raises_the_weight_of_a_class_whose_jobs_wait() {
     each_engine(|engine| {
         let server = Server::start(engine, &["--shards", "1", "--debug-routes"]);
-        let mut client = server.connect();
         let spin =
             |class: &str| json!({"kind": "debug.spin", "class": class, "payload": {"ms": 20}});
-        let mut ids: Vec<String> = (0..100)
-            .map(|_| enqueue_ok(&mut client, &spin("high")))
-            .collect();
-        ids.extend((0..15).map(|_| enqueue_ok(&mut client, &spin("background"))));
+        let mut bodies = vec![spin("high"); 300];
+        bodies.extend(vec![spin("background"); 40]);
+        let ids = enqueue_batch(&mut server.connect(), &bodies);
         let raised = wait_for_queues(&server, "the background weight to rise", |s| {
             s["classes"]["background"]["weight"].as_u64() > Some(1)
         });

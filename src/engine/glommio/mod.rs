@@ -42,7 +42,6 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
     // Pinning is done with core_affinity inside the thread, as for every engine.
     let spawned = LocalExecutorBuilder::new(Placement::Unbound)
         .name(&name)
-        .preempt_timer(classes::PREEMPT_TIMER)
         .spawn(move || async move {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
                 log::warn!("could not pin {name} to CPU {cpu}");
