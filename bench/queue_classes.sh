@@ -4,7 +4,7 @@
 #
 # One shard on SERVER_CPU; every loadgen on CLIENT_CPU (the probe runs SCHED_FIFO there so the
 # flood's client does not delay it). Four measurements, each on a fresh server:
-#  1. HTTP: GET /livez as a high-class route (QUEUE_ROUTE_CLASSES=livez=high,readyz=low), probed
+#  1. HTTP: GET /livez as a high-class route (QUEUE_ROUTE_CLASSES=$CLASSES below), probed
 #     at a fixed PROBE_RATE, alone and while two closed-loop loadgens flood GET /readyz (low) and
 #     GET /api/enterprise/cluster/status (background); with the classes, and with
 #     QUEUE_ROUTE_CLASSES=none (every request in the shard's default task queue).
@@ -34,7 +34,7 @@ ROUNDS=${ROUNDS:-5}
 SECTIONS=${SECTIONS:-1234}
 PORT=${PORT:-18300}
 BUILD=${BUILD:-0}
-CLASSES="livez=high,readyz=low"
+CLASSES="livez=high,readyz=low,cluster_status=background"
 URL="http://127.0.0.1:$PORT"
 
 if [ "$BUILD" = 1 ]; then

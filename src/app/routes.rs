@@ -1,8 +1,10 @@
 //! The route table, and the priority class each route's requests run in.
 //!
-//! Classes follow the endpoints' business: trading routes run high, financial medium, affiliate
-//! low, reports background (`QUEUE_ROUTE_CLASSES` overrides them). Probes and routes without a
-//! class run where the connection was accepted, at no cost.
+//! Classes follow the endpoints' business when given: trading high, financial medium, affiliate
+//! low, reports background, through `QUEUE_ROUTE_CLASSES`. No route has one by default: under
+//! glommio's 100 ms preempt timer a lower class holds the core for up to 100 ms while a higher
+//! request waits (bench/RESULTS.md), so request classes are opt-in. Routes without a class run
+//! where the connection was accepted, at no cost.
 
 use crate::http::Method;
 use crate::queue::Priority;
@@ -91,22 +93,14 @@ const fn post(path: &'static str, route: Route) -> Entry {
     }
 }
 
-/// Status reports run in the background class.
-const fn report(path: &'static str, route: Route) -> Entry {
-    Entry {
-        class: Some(Priority::Background),
-        ..get(path, route)
-    }
-}
-
 const TABLE: &[Entry] = &[
     get("/health", Route::Health),
     get("/livez", Route::Livez),
     get("/readyz", Route::Readyz),
-    report("/api/enterprise/cluster/status", Route::ClusterStatus),
-    report("/api/enterprise/metrics", Route::Metrics),
-    report("/metrics", Route::Prometheus),
-    report("/api/enterprise/queues/status", Route::QueuesStatus),
+    get("/api/enterprise/cluster/status", Route::ClusterStatus),
+    get("/api/enterprise/metrics", Route::Metrics),
+    get("/metrics", Route::Prometheus),
+    get("/api/enterprise/queues/status", Route::QueuesStatus),
     post("/api/enterprise/jobs", Route::JobEnqueue),
     get("/api/enterprise/jobs/dead", Route::DeadLetters),
     Entry {
@@ -268,6 +262,6 @@ mod tests {
         }
         let classes = default_classes();
         assert_eq!(classes[Route::Health as usize], None);
-        assert_eq!(classes[Route::Metrics as usize], Some(Priority::Background));
+        assert!(classes.iter().all(Option::is_none), "classes are opt-in");
     }
 }
