@@ -79,8 +79,9 @@ pub struct ServerConfig {
     /// Address to listen on.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
-    /// Event-loop engine. `glommio` runs on io_uring.
-    #[arg(long, env = "ENGINE", value_enum, default_value_t = EngineKind::Glommio)]
+    /// Event-loop engine: `glommio` (io_uring), `may` (epoll coroutines), or `auto`, which
+    /// probes io_uring and locked memory at start-up and logs which it chose and why.
+    #[arg(long, env = "ENGINE", value_enum, default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
     /// Number of shards; default one per CPU (less the monitor core with 4 or more CPUs).
     #[arg(long, env = "SHARDS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -258,12 +259,18 @@ pub struct MonitoringConfig {
 pub enum EngineKind {
     /// glommio on io_uring.
     Glommio,
+    /// may coroutines on epoll.
+    May,
+    /// Chosen at start-up from what the kernel allows.
+    Auto,
 }
 
 impl EngineKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EngineKind::Glommio => "glommio",
+            EngineKind::May => "may",
+            EngineKind::Auto => "auto",
         }
     }
 }

@@ -4,23 +4,161 @@
 //! what the codec produced, runs the timers the codec asks for, and sends the shard's metrics to
 //! the monitor. Everything above the socket is the app's, through [`crate::http::Service`].
 //!
+//! What both engines need (the choice of engine, the connection settings, the 503 past the
+//! connection cap, metrics reports, timer periods) lives here; each engine's folder holds only
+//! what is its own.
+//!
 //! # Layout
 //! - [`glommio`]: io_uring via glommio, one `LocalExecutor` per pinned shard thread.
+//! - [`may`]: epoll via may's stackful coroutines, one pinned may worker per shard.
 //! - [`preflight`]: start-up checks of what an engine needs from the kernel.
 
 pub mod glommio;
+pub mod may;
 pub mod preflight;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
-use crate::config::Config;
+use crate::app::ShardApp;
+use crate::config::{Config, EngineKind};
+use crate::http::conn::TimeoutKind;
+use crate::http::{ConnectionHeader, Limits, Response, Service, StatusCode, Timeouts};
 use crate::metrics::ShardReport;
 use crate::monitor::Published;
-use crate::shard::{Control, ShardSlot};
+use crate::shard::{Control, ShardExit, ShardSlot};
+use preflight::PreflightError;
+
+/// An engine the shards can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Glommio,
+    May,
+}
+
+/// The engine `auto` takes where both work: the faster one in `bench/RESULTS.md`.
+pub const AUTO_PREFERS: Engine = Engine::Glommio;
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Glommio => glommio::ENGINE_NAME,
+            Engine::May => may::ENGINE_NAME,
+        }
+    }
+
+    /// Runs one generation of a shard until it stops or dies (blocks the calling thread).
+    pub fn run_shard(self, ctx: ShardContext) -> ShardExit {
+        match self {
+            Engine::Glommio => glommio::run_shard(ctx),
+            Engine::May => may::run_shard(ctx),
+        }
+    }
+}
+
+/// Picks the engine for `kind`, given what the glommio preflight found, and says why.
+/// An explicit `glommio` that cannot run is an error; `auto` then falls back to may.
+pub fn choose(
+    kind: EngineKind,
+    glommio_preflight: Result<(), PreflightError>,
+) -> Result<(Engine, String), PreflightError> {
+    match (kind, glommio_preflight) {
+        (EngineKind::Glommio, Ok(())) => Ok((Engine::Glommio, "asked for with --engine".into())),
+        (EngineKind::Glommio, Err(e)) => Err(e),
+        (EngineKind::May, _) => Ok((Engine::May, "asked for with --engine".into())),
+        (EngineKind::Auto, Ok(())) => Ok((
+            AUTO_PREFERS,
+            format!(
+                "auto: io_uring and locked memory allow both engines; {} is the faster here",
+                AUTO_PREFERS.name()
+            ),
+        )),
+        (EngineKind::Auto, Err(e)) => Ok((Engine::May, format!("auto: glommio cannot run: {e}"))),
+    }
+}
+
+/// How often the shards' housekeeping runs: coarse enough to cost nothing, fine enough for
+/// second-scale timeouts and a prompt shutdown.
+pub const TICK: Duration = Duration::from_millis(50);
+/// How often draining checks whether the last connection has gone.
+pub const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// Closing: how much the client may still send, and for how long, before the socket closes.
+pub const LINGER_BYTES: usize = 256 * 1024;
+pub const LINGER_TIME: Duration = Duration::from_millis(500);
+/// Pause after a failed accept (out of descriptors): back off rather than spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a crashed shard waits for its connections to go before it restarts.
+pub const ABORT_WAIT: Duration = Duration::from_secs(1);
+
+/// The codec's limits and timeouts, and the write timeout the engine enforces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub send_timeout: Duration,
+}
+
+impl ConnectionSettings {
+    pub fn from_config(config: &Config) -> Self {
+        let http = &config.http;
+        ConnectionSettings {
+            limits: Limits {
+                max_request_line: http.max_request_line_bytes,
+                max_header_bytes: http.max_header_bytes,
+                max_body_bytes: http.max_body_bytes,
+            },
+            timeouts: Timeouts {
+                header_read: Duration::from_millis(http.header_read_timeout_ms),
+                keep_alive: Duration::from_millis(http.keep_alive_timeout_ms),
+            },
+            send_timeout: Duration::from_millis(http.send_timeout_ms),
+        }
+    }
+}
+
+/// Counts a connection accepted; true when it is past the shard's cap and must be refused
+/// (counted as such).
+pub fn admit(app: &mut ShardApp, cap: usize) -> bool {
+    app.metrics.connections.accepted += 1;
+    if app.metrics.connections.open as usize >= cap {
+        app.metrics.connections.rejected_at_cap += 1;
+        return false;
+    }
+    true
+}
+
+/// The bytes of the 503 a connection past the per-shard cap gets before it is closed.
+pub fn over_cap_response(app: &ShardApp) -> Vec<u8> {
+    let response = Response::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        "this server is at its connection limit; retry later",
+    )
+    .with_header("Retry-After", "1");
+    let mut out = Vec::with_capacity(256);
+    response.encode(&mut out, app.date(), false, ConnectionHeader::Close);
+    out
+}
+
+/// Counts a connection closed by its read deadline.
+pub fn count_timeout(app: &mut ShardApp, kind: TimeoutKind) {
+    match kind {
+        TimeoutKind::RequestRead => app.metrics.connections.request_timeouts += 1,
+        TimeoutKind::Idle => app.metrics.connections.idle_timeouts += 1,
+    }
+}
+
+/// Sends the shard's metrics to the monitor. A full channel means the monitor is behind; the
+/// next report carries the counters anyway.
+pub fn send_report(app: &mut ShardApp, ctx: &ShardContext, now: Instant) {
+    let slot = &ctx.slot;
+    let report = app.metrics.report(slot.id, ctx.generation, slot.tid(), now);
+    let _ = ctx.reports.try_send(report);
+}
 
 /// A TCP socket bound to `addr` in the port's SO_REUSEPORT group (not yet listening): every
 /// shard's listener, and the port reservation that holds the port while none listens.
@@ -48,4 +186,34 @@ pub struct ShardContext {
     pub control: Arc<Control>,
     pub reports: Sender<ShardReport>,
     pub published: Arc<ArcSwap<Published>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_choice() {
+        let refused = || PreflightError::IoUringUnavailable {
+            reason: "blocked".into(),
+        };
+        let cases = [
+            (EngineKind::Glommio, Ok(()), Some(Engine::Glommio)),
+            (EngineKind::Glommio, Err(refused()), None),
+            (EngineKind::May, Ok(()), Some(Engine::May)),
+            (EngineKind::May, Err(refused()), Some(Engine::May)),
+            (EngineKind::Auto, Ok(()), Some(AUTO_PREFERS)),
+            (EngineKind::Auto, Err(refused()), Some(Engine::May)),
+        ];
+        for (kind, preflight, expected) in cases {
+            let chosen = choose(kind, preflight.clone());
+            assert_eq!(
+                chosen.as_ref().ok().map(|c| c.0),
+                expected,
+                "{kind:?} {preflight:?}"
+            );
+        }
+        let (_, why) = choose(EngineKind::Auto, Err(refused())).unwrap();
+        assert!(why.contains("io_uring is unavailable (blocked)"), "{why}");
+    }
 }

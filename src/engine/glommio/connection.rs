@@ -60,10 +60,11 @@ impl Drop for Registration {
 
 async fn serve(registration: Registration, mut stream: TcpStream, shared: Rc<ConnShared>) {
     let shard = registration.shard.clone();
-    let mut conn = Connection::new(shard.limits, shard.timeouts, Instant::now());
+    let settings = shard.settings;
+    let mut conn = Connection::new(settings.limits, settings.timeouts, Instant::now());
     // A client that stops reading is closed by the write timeout (glommio arms it only when a
     // write would block); the codec's deadlines cover reads only.
-    let _ = stream.set_write_timeout(Some(shard.send_timeout));
+    let _ = stream.set_write_timeout(Some(settings.send_timeout));
     let mut step = Step::Read;
     loop {
         let wrote = !conn.output().is_empty();
@@ -151,12 +152,11 @@ async fn read_some(
 /// Half-closes and reads what the client still sends (briefly), so that closing with unread
 /// bytes does not reset the connection before the client has read our last response.
 pub(crate) async fn linger_close(stream: &mut TcpStream) {
-    const LINGER_BYTES: usize = 256 * 1024;
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let _ = stream.set_read_timeout(Some(crate::engine::LINGER_TIME));
     let mut sink = [0u8; 4096];
     let mut drained = 0;
-    while drained < LINGER_BYTES {
+    while drained < crate::engine::LINGER_BYTES {
         match stream.read(&mut sink).await {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,

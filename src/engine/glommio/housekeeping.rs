@@ -4,13 +4,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Shard;
-use crate::http::conn::TimeoutKind;
+use crate::engine::{self, ABORT_WAIT, DRAIN_POLL, TICK};
 use crate::shard::ShardState;
-
-/// Coarse enough to cost nothing, fine enough for second-scale timeouts and a prompt shutdown.
-const TICK: Duration = Duration::from_millis(50);
-/// How often draining checks whether the last connection has gone.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// Runs until shutdown begins (`Ok`) or a task crashed the shard (`Err` with why).
 pub(crate) async fn run(shard: &Shard) -> Result<(), String> {
@@ -74,7 +69,7 @@ pub(crate) async fn drain(shard: &Shard) {
 /// After a crash: closes every connection now and waits (briefly) until their tasks are gone.
 pub(crate) async fn abort_connections(shard: &Shard) {
     shard.connections.borrow().values().for_each(|c| c.cancel());
-    let give_up = Instant::now() + Duration::from_secs(1);
+    let give_up = Instant::now() + ABORT_WAIT;
     while !shard.connections.borrow().is_empty() && Instant::now() < give_up {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
@@ -83,15 +78,7 @@ pub(crate) async fn abort_connections(shard: &Shard) {
 }
 
 fn send_report(shard: &Shard, now: Instant) {
-    let slot = &shard.ctx.slot;
-    let report =
-        shard
-            .app
-            .borrow_mut()
-            .metrics
-            .report(slot.id, shard.ctx.generation, slot.tid(), now);
-    // A full channel means the monitor is behind; the next report carries the counters anyway.
-    let _ = shard.ctx.reports.try_send(report);
+    engine::send_report(&mut shard.app.borrow_mut(), &shard.ctx, now);
 }
 
 /// Cancels connections whose deadline passed; their tasks' guards unregister them.
@@ -107,10 +94,6 @@ fn expire_deadlines(shard: &Shard, now: Instant) {
         // Expire once: the task is gone by the next tick, but clear the deadline regardless.
         connection.shared.deadline.set(None);
         connection.cancel();
-        let mut app = shard.app.borrow_mut();
-        match kind {
-            TimeoutKind::RequestRead => app.metrics.connections.request_timeouts += 1,
-            TimeoutKind::Idle => app.metrics.connections.idle_timeouts += 1,
-        }
+        engine::count_timeout(&mut shard.app.borrow_mut(), kind);
     }
 }

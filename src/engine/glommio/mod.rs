@@ -23,9 +23,8 @@ use std::time::Duration;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::ShardContext;
+use super::{ConnectionSettings, ShardContext};
 use crate::app::ShardApp;
-use crate::http::{Limits, Response, StatusCode, Timeouts};
 use crate::shard::{ShardExit, ShardState};
 use connection::ConnShared;
 
@@ -61,9 +60,7 @@ pub(crate) struct Shard {
     pub app: RefCell<ShardApp>,
     pub connections: RefCell<HashMap<u64, Tracked>>,
     pub next_connection_id: std::cell::Cell<u64>,
-    pub limits: Limits,
-    pub timeouts: Timeouts,
-    pub send_timeout: Duration,
+    pub settings: ConnectionSettings,
     /// Set when a task panicked past its own containment: the shard tears down and restarts.
     pub crash: RefCell<Option<String>>,
     /// The shard stops accepting: the accept loop ends at its next wake-up.
@@ -115,7 +112,6 @@ impl Tracked {
 async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     ctx.slot.set_current_thread();
     let (listener, listener_fd) = bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog)?;
-    let http = &ctx.config.http;
     let shard = Rc::new(Shard {
         app: RefCell::new(ShardApp::new(
             ctx.slot.id,
@@ -124,16 +120,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
         )),
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),
-        limits: Limits {
-            max_request_line: http.max_request_line_bytes,
-            max_header_bytes: http.max_header_bytes,
-            max_body_bytes: http.max_body_bytes,
-        },
-        send_timeout: Duration::from_millis(http.send_timeout_ms),
-        timeouts: Timeouts {
-            header_read: Duration::from_millis(http.header_read_timeout_ms),
-            keep_alive: Duration::from_millis(http.keep_alive_timeout_ms),
-        },
+        settings: ConnectionSettings::from_config(&ctx.config),
         crash: RefCell::new(None),
         stopping: std::cell::Cell::new(false),
         ctx,
@@ -223,18 +210,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             Err(e) => {
                 // Out of descriptors or a transient error: back off rather than spin.
                 log::warn!("shard {}: accept failed: {e}", shard.ctx.slot.id);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                glommio::timer::sleep(super::ACCEPT_BACKOFF).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let open = {
-            let mut app = shard.app.borrow_mut();
-            app.metrics.connections.accepted += 1;
-            app.metrics.connections.open
-        };
-        if open as usize >= cap {
-            shard.app.borrow_mut().metrics.connections.rejected_at_cap += 1;
+        if !super::admit(&mut shard.app.borrow_mut(), cap) {
             glommio::spawn_local(reject_over_cap(shard.clone(), stream)).detach();
             continue;
         }
@@ -245,20 +226,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// Past the per-shard cap: 503, then close.
 async fn reject_over_cap(shard: Rc<Shard>, mut stream: TcpStream) {
     use futures_lite::AsyncWriteExt;
-    let response = Response::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
-        "this server is at its connection limit; retry later",
-    )
-    .with_header("Retry-After", "1");
-    let mut out = Vec::with_capacity(256);
-    response.encode(
-        &mut out,
-        crate::http::Service::date(&*shard.app.borrow()),
-        false,
-        crate::http::ConnectionHeader::Close,
-    );
-    let _ = stream.set_write_timeout(Some(shard.send_timeout));
+    let out = super::over_cap_response(&shard.app.borrow());
+    let _ = stream.set_write_timeout(Some(shard.settings.send_timeout));
     if stream.write_all(&out).await.is_ok() {
         connection::linger_close(&mut stream).await;
     }

@@ -1,0 +1,300 @@
+//! One connection: read into the codec, advance it, write what it produced.
+//!
+//! Every socket operation is a non-blocking call on the socket itself; when it would block, the
+//! coroutine publishes its deadline and idleness for housekeeping and waits on the socket with
+//! `wait_io`, which parks the coroutine (never the worker). Housekeeping wakes that wait when a
+//! deadline passes, when draining finds the connection idle, or when the shard aborts; the
+//! coroutine then decides for itself, from its own codec state.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
+
+use may::io::{WaitIo, WaitIoWaker};
+use may::net::TcpStream;
+
+use super::{guarded, lock, to_ticks, workers, Shard};
+use crate::engine::{self, LINGER_BYTES, LINGER_TIME};
+use crate::http::response::PendingResponse;
+use crate::http::{Connection, Response, Step};
+
+/// What housekeeping reads of a connection, the flags it sets, and how it wakes the coroutine.
+pub(crate) struct ConnShared {
+    waker: WaitIoWaker,
+    /// When housekeeping must wake the coroutine, as shard ticks (0: no deadline).
+    deadline: AtomicU64,
+    /// Nothing buffered or in progress: safe to close at once when draining.
+    pub idle: AtomicBool,
+    /// The shard is shutting down: close after the next response, or now if idle.
+    pub drain: AtomicBool,
+    /// The shard crashed or its shutdown deadline passed: close now.
+    pub abort: AtomicBool,
+}
+
+impl ConnShared {
+    fn new(waker: WaitIoWaker) -> Self {
+        ConnShared {
+            waker,
+            deadline: AtomicU64::new(0),
+            idle: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+        }
+    }
+
+    /// Wakes the coroutine if it waits on its socket (or makes its next wait return at once).
+    pub fn wake(&self) {
+        self.waker.wakeup();
+    }
+
+    /// Takes the deadline if it has passed (so that it wakes the coroutine once).
+    pub fn take_expired(&self, now_ticks: u64) -> bool {
+        let at = self.deadline.load(Ordering::Acquire);
+        at != 0
+            && at <= now_ticks
+            && self
+                .deadline
+                .compare_exchange(at, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    fn publish(&self, deadline_ticks: u64, idle: bool) {
+        self.deadline.store(deadline_ticks, Ordering::Release);
+        self.idle.store(idle, Ordering::Release);
+    }
+
+    fn must_close(&self, idle: bool) -> bool {
+        self.abort.load(Ordering::Acquire) || (idle && self.drain.load(Ordering::Acquire))
+    }
+}
+
+/// Registers a connection and starts its coroutine on the shard's worker: one that serves it,
+/// or, past the connection cap (`admitted` false), one that answers 503 and closes.
+pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admitted: bool) {
+    let id = shard.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let shared = Arc::new(ConnShared::new(stream.waker()));
+    if admitted {
+        shard.with_app(|app| app.metrics.connections.open += 1);
+    }
+    lock(&shard.connections).insert(id, shared.clone());
+    let registration = Registration {
+        shard: shard.clone(),
+        id,
+        counted: admitted,
+    };
+    let owner = shard.clone();
+    let spawned = workers::spawn_on(shard.ctx.slot.id, move || {
+        guarded(&owner, move || {
+            if admitted {
+                serve(registration, stream, shared)
+            } else {
+                reject_over_cap(registration, stream, shared)
+            }
+        })
+    });
+    if let Err(e) = spawned {
+        // The closure, and with it the registration and the socket, is dropped.
+        log::warn!(
+            "shard {}: cannot start a connection coroutine: {e}",
+            shard.ctx.slot.id
+        );
+    }
+}
+
+/// Removes the connection from the shard's table however its coroutine ends.
+struct Registration {
+    shard: Arc<Shard>,
+    id: u64,
+    /// Counted among the open connections (not a 503 past the cap).
+    counted: bool,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.shard.connections).remove(&self.id);
+        if self.counted {
+            self.shard.with_app(|app| app.metrics.connections.open -= 1);
+        }
+    }
+}
+
+fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShared>) {
+    // An `Arc` of the shard is the coroutine's own; the app behind it is reached only through
+    // `with_app`, never held across the waits below.
+    let shard = registration.shard.clone();
+    let settings = shard.settings;
+    let mut conn = Connection::new(settings.limits, settings.timeouts, Instant::now());
+    let mut step = Step::Read;
+    loop {
+        if !conn.output().is_empty() {
+            if write_all(&shard, &mut stream, &shared, conn.output()).is_err() {
+                return;
+            }
+            conn.clear_output();
+        }
+        if shared.drain.load(Ordering::Acquire) {
+            conn.drain();
+        }
+        step = match step {
+            Step::Close => {
+                linger_close(&shard, &mut stream, &shared);
+                return;
+            }
+            Step::Flush => shard.with_app(|app| conn.advance(app, Instant::now())),
+            Step::Read => {
+                let Some(n) = read_some(&shard, &mut stream, &shared, &mut conn) else {
+                    return;
+                };
+                let now = Instant::now();
+                conn.filled(n, now);
+                shard.with_app(|app| conn.advance(app, now))
+            }
+            Step::Await(pending) => {
+                let Some(response) = await_reply(pending, &stream, &shared) else {
+                    return;
+                };
+                if shared.drain.load(Ordering::Acquire) {
+                    conn.drain();
+                }
+                shard.with_app(|app| conn.resume(response, app, Instant::now()))
+            }
+        };
+    }
+}
+
+/// Reads what the client sent; `None` when the connection must close (EOF, error, a passed
+/// deadline, draining while idle, abort).
+fn read_some(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    shared: &ConnShared,
+    conn: &mut Connection,
+) -> Option<usize> {
+    loop {
+        match stream.inner_mut().read(conn.read_buf()) {
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+        let deadline = conn.deadline();
+        if let Some((at, kind)) = deadline {
+            if Instant::now() >= at {
+                shard.with_app(|app| engine::count_timeout(app, kind));
+                return None;
+            }
+        }
+        let idle = conn.is_idle();
+        if shared.must_close(idle) {
+            return None;
+        }
+        shared.publish(deadline.map_or(0, |(at, _)| to_ticks(shard, at)), idle);
+        stream.wait_io();
+        shared.publish(0, false);
+    }
+}
+
+/// Writes all of `buf`. A client that accepts nothing for the send timeout is dropped.
+fn write_all(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    shared: &ConnShared,
+    mut buf: &[u8],
+) -> io::Result<()> {
+    let mut deadline = None;
+    while !buf.is_empty() {
+        match stream.inner_mut().write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                deadline = None;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let at =
+                    *deadline.get_or_insert_with(|| Instant::now() + shard.settings.send_timeout);
+                if Instant::now() >= at || shared.must_close(false) {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                shared.publish(to_ticks(shard, at), false);
+                stream.wait_io();
+                shared.publish(0, false);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Wakes the coroutine's socket wait: how a handler's reply, completed on another thread,
+/// resumes the coroutine.
+struct SocketWake(WaitIoWaker);
+
+impl Wake for SocketWake {
+    fn wake(self: Arc<Self>) {
+        self.0.wakeup();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.wakeup();
+    }
+}
+
+/// Drives a handler's later reply to its end, parking the coroutine (not the worker) between
+/// polls. The future is the handler's own: it was built without references to per-shard state
+/// (the app hands out only owned values and channels), so it may be polled again on whichever
+/// worker may resumes the coroutine on. Socket readiness wakes the wait too; that is only a
+/// spurious poll. `None` when the shard aborts the connection meanwhile.
+fn await_reply(
+    mut pending: PendingResponse,
+    stream: &TcpStream,
+    shared: &ConnShared,
+) -> Option<Response> {
+    let waker = Waker::from(Arc::new(SocketWake(stream.waker())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(response) = pending.as_mut().poll(&mut cx) {
+            return Some(response);
+        }
+        if shared.abort.load(Ordering::Acquire) {
+            return None;
+        }
+        stream.wait_io();
+    }
+}
+
+/// Past the per-shard cap: 503, then close.
+fn reject_over_cap(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShared>) {
+    let shard = registration.shard.clone();
+    let out = shard.with_app(|app| engine::over_cap_response(app));
+    if write_all(&shard, &mut stream, &shared, &out).is_ok() {
+        linger_close(&shard, &mut stream, &shared);
+    }
+}
+
+/// Half-closes and reads what the client still sends (briefly), so that closing with unread
+/// bytes does not reset the connection before the client has read our last response.
+fn linger_close(shard: &Shard, stream: &mut TcpStream, shared: &ConnShared) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + LINGER_TIME;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match stream.inner_mut().read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= until || shared.abort.load(Ordering::Acquire) {
+                    break;
+                }
+                shared.publish(to_ticks(shard, until), false);
+                stream.wait_io();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The may engine: stackful coroutines on epoll, for hosts where io_uring is unavailable.
+//!
+//! may runs one global scheduler; here it has one worker thread per shard, pinned to the
+//! shard's CPU ([`workers::start`]). A shard owns its SO_REUSEPORT listener, the connections it
+//! accepts, its [`ShardApp`] and its metrics, as under glommio. Its accept loop and its
+//! connections are coroutines queued to its worker, and each accepted socket is placed so that
+//! its readiness wakes that same worker ([`workers::place_fd`]). The shard's housekeeping (date,
+//! deadlines, reports, draining, crash teardown) runs on its supervisor thread, which only sets
+//! flags and wakes coroutines.
+//!
+//! # The rule that keeps this sound
+//! may may still resume a coroutine on another worker: a wake-up from outside (a handler's
+//! reply arriving from a database thread, housekeeping closing a connection) lands on whichever
+//! worker may picks, and stealing moves queued coroutines where it is built in. So a coroutine
+//! holds no reference to per-shard state across a yield point (a socket wait, a parked
+//! future). Per-shard state is reached only through [`Shard::with_app`], whose closure runs
+//! the codec synchronously and cannot yield; everything a coroutine keeps across a wait is its
+//! own (its socket, its codec state, an `Arc` of the shard). The lock in `with_app` is thus
+//! only ever taken by the shard's own worker in the steady state, uncontended, once per batch
+//! of requests read.
+//!
+//! # Layout
+//! - [`workers`]: may's scheduler as the shards: worker count, pinning, socket placement.
+//! - [`connection`]: one connection's read/advance/write loop around the codec, and the wait
+//!   that drives a handler's later reply.
+//! - [`housekeeping`]: the per-shard timer loop on the supervisor thread.
+
+mod connection;
+mod housekeeping;
+pub mod workers;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use may::io::WaitIo;
+use may::net::{TcpListener, TcpStream};
+
+use super::{ConnectionSettings, ShardContext};
+use crate::app::ShardApp;
+use crate::shard::{ShardExit, ShardState};
+use connection::ConnShared;
+
+pub const ENGINE_NAME: &str = "may";
+
+/// Runs one generation of a shard: starts its coroutines on its worker, then runs its
+/// housekeeping on the calling (supervisor) thread until it stops or dies.
+pub fn run_shard(ctx: ShardContext) -> ShardExit {
+    let listener = match bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog) {
+        Ok(listener) => listener,
+        Err(e) => return ShardExit::Died(e.to_string()),
+    };
+    // Kept here for stopping: a descriptor of our own stays valid whenever the accept loop ends.
+    let listener_handle = match listener.inner().try_clone() {
+        Ok(handle) => std::os::fd::OwnedFd::from(handle),
+        Err(e) => return ShardExit::Died(format!("cannot duplicate the listener: {e}")),
+    };
+    let listener_waker = listener.waker();
+    let shard = Arc::new(Shard::new(ctx));
+    let acceptor = {
+        let shard = shard.clone();
+        let worker = shard.ctx.slot.id;
+        workers::spawn_on(worker, move || {
+            guarded(&shard.clone(), move || accept_loop(&shard, &listener))
+        })
+    };
+    let acceptor = match acceptor {
+        Ok(handle) => handle,
+        Err(e) => return ShardExit::Died(format!("cannot start the accept coroutine: {e}")),
+    };
+    shard.ctx.slot.set_state(ShardState::Running);
+    log::debug!(
+        "shard {} serving on CPU {}",
+        shard.ctx.slot.id,
+        shard.ctx.slot.cpu
+    );
+    let outcome = housekeeping::run(&shard);
+    housekeeping::stop_accepting(&shard, listener_handle, &listener_waker, &acceptor);
+    match outcome {
+        Ok(()) => {
+            housekeeping::drain(&shard);
+            ShardExit::Clean
+        }
+        Err(why) => {
+            housekeeping::abort_connections(&shard);
+            ShardExit::Died(why)
+        }
+    }
+}
+
+/// A shard's state, shared by its coroutines and its housekeeping thread.
+pub(crate) struct Shard {
+    pub ctx: ShardContext,
+    app: Mutex<ShardApp>,
+    pub connections: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    next_connection_id: AtomicU64,
+    pub settings: ConnectionSettings,
+    /// Deadlines are kept as nanoseconds since this instant (0: none).
+    pub epoch: Instant,
+    /// Set when a coroutine panicked past its own containment: the shard tears down and restarts.
+    crash: Mutex<Option<String>>,
+    /// The shard stops accepting: the accept loop ends at its next wake-up.
+    pub stopping: AtomicBool,
+}
+
+impl Shard {
+    fn new(ctx: ShardContext) -> Shard {
+        Shard {
+            app: Mutex::new(ShardApp::new(
+                ctx.slot.id,
+                ctx.published.clone(),
+                ctx.config.server.debug_routes,
+            )),
+            connections: Mutex::new(HashMap::new()),
+            next_connection_id: AtomicU64::new(0),
+            settings: ConnectionSettings::from_config(&ctx.config),
+            epoch: Instant::now(),
+            crash: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            ctx,
+        }
+    }
+
+    /// The only way to the shard's app. `f` runs synchronously (the codec, a counter) and
+    /// cannot yield, so no reference to the app outlives a yield point: this is where the rule
+    /// in the module notes is kept. A crash that unwound through a previous call leaves the
+    /// lock poisoned; the app is still consistent enough to count and report while the shard
+    /// tears down.
+    pub fn with_app<R>(&self, f: impl FnOnce(&mut ShardApp) -> R) -> R {
+        f(&mut lock(&self.app))
+    }
+
+    fn record_crash(&self, why: String) {
+        lock(&self.crash).get_or_insert(why);
+    }
+
+    pub fn crashed(&self) -> Option<String> {
+        lock(&self.crash).clone()
+    }
+}
+
+/// Locks, ignoring poisoning: a panic that crossed a lock is handled as a shard crash.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs a coroutine's body, turning a panic that escaped it into an orderly shard crash.
+fn guarded(shard: &Arc<Shard>, body: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        shard.record_crash(format!(
+            "panicked: {}",
+            crate::http::conn::panic_message(payload.as_ref())
+        ));
+    }
+}
+
+/// A listener of the shard's own, in the port's SO_REUSEPORT group, registered with may.
+fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = super::reuseport_socket(addr)?;
+    socket.listen(backlog)?;
+    // SAFETY: the descriptor is a listening TCP socket whose ownership moves to may.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener) {
+    let slot_id = shard.ctx.slot.id;
+    let cap = shard.ctx.config.http.max_connections_per_shard;
+    let workers = workers::count();
+    while !shard.stopping.load(Ordering::Acquire) {
+        let stream = match listener.inner().accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                listener.wait_io();
+                continue;
+            }
+            Err(e) => {
+                if shard.stopping.load(Ordering::Acquire) {
+                    break;
+                }
+                log::warn!("shard {slot_id}: accept failed: {e}");
+                may::coroutine::sleep(super::ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let fd = workers::place_fd(stream.into_raw_fd(), slot_id, workers);
+        // SAFETY: `fd` is the accepted socket's one descriptor; may takes it over.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        let admitted = shard.with_app(|app| super::admit(app, cap));
+        connection::spawn(shard, stream, admitted);
+    }
+    // The listener closes as the caller drops it; what the kernel queued on it is reset.
+}
+
+/// A time as nanoseconds since the shard's epoch (at least 1: 0 means none).
+pub(crate) fn to_ticks(shard: &Shard, at: Instant) -> u64 {
+    (at.saturating_duration_since(shard.epoch).as_nanos() as u64).max(1)
+}
