@@ -172,6 +172,7 @@ fn read_some(
     shared: &ConnShared,
     conn: &mut Connection,
 ) -> Option<usize> {
+    let mut woken = false;
     loop {
         match stream.inner_mut().read(conn.read_buf()) {
             Ok(0) => return None,
@@ -181,7 +182,9 @@ fn read_some(
             Err(_) => return None,
         }
         let deadline = conn.deadline();
-        if let Some((at, kind)) = deadline {
+        // Only a wake-up without bytes can mean the deadline passed (housekeeping wakes the
+        // wait at the deadline published below): no clock read on the first pass.
+        if let (true, Some((at, kind))) = (woken, deadline) {
             if Instant::now() >= at {
                 shard.with_app(|app| engine::count_timeout(app, kind));
                 return None;
@@ -194,6 +197,7 @@ fn read_some(
         shared.publish(deadline.map_or(0, |(at, _)| to_ticks(shard, at)), idle);
         stream.wait_io();
         shared.publish(0, false);
+        woken = true;
     }
 }
 
