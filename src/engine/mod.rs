@@ -144,6 +144,28 @@ pub fn over_cap_response(app: &ShardApp) -> Vec<u8> {
     out
 }
 
+/// What a draining shard does next, once it has told its connections to close.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DrainNext {
+    /// The last connection has gone.
+    Done,
+    /// The shutdown deadline passed with connections open: close them now.
+    Abort,
+    /// Poll again after [`DRAIN_POLL`].
+    Wait,
+}
+
+pub fn drain_next(shard: usize, open: usize, deadline: Instant) -> DrainNext {
+    if open == 0 {
+        DrainNext::Done
+    } else if Instant::now() >= deadline {
+        log::warn!("shard {shard}: shutdown deadline passed with {open} connections open");
+        DrainNext::Abort
+    } else {
+        DrainNext::Wait
+    }
+}
+
 /// Counts a connection closed by its read deadline.
 pub fn count_timeout(app: &mut ShardApp, kind: TimeoutKind) {
     match kind {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Shard;
-use crate::engine::{self, ABORT_WAIT, DRAIN_POLL, TICK};
+use crate::engine::{self, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
 use crate::shard::ShardState;
 
 /// Runs until shutdown begins (`Ok`) or a task crashed the shard (`Err` with why).
@@ -50,18 +50,14 @@ pub(crate) async fn drain(shard: &Shard) {
             }
         }
         let open = shard.connections.borrow().len();
-        if open == 0 {
-            break;
+        match engine::drain_next(shard.ctx.slot.id, open, deadline) {
+            DrainNext::Done => break,
+            DrainNext::Abort => {
+                shard.connections.borrow().values().for_each(|c| c.cancel());
+                break;
+            }
+            DrainNext::Wait => glommio::timer::sleep(DRAIN_POLL).await,
         }
-        if Instant::now() >= deadline {
-            log::warn!(
-                "shard {}: shutdown deadline passed with {open} connections open",
-                shard.ctx.slot.id
-            );
-            shard.connections.borrow().values().for_each(|c| c.cancel());
-            break;
-        }
-        glommio::timer::sleep(DRAIN_POLL).await;
     }
     send_report(shard, Instant::now());
 }

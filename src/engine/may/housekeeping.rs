@@ -12,7 +12,7 @@ use may::io::WaitIoWaker;
 
 use super::connection::ConnShared;
 use super::{lock, to_ticks, Shard};
-use crate::engine::{self, ABORT_WAIT, DRAIN_POLL, TICK};
+use crate::engine::{self, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
 use crate::shard::ShardState;
 
 /// How long stopping waits for the accept loop to end.
@@ -85,18 +85,14 @@ pub(super) fn drain(shard: &Shard) {
             }
             connections.len()
         };
-        if open == 0 {
-            break;
+        match engine::drain_next(shard.ctx.slot.id, open, deadline) {
+            DrainNext::Done => break,
+            DrainNext::Abort => {
+                abort_all(shard);
+                break;
+            }
+            DrainNext::Wait => std::thread::sleep(DRAIN_POLL),
         }
-        if Instant::now() >= deadline {
-            log::warn!(
-                "shard {}: shutdown deadline passed with {open} connections open",
-                shard.ctx.slot.id
-            );
-            abort_all(shard);
-            break;
-        }
-        std::thread::sleep(DRAIN_POLL);
     }
     send_report(shard, Instant::now());
 }
