@@ -79,8 +79,9 @@ pub struct ServerConfig {
     /// Address to listen on.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
-    /// Event-loop engine: `glommio` (io_uring), `may` (epoll coroutines), or `auto`, which
-    /// probes io_uring and locked memory at start-up and logs which it chose and why.
+    /// Event-loop engine: `glommio` (io_uring), `may` (epoll coroutines), or `auto`: the
+    /// faster where both can run (may, from bench/RESULTS.md), else the one that can; it probes
+    /// io_uring and locked memory at start-up and logs which it chose and why.
     #[arg(long, env = "ENGINE", value_enum, default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
     /// Number of shards; default one per CPU (less the monitor core with 4 or more CPUs).
