@@ -131,6 +131,28 @@ fn a_hundred_pipelined_requests_are_answered_in_order() {
     });
 }
 
+/// A request that arrives while the one before it waits for a later reply is read once that
+/// reply is out (the engine's wait for the reply also sees the socket's readiness).
+#[test]
+fn a_request_sent_while_a_reply_is_pending_is_answered_after_it() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--debug-routes"]);
+        let mut client = server.connect();
+        client.send(b"GET /debug/sleep?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        client.send(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n");
+        let slept = client.read_response(false);
+        assert_eq!(slept.json()["slept_ms"], 300);
+        let started = std::time::Instant::now();
+        assert_eq!(client.read_response(false).status, 200);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "the second request waited {:?}",
+            started.elapsed()
+        );
+    });
+}
+
 #[test]
 fn routing_errors_are_json_and_keep_the_connection() {
     each_engine(|engine| {
