@@ -62,10 +62,9 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
     let listener_waker = listener.waker();
     let shard = Arc::new(Shard::new(ctx));
     let acceptor = {
-        let shard = shard.clone();
-        let worker = shard.ctx.slot.id;
-        workers::spawn_on(worker, move || {
-            guarded(&shard.clone(), move || accept_loop(&shard, &listener))
+        let (shard, owner) = (shard.clone(), shard.clone());
+        workers::spawn_on(shard.ctx.slot.id, move || {
+            guarded(&owner, move || accept_loop(&shard, &listener))
         })
     };
     let acceptor = match acceptor {
