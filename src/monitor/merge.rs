@@ -30,6 +30,7 @@ impl Totals {
         c.request_timeouts += o.request_timeouts;
         c.idle_timeouts += o.idle_timeouts;
         c.protocol_errors += o.protocol_errors;
+        c.rejected_overload += o.rejected_overload;
         self.latency_sum_micros += other.latency_sum_micros;
     }
 
@@ -81,6 +82,8 @@ pub struct ShardTrack {
     pub lifetime_latency: Histogram<u64>,
     window: VecDeque<Interval>,
     pub window_latency: Histogram<u64>,
+    /// Queued jobs as last reported.
+    pub queued_jobs: u64,
 }
 
 impl ShardTrack {
@@ -105,12 +108,30 @@ impl ShardTrack {
     }
 }
 
+/// Traffic of all shards since the monitor's last sample.
+pub struct SinceSample {
+    pub requests: u64,
+    pub server_errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl Default for SinceSample {
+    fn default() -> Self {
+        SinceSample {
+            requests: 0,
+            server_errors: 0,
+            latency: latency_histogram(),
+        }
+    }
+}
+
 /// The monitor's merged view of all shards.
 pub struct ClusterState {
     pub shards: Vec<ShardTrack>,
     pub routes: &'static [&'static str],
     pub interval: Duration,
     pub monitor_tid: i32,
+    since_sample: SinceSample,
 }
 
 impl ClusterState {
@@ -130,6 +151,7 @@ impl ClusterState {
                 lifetime_latency: latency_histogram(),
                 window: VecDeque::new(),
                 window_latency: latency_histogram(),
+                queued_jobs: 0,
             })
             .collect();
         ClusterState {
@@ -137,7 +159,23 @@ impl ClusterState {
             routes,
             interval,
             monitor_tid: 0,
+            since_sample: SinceSample::default(),
         }
+    }
+
+    /// The traffic since the previous call (the sampling interval), then starts over.
+    pub fn take_interval(&mut self) -> SinceSample {
+        std::mem::take(&mut self.since_sample)
+    }
+
+    /// Open client connections over all shards.
+    pub fn open_connections(&self) -> u64 {
+        self.shards.iter().map(|t| t.current.connections.open).sum()
+    }
+
+    /// Jobs waiting in every shard's queues (the sum of [`ShardReport::queued_jobs`]).
+    pub fn queued_jobs(&self) -> u64 {
+        self.shards.iter().map(|t| t.queued_jobs).sum()
     }
 
     /// Takes in one report: a new generation moves the old counters to `carried`. Returns
@@ -147,6 +185,10 @@ impl ClusterState {
             log::warn!("report from unknown shard {}", report.shard);
             return false;
         };
+        // A replaced shard that wakes up may still report: its generation is over.
+        if report.generation < track.generation {
+            return false;
+        }
         let new_generation = report.generation != track.generation;
         if new_generation {
             let previous = std::mem::take(&mut track.current);
@@ -163,14 +205,20 @@ impl ClusterState {
             _ => report.at,
         };
         track.last_report_at = Some(report.at);
+        track.queued_jobs = report.queued_jobs;
+        let requests = track.current.requests().saturating_sub(before);
+        let server_errors = track.current.server_errors().saturating_sub(errors_before);
+        self.since_sample.requests += requests;
+        self.since_sample.server_errors += server_errors;
+        let _ = self.since_sample.latency.add(&report.interval_latency);
         // Histogram bounds are identical everywhere, so adding cannot fail.
         let _ = track.lifetime_latency.add(&report.interval_latency);
         let _ = track.window_latency.add(&report.interval_latency);
         track.window.push_back(Interval {
             start,
             at: report.at,
-            requests: track.current.requests().saturating_sub(before),
-            server_errors: track.current.server_errors().saturating_sub(errors_before),
+            requests,
+            server_errors,
             latency: report.interval_latency,
         });
         new_generation
