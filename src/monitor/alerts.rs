@@ -186,23 +186,32 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     Some(cov / var)
 }
 
-/// Trend conditions: for each metric below its critical level, the slope over `history` (the
-/// samples inside the trend window, oldest first) projects when it crosses it; within
-/// `horizon_s` that is a warning ("memory_usage reaches 95 % in ~240 s").
+/// Trend conditions: for each metric between half its warning level and its critical level,
+/// the slope over `history` (the samples inside the trend window, oldest first) projects when
+/// it crosses the critical level (once the samples cover half of `window_s`); within
+/// `horizon_s` that is a warning ("memory_usage reaches
+/// 95 % in ~240 s").
 pub fn trend_conditions(
     history: &[&Sample],
     thresholds: &Thresholds,
+    window_s: f64,
     horizon_s: f64,
     book: &AlertBook,
 ) -> Vec<Condition> {
-    let Some(latest) = history.last() else {
+    let (Some(first), Some(latest)) = (history.first(), history.last()) else {
         return Vec::new();
     };
+    // Too short a history extrapolates a blip: wait until half the window is covered.
+    if (latest.at_ms.saturating_sub(first.at_ms) as f64) / 1000.0 < window_s / 2.0 {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     for metric in Metric::ALL {
-        let (_, critical) = thresholds.of(metric);
+        let (warning, critical) = thresholds.of(metric);
         let value = metric.value(latest);
-        if critical <= 0.0 || value >= critical {
+        // Only a metric approaching its warning level (the score's first term) is projected:
+        // a slope at the bottom of the range is noise, not a trend.
+        if critical <= 0.0 || value >= critical || value < warning / 2.0 {
             continue;
         }
         let points: Vec<(f64, f64)> = history
@@ -598,7 +607,7 @@ mod tests {
             .collect();
         let history: Vec<&Sample> = samples.iter().collect();
         let book = AlertBook::new(0);
-        let within = trend_conditions(&history, &thresholds(), 60.0, &book);
+        let within = trend_conditions(&history, &thresholds(), 10.0, 60.0, &book);
         assert_eq!(within.len(), 1);
         assert_eq!(within[0].name, "memory_usage_trend");
         assert_eq!(within[0].eta_seconds, Some(26.0));
@@ -607,8 +616,10 @@ mod tests {
             "{}",
             within[0].message
         );
+        // History shorter than half the window: nothing yet.
+        assert!(trend_conditions(&history, &thresholds(), 60.0, 60.0, &book).is_empty());
         // Beyond the horizon: nothing.
-        assert!(trend_conditions(&history, &thresholds(), 20.0, &book).is_empty());
+        assert!(trend_conditions(&history, &thresholds(), 10.0, 20.0, &book).is_empty());
         // Falling or flat: nothing.
         let flat: Vec<Sample> = (0..10)
             .map(|t| Sample {
@@ -617,6 +628,6 @@ mod tests {
             })
             .collect();
         let flat: Vec<&Sample> = flat.iter().collect();
-        assert!(trend_conditions(&flat, &thresholds(), 1e9, &book).is_empty());
+        assert!(trend_conditions(&flat, &thresholds(), 10.0, 1e9, &book).is_empty());
     }
 }

@@ -12,6 +12,10 @@ use crate::shard::ShardSlot;
 /// Rates and recent percentiles cover this much time.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
+/// Routes whose 503 is an answer about the server, not a failure of it: left out of the
+/// error rate the alerts read (else a failing health check would keep itself failing).
+const PROBE_ROUTES: [&str; 2] = ["health", "readyz"];
+
 /// Counters that survive a shard's restart (its own counters start again from zero).
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
@@ -111,6 +115,7 @@ impl ShardTrack {
 /// Traffic of all shards since the monitor's last sample.
 pub struct SinceSample {
     pub requests: u64,
+    /// 5xx answers, the probes' ([`PROBE_ROUTES`]) left out.
     pub server_errors: u64,
     pub latency: Histogram<u64>,
 }
@@ -132,6 +137,8 @@ pub struct ClusterState {
     pub interval: Duration,
     pub monitor_tid: i32,
     since_sample: SinceSample,
+    /// Indices of [`PROBE_ROUTES`] in `routes`.
+    probe_routes: Vec<usize>,
 }
 
 impl ClusterState {
@@ -160,6 +167,12 @@ impl ClusterState {
             interval,
             monitor_tid: 0,
             since_sample: SinceSample::default(),
+            probe_routes: routes
+                .iter()
+                .enumerate()
+                .filter(|(_, name)| PROBE_ROUTES.contains(name))
+                .map(|(i, _)| i)
+                .collect(),
         }
     }
 
@@ -195,8 +208,19 @@ impl ClusterState {
             track.carried.add(&previous);
             track.generation = report.generation;
         }
+        let probes = &self.probe_routes;
+        // 5xx answers other than the probes'.
+        let failures = |t: &Totals| {
+            let probe_errors: u64 = probes
+                .iter()
+                .filter_map(|&i| t.counts.by_route.get(i))
+                .map(|c| c[4])
+                .sum();
+            t.server_errors().saturating_sub(probe_errors)
+        };
         let before = track.current.requests();
         let errors_before = track.current.server_errors();
+        let failures_before = failures(&track.current);
         track.current = Totals::from_report(&report);
         // A new generation's first report covers the time since that shard started, which is
         // when it sends it.
@@ -209,7 +233,7 @@ impl ClusterState {
         let requests = track.current.requests().saturating_sub(before);
         let server_errors = track.current.server_errors().saturating_sub(errors_before);
         self.since_sample.requests += requests;
-        self.since_sample.server_errors += server_errors;
+        self.since_sample.server_errors += failures(&track.current).saturating_sub(failures_before);
         let _ = self.since_sample.latency.add(&report.interval_latency);
         // Histogram bounds are identical everywhere, so adding cannot fail.
         let _ = track.lifetime_latency.add(&report.interval_latency);

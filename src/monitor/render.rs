@@ -125,8 +125,8 @@ pub fn publish(
                 "componentType": "system",
                 "observedValue": running,
                 "observedUnit": "shards",
-                "status": if running == facts.len() { "pass" } else if running > 0 { "warn" } else { "fail" },
-                "output": format!("{running} of {} shards running", facts.len()),
+                "status": shard_status,
+                "output": format!("{running} of {} shards running, {parked} parked by auto-scaling", facts.len()),
             }],
             "shards:heartbeat": [{
                 "componentType": "system",

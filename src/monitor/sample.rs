@@ -37,6 +37,8 @@ pub struct Sample {
     /// [`crate::metrics::ShardReport::queued_jobs`]).
     pub queued_jobs: u64,
     pub active_shards: usize,
+    /// The health score worked out from this sample.
+    pub health_score: u8,
 }
 
 /// The traffic of one sampling interval, merged over the shards.

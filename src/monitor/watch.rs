@@ -196,6 +196,7 @@ impl Watch {
             c.extend(alerts::trend_conditions(
                 &in_window,
                 &self.settings.thresholds,
+                self.settings.trend_window.as_secs_f64(),
                 self.settings.trend_horizon.as_secs_f64(),
                 &self.book,
             ));
@@ -243,6 +244,19 @@ impl Watch {
             active_shards: self.active_shards,
             ..Sample::default()
         };
+        if interval.requests == 0 {
+            // No response in the interval is no evidence either way: latency and error rate keep
+            // their last values (any request, a health probe included, refreshes them).
+            if let Some(previous) = self.history.back() {
+                sample.latency_p50_ms = previous.latency_p50_ms;
+                sample.latency_p90_ms = previous.latency_p90_ms;
+                sample.latency_p99_ms = previous.latency_p99_ms;
+                sample.response_time_ms = previous.response_time_ms;
+                sample.error_rate = previous.error_rate;
+            }
+            self.last_sample_at = now;
+            return sample;
+        }
         sample.set_traffic(&IntervalTraffic {
             seconds: now
                 .saturating_duration_since(self.last_sample_at)
@@ -435,5 +449,8 @@ impl Watch {
             .count();
         self.score = score::score(&metrics, down, active);
         self.grade = Grade::of(self.score);
+        if let Some(latest) = self.history.back_mut() {
+            latest.health_score = self.score;
+        }
     }
 }

@@ -259,7 +259,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let accepted = listener.accept().await;
         if shard.stopping.get() {
-            // A connection accepted now is closed at once (the client sees EOF and retries).
+            // The kernel handed over one more connection as the listener closed: serve it like
+            // the others that are finishing (it is answered with `Connection: close`).
+            if let Ok(stream) = accepted {
+                connection::spawn(&shard, stream);
+            }
             return;
         }
         let stream = match accepted {
