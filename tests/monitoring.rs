@@ -30,6 +30,11 @@ fn try_get(server: &Server, path: &str) -> Option<common::Response> {
     Client::connect(server.addr).try_request("GET", path, &[], b"")
 }
 
+/// Whether a server log line so far contains `text`.
+fn logged(server: &Server, text: &str) -> bool {
+    server.log_lines().iter().any(|l| l.contains(text))
+}
+
 fn alerts(server: &Server) -> Option<Value> {
     try_get(server, "/api/enterprise/alerts").map(|r| r.json())
 }
@@ -272,10 +277,7 @@ fn a_slow_route_fires_the_response_time_alert_once_per_cooldown_and_the_webhook_
     let body = alerts(&server).unwrap();
     assert_eq!(body["webhook"]["delivered"], 2, "{}", body["webhook"]);
     assert!(body["webhook"]["retries"].as_u64().unwrap() >= 1);
-    assert!(server
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("alert response_time/warning firing")));
+    assert!(logged(&server, "alert response_time/warning firing"));
 }
 
 #[test]
@@ -396,10 +398,7 @@ fn cpu_load_fires_the_cpu_critical_which_sheds_low_priority_work_until_it_clears
         find(&body, "recent", "cpu_usage/critical").unwrap()["state"],
         "resolved"
     );
-    assert!(server
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("shed_low_priority on")));
+    assert!(logged(&server, "shed_low_priority on"));
 }
 
 #[test]
@@ -560,10 +559,7 @@ fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
         ),
         (Some(1), Some(2))
     );
-    assert!(server
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("stopped sending heartbeats")));
+    assert!(logged(&server, "stopped sending heartbeats"));
 }
 
 #[test]

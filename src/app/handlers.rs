@@ -77,17 +77,10 @@ pub fn dashboard() -> Response {
 /// `POST /debug/stall-shard?ms=N`: blocks this shard's thread for N ms, as a stuck handler
 /// would: it stops sending heartbeats, and the monitor replaces it.
 pub fn debug_stall_shard(shard: usize, request: &Request<'_>) -> Response {
-    let Some(ms) = request
-        .query_param("ms")
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
-        return Response::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "expected ?ms=<milliseconds>",
-        );
+    let duration = match debug_duration(request) {
+        Ok(duration) => duration,
+        Err(bad) => return bad,
     };
-    let duration = Duration::from_millis(ms).min(MAX_DEBUG_SLEEP);
     log::warn!("shard {shard}: stalling for {duration:?} through the debug route");
     std::thread::sleep(duration);
     Response::json(
@@ -113,18 +106,10 @@ pub fn debug_shard(shard: usize) -> Response {
 /// `GET /debug/sleep?ms=N`: answers after N ms without holding the event loop (a request in
 /// flight for shutdown tests). The wait runs on a helper thread so the app needs no engine timer.
 pub fn debug_sleep(request: &Request<'_>) -> Reply {
-    let Some(ms) = request
-        .query_param("ms")
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
-        return Response::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "expected ?ms=<milliseconds>",
-        )
-        .into();
+    let duration = match debug_duration(request) {
+        Ok(duration) => duration,
+        Err(bad) => return bad.into(),
     };
-    let duration = Duration::from_millis(ms).min(MAX_DEBUG_SLEEP);
     let (done, wait) = flume::bounded::<()>(1);
     std::thread::spawn(move || {
         std::thread::sleep(duration);
@@ -137,4 +122,19 @@ pub fn debug_sleep(request: &Request<'_>) -> Reply {
             format!(r#"{{"slept_ms":{}}}"#, duration.as_millis()),
         )
     }))
+}
+
+/// The `?ms=N` of the debug routes, capped at [`MAX_DEBUG_SLEEP`]; a 400 when it is missing.
+fn debug_duration(request: &Request<'_>) -> Result<Duration, Response> {
+    let ms = request
+        .query_param("ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            Response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected ?ms=<milliseconds>",
+            )
+        })?;
+    Ok(Duration::from_millis(ms).min(MAX_DEBUG_SLEEP))
 }
