@@ -162,9 +162,14 @@ const EXIT_POLL: Duration = Duration::from_millis(50);
 pub fn await_exit(slot: &ShardSlot, generation: u64, exit: &Receiver<ShardExit>) -> ShardExit {
     loop {
         match exit.recv_timeout(EXIT_POLL) {
-            Ok(how) => return how,
+            Ok(how) => {
+                // However it ended, its listener must not outlive it in the port's group.
+                slot.shut_listener();
+                return how;
+            }
             Err(RecvTimeoutError::Disconnected) => {
-                return ShardExit::Died("the shard thread ended without a word".into())
+                slot.shut_listener();
+                return ShardExit::Died("the shard thread ended without a word".into());
             }
             Err(RecvTimeoutError::Timeout) if slot.is_superseded(generation) => {
                 slot.shut_listener();
