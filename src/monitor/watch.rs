@@ -454,3 +454,87 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cli;
+    use crate::shard::ShardSlot;
+    use std::sync::Arc;
+
+    fn setup(args: &[&str], shards: usize) -> (Watch, ClusterState, Control) {
+        let argv = std::iter::once("coinbit").chain(args.iter().copied());
+        let config = Cli::parse_from(argv, &[]).unwrap().config;
+        let (settings, _) = WatchSettings::from_config(&config, shards);
+        let slots = (0..shards)
+            .map(|id| Arc::new(ShardSlot::new(id, 0)))
+            .collect();
+        let state = ClusterState::new(slots, &["health"], Duration::from_secs(1));
+        (
+            Watch::new(settings, shards, None),
+            state,
+            Control::default(),
+        )
+    }
+
+    #[test]
+    fn memory_critical_refuses_connections_until_it_clears() {
+        let (mut watch, mut state, control) =
+            setup(&["--memory-warning", "0", "--memory-critical", "0"], 1);
+        watch.step(&mut state, &control, Instant::now());
+        assert!(control.refuse_new_connections());
+        let action = &watch.actions[1];
+        assert_eq!(
+            (action.name, action.active, action.taken),
+            (REFUSE_NEW_CONNECTIONS, true, 1)
+        );
+        assert_eq!(
+            watch
+                .book
+                .get("memory_usage/critical")
+                .unwrap()
+                .action
+                .as_deref(),
+            Some(REFUSE_NEW_CONNECTIONS)
+        );
+        assert_eq!(watch.grade, Grade::Critical);
+
+        // The levels move back above this process's memory: the condition clears, so does the
+        // action.
+        watch.settings.thresholds.0[Metric::MemoryUsage as usize] = (80.0, 95.0);
+        watch.step(&mut state, &control, Instant::now());
+        assert!(!control.refuse_new_connections());
+        assert!(!watch.actions[1].active);
+        assert_eq!(watch.actions[1].taken, 1);
+        assert!(!watch.book.is_active("memory_usage/critical"));
+    }
+
+    #[test]
+    fn more_shards_than_the_maximum_are_parked_at_the_first_sample() {
+        // A long cooldown: the correction does not wait for it.
+        let (mut watch, mut state, control) = setup(
+            &[
+                "--min-workers",
+                "1",
+                "--max-workers",
+                "1",
+                "--scale-cooldown",
+                "600000",
+            ],
+            2,
+        );
+        assert!(control.is_active(1));
+        watch.step(&mut state, &control, Instant::now());
+        assert_eq!(watch.active_shards, 1);
+        assert!(control.is_active(0) && !control.is_active(1));
+        let event = watch.scale_events.back().unwrap();
+        assert_eq!((event.from, event.to), (2, 1));
+        assert!(
+            event.reason.contains("CLUSTER_MAX_WORKERS=1"),
+            "{}",
+            event.reason
+        );
+        watch.step(&mut state, &control, Instant::now());
+        assert_eq!(watch.scale_events.len(), 1, "then it stays");
+    }
+}
