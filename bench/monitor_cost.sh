@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # bench/monitor_cost.sh — what the monitor thread itself costs at the default sampling interval
-# (MONITORING_METRICS_INTERVAL=5000): its CPU time from /proc/<pid>/task/<tid>/stat over a
-# window with the server idle, then over the same window under load from the bundled loadgen,
-# in one run. Prints a Markdown table for bench/RESULTS.md.
+# (MONITORING_METRICS_INTERVAL=5000): the monitor thread's CPU time (se.sum_exec_runtime of
+# /proc/<pid>/task/<tid>/sched, to the ns: the stat file's 10 ms ticks are too coarse for it)
+# over a window with the server idle, then over the same window under load from the bundled
+# loadgen, in one run, beside the whole process's CPU. Prints a Markdown table for
+# bench/RESULTS.md.
 #
 # Usage: flock /work/bench.lock bench/monitor_cost.sh   (any lock path; it keeps benches apart)
 # Environment (all optional):
@@ -36,16 +38,18 @@ tck=$(getconf CLK_TCK)
 
 # utime + stime (clock ticks) of a /proc stat file: the fields after the command name.
 ticks() { sed 's/.*) //' "$1" | awk '{ print $12 + $13 }'; }
+# CPU time of the monitor thread in ms, to the nanosecond.
+runtime_ms() { awk '/se.sum_exec_runtime/ { print $3 }' "/proc/$server/task/$monitor_tid/sched"; }
 measure() { # phase name, then the command that runs during the window (or "sleep")
     local name=$1; shift
     local m0 p0 m1 p1 t0 t1
-    m0=$(ticks "/proc/$server/task/$monitor_tid/stat"); p0=$(ticks "/proc/$server/stat"); t0=$(date +%s.%N)
+    m0=$(runtime_ms); p0=$(ticks "/proc/$server/stat"); t0=$(date +%s.%N)
     "$@"
-    m1=$(ticks "/proc/$server/task/$monitor_tid/stat"); p1=$(ticks "/proc/$server/stat"); t1=$(date +%s.%N)
-    awk -v n="$name" -v m=$((m1 - m0)) -v p=$((p1 - p0)) -v t0="$t0" -v t1="$t1" -v tck="$tck" 'BEGIN {
-        s = t1 - t0
-        printf "| %s | %.1f | %d | %.3f %% | %.1f %% | %s |\n", n, s, m * 1000 / tck, 100 * m / tck / s, 100 * p / tck / s,
-            (p > 0 ? sprintf("%.4f", m / p) : "–") }'
+    m1=$(runtime_ms); p1=$(ticks "/proc/$server/stat"); t1=$(date +%s.%N)
+    awk -v n="$name" -v m0="$m0" -v m1="$m1" -v p=$((p1 - p0)) -v t0="$t0" -v t1="$t1" -v tck="$tck" 'BEGIN {
+        s = t1 - t0; m = m1 - m0; pm = p * 1000 / tck
+        printf "| %s | %.1f | %.2f | %.4f %% | %.1f %% | %s |\n", n, s, m, 100 * m / 1000 / s,
+            100 * pm / 1000 / s, (pm > 0 ? sprintf("%.5f", m / pm) : "-") }'
 }
 echo "coinbit $(git rev-parse --short HEAD), monitor tid $monitor_tid, sampling every $interval ms, $(nproc) CPUs, CLK_TCK $tck"
 echo
