@@ -192,7 +192,8 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
 /// task drops it: cancelling the task would leak a connection whose accept had completed but
 /// not been reaped. So the socket is shut down first (which takes it out of the SO_REUSEPORT
 /// group at once and fails the pending accept), and the loop is let run to its end; a
-/// connection it still receives is closed cleanly. Cancelling is the fallback.
+/// connection it still receives is served and closed after its answer. Cancelling is the
+/// fallback.
 pub(crate) async fn stop_accepting(shard: &Shard, listening: Listening) {
     let Listening {
         fd: listener,
