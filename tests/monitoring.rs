@@ -24,6 +24,8 @@ fn unix_ms() -> u64 {
 }
 /// Generous: the host is shared with builds, and alerts need a few samples.
 const PATIENCE: Duration = Duration::from_secs(30);
+/// Delay between the starts of a load's clients.
+const STAGGER: Duration = Duration::from_millis(70);
 
 /// GET on a fresh connection, `None` when the connection fails (a shard restarting).
 fn try_get(server: &Server, path: &str) -> Option<common::Response> {
@@ -79,10 +81,12 @@ impl Load {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let threads = (0..clients)
-            .map(|_| {
+            .map(|i| {
                 let (stop, ok, failed, path) =
                     (stop.clone(), ok.clone(), failed.clone(), path.to_string());
                 std::thread::spawn(move || {
+                    // Staggered starts: slow requests then complete spread over time, not in step.
+                    std::thread::sleep(STAGGER * i as u32);
                     let mut client = Client::connect(addr);
                     let mut on_this = 0;
                     while !stop.load(Ordering::Relaxed) {
@@ -127,15 +131,22 @@ impl Load {
     }
 
     /// Stops the clients; returns (answered, failed).
-    fn finish(self) -> (u64, u64) {
+    fn finish(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             t.join().unwrap();
         }
         (
             self.ok.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// A test that fails stops its clients too (they would report the server's end as failures).
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -212,7 +223,7 @@ fn a_slow_route_fires_the_response_time_alert_once_per_cooldown_and_the_webhook_
     // Slow requests: the interval's p99 goes to ~300 ms, over the 150 ms warning.
     let slow = Load::start(
         server.addr,
-        3,
+        4,
         "/debug/sleep?ms=300",
         Duration::ZERO,
         1000,
@@ -259,14 +270,15 @@ fn a_slow_route_fires_the_response_time_alert_once_per_cooldown_and_the_webhook_
     // It fires again within the cooldown: shown, but not sent again.
     let slow = Load::start(
         server.addr,
-        3,
+        4,
         "/debug/sleep?ms=300",
         Duration::ZERO,
         1000,
         200,
     );
+    // (A value near the line may resolve and fire more than once: each is held back.)
     let again = wait_alert(&server, "the alert to fire again", |b| {
-        find(b, "active", id).filter(|a| a["held_back"] == 1)
+        find(b, "active", id).filter(|a| a["held_back"].as_u64() >= Some(1))
     });
     assert_eq!(again["notifications"], 1, "{again}");
     slow.finish();
@@ -302,7 +314,7 @@ fn the_health_score_moves_and_health_turns_warn_then_fail() {
     // A warning (300 ms against 150/700): degraded, warn, still 200.
     let slow = Load::start(
         server.addr,
-        3,
+        4,
         "/debug/sleep?ms=300",
         Duration::ZERO,
         1000,
@@ -537,10 +549,11 @@ fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
         (restart["name"].as_str(), restart["taken"].as_u64()),
         (Some("restart_shard"), Some(1))
     );
-    // Replaced while its thread was still stuck: the monitor did not wait for it.
-    let replaced_after = restart["since_ms"].as_u64().unwrap() - stalled_at_ms;
+    // Replaced while its thread was still stuck: the monitor did not wait for it. (Silence is
+    // counted from the shard's last report, up to one 100 ms snapshot interval before the stall.)
+    let replaced_after = restart["since_ms"].as_u64().unwrap() as i64 - stalled_at_ms as i64;
     assert!(
-        (1000..4000).contains(&replaced_after),
+        (800..4000).contains(&replaced_after),
         "replaced {replaced_after} ms into a 4000 ms stall (heartbeat timeout 1000 ms)"
     );
     // Both shards serve.
