@@ -395,6 +395,10 @@ fn cpu_load_fires_the_cpu_critical_which_sheds_low_priority_work_until_it_clears
     assert!(shed["taken"].as_u64().unwrap() >= 1);
     let prometheus = try_get(&server, "/metrics").unwrap().text();
     assert!(prometheus.contains("coinbit_recovery_action_active{action=\"shed_low_priority\"} 1"));
+    assert!(
+        prometheus.contains("coinbit_alerts_firing{severity=\"critical\"} 1"),
+        "{prometheus}"
+    );
 
     let (answered, failed) = load.finish();
     assert!(

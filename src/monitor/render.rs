@@ -544,12 +544,13 @@ fn monitoring_prometheus(
         "gauge",
         "Alerts firing, by severity.",
     );
-    for severity in ["warning", "critical"] {
-        let n = firing
-            .iter()
-            .filter(|a| format!("{:?}", a.severity).eq_ignore_ascii_case(severity))
-            .count();
-        let _ = writeln!(out, "{name}{{severity=\"{severity}\"}} {n}");
+    use super::alerts::Severity;
+    for (label, severity) in [
+        ("warning", Severity::Warning),
+        ("critical", Severity::Critical),
+    ] {
+        let n = firing.iter().filter(|a| a.severity == severity).count();
+        let _ = writeln!(out, "{name}{{severity=\"{label}\"}} {n}");
     }
     let name = family(
         out,
