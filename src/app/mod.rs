@@ -70,6 +70,9 @@ impl ShardApp {
             Route::DebugCrashShard => handlers::debug_crash_shard(shard),
             Route::DebugSleep => handlers::debug_sleep(request),
             Route::DebugShard => handlers::debug_shard(shard).into(),
+            Route::Alerts => handlers::json_snapshot(published.alerts.clone()).into(),
+            Route::Dashboard => handlers::dashboard().into(),
+            Route::DebugStallShard => handlers::debug_stall_shard(shard, request).into(),
         }
     }
 }

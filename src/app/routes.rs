@@ -14,6 +14,9 @@ pub enum Route {
     DebugCrashShard,
     DebugSleep,
     DebugShard,
+    Alerts,
+    Dashboard,
+    DebugStallShard,
 }
 
 /// Route names as metrics label them; the last two count 405 and 404 answers.
@@ -27,6 +30,9 @@ pub const ROUTE_NAMES: &[&str] = &[
     "debug_crash_shard",
     "debug_sleep",
     "debug_shard",
+    "alerts",
+    "dashboard",
+    "debug_stall_shard",
     "method_not_allowed",
     "not_found",
 ];
@@ -73,6 +79,15 @@ const TABLE: &[Entry] = &[
     Entry {
         debug_only: true,
         ..get("/debug/shard", Route::DebugShard)
+    },
+    get("/api/enterprise/alerts", Route::Alerts),
+    get("/dashboard", Route::Dashboard),
+    Entry {
+        path: "/debug/stall-shard",
+        method: Method::Post,
+        allow: "POST",
+        route: Route::DebugStallShard,
+        debug_only: true,
     },
 ];
 
@@ -133,6 +148,25 @@ mod tests {
                 false,
                 Match::Found(Route::Prometheus),
             ),
+            (
+                Method::Get,
+                "/api/enterprise/alerts",
+                false,
+                Match::Found(Route::Alerts),
+            ),
+            (
+                Method::Get,
+                "/dashboard",
+                false,
+                Match::Found(Route::Dashboard),
+            ),
+            (Method::Post, "/debug/stall-shard", false, Match::NotFound),
+            (
+                Method::Post,
+                "/debug/stall-shard",
+                true,
+                Match::Found(Route::DebugStallShard),
+            ),
             (Method::Get, "/nope", false, Match::NotFound),
             (Method::Get, "/health/", false, Match::NotFound),
             (Method::Post, "/debug/crash-shard", false, Match::NotFound),
@@ -163,5 +197,9 @@ mod tests {
             );
         }
         assert_eq!(ROUTE_NAMES[Route::DebugSleep as usize], "debug_sleep");
+        assert_eq!(
+            ROUTE_NAMES[Route::DebugStallShard as usize],
+            "debug_stall_shard"
+        );
     }
 }

@@ -8,6 +8,15 @@
 //! connection cap, metrics reports, timer periods) lives here; each engine's folder holds only
 //! what is its own.
 //!
+//! What every engine must also do for the monitor:
+//! - obey [`crate::shard::Control::is_active`] every tick (close the listener, let connections
+//!   finish and park; bind again when reactivated) and
+//!   [`crate::shard::Control::refuse_new_connections`] at accept (503 + `Retry-After`);
+//! - hand the slot a duplicate of its listener's descriptor ([`ShardSlot::set_listener`]), run
+//!   its shard on a thread whose end is reported through a channel to
+//!   [`crate::shard::await_exit`], and end a generation that [`ShardSlot::is_superseded`]
+//!   reports replaced (the monitor replaces a shard that stops sending heartbeats).
+//!
 //! # Layout
 //! - [`glommio`]: io_uring via glommio, one `LocalExecutor` per pinned shard thread.
 //! - [`may`]: epoll via may's stackful coroutines, one pinned may worker per shard.
@@ -30,7 +39,7 @@ use crate::http::conn::TimeoutKind;
 use crate::http::{ConnectionHeader, Limits, Response, Service, StatusCode, Timeouts};
 use crate::metrics::ShardReport;
 use crate::monitor::Published;
-use crate::shard::{Control, ShardExit, ShardSlot};
+use crate::shard::{Control, ShardExit, ShardSlot, ShardState};
 use preflight::PreflightError;
 
 /// An engine the shards can run on.
@@ -122,28 +131,126 @@ impl ConnectionSettings {
     }
 }
 
-/// Counts a connection accepted; true when it is past the shard's cap and must be refused
-/// (counted as such).
-pub fn admit(app: &mut ShardApp, cap: usize) -> bool {
-    app.metrics.connections.accepted += 1;
-    if app.metrics.connections.open as usize >= cap {
-        app.metrics.connections.rejected_at_cap += 1;
-        return false;
-    }
-    true
+/// What an engine does with a connection it has just accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    Serve,
+    /// Write these bytes (a 503 with `Retry-After`), then close.
+    Refuse(Vec<u8>),
 }
 
-/// The bytes of the 503 a connection past the per-shard cap gets before it is closed.
-pub fn over_cap_response(app: &ShardApp) -> Vec<u8> {
-    let response = Response::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
-        "this server is at its connection limit; retry later",
-    )
-    .with_header("Retry-After", "1");
+/// Counts a connection accepted and decides whether it is served: past the shard's cap, or
+/// while the monitor has [`Control::refuse_new_connections`] on (memory critical), it gets a
+/// 503 and is counted as refused. Open connections are not affected.
+pub fn admit(app: &mut ShardApp, cap: usize, control: &Control) -> Admission {
+    app.metrics.connections.accepted += 1;
+    let response = if app.metrics.connections.open as usize >= cap {
+        app.metrics.connections.rejected_at_cap += 1;
+        Response::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this server is at its connection limit; retry later",
+        )
+        .with_header("Retry-After", "1")
+    } else if control.refuse_new_connections() {
+        app.metrics.connections.rejected_overload += 1;
+        Response::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "memory is critical on this server; retry later",
+        )
+        .with_header("Retry-After", "5")
+    } else {
+        return Admission::Serve;
+    };
     let mut out = Vec::with_capacity(256);
     response.encode(&mut out, app.date(), false, ConnectionHeader::Close);
-    out
+    Admission::Refuse(out)
+}
+
+/// What a shard does at a tick to follow [`Control::is_active`] (auto-scaling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationStep {
+    /// Active without a listener: bind again and accept; `Running`.
+    Listen,
+    /// Inactive with a listener: close it, and let every connection close after its next
+    /// response (`Connection: close`); `Draining`.
+    StopListening,
+    /// Inactive, draining, and the last connection has gone; `Parked`.
+    Park,
+    /// Nothing changes.
+    Stay,
+}
+
+pub fn activation_step(
+    active: bool,
+    listening: bool,
+    state: ShardState,
+    open: usize,
+) -> ActivationStep {
+    match (active, listening) {
+        (true, false) => ActivationStep::Listen,
+        (false, true) => ActivationStep::StopListening,
+        (false, false) if open == 0 && state == ShardState::Draining => ActivationStep::Park,
+        _ => ActivationStep::Stay,
+    }
+}
+
+/// Records the step an engine has just carried out: the slot's state (what the status
+/// endpoints show) and the log line. `open` is the connections left to finish.
+pub fn activation_done(slot: &ShardSlot, step: ActivationStep, open: usize) {
+    let id = slot.id;
+    match step {
+        ActivationStep::Listen => {
+            slot.set_state(ShardState::Running);
+            log::info!("shard {id}: activated, listening again");
+        }
+        ActivationStep::StopListening => {
+            slot.set_state(ShardState::Draining);
+            log::info!("shard {id}: deactivated, listener closed; finishing {open} connections");
+        }
+        ActivationStep::Park => {
+            slot.set_state(ShardState::Parked);
+            log::info!("shard {id}: parked");
+        }
+        ActivationStep::Stay => {}
+    }
+}
+
+/// The state a generation starts in: a shard restarted while auto-scaling has it parked starts
+/// parked, without a listener.
+pub fn starts_listening(ctx: &ShardContext) -> bool {
+    let active = ctx.control.is_active(ctx.slot.id);
+    if !active {
+        ctx.slot.set_state(ShardState::Parked);
+    }
+    active
+}
+
+/// Why a generation must end now, if it must: the monitor replaced it after it missed its
+/// heartbeats (its successor may already serve).
+pub fn superseded(ctx: &ShardContext) -> Option<String> {
+    ctx.slot
+        .is_superseded(ctx.generation)
+        .then(|| "replaced by the monitor after missing heartbeats".to_string())
+}
+
+/// Runs one generation's `life` on a thread of its own and waits for its end through
+/// [`crate::shard::await_exit`], so that a generation the monitor replaces (its thread may be
+/// stuck) is left to end by itself while its successor starts.
+pub fn run_generation(
+    ctx: &ShardContext,
+    name: String,
+    life: impl FnOnce() -> ShardExit + Send + 'static,
+) -> ShardExit {
+    let (exit, exited) = crossbeam::channel::bounded(1);
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let _ = exit.send(life());
+    });
+    if let Err(e) = spawned {
+        return ShardExit::Died(format!("cannot start the shard's thread: {e}"));
+    }
+    crate::shard::await_exit(&ctx.slot, ctx.generation, &exited)
 }
 
 /// What a draining shard does next, once it has told its connections to close.
@@ -239,5 +346,29 @@ mod tests {
         }
         let (_, why) = choose(EngineKind::Auto, Err(refused())).unwrap();
         assert!(why.contains("io_uring is unavailable (blocked)"), "{why}");
+    }
+
+    #[test]
+    fn activation_steps() {
+        use ActivationStep::*;
+        use ShardState::{Draining, Parked, Running};
+        let cases = [
+            // (active, listening, state, open) -> step
+            ((true, true, Running, 3), Stay),
+            ((true, false, Parked, 0), Listen),
+            ((true, false, Draining, 2), Listen),
+            ((false, true, Running, 2), StopListening),
+            ((false, true, Running, 0), StopListening),
+            ((false, false, Draining, 1), Stay),
+            ((false, false, Draining, 0), Park),
+            ((false, false, Parked, 0), Stay),
+        ];
+        for ((active, listening, state, open), expected) in cases {
+            assert_eq!(
+                activation_step(active, listening, state, open),
+                expected,
+                "{active} {listening} {state:?} {open}"
+            );
+        }
     }
 }

@@ -1,14 +1,16 @@
 //! The shard's timer loop: the `Date` header, connection deadlines, metrics reports to the
-//! monitor, and draining on shutdown.
+//! monitor, the monitor's activate/deactivate command, and draining on shutdown.
 
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Shard;
-use crate::engine::{self, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
+use crate::engine::{self, ActivationStep, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
 use crate::shard::ShardState;
 
-/// Runs until shutdown begins (`Ok`) or a task crashed the shard (`Err` with why).
-pub(crate) async fn run(shard: &Shard) -> Result<(), String> {
+/// Runs until shutdown begins (`Ok`), a task crashed the shard or the monitor replaced it
+/// (`Err` with why).
+pub(crate) async fn run(shard: &Rc<Shard>) -> Result<(), String> {
     let interval = shard.ctx.config.snapshot_interval();
     let mut next_report = Instant::now();
     loop {
@@ -22,10 +24,44 @@ pub(crate) async fn run(shard: &Shard) -> Result<(), String> {
         if let Some(why) = shard.crash.borrow().clone() {
             return Err(why);
         }
+        if let Some(why) = engine::superseded(&shard.ctx) {
+            return Err(why);
+        }
         if shard.ctx.control.is_shutting_down() {
             return Ok(());
         }
+        follow_activation(shard).await;
         glommio::timer::sleep(TICK).await;
+    }
+}
+
+/// Obeys [`crate::shard::Control::is_active`] (the decision is [`engine::activation_step`]):
+/// binds again when activated; when deactivated, closes the listener, lets every connection
+/// close after its next response, and parks once none is left.
+async fn follow_activation(shard: &Rc<Shard>) {
+    let slot = &shard.ctx.slot;
+    let active = shard.ctx.control.is_active(slot.id);
+    let listening = shard.listening.borrow().is_some();
+    let open = shard.connections.borrow().len();
+    let step = engine::activation_step(active, listening, slot.state(), open);
+    match step {
+        ActivationStep::Listen => {
+            if let Err(e) = super::start_listening(shard) {
+                log::warn!("shard {}: cannot listen again ({e}); retrying", slot.id);
+                return;
+            }
+        }
+        ActivationStep::StopListening => {
+            if let Some(listening) = shard.listening.take() {
+                super::stop_accepting(shard, listening).await;
+            }
+        }
+        ActivationStep::Park | ActivationStep::Stay => {}
+    }
+    engine::activation_done(slot, step, open);
+    if !active {
+        let connections = shard.connections.borrow();
+        connections.values().for_each(|c| c.shared.drain.set(true));
     }
 }
 

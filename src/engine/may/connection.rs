@@ -16,7 +16,7 @@ use may::io::{WaitIo, WaitIoWaker};
 use may::net::TcpStream;
 
 use super::{guarded, lock, to_ticks, workers, Shard};
-use crate::engine::{self, LINGER_BYTES, LINGER_TIME};
+use crate::engine::{self, Admission, LINGER_BYTES, LINGER_TIME};
 use crate::http::response::PendingResponse;
 use crate::http::{Connection, Response, Step};
 
@@ -71,9 +71,10 @@ impl ConnShared {
 }
 
 /// Registers a connection and starts its coroutine on the shard's worker: one that serves it,
-/// or, past the connection cap (`admitted` false), one that answers 503 and closes.
-pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admitted: bool) {
+/// or, for a connection refused, one that writes the refusal (a 503) and closes.
+pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admission: Admission) {
     let id = shard.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let admitted = admission == Admission::Serve;
     let shared = Arc::new(ConnShared::new(stream.waker()));
     if admitted {
         shard.with_app(|app| app.metrics.connections.open += 1);
@@ -86,12 +87,9 @@ pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admitted: bool) {
     };
     let owner = shard.clone();
     let spawned = workers::spawn_on(shard.ctx.slot.id, move || {
-        guarded(&owner, move || {
-            if admitted {
-                serve(registration, stream, shared)
-            } else {
-                reject_over_cap(registration, stream, shared)
-            }
+        guarded(&owner, move || match admission {
+            Admission::Serve => serve(registration, stream, shared),
+            Admission::Refuse(out) => refuse(registration, stream, shared, &out),
         })
     });
     if let Err(e) = spawned {
@@ -294,11 +292,11 @@ fn await_reply(
     }
 }
 
-/// Past the per-shard cap: 503, then close.
-fn reject_over_cap(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShared>) {
+/// A new connection refused (past the per-shard cap, or memory critical): the response, then
+/// close.
+fn refuse(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShared>, out: &[u8]) {
     let shard = registration.shard.clone();
-    let out = shard.with_app(|app| engine::over_cap_response(app));
-    if write_all(&shard, &mut stream, &shared, &out).is_ok() {
+    if write_all(&shard, &mut stream, &shared, out).is_ok() {
         linger_close(&shard, &mut stream, &shared);
     }
 }

@@ -191,8 +191,8 @@ fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener) {
         let fd = workers::place_fd(stream.into_raw_fd(), slot_id, workers);
         // SAFETY: `fd` is the accepted socket's one descriptor; may takes it over.
         let stream = unsafe { TcpStream::from_raw_fd(fd) };
-        let admitted = shard.with_app(|app| super::admit(app, cap));
-        connection::spawn(shard, stream, admitted);
+        let admission = shard.with_app(|app| super::admit(app, cap, &shard.ctx.control));
+        connection::spawn(shard, stream, admission);
     }
     // The listener closes as the caller drops it; what the kernel queued on it is reset.
 }
