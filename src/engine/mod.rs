@@ -19,13 +19,15 @@
 //!
 //! # Layout
 //! - [`glommio`]: io_uring via glommio, one `LocalExecutor` per pinned shard thread.
-//! - [`may`]: epoll via may's stackful coroutines, one pinned may worker per shard.
+//! - [`may`]: epoll via may's stackful coroutines, two may workers pinned to each shard's CPU
+//!   (generations take turns).
 //! - [`preflight`]: start-up checks of what an engine needs from the kernel.
 
 pub mod glommio;
 pub mod may;
 pub mod preflight;
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,10 +198,15 @@ pub fn activation_step(
     }
 }
 
-/// Records the step an engine has just carried out: the slot's state (what the status
-/// endpoints show) and the log line. `open` is the connections left to finish.
-pub fn activation_done(slot: &ShardSlot, step: ActivationStep, open: usize) {
+/// Records the step an engine has just carried out (`done` is how binding again went): the
+/// slot's state (what the status endpoints show) and the log line. `open` is the connections
+/// left to finish.
+pub fn activation_done(slot: &ShardSlot, step: ActivationStep, open: usize, done: io::Result<()>) {
     let id = slot.id;
+    if let Err(e) = done {
+        log::warn!("shard {id}: cannot listen again ({e}); retrying");
+        return;
+    }
     match step {
         ActivationStep::Listen => {
             slot.set_state(ShardState::Running);

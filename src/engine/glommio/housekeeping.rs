@@ -44,21 +44,17 @@ async fn follow_activation(shard: &Rc<Shard>) {
     let listening = shard.listening.borrow().is_some();
     let open = shard.connections.borrow().len();
     let step = engine::activation_step(active, listening, slot.state(), open);
-    match step {
-        ActivationStep::Listen => {
-            if let Err(e) = super::start_listening(shard) {
-                log::warn!("shard {}: cannot listen again ({e}); retrying", slot.id);
-                return;
-            }
-        }
+    let done = match step {
+        ActivationStep::Listen => super::start_listening(shard),
         ActivationStep::StopListening => {
             if let Some(listening) = shard.listening.take() {
                 super::stop_accepting(shard, listening).await;
             }
+            Ok(())
         }
-        ActivationStep::Park | ActivationStep::Stay => {}
-    }
-    engine::activation_done(slot, step, open);
+        ActivationStep::Park | ActivationStep::Stay => Ok(()),
+    };
+    engine::activation_done(slot, step, open, done);
     if !active {
         let connections = shard.connections.borrow();
         connections.values().for_each(|c| c.shared.drain.set(true));

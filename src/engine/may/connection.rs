@@ -27,8 +27,11 @@ pub(crate) struct ConnShared {
     deadline: AtomicU64,
     /// Nothing buffered or in progress: safe to close at once when draining.
     pub idle: AtomicBool,
-    /// The shard is shutting down: close after the next response, or now if idle.
+    /// The shard is shutting down or deactivated: close after the next response.
     pub drain: AtomicBool,
+    /// The shard is shutting down: close now if idle. (Not when deactivated: the client of an
+    /// idle keep-alive connection may be sending its next request, which must be answered.)
+    pub close_idle: AtomicBool,
     /// The shard crashed or its shutdown deadline passed: close now.
     pub abort: AtomicBool,
 }
@@ -40,6 +43,7 @@ impl ConnShared {
             deadline: AtomicU64::new(0),
             idle: AtomicBool::new(false),
             drain: AtomicBool::new(false),
+            close_idle: AtomicBool::new(false),
             abort: AtomicBool::new(false),
         }
     }
@@ -66,7 +70,7 @@ impl ConnShared {
     }
 
     fn must_close(&self, idle: bool) -> bool {
-        self.abort.load(Ordering::Acquire) || (idle && self.drain.load(Ordering::Acquire))
+        self.abort.load(Ordering::Acquire) || (idle && self.close_idle.load(Ordering::Acquire))
     }
 }
 
@@ -172,7 +176,7 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
 }
 
 /// Reads what the client sent: the byte count, and whether that read emptied the socket.
-/// `None` when the connection must close (EOF, error, a passed deadline, draining while idle,
+/// `None` when the connection must close (EOF, error, a passed deadline, shutdown while idle,
 /// abort).
 ///
 /// After a read that returned less than it was offered the socket was empty, so `drained`

@@ -5,8 +5,16 @@
 //! accepts, its [`ShardApp`] and its metrics, as under glommio. Its accept loop and its
 //! connections are coroutines queued to its worker, and each accepted socket is placed so that
 //! its readiness wakes that same worker ([`workers::place_fd`]). The shard's housekeeping (date,
-//! deadlines, reports, draining, crash teardown) runs on its supervisor thread, which only sets
-//! flags and wakes coroutines.
+//! deadlines, reports, activation, draining, crash teardown) runs on a thread of its own, which
+//! only sets flags and wakes coroutines; the supervisor waits for its end or for the monitor's
+//! replacement ([`crate::shard::await_exit`]). Each generation runs on one of the shard's two
+//! workers, so that a replacement never queues behind a stuck predecessor.
+//!
+//! # Heartbeats
+//! Housekeeping's reports are the shard's heartbeat. Every handler runs inside
+//! [`Shard::with_app`], which housekeeping also takes at each tick: a handler that blocks its
+//! worker holds the app, housekeeping waits on it, the reports stop, and the monitor replaces
+//! the generation.
 //!
 //! # The rule that keeps this sound
 //! may may still resume a coroutine on another worker: a wake-up from outside (a handler's
@@ -32,12 +40,12 @@ pub mod workers;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use may::io::WaitIo;
+use may::io::{WaitIo, WaitIoWaker};
 use may::net::{TcpListener, TcpStream};
 
 use super::{ConnectionSettings, ShardContext};
@@ -47,48 +55,95 @@ use connection::ConnShared;
 
 pub const ENGINE_NAME: &str = "may";
 
-/// Runs one generation of a shard: starts its coroutines on its worker, then runs its
-/// housekeeping on the calling (supervisor) thread until it stops or dies.
+/// Runs one generation of a shard: its coroutines on the generation's worker
+/// ([`workers::for_generation`]), its housekeeping on a thread of its own, until it stops, dies,
+/// or is replaced for missing heartbeats (then that thread is left to end by itself).
 pub fn run_shard(ctx: ShardContext) -> ShardExit {
-    let listener = match bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog) {
-        Ok(listener) => listener,
-        Err(e) => return ShardExit::Died(e.to_string()),
-    };
-    // Kept here for stopping: a descriptor of our own stays valid whenever the accept loop ends.
-    let listener_handle = match listener.inner().try_clone() {
-        Ok(handle) => std::os::fd::OwnedFd::from(handle),
-        Err(e) => return ShardExit::Died(format!("cannot duplicate the listener: {e}")),
-    };
-    let listener_waker = listener.waker();
-    let shard = Arc::new(Shard::new(ctx));
-    let acceptor = {
-        let (shard, owner) = (shard.clone(), shard.clone());
-        workers::spawn_on(shard.ctx.slot.id, move || {
-            guarded(&owner, move || accept_loop(&shard, &listener))
-        })
-    };
-    let acceptor = match acceptor {
-        Ok(handle) => handle,
-        Err(e) => return ShardExit::Died(format!("cannot start the accept coroutine: {e}")),
-    };
-    shard.ctx.slot.set_state(ShardState::Running);
+    let worker = workers::for_generation(ctx.slot.id, ctx.generation);
+    let shard = Arc::new(Shard::new(ctx.clone(), worker));
+    // The generation's worker is the shard's thread: its CPU time is the shard's.
+    let slot = ctx.slot.clone();
+    if let Err(e) = workers::spawn_on(worker, move || slot.set_current_thread()) {
+        return ShardExit::Died(format!("cannot start a coroutine: {e}"));
+    }
+    let name = format!("shard-{}-housekeeping", ctx.slot.id);
+    super::run_generation(&ctx, name, move || live(&shard))
+}
+
+/// One generation's life on its housekeeping thread: listen (unless parked), keep house, then
+/// drain or tear down.
+fn live(shard: &Arc<Shard>) -> ShardExit {
+    if super::starts_listening(&shard.ctx) {
+        if let Err(e) = start_listening(shard) {
+            return ShardExit::Died(e.to_string());
+        }
+        shard.ctx.slot.set_state(ShardState::Running);
+    }
     log::debug!(
-        "shard {} serving on CPU {}",
+        "shard {} serving on CPU {} (may worker {})",
         shard.ctx.slot.id,
-        shard.ctx.slot.cpu
+        shard.ctx.slot.cpu,
+        shard.worker
     );
-    let outcome = housekeeping::run(&shard);
-    housekeeping::stop_accepting(&shard, listener_handle, &listener_waker, &acceptor);
+    let outcome = housekeeping::run(shard);
+    if let Some(listening) = lock(&shard.listening).take() {
+        housekeeping::stop_accepting(shard, listening);
+    }
     match outcome {
         Ok(()) => {
-            housekeeping::drain(&shard);
+            housekeeping::drain(shard);
             ShardExit::Clean
         }
         Err(why) => {
-            housekeeping::abort_connections(&shard);
+            housekeeping::abort_connections(shard);
             ShardExit::Died(why)
         }
     }
+}
+
+/// An open listener: our own duplicate of its descriptor (for the shutdown, and the slot's),
+/// the wake-up of its accept loop, the loop's stop flag and the loop itself.
+pub(crate) struct Listening {
+    pub fd: OwnedFd,
+    pub waker: WaitIoWaker,
+    pub stop: Arc<AtomicBool>,
+    pub acceptor: may::coroutine::JoinHandle<()>,
+}
+
+/// Binds the shard's listener (again), hands the slot its duplicate and starts the accept loop
+/// on the generation's worker.
+pub(crate) fn start_listening(shard: &Arc<Shard>) -> io::Result<()> {
+    let ctx = &shard.ctx;
+    let listener = bind_listener(
+        ctx.listen_addr,
+        ctx.config.server.listen_backlog,
+        shard.worker,
+    )?;
+    // Kept for stopping: a descriptor of our own stays valid whenever the accept loop ends.
+    let fd = OwnedFd::from(listener.inner().try_clone()?);
+    ctx.slot.set_listener(fd.try_clone().ok());
+    let waker = listener.waker();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let (shard, owner, stop) = (shard.clone(), shard.clone(), stop.clone());
+        workers::spawn_on(shard.worker, move || {
+            guarded(&owner, move || accept_loop(&shard, &listener, &stop))
+        })
+    };
+    let acceptor = match acceptor {
+        Ok(acceptor) => acceptor,
+        Err(e) => {
+            ctx.slot.set_listener(None);
+            return Err(e);
+        }
+    };
+    *lock(&shard.listening) = Some(Listening {
+        fd,
+        waker,
+        stop,
+        acceptor,
+    });
+    Ok(())
 }
 
 /// A shard's state, shared by its coroutines and its housekeeping thread.
@@ -102,12 +157,14 @@ pub(crate) struct Shard {
     pub epoch: Instant,
     /// Set when a coroutine panicked past its own containment: the shard tears down and restarts.
     crash: Mutex<Option<String>>,
-    /// The shard stops accepting: the accept loop ends at its next wake-up.
-    pub stopping: AtomicBool,
+    /// The listener and its accept loop while the shard is active.
+    pub listening: Mutex<Option<Listening>>,
+    /// The may worker this generation's coroutines are queued to.
+    pub worker: usize,
 }
 
 impl Shard {
-    fn new(ctx: ShardContext) -> Shard {
+    fn new(ctx: ShardContext, worker: usize) -> Shard {
         Shard {
             app: Mutex::new(ShardApp::new(
                 ctx.slot.id,
@@ -119,7 +176,8 @@ impl Shard {
             settings: ConnectionSettings::from_config(&ctx.config),
             epoch: Instant::now(),
             crash: Mutex::new(None),
-            stopping: AtomicBool::new(false),
+            listening: Mutex::new(None),
+            worker,
             ctx,
         }
     }
@@ -159,19 +217,21 @@ fn guarded(shard: &Arc<Shard>, body: impl FnOnce()) {
     }
 }
 
-/// A listener of the shard's own, in the port's SO_REUSEPORT group, registered with may.
-fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+/// A listener of the shard's own, in the port's SO_REUSEPORT group, registered with may so that
+/// its readiness wakes `worker`.
+fn bind_listener(addr: SocketAddr, backlog: i32, worker: usize) -> io::Result<TcpListener> {
     let socket = super::reuseport_socket(addr)?;
     socket.listen(backlog)?;
-    // SAFETY: the descriptor is a listening TCP socket whose ownership moves to may.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    let fd = workers::place_fd(socket.into_raw_fd(), worker, workers::count());
+    // SAFETY: `fd` is the listening socket's one descriptor; its ownership moves to may.
+    Ok(unsafe { TcpListener::from_raw_fd(fd) })
 }
 
-fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener) {
+fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener, stop: &AtomicBool) {
     let slot_id = shard.ctx.slot.id;
     let cap = shard.ctx.config.http.max_connections_per_shard;
     let workers = workers::count();
-    while !shard.stopping.load(Ordering::Acquire) {
+    while !stop.load(Ordering::Acquire) {
         let stream = match listener.inner().accept() {
             Ok((stream, _)) => stream,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -179,7 +239,7 @@ fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener) {
                 continue;
             }
             Err(e) => {
-                if shard.stopping.load(Ordering::Acquire) {
+                if stop.load(Ordering::Acquire) {
                     break;
                 }
                 log::warn!("shard {slot_id}: accept failed: {e}");
@@ -188,13 +248,15 @@ fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let fd = workers::place_fd(stream.into_raw_fd(), slot_id, workers);
+        let fd = workers::place_fd(stream.into_raw_fd(), shard.worker, workers);
         // SAFETY: `fd` is the accepted socket's one descriptor; may takes it over.
         let stream = unsafe { TcpStream::from_raw_fd(fd) };
         let admission = shard.with_app(|app| super::admit(app, cap, &shard.ctx.control));
+        // One accepted as the listener closes is answered with `Connection: close`, as the
+        // others that are finishing (housekeeping marks it at its next tick).
         connection::spawn(shard, stream, admission);
     }
-    // The listener closes as the caller drops it; what the kernel queued on it is reset.
+    // The listener closes as the caller drops it.
 }
 
 /// A time as nanoseconds since the shard's epoch (at least 1: 0 means none).

@@ -1,5 +1,11 @@
-//! may's scheduler, set up as the shards: one worker per shard, each pinned to its shard's CPU,
-//! and the two ways a coroutine is kept on (or brought back to) its shard's worker.
+//! may's scheduler, set up as the shards: two workers per shard, both pinned to its CPU, of
+//! which a generation uses one ([`for_generation`]), and the two ways a coroutine is kept on (or
+//! brought back to) its generation's worker.
+//!
+//! Why two: a handler that blocks its worker stalls every coroutine queued there (may's work
+//! stealing is off, see Cargo.toml). The monitor then replaces the shard ([`crate::shard::
+//! await_exit`]); the new generation runs on the shard's other worker, on the same core, and
+//! serves while the old one is still stuck. The idle worker is a thread asleep in `epoll_wait`.
 
 use std::os::fd::RawFd;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
@@ -15,11 +21,14 @@ const PIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 static WORKERS: OnceLock<usize> = OnceLock::new();
 
-/// Starts may's scheduler with one worker per shard and pins worker `i` to shard `i`'s CPU,
-/// recording its thread id in the slot. Once per process: may's scheduler is global and its
-/// workers outlive a shard's restarts.
+/// Workers per shard: one for the running generation, one for its replacement.
+const PER_SHARD: usize = 2;
+
+/// Starts may's scheduler with [`PER_SHARD`] workers per shard and pins workers `i` and
+/// `i + shards` to shard `i`'s CPU, recording the first one's thread id in the slot. Once per
+/// process: may's scheduler is global and its workers outlive a shard's restarts.
 pub fn start(slots: &[Arc<ShardSlot>]) -> Result<(), String> {
-    let workers = slots.len();
+    let workers = slots.len() * PER_SHARD;
     if let Some(&started) = WORKERS.get() {
         return if started == workers {
             Ok(())
@@ -36,9 +45,11 @@ pub fn start(slots: &[Arc<ShardSlot>]) -> Result<(), String> {
     // sit on n distinct workers; `spawn_on(i)` queues to worker i, so coroutine i runs there.
     let barrier = Arc::new(Barrier::new(workers + 1));
     let failures = Arc::new(Mutex::new(Vec::new()));
-    for slot in slots {
-        let (slot, barrier, failures) = (slot.clone(), barrier.clone(), failures.clone());
-        spawn_on(slot.id, move || {
+    for worker in 0..workers {
+        let slot = slots[worker % slots.len()].clone();
+        let (barrier, failures) = (barrier.clone(), failures.clone());
+        let primary = worker < slots.len();
+        spawn_on(worker, move || {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: slot.cpu }) {
                 if let Ok(mut f) = failures.lock() {
                     f.push(format!(
@@ -47,7 +58,9 @@ pub fn start(slots: &[Arc<ShardSlot>]) -> Result<(), String> {
                     ));
                 }
             }
-            slot.set_current_thread();
+            if primary {
+                slot.set_current_thread();
+            }
             barrier.wait();
         })
         .map_err(|e| format!("cannot start may's workers: {e}"))?;
@@ -73,9 +86,25 @@ fn wait_barrier(barrier: &Arc<Barrier>, limit: Duration) -> Result<(), String> {
         .map_err(|_| "may's workers did not start".to_string())
 }
 
-/// The number of may workers (shards); 1 before `start`.
+/// The number of may workers; 1 before `start`.
 pub fn count() -> usize {
     WORKERS.get().copied().unwrap_or(1)
+}
+
+/// The worker that runs generation `generation` of shard `shard`: the shard's two workers take
+/// turns, so that a generation never queues behind the one it replaces.
+pub fn for_generation(shard: usize, generation: u64) -> usize {
+    worker_of(shard, generation, count())
+}
+
+/// Generations 1, 3, ... on worker `shard`, 2, 4, ... on `shard + shards`; `shard` itself
+/// before [`start`] (no workers of the shards yet).
+fn worker_of(shard: usize, generation: u64, workers: usize) -> usize {
+    let shards = workers / PER_SHARD;
+    if shard >= shards {
+        return shard;
+    }
+    shard + (generation as usize + 1) % PER_SHARD * shards
 }
 
 /// Spawns a coroutine queued to worker `worker`.
@@ -120,6 +149,30 @@ pub fn place_fd(fd: RawFd, worker: usize, workers: usize) -> RawFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generations_alternate_between_the_shards_two_workers() {
+        // (shard, generation, workers) -> worker
+        let cases = [
+            ((0, 1, 4), 0),
+            ((0, 2, 4), 2),
+            ((0, 3, 4), 0),
+            ((1, 1, 4), 1),
+            ((1, 2, 4), 3),
+            ((2, 2, 6), 5),
+            ((0, 2, 2), 1),
+            // Before `start`: one worker, the shard's own number.
+            ((0, 2, 1), 0),
+            ((3, 1, 1), 3),
+        ];
+        for ((shard, generation, workers), expected) in cases {
+            assert_eq!(
+                worker_of(shard, generation, workers),
+                expected,
+                "shard {shard} generation {generation} of {workers} workers"
+            );
+        }
+    }
 
     #[test]
     fn placed_descriptors_map_to_their_worker_and_stay_usable() {
