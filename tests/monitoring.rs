@@ -11,10 +11,12 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Client, Server};
+use common::{each_engine, wait_for, Client, Server};
 use serde_json::Value;
 
-const ENGINE: &str = "glommio";
+/// The monitor's own tests run once, on the engine `auto` picks (may, `engine::AUTO_PREFERS`);
+/// those that exercise an engine's duties (refusal, replacement, scaling) run on each engine.
+const ENGINE: &str = "auto";
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -419,40 +421,42 @@ fn cpu_load_fires_the_cpu_critical_which_sheds_low_priority_work_until_it_clears
 
 #[test]
 fn critical_memory_answers_new_connections_with_503_and_retry_after() {
-    // Levels of 0 %: memory is critical from the first sample.
-    let server = Server::start(
-        ENGINE,
-        &[
-            "--metrics-interval",
-            "1000",
-            "--memory-warning",
-            "0",
-            "--memory-critical",
-            "0",
-        ],
-    );
-    // A connection opened before the first sample keeps working.
-    let mut kept = server.connect();
-    assert_eq!(kept.request("GET", "/livez", &[], b"").status, 200);
-    let refused = wait_for("a refused connection", PATIENCE, || {
-        try_get(&server, "/livez").filter(|r| r.status == 503)
-    });
-    assert_eq!(refused.error_code(), "overloaded");
-    assert_eq!(refused.header("retry-after"), Some("5"));
-    let body = kept
-        .request("GET", "/api/enterprise/alerts", &[], b"")
-        .json();
-    let critical = find(&body, "active", "memory_usage/critical").expect("memory critical");
-    assert_eq!(critical["action"], "refuse_new_connections");
-    assert_eq!(body["actions"][1]["active"], true);
-    let health = kept.request("GET", "/health", &[], b"");
-    assert_eq!(health.status, 503, "{}", health.text());
-    wait_for("the refusal counted", PATIENCE, || {
-        let metrics = kept
-            .request("GET", "/api/enterprise/metrics", &[], b"")
+    each_engine(|engine| {
+        // Levels of 0 %: memory is critical from the first sample.
+        let server = Server::start(
+            engine,
+            &[
+                "--metrics-interval",
+                "1000",
+                "--memory-warning",
+                "0",
+                "--memory-critical",
+                "0",
+            ],
+        );
+        // A connection opened before the first sample keeps working.
+        let mut kept = server.connect();
+        assert_eq!(kept.request("GET", "/livez", &[], b"").status, 200);
+        let refused = wait_for("a refused connection", PATIENCE, || {
+            try_get(&server, "/livez").filter(|r| r.status == 503)
+        });
+        assert_eq!(refused.error_code(), "overloaded");
+        assert_eq!(refused.header("retry-after"), Some("5"));
+        let body = kept
+            .request("GET", "/api/enterprise/alerts", &[], b"")
             .json();
-        (metrics["merged"]["connections"]["rejected_overload_total"].as_u64() >= Some(1))
-            .then_some(())
+        let critical = find(&body, "active", "memory_usage/critical").expect("memory critical");
+        assert_eq!(critical["action"], "refuse_new_connections");
+        assert_eq!(body["actions"][1]["active"], true);
+        let health = kept.request("GET", "/health", &[], b"");
+        assert_eq!(health.status, 503, "{}", health.text());
+        wait_for("the refusal counted", PATIENCE, || {
+            let metrics = kept
+                .request("GET", "/api/enterprise/metrics", &[], b"")
+                .json();
+            (metrics["merged"]["connections"]["rejected_overload_total"].as_u64() >= Some(1))
+                .then_some(())
+        });
     });
 }
 
@@ -502,163 +506,169 @@ fn a_trend_alert_fires_before_the_threshold_is_reached() {
 
 #[test]
 fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
-    let server = Server::start(
-        ENGINE,
-        &[
-            "--debug-routes",
-            "--shards",
-            "2",
-            "--metrics-interval",
-            "200",
-            "--heartbeat-timeout",
-            "1000",
-        ],
-    );
-    let mut victim = server.connect();
-    let shard = victim.request("GET", "/debug/shard", &[], b"").json()["shard"]
-        .as_u64()
-        .unwrap();
-    // Blocks that shard's thread for 6 s; the answer is not awaited.
-    victim
-        .send(b"POST /debug/stall-shard?ms=6000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
-    let stalled_at = Instant::now();
-    let stalled_at_ms = unix_ms();
-    let id = shard as usize;
-    // Short reads: a connection the kernel queued on the stalled shard's listener gets no answer.
-    let quick_status = || {
-        let mut client = Client::connect(server.addr);
-        client
-            .stream
-            .set_read_timeout(Some(Duration::from_millis(500)))
+    each_engine(|engine| {
+        let server = Server::start(
+            engine,
+            &[
+                "--debug-routes",
+                "--shards",
+                "2",
+                "--metrics-interval",
+                "200",
+                "--heartbeat-timeout",
+                "1000",
+            ],
+        );
+        let mut victim = server.connect();
+        let shard = victim.request("GET", "/debug/shard", &[], b"").json()["shard"]
+            .as_u64()
             .unwrap();
-        client
-            .try_request("GET", "/api/enterprise/cluster/status", &[], b"")
-            .map(|r| r.json())
-    };
-    let status = wait_for("the stalled shard to be replaced", PATIENCE, || {
-        quick_status().filter(|s| {
-            let sh = &s["shards"][id];
-            sh["restarts"] == 1 && sh["generation"] == 2 && sh["state"] == "running"
-        })
+        // Blocks that shard's thread for 6 s; the answer is not awaited.
+        victim.send(
+            b"POST /debug/stall-shard?ms=6000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        );
+        let stalled_at = Instant::now();
+        let stalled_at_ms = unix_ms();
+        let id = shard as usize;
+        // Short reads: a connection the kernel queued on the stalled shard's listener gets no answer.
+        let quick_status = || {
+            let mut client = Client::connect(server.addr);
+            client
+                .stream
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            client
+                .try_request("GET", "/api/enterprise/cluster/status", &[], b"")
+                .map(|r| r.json())
+        };
+        let status = wait_for("the stalled shard to be replaced", PATIENCE, || {
+            quick_status().filter(|s| {
+                let sh = &s["shards"][id];
+                sh["restarts"] == 1 && sh["generation"] == 2 && sh["state"] == "running"
+            })
+        });
+        assert_eq!(status["shards"][1 - id]["restarts"], 0);
+        let body = wait_alert(&server, "the heartbeat alert", |b| {
+            let name = format!("shard_{id}_heartbeat/critical");
+            find(b, "active", &name)
+                .or_else(|| find(b, "recent", &name))
+                .map(|_| b.clone())
+        });
+        let restart = &body["actions"][2];
+        assert_eq!(
+            (restart["name"].as_str(), restart["taken"].as_u64()),
+            (Some("restart_shard"), Some(1))
+        );
+        // Replaced while its thread was still stuck: the monitor did not wait for it. (Silence is
+        // counted from the shard's last report, up to one 100 ms snapshot interval before the stall.)
+        let replaced_after = restart["since_ms"].as_u64().unwrap() as i64 - stalled_at_ms as i64;
+        assert!(
+            (800..6000).contains(&replaced_after),
+            "replaced {replaced_after} ms into a 6000 ms stall (heartbeat timeout 1000 ms)"
+        );
+        // Both shards serve.
+        for _ in 0..20 {
+            assert_eq!(try_get(&server, "/livez").map(|r| r.status), Some(200));
+        }
+        // The old thread wakes up, finds itself replaced and ends: no second restart.
+        std::thread::sleep(
+            Duration::from_secs(6).saturating_sub(stalled_at.elapsed())
+                + Duration::from_millis(800),
+        );
+        let status = server.cluster_status();
+        assert_eq!(
+            (
+                status["shards"][id]["restarts"].as_u64(),
+                status["shards"][id]["generation"].as_u64()
+            ),
+            (Some(1), Some(2))
+        );
+        assert!(logged(&server, "stopped sending heartbeats"));
     });
-    assert_eq!(status["shards"][1 - id]["restarts"], 0);
-    let body = wait_alert(&server, "the heartbeat alert", |b| {
-        let name = format!("shard_{id}_heartbeat/critical");
-        find(b, "active", &name)
-            .or_else(|| find(b, "recent", &name))
-            .map(|_| b.clone())
-    });
-    let restart = &body["actions"][2];
-    assert_eq!(
-        (restart["name"].as_str(), restart["taken"].as_u64()),
-        (Some("restart_shard"), Some(1))
-    );
-    // Replaced while its thread was still stuck: the monitor did not wait for it. (Silence is
-    // counted from the shard's last report, up to one 100 ms snapshot interval before the stall.)
-    let replaced_after = restart["since_ms"].as_u64().unwrap() as i64 - stalled_at_ms as i64;
-    assert!(
-        (800..6000).contains(&replaced_after),
-        "replaced {replaced_after} ms into a 6000 ms stall (heartbeat timeout 1000 ms)"
-    );
-    // Both shards serve.
-    for _ in 0..20 {
-        assert_eq!(try_get(&server, "/livez").map(|r| r.status), Some(200));
-    }
-    // The old thread wakes up, finds itself replaced and ends: no second restart.
-    std::thread::sleep(
-        Duration::from_secs(6).saturating_sub(stalled_at.elapsed()) + Duration::from_millis(800),
-    );
-    let status = server.cluster_status();
-    assert_eq!(
-        (
-            status["shards"][id]["restarts"].as_u64(),
-            status["shards"][id]["generation"].as_u64()
-        ),
-        (Some(1), Some(2))
-    );
-    assert!(logged(&server, "stopped sending heartbeats"));
 }
 
 #[test]
 fn scaling_parks_a_shard_when_idle_and_wakes_it_under_load_without_failing_a_request() {
-    let cooldown_ms = 2000;
-    let server = Server::start(
-        ENGINE,
-        &[
-            "--shards",
-            "2",
-            "--min-workers",
-            "1",
-            "--max-workers",
-            "2",
-            "--metrics-interval",
-            "500",
-            "--scale-up-threshold",
-            "15",
-            "--scale-down-threshold",
-            "4",
-            "--scale-cooldown",
-            &cooldown_ms.to_string(),
-            // CPU alerts would turn /health red under load; this test is about scaling.
-            "--cpu-warning",
-            "100",
-            "--cpu-critical",
-            "100",
-        ],
-    );
-    // A light client runs throughout: scaling must not fail one of its requests.
-    let light = Load::start(server.addr, 1, "/livez", Duration::from_millis(50), 5, 200);
-    let wait = |what: &str, check: &dyn Fn(&Value) -> bool| {
-        wait_for(what, Duration::from_secs(60), || {
-            try_get(&server, "/api/enterprise/cluster/status")
-                .map(|r| r.json())
-                .filter(|s| check(s))
-        })
-    };
-    let parked = wait("scale-down when idle", &|s| {
-        s["cluster"]["active_shards"] == 1 && s["shards"][1]["state"] == "parked"
-    });
-    assert_eq!(parked["shards"][1]["active"], false);
-    let heavy = Load::start(server.addr, 3, "/livez", Duration::ZERO, 200, 200);
-    let woken = wait("scale-up under load", &|s| {
-        s["cluster"]["active_shards"] == 2 && s["shards"][1]["state"] == "running"
-    });
-    let served_before = woken["shards"][1]["requests_served"].as_u64().unwrap();
-    wait("the woken shard to serve", &|s| {
-        s["shards"][1]["requests_served"].as_u64().unwrap() > served_before + 100
-    });
-    let (heavy_ok, heavy_failed) = heavy.finish();
-    let status = wait("scale-down when idle again", &|s| {
-        s["cluster"]["active_shards"] == 1 && s["shards"][1]["state"] == "parked"
-    });
-    let (light_ok, light_failed) = light.finish();
-    assert_eq!(
-        (heavy_failed, light_failed),
-        (0, 0),
-        "{heavy_ok} + {light_ok} answered"
-    );
-    assert!(heavy_ok > 1000 && light_ok > 20);
-
-    let events = status["cluster"]["scaling"]["events"].as_array().unwrap();
-    let moves: Vec<(u64, u64)> = events
-        .iter()
-        .map(|e| (e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(moves, [(2, 1), (1, 2), (2, 1)], "{events:?}");
-    for pair in events.windows(2) {
-        let gap = pair[1]["at_ms"].as_u64().unwrap() - pair[0]["at_ms"].as_u64().unwrap();
-        assert!(
-            gap >= cooldown_ms,
-            "scaling actions {gap} ms apart, cooldown {cooldown_ms} ms"
+    each_engine(|engine| {
+        let cooldown_ms = 2000;
+        let server = Server::start(
+            engine,
+            &[
+                "--shards",
+                "2",
+                "--min-workers",
+                "1",
+                "--max-workers",
+                "2",
+                "--metrics-interval",
+                "500",
+                "--scale-up-threshold",
+                "15",
+                "--scale-down-threshold",
+                "4",
+                "--scale-cooldown",
+                &cooldown_ms.to_string(),
+                // CPU alerts would turn /health red under load; this test is about scaling.
+                "--cpu-warning",
+                "100",
+                "--cpu-critical",
+                "100",
+            ],
         );
-    }
-    let log = server.log_lines();
-    assert!(log
-        .iter()
-        .any(|l| l.contains("auto-scaling: 2 -> 1 active shards")));
-    assert!(log
-        .iter()
-        .any(|l| l.contains("shard 1: activated, listening again")));
+        // A light client runs throughout: scaling must not fail one of its requests.
+        let light = Load::start(server.addr, 1, "/livez", Duration::from_millis(50), 5, 200);
+        let wait = |what: &str, check: &dyn Fn(&Value) -> bool| {
+            wait_for(what, Duration::from_secs(60), || {
+                try_get(&server, "/api/enterprise/cluster/status")
+                    .map(|r| r.json())
+                    .filter(|s| check(s))
+            })
+        };
+        let parked = wait("scale-down when idle", &|s| {
+            s["cluster"]["active_shards"] == 1 && s["shards"][1]["state"] == "parked"
+        });
+        assert_eq!(parked["shards"][1]["active"], false);
+        let heavy = Load::start(server.addr, 3, "/livez", Duration::ZERO, 200, 200);
+        let woken = wait("scale-up under load", &|s| {
+            s["cluster"]["active_shards"] == 2 && s["shards"][1]["state"] == "running"
+        });
+        let served_before = woken["shards"][1]["requests_served"].as_u64().unwrap();
+        wait("the woken shard to serve", &|s| {
+            s["shards"][1]["requests_served"].as_u64().unwrap() > served_before + 100
+        });
+        let (heavy_ok, heavy_failed) = heavy.finish();
+        let status = wait("scale-down when idle again", &|s| {
+            s["cluster"]["active_shards"] == 1 && s["shards"][1]["state"] == "parked"
+        });
+        let (light_ok, light_failed) = light.finish();
+        assert_eq!(
+            (heavy_failed, light_failed),
+            (0, 0),
+            "{heavy_ok} + {light_ok} answered"
+        );
+        assert!(heavy_ok > 1000 && light_ok > 20);
+
+        let events = status["cluster"]["scaling"]["events"].as_array().unwrap();
+        let moves: Vec<(u64, u64)> = events
+            .iter()
+            .map(|e| (e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(moves, [(2, 1), (1, 2), (2, 1)], "{events:?}");
+        for pair in events.windows(2) {
+            let gap = pair[1]["at_ms"].as_u64().unwrap() - pair[0]["at_ms"].as_u64().unwrap();
+            assert!(
+                gap >= cooldown_ms,
+                "scaling actions {gap} ms apart, cooldown {cooldown_ms} ms"
+            );
+        }
+        let log = server.log_lines();
+        assert!(log
+            .iter()
+            .any(|l| l.contains("auto-scaling: 2 -> 1 active shards")));
+        assert!(log
+            .iter()
+            .any(|l| l.contains("shard 1: activated, listening again")));
+    });
 }
 
 #[test]
@@ -668,6 +678,8 @@ fn scaling_bounds_are_clamped_to_the_cpus_and_said_at_start_up() {
         &["--shards", "2", "--min-workers", "8", "--max-workers", "32"],
     );
     let status = server.cluster_status();
+    // `auto` runs the monitor's tests on may, with everything the monitor needs of an engine.
+    assert_eq!(status["engine"], "may", "{status}");
     assert_eq!(status["cluster"]["scaling"]["max_active"], 2);
     assert_eq!(status["cluster"]["scaling"]["min_active"], 2);
     wait_for("the clamp note", Duration::from_secs(5), || {
