@@ -74,7 +74,7 @@ impl ConnShared {
     }
 }
 
-/// Registers a connection and starts its coroutine on the shard's worker: one that serves it,
+/// Registers a connection and starts its coroutine on the generation's worker: one that serves it,
 /// or, for a connection refused, one that writes the refusal (a 503) and closes.
 pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admission: Admission) {
     let id = shard.next_connection_id.fetch_add(1, Ordering::Relaxed);
@@ -90,7 +90,7 @@ pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admission: Admission)
         counted: admitted,
     };
     let owner = shard.clone();
-    let spawned = workers::spawn_on(shard.ctx.slot.id, move || {
+    let spawned = workers::spawn_on(shard.worker, move || {
         guarded(&owner, move || match admission {
             Admission::Serve => serve(registration, stream, shared),
             Admission::Refuse(out) => refuse(registration, stream, shared, &out),

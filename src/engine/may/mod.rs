@@ -1,14 +1,15 @@
 //! The may engine: stackful coroutines on epoll, for hosts where io_uring is unavailable.
 //!
-//! may runs one global scheduler; here it has one worker thread per shard, pinned to the
-//! shard's CPU ([`workers::start`]). A shard owns its SO_REUSEPORT listener, the connections it
-//! accepts, its [`ShardApp`] and its metrics, as under glommio. Its accept loop and its
-//! connections are coroutines queued to its worker, and each accepted socket is placed so that
-//! its readiness wakes that same worker ([`workers::place_fd`]). The shard's housekeeping (date,
-//! deadlines, reports, activation, draining, crash teardown) runs on a thread of its own, which
-//! only sets flags and wakes coroutines; the supervisor waits for its end or for the monitor's
-//! replacement ([`crate::shard::await_exit`]). Each generation runs on one of the shard's two
-//! workers, so that a replacement never queues behind a stuck predecessor.
+//! may runs one global scheduler; here it has two worker threads per shard, both pinned to the
+//! shard's CPU ([`workers::start`]), and each generation of the shard runs on one of them in
+//! turn, so that a replacement never queues behind a stuck predecessor. A shard owns its
+//! SO_REUSEPORT listener, the connections it accepts, its [`ShardApp`] and its metrics, as under
+//! glommio. Its accept loop and its connections are coroutines queued to its generation's
+//! worker, and its listener and each accepted socket are placed so that their readiness wakes
+//! that same worker ([`workers::place_fd`]). The shard's housekeeping (date, deadlines, reports,
+//! activation, draining, crash teardown) runs on a thread of its own, which only sets flags and
+//! wakes coroutines; the supervisor waits for its end or for the monitor's replacement
+//! ([`crate::shard::await_exit`]).
 //!
 //! # Heartbeats
 //! Housekeeping's reports are the shard's heartbeat. Every handler runs inside

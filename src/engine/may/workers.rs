@@ -3,9 +3,10 @@
 //! brought back to) its generation's worker.
 //!
 //! Why two: a handler that blocks its worker stalls every coroutine queued there (may's work
-//! stealing is off, see Cargo.toml). The monitor then replaces the shard ([`crate::shard::
-//! await_exit`]); the new generation runs on the shard's other worker, on the same core, and
-//! serves while the old one is still stuck. The idle worker is a thread asleep in `epoll_wait`.
+//! stealing is off, see Cargo.toml). The monitor then replaces the shard
+//! ([`crate::shard::await_exit`]); the new generation runs on the shard's other worker, on the
+//! same core, and serves while the old one is still stuck. The idle worker is a thread asleep in
+//! `epoll_wait`.
 
 use std::os::fd::RawFd;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
@@ -24,7 +25,7 @@ static WORKERS: OnceLock<usize> = OnceLock::new();
 /// Workers per shard: one for the running generation, one for its replacement.
 const PER_SHARD: usize = 2;
 
-/// Starts may's scheduler with [`PER_SHARD`] workers per shard and pins workers `i` and
+/// Starts may's scheduler with `PER_SHARD` workers per shard and pins workers `i` and
 /// `i + shards` to shard `i`'s CPU, recording the first one's thread id in the slot. Once per
 /// process: may's scheduler is global and its workers outlive a shard's restarts.
 pub fn start(slots: &[Arc<ShardSlot>]) -> Result<(), String> {
@@ -120,7 +121,7 @@ pub fn spawn_on(
 
 /// Moves an accepted socket to a descriptor number that may's selector maps to `worker`
 /// (may registers descriptor `fd` with worker `fd % workers`), so that the connection's I/O
-/// readiness resumes its coroutine on its own shard's worker. Costs a `dup` and a `close` per
+/// readiness resumes its coroutine on its own generation's worker. Costs a `dup` and a `close` per
 /// connection; returns `fd` itself when it already maps there or no such number is found.
 pub fn place_fd(fd: RawFd, worker: usize, workers: usize) -> RawFd {
     if workers <= 1 || fd as usize % workers == worker {
