@@ -4,9 +4,9 @@
 //! what the codec produced, runs the timers the codec asks for, and sends the shard's metrics to
 //! the monitor. Everything above the socket is the app's, through [`crate::http::Service`].
 //!
-//! What both engines need (the choice of engine, the connection settings, the 503 past the
-//! connection cap, metrics reports, timer periods) lives here; each engine's folder holds only
-//! what is its own.
+//! What both engines need (the choice of engine, the connection settings, admission and its
+//! 503s, the activation steps, a generation's thread and its end, metrics reports, timer
+//! periods) lives here; each engine's folder holds only what is its own.
 //!
 //! What every engine must also do for the monitor:
 //! - obey [`crate::shard::Control::is_active`] every tick (close the listener, let connections
