@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# bench/http_peers.sh — coinbit against its HTTP peers, one pinned server core each.
+# bench/http_peers.sh — coinbit's two engines against their HTTP peers, one pinned server core each.
 #
 # Builds the release binaries, installs wrk and nginx from Debian if missing, then for each
 # scenario — keep-alive 64/256/1024 connections, pipelined depth 16 at 256 connections — runs
-# each server in turn (coinbit, may-hello, nginx): starts it pinned to SERVER_CPU, waits until
-# it answers, drives `GET /health` with wrk pinned to CLIENT_CPU, stops it. Then it prints a markdown
-# table of req/s and p99 per server with the ratios coinbit/nginx and coinbit/may-hello.
+# each server in turn (coinbit on glommio, coinbit on may, may-hello, nginx): starts it pinned to
+# SERVER_CPU, waits until it answers, drives `GET /health` with wrk pinned to CLIENT_CPU, stops it.
+# Then it prints a markdown table of req/s and p99 per server with the ratios of each coinbit
+# engine to nginx and to may-hello.
 # The table is also written to bench/out/http_peers-<date>.md (raw wrk output beside it).
 #
 # Usage:  bench/http_peers.sh
 # Environment (all optional):
-#   SERVERS="coinbit may-hello nginx"  servers to run, in this order
+#   SERVERS="coinbit-glommio coinbit-may may-hello nginx"  servers to run, in this order
+#                     (coinbit-ENGINE is coinbit with --engine ENGINE)
 #   DURATION=10s      wrk duration of each cell     WARMUP=2s  unrecorded wrk run before each cell (0 = none)
 #   ROUNDS=1          rounds; in each, every scenario runs on every server back to back (a fresh
 #                     server per cell, order rotating); a cell is the median over rounds, a
@@ -18,8 +20,8 @@
 #   CONNS="64 256 1024"   keep-alive connection counts
 #   PIPELINE_DEPTH=16 PIPELINE_CONNS=256   the pipelined scenario (PIPELINE_DEPTH=0 drops it)
 #   SERVER_CPU=0 CLIENT_CPU=1             taskset cores of the server and of wrk
-#   PORT_BASE=18080   coinbit on PORT_BASE, may-hello +1, nginx +2 (below 32768); a port held by
-#                     another process is replaced by the next free one above PORT_BASE+2
+#   PORT_BASE=18080   coinbit-glommio on PORT_BASE, may-hello +1, nginx +2, coinbit-may +3 (below
+#                     32768); a port held by another process is replaced by a free one above it
 #   BENCH_PATH=/health  WRK_TIMEOUT=5s  WRK_THREADS=1
 #   PEER_BODY_BYTES=512  body size of the peers' answer: that of coinbit's /health document, so
 #                     every server sends the same bytes (17 gives the bare {"status":"pass"})
@@ -33,7 +35,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 
-SERVERS=${SERVERS:-"coinbit may-hello nginx"}
+SERVERS=${SERVERS:-"coinbit-glommio coinbit-may may-hello nginx"}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-1}
@@ -66,15 +68,18 @@ peer_body() {
 die() { log "error: $*"; exit 1; }
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
-[[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE + 2 < 32768)) \
-    || die "PORT_BASE must be within 1024..32765 (below the ephemeral range), got '$PORT_BASE'"
+[[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE + 3 < 32768)) \
+    || die "PORT_BASE must be within 1024..32764 (below the ephemeral range), got '$PORT_BASE'"
 for s in $SERVERS; do
-    case $s in coinbit|may-hello|nginx) ;; *) die "unknown server '$s' in SERVERS (coinbit, may-hello, nginx)";; esac
+    case $s in coinbit-glommio|coinbit-may|may-hello|nginx) ;; *) die "unknown server '$s' in SERVERS (coinbit-glommio, coinbit-may, may-hello, nginx)";; esac
 done
 
 declare -A PORT=()   # server -> port it listens on (chosen when it first starts)
 preferred_port() {
-    case $1 in coinbit) echo $((PORT_BASE));; may-hello) echo $((PORT_BASE + 1));; nginx) echo $((PORT_BASE + 2));; esac
+    case $1 in
+        coinbit-glommio) echo $((PORT_BASE));; may-hello) echo $((PORT_BASE + 1));;
+        nginx) echo $((PORT_BASE + 2));; coinbit-may) echo $((PORT_BASE + 3));;
+    esac
 }
 port_of() { echo "${PORT[$1]:-$(preferred_port "$1")}"; }
 
@@ -99,27 +104,25 @@ NGINX=$(find_nginx)
 
 # ---------------------------------------------------------------- build
 declare -A SKIP=()   # server -> reason it is not measured
-cargo_pkgs=()
+package_of() { case $1 in coinbit-*) echo coinbit;; nginx) ;; *) echo "$1";; esac; }
+declare -A BUILT=()   # package -> "ok" or why not
 for s in $SERVERS; do
-    [[ $s == nginx ]] || cargo_pkgs+=("$s")
-done
-if ((${#cargo_pkgs[@]})); then
-    if ((BUILD)); then
-        args=(); for p in "${cargo_pkgs[@]}"; do args+=(-p "$p"); done
-        log "cargo build --release ${args[*]}  (target dir: $TARGET_DIR)"
-        if ! cargo build --release "${args[@]}" >&2; then
-            # Build one by one, so that one server that does not build skips only itself.
-            for p in "${cargo_pkgs[@]}"; do
-                if ! cargo build --release -p "$p" >&2; then
-                    SKIP[$p]="its release build failed (cargo build --release -p $p)"
-                fi
-            done
-        fi
+    p=$(package_of "$s")
+    [[ -z $p || -n ${BUILT[$p]:-} ]] && continue
+    # One package per cargo run: features resolve as for that package alone (coinbit's may
+    # without the work stealing that may-hello's may_minihttp brings in).
+    if ((BUILD)) && ! { log "cargo build --release -p $p  (target dir: $TARGET_DIR)"; cargo build --release -p "$p" >&2; }; then
+        BUILT[$p]="its release build failed (cargo build --release -p $p)"
+    elif [[ ! -x $TARGET_DIR/release/$p ]]; then
+        BUILT[$p]="no binary at $TARGET_DIR/release/$p"
+    else
+        BUILT[$p]=ok
     fi
-    for p in "${cargo_pkgs[@]}"; do
-        [[ -n ${SKIP[$p]:-} || -x $TARGET_DIR/release/$p ]] || SKIP[$p]="no binary at $TARGET_DIR/release/$p"
-    done
-fi
+done
+for s in $SERVERS; do
+    p=$(package_of "$s")
+    [[ -n $p && ${BUILT[$p]} != ok ]] && SKIP[$s]=${BUILT[$p]}
+done
 for s in "${!SKIP[@]}"; do log "SKIPPING $s: ${SKIP[$s]}"; done
 
 # ---------------------------------------------------------------- limits, temp dir, cleanup
@@ -159,7 +162,7 @@ start_server() { # name -> sets SERVER_PID, returns non-zero if it does not come
     log_file=$RAW_DIR/$name.server.log
     if port_busy "$port"; then
         # Shared machine: someone else may sit on the port. Take the next free one above.
-        local p=$((port + 3))
+        local p=$((PORT_BASE + 4))
         while port_busy "$p" && ((p < port + 200 && p < 32767)); do p=$((p + 1)); done
         port_busy "$p" && { log "no free port near $port for $name"; return 1; }
         log "port $port is in use by another process: $name uses port $p"
@@ -167,8 +170,8 @@ start_server() { # name -> sets SERVER_PID, returns non-zero if it does not come
     fi
     PORT[$name]=$port
     case $name in
-        coinbit)
-            taskset -c "$SERVER_CPU" "$TARGET_DIR/release/coinbit" --port "$port" \
+        coinbit-*)
+            taskset -c "$SERVER_CPU" "$TARGET_DIR/release/coinbit" --port "$port" --engine "${name#coinbit-}" \
                 --shard-cpus "$SERVER_CPU" --monitor-core "$SERVER_CPU" >>"$log_file" 2>&1 &
             ;;
         may-hello)
@@ -345,7 +348,7 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
     echo "- $ROUNDS round(s); in each, every scenario runs on every server back to back (fresh start per cell, order rotating); figures are medians over rounds, ratios the median of the per-round ratios"
     [[ -n $NGINX ]] && has nginx && echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), 1 worker, access_log off, \`return 200\` of a ${PEER_BODY_BYTES}-byte JSON body"
     has may-hello && echo "- may-hello: may_minihttp $(cargo tree -p may-hello --depth 1 -e normal 2>/dev/null | awk '/may_minihttp/ {print $3; exit}'), may $(cargo tree -p may-hello -e normal 2>/dev/null | awk '$0 ~ /may v/ {for (i = 1; i <= NF; i++) if ($i == "may") {print $(i + 1); exit}}'), 1 worker"
-    has coinbit && echo "- coinbit: \`coinbit --port P --shard-cpus $SERVER_CPU --monitor-core $SERVER_CPU\` (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ', with uncommitted changes'))"
+    has coinbit-glommio || has coinbit-may && echo "- coinbit: \`coinbit --port P --engine glommio|may --shard-cpus $SERVER_CPU --monitor-core $SERVER_CPU\` (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ', with uncommitted changes'))"
     sizes=""
     for s in "${ORDER[@]}"; do
         [[ -f $RAW_DIR/$s.health.body ]] && sizes+="${sizes:+, }$s $(wc -c <"$RAW_DIR/$s.health.body") B"
@@ -358,7 +361,11 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
     echo
     header="| Scenario |"; sep="|---|"
     for s in "${ORDER[@]}"; do header+=" $s req/s | $s p99 |"; sep+="---:|---:|"; done
-    header+=" coinbit/nginx | coinbit/may-hello |"; sep+="---:|---:|"
+    COINBITS=(); for s in "${ORDER[@]}"; do [[ $s == coinbit-* ]] && COINBITS+=("$s"); done
+    for c in "${COINBITS[@]}"; do
+        has nginx && { header+=" ${c#coinbit-}/nginx |"; sep+="---:|"; }
+        has may-hello && { header+=" ${c#coinbit-}/may-hello |"; sep+="---:|"; }
+    done
     has may-hello && has nginx && { header+=" may-hello/nginx |"; sep+="---:|"; }
     echo "$header"; echo "$sep"
     for sc in "${SCENARIOS[@]}"; do
@@ -366,12 +373,15 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
         for s in "${ORDER[@]}"; do
             row+=" $(fmt_rps "$(median $(vals RPS "$s" "$sc"))") | $(fmt_p99 "$(median $(vals P99 "$s" "$sc"))") |"
         done
-        row+=" $(ratio coinbit nginx "$sc") | $(ratio coinbit may-hello "$sc") |"
+        for c in "${COINBITS[@]}"; do
+            has nginx && row+=" $(ratio "$c" nginx "$sc") |"
+            has may-hello && row+=" $(ratio "$c" may-hello "$sc") |"
+        done
         has may-hello && has nginx && row+=" $(ratio may-hello nginx "$sc") |"
         echo "$row"
     done
     echo
-    echo "Ratios are of req/s (above 1: the first server served more)."
+    echo "Ratios are of req/s (above 1: the first server served more); glommio and may are coinbit on each engine."
     if ((ROUNDS > 1)); then
         echo
         echo "Per round, req/s:"

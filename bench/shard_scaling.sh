@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/shard_scaling.sh — how coinbit's throughput grows with shards on one host.
 #
-# For each shard count N in SHARDS, starts coinbit with N shards pinned to CPUs 0..N-1 and the
-# monitor on MONITOR_CPU, then drives GET /health with the bundled loadgen pinned to CLIENT_CPUS
+# For each engine in ENGINES and each shard count N in SHARDS, starts coinbit with N shards pinned
+# to CPUs 0..N-1 and the monitor on MONITOR_CPU, then drives GET /health with the bundled loadgen pinned to CLIENT_CPUS
 # (closed model, keep-alive; and pipelined), and prints a markdown table of req/s, p99 and the
 # speed-up over one shard. Needs a host with more CPUs than the largest N plus the client's: on
 # a 16-CPU host the defaults use CPUs 0-7 for shards, 8-14 for the client, 15 for the monitor.
@@ -10,13 +10,14 @@
 # Usage: bench/shard_scaling.sh
 # Environment (all optional):
 #   COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen  (built with BUILD=1)
-#   SHARDS="1 2 4 8"  CLIENT_CPUS=8-14  MONITOR_CPU=15  CONNECTIONS=512  PIPELINE=16
+#   ENGINES="glommio may"  SHARDS="1 2 4 8"  CLIENT_CPUS=8-14  MONITOR_CPU=15  CONNECTIONS=512  PIPELINE=16
 #   DURATION=5s  PORT=18200  BUILD=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COINBIT=${COINBIT:-target/release/coinbit}
 LOADGEN=${LOADGEN:-target/release/loadgen}
+ENGINES=${ENGINES:-"glommio may"}
 SHARDS=${SHARDS:-"1 2 4 8"}
 CLIENT_CPUS=${CLIENT_CPUS:-8-14}
 MONITOR_CPU=${MONITOR_CPU:-15}
@@ -49,23 +50,25 @@ drive() {
 echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 echo "client: loadgen on CPUs $CLIENT_CPUS, $CONNECTIONS connections; monitor on CPU $MONITOR_CPU; $DURATION per cell"
 echo
-echo "| shards | keep-alive req/s | p99 ms | speed-up | pipelined x$PIPELINE req/s | p99 ms | speed-up | errors |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
-base_ka="" base_pl=""
-for n in $SHARDS; do
-    last=$((n - 1))
-    "$COINBIT" --bind-address 127.0.0.1 --port "$PORT" --shards "$n" --shard-cpus "0-$last" \
-        --monitor-core "$MONITOR_CPU" >/tmp/shard_scaling.log 2>&1 &
-    server_pid=$!
-    for _ in $(seq 100); do
-        grep -q "listening on" /tmp/shard_scaling.log && break
-        kill -0 "$server_pid" 2>/dev/null || { echo "coinbit exited:" >&2; cat /tmp/shard_scaling.log >&2; exit 1; }
-        sleep 0.1
+echo "| engine | shards | keep-alive req/s | p99 ms | speed-up | pipelined x$PIPELINE req/s | p99 ms | speed-up | errors |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for engine in $ENGINES; do
+    base_ka="" base_pl=""
+    for n in $SHARDS; do
+        last=$((n - 1))
+        "$COINBIT" --engine "$engine" --bind-address 127.0.0.1 --port "$PORT" --shards "$n" \
+            --shard-cpus "0-$last" --monitor-core "$MONITOR_CPU" >/tmp/shard_scaling.log 2>&1 &
+        server_pid=$!
+        for _ in $(seq 100); do
+            grep -q "listening on" /tmp/shard_scaling.log && break
+            kill -0 "$server_pid" 2>/dev/null || { echo "coinbit exited:" >&2; cat /tmp/shard_scaling.log >&2; exit 1; }
+            sleep 0.1
+        done
+        read -r ka ka_p99 ka_err < <(drive 1)
+        read -r pl pl_p99 pl_err < <(drive "$PIPELINE")
+        kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""
+        base_ka=${base_ka:-$ka}; base_pl=${base_pl:-$pl}
+        printf '| %s | %s | %s | %s | %.2fx | %s | %s | %.2fx | %s |\n' "$engine" "$n" "$ka" "$ka_p99" \
+            "$(awk "BEGIN {print $ka / $base_ka}")" "$pl" "$pl_p99" "$(awk "BEGIN {print $pl / $base_pl}")" "$((ka_err + pl_err))"
     done
-    read -r ka ka_p99 ka_err < <(drive 1)
-    read -r pl pl_p99 pl_err < <(drive "$PIPELINE")
-    kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""
-    base_ka=${base_ka:-$ka}; base_pl=${base_pl:-$pl}
-    printf '| %s | %s | %s | %.2fx | %s | %s | %.2fx | %s |\n' "$n" "$ka" "$ka_p99" \
-        "$(awk "BEGIN {print $ka / $base_ka}")" "$pl" "$pl_p99" "$(awk "BEGIN {print $pl / $base_pl}")" "$((ka_err + pl_err))"
 done

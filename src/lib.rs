@@ -4,16 +4,21 @@
 //! (the engine), its own SO_REUSEPORT listener and every connection it accepts for that
 //! connection's life. A monitor thread on its own core (or a shared one on small hosts) merges the
 //! shards' metric reports and publishes the status bodies. Shards talk to the rest only over
-//! lock-free channels and immutable published snapshots: no lock sits on the request path.
+//! lock-free channels and immutable published snapshots. Under glommio no lock sits on the
+//! request path; under may, whose coroutines can resume on another worker, one per-shard lock
+//! (uncontended: only the shard's own worker takes it in the steady state) guards the app.
 //!
 //! # Layout
 //! - [`config`]: flags and the seed's environment variables, validated in one place.
 //! - [`http`]: the sans-I/O HTTP/1.1 codec every engine drives.
 //! - [`app`]: the router and handlers (engine-agnostic).
-//! - [`engine`]: event loops that move bytes and time (`glommio`), and start-up checks.
-//! - [`shard`]: placement on CPUs, shard lifecycle, supervision and restarts.
+//! - [`engine`]: event loops that move bytes and time (`glommio`, `may`), the choice between
+//!   them, and start-up checks.
+//! - [`shard`]: placement on CPUs, shard lifecycle, supervision and restarts, and the
+//!   engine-neutral commands every engine obeys (activate/deactivate, shed, refuse).
 //! - [`metrics`]: per-shard counters and HDR histograms.
-//! - [`monitor`]: the monitor core: merging, health, rendering of status bodies.
+//! - [`monitor`]: the monitor core: merging, sampling, alerts, trends, health score,
+//!   auto-recovery, auto-scaling, the webhook, rendering of status bodies and the dashboard.
 //! - [`queue`]: per-core priority queues: classes, workers, retries, dead letters, hand-off.
 //! - [`server`]: start-up and graceful shutdown.
 

@@ -26,7 +26,13 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // may logs every descriptor it registers at info: keep it to warnings unless asked for.
+    if !std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains("may")) {
+        logger.filter_module("may", log::LevelFilter::Warn);
+    }
+    logger.init();
     match cli.command {
         None | Some(Command::Serve) => {}
         // `coinbit --port 1 doctor ...`: flags before the subcommand.

@@ -10,8 +10,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::app::routes::ROUTE_NAMES;
-use crate::config::Config;
-use crate::engine::{self, ShardContext};
+use crate::config::{Config, EngineKind};
+use crate::engine::{self, Engine, ShardContext};
+use crate::monitor::watch::{Watch, WatchSettings};
+use crate::monitor::webhook::Webhook;
 use crate::monitor::{Identity, Monitor, Published};
 use crate::shard::{self, Control, ShardSlot, ShardState};
 use arc_swap::ArcSwap;
@@ -36,6 +38,8 @@ pub enum StartError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Webhook(String),
 }
 
 impl StartError {
@@ -64,7 +68,13 @@ pub struct Server {
 /// Checks the host, places and starts the shards and the monitor, and returns once every shard
 /// serves.
 pub fn start(config: Config) -> Result<Server, StartError> {
-    engine::preflight::check_glommio()?;
+    let preflight = match config.server.engine {
+        // may needs nothing of io_uring: no need to probe for it.
+        EngineKind::May => Ok(()),
+        _ => engine::preflight::check_glommio(),
+    };
+    let (chosen, why) = engine::choose(config.server.engine, preflight)?;
+    log::info!("engine: {} ({why})", chosen.name());
     let available: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .into_iter()
@@ -96,8 +106,15 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         .map(|(id, &cpu)| Arc::new(ShardSlot::new(id, cpu)))
         .collect();
 
+    if chosen == Engine::May {
+        engine::may::workers::start(&slots).map_err(|reason| StartError::ShardStart {
+            shard: 0,
+            cpu: slots[0].cpu,
+            reason,
+        })?;
+    }
     let identity = Identity {
-        engine: engine::glommio::ENGINE_NAME,
+        engine: chosen.name(),
         monitor_cpu: placement.monitor_cpu,
         monitor_shares_core: placement.monitor_shares_core,
         min_workers: config.cluster.min_workers,
@@ -105,12 +122,21 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         queue_size_warning: config.monitoring.queue_size_warning,
         queue_size_critical: config.monitoring.queue_size_critical,
     };
+    let (watch_settings, clamp_note) = WatchSettings::from_config(&config, slots.len());
+    if let Some(note) = clamp_note {
+        log::info!("{note}");
+    }
+    let webhook = match &config.monitoring.webhook_url {
+        Some(url) => Some(Webhook::start(url).map_err(StartError::Webhook)?),
+        None => None,
+    };
     let monitor = Monitor::new(
         slots.clone(),
         identity,
         control.clone(),
         ROUTE_NAMES,
         config.snapshot_interval(),
+        Watch::new(watch_settings, slots.len(), webhook),
     );
     let published = monitor.published.clone();
     // Bounded: a monitor that falls behind makes shards drop reports, never block.
@@ -145,7 +171,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
                 .spawn(move || {
                     let (slot, control) = (context.slot.clone(), context.control.clone());
                     shard::supervise(slot, control, |generation| {
-                        engine::glommio::run_shard(ShardContext {
+                        chosen.run_shard(ShardContext {
                             generation,
                             ..context.clone()
                         })
@@ -169,7 +195,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
     log::info!(
         "listening on http://{addr} with {} {} shards on CPUs {:?}; monitor on CPU {}{}",
         slots.len(),
-        engine::glommio::ENGINE_NAME,
+        chosen.name(),
         placement.shard_cpus,
         placement.monitor_cpu,
         if placement.monitor_shares_core {

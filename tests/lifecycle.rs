@@ -135,6 +135,29 @@ fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline() {
     });
 }
 
+#[test]
+fn a_second_signal_exits_130_without_waiting() {
+    each_engine(|engine| {
+        let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "10000"]);
+        let mut busy = server.connect();
+        busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n");
+        wait_until_sleep_in_flight(&server);
+        let signalled = Instant::now();
+        server.signal(libc::SIGTERM);
+        // The first signal is being handled (draining) before the second comes.
+        common::wait_for("draining", Duration::from_secs(5), || {
+            server
+                .log_lines()
+                .iter()
+                .any(|l| l.contains("draining connections"))
+                .then_some(())
+        });
+        server.signal(libc::SIGINT);
+        assert_eq!(server.wait_exit(Duration::from_secs(5)).code(), Some(130));
+        assert!(signalled.elapsed() < Duration::from_secs(3));
+    });
+}
+
 /// Runs the binary with `args` and `env` (on top of `PORT=0`) until it exits, at most 20 s;
 /// returns (exit code, stderr).
 fn run_to_exit(
@@ -199,6 +222,15 @@ fn bad_environment_values_stop_start_up_with_exit_2_naming_them() {
             &["QUEUE_HIGH_WORKERS", "four"],
         ),
         (&[("SHARD_CPUS", "0,999")], &["SHARD_CPUS", "999"]),
+        (&[("ENGINE", "uring")], &["ENGINE", "uring"]),
+        (
+            &[("MONITORING_WEBHOOK_URL", "ftp://alerts")],
+            &["MONITORING_WEBHOOK_URL", "ftp://alerts"],
+        ),
+        (
+            &[("MONITORING_HEARTBEAT_TIMEOUT", "0")],
+            &["MONITORING_HEARTBEAT_TIMEOUT", "0"],
+        ),
     ];
     for (env, needles) in cases {
         let (code, stderr) = run_to_exit(&[], env, None);
@@ -295,7 +327,7 @@ fn block_io_uring() -> std::io::Result<()> {
 
 #[test]
 fn too_little_locked_memory_is_refused_with_the_fix() {
-    let (code, stderr) = run_to_exit(&[], &[], Some(lower_memlock));
+    let (code, stderr) = run_to_exit(&["--engine", "glommio"], &[], Some(lower_memlock));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("locked-memory limit is 65536"), "{stderr}");
     assert!(stderr.contains("ulimit -l"), "{stderr}");
@@ -303,20 +335,55 @@ fn too_little_locked_memory_is_refused_with_the_fix() {
 
 #[test]
 fn io_uring_blocked_by_seccomp_is_refused_with_the_fix() {
-    let (code, stderr) = run_to_exit(&[], &[], Some(block_io_uring));
+    let (code, stderr) = run_to_exit(&["--engine", "glommio"], &[], Some(block_io_uring));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("io_uring is unavailable"), "{stderr}");
     assert!(stderr.contains("seccomp"), "{stderr}");
 }
 
 #[test]
+fn auto_falls_back_to_may_where_glommio_cannot_run_and_says_why() {
+    /// (what makes glommio unable to run, what the log must say of it)
+    type Case = (fn() -> std::io::Result<()>, &'static str);
+    let cases: [Case; 2] = [
+        (block_io_uring, "io_uring is unavailable"),
+        (lower_memlock, "locked-memory limit is 65536"),
+    ];
+    for (hook, why) in cases {
+        let mut command = Server::command(&[]);
+        command.env("ENGINE", "auto");
+        // SAFETY: the hooks only call async-signal-safe functions (setrlimit, prctl).
+        unsafe { command.pre_exec(hook) };
+        let server = Server::spawn(command);
+        let status = server.cluster_status();
+        assert_eq!(status["engine"], "may", "{status}");
+        assert_eq!(server.get("/health").json()["engine"], "may");
+        assert_eq!(server.get("/livez").status, 200);
+        let mut lines = Vec::new();
+        common::wait_for(
+            "the engine choice in the log",
+            Duration::from_secs(5),
+            || {
+                lines.extend(server.log_lines());
+                lines
+                    .iter()
+                    .any(|l| l.contains("engine: may (auto: glommio cannot run") && l.contains(why))
+                    .then_some(())
+            },
+        );
+    }
+}
+
+#[test]
 fn a_port_in_use_by_a_non_reuseport_socket_is_a_clear_error() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port().to_string();
-    let (code, stderr) = run_to_exit(&["--port", &port], &[], None);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"),
-        "{stderr}"
-    );
+    each_engine(|engine| {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port().to_string();
+        let (code, stderr) = run_to_exit(&["--port", &port, "--engine", engine], &[], None);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"),
+            "{stderr}"
+        );
+    });
 }

@@ -490,6 +490,7 @@ fn health_warns_and_fails_on_queued_jobs() {
             &[
                 ("MONITORING_QUEUE_SIZE_WARNING", "3"),
                 ("MONITORING_QUEUE_SIZE_CRITICAL", "6"),
+                ("MONITORING_METRICS_INTERVAL", "200"),
                 ("QUEUE_BACKGROUND_WORKERS", "1"),
             ],
         );
@@ -514,8 +515,106 @@ fn health_warns_and_fails_on_queued_jobs() {
         wait_for("/health to fail", PATIENCE, || {
             (check(&server) == (503, json!("fail"))).then_some(())
         });
+        // The same count is the monitor's queue-size input: its sample and the alert.
+        let alerts = wait_for("the queue-size critical alert", PATIENCE, || {
+            let body = server.get("/api/enterprise/alerts").json();
+            let firing = body["active"].as_array()?.iter().any(|a| {
+                a["id"] == "queue_size/critical" && a["value"].as_f64().unwrap_or(0.0) >= 6.0
+            });
+            firing.then_some(body)
+        });
+        let sampled = server.get("/api/enterprise/metrics").json()["monitoring"]["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["queued_jobs"].as_u64().unwrap())
+            .max();
+        assert!(sampled >= Some(6), "{sampled:?} {alerts}");
         wait_for("/health to pass once drained", PATIENCE, || {
             (check(&server) == (200, json!("pass"))).then_some(())
         });
+    });
+}
+
+/// While the monitor sheds low-priority work (CPU critical under a request flood), low and
+/// background workers take no new job and high ones go on; the held jobs stay queued and all
+/// run once the alert clears.
+#[test]
+fn low_and_background_workers_pause_while_low_priority_work_is_shed() {
+    each_engine(|engine| {
+        let server = Server::start(
+            engine,
+            &[
+                "--shards",
+                "1",
+                "--debug-routes",
+                "--min-workers",
+                "1",
+                "--max-workers",
+                "1",
+                "--metrics-interval",
+                "300",
+                "--cpu-warning",
+                "10",
+                "--cpu-critical",
+                "20",
+            ],
+        );
+        let shedding = |server: &Server| {
+            server.get("/api/enterprise/alerts").json()["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["name"] == "shed_low_priority" && a["active"] == true)
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood: Vec<_> = (0..3)
+            .map(|_| {
+                let (addr, stop) = (server.addr, stop.clone());
+                std::thread::spawn(move || {
+                    let mut client = Client::connect(addr);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if client.try_request("GET", "/livez", &[], b"").is_none() {
+                            client = Client::connect(addr);
+                        }
+                    }
+                })
+            })
+            .collect();
+        wait_for("shed_low_priority to be raised", PATIENCE, || {
+            shedding(&server).then_some(())
+        });
+        let mut client = server.connect();
+        let sleep_job =
+            |class: &str| json!({"kind": "debug.sleep", "class": class, "payload": {"ms": 1}});
+        let held: Vec<String> = ["low", "background", "low", "background"]
+            .iter()
+            .map(|class| enqueue_ok(&mut client, &sleep_job(class)))
+            .collect();
+        let high: Vec<String> = (0..4)
+            .map(|_| enqueue_ok(&mut client, &sleep_job("high")))
+            .collect();
+        for id in &high {
+            wait_for_state(&server, id, "done");
+        }
+        // Observed between two looks that both see the shedding: the pause, not a race.
+        let states: Vec<Value> = held
+            .iter()
+            .map(|id| job(&server, id)["state"].clone())
+            .collect();
+        let still_shedding = shedding(&server);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flood.into_iter().for_each(|t| t.join().unwrap());
+        if still_shedding {
+            assert!(states.iter().all(|s| s == "queued"), "{states:?}");
+        } else {
+            eprintln!("the alert cleared while looking; held jobs: {states:?}");
+        }
+        wait_for("shed_low_priority to be lowered", PATIENCE, || {
+            (!shedding(&server)).then_some(())
+        });
+        for id in &held {
+            wait_for_state(&server, id, "done");
+        }
     });
 }

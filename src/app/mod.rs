@@ -28,7 +28,9 @@ use routes::{Match, Route};
 /// One shard's application state. Owned by the shard; never shared with another.
 pub struct ShardApp {
     pub shard: usize,
-    published: Arc<ArcSwap<Published>>,
+    /// The monitor's latest snapshot, re-read only when the monitor has published a new one:
+    /// a plain load of the pointer per request instead of `ArcSwap::load`'s read-modify-writes.
+    published: arc_swap::Cache<Arc<ArcSwap<Published>>, Arc<Published>>,
     pub metrics: ShardMetrics,
     date: HttpDate,
     draining: bool,
@@ -51,7 +53,7 @@ impl ShardApp {
     ) -> Self {
         ShardApp {
             shard,
-            published,
+            published: arc_swap::Cache::new(published),
             metrics: ShardMetrics::new(routes::ROUTE_NAMES.len()),
             date: HttpDate::now(),
             draining: false,
@@ -84,19 +86,23 @@ impl ShardApp {
     }
 
     fn dispatch(&mut self, route: Route, request: &Request<'_>) -> Reply {
+        let (shard, draining) = (self.shard, self.draining);
         let published = self.published.load();
         match route {
-            Route::Health => handlers::health(&published).into(),
+            Route::Health => handlers::health(published).into(),
             Route::Livez => handlers::livez().into(),
-            Route::Readyz => handlers::readyz(&published, self.draining).into(),
+            Route::Readyz => handlers::readyz(published, draining).into(),
             Route::ClusterStatus => {
                 handlers::json_snapshot(published.cluster_status.clone()).into()
             }
             Route::Metrics => handlers::json_snapshot(published.metrics.clone()).into(),
             Route::Prometheus => handlers::prometheus(published.prometheus.clone()).into(),
-            Route::DebugCrashShard => handlers::debug_crash_shard(self.shard),
+            Route::DebugCrashShard => handlers::debug_crash_shard(shard),
             Route::DebugSleep => handlers::debug_sleep(request),
-            Route::DebugShard => handlers::debug_shard(self.shard).into(),
+            Route::DebugShard => handlers::debug_shard(shard).into(),
+            Route::Alerts => handlers::json_snapshot(published.alerts.clone()).into(),
+            Route::Dashboard => handlers::dashboard().into(),
+            Route::DebugStallShard => handlers::debug_stall_shard(shard, request).into(),
             Route::QueuesStatus => handlers::json_snapshot(published.queues_status.clone()).into(),
             Route::JobEnqueue => jobs::enqueue(&self.queues, request),
             Route::JobStatus => jobs::status(&self.queues, request),

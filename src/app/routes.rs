@@ -27,6 +27,9 @@ pub enum Route {
     DeadLetters,
     DeadLetterReplay,
     DebugEffects,
+    Alerts,
+    Dashboard,
+    DebugStallShard,
 }
 
 /// Route names as metrics label them; the last two count 405 and 404 answers.
@@ -46,6 +49,9 @@ pub const ROUTE_NAMES: &[&str] = &[
     "jobs_dead",
     "jobs_dead_replay",
     "debug_effects",
+    "alerts",
+    "dashboard",
+    "debug_stall_shard",
     "method_not_allowed",
     "not_found",
 ];
@@ -127,6 +133,12 @@ const TABLE: &[Entry] = &[
         debug_only: true,
         ..get("/debug/effects", Route::DebugEffects)
     },
+    get("/api/enterprise/alerts", Route::Alerts),
+    get("/dashboard", Route::Dashboard),
+    Entry {
+        debug_only: true,
+        ..post("/debug/stall-shard", Route::DebugStallShard)
+    },
 ];
 
 /// The result of matching a request against the table.
@@ -186,6 +198,25 @@ mod tests {
                 false,
                 Match::Found(Route::Prometheus),
             ),
+            (
+                Method::Get,
+                "/api/enterprise/alerts",
+                false,
+                Match::Found(Route::Alerts),
+            ),
+            (
+                Method::Get,
+                "/dashboard",
+                false,
+                Match::Found(Route::Dashboard),
+            ),
+            (Method::Post, "/debug/stall-shard", false, Match::NotFound),
+            (
+                Method::Post,
+                "/debug/stall-shard",
+                true,
+                Match::Found(Route::DebugStallShard),
+            ),
             (Method::Get, "/nope", false, Match::NotFound),
             (Method::Get, "/health/", false, Match::NotFound),
             (Method::Post, "/debug/crash-shard", false, Match::NotFound),
@@ -217,6 +248,10 @@ mod tests {
         }
         assert_eq!(ROUTE_NAMES[Route::DebugSleep as usize], "debug_sleep");
         assert_eq!(ROUTE_NAMES[Route::DebugEffects as usize], "debug_effects");
+        assert_eq!(
+            ROUTE_NAMES[Route::DebugStallShard as usize],
+            "debug_stall_shard"
+        );
     }
 
     #[test]

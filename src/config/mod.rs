@@ -84,8 +84,10 @@ pub struct ServerConfig {
     /// Address to listen on.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
-    /// Event-loop engine. `glommio` runs on io_uring.
-    #[arg(long, env = "ENGINE", value_enum, default_value_t = EngineKind::Glommio)]
+    /// Event-loop engine: `glommio` (io_uring), `may` (epoll coroutines), or `auto`: the
+    /// faster where both can run (may, from bench/RESULTS.md), else the one that can; it probes
+    /// io_uring and locked memory at start-up and logs which it chose and why.
+    #[arg(long, env = "ENGINE", value_enum, default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
     /// Number of shards; default one per CPU (less the monitor core with 4 or more CPUs).
     #[arg(long, env = "SHARDS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -289,6 +291,22 @@ pub struct MonitoringConfig {
     /// Queued jobs that raise a critical alert.
     #[arg(long, env = "MONITORING_QUEUE_SIZE_CRITICAL", default_value_t = 5_000)]
     pub queue_size_critical: u64,
+    /// Alerts are also POSTed here as Alertmanager webhook JSON (`http://host:port/path`).
+    #[arg(long, env = "MONITORING_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Time span of the samples a trend is fitted over (ms).
+    #[arg(long = "trend-window", env = "MONITORING_TREND_WINDOW", default_value_t = 300_000, value_parser = millis())]
+    pub trend_window_ms: u64,
+    /// A trend alert fires when a metric is projected to cross its critical level within this (ms).
+    #[arg(long = "trend-horizon", env = "MONITORING_TREND_HORIZON", default_value_t = 600_000, value_parser = millis())]
+    pub trend_horizon_ms: u64,
+    /// Samples kept for trends and the endpoints (720 is an hour at the default interval).
+    #[arg(long = "history-length", env = "MONITORING_HISTORY_LENGTH", default_value_t = 720,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=100_000))]
+    pub history_length: usize,
+    /// A shard silent for this long is restarted on its core (ms).
+    #[arg(long = "heartbeat-timeout", env = "MONITORING_HEARTBEAT_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
+    pub heartbeat_timeout_ms: u64,
 }
 
 /// Event-loop engines.
@@ -296,12 +314,18 @@ pub struct MonitoringConfig {
 pub enum EngineKind {
     /// glommio on io_uring.
     Glommio,
+    /// may coroutines on epoll.
+    May,
+    /// Chosen at start-up from what the kernel allows.
+    Auto,
 }
 
 impl EngineKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EngineKind::Glommio => "glommio",
+            EngineKind::May => "may",
+            EngineKind::Auto => "auto",
         }
     }
 }
@@ -452,6 +476,9 @@ impl Config {
                 "the first retry delay must not exceed the longest",
             ));
         }
+        if let Some(url) = &self.monitoring.webhook_url {
+            check_webhook_url(url)?;
+        }
         if self.server.listen_backlog < 1 {
             return Err(ConfigError::invalid(
                 "LISTEN_BACKLOG",
@@ -469,6 +496,14 @@ impl Config {
     pub fn snapshot_interval(&self) -> Duration {
         Duration::from_millis(self.server.snapshot_interval_ms)
     }
+}
+
+/// The webhook client speaks plain HTTP/1.1 (put a TLS-terminating proxy in front of an https
+/// receiver): `http://host[:port][/path]`.
+fn check_webhook_url(url: &str) -> Result<(), ConfigError> {
+    crate::monitor::webhook::Target::parse(url)
+        .map(|_| ())
+        .map_err(|why| ConfigError::invalid("MONITORING_WEBHOOK_URL", url, &why))
 }
 
 fn check_postgres_url(name: &str, url: &str) -> Result<(), ConfigError> {

@@ -43,6 +43,8 @@ fn defaults_are_the_seeds() {
         (70, 90)
     );
     assert_eq!(c.http.max_body_bytes, 1024 * 1024);
+    assert_eq!(c.cluster.scale_cooldown_ms, 30_000);
+    assert_eq!(c.monitoring.webhook_url, None);
 }
 
 #[test]
@@ -94,6 +96,13 @@ fn bad_values_name_the_setting_and_value() {
             "QUEUE_RETRY_BASE_DELAY",
             "5000",
         ),
+        (
+            &["--webhook-url", "https://alerts.example/hook"],
+            "MONITORING_WEBHOOK_URL",
+            "https://alerts.example/hook",
+        ),
+        (&["--history-length", "1"], "--history-length", "1"),
+        (&["--trend-window", "0"], "--trend-window", "0"),
     ];
     for (args, name, value) in cases {
         let err = parse(args).expect_err(&format!("{args:?} should be refused"));

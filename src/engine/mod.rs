@@ -7,23 +7,325 @@
 //! (a task per class with its CPU share, timers), and runs a connection in the class of the
 //! route it serves ([`crate::app::ShardApp::take_routed_class`]).
 //!
+//! What both engines need (the choice of engine, the connection settings, admission and its
+//! 503s, the activation steps, a generation's thread and its end, metrics reports, timer
+//! periods) lives here; each engine's folder holds only what is its own.
+//!
+//! What every engine must also do for the monitor:
+//! - obey [`crate::shard::Control::is_active`] every tick (close the listener, let connections
+//!   finish and park; bind again when reactivated) and
+//!   [`crate::shard::Control::refuse_new_connections`] at accept (503 + `Retry-After`);
+//! - hand the slot a duplicate of its listener's descriptor ([`ShardSlot::set_listener`]), run
+//!   its shard on a thread whose end is reported through a channel to
+//!   [`crate::shard::await_exit`], and end a generation that [`ShardSlot::is_superseded`]
+//!   reports replaced (the monitor replaces a shard that stops sending heartbeats).
+//!
 //! # Layout
 //! - [`glommio`]: io_uring via glommio, one `LocalExecutor` per pinned shard thread.
+//! - [`may`]: epoll via may's stackful coroutines, two may workers pinned to each shard's CPU
+//!   (generations take turns).
 //! - [`preflight`]: start-up checks of what an engine needs from the kernel.
 
 pub mod glommio;
+pub mod may;
 pub mod preflight;
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
-use crate::config::Config;
+use crate::app::ShardApp;
+use crate::config::{Config, EngineKind};
+use crate::http::conn::TimeoutKind;
+use crate::http::{ConnectionHeader, Limits, Response, Service, StatusCode, Timeouts};
 use crate::metrics::ShardReport;
 use crate::monitor::Published;
-use crate::shard::{Control, ShardSlot};
+use crate::queue::{QueueRuntime, QueueSettings, ShardQueues};
+use crate::shard::{Control, ShardExit, ShardSlot, ShardState};
+use preflight::PreflightError;
+
+/// An engine the shards can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Glommio,
+    May,
+}
+
+/// The engine `auto` takes where both work: the faster one in `bench/RESULTS.md` ("Two
+/// engines"): on one core, may served `GET /health` at 1.0–1.2x glommio's rate keep-alive
+/// and 1.2x pipelined, level with the bare may_minihttp server.
+pub const AUTO_PREFERS: Engine = Engine::May;
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Glommio => glommio::ENGINE_NAME,
+            Engine::May => may::ENGINE_NAME,
+        }
+    }
+
+    /// Runs one generation of a shard until it stops or dies (blocks the calling thread).
+    pub fn run_shard(self, ctx: ShardContext) -> ShardExit {
+        match self {
+            Engine::Glommio => glommio::run_shard(ctx),
+            Engine::May => may::run_shard(ctx),
+        }
+    }
+}
+
+/// Picks the engine for `kind`, given what the glommio preflight found, and says why.
+/// An explicit `glommio` that cannot run is an error; `auto` then falls back to may.
+pub fn choose(
+    kind: EngineKind,
+    glommio_preflight: Result<(), PreflightError>,
+) -> Result<(Engine, String), PreflightError> {
+    match (kind, glommio_preflight) {
+        (EngineKind::Glommio, Ok(())) => Ok((Engine::Glommio, "asked for with --engine".into())),
+        (EngineKind::Glommio, Err(e)) => Err(e),
+        (EngineKind::May, _) => Ok((Engine::May, "asked for with --engine".into())),
+        (EngineKind::Auto, Ok(())) => Ok((
+            AUTO_PREFERS,
+            format!(
+                "auto: io_uring and locked memory allow both engines; {} is the faster (bench/RESULTS.md)",
+                AUTO_PREFERS.name()
+            ),
+        )),
+        (EngineKind::Auto, Err(e)) => Ok((Engine::May, format!("auto: glommio cannot run: {e}"))),
+    }
+}
+
+/// How often the shards' housekeeping runs: coarse enough to cost nothing, fine enough for
+/// second-scale timeouts and a prompt shutdown.
+pub const TICK: Duration = Duration::from_millis(50);
+/// How often draining checks whether the last connection has gone.
+pub const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// Closing: how much the client may still send, and for how long, before the socket closes.
+pub const LINGER_BYTES: usize = 256 * 1024;
+pub const LINGER_TIME: Duration = Duration::from_millis(500);
+/// Pause after a failed accept (out of descriptors): back off rather than spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a crashed shard waits for its connections to go before it restarts.
+pub const ABORT_WAIT: Duration = Duration::from_secs(1);
+
+/// The codec's limits and timeouts, and the write timeout the engine enforces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub send_timeout: Duration,
+}
+
+impl ConnectionSettings {
+    pub fn from_config(config: &Config) -> Self {
+        let http = &config.http;
+        ConnectionSettings {
+            limits: Limits {
+                max_request_line: http.max_request_line_bytes,
+                max_header_bytes: http.max_header_bytes,
+                max_body_bytes: http.max_body_bytes,
+            },
+            timeouts: Timeouts {
+                header_read: Duration::from_millis(http.header_read_timeout_ms),
+                keep_alive: Duration::from_millis(http.keep_alive_timeout_ms),
+            },
+            send_timeout: Duration::from_millis(http.send_timeout_ms),
+        }
+    }
+}
+
+/// What an engine does with a connection it has just accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    Serve,
+    /// Write these bytes (a 503 with `Retry-After`), then close.
+    Refuse(Vec<u8>),
+}
+
+/// Counts a connection accepted and decides whether it is served: past the shard's cap, or
+/// while the monitor has [`Control::refuse_new_connections`] on (memory critical), it gets a
+/// 503 and is counted as refused. Open connections are not affected.
+pub fn admit(app: &mut ShardApp, cap: usize, control: &Control) -> Admission {
+    app.metrics.connections.accepted += 1;
+    let response = if app.metrics.connections.open as usize >= cap {
+        app.metrics.connections.rejected_at_cap += 1;
+        Response::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this server is at its connection limit; retry later",
+        )
+        .with_header("Retry-After", "1")
+    } else if control.refuse_new_connections() {
+        app.metrics.connections.rejected_overload += 1;
+        Response::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "memory is critical on this server; retry later",
+        )
+        .with_header("Retry-After", "5")
+    } else {
+        return Admission::Serve;
+    };
+    let mut out = Vec::with_capacity(256);
+    response.encode(&mut out, app.date(), false, ConnectionHeader::Close);
+    Admission::Refuse(out)
+}
+
+/// What a shard does at a tick to follow [`Control::is_active`] (auto-scaling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationStep {
+    /// Active without a listener: bind again and accept; `Running`.
+    Listen,
+    /// Inactive with a listener: close it, and let every connection close after its next
+    /// response (`Connection: close`); `Draining`.
+    StopListening,
+    /// Inactive, draining, and the last connection has gone; `Parked`.
+    Park,
+    /// Nothing changes.
+    Stay,
+}
+
+pub fn activation_step(
+    active: bool,
+    listening: bool,
+    state: ShardState,
+    open: usize,
+) -> ActivationStep {
+    match (active, listening) {
+        (true, false) => ActivationStep::Listen,
+        (false, true) => ActivationStep::StopListening,
+        (false, false) if open == 0 && state == ShardState::Draining => ActivationStep::Park,
+        _ => ActivationStep::Stay,
+    }
+}
+
+/// Records the step an engine has just carried out (`done` is how binding again went): the
+/// slot's state (what the status endpoints show) and the log line. `open` is the connections
+/// left to finish.
+pub fn activation_done(slot: &ShardSlot, step: ActivationStep, open: usize, done: io::Result<()>) {
+    let id = slot.id;
+    if let Err(e) = done {
+        log::warn!("shard {id}: cannot listen again ({e}); retrying");
+        return;
+    }
+    match step {
+        ActivationStep::Listen => {
+            slot.set_state(ShardState::Running);
+            log::info!("shard {id}: activated, listening again");
+        }
+        ActivationStep::StopListening => {
+            slot.set_state(ShardState::Draining);
+            log::info!("shard {id}: deactivated, listener closed; finishing {open} connections");
+        }
+        ActivationStep::Park => {
+            slot.set_state(ShardState::Parked);
+            log::info!("shard {id}: parked");
+        }
+        ActivationStep::Stay => {}
+    }
+}
+
+/// The state a generation starts in: a shard restarted while auto-scaling has it parked starts
+/// parked, without a listener.
+/// Builds a shard's app with its queues, whose tasks run on `runtime`, and starts their workers.
+pub fn shard_app(ctx: &ShardContext, runtime: std::rc::Rc<dyn QueueRuntime>) -> ShardApp {
+    let queues = ShardQueues::new(
+        ctx.slot.id,
+        ctx.generation,
+        QueueSettings::from_config(&ctx.config.queues, ctx.config.server.debug_routes),
+        runtime,
+        ctx.mesh.clone(),
+        ctx.control.clone(),
+    );
+    crate::queue::worker::start(&queues);
+    ShardApp::new(
+        ctx.slot.id,
+        ctx.published.clone(),
+        ctx.config.server.debug_routes,
+        queues,
+        ctx.config.queues.route_classes.as_ref(),
+    )
+}
+
+pub fn starts_listening(ctx: &ShardContext) -> bool {
+    let active = ctx.control.is_active(ctx.slot.id);
+    if !active {
+        ctx.slot.set_state(ShardState::Parked);
+    }
+    active
+}
+
+/// Why a generation must end now, if it must: the monitor replaced it after it missed its
+/// heartbeats (its successor may already serve).
+pub fn superseded(ctx: &ShardContext) -> Option<String> {
+    ctx.slot
+        .is_superseded(ctx.generation)
+        .then(|| "replaced by the monitor after missing heartbeats".to_string())
+}
+
+/// Runs one generation's `life` on a thread of its own and waits for its end through
+/// [`crate::shard::await_exit`], so that a generation the monitor replaces (its thread may be
+/// stuck) is left to end by itself while its successor starts.
+pub fn run_generation(
+    ctx: &ShardContext,
+    name: String,
+    life: impl FnOnce() -> ShardExit + Send + 'static,
+) -> ShardExit {
+    let (exit, exited) = crossbeam::channel::bounded(1);
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let _ = exit.send(life());
+    });
+    if let Err(e) = spawned {
+        return ShardExit::Died(format!("cannot start the shard's thread: {e}"));
+    }
+    crate::shard::await_exit(&ctx.slot, ctx.generation, &exited)
+}
+
+/// What a draining shard does next, once it has told its connections to close.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DrainNext {
+    /// The last connection has gone.
+    Done,
+    /// The shutdown deadline passed with connections open: close them now.
+    Abort,
+    /// Poll again after [`DRAIN_POLL`].
+    Wait,
+}
+
+/// `jobs_idle`: no job queued, running or waiting for a retry. Accepted jobs finish too (until
+/// the deadline): they live in the shard's memory.
+pub fn drain_next(shard: usize, open: usize, jobs_idle: bool, deadline: Instant) -> DrainNext {
+    if open == 0 && jobs_idle {
+        DrainNext::Done
+    } else if Instant::now() >= deadline {
+        log::warn!(
+            "shard {shard}: shutdown deadline passed with {open} connections open or jobs unfinished"
+        );
+        DrainNext::Abort
+    } else {
+        DrainNext::Wait
+    }
+}
+
+/// Counts a connection closed by its read deadline.
+pub fn count_timeout(app: &mut ShardApp, kind: TimeoutKind) {
+    match kind {
+        TimeoutKind::RequestRead => app.metrics.connections.request_timeouts += 1,
+        TimeoutKind::Idle => app.metrics.connections.idle_timeouts += 1,
+    }
+}
+
+/// Sends the shard's metrics to the monitor. A full channel means the monitor is behind; the
+/// next report carries the counters anyway.
+pub fn send_report(app: &mut ShardApp, ctx: &ShardContext, now: Instant) {
+    let slot = &ctx.slot;
+    let mut report = app.metrics.report(slot.id, ctx.generation, slot.tid(), now);
+    report.queues = Some(app.queues.report());
+    let _ = ctx.reports.try_send(report);
+}
 
 /// A TCP socket bound to `addr` in the port's SO_REUSEPORT group (not yet listening): every
 /// shard's listener, and the port reservation that holds the port while none listens.
@@ -53,4 +355,58 @@ pub struct ShardContext {
     pub published: Arc<ArcSwap<Published>>,
     /// The queues' channels between shards (kept across shard restarts).
     pub mesh: Arc<crate::queue::Mesh>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_choice() {
+        let refused = || PreflightError::IoUringUnavailable {
+            reason: "blocked".into(),
+        };
+        let cases = [
+            (EngineKind::Glommio, Ok(()), Some(Engine::Glommio)),
+            (EngineKind::Glommio, Err(refused()), None),
+            (EngineKind::May, Ok(()), Some(Engine::May)),
+            (EngineKind::May, Err(refused()), Some(Engine::May)),
+            (EngineKind::Auto, Ok(()), Some(AUTO_PREFERS)),
+            (EngineKind::Auto, Err(refused()), Some(Engine::May)),
+        ];
+        for (kind, preflight, expected) in cases {
+            let chosen = choose(kind, preflight.clone());
+            assert_eq!(
+                chosen.as_ref().ok().map(|c| c.0),
+                expected,
+                "{kind:?} {preflight:?}"
+            );
+        }
+        let (_, why) = choose(EngineKind::Auto, Err(refused())).unwrap();
+        assert!(why.contains("io_uring is unavailable (blocked)"), "{why}");
+    }
+
+    #[test]
+    fn activation_steps() {
+        use ActivationStep::*;
+        use ShardState::{Draining, Parked, Running};
+        let cases = [
+            // (active, listening, state, open) -> step
+            ((true, true, Running, 3), Stay),
+            ((true, false, Parked, 0), Listen),
+            ((true, false, Draining, 2), Listen),
+            ((false, true, Running, 2), StopListening),
+            ((false, true, Running, 0), StopListening),
+            ((false, false, Draining, 1), Stay),
+            ((false, false, Draining, 0), Park),
+            ((false, false, Parked, 0), Stay),
+        ];
+        for ((active, listening, state, open), expected) in cases {
+            assert_eq!(
+                activation_step(active, listening, state, open),
+                expected,
+                "{active} {listening} {state:?} {open}"
+            );
+        }
+    }
 }

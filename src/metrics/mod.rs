@@ -44,6 +44,8 @@ pub struct ConnectionCounters {
     pub idle_timeouts: u64,
     /// Requests the codec refused (400, 413, 414, 431, 501, 505).
     pub protocol_errors: u64,
+    /// Refused with 503 while memory was critical (auto-recovery).
+    pub rejected_overload: u64,
 }
 
 /// Responses per route and status class, cumulative.

@@ -79,10 +79,6 @@ pub fn queue_status(queued: u64, warning: u64, critical: u64) -> HealthStatus {
     }
 }
 
-pub fn total_queued(state: &ClusterState) -> u64 {
-    state.shards.iter().map(|t| t.queues.queued() as u64).sum()
-}
-
 pub fn health_check(queued: u64, status: HealthStatus, warning: u64, critical: u64) -> Value {
     json!([{
         "componentType": "component",
@@ -186,7 +182,7 @@ pub fn status_body(state: &ClusterState, status: HealthStatus) -> Value {
         .collect();
     json!({
         "status": status,
-        "queued": total_queued(state),
+        "queued": state.queued_jobs(),
         "snapshot_interval_ms": state.interval.as_millis() as u64,
         "classes": merged,
         "shards": shards,

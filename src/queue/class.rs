@@ -64,6 +64,57 @@ pub fn aged_weight(class: Priority, oldest_wait: Option<Duration>) -> u32 {
         .min(Priority::High.weight())
 }
 
+/// Weighted turn-taking between the classes (stride scheduling), for an engine whose scheduler
+/// has no shares of its own: of the classes with something to run, the turn goes to the one
+/// that has had the least of its weight so far. With every class busy they get turns in the
+/// ratio of their weights (8:4:2:1, or as aging sets them); a class that had nothing to do
+/// rejoins level with the others, without credit saved up, so no class can hold the core after
+/// an idle spell, and none starves.
+#[derive(Debug, Clone)]
+pub struct Turns {
+    /// Virtual time each class has used.
+    pass: [u64; 4],
+    /// Virtual time one turn costs each class: inversely proportional to its weight.
+    stride: [u64; 4],
+    /// The pass of the last class served: where a returning class rejoins.
+    level: u64,
+}
+
+/// The stride of weight 1.
+const STRIDE_UNIT: u64 = 1 << 20;
+
+impl Default for Turns {
+    fn default() -> Self {
+        Turns {
+            pass: [0; 4],
+            stride: Priority::ALL.map(|class| STRIDE_UNIT / u64::from(class.weight())),
+            level: 0,
+        }
+    }
+}
+
+impl Turns {
+    /// The weight `class` gets from now on.
+    pub fn set_weight(&mut self, class: Priority, weight: u32) {
+        self.stride[class.index()] = STRIDE_UNIT / u64::from(weight.max(1));
+    }
+
+    /// The class whose turn it is among those `ready` (by index), charged for the turn; `None`
+    /// when none is ready. Ties go to the higher class.
+    pub fn next(&mut self, ready: [bool; 4]) -> Option<Priority> {
+        let level = self.level;
+        let pick = Priority::ALL
+            .into_iter()
+            .filter(|class| ready[class.index()])
+            .min_by_key(|class| self.pass[class.index()].max(level))?;
+        let i = pick.index();
+        self.pass[i] = self.pass[i].max(level);
+        self.level = self.pass[i];
+        self.pass[i] += self.stride[i];
+        Some(pick)
+    }
+}
+
 /// Overrides of the route table's classes (`QUEUE_ROUTE_CLASSES`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteClasses {
@@ -135,6 +186,41 @@ impl RouteClasses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn turns_follow_the_weights_and_let_no_class_bank_credit() {
+        let mut turns = Turns::default();
+        let mut counts = [0u32; 4];
+        for _ in 0..150 {
+            counts[turns.next([true; 4]).unwrap().index()] += 1;
+        }
+        assert_eq!(counts, [80, 40, 20, 10]);
+        // Only background and low have work: 1:2, and they do not stall.
+        let mut counts = [0u32; 4];
+        for _ in 0..30 {
+            counts[turns.next([false, false, true, true]).unwrap().index()] += 1;
+        }
+        assert_eq!(counts, [0, 0, 20, 10]);
+        // High and medium come back after idling for 30 turns: they rejoin level, they do not
+        // take the next 30 turns to catch up.
+        let mut counts = [0u32; 4];
+        for _ in 0..30 {
+            counts[turns.next([true; 4]).unwrap().index()] += 1;
+        }
+        assert!(
+            counts[0] <= 17 && counts[2] >= 3 && counts[3] >= 1,
+            "{counts:?}"
+        );
+        assert_eq!(turns.next([false; 4]), None);
+        // Aging: background at weight 8 gets as many turns as high.
+        let mut turns = Turns::default();
+        turns.set_weight(Priority::Background, 8);
+        let mut counts = [0u32; 4];
+        for _ in 0..16 {
+            counts[turns.next([true, false, false, true]).unwrap().index()] += 1;
+        }
+        assert_eq!(counts, [8, 0, 0, 8]);
+    }
 
     #[test]
     fn aging_table() {

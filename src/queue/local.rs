@@ -20,6 +20,7 @@ use super::report::{queue_histogram, ClassCounters, ClassReport, QueueReport, MA
 use super::retry::retry_delay;
 use super::{aged_weight, Priority, QueueRuntime};
 use crate::config::QueueConfig;
+use crate::shard::Control;
 
 /// Finished jobs whose status stays readable (and whose keys keep deduplicating), per shard.
 pub const RETAINED_FINISHED: usize = 10_000;
@@ -103,6 +104,8 @@ pub struct ShardQueues {
     pub settings: QueueSettings,
     pub runtime: Rc<dyn QueueRuntime>,
     pub mesh: Arc<Mesh>,
+    /// The monitor's orders; the queues read [`Control::shed_low_priority`].
+    control: Arc<Control>,
     state: RefCell<State>,
 }
 
@@ -126,6 +129,7 @@ impl ShardQueues {
         settings: QueueSettings,
         runtime: Rc<dyn QueueRuntime>,
         mesh: Arc<Mesh>,
+        control: Arc<Control>,
     ) -> Rc<Self> {
         let classes = Priority::ALL
             .into_iter()
@@ -149,6 +153,7 @@ impl ShardQueues {
             settings,
             runtime,
             mesh,
+            control,
             state: RefCell::new(State {
                 classes,
                 jobs: HashMap::new(),
@@ -431,6 +436,15 @@ impl ShardQueues {
                 self.runtime.set_weight(class, weight);
             }
         }
+    }
+
+    /// Whether `class`'s workers pause: low and background take no new job while the monitor
+    /// sheds low-priority work (CPU critical). Their accepted jobs stay queued; a shutdown lets
+    /// them run again so that draining can finish them.
+    pub fn shedding(&self, class: Priority) -> bool {
+        class >= Priority::Low
+            && self.control.shed_low_priority()
+            && !self.control.is_shutting_down()
     }
 
     /// No job waiting, running or waiting for a retry.

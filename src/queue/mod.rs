@@ -33,7 +33,7 @@ pub mod retry;
 pub mod runtime;
 pub mod worker;
 
-pub use class::{aged_weight, Priority, RouteClasses};
+pub use class::{aged_weight, Priority, RouteClasses, Turns};
 pub use job::{JobId, JobSpec};
 pub use local::{QueueSettings, ShardQueues};
 pub use mesh::Mesh;

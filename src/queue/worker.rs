@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures_lite::future::BoxedLocal;
 use futures_lite::FutureExt;
@@ -28,8 +29,15 @@ pub fn start(queues: &Rc<ShardQueues>) {
         .spawn(Priority::High, Box::pin(serve_inbox(queues.clone())));
 }
 
+/// How often a paused (shed) worker looks whether it may take jobs again.
+const SHED_POLL: Duration = Duration::from_millis(50);
+
 async fn work(queues: Rc<ShardQueues>, class: Priority) {
     loop {
+        if queues.shedding(class) {
+            queues.runtime.sleep(SHED_POLL).await;
+            continue;
+        }
         let Some(ticket) = queues.take(class) else {
             queues.work_available(class).await;
             continue;

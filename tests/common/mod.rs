@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Engines every HTTP test runs against.
-pub const ENGINES: &[&str] = &["glommio"];
+pub const ENGINES: &[&str] = &["glommio", "may"];
 
 /// Runs `case` once per engine.
 pub fn each_engine(case: impl Fn(&str)) {
@@ -45,6 +45,14 @@ impl Server {
     }
 
     pub fn start_with(engine: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Server::command(&["--engine", engine]);
+        command.args(args).envs(env.iter().copied());
+        Server::spawn(command)
+    }
+
+    /// The server's command on 127.0.0.1:0 with a fast snapshot interval, plus `args`, for
+    /// tests that adjust it further before [`Server::spawn`].
+    pub fn command(args: &[&str]) -> Command {
         let mut command = binary();
         command
             .args([
@@ -54,14 +62,15 @@ impl Server {
                 "0",
                 "--snapshot-interval",
                 "100",
-                "--engine",
-                engine,
             ])
             .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("RUST_LOG", "info");
+        command
+    }
+
+    /// Starts `command` and waits for the address it listens on.
+    pub fn spawn(mut command: Command) -> Server {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn coinbit");
         let stdout = child.stdout.take().unwrap();
         let (addr_tx, addr_rx) = mpsc::channel();

@@ -30,6 +30,8 @@ pub(crate) fn spawn(shard: &Rc<Shard>, stream: TcpStream) {
     let id = shard.next_connection_id.get();
     shard.next_connection_id.set(id + 1);
     let shared = Rc::new(ConnShared::default());
+    // Accepted while the shard stops accepting (parking or shutdown): it closes after one answer.
+    shared.drain.set(shard.stopping.get());
     shard.app.borrow_mut().metrics.connections.open += 1;
     shard.connections.borrow_mut().insert(
         id,
@@ -39,7 +41,11 @@ pub(crate) fn spawn(shard: &Rc<Shard>, stream: TcpStream) {
         },
     );
     let serving = Serving {
-        conn: Connection::new(shard.limits, shard.timeouts, Instant::now()),
+        conn: Connection::new(
+            shard.settings.limits,
+            shard.settings.timeouts,
+            Instant::now(),
+        ),
         registration: Registration {
             shard: shard.clone(),
             id,
@@ -83,7 +89,9 @@ async fn serve(mut s: Serving) {
     let shard = s.registration.shard.clone();
     // A client that stops reading is closed by the write timeout (glommio arms it only when a
     // write would block); the codec's deadlines cover reads only.
-    let _ = s.stream.set_write_timeout(Some(shard.send_timeout));
+    let _ = s
+        .stream
+        .set_write_timeout(Some(shard.settings.send_timeout));
     loop {
         let wrote = !s.conn.output().is_empty();
         if wrote {
@@ -191,12 +199,11 @@ async fn read_some(
 /// Half-closes and reads what the client still sends (briefly), so that closing with unread
 /// bytes does not reset the connection before the client has read our last response.
 pub(crate) async fn linger_close(stream: &mut TcpStream) {
-    const LINGER_BYTES: usize = 256 * 1024;
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let _ = stream.set_read_timeout(Some(crate::engine::LINGER_TIME));
     let mut sink = [0u8; 4096];
     let mut drained = 0;
-    while drained < LINGER_BYTES {
+    while drained < crate::engine::LINGER_BYTES {
         match stream.read(&mut sink).await {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,

@@ -1,19 +1,16 @@
 //! The shard's timer loop: the `Date` header, connection deadlines, metrics reports to the
-//! monitor, and draining on shutdown.
+//! monitor, the monitor's activate/deactivate command, and draining on shutdown.
 
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Shard;
-use crate::http::conn::TimeoutKind;
+use crate::engine::{self, ActivationStep, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
 use crate::shard::ShardState;
 
-/// Coarse enough to cost nothing, fine enough for second-scale timeouts and a prompt shutdown.
-const TICK: Duration = Duration::from_millis(50);
-/// How often draining checks whether the last connection has gone.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
-
-/// Runs until shutdown begins (`Ok`) or a task crashed the shard (`Err` with why).
-pub(crate) async fn run(shard: &Shard) -> Result<(), String> {
+/// Runs until shutdown begins (`Ok`), a task crashed the shard or the monitor replaced it
+/// (`Err` with why).
+pub(crate) async fn run(shard: &Rc<Shard>) -> Result<(), String> {
     let interval = shard.ctx.config.snapshot_interval();
     let mut next_report = Instant::now();
     loop {
@@ -27,10 +24,40 @@ pub(crate) async fn run(shard: &Shard) -> Result<(), String> {
         if let Some(why) = shard.crash.borrow().clone() {
             return Err(why);
         }
+        if let Some(why) = engine::superseded(&shard.ctx) {
+            return Err(why);
+        }
         if shard.ctx.control.is_shutting_down() {
             return Ok(());
         }
+        follow_activation(shard).await;
         glommio::timer::sleep(TICK).await;
+    }
+}
+
+/// Obeys [`crate::shard::Control::is_active`] (the decision is [`engine::activation_step`]):
+/// binds again when activated; when deactivated, closes the listener, lets every connection
+/// close after its next response, and parks once none is left.
+async fn follow_activation(shard: &Rc<Shard>) {
+    let slot = &shard.ctx.slot;
+    let active = shard.ctx.control.is_active(slot.id);
+    let listening = shard.listening.borrow().is_some();
+    let open = shard.connections.borrow().len();
+    let step = engine::activation_step(active, listening, slot.state(), open);
+    let done = match step {
+        ActivationStep::Listen => super::start_listening(shard),
+        ActivationStep::StopListening => {
+            if let Some(listening) = shard.listening.take() {
+                super::stop_accepting(shard, listening).await;
+            }
+            Ok(())
+        }
+        ActivationStep::Park | ActivationStep::Stay => Ok(()),
+    };
+    engine::activation_done(slot, step, open, done);
+    if !active {
+        let connections = shard.connections.borrow();
+        connections.values().for_each(|c| c.shared.drain.set(true));
     }
 }
 
@@ -55,19 +82,15 @@ pub(crate) async fn drain(shard: &Shard) {
             }
         }
         let open = shard.connections.borrow().len();
-        // Accepted jobs finish too (until the deadline): they live in this shard's memory.
-        if open == 0 && shard.app.borrow().queues.is_idle() {
-            break;
+        let jobs_idle = shard.app.borrow().queues.is_idle();
+        match engine::drain_next(shard.ctx.slot.id, open, jobs_idle, deadline) {
+            DrainNext::Done => break,
+            DrainNext::Abort => {
+                shard.connections.borrow().values().for_each(|c| c.cancel());
+                break;
+            }
+            DrainNext::Wait => glommio::timer::sleep(DRAIN_POLL).await,
         }
-        if Instant::now() >= deadline {
-            log::warn!(
-                "shard {}: shutdown deadline passed with {open} connections open or jobs unfinished",
-                shard.ctx.slot.id
-            );
-            shard.connections.borrow().values().for_each(|c| c.cancel());
-            break;
-        }
-        glommio::timer::sleep(DRAIN_POLL).await;
     }
     send_report(shard, Instant::now());
 }
@@ -75,7 +98,7 @@ pub(crate) async fn drain(shard: &Shard) {
 /// After a crash: closes every connection now and waits (briefly) until their tasks are gone.
 pub(crate) async fn abort_connections(shard: &Shard) {
     shard.connections.borrow().values().for_each(|c| c.cancel());
-    let give_up = Instant::now() + Duration::from_secs(1);
+    let give_up = Instant::now() + ABORT_WAIT;
     while !shard.connections.borrow().is_empty() && Instant::now() < give_up {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
@@ -84,15 +107,7 @@ pub(crate) async fn abort_connections(shard: &Shard) {
 }
 
 fn send_report(shard: &Shard, now: Instant) {
-    let slot = &shard.ctx.slot;
-    let mut app = shard.app.borrow_mut();
-    let mut report = app
-        .metrics
-        .report(slot.id, shard.ctx.generation, slot.tid(), now);
-    report.queues = Some(app.queues.report());
-    drop(app);
-    // A full channel means the monitor is behind; the next report carries the counters anyway.
-    let _ = shard.ctx.reports.try_send(report);
+    engine::send_report(&mut shard.app.borrow_mut(), &shard.ctx, now);
 }
 
 /// Cancels connections whose deadline passed; their tasks' guards unregister them.
@@ -108,10 +123,6 @@ fn expire_deadlines(shard: &Shard, now: Instant) {
         // Expire once: the task is gone by the next tick, but clear the deadline regardless.
         connection.shared.deadline.set(None);
         connection.cancel();
-        let mut app = shard.app.borrow_mut();
-        match kind {
-            TimeoutKind::RequestRead => app.metrics.connections.request_timeouts += 1,
-            TimeoutKind::Idle => app.metrics.connections.idle_timeouts += 1,
-        }
+        engine::count_timeout(&mut shard.app.borrow_mut(), kind);
     }
 }

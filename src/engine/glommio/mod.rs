@@ -25,20 +25,20 @@ use std::time::Duration;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::ShardContext;
+use super::{ConnectionSettings, ShardContext};
 use crate::app::ShardApp;
-use crate::http::{Limits, Response, StatusCode, Timeouts};
-use crate::queue::{QueueSettings, ShardQueues};
 use crate::shard::{ShardExit, ShardState};
 use classes::GlommioClasses;
 use connection::ConnShared;
 
 pub const ENGINE_NAME: &str = "glommio";
 
-/// Runs one generation of a shard on its own pinned thread until it stops or dies.
+/// Runs one generation of a shard on its own pinned thread until it stops, dies, or is replaced
+/// for missing heartbeats (then its thread is left to end by itself).
 pub fn run_shard(ctx: ShardContext) -> ShardExit {
     let name = format!("shard-{}", ctx.slot.id);
     let cpu = ctx.slot.cpu;
+    let reaped = ctx.clone();
     // Pinning is done with core_affinity inside the thread, as for every engine.
     let spawned = LocalExecutorBuilder::new(Placement::Unbound)
         .name(&name)
@@ -52,11 +52,15 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
         Ok(handle) => handle,
         Err(e) => return ShardExit::Died(format!("cannot start the glommio executor: {e}")),
     };
-    match handle.join() {
-        Ok(Ok(())) => ShardExit::Clean,
-        Ok(Err(e)) => ShardExit::Died(e.to_string()),
-        Err(e) => ShardExit::Died(format!("the shard thread ended abnormally: {e}")),
-    }
+    super::run_generation(
+        &reaped,
+        format!("reaper-{}", reaped.slot.id),
+        move || match handle.join() {
+            Ok(Ok(())) => ShardExit::Clean,
+            Ok(Err(e)) => ShardExit::Died(e.to_string()),
+            Err(e) => ShardExit::Died(format!("the shard thread ended abnormally: {e}")),
+        },
+    )
 }
 
 /// A shard's state, shared by its tasks on its one thread.
@@ -65,15 +69,21 @@ pub(crate) struct Shard {
     pub app: RefCell<ShardApp>,
     pub connections: RefCell<HashMap<u64, Tracked>>,
     pub next_connection_id: std::cell::Cell<u64>,
-    pub limits: Limits,
-    pub timeouts: Timeouts,
-    pub send_timeout: Duration,
+    pub settings: ConnectionSettings,
     /// Set when a task panicked past its own containment: the shard tears down and restarts.
     pub crash: RefCell<Option<String>>,
     /// The shard stops accepting: the accept loop ends at its next wake-up.
     pub stopping: std::cell::Cell<bool>,
     /// The task queues of the priority classes.
     pub classes: Rc<GlommioClasses>,
+    /// The listener and its accept loop while the shard is active.
+    pub listening: RefCell<Option<Listening>>,
+}
+
+/// An open listener: our own duplicate of its descriptor (for the shutdown) and the accept loop.
+pub(crate) struct Listening {
+    fd: OwnedFd,
+    acceptor: glommio::task::JoinHandle<()>,
 }
 
 impl Shard {
@@ -135,51 +145,31 @@ impl Tracked {
 
 async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     ctx.slot.set_current_thread();
-    let (listener, listener_fd) = bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog)?;
-    let http = &ctx.config.http;
     let classes = GlommioClasses::new();
-    let queues = ShardQueues::new(
-        ctx.slot.id,
-        ctx.generation,
-        QueueSettings::from_config(&ctx.config.queues, ctx.config.server.debug_routes),
-        classes.clone(),
-        ctx.mesh.clone(),
-    );
-    crate::queue::worker::start(&queues);
     let shard = Rc::new(Shard {
-        app: RefCell::new(ShardApp::new(
-            ctx.slot.id,
-            ctx.published.clone(),
-            ctx.config.server.debug_routes,
-            queues,
-            ctx.config.queues.route_classes.as_ref(),
-        )),
+        app: RefCell::new(super::shard_app(&ctx, classes.clone())),
         classes,
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),
-        limits: Limits {
-            max_request_line: http.max_request_line_bytes,
-            max_header_bytes: http.max_header_bytes,
-            max_body_bytes: http.max_body_bytes,
-        },
-        send_timeout: Duration::from_millis(http.send_timeout_ms),
-        timeouts: Timeouts {
-            header_read: Duration::from_millis(http.header_read_timeout_ms),
-            keep_alive: Duration::from_millis(http.keep_alive_timeout_ms),
-        },
+        settings: ConnectionSettings::from_config(&ctx.config),
         crash: RefCell::new(None),
         stopping: std::cell::Cell::new(false),
+        listening: RefCell::new(None),
         ctx,
     });
-    shard.ctx.slot.set_state(ShardState::Running);
+    if super::starts_listening(&shard.ctx) {
+        start_listening(&shard)?;
+        shard.ctx.slot.set_state(ShardState::Running);
+    }
     log::debug!(
         "shard {} serving on CPU {}",
         shard.ctx.slot.id,
         shard.ctx.slot.cpu
     );
-    let acceptor = spawn_guarded(&shard, accept_loop(shard.clone(), listener));
     let outcome = housekeeping::run(&shard).await;
-    stop_accepting(&shard, listener_fd, acceptor).await;
+    if let Some(listening) = shard.listening.take() {
+        stop_accepting(&shard, listening).await;
+    }
     match outcome {
         Ok(()) => {
             housekeeping::drain(&shard).await;
@@ -198,15 +188,20 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
 /// task drops it: cancelling the task would leak a connection whose accept had completed but
 /// not been reaped. So the socket is shut down first (which takes it out of the SO_REUSEPORT
 /// group at once and fails the pending accept), and the loop is let run to its end; a
-/// connection it still receives is closed cleanly. Cancelling is the fallback.
-async fn stop_accepting(
-    shard: &Shard,
-    listener: OwnedFd,
-    mut acceptor: glommio::task::JoinHandle<()>,
-) {
+/// connection it still receives is served and closed after its answer. Cancelling is the
+/// fallback.
+pub(crate) async fn stop_accepting(shard: &Shard, listening: Listening) {
+    let Listening {
+        fd: listener,
+        mut acceptor,
+    } = listening;
     shard.stopping.set(true);
     // SAFETY: shutdown on a descriptor we own.
     unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    // A replaced generation must not take its successor's listener out of the slot.
+    if !shard.ctx.slot.is_superseded(shard.ctx.generation) {
+        shard.ctx.slot.set_listener(None);
+    }
     let ended = futures_lite::future::or(
         async {
             let _ = (&mut acceptor).await;
@@ -226,6 +221,19 @@ async fn stop_accepting(
         acceptor.cancel();
         let _ = acceptor.await;
     }
+}
+
+/// Binds the shard's listener (again) and starts its accept loop.
+pub(crate) fn start_listening(shard: &Rc<Shard>) -> io::Result<()> {
+    let (listener, fd) = bind_listener(
+        shard.ctx.listen_addr,
+        shard.ctx.config.server.listen_backlog,
+    )?;
+    shard.ctx.slot.set_listener(fd.try_clone().ok());
+    shard.stopping.set(false);
+    let acceptor = spawn_guarded(shard, accept_loop(shard.clone(), listener));
+    *shard.listening.borrow_mut() = Some(Listening { fd, acceptor });
+    Ok(())
 }
 
 /// A listener of the shard's own, in the port's SO_REUSEPORT group.
@@ -248,7 +256,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let accepted = listener.accept().await;
         if shard.stopping.get() {
-            // A connection accepted now is closed at once (the client sees EOF and retries).
+            // The kernel handed over one more connection as the listener closed: serve it like
+            // the others that are finishing (it is answered with `Connection: close`).
+            if let Ok(stream) = accepted {
+                connection::spawn(&shard, stream);
+            }
             return;
         }
         let stream = match accepted {
@@ -256,42 +268,25 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             Err(e) => {
                 // Out of descriptors or a transient error: back off rather than spin.
                 log::warn!("shard {}: accept failed: {e}", shard.ctx.slot.id);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                glommio::timer::sleep(super::ACCEPT_BACKOFF).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let open = {
-            let mut app = shard.app.borrow_mut();
-            app.metrics.connections.accepted += 1;
-            app.metrics.connections.open
-        };
-        if open as usize >= cap {
-            shard.app.borrow_mut().metrics.connections.rejected_at_cap += 1;
-            glommio::spawn_local(reject_over_cap(shard.clone(), stream)).detach();
+        let admission = super::admit(&mut shard.app.borrow_mut(), cap, &shard.ctx.control);
+        if let super::Admission::Refuse(out) = admission {
+            glommio::spawn_local(refuse(shard.clone(), stream, out)).detach();
             continue;
         }
         connection::spawn(&shard, stream);
     }
 }
 
-/// Past the per-shard cap: 503, then close.
-async fn reject_over_cap(shard: Rc<Shard>, mut stream: TcpStream) {
+/// A new connection refused (past the per-shard cap, or memory critical): the response, then
+/// close.
+async fn refuse(shard: Rc<Shard>, mut stream: TcpStream, out: Vec<u8>) {
     use futures_lite::AsyncWriteExt;
-    let response = Response::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
-        "this server is at its connection limit; retry later",
-    )
-    .with_header("Retry-After", "1");
-    let mut out = Vec::with_capacity(256);
-    response.encode(
-        &mut out,
-        crate::http::Service::date(&*shard.app.borrow()),
-        false,
-        crate::http::ConnectionHeader::Close,
-    );
-    let _ = stream.set_write_timeout(Some(shard.send_timeout));
+    let _ = stream.set_write_timeout(Some(shard.settings.send_timeout));
     if stream.write_all(&out).await.is_ok() {
         connection::linger_close(&mut stream).await;
     }

@@ -1,0 +1,333 @@
+//! One connection: read into the codec, advance it, write what it produced.
+//!
+//! Every socket operation is a non-blocking call on the socket itself; when it would block, the
+//! coroutine publishes its deadline and idleness for housekeeping and waits on the socket with
+//! `wait_io`, which parks the coroutine (never the worker). Housekeeping wakes that wait when a
+//! deadline passes, when draining finds the connection idle, or when the shard aborts; the
+//! coroutine then decides for itself, from its own codec state.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
+
+use may::io::{WaitIo, WaitIoWaker};
+use may::net::TcpStream;
+
+use super::{guarded, lock, to_ticks, workers, Shard};
+use crate::engine::{self, Admission, LINGER_BYTES, LINGER_TIME};
+use crate::http::response::PendingResponse;
+use crate::http::{Connection, Response, Step};
+
+/// What housekeeping reads of a connection, the flags it sets, and how it wakes the coroutine.
+pub(crate) struct ConnShared {
+    waker: WaitIoWaker,
+    /// When housekeeping must wake the coroutine, as shard ticks (0: no deadline).
+    deadline: AtomicU64,
+    /// Nothing buffered or in progress: safe to close at once when draining.
+    pub idle: AtomicBool,
+    /// The shard is shutting down or deactivated: close after the next response.
+    pub drain: AtomicBool,
+    /// The shard is shutting down: close now if idle. (Not when deactivated: the client of an
+    /// idle keep-alive connection may be sending its next request, which must be answered.)
+    pub close_idle: AtomicBool,
+    /// The shard crashed or its shutdown deadline passed: close now.
+    pub abort: AtomicBool,
+}
+
+impl ConnShared {
+    fn new(waker: WaitIoWaker) -> Self {
+        ConnShared {
+            waker,
+            deadline: AtomicU64::new(0),
+            idle: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
+            close_idle: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+        }
+    }
+
+    /// Wakes the coroutine if it waits on its socket (or makes its next wait return at once).
+    pub fn wake(&self) {
+        self.waker.wakeup();
+    }
+
+    /// Takes the deadline if it has passed (so that it wakes the coroutine once).
+    pub fn take_expired(&self, now_ticks: u64) -> bool {
+        let at = self.deadline.load(Ordering::Acquire);
+        at != 0
+            && at <= now_ticks
+            && self
+                .deadline
+                .compare_exchange(at, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    fn publish(&self, deadline_ticks: u64, idle: bool) {
+        self.deadline.store(deadline_ticks, Ordering::Release);
+        self.idle.store(idle, Ordering::Release);
+    }
+
+    fn must_close(&self, idle: bool) -> bool {
+        self.abort.load(Ordering::Acquire) || (idle && self.close_idle.load(Ordering::Acquire))
+    }
+}
+
+/// Registers a connection and starts its coroutine on the generation's worker: one that serves it,
+/// or, for a connection refused, one that writes the refusal (a 503) and closes.
+pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admission: Admission) {
+    let id = shard.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let admitted = admission == Admission::Serve;
+    let shared = Arc::new(ConnShared::new(stream.waker()));
+    if admitted {
+        shard.with_app(|app| app.metrics.connections.open += 1);
+    }
+    lock(&shard.connections).insert(id, shared.clone());
+    let registration = Registration {
+        shard: shard.clone(),
+        id,
+        counted: admitted,
+    };
+    let owner = shard.clone();
+    let spawned = workers::spawn_on(shard.worker, move || {
+        guarded(&owner, move || match admission {
+            Admission::Serve => serve(registration, stream, shared),
+            Admission::Refuse(out) => refuse(registration, stream, shared, &out),
+        })
+    });
+    if let Err(e) = spawned {
+        // The closure, and with it the registration and the socket, is dropped.
+        log::warn!(
+            "shard {}: cannot start a connection coroutine: {e}",
+            shard.ctx.slot.id
+        );
+    }
+}
+
+/// Removes the connection from the shard's table however its coroutine ends.
+struct Registration {
+    shard: Arc<Shard>,
+    id: u64,
+    /// Counted among the open connections (not a 503 past the cap).
+    counted: bool,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.shard.connections).remove(&self.id);
+        if self.counted {
+            self.shard.with_app(|app| app.metrics.connections.open -= 1);
+        }
+    }
+}
+
+fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShared>) {
+    // An `Arc` of the shard is the coroutine's own; the app behind it is reached only through
+    // `with_app`, never held across the waits below.
+    let shard = registration.shard.clone();
+    let settings = shard.settings;
+    let mut conn = Connection::new(settings.limits, settings.timeouts, Instant::now());
+    let mut step = Step::Read;
+    // The last read left the socket empty: the next one would only say so.
+    let mut drained = false;
+    loop {
+        if !conn.output().is_empty() {
+            match write_all(&shard, &mut stream, &shared, conn.output()) {
+                // A wait consumes the socket's pending wake-up, which may have been for bytes:
+                // the next read must look.
+                Ok(waited) => drained &= !waited,
+                Err(_) => return,
+            }
+            conn.clear_output();
+        }
+        if shared.drain.load(Ordering::Acquire) {
+            conn.drain();
+        }
+        step = match step {
+            Step::Close => {
+                linger_close(&shard, &mut stream, &shared);
+                return;
+            }
+            Step::Flush => shard.with_app(|app| conn.advance(app, Instant::now())),
+            Step::Read => {
+                let Some((n, emptied)) =
+                    read_some(&shard, &mut stream, &shared, &mut conn, drained)
+                else {
+                    return;
+                };
+                drained = emptied;
+                let now = Instant::now();
+                conn.filled(n, now);
+                shard.with_app(|app| conn.advance(app, now))
+            }
+            Step::Await(pending) => {
+                drained = false;
+                let Some(response) = await_reply(&shard, pending, &stream, &shared) else {
+                    return;
+                };
+                if shared.drain.load(Ordering::Acquire) {
+                    conn.drain();
+                }
+                shard.with_app(|app| conn.resume(response, app, Instant::now()))
+            }
+        };
+    }
+}
+
+/// Reads what the client sent: the byte count, and whether that read emptied the socket.
+/// `None` when the connection must close (EOF, error, a passed deadline, shutdown while idle,
+/// abort).
+///
+/// After a read that returned less than it was offered the socket was empty, so `drained`
+/// skips straight to the wait instead of a `recv` that would return `EAGAIN` (one system call
+/// per request saved, as nginx does). No wake-up is lost: `wait_io` returns at once when an
+/// edge arrived since the last wait, which covers bytes that came after that read.
+fn read_some(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    shared: &ConnShared,
+    conn: &mut Connection,
+    mut drained: bool,
+) -> Option<(usize, bool)> {
+    let mut woken = false;
+    loop {
+        if !drained {
+            let buf = conn.read_buf();
+            let offered = buf.len();
+            match stream.inner_mut().read(buf) {
+                Ok(0) => return None,
+                Ok(n) => return Some((n, n < offered)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            }
+        }
+        drained = false;
+        let deadline = conn.deadline();
+        // Only a wake-up without bytes can mean the deadline passed (housekeeping wakes the
+        // wait at the deadline published below): no clock read on the first pass.
+        if let (true, Some((at, kind))) = (woken, deadline) {
+            if Instant::now() >= at {
+                shard.with_app(|app| engine::count_timeout(app, kind));
+                return None;
+            }
+        }
+        let idle = conn.is_idle();
+        if shared.must_close(idle) {
+            return None;
+        }
+        shared.publish(deadline.map_or(0, |(at, _)| to_ticks(shard, at)), idle);
+        stream.wait_io();
+        shared.publish(0, false);
+        woken = true;
+    }
+}
+
+/// Writes all of `buf`; says whether it had to wait for the socket. A client that accepts
+/// nothing for the send timeout is dropped.
+fn write_all(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    shared: &ConnShared,
+    mut buf: &[u8],
+) -> io::Result<bool> {
+    let mut deadline = None;
+    let mut waited = false;
+    while !buf.is_empty() {
+        match stream.inner_mut().write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                deadline = None;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let at =
+                    *deadline.get_or_insert_with(|| Instant::now() + shard.settings.send_timeout);
+                if Instant::now() >= at || shared.must_close(false) {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                shared.publish(to_ticks(shard, at), false);
+                stream.wait_io();
+                shared.publish(0, false);
+                waited = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(waited)
+}
+
+/// Wakes the coroutine's socket wait: how a handler's reply, completed on another thread,
+/// resumes the coroutine.
+struct SocketWake(WaitIoWaker);
+
+impl Wake for SocketWake {
+    fn wake(self: Arc<Self>) {
+        self.0.wakeup();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.wakeup();
+    }
+}
+
+/// Drives a handler's later reply to its end, parking the coroutine (not the worker) between
+/// polls. The future may hold the shard's queues (an `Rc`), so it is polled and dropped only
+/// under the app lock ([`Shard::with_app`]), whichever worker may resumes the coroutine on.
+/// Socket readiness wakes the wait too; that is only a spurious poll. `None` when the shard
+/// aborts the connection meanwhile.
+fn await_reply(
+    shard: &Shard,
+    mut pending: PendingResponse,
+    stream: &TcpStream,
+    shared: &ConnShared,
+) -> Option<Response> {
+    let waker = Waker::from(Arc::new(SocketWake(stream.waker())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(response) = shard.with_app(|_| pending.as_mut().poll(&mut cx)) {
+            shard.with_app(|_| drop(pending));
+            return Some(response);
+        }
+        if shared.abort.load(Ordering::Acquire) {
+            shard.with_app(|_| drop(pending));
+            return None;
+        }
+        stream.wait_io();
+    }
+}
+
+/// A new connection refused (past the per-shard cap, or memory critical): the response, then
+/// close.
+fn refuse(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShared>, out: &[u8]) {
+    let shard = registration.shard.clone();
+    if write_all(&shard, &mut stream, &shared, out).is_ok() {
+        linger_close(&shard, &mut stream, &shared);
+    }
+}
+
+/// Half-closes and reads what the client still sends (briefly), so that closing with unread
+/// bytes does not reset the connection before the client has read our last response.
+fn linger_close(shard: &Shard, stream: &mut TcpStream, shared: &ConnShared) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + LINGER_TIME;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match stream.inner_mut().read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= until || shared.abort.load(Ordering::Acquire) {
+                    break;
+                }
+                shared.publish(to_ticks(shard, until), false);
+                stream.wait_io();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The may engine: stackful coroutines on epoll, for hosts where io_uring is unavailable.
+//!
+//! may runs one global scheduler; here it has two worker threads per shard, both pinned to the
+//! shard's CPU ([`workers::start`]), and each generation of the shard runs on one of them in
+//! turn, so that a replacement never queues behind a stuck predecessor. A shard owns its
+//! SO_REUSEPORT listener, the connections it accepts, its [`ShardApp`] and its metrics, as under
+//! glommio. Its accept loop and its connections are coroutines queued to its generation's
+//! worker, and its listener and each accepted socket are placed so that their readiness wakes
+//! that same worker ([`workers::place_fd`]). The shard's housekeeping (date, deadlines, reports,
+//! activation, draining, crash teardown) runs on a thread of its own, which only sets flags and
+//! wakes coroutines; the supervisor waits for its end or for the monitor's replacement
+//! ([`crate::shard::await_exit`]).
+//!
+//! # Heartbeats
+//! Housekeeping's reports are the shard's heartbeat. Every handler runs inside
+//! [`Shard::with_app`], which housekeeping also takes at each tick: a handler that blocks its
+//! worker holds the app, housekeeping waits on it, the reports stop, and the monitor replaces
+//! the generation.
+//!
+//! # The rule that keeps this sound
+//! may may still resume a coroutine on another worker: a wake-up from outside (a handler's
+//! reply arriving from a database thread, housekeeping closing a connection) lands on whichever
+//! worker may picks, and stealing moves queued coroutines where it is built in. So a coroutine
+//! holds no reference to per-shard state across a yield point (a socket wait, a parked
+//! future). Per-shard state is reached only through [`Shard::with_app`], whose closure runs
+//! the codec synchronously and cannot yield; everything a coroutine keeps across a wait is its
+//! own (its socket, its codec state, an `Arc` of the shard). The lock in `with_app` is thus
+//! only ever taken by the shard's own worker in the steady state, uncontended, once per batch
+//! of requests read.
+//!
+//! # Layout
+//! - [`workers`]: may's scheduler as the shards: worker count, pinning, socket placement.
+//! - [`classes`]: the shard's queue tasks on its queue loop, classes taking turns by weight.
+//! - [`connection`]: one connection's read/advance/write loop around the codec, and the wait
+//!   that drives a handler's later reply.
+//! - [`housekeeping`]: the per-shard timer loop on the supervisor thread.
+
+mod classes;
+mod connection;
+mod housekeeping;
+pub mod workers;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use may::io::{WaitIo, WaitIoWaker};
+use may::net::{TcpListener, TcpStream};
+
+use super::{ConnectionSettings, ShardContext};
+use crate::app::ShardApp;
+use crate::shard::{ShardExit, ShardState};
+use classes::{MayClasses, Next, Wakeups};
+use connection::ConnShared;
+
+pub const ENGINE_NAME: &str = "may";
+
+/// Runs one generation of a shard: its coroutines on the generation's worker
+/// ([`workers::for_generation`]), its housekeeping on a thread of its own, until it stops, dies,
+/// or is replaced for missing heartbeats (then that thread is left to end by itself).
+pub fn run_shard(ctx: ShardContext) -> ShardExit {
+    let worker = workers::for_generation(ctx.slot.id, ctx.generation);
+    let shard = Arc::new(Shard::new(ctx.clone(), worker));
+    // The generation's worker is the shard's thread: its CPU time is the shard's.
+    let slot = ctx.slot.clone();
+    if let Err(e) = workers::spawn_on(worker, move || slot.set_current_thread()) {
+        return ShardExit::Died(format!("cannot start a coroutine: {e}"));
+    }
+    let name = format!("shard-{}-housekeeping", ctx.slot.id);
+    super::run_generation(&ctx, name, move || live(&shard))
+}
+
+/// One generation's life on its housekeeping thread: listen (unless parked), keep house, then
+/// drain or tear down.
+fn live(shard: &Arc<Shard>) -> ShardExit {
+    if let Err(e) = start_queue_loop(shard) {
+        return ShardExit::Died(format!("cannot start the queue loop: {e}"));
+    }
+    let exit = serve_generation(shard);
+    shard.queue_loop_stop.store(true, Ordering::Release);
+    shard.wakeups.unpark();
+    exit
+}
+
+fn serve_generation(shard: &Arc<Shard>) -> ShardExit {
+    if super::starts_listening(&shard.ctx) {
+        if let Err(e) = start_listening(shard) {
+            return ShardExit::Died(e.to_string());
+        }
+        shard.ctx.slot.set_state(ShardState::Running);
+    }
+    log::debug!(
+        "shard {} serving on CPU {} (may worker {})",
+        shard.ctx.slot.id,
+        shard.ctx.slot.cpu,
+        shard.worker
+    );
+    let outcome = housekeeping::run(shard);
+    if let Some(listening) = lock(&shard.listening).take() {
+        housekeeping::stop_accepting(shard, listening);
+    }
+    match outcome {
+        Ok(()) => {
+            housekeeping::drain(shard);
+            ShardExit::Clean
+        }
+        Err(why) => {
+            housekeeping::abort_connections(shard);
+            ShardExit::Died(why)
+        }
+    }
+}
+
+/// An open listener: our own duplicate of its descriptor (for the shutdown, and the slot's),
+/// the wake-up of its accept loop, the loop's stop flag and the loop itself.
+pub(crate) struct Listening {
+    pub fd: OwnedFd,
+    pub waker: WaitIoWaker,
+    pub stop: Arc<AtomicBool>,
+    pub acceptor: may::coroutine::JoinHandle<()>,
+}
+
+/// Binds the shard's listener (again), hands the slot its duplicate and starts the accept loop
+/// on the generation's worker.
+pub(crate) fn start_listening(shard: &Arc<Shard>) -> io::Result<()> {
+    let ctx = &shard.ctx;
+    let listener = bind_listener(
+        ctx.listen_addr,
+        ctx.config.server.listen_backlog,
+        shard.worker,
+    )?;
+    // Kept for stopping: a descriptor of our own stays valid whenever the accept loop ends.
+    let fd = OwnedFd::from(listener.inner().try_clone()?);
+    ctx.slot.set_listener(fd.try_clone().ok());
+    let waker = listener.waker();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let (shard, owner, stop) = (shard.clone(), shard.clone(), stop.clone());
+        workers::spawn_on(shard.worker, move || {
+            guarded(&owner, move || accept_loop(&shard, &listener, &stop))
+        })
+    };
+    let acceptor = match acceptor {
+        Ok(acceptor) => acceptor,
+        Err(e) => {
+            ctx.slot.set_listener(None);
+            return Err(e);
+        }
+    };
+    *lock(&shard.listening) = Some(Listening {
+        fd,
+        waker,
+        stop,
+        acceptor,
+    });
+    Ok(())
+}
+
+/// Starts the coroutine that runs the shard's queue tasks on the generation's worker.
+fn start_queue_loop(shard: &Arc<Shard>) -> io::Result<()> {
+    let (owner, shard) = (shard.clone(), shard.clone());
+    workers::spawn_on(owner.worker, move || {
+        guarded(&owner, move || queue_loop(&shard))
+    })
+    .map(drop)
+}
+
+/// Polls the queue tasks a slice at a time under the app lock, yielding in between, and parks
+/// when none is ready. At the end of the generation it drops them.
+fn queue_loop(shard: &Arc<Shard>) {
+    shard.wakeups.attach();
+    while !shard.queue_loop_stop.load(Ordering::Acquire) {
+        match shard.with_local(|local| local.classes.run_slice()) {
+            Next::Yield => {
+                // A thread blocked on the lock (housekeeping, a connection resumed on the other
+                // worker) gets it before the next slice: a busy queue must not stop the
+                // shard's heartbeat.
+                may::coroutine::park_timeout(classes::PAUSE);
+                let until = Instant::now() + classes::SLICE;
+                while shard.lock_waiters.load(Ordering::Acquire) > 0 && Instant::now() < until {
+                    std::thread::yield_now();
+                }
+            }
+            Next::Park(timer) => {
+                let wait = timer.map_or(classes::IDLE_PARK, |at| {
+                    at.saturating_duration_since(Instant::now())
+                        .min(classes::IDLE_PARK)
+                });
+                // may's timer thread can miss a park shorter than a couple of milliseconds
+                // (measured: seconds late); such a wait is spent in short pauses instead.
+                if shard.wakeups.go_idle() {
+                    may::coroutine::park_timeout(wait.max(classes::SHORTEST_PARK));
+                    shard.wakeups.busy();
+                }
+            }
+        }
+    }
+    shard.with_local(|local| local.classes.clear());
+}
+
+/// The shard's single-threaded state: its app (with its queues) and the queue tasks. Both hold
+/// `Rc`s into each other, and the tasks' futures are not `Send`.
+pub(crate) struct Local {
+    pub app: ShardApp,
+    pub classes: Rc<MayClasses>,
+}
+
+// SAFETY: a `Local` is only ever reached through the shard's mutex (`Shard::with_app`,
+// `Shard::with_local`), so the `Rc` counts and `RefCell`s inside it, and in the futures of its
+// tasks and of a handler's later reply (polled and dropped under the same lock, see
+// `connection::await_reply`), are never touched by two threads at once, and each access
+// happens-after the previous one through the lock. The wakers they hand out are `Send + Sync`.
+unsafe impl Send for Local {}
+
+/// A shard's state, shared by its coroutines and its housekeeping thread.
+pub(crate) struct Shard {
+    pub ctx: ShardContext,
+    local: Mutex<Local>,
+    /// Wakes the queue loop (kept outside the lock: wakers reach it from any thread).
+    wakeups: Arc<Wakeups>,
+    /// Ends the queue loop at the end of the generation.
+    queue_loop_stop: AtomicBool,
+    /// Threads blocked on the lock: the queue loop steps aside for them between slices.
+    lock_waiters: AtomicUsize,
+    pub connections: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    next_connection_id: AtomicU64,
+    pub settings: ConnectionSettings,
+    /// Deadlines are kept as nanoseconds since this instant (0: none).
+    pub epoch: Instant,
+    /// Set when a coroutine panicked past its own containment: the shard tears down and restarts.
+    crash: Mutex<Option<String>>,
+    /// The listener and its accept loop while the shard is active.
+    pub listening: Mutex<Option<Listening>>,
+    /// The may worker this generation's coroutines are queued to.
+    pub worker: usize,
+}
+
+impl Shard {
+    fn new(ctx: ShardContext, worker: usize) -> Shard {
+        let classes = MayClasses::new();
+        let app = super::shard_app(&ctx, classes.clone());
+        Shard {
+            wakeups: classes.wakeups.clone(),
+            queue_loop_stop: AtomicBool::new(false),
+            lock_waiters: AtomicUsize::new(0),
+            local: Mutex::new(Local { app, classes }),
+            connections: Mutex::new(HashMap::new()),
+            next_connection_id: AtomicU64::new(0),
+            settings: ConnectionSettings::from_config(&ctx.config),
+            epoch: Instant::now(),
+            crash: Mutex::new(None),
+            listening: Mutex::new(None),
+            worker,
+            ctx,
+        }
+    }
+
+    /// The only way to the shard's app. `f` runs synchronously (the codec, a counter) and
+    /// cannot yield, so no reference to the app outlives a yield point: this is where the rule
+    /// in the module notes is kept. A crash that unwound through a previous call leaves the
+    /// lock poisoned; the app is still consistent enough to count and report while the shard
+    /// tears down.
+    pub fn with_app<R>(&self, f: impl FnOnce(&mut ShardApp) -> R) -> R {
+        f(&mut self.lock_local().app)
+    }
+
+    /// The app and the queue tasks, under the same lock as [`Shard::with_app`].
+    fn with_local<R>(&self, f: impl FnOnce(&mut Local) -> R) -> R {
+        f(&mut self.lock_local())
+    }
+
+    /// Takes the lock, counted among its waiters while it has to wait.
+    fn lock_local(&self) -> MutexGuard<'_, Local> {
+        match self.local.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.lock_waiters.fetch_add(1, Ordering::AcqRel);
+                let guard = lock(&self.local);
+                self.lock_waiters.fetch_sub(1, Ordering::AcqRel);
+                guard
+            }
+        }
+    }
+
+    fn record_crash(&self, why: String) {
+        lock(&self.crash).get_or_insert(why);
+    }
+
+    pub fn crashed(&self) -> Option<String> {
+        lock(&self.crash).clone()
+    }
+}
+
+/// Locks, ignoring poisoning: a panic that crossed a lock is handled as a shard crash.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs a coroutine's body, turning a panic that escaped it into an orderly shard crash.
+fn guarded(shard: &Arc<Shard>, body: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        shard.record_crash(format!(
+            "panicked: {}",
+            crate::http::conn::panic_message(payload.as_ref())
+        ));
+    }
+}
+
+/// A listener of the shard's own, in the port's SO_REUSEPORT group, registered with may so that
+/// its readiness wakes `worker`.
+fn bind_listener(addr: SocketAddr, backlog: i32, worker: usize) -> io::Result<TcpListener> {
+    let socket = super::reuseport_socket(addr)?;
+    socket.listen(backlog)?;
+    let fd = workers::place_fd(socket.into_raw_fd(), worker, workers::count());
+    // SAFETY: `fd` is the listening socket's one descriptor; its ownership moves to may.
+    Ok(unsafe { TcpListener::from_raw_fd(fd) })
+}
+
+fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener, stop: &AtomicBool) {
+    let slot_id = shard.ctx.slot.id;
+    let cap = shard.ctx.config.http.max_connections_per_shard;
+    let workers = workers::count();
+    while !stop.load(Ordering::Acquire) {
+        let stream = match listener.inner().accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                listener.wait_io();
+                continue;
+            }
+            Err(e) => {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                log::warn!("shard {slot_id}: accept failed: {e}");
+                may::coroutine::sleep(super::ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let fd = workers::place_fd(stream.into_raw_fd(), shard.worker, workers);
+        // SAFETY: `fd` is the accepted socket's one descriptor; may takes it over.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        let admission = shard.with_app(|app| super::admit(app, cap, &shard.ctx.control));
+        // One accepted as the listener closes is answered with `Connection: close`, as the
+        // others that are finishing (housekeeping marks it at its next tick).
+        connection::spawn(shard, stream, admission);
+    }
+    // The listener closes as the caller drops it.
+}
+
+/// A time as nanoseconds since the shard's epoch (at least 1: 0 means none).
+pub(crate) fn to_ticks(shard: &Shard, at: Instant) -> u64 {
+    (at.saturating_duration_since(shard.epoch).as_nanos() as u64).max(1)
+}
