@@ -7,15 +7,18 @@
 //! # Layout
 //! - [`routes`]: the route table, method checks and route names used in metrics.
 //! - [`handlers`]: one function per endpoint.
+//! - [`users`]: the users API, the first endpoints on the database tier.
 
 pub mod handlers;
 pub mod routes;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::db::DbClient;
 use crate::http::{HttpDate, HttpError, Reply, Request, Response, Service, StatusCode};
 use crate::metrics::ShardMetrics;
 use crate::monitor::Published;
@@ -29,6 +32,8 @@ pub struct ShardApp {
     date: HttpDate,
     draining: bool,
     debug_routes: bool,
+    /// This shard's way to the database; `None` when none is configured.
+    db: Option<DbClient>,
 }
 
 impl ShardApp {
@@ -40,7 +45,14 @@ impl ShardApp {
             date: HttpDate::now(),
             draining: false,
             debug_routes,
+            db: None,
         }
+    }
+
+    /// Gives the shard its database client (the database routes answer 503 without one).
+    pub fn with_database(mut self, db: Option<DbClient>) -> Self {
+        self.db = db;
+        self
     }
 
     /// Called by the engine about once a second.
@@ -67,6 +79,8 @@ impl ShardApp {
             Route::DebugCrashShard => handlers::debug_crash_shard(self.shard),
             Route::DebugSleep => handlers::debug_sleep(request),
             Route::DebugShard => handlers::debug_shard(self.shard).into(),
+            Route::CreateUser => users::create(self.db.as_mut(), request),
+            Route::GetUser => users::get(self.db.as_mut(), request),
         }
     }
 }

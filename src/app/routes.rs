@@ -14,6 +14,8 @@ pub enum Route {
     DebugCrashShard,
     DebugSleep,
     DebugShard,
+    CreateUser,
+    GetUser,
 }
 
 /// Route names as metrics label them; the last two count 405 and 404 answers.
@@ -27,6 +29,8 @@ pub const ROUTE_NAMES: &[&str] = &[
     "debug_crash_shard",
     "debug_sleep",
     "debug_shard",
+    "create_user",
+    "get_user",
     "method_not_allowed",
     "not_found",
 ];
@@ -40,6 +44,8 @@ struct Entry {
     allow: &'static str,
     route: Route,
     debug_only: bool,
+    /// The path is a prefix followed by one non-empty segment (an id), e.g. `/api/users/42`.
+    with_id: bool,
 }
 
 const fn get(path: &'static str, route: Route) -> Entry {
@@ -49,6 +55,7 @@ const fn get(path: &'static str, route: Route) -> Entry {
         allow: "GET, HEAD",
         route,
         debug_only: false,
+        with_id: false,
     }
 }
 
@@ -65,6 +72,7 @@ const TABLE: &[Entry] = &[
         allow: "POST",
         route: Route::DebugCrashShard,
         debug_only: true,
+        with_id: false,
     },
     Entry {
         debug_only: true,
@@ -74,7 +82,25 @@ const TABLE: &[Entry] = &[
         debug_only: true,
         ..get("/debug/shard", Route::DebugShard)
     },
+    Entry {
+        method: Method::Post,
+        allow: "POST",
+        ..get("/api/users", Route::CreateUser)
+    },
+    Entry {
+        with_id: true,
+        ..get("/api/users/", Route::GetUser)
+    },
 ];
+
+fn path_matches(entry: &Entry, path: &str) -> bool {
+    if entry.with_id {
+        path.strip_prefix(entry.path)
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    } else {
+        entry.path == path
+    }
+}
 
 /// The result of matching a request against the table.
 #[derive(Debug, PartialEq, Eq)]
@@ -88,7 +114,7 @@ pub enum Match {
 pub fn match_route(method: Method, path: &str, debug_routes: bool) -> Match {
     let Some(entry) = TABLE
         .iter()
-        .find(|e| e.path == path && (debug_routes || !e.debug_only))
+        .find(|e| path_matches(e, path) && (debug_routes || !e.debug_only))
     else {
         return Match::NotFound;
     };
@@ -134,6 +160,32 @@ mod tests {
                 Match::Found(Route::Prometheus),
             ),
             (Method::Get, "/nope", false, Match::NotFound),
+            (
+                Method::Post,
+                "/api/users",
+                false,
+                Match::Found(Route::CreateUser),
+            ),
+            (
+                Method::Get,
+                "/api/users",
+                false,
+                Match::MethodNotAllowed("POST"),
+            ),
+            (
+                Method::Get,
+                "/api/users/42",
+                false,
+                Match::Found(Route::GetUser),
+            ),
+            (
+                Method::Post,
+                "/api/users/42",
+                false,
+                Match::MethodNotAllowed("GET, HEAD"),
+            ),
+            (Method::Get, "/api/users/", false, Match::NotFound),
+            (Method::Get, "/api/users/4/2", false, Match::NotFound),
             (Method::Get, "/health/", false, Match::NotFound),
             (Method::Post, "/debug/crash-shard", false, Match::NotFound),
             (

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::merge::{ClusterState, ShardTrack, Totals, WINDOW};
 use super::{HealthStatus, Identity, Published};
+use crate::db;
 use crate::metrics::STATUS_CLASSES;
 use crate::shard::{Control, ShardState};
 
@@ -80,6 +81,12 @@ pub fn publish(
         .count();
     let stale = facts.iter().filter(|f| f.stale).count();
     let status = health_status(facts.len(), running, stale, control.is_shutting_down());
+    let database = identity.database.as_deref();
+    // A database in trouble makes the server degraded, never down: reads may still be served.
+    let status = match (status, db::status::health_word(database)) {
+        (HealthStatus::Pass, "warn") => HealthStatus::Warn,
+        (status, _) => status,
+    };
     let uptime = now.saturating_duration_since(control.started_at);
     // Summed from the facts: each shard's totals are worked out once per publish.
     let totals: Totals = facts.iter().map(|f| &f.totals).sum();
@@ -106,6 +113,7 @@ pub fn publish(
                 "observedUnit": "stale shards",
                 "status": if stale == 0 { "pass" } else { "warn" },
             }],
+            "database": db::status::health_check(database),
             "http:connections": [{
                 "componentType": "component",
                 "observedValue": totals.connections.open,
@@ -152,6 +160,7 @@ pub fn publish(
             "max_workers": identity.max_workers,
         },
         "shards": shards,
+        "database": db::status::cluster_section(database),
     });
 
     let (window_requests, window_errors, window_span) = state
@@ -195,7 +204,7 @@ pub fn publish(
         "routes": routes,
     });
 
-    let prometheus = prometheus(
+    let mut prometheus = prometheus(
         state,
         identity,
         &facts,
@@ -204,6 +213,9 @@ pub fn publish(
         uptime,
         status,
     );
+    if let Some(database) = database {
+        db::status::prometheus(database, &mut prometheus);
+    }
     Published {
         health_status: status,
         health: health.to_string().into(),

@@ -117,11 +117,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     let (listener, listener_fd) = bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog)?;
     let http = &ctx.config.http;
     let shard = Rc::new(Shard {
-        app: RefCell::new(ShardApp::new(
-            ctx.slot.id,
-            ctx.published.clone(),
-            ctx.config.server.debug_routes,
-        )),
+        app: RefCell::new(ctx.new_app()),
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),
         limits: Limits {
