@@ -117,7 +117,8 @@ impl NodeHealth {
         let probing = self.probe_due(now);
         match check {
             Check::Failed(reason) => {
-                if was_routable || probing {
+                // Also when the breaker already took it out: the check says why, and counts.
+                if self.ejection == Gate::Open || probing {
                     self.reason = Some(reason.clone());
                     if self.ejection == Gate::Open || probing {
                         self.ejections += u64::from(self.ejection == Gate::Open);

@@ -69,7 +69,7 @@ node_port() { if [ "$1" = primary ]; then echo "$PORT"; else echo $((PORT + ${1#
 running() { [ -f "$DIR/$1/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$DIR/$1" status >/dev/null 2>&1; }
 psql_at() { local port=$1; shift; "$BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -At "$@"; }
 
-port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+port_free() { [ -z "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
 
 start_node() {
     local node=$1 port
@@ -194,7 +194,8 @@ env_lines() {
 }
 
 check_node() {
-    nodes | grep -qx "$1" || die "no node '$1' (nodes: $(nodes | tr '\n' ' '))"
+    # (No `grep -q` in a pipe: under pipefail its early exit fails the pipe.)
+    [[ " $(nodes | tr '\n' ' ') " == *" $1 "* ]] || die "no node '$1' (nodes: $(nodes | tr '\n' ' '))"
 }
 
 case "$command" in
