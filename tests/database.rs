@@ -230,7 +230,7 @@ struct TableLock(std::process::Child);
 impl TableLock {
     fn take(cluster: &PgCluster, db: &str) -> TableLock {
         use std::io::{BufRead, Write};
-        let mut child = std::process::Command::new("psql")
+        let mut child = std::process::Command::new(common::pg::psql_binary())
             .args(["-X", "-q", "-At", "-h", "127.0.0.1", "-U", "postgres"])
             .args(["-p", &cluster.port.to_string(), "-d", db])
             .stdin(std::process::Stdio::piped())
@@ -385,7 +385,9 @@ fn a_bad_database_url_stops_start_up_with_a_clear_message() {
         .unwrap()
         .port();
     let unreachable = format!("postgres://postgres@127.0.0.1:{free_port}/coinbit");
-    let cases: &[(&[(&str, &str)], i32, &[&str])] = &[
+    // (environment, exit code, words the message must carry)
+    type Case<'a> = (&'a [(&'a str, &'a str)], i32, &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             &[("DATABASE_URL", "mysql://db/x")],
             2,

@@ -224,7 +224,9 @@ mod tests {
     /// Steps: (seconds since start, check, last routable replica) -> routable after it.
     #[test]
     fn ejection_and_probe_table() {
-        let cases: &[(&str, &[(u64, Check, bool, bool)])] = &[
+        // (seconds since start, check, last routable replica, routable after it)
+        type Step = (u64, Check, bool, bool);
+        let cases: &[(&str, &[Step])] = &[
             (
                 "healthy stays",
                 &[(0, lag(0, 0), false, true), (1, lag(999, 4), false, true)],

@@ -97,10 +97,7 @@ impl Checker {
                 None
             }
         };
-        for index in 1..self.db.nodes.len() {
-            if !due[index] {
-                continue;
-            }
+        for (index, _) in due.iter().enumerate().skip(1).filter(|(_, due)| **due) {
             let node = self.db.nodes[index].clone();
             let check = match self.observe(index) {
                 Ok(seen) => {

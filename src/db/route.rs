@@ -67,7 +67,7 @@ impl Router {
             }
             self.current[i] += i64::from(c.weight);
             total += i64::from(c.weight);
-            if best.map_or(true, |b| self.current[i] > self.current[b]) {
+            if best.is_none_or(|b| self.current[i] > self.current[b]) {
                 best = Some(i);
             }
         }

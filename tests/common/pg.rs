@@ -225,7 +225,7 @@ impl Drop for PgCluster {
     }
 }
 
-fn psql_binary() -> PathBuf {
+pub fn psql_binary() -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
