@@ -10,6 +10,7 @@
 #   env            the server's variables (DATABASE_URL, DB_READ_REPLICA_1..n), for `eval`
 #   stop NODE      stop one node (`primary`, `replica1`, ...) with a fast shutdown
 #   start NODE     start one stopped node again
+#   sql NODE SQL   run SQL on a node's `coinbit` database with psql; prints the rows
 # Options (or environment): --dir (PG_DIR, default /tmp/coinbit-pg-PORT), --port (PG_PORT, the
 # primary's port, default 25432; replica i listens on PORT+i; keep below 32768, above it is the
 # ephemeral range and a node may find its port taken), --replicas (PG_REPLICAS, default 3).
@@ -21,7 +22,11 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 command=${1:-}
 [ -n "$command" ] && shift
 node_arg=""
-case "$command" in stop|start) node_arg=${1:-}; [ -n "$node_arg" ] && shift ;; esac
+sql_arg=""
+case "$command" in
+    stop|start) node_arg=${1:-}; [ -n "$node_arg" ] && shift ;;
+    sql) node_arg=${1:-}; sql_arg=${2:-}; shift $(( $# < 2 ? $# : 2 )) ;;
+esac
 PORT=${PG_PORT:-25432}
 REPLICAS=${PG_REPLICAS:-3}
 DIR=${PG_DIR:-}
@@ -205,5 +210,7 @@ case "$command" in
     env) env_lines ;;
     stop) BIN=$(find_bin); check_node "$node_arg"; stop_node "$node_arg" ;;
     start) BIN=$(find_bin); check_node "$node_arg"; start_node "$node_arg" ;;
-    *) die "usage: $0 up|down|status|env|stop NODE|start NODE [--dir DIR] [--port PORT] [--replicas N]" ;;
+    sql) BIN=$(find_bin); check_node "$node_arg"; [ -n "$sql_arg" ] || die "sql NODE SQL: no SQL given"
+         psql_at "$(node_port "$node_arg")" -d "$DB" -v ON_ERROR_STOP=1 -c "$sql_arg" ;;
+    *) die "usage: $0 up|down|status|env|stop NODE|start NODE|sql NODE SQL [--dir DIR] [--port PORT] [--replicas N]" ;;
 esac

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# bench/pg_reads.sh — the read endpoint through HTTP against PostgreSQL's own client on the same
+# cluster and client count.
+#
+# Brings up the local primary and replicas (tests/pg/cluster.sh), creates users 1..10,000, then,
+# one after the other on the same machine:
+#   1. pgbench -S (select-only TPC-B, simple protocol) against replica1: the reference;
+#   2. pgbench with the endpoint's own query (prepared, as the server sends it) against replica1;
+#   3. loadgen GET /api/users/{{user_id}} on coinbit, which reads from the three replicas;
+#   4. the same, with the server's database pool at PG_POOL2 connections per node.
+# and prints a markdown table with each one's rate relative to pgbench -S.
+# On a small host everything (clients, server, four PostgreSQL instances) shares the CPUs:
+# the ratio, not the absolute rate, is the figure to compare.
+#
+# Usage: bench/pg_reads.sh
+# Environment (all optional):
+#   CLIENTS=32  DURATION=15  PORT=18300  PG_PORT=25600  POOL=8  PG_POOL2=16  BUILD=1
+#   COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS=${CLIENTS:-32}
+DURATION=${DURATION:-15}
+PORT=${PORT:-18300}
+POOL=${POOL:-8}
+PG_POOL2=${PG_POOL2:-16}
+BUILD=${BUILD:-1}
+COINBIT=${COINBIT:-target/release/coinbit}
+LOADGEN=${LOADGEN:-target/release/loadgen}
+export PG_PORT=${PG_PORT:-25600} PG_REPLICAS=3
+cluster=tests/pg/cluster.sh
+
+[ "$BUILD" = 1 ] && cargo build --release -q -p coinbit -p loadgen
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -x "$bin/pgbench" ] || { echo "pg_reads: pgbench not found; apt-get install -y postgresql" >&2; exit 1; }
+tmp=$(mktemp -d /tmp/pg-reads.XXXXXX)
+server=""
+cleanup() {
+    [ -n "$server" ] && { kill -INT "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; }
+    "$cluster" down --purge >/dev/null 2>&1 || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+"$cluster" down --purge >/dev/null 2>&1 || true
+"$cluster" up >&2
+eval "$("$cluster" env | sed 's/^/export /')"
+replica1=postgres://postgres@127.0.0.1:$((PG_PORT + 1))/coinbit
+
+start_server() {
+    "$COINBIT" --bind-address 127.0.0.1 --port "$PORT" --pool-size "$1" >"$tmp/server.log" 2>&1 &
+    server=$!
+    for _ in $(seq 100); do
+        grep -q "listening on" "$tmp/server.log" && return
+        kill -0 "$server" 2>/dev/null || { cat "$tmp/server.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "coinbit did not start" >&2; exit 1
+}
+stop_server() { kill -INT "$server"; wait "$server" || true; server=""; }
+
+# The schema comes from the server's migrations; pgbench's tables from pgbench -i.
+start_server "$POOL"
+stop_server
+"$cluster" sql primary "INSERT INTO users (id, name, email)
+    SELECT g, 'User ' || g, 'user' || g || '@seed.example.com' FROM generate_series(1, 10000) g
+    ON CONFLICT DO NOTHING" >/dev/null
+"$bin/pgbench" -q -i -s 1 "$DATABASE_URL" >/dev/null 2>&1
+sleep 1 # replicas replay the load
+
+cat >"$tmp/users.sql" <<'EOF'
+\set id random(1, 10000)
+SELECT id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') FROM users WHERE id = :id;
+EOF
+cat >"$tmp/users.toml" <<'EOF'
+user_ids = 10000
+[[requests]]
+name = "get_user"
+path = "/api/users/{{user_id}}"
+expect = 200
+EOF
+
+pgbench_tps() { "$bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" 2>&1 | awk '/^tps/ {print int($3)}'; }
+loadgen_rps() {
+    "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/users.toml" --json "http://127.0.0.1:$PORT" 2>/dev/null |
+        awk -F'[:,]' '/"overall"/ {o = 1} o && /"errors":/ && !s {s = 1; e = $2 + 0}
+                      o && /"rps":/ && !r {r = $2} o && /"p99":/ && !p {p = $2} END {printf "%d %d %s\n", e, r, p + 0}'
+}
+
+echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $CLIENTS clients, ${DURATION}s each"
+echo
+ref=$(pgbench_tps -S "$replica1")
+own=$(pgbench_tps -M prepared -f "$tmp/users.sql" "$replica1")
+start_server "$POOL"
+read -r errors1 rps1 p99_1 < <(loadgen_rps)
+stop_server
+start_server "$PG_POOL2"
+read -r errors2 rps2 p99_2 < <(loadgen_rps)
+stop_server
+
+ratio() { awk "BEGIN {printf \"%.2fx\", $1 / $ref}"; }
+row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$(ratio "$2")" "$3"; }
+echo "| run | req/s (tps) | vs pgbench -S | notes |"
+echo "|---|---:|---:|---|"
+row "pgbench -S, replica1" "$ref" "simple protocol"
+row "pgbench, the endpoint's query, replica1" "$own" "prepared"
+row "loadgen GET /api/users/{id}, coinbit pool $POOL/node" "$rps1" "p99 $p99_1 ms, $errors1 errors"
+row "loadgen GET /api/users/{id}, coinbit pool $PG_POOL2/node" "$rps2" "p99 $p99_2 ms, $errors2 errors"
