@@ -13,6 +13,8 @@ pub mod handlers;
 pub mod routes;
 pub mod users;
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +36,8 @@ pub struct ShardApp {
     debug_routes: bool,
     /// This shard's way to the database; `None` when none is configured.
     db: Option<DbClient>,
+    /// (route, status) of answers given later (database replies), counted at the next tick.
+    late: Rc<RefCell<Vec<(usize, u16)>>>,
 }
 
 impl ShardApp {
@@ -46,6 +50,7 @@ impl ShardApp {
             draining: false,
             debug_routes,
             db: None,
+            late: Rc::default(),
         }
     }
 
@@ -58,6 +63,9 @@ impl ShardApp {
     /// Called by the engine about once a second.
     pub fn tick(&mut self, now: SystemTime) {
         self.date.refresh(now);
+        for (route, status) in self.late.borrow_mut().drain(..) {
+            self.metrics.count_route(route, status);
+        }
     }
 
     /// The shard stopped accepting: `/readyz` answers 503 from now on.
@@ -114,13 +122,21 @@ impl Service for ShardApp {
                     .into(),
                 ),
             };
-        match &reply {
-            Reply::Ready(response) => self.metrics.count_route(route_index, response.status.0),
-            // Answers that come later are counted as 2xx when handed out; the debug sleep is the
-            // only one so far and always succeeds.
-            Reply::Later(_) => self.metrics.count_route(route_index, 200),
+        match reply {
+            Reply::Ready(response) => {
+                self.metrics.count_route(route_index, response.status.0);
+                Reply::Ready(response)
+            }
+            // Counted with its real status once it is known.
+            Reply::Later(pending) => {
+                let late = self.late.clone();
+                Reply::Later(Box::pin(async move {
+                    let response = pending.await;
+                    late.borrow_mut().push((route_index, response.status.0));
+                    response
+                }))
+            }
         }
-        reply
     }
 
     fn date(&self) -> &[u8] {
