@@ -7,8 +7,9 @@
 #   1. pgbench -S (select-only TPC-B, simple protocol) against replica1: the reference;
 #   2. pgbench with the endpoint's own query (prepared, as the server sends it) against replica1;
 #   3. loadgen GET /api/users/{{user_id}} on coinbit, which reads from the three replicas;
-#   4. the same, with the server's database pool at PG_POOL2 connections per node.
-# and prints a markdown table with each one's rate relative to pgbench -S.
+#   4. the same, with the server's database pool at PG_POOL2 connections per node;
+# and prints a markdown table with each one's rate relative to pgbench -S. Then what group commit
+# buys: loadgen POST /api/users with DB_GROUP_COMMIT=1 (one transaction per write) and 16.
 # On a small host everything (clients, server, four PostgreSQL instances) shares the CPUs:
 # the ratio, not the absolute rate, is the figure to compare.
 #
@@ -48,7 +49,8 @@ eval "$("$cluster" env | sed 's/^/export /')"
 replica1=postgres://postgres@127.0.0.1:$((PG_PORT + 1))/coinbit
 
 start_server() {
-    "$COINBIT" --bind-address 127.0.0.1 --port "$PORT" --pool-size "$1" >"$tmp/server.log" 2>&1 &
+    "$COINBIT" --bind-address 127.0.0.1 --port "$PORT" --pool-size "$1" --group-commit "${2:-16}" \
+        >"$tmp/server.log" 2>&1 &
     server=$!
     for _ in $(seq 100); do
         grep -q "listening on" "$tmp/server.log" && return
@@ -80,9 +82,18 @@ path = "/api/users/{{user_id}}"
 expect = 200
 EOF
 
+cat >"$tmp/writes.toml" <<'EOF'
+[[requests]]
+name = "create_user"
+method = "POST"
+path = "/api/users"
+body = '{"name":"Bench {{seq}}","email":"{{uuid}}@bench.example.com"}'
+expect = 201
+EOF
+
 pgbench_tps() { "$bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" 2>&1 | awk '/^tps/ {print int($3)}'; }
 loadgen_rps() {
-    "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/users.toml" --json "http://127.0.0.1:$PORT" 2>/dev/null |
+    "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/${1:-users}.toml" --json "http://127.0.0.1:$PORT" 2>/dev/null |
         awk -F'[:,]' '/"overall"/ {o = 1} o && /"errors":/ && !s {s = 1; e = $2 + 0}
                       o && /"rps":/ && !r {r = $2} o && /"p99":/ && !p {p = $2} END {printf "%d %d %s\n", e, r, p + 0}'
 }
@@ -106,3 +117,15 @@ row "pgbench -S, replica1" "$ref" "simple protocol"
 row "pgbench, the endpoint's query, replica1" "$own" "prepared"
 row "loadgen GET /api/users/{id}, coinbit pool $POOL/node" "$rps1" "p99 $p99_1 ms, $errors1 errors"
 row "loadgen GET /api/users/{id}, coinbit pool $PG_POOL2/node" "$rps2" "p99 $p99_2 ms, $errors2 errors"
+
+start_server "$POOL" 1
+read -r werr1 wrps1 wp99_1 < <(loadgen_rps writes)
+stop_server
+start_server "$POOL" 16
+read -r werr16 wrps16 wp99_16 < <(loadgen_rps writes)
+stop_server
+echo
+echo "| writes: POST /api/users | req/s | p99 ms | errors | vs one transaction per write |"
+echo "|---|---:|---:|---:|---:|"
+printf '| DB_GROUP_COMMIT=1 | %s | %s | %s | 1.00x |\n' "$wrps1" "$wp99_1" "$werr1"
+printf '| DB_GROUP_COMMIT=16 | %s | %s | %s | %s |\n' "$wrps16" "$wp99_16" "$werr16" "$(awk "BEGIN {printf \"%.2fx\", $wrps16 / $wrps1}")"

@@ -444,3 +444,62 @@ fn a_bad_database_url_stops_start_up_with_a_clear_message() {
         assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
     }
 }
+
+#[test]
+fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("group_commit");
+    let url = cluster.url("primary", &db);
+    let server = Server::start_with(
+        ENGINE,
+        &["--pool-size", "1", "--group-commit", "16"],
+        &[("DATABASE_URL", &url)],
+    );
+    let first = create_user(&mut server.connect(), "Taken", "taken@example.com");
+    assert_eq!(first.status, 201, "{}", first.text());
+    // With the table locked, the one connection blocks on the first write and the rest queue.
+    let lock = TableLock::take(cluster, &db);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let addr = server.addr;
+                scope.spawn(move || {
+                    let email = if i == 7 {
+                        "taken@example.com".to_string()
+                    } else {
+                        format!("group{i}@example.com")
+                    };
+                    create_user(&mut Client::connect(addr), "Group", &email).status
+                })
+            })
+            .collect();
+        server.wait_for_status("16 writes waiting", |s| {
+            s["database"]["nodes"][0]["in_flight"].as_u64() == Some(16)
+        });
+        drop(lock);
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        15,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        1,
+        "{statuses:?}"
+    );
+    let status = server.wait_for_status("every write counted", |s| {
+        s["database"]["nodes"][0]["requests"].as_u64() == Some(17)
+    });
+    let commits = status["database"]["nodes"][0]["commits"].as_u64().unwrap();
+    assert!(
+        commits <= 4,
+        "17 writes took {commits} transactions: no grouping"
+    );
+    assert_eq!(
+        cluster.psql("primary", &db, "SELECT count(*) FROM users"),
+        "16",
+        "every accepted write is stored"
+    );
+}

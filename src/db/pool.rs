@@ -333,6 +333,18 @@ impl Worker {
     /// fails alone; a lost connection fails them all.
     fn write_group(&mut self, group: &mut [Job]) -> Result<Vec<Result<(), DbError>>, DbError> {
         let conn = self.conn.as_mut().expect("connected");
+        let outcome = Self::run_group(conn, group);
+        if outcome.is_err() {
+            // A statement timeout leaves the transaction aborted on a live connection.
+            let _ = conn.simple("ROLLBACK");
+        }
+        outcome
+    }
+
+    fn run_group(
+        conn: &mut DbConn,
+        group: &mut [Job],
+    ) -> Result<Vec<Result<(), DbError>>, DbError> {
         conn.simple("BEGIN")?;
         let mut results = Vec::with_capacity(group.len());
         for job in group.iter_mut() {
