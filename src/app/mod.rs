@@ -127,7 +127,12 @@ impl Service for ShardApp {
                 self.metrics.count_route(route_index, response.status.0);
                 Reply::Ready(response)
             }
-            // Counted with its real status once it is known.
+            // The debug sleep always succeeds and is counted when it starts (tests watch for it
+            // in flight); the others are counted with their real status once it is known.
+            Reply::Later(pending) if route_index == Route::DebugSleep as usize => {
+                self.metrics.count_route(route_index, 200);
+                Reply::Later(pending)
+            }
             Reply::Later(pending) => {
                 let late = self.late.clone();
                 Reply::Later(Box::pin(async move {
