@@ -503,3 +503,49 @@ fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone() {
         "every accepted write is stored"
     );
 }
+
+#[test]
+fn a_primary_in_recovery_gets_no_writes() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("standby_primary");
+    // The schema comes from the real primary; then a replica poses as the primary.
+    let migrated = common::binary()
+        .arg("migrate")
+        .env("DATABASE_URL", cluster.url("primary", &db))
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{migrated:?}");
+    let server = Server::start_with(
+        ENGINE,
+        &["--replica-health-check-interval", "200"],
+        &[("DATABASE_URL", &cluster.url("replica1", &db))],
+    );
+    server.wait_for_status("the primary seen in recovery", |s| {
+        s["database"]["nodes"][0]["in_recovery"] == true
+    });
+    let started = Instant::now();
+    let write = create_user(&mut server.connect(), "No", "no@example.com");
+    assert_eq!(
+        (write.status, write.error_code().as_str()),
+        (503, "database_read_only"),
+        "{}",
+        write.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    let read = server.get("/api/users/1");
+    assert_eq!(read.status, 404, "reads still served: {}", read.text());
+    // Without the schema, a standby as primary stops start-up with the reason.
+    let bare = cluster.create_database("standby_bare");
+    let out = common::binary()
+        .args(["--port", "0", "--bind-address", "127.0.0.1"])
+        .env("DATABASE_URL", cluster.url("replica1", &bare))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in recovery"), "{stderr}");
+}

@@ -23,6 +23,13 @@ pub fn apply(config: &Config, connect_timeout: Duration) -> Result<Vec<i32>, Str
         .connect_timeout(connect_timeout)
         .application_name("coinbit-migrate");
     let mut client = config.connect(NoTls).map_err(|e| describe(&e))?;
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .map_err(|e| describe(&e))?
+        .get(0);
+    if in_recovery {
+        return check_standby(&mut client);
+    }
     let mut tx = client.transaction().map_err(|e| describe(&e))?;
     let run = |tx: &mut postgres::Transaction<'_>| -> Result<Vec<i32>, postgres::Error> {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])?;
@@ -55,6 +62,28 @@ pub fn apply(config: &Config, connect_timeout: Duration) -> Result<Vec<i32>, Str
     let applied = run(&mut tx).map_err(|e| describe(&e))?;
     tx.commit().map_err(|e| describe(&e))?;
     Ok(applied)
+}
+
+/// A "primary" in recovery takes no DDL: it may serve (reads; writes answer 503) only if its
+/// schema is already current.
+fn check_standby(client: &mut postgres::Client) -> Result<Vec<i32>, String> {
+    let done: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations", &[])
+        .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+        .unwrap_or_default();
+    let missing: Vec<i32> = MIGRATIONS
+        .iter()
+        .map(|m| m.0)
+        .filter(|v| !done.contains(v))
+        .collect();
+    if missing.is_empty() {
+        log::warn!("database: the primary is in recovery: it takes no writes until promoted");
+        Ok(Vec::new())
+    } else {
+        Err(format!(
+            "it is in recovery (a standby) and lacks migrations {missing:?}; point DATABASE_URL at the primary"
+        ))
+    }
 }
 
 /// A driver error in one line, with the server's own message when there is one.
