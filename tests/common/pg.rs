@@ -116,6 +116,7 @@ impl PgCluster {
             }
             // Most likely a port taken meanwhile by another suite: try elsewhere.
             last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+            drop(cluster); // stops what did start, and deletes it
             eprintln!("cluster on {base} failed, retrying elsewhere: {last_error}");
         }
         panic!("could not start a PostgreSQL cluster: {last_error}");
