@@ -68,7 +68,13 @@ stop_server
     SELECT g, 'User ' || g, 'user' || g || '@seed.example.com' FROM generate_series(1, 10000) g
     ON CONFLICT DO NOTHING" >/dev/null
 "$bin/pgbench" -q -i -s 1 "$DATABASE_URL" >/dev/null 2>&1
-sleep 1 # replicas replay the load
+# pgbench runs on replica1 and coinbit on all three: wait until each has replayed the load.
+for i in 1 2 3; do
+    for _ in $(seq 300); do
+        [ "$("$cluster" sql "replica$i" "SELECT (SELECT count(*) FROM pgbench_accounts) + (SELECT count(*) FROM users)" 2>/dev/null)" = 110000 ] && break
+        sleep 0.1
+    done
+done
 
 cat >"$tmp/users.sql" <<'EOF'
 \set id random(1, 10000)
@@ -91,7 +97,11 @@ body = '{"name":"Bench {{seq}}","email":"{{uuid}}@bench.example.com"}'
 expect = 201
 EOF
 
-pgbench_tps() { "$bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" 2>&1 | awk '/^tps/ {print int($3)}'; }
+pgbench_tps() {
+    "$bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" >"$tmp/pgbench.out" 2>&1 ||
+        { echo "pgbench failed:" >&2; cat "$tmp/pgbench.out" >&2; exit 1; }
+    awk '/^tps/ {print int($3)}' "$tmp/pgbench.out"
+}
 loadgen_rps() {
     "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/${1:-users}.toml" --json "http://127.0.0.1:$PORT" 2>/dev/null |
         awk -F'[:,]' '/"overall"/ {o = 1} o && /"errors":/ && !s {s = 1; e = $2 + 0}
