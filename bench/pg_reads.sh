@@ -30,6 +30,7 @@ BUILD=${BUILD:-1}
 COINBIT=${COINBIT:-target/release/coinbit}
 LOADGEN=${LOADGEN:-target/release/loadgen}
 export PG_PORT=${PG_PORT:-25600} PG_REPLICAS=3
+export PG_DIR=${PG_DIR:-/tmp/coinbit-pg-$PG_PORT}
 cluster=tests/pg/cluster.sh
 
 [ "$BUILD" = 1 ] && cargo build --release -q -p coinbit -p loadgen
@@ -98,45 +99,81 @@ body = '{"name":"Bench {{seq}}","email":"{{uuid}}@bench.example.com"}'
 expect = 201
 EOF
 
+# CPU, in clock ticks (1/100 s): a client from /usr/bin/time; coinbit from /proc (all its
+# threads); PostgreSQL from each postmaster's own and its exited children's (the backends) time.
+ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+pg_ticks() {
+    local total=0 node pid
+    for node in primary replica1 replica2 replica3; do
+        pid=$(head -n 1 "$PG_DIR/$node/postmaster.pid")
+        total=$((total + $(ticks "$pid")))
+    done
+    echo "$total"
+}
+client_ticks() { awk '{printf "%d", ($1 + $2) * 100}' "$tmp/client.time"; }
+
 pgbench_tps() {
-    "$bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" >"$tmp/pgbench.out" 2>&1 ||
+    /usr/bin/time -f "%U %S" -o "$tmp/client.time" \
+        "$bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" >"$tmp/pgbench.out" 2>&1 ||
         { echo "pgbench failed:" >&2; cat "$tmp/pgbench.out" >&2; exit 1; }
     awk '/^tps/ {print int($3)}' "$tmp/pgbench.out"
 }
+# Prints "errors req/s p99_ms" of one loadgen run of scenario $1.
 loadgen_rps() {
-    "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/${1:-users}.toml" --json "http://127.0.0.1:$PORT" 2>/dev/null |
+    /usr/bin/time -f "%U %S" -o "$tmp/client.time" \
+        "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/$1.toml" --json "http://127.0.0.1:$PORT" 2>/dev/null |
         awk -F'[:,]' '/"overall"/ {o = 1} o && /"errors":/ && !s {s = 1; e = $2 + 0}
                       o && /"rps":/ && !r {r = $2} o && /"p99":/ && !p {p = $2} END {printf "%d %d %s\n", e, r, p + 0}'
 }
 
+ROWS=()
+ref=""
+# row NAME REQ_PER_S CLIENT_TICKS SERVER_TICKS PG_TICKS NOTES
+row() {
+    local cpu
+    cpu=$(awk -v r="$2" -v d="$DURATION" -v c="$3" -v s="$4" -v p="$5" \
+        'BEGIN { n = r * d / 1000; printf "%.0f | %.0f | %.0f | %.0f", c * 10 / n, s * 10 / n, p * 10 / n, (c + s + p) * 10 / n }')
+    ROWS+=("| $1 | $2 | $(awk "BEGIN {printf \"%.2fx\", $2 / $ref}") | $cpu | $6 |")
+}
+
+# pgbench on replica1: "$1" names the run, the rest are pgbench's arguments.
+pgbench_case() {
+    local name=$1 before tps; shift
+    before=$(pg_ticks)
+    tps=$(pgbench_tps "$@" "$replica1")
+    sleep 0.5 # the backends exit and are reaped
+    ref=${ref:-$tps}
+    row "$name" "$tps" "$(client_ticks)" 0 $(($(pg_ticks) - before)) "${NOTE:-}"
+}
+
+# coinbit with a pool of $2 per node and group commit $3, loadgen on scenario $4.
+http_case() {
+    local name=$1 before server_cpu errors rps p99
+    before=$(pg_ticks)
+    start_server "$2" "$3"
+    read -r errors rps p99 < <(loadgen_rps "$4")
+    server_cpu=$(ticks "$server")
+    stop_server
+    sleep 0.5
+    ref=${ref:-$rps}
+    row "$name" "$rps" "$(client_ticks)" "$server_cpu" $(($(pg_ticks) - before)) "p99 $p99 ms, $errors errors"
+}
+
 echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $CLIENTS clients, ${DURATION}s each"
 echo
-ref=$(pgbench_tps -S "$replica1")
-own=$(pgbench_tps -M prepared -f "$tmp/users.sql" "$replica1")
-start_server "$POOL"
-read -r errors1 rps1 p99_1 < <(loadgen_rps)
-stop_server
-start_server "$PG_POOL2"
-read -r errors2 rps2 p99_2 < <(loadgen_rps)
-stop_server
+NOTE="simple protocol" pgbench_case "pgbench -S, replica1" -S
+NOTE="prepared" pgbench_case "pgbench, the endpoint's query, replica1" -M prepared -f "$tmp/users.sql"
+http_case "loadgen GET /api/users/{id}, coinbit pool $POOL/node, 3 replicas" "$POOL" 16 users
+http_case "loadgen GET /api/users/{id}, coinbit pool $PG_POOL2/node, 3 replicas" "$PG_POOL2" 16 users
+echo "| run | req/s (tps) | vs pgbench -S | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|"
+printf '%s\n' "${ROWS[@]}"
 
-ratio() { awk "BEGIN {printf \"%.2fx\", $1 / $ref}"; }
-row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$(ratio "$2")" "$3"; }
-echo "| run | req/s (tps) | vs pgbench -S | notes |"
-echo "|---|---:|---:|---|"
-row "pgbench -S, replica1" "$ref" "simple protocol"
-row "pgbench, the endpoint's query, replica1" "$own" "prepared"
-row "loadgen GET /api/users/{id}, coinbit pool $POOL/node" "$rps1" "p99 $p99_1 ms, $errors1 errors"
-row "loadgen GET /api/users/{id}, coinbit pool $PG_POOL2/node" "$rps2" "p99 $p99_2 ms, $errors2 errors"
-
-start_server "$POOL" 1
-read -r werr1 wrps1 wp99_1 < <(loadgen_rps writes)
-stop_server
-start_server "$POOL" 16
-read -r werr16 wrps16 wp99_16 < <(loadgen_rps writes)
-stop_server
+ROWS=()
+ref=""
+http_case "POST /api/users, DB_GROUP_COMMIT=1" "$POOL" 1 writes
+http_case "POST /api/users, DB_GROUP_COMMIT=16" "$POOL" 16 writes
 echo
-echo "| writes: POST /api/users | req/s | p99 ms | errors | vs one transaction per write |"
-echo "|---|---:|---:|---:|---:|"
-printf '| DB_GROUP_COMMIT=1 | %s | %s | %s | 1.00x |\n' "$wrps1" "$wp99_1" "$werr1"
-printf '| DB_GROUP_COMMIT=16 | %s | %s | %s | %s |\n' "$wrps16" "$wp99_16" "$werr16" "$(awk "BEGIN {printf \"%.2fx\", $wrps16 / $wrps1}")"
+echo "| writes | req/s | vs one transaction per write | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|"
+printf '%s\n' "${ROWS[@]}"
