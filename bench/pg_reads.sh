@@ -68,7 +68,8 @@ start_server "$POOL"
 stop_server
 "$cluster" sql primary "INSERT INTO users (id, name, email)
     SELECT g, 'User ' || g, 'user' || g || '@seed.example.com' FROM generate_series(1, 10000) g
-    ON CONFLICT DO NOTHING" >/dev/null
+    ON CONFLICT DO NOTHING;
+    SELECT setval('users_id_seq', 10000)" >/dev/null
 "$bin/pgbench" -q -i -s 1 "$DATABASE_URL" >/dev/null 2>&1
 # pgbench runs on replica1 and coinbit on all three: wait until each has replayed the load.
 for i in 1 2 3; do

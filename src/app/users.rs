@@ -102,11 +102,15 @@ pub fn create(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
                     .with_header("Location", format!("/api/users/{}", user.id))
                     .with_header(COMMIT_LSN_HEADER, written.commit_position.to_string())
             }
-            Err(DbError::Conflict(_)) => Response::error(
-                StatusCode(409),
-                "email_taken",
-                "a user with this email already exists",
-            ),
+            Err(DbError::Conflict { constraint })
+                if constraint.as_deref() == Some("users_email_key") =>
+            {
+                Response::error(
+                    StatusCode(409),
+                    "email_taken",
+                    "a user with this email already exists",
+                )
+            }
             Err(e) => db_error(&e),
         }
     }))
@@ -191,7 +195,7 @@ pub fn db_error(error: &DbError) -> Response {
             "database_timeout",
             "the database did not answer in time; retry later",
         ),
-        DbError::Conflict(_) => (
+        DbError::Conflict { .. } => (
             StatusCode(409),
             "conflict",
             "the change conflicts with existing data",
@@ -255,7 +259,12 @@ mod tests {
             (DbError::Busy { node: node() }, 503),
             (DbError::ReadOnly { node: node() }, 503),
             (DbError::Timeout { node: node() }, 503),
-            (DbError::Conflict("dup".into()), 409),
+            (
+                DbError::Conflict {
+                    constraint: Some("dup".into()),
+                },
+                409,
+            ),
             (DbError::Query("syntax".into()), 500),
         ] {
             let response = db_error(&error);

@@ -19,9 +19,9 @@ pub enum DbError {
     /// The statement ran past the statement timeout.
     #[error("a statement on database node {node} ran past the statement timeout")]
     Timeout { node: String },
-    /// A unique constraint refused the row.
-    #[error("conflict: {0}")]
-    Conflict(String),
+    /// A unique constraint (named, when the server says which) refused the row.
+    #[error("conflict on {}", .constraint.as_deref().unwrap_or("a unique constraint"))]
+    Conflict { constraint: Option<String> },
     /// A replica had not replayed the requested position in time (the read then goes to the
     /// primary; never reaches a client).
     #[error("replica {node} has not replayed the requested position")]
@@ -43,7 +43,9 @@ impl DbError {
             return unavailable();
         };
         match *db.code() {
-            SqlState::UNIQUE_VIOLATION => DbError::Conflict(db.message().to_string()),
+            SqlState::UNIQUE_VIOLATION => DbError::Conflict {
+                constraint: db.constraint().map(str::to_string),
+            },
             SqlState::QUERY_CANCELED => DbError::Timeout {
                 node: node.to_string(),
             },
