@@ -107,13 +107,14 @@ fn a_stopped_replica_is_ejected_without_failing_a_read_and_returns() {
     let readers = Readers::start(&server, id, 4);
     std::thread::sleep(Duration::from_millis(300));
     cluster.stop("replica2");
-    let ejected =
-        server.wait_for_status("replica2 ejected", |s| node(s, "replica2")["state"] != "up");
-    assert!(
-        node(&ejected, "replica2")["ejections"].as_u64() >= Some(1),
-        "{ejected}"
-    );
-    let served_while_down = node(&ejected, "replica2")["requests"].as_u64().unwrap();
+    // Out of rotation first by its breaker (failed reads) or its health check, whichever
+    // comes first; then the failed health check ejects it.
+    let out = server.wait_for_status("replica2 out", |s| node(s, "replica2")["state"] != "up");
+    let served_while_down = node(&out, "replica2")["requests"].as_u64().unwrap();
+    server.wait_for_status("replica2 ejected", |s| {
+        node(s, "replica2")["state"] == "ejected"
+            && node(s, "replica2")["ejections"].as_u64() >= Some(1)
+    });
     std::thread::sleep(Duration::from_millis(800));
     let still_down = server.cluster_status();
     assert_eq!(
