@@ -12,9 +12,11 @@
 //! - [`app`]: the router and handlers (engine-agnostic).
 //! - [`db`]: the PostgreSQL tier: pools on DB I/O threads, replica routing, health, migrations.
 //! - [`engine`]: event loops that move bytes and time (`glommio`), and start-up checks.
-//! - [`shard`]: placement on CPUs, shard lifecycle, supervision and restarts.
+//! - [`shard`]: placement on CPUs, shard lifecycle, supervision and restarts, and the
+//!   engine-neutral commands every engine obeys (activate/deactivate, shed, refuse).
 //! - [`metrics`]: per-shard counters and HDR histograms.
-//! - [`monitor`]: the monitor core: merging, health, rendering of status bodies.
+//! - [`monitor`]: the monitor core: merging, sampling, alerts, trends, health score,
+//!   auto-recovery, auto-scaling, the webhook, rendering of status bodies and the dashboard.
 //! - [`server`]: start-up and graceful shutdown.
 
 pub mod app;

@@ -12,6 +12,8 @@ use signal_hook::iterator::Signals;
 use crate::app::routes::ROUTE_NAMES;
 use crate::config::Config;
 use crate::engine::{self, ShardContext};
+use crate::monitor::watch::{Watch, WatchSettings};
+use crate::monitor::webhook::Webhook;
 use crate::monitor::{Identity, Monitor, Published};
 use crate::shard::{self, Control, ShardSlot, ShardState};
 use arc_swap::ArcSwap;
@@ -38,6 +40,8 @@ pub enum StartError {
     Signals(std::io::Error),
     #[error(transparent)]
     Database(#[from] crate::db::DbStartError),
+    #[error("{0}")]
+    Webhook(String),
 }
 
 impl StartError {
@@ -107,12 +111,21 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         max_workers: config.cluster.max_workers,
         database: database.clone(),
     };
+    let (watch_settings, clamp_note) = WatchSettings::from_config(&config, slots.len());
+    if let Some(note) = clamp_note {
+        log::info!("{note}");
+    }
+    let webhook = match &config.monitoring.webhook_url {
+        Some(url) => Some(Webhook::start(url).map_err(StartError::Webhook)?),
+        None => None,
+    };
     let monitor = Monitor::new(
         slots.clone(),
         identity,
         control.clone(),
         ROUTE_NAMES,
         config.snapshot_interval(),
+        Watch::new(watch_settings, slots.len(), webhook),
     );
     let published = monitor.published.clone();
     // Bounded: a monitor that falls behind makes shards drop reports, never block.

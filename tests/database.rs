@@ -515,6 +515,12 @@ fn a_primary_in_recovery_gets_no_writes() {
         .output()
         .unwrap();
     assert!(migrated.status.success(), "{migrated:?}");
+    common::wait_for("the schema on replica1", Duration::from_secs(10), || {
+        let sql = "SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'";
+        (cluster.psql("replica1", &db, sql) == "1"
+            && cluster.psql("replica1", &db, "SELECT count(*) FROM schema_migrations") == "1")
+            .then_some(())
+    });
     let server = Server::start_with(
         ENGINE,
         &["--replica-health-check-interval", "200"],

@@ -194,6 +194,14 @@ fn bad_environment_values_stop_start_up_with_exit_2_naming_them() {
             &["QUEUE_HIGH_WORKERS", "four"],
         ),
         (&[("SHARD_CPUS", "0,999")], &["SHARD_CPUS", "999"]),
+        (
+            &[("MONITORING_WEBHOOK_URL", "ftp://alerts")],
+            &["MONITORING_WEBHOOK_URL", "ftp://alerts"],
+        ),
+        (
+            &[("MONITORING_HEARTBEAT_TIMEOUT", "0")],
+            &["MONITORING_HEARTBEAT_TIMEOUT", "0"],
+        ),
     ];
     for (env, needles) in cases {
         let (code, stderr) = run_to_exit(&[], env, None);

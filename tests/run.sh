@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-# loadgen's report test opens the HTML report in headless Chromium.
+# The report and dashboard tests open their pages in headless Chromium.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # The database tests start a real PostgreSQL primary and replicas (tests/pg/cluster.sh).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)

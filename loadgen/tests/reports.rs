@@ -5,13 +5,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use base64::Engine;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 
+use chromium_check::{Chromium, Pixels};
 use common::{run, TestServer};
 
 /// Runs the built-in CoinBitClub mix against the test server (it answers every path) with
@@ -244,55 +244,15 @@ fn summary_json_has_the_documented_fields() {
     assert!(s["rate"]["target_rps"].is_null() && s["rate"]["achieved_rps"].as_f64().unwrap() > 0.0);
 }
 
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            std::env::var_os("PATH")?
-                .to_str()?
-                .split(':')
-                .map(|d| Path::new(d).join(name))
-                .find(|p| p.is_file())
-        })
-}
-
-fn chromium_cmd(bin: &Path, profile: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,1400",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    c
-}
-
 #[test]
 fn html_report_draws_its_plots_in_chromium() {
-    let Some(bin) = chromium() else {
-        // CI installs Chromium (.ci); elsewhere say so rather than fail.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have chromium for the report test"
-        );
-        eprintln!("skipping: chromium not installed (apt-get install -y chromium)");
+    let profiles = common::temp_dir("chromium-profile");
+    let Some(chromium) = Chromium::find_or_skip(&profiles, (1200, 1400)) else {
         return;
     };
     let dir = report_dir();
     let page = format!("file://{}", dir.join("report.html").display());
-    let profile = common::temp_dir("chromium-profile");
-    let dom = chromium_cmd(&bin, &profile.join("a"))
-        .arg("--dump-dom")
-        .arg(&page)
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let dom = chromium.dump_dom(&page, None);
     assert!(
         dom.contains("<title>loadgen report (plotted)</title>"),
         "title not set after drawing:\n{}",
@@ -301,38 +261,11 @@ fn html_report_draws_its_plots_in_chromium() {
     assert!(dom.contains("data-plotted=\"true\""));
 
     let png = dir.join("report.png");
-    let shot = chromium_cmd(&bin, &profile.join("b"))
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(&page)
-        .output()
-        .unwrap();
-    assert!(
-        png.is_file(),
-        "no screenshot: {}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
-    let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let channels = info.color_type.samples();
-    let pixels = buf[..info.buffer_size()].chunks(channels);
-    // The "all" curve is drawn in #1f77b4; count pixels close to it.
-    let near = |p: &[u8], (r, g, b): (i32, i32, i32)| {
-        (i32::from(p[0]) - r).abs() < 40
-            && (i32::from(p[1]) - g).abs() < 40
-            && (i32::from(p[2]) - b).abs() < 40
-    };
-    let mut curve = 0;
-    let mut non_white = 0;
-    for p in pixels {
-        if near(p, (0x1f, 0x77, 0xb4)) {
-            curve += 1;
-        }
-        if p[0] < 240 || p[1] < 240 || p[2] < 240 {
-            non_white += 1;
-        }
-    }
+    chromium.screenshot(&page, &png, None);
+    let pixels = Pixels::read(&png);
+    // The "all" curve is drawn in #1f77b4.
+    let curve = pixels.near((0x1f, 0x77, 0xb4));
     assert!(curve > 300, "percentile curve pixels: {curve}");
+    let non_white = pixels.non_white();
     assert!(non_white > 10_000, "the page is nearly blank: {non_white}");
 }

@@ -10,6 +10,9 @@ use crate::monitor::{HealthStatus, Published};
 
 const HEALTH_JSON: &str = "application/health+json";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The live dashboard: one self-contained page (inline script and SVG, nothing fetched from
+/// elsewhere) that polls the status endpoints.
+const DASHBOARD_HTML: &str = include_str!("../monitor/dashboard.html");
 /// Longest sleep the debug route accepts.
 const MAX_DEBUG_SLEEP: Duration = Duration::from_secs(60);
 
@@ -43,7 +46,7 @@ pub fn readyz(published: &Published, draining: bool) -> Response {
         Response::new(
             StatusCode::SERVICE_UNAVAILABLE,
             HEALTH_JSON,
-            Bytes::from_static(br#"{"status":"fail","output":"no shard running"}"#),
+            Bytes::from_static(br#"{"status":"fail","output":"health check failing"}"#),
         )
     } else {
         Response::new(
@@ -62,6 +65,33 @@ pub fn prometheus(body: Bytes) -> Response {
     Response::new(StatusCode::OK, PROMETHEUS_TEXT, body)
 }
 
+/// `GET /dashboard`.
+pub fn dashboard() -> Response {
+    Response::new(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        Bytes::from_static(DASHBOARD_HTML.as_bytes()),
+    )
+}
+
+/// `POST /debug/stall-shard?ms=N`: blocks this shard's thread for N ms, as a stuck handler
+/// would: it stops sending heartbeats, and the monitor replaces it.
+pub fn debug_stall_shard(shard: usize, request: &Request<'_>) -> Response {
+    let duration = match debug_duration(request) {
+        Ok(duration) => duration,
+        Err(bad) => return bad,
+    };
+    log::warn!("shard {shard}: stalling for {duration:?} through the debug route");
+    std::thread::sleep(duration);
+    Response::json(
+        StatusCode::OK,
+        format!(
+            r#"{{"shard":{shard},"stalled_ms":{}}}"#,
+            duration.as_millis()
+        ),
+    )
+}
+
 /// `POST /debug/crash-shard`: takes this shard down so the supervisor restarts it.
 pub fn debug_crash_shard(shard: usize) -> Reply {
     log::warn!("shard {shard}: crash requested through the debug route");
@@ -76,18 +106,10 @@ pub fn debug_shard(shard: usize) -> Response {
 /// `GET /debug/sleep?ms=N`: answers after N ms without holding the event loop (a request in
 /// flight for shutdown tests). The wait runs on a helper thread so the app needs no engine timer.
 pub fn debug_sleep(request: &Request<'_>) -> Reply {
-    let Some(ms) = request
-        .query_param("ms")
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
-        return Response::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "expected ?ms=<milliseconds>",
-        )
-        .into();
+    let duration = match debug_duration(request) {
+        Ok(duration) => duration,
+        Err(bad) => return bad.into(),
     };
-    let duration = Duration::from_millis(ms).min(MAX_DEBUG_SLEEP);
     let (done, wait) = flume::bounded::<()>(1);
     std::thread::spawn(move || {
         std::thread::sleep(duration);
@@ -100,4 +122,19 @@ pub fn debug_sleep(request: &Request<'_>) -> Reply {
             format!(r#"{{"slept_ms":{}}}"#, duration.as_millis()),
         )
     }))
+}
+
+/// The `?ms=N` of the debug routes, capped at [`MAX_DEBUG_SLEEP`]; a 400 when it is missing.
+fn debug_duration(request: &Request<'_>) -> Result<Duration, Response> {
+    let ms = request
+        .query_param("ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            Response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected ?ms=<milliseconds>",
+            )
+        })?;
+    Ok(Duration::from_millis(ms).min(MAX_DEBUG_SLEEP))
 }

@@ -89,6 +89,9 @@ impl ShardApp {
             Route::DebugShard => handlers::debug_shard(self.shard).into(),
             Route::CreateUser => users::create(self.db.as_mut(), request),
             Route::GetUser => users::get(self.db.as_mut(), request),
+            Route::Alerts => handlers::json_snapshot(published.alerts.clone()).into(),
+            Route::Dashboard => handlers::dashboard().into(),
+            Route::DebugStallShard => handlers::debug_stall_shard(self.shard, request).into(),
         }
     }
 }

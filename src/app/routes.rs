@@ -16,6 +16,9 @@ pub enum Route {
     DebugShard,
     CreateUser,
     GetUser,
+    Alerts,
+    Dashboard,
+    DebugStallShard,
 }
 
 /// Route names as metrics label them; the last two count 405 and 404 answers.
@@ -31,6 +34,9 @@ pub const ROUTE_NAMES: &[&str] = &[
     "debug_shard",
     "create_user",
     "get_user",
+    "alerts",
+    "dashboard",
+    "debug_stall_shard",
     "method_not_allowed",
     "not_found",
 ];
@@ -90,6 +96,16 @@ const TABLE: &[Entry] = &[
     Entry {
         with_id: true,
         ..get("/api/users/", Route::GetUser)
+    },
+    get("/api/enterprise/alerts", Route::Alerts),
+    get("/dashboard", Route::Dashboard),
+    Entry {
+        path: "/debug/stall-shard",
+        method: Method::Post,
+        allow: "POST",
+        route: Route::DebugStallShard,
+        debug_only: true,
+        with_id: false,
     },
 ];
 
@@ -159,6 +175,25 @@ mod tests {
                 false,
                 Match::Found(Route::Prometheus),
             ),
+            (
+                Method::Get,
+                "/api/enterprise/alerts",
+                false,
+                Match::Found(Route::Alerts),
+            ),
+            (
+                Method::Get,
+                "/dashboard",
+                false,
+                Match::Found(Route::Dashboard),
+            ),
+            (Method::Post, "/debug/stall-shard", false, Match::NotFound),
+            (
+                Method::Post,
+                "/debug/stall-shard",
+                true,
+                Match::Found(Route::DebugStallShard),
+            ),
             (Method::Get, "/nope", false, Match::NotFound),
             (
                 Method::Post,
@@ -215,5 +250,9 @@ mod tests {
             );
         }
         assert_eq!(ROUTE_NAMES[Route::DebugSleep as usize], "debug_sleep");
+        assert_eq!(
+            ROUTE_NAMES[Route::DebugStallShard as usize],
+            "debug_stall_shard"
+        );
     }
 }

@@ -289,6 +289,22 @@ pub struct MonitoringConfig {
     /// Queued jobs that raise a critical alert.
     #[arg(long, env = "MONITORING_QUEUE_SIZE_CRITICAL", default_value_t = 5_000)]
     pub queue_size_critical: u64,
+    /// Alerts are also POSTed here as Alertmanager webhook JSON (`http://host:port/path`).
+    #[arg(long, env = "MONITORING_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Time span of the samples a trend is fitted over (ms).
+    #[arg(long = "trend-window", env = "MONITORING_TREND_WINDOW", default_value_t = 300_000, value_parser = millis())]
+    pub trend_window_ms: u64,
+    /// A trend alert fires when a metric is projected to cross its critical level within this (ms).
+    #[arg(long = "trend-horizon", env = "MONITORING_TREND_HORIZON", default_value_t = 600_000, value_parser = millis())]
+    pub trend_horizon_ms: u64,
+    /// Samples kept for trends and the endpoints (720 is an hour at the default interval).
+    #[arg(long = "history-length", env = "MONITORING_HISTORY_LENGTH", default_value_t = 720,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=100_000))]
+    pub history_length: usize,
+    /// A shard silent for this long is restarted on its core (ms).
+    #[arg(long = "heartbeat-timeout", env = "MONITORING_HEARTBEAT_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
+    pub heartbeat_timeout_ms: u64,
 }
 
 /// Event-loop engines.
@@ -439,6 +455,9 @@ impl Config {
             }
         }
         self.database.nodes()?;
+        if let Some(url) = &self.monitoring.webhook_url {
+            check_webhook_url(url)?;
+        }
         if self.server.listen_backlog < 1 {
             return Err(ConfigError::invalid(
                 "LISTEN_BACKLOG",
@@ -456,6 +475,14 @@ impl Config {
     pub fn snapshot_interval(&self) -> Duration {
         Duration::from_millis(self.server.snapshot_interval_ms)
     }
+}
+
+/// The webhook client speaks plain HTTP/1.1 (put a TLS-terminating proxy in front of an https
+/// receiver): `http://host[:port][/path]`.
+fn check_webhook_url(url: &str) -> Result<(), ConfigError> {
+    crate::monitor::webhook::Target::parse(url)
+        .map(|_| ())
+        .map_err(|why| ConfigError::invalid("MONITORING_WEBHOOK_URL", url, &why))
 }
 
 #[cfg(test)]

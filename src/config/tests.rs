@@ -32,6 +32,8 @@ fn defaults_are_the_seeds() {
         (70, 90)
     );
     assert_eq!(c.http.max_body_bytes, 1024 * 1024);
+    assert_eq!(c.cluster.scale_cooldown_ms, 30_000);
+    assert_eq!(c.monitoring.webhook_url, None);
 }
 
 #[test]
@@ -60,6 +62,13 @@ fn bad_values_name_the_setting_and_value() {
             "mysql://x",
         ),
         (&["--shard-cpus", "3-1"], "--shard-cpus", "3-1"),
+        (
+            &["--webhook-url", "https://alerts.example/hook"],
+            "MONITORING_WEBHOOK_URL",
+            "https://alerts.example/hook",
+        ),
+        (&["--history-length", "1"], "--history-length", "1"),
+        (&["--trend-window", "0"], "--trend-window", "0"),
     ];
     for (args, name, value) in cases {
         let err = parse(args).expect_err(&format!("{args:?} should be refused"));

@@ -4,6 +4,15 @@
 //! what the codec produced, runs the timers the codec asks for, and sends the shard's metrics to
 //! the monitor. Everything above the socket is the app's, through [`crate::http::Service`].
 //!
+//! What every engine must also do for the monitor (the glommio engine is the reference):
+//! - obey [`crate::shard::Control::is_active`] every tick (close the listener, let connections
+//!   finish and park; bind again when reactivated) and
+//!   [`crate::shard::Control::refuse_new_connections`] at accept (503 + `Retry-After`);
+//! - hand the slot a duplicate of its listener's descriptor ([`ShardSlot::set_listener`]), run
+//!   its shard on a thread whose end is reported through a channel to
+//!   [`crate::shard::await_exit`], and end a generation that [`ShardSlot::is_superseded`]
+//!   reports replaced (the monitor replaces a shard that stops sending heartbeats).
+//!
 //! # Layout
 //! - [`glommio`]: io_uring via glommio, one `LocalExecutor` per pinned shard thread.
 //! - [`preflight`]: start-up checks of what an engine needs from the kernel.

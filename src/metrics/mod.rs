@@ -44,6 +44,8 @@ pub struct ConnectionCounters {
     pub idle_timeouts: u64,
     /// Requests the codec refused (400, 413, 414, 431, 501, 505).
     pub protocol_errors: u64,
+    /// Refused with 503 while memory was critical (auto-recovery).
+    pub rejected_overload: u64,
 }
 
 /// Responses per route and status class, cumulative.
@@ -102,6 +104,8 @@ pub struct ShardMetrics {
     pub connections: ConnectionCounters,
     interval_latency: Histogram<u64>,
     latency_sum_micros: u64,
+    /// Jobs waiting in this shard's queues, as the queue code last set it (0 until it does).
+    pub queued_jobs: u64,
 }
 
 impl ShardMetrics {
@@ -111,6 +115,7 @@ impl ShardMetrics {
             connections: ConnectionCounters::default(),
             interval_latency: latency_histogram(),
             latency_sum_micros: 0,
+            queued_jobs: 0,
         }
     }
 
@@ -147,6 +152,7 @@ impl ShardMetrics {
             connections: self.connections,
             interval_latency: latency,
             latency_sum_micros: self.latency_sum_micros,
+            queued_jobs: self.queued_jobs,
         }
     }
 }
@@ -165,6 +171,9 @@ pub struct ShardReport {
     /// Latencies recorded since the previous report.
     pub interval_latency: Histogram<u64>,
     pub latency_sum_micros: u64,
+    /// Jobs waiting in the shard's queues: the one input of the queue-size threshold and of
+    /// the health score's queue term. 0 until the queues report into it.
+    pub queued_jobs: u64,
 }
 
 #[cfg(test)]

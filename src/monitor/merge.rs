@@ -12,6 +12,10 @@ use crate::shard::ShardSlot;
 /// Rates and recent percentiles cover this much time.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
+/// Routes whose 503 is an answer about the server, not a failure of it: left out of the
+/// error rate the alerts read (else a failing health check would keep itself failing).
+const PROBE_ROUTES: [&str; 2] = ["health", "readyz"];
+
 /// Counters that survive a shard's restart (its own counters start again from zero).
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
@@ -30,6 +34,7 @@ impl Totals {
         c.request_timeouts += o.request_timeouts;
         c.idle_timeouts += o.idle_timeouts;
         c.protocol_errors += o.protocol_errors;
+        c.rejected_overload += o.rejected_overload;
         self.latency_sum_micros += other.latency_sum_micros;
     }
 
@@ -81,6 +86,8 @@ pub struct ShardTrack {
     pub lifetime_latency: Histogram<u64>,
     window: VecDeque<Interval>,
     pub window_latency: Histogram<u64>,
+    /// Queued jobs as last reported.
+    pub queued_jobs: u64,
 }
 
 impl ShardTrack {
@@ -105,12 +112,33 @@ impl ShardTrack {
     }
 }
 
+/// Traffic of all shards since the monitor's last sample.
+pub struct SinceSample {
+    pub requests: u64,
+    /// 5xx answers, the probes' ([`PROBE_ROUTES`]) left out.
+    pub server_errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl Default for SinceSample {
+    fn default() -> Self {
+        SinceSample {
+            requests: 0,
+            server_errors: 0,
+            latency: latency_histogram(),
+        }
+    }
+}
+
 /// The monitor's merged view of all shards.
 pub struct ClusterState {
     pub shards: Vec<ShardTrack>,
     pub routes: &'static [&'static str],
     pub interval: Duration,
     pub monitor_tid: i32,
+    since_sample: SinceSample,
+    /// Indices of [`PROBE_ROUTES`] in `routes`.
+    probe_routes: Vec<usize>,
 }
 
 impl ClusterState {
@@ -130,6 +158,7 @@ impl ClusterState {
                 lifetime_latency: latency_histogram(),
                 window: VecDeque::new(),
                 window_latency: latency_histogram(),
+                queued_jobs: 0,
             })
             .collect();
         ClusterState {
@@ -137,7 +166,29 @@ impl ClusterState {
             routes,
             interval,
             monitor_tid: 0,
+            since_sample: SinceSample::default(),
+            probe_routes: routes
+                .iter()
+                .enumerate()
+                .filter(|(_, name)| PROBE_ROUTES.contains(name))
+                .map(|(i, _)| i)
+                .collect(),
         }
+    }
+
+    /// The traffic since the previous call (the sampling interval), then starts over.
+    pub fn take_interval(&mut self) -> SinceSample {
+        std::mem::take(&mut self.since_sample)
+    }
+
+    /// Open client connections over all shards.
+    pub fn open_connections(&self) -> u64 {
+        self.shards.iter().map(|t| t.current.connections.open).sum()
+    }
+
+    /// Jobs waiting in every shard's queues (the sum of [`ShardReport::queued_jobs`]).
+    pub fn queued_jobs(&self) -> u64 {
+        self.shards.iter().map(|t| t.queued_jobs).sum()
     }
 
     /// Takes in one report: a new generation moves the old counters to `carried`. Returns
@@ -147,14 +198,29 @@ impl ClusterState {
             log::warn!("report from unknown shard {}", report.shard);
             return false;
         };
+        // A replaced shard that wakes up may still report: its generation is over.
+        if report.generation < track.generation {
+            return false;
+        }
         let new_generation = report.generation != track.generation;
         if new_generation {
             let previous = std::mem::take(&mut track.current);
             track.carried.add(&previous);
             track.generation = report.generation;
         }
+        let probes = &self.probe_routes;
+        // 5xx answers other than the probes'.
+        let failures = |t: &Totals| {
+            let probe_errors: u64 = probes
+                .iter()
+                .filter_map(|&i| t.counts.by_route.get(i))
+                .map(|c| c[4])
+                .sum();
+            t.server_errors().saturating_sub(probe_errors)
+        };
         let before = track.current.requests();
         let errors_before = track.current.server_errors();
+        let failures_before = failures(&track.current);
         track.current = Totals::from_report(&report);
         // A new generation's first report covers the time since that shard started, which is
         // when it sends it.
@@ -163,14 +229,20 @@ impl ClusterState {
             _ => report.at,
         };
         track.last_report_at = Some(report.at);
+        track.queued_jobs = report.queued_jobs;
+        let requests = track.current.requests().saturating_sub(before);
+        let server_errors = track.current.server_errors().saturating_sub(errors_before);
+        self.since_sample.requests += requests;
+        self.since_sample.server_errors += failures(&track.current).saturating_sub(failures_before);
+        let _ = self.since_sample.latency.add(&report.interval_latency);
         // Histogram bounds are identical everywhere, so adding cannot fail.
         let _ = track.lifetime_latency.add(&report.interval_latency);
         let _ = track.window_latency.add(&report.interval_latency);
         track.window.push_back(Interval {
             start,
             at: report.at,
-            requests: track.current.requests().saturating_sub(before),
-            server_errors: track.current.server_errors().saturating_sub(errors_before),
+            requests,
+            server_errors,
             latency: report.interval_latency,
         });
         new_generation

@@ -1,13 +1,32 @@
-//! The monitor core: merges the shards' metric reports and publishes what the status
-//! endpoints serve.
+//! The monitor core: merges the shards' metric reports, watches them, and publishes what the
+//! status endpoints serve.
 //!
 //! Shards send [`ShardReport`]s over a lock-free channel; this thread (pinned to the monitor
-//! core) merges them into [`merge::ClusterState`], renders the status bodies once per interval
-//! and publishes them as one immutable [`Published`] behind an `ArcSwap`. A shard answering
-//! `/health` loads that pointer: it never touches another shard's state or takes a lock.
+//! core) merges them into [`merge::ClusterState`], renders the status bodies once per snapshot
+//! interval and publishes them as one immutable [`Published`] behind an `ArcSwap`. A shard
+//! answering `/health` loads that pointer: it never touches another shard's state or takes a
+//! lock. Every `MONITORING_METRICS_INTERVAL` the [`watch::Watch`] samples CPU, memory and traffic,
+//! raises and resolves alerts, takes the recovery actions and scales the active shards; its
+//! orders reach the shards through [`crate::shard::Control`].
+//!
+//! # Layout
+//! - [`merge`]: reports into lifetime, window and per-sample views.
+//! - [`sample`]: /proc readings (CPU per thread, memory) and the interval's traffic.
+//! - [`alerts`]: thresholds with hysteresis, trends, the alert book (cooldown, inhibition).
+//! - [`score`]: the 0–100 health score and its words (the formula is documented there).
+//! - [`scaling`]: the auto-scaling decision.
+//! - [`watch`]: one evaluation round, the recovery actions.
+//! - [`webhook`]: Alertmanager-shaped delivery on its own thread.
+//! - [`render`]: the bodies of the status endpoints; `dashboard.html` the live page.
 
+pub mod alerts;
 pub mod merge;
 pub mod render;
+pub mod sample;
+pub mod scaling;
+pub mod score;
+pub mod watch;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +41,8 @@ use crate::shard::{Control, ShardSlot};
 pub use merge::ClusterState;
 
 /// Health of the whole server, in the `application/health+json` words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// Ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     Pass,
@@ -38,6 +58,8 @@ pub struct Published {
     pub cluster_status: Bytes,
     pub metrics: Bytes,
     pub prometheus: Bytes,
+    /// `/api/enterprise/alerts`: active and recent alerts, recovery actions, delivery.
+    pub alerts: Bytes,
     /// Shards running when this was rendered (start-up waits until all are).
     pub running_shards: usize,
 }
@@ -61,6 +83,7 @@ pub struct Monitor {
     pub control: Arc<Control>,
     pub published: Arc<ArcSwap<Published>>,
     pub interval: Duration,
+    pub watch: watch::Watch,
 }
 
 impl Monitor {
@@ -70,12 +93,14 @@ impl Monitor {
         control: Arc<Control>,
         routes: &'static [&'static str],
         interval: Duration,
+        watch: watch::Watch,
     ) -> Self {
         let state = ClusterState::new(slots, routes, interval);
         let published = Arc::new(ArcSwap::from_pointee(render::publish(
             &state,
             &identity,
             &control,
+            &watch,
             Instant::now(),
         )));
         Monitor {
@@ -84,6 +109,7 @@ impl Monitor {
             control,
             published,
             interval,
+            watch,
         }
     }
 
@@ -93,8 +119,10 @@ impl Monitor {
     pub fn run(mut self, reports: Receiver<ShardReport>) {
         self.state.monitor_tid = crate::shard::current_tid();
         let mut next_publish = Instant::now() + self.interval;
+        let sample_every = self.watch.settings.interval;
+        let mut next_sample = Instant::now() + sample_every;
         loop {
-            match reports.recv_deadline(next_publish) {
+            match reports.recv_deadline(next_publish.min(next_sample)) {
                 Ok(report) => {
                     // A shard that (re)started is shown at once, not at the next interval.
                     if self.state.absorb(report) {
@@ -108,6 +136,11 @@ impl Monitor {
                 break;
             }
             let now = Instant::now();
+            if now >= next_sample {
+                self.watch.step(&mut self.state, &self.control, now);
+                next_sample = now + sample_every;
+                next_publish = now;
+            }
             if now >= next_publish {
                 self.publish(now);
                 next_publish = now + self.interval;
@@ -122,6 +155,7 @@ impl Monitor {
             &self.state,
             &self.identity,
             &self.control,
+            &self.watch,
             now,
         )));
     }

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::merge::{ClusterState, ShardTrack, Totals, WINDOW};
+use super::watch::Watch;
 use super::{HealthStatus, Identity, Published};
 use crate::db;
 use crate::metrics::STATUS_CLASSES;
@@ -49,13 +50,22 @@ struct ShardFacts {
     totals: Totals,
 }
 
+/// A shard whose last report is older than this is stale.
+pub fn stale_after(snapshot_interval: Duration) -> Duration {
+    (snapshot_interval * STALE_INTERVALS).max(Duration::from_secs(1))
+}
+
+/// Samples of history the metrics body carries for the dashboard's charts.
+const CHART_POINTS: usize = 120;
+
 fn shard_facts(track: &ShardTrack, interval: Duration, now: Instant) -> ShardFacts {
     let heartbeat_age = track
         .last_report_at
         .map(|at| now.saturating_duration_since(at));
-    let stale_after = (interval * STALE_INTERVALS).max(Duration::from_secs(1));
+    let stale_after = stale_after(interval);
     let state = track.slot.state();
-    let stale = state == ShardState::Running && heartbeat_age.is_some_and(|age| age > stale_after);
+    let alive = matches!(state, ShardState::Running | ShardState::Parked);
+    let stale = alive && heartbeat_age.is_some_and(|age| age > stale_after);
     ShardFacts {
         state,
         heartbeat_age,
@@ -68,6 +78,7 @@ pub fn publish(
     state: &ClusterState,
     identity: &Identity,
     control: &Control,
+    watch: &Watch,
     now: Instant,
 ) -> Published {
     let facts: Vec<ShardFacts> = state
@@ -79,8 +90,25 @@ pub fn publish(
         .iter()
         .filter(|f| f.state == ShardState::Running)
         .count();
+    let parked = facts
+        .iter()
+        .filter(|f| matches!(f.state, ShardState::Parked | ShardState::Draining))
+        .count();
     let stale = facts.iter().filter(|f| f.stale).count();
-    let status = health_status(facts.len(), running, stale, control.is_shutting_down());
+    // Shards parked by auto-scaling are not missing: they count as running for health.
+    let shard_status = health_status(
+        facts.len(),
+        running + parked.min(facts.len().saturating_sub(watch.active_shards)),
+        stale,
+        control.is_shutting_down(),
+    );
+    let status = shard_status.max(watch.grade.health());
+    let (active_alerts, recent_alerts) = watch.book.listing();
+    let firing: Vec<&&super::alerts::Alert> = active_alerts
+        .iter()
+        .filter(|a| a.state == super::alerts::AlertState::Firing)
+        .collect();
+    let latest = watch.latest().cloned().unwrap_or_default();
     let database = identity.database.as_deref();
     // A database in trouble makes the server degraded, never down: reads may still be served.
     let status = match (status, db::status::health_word(database)) {
@@ -104,8 +132,8 @@ pub fn publish(
                 "componentType": "system",
                 "observedValue": running,
                 "observedUnit": "shards",
-                "status": if running == facts.len() { "pass" } else if running > 0 { "warn" } else { "fail" },
-                "output": format!("{running} of {} shards running", facts.len()),
+                "status": shard_status,
+                "output": format!("{running} of {} shards running, {parked} parked by auto-scaling", facts.len()),
             }],
             "shards:heartbeat": [{
                 "componentType": "system",
@@ -120,7 +148,25 @@ pub fn publish(
                 "observedUnit": "connections",
                 "status": "pass",
             }],
+            "monitor:health-score": [{
+                "componentType": "system",
+                "observedValue": watch.score,
+                "observedUnit": "score (0-100)",
+                "status": watch.grade.health(),
+                "output": watch.grade,
+            }],
+            "monitor:alerts": [{
+                "componentType": "system",
+                "observedValue": firing.len(),
+                "observedUnit": "firing alerts",
+                "status": if firing.iter().any(|a| a.severity == super::alerts::Severity::Critical) {
+                    "fail"
+                } else if firing.is_empty() { "pass" } else { "warn" },
+                "output": firing.iter().map(|a| a.message.as_str()).collect::<Vec<_>>().join("; "),
+            }],
         },
+        "health_score": watch.score,
+        "grade": watch.grade,
     });
 
     let shards: Vec<Value> = state
@@ -134,6 +180,8 @@ pub fn publish(
                 "cpu": track.slot.cpu,
                 "tid": track.slot.tid(),
                 "state": if fact.stale { "stale" } else { fact.state.as_str() },
+                "active": track.slot.id < watch.active_shards,
+                "cpu_percent": latest.shard_cpu.get(track.slot.id).map(|c| round(*c, 1)),
                 "generation": track.generation,
                 "open_connections": totals.connections.open,
                 "requests_served": totals.requests(),
@@ -158,7 +206,19 @@ pub fn publish(
             "running_shards": running,
             "min_workers": identity.min_workers,
             "max_workers": identity.max_workers,
+            "active_shards": watch.active_shards,
+            "scaling": {
+                "min_active": watch.settings.policy.min,
+                "max_active": watch.settings.policy.max,
+                "scale_up_threshold": watch.settings.policy.up,
+                "scale_down_threshold": watch.settings.policy.down,
+                "cooldown_ms": watch.settings.policy.cooldown.as_millis() as u64,
+                "cpu_percent": round(latest.cpu, 1),
+                "events": watch.scale_events,
+            },
         },
+        "health_score": watch.score,
+        "grade": watch.grade,
         "shards": shards,
         "database": db::status::cluster_section(database),
     });
@@ -202,6 +262,43 @@ pub fn publish(
         "merged": traffic(&totals, window_requests, window_errors, window_span, &window_latency, &lifetime_latency),
         "shards": per_shard,
         "routes": routes,
+        "monitoring": {
+            "interval_ms": watch.settings.interval.as_millis() as u64,
+            "health_score": watch.score,
+            "grade": watch.grade,
+            "latest": latest,
+            "history": watch.history.iter().skip(watch.history.len().saturating_sub(CHART_POINTS)).collect::<Vec<_>>(),
+        },
+    });
+    let thresholds: serde_json::Map<String, Value> = super::alerts::Metric::ALL
+        .iter()
+        .map(|&m| {
+            let (warning, critical) = watch.settings.thresholds.of(m);
+            (
+                m.name().to_string(),
+                json!({ "warning": warning, "critical": critical, "unit": m.unit() }),
+            )
+        })
+        .collect();
+    let webhook = watch.webhook.as_ref().map(|w| {
+        use std::sync::atomic::Ordering::Relaxed;
+        json!({
+            "url": w.url,
+            "delivered": w.stats.delivered.load(Relaxed),
+            "failed": w.stats.failed.load(Relaxed),
+            "retries": w.stats.retries.load(Relaxed),
+            "dropped": w.stats.dropped.load(Relaxed),
+        })
+    });
+    let alerts = json!({
+        "health_score": watch.score,
+        "grade": watch.grade,
+        "cooldown_ms": watch.settings.cooldown_ms,
+        "active": active_alerts,
+        "recent": recent_alerts,
+        "actions": watch.actions,
+        "thresholds": thresholds,
+        "webhook": webhook,
     });
 
     let mut prometheus = prometheus(
@@ -213,6 +310,7 @@ pub fn publish(
         uptime,
         status,
     );
+    monitoring_prometheus(&mut prometheus, watch, &latest, &firing);
     if let Some(database) = database {
         db::status::prometheus(database, &mut prometheus);
     }
@@ -222,6 +320,7 @@ pub fn publish(
         cluster_status: cluster_status.to_string().into(),
         metrics: metrics.to_string().into(),
         prometheus: prometheus.into(),
+        alerts: alerts.to_string().into(),
         running_shards: running,
     }
 }
@@ -268,6 +367,7 @@ fn traffic(
             "request_timeouts_total": totals.connections.request_timeouts,
             "idle_timeouts_total": totals.connections.idle_timeouts,
             "protocol_errors_total": totals.connections.protocol_errors,
+            "rejected_overload_total": totals.connections.rejected_overload,
         },
     })
 }
@@ -439,6 +539,94 @@ fn prometheus(
         identity.engine
     );
     std::mem::take(out)
+}
+
+/// The monitoring families: health score, firing alerts, CPU and memory, recovery actions.
+fn monitoring_prometheus(
+    out: &mut String,
+    watch: &Watch,
+    latest: &super::sample::Sample,
+    firing: &[&&super::alerts::Alert],
+) {
+    let name = family(out, "coinbit_health_score", "gauge", "Health score, 0-100.");
+    let _ = writeln!(out, "{name} {}", watch.score);
+    let name = family(
+        out,
+        "coinbit_alerts_firing",
+        "gauge",
+        "Alerts firing, by severity.",
+    );
+    use super::alerts::Severity;
+    for (label, severity) in [
+        ("warning", Severity::Warning),
+        ("critical", Severity::Critical),
+    ] {
+        let n = firing.iter().filter(|a| a.severity == severity).count();
+        let _ = writeln!(out, "{name}{{severity=\"{label}\"}} {n}");
+    }
+    let name = family(
+        out,
+        "coinbit_shard_cpu_percent",
+        "gauge",
+        "CPU of each shard's thread over the last sample, % of one CPU.",
+    );
+    for (id, cpu) in latest.shard_cpu.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{shard=\"{id}\"}} {cpu}");
+    }
+    let gauges = [
+        (
+            "coinbit_process_cpu_percent",
+            "CPU of the process, % of the CPUs it may use.",
+            latest.process_cpu,
+        ),
+        (
+            "coinbit_monitor_cpu_percent",
+            "CPU of the monitor thread, % of one CPU.",
+            latest.monitor_cpu,
+        ),
+        (
+            "coinbit_memory_percent",
+            "Resident memory, % of the host's memory.",
+            latest.memory,
+        ),
+        (
+            "coinbit_queued_jobs",
+            "Jobs waiting in the per-core queues.",
+            latest.queued_jobs as f64,
+        ),
+        (
+            "coinbit_active_shards",
+            "Shards active (not parked by auto-scaling).",
+            watch.active_shards as f64,
+        ),
+    ];
+    for (metric, help, value) in gauges {
+        let name = family(out, metric, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let name = family(
+        out,
+        "coinbit_recovery_actions_total",
+        "counter",
+        "Automatic recovery actions taken.",
+    );
+    for action in &watch.actions {
+        let _ = writeln!(out, "{name}{{action=\"{}\"}} {}", action.name, action.taken);
+    }
+    let name = family(
+        out,
+        "coinbit_recovery_action_active",
+        "gauge",
+        "1 while a recovery action is in force.",
+    );
+    for action in &watch.actions {
+        let _ = writeln!(
+            out,
+            "{name}{{action=\"{}\"}} {}",
+            action.name,
+            u8::from(action.active)
+        );
+    }
 }
 
 /// Writes a metric family's HELP and TYPE lines and returns its name.

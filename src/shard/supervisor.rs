@@ -12,6 +12,9 @@ pub enum ShardExit {
     Clean,
     /// It panicked or its event loop failed; the text says why.
     Died(String),
+    /// It stopped sending heartbeats and the monitor asked for a replacement: a new generation
+    /// starts at once while the old thread, if it ever wakes, ends by itself.
+    Unresponsive,
 }
 
 /// Restart delay after a death, doubled on each quick repeat up to the maximum.
@@ -32,7 +35,18 @@ pub fn supervise(
         let started = Instant::now();
         match run_once(generation) {
             ShardExit::Clean => break,
-            ShardExit::Died(_) if control.is_shutting_down() => break,
+            ShardExit::Died(_) | ShardExit::Unresponsive if control.is_shutting_down() => break,
+            ShardExit::Unresponsive => {
+                slot.record_death("stopped sending heartbeats");
+                slot.count_restart();
+                slot.set_state(ShardState::Restarting);
+                log::error!(
+                    "shard {} on CPU {} stopped sending heartbeats: replaced by a new one (restart #{})",
+                    slot.id,
+                    slot.cpu,
+                    slot.restarts()
+                );
+            }
             ShardExit::Died(why) => {
                 slot.record_death(&why);
                 slot.count_restart();

@@ -27,6 +27,8 @@ pub(crate) fn spawn(shard: &Rc<Shard>, stream: TcpStream) {
     let id = shard.next_connection_id.get();
     shard.next_connection_id.set(id + 1);
     let shared = Rc::new(ConnShared::default());
+    // Accepted while the shard stops accepting (parking or shutdown): it closes after one answer.
+    shared.drain.set(shard.stopping.get());
     shard.app.borrow_mut().metrics.connections.open += 1;
     shard.connections.borrow_mut().insert(
         id,

@@ -1,6 +1,7 @@
 //! The shard's timer loop: the `Date` header, connection deadlines, metrics reports to the
-//! monitor, and draining on shutdown.
+//! monitor, the monitor's activate/deactivate command, and draining on shutdown.
 
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Shard;
@@ -12,8 +13,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often draining checks whether the last connection has gone.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
-/// Runs until shutdown begins (`Ok`) or a task crashed the shard (`Err` with why).
-pub(crate) async fn run(shard: &Shard) -> Result<(), String> {
+/// Runs until shutdown begins (`Ok`), a task crashed the shard or the monitor replaced it
+/// (`Err` with why).
+pub(crate) async fn run(shard: &Rc<Shard>) -> Result<(), String> {
     let interval = shard.ctx.config.snapshot_interval();
     let mut next_report = Instant::now();
     loop {
@@ -27,10 +29,50 @@ pub(crate) async fn run(shard: &Shard) -> Result<(), String> {
         if let Some(why) = shard.crash.borrow().clone() {
             return Err(why);
         }
+        if shard.ctx.slot.is_superseded(shard.ctx.generation) {
+            return Err("replaced by the monitor after missing heartbeats".into());
+        }
         if shard.ctx.control.is_shutting_down() {
             return Ok(());
         }
+        follow_activation(shard).await;
         glommio::timer::sleep(TICK).await;
+    }
+}
+
+/// Obeys [`crate::shard::Control::is_active`]: binds again when activated; when deactivated,
+/// closes the listener, lets every connection close after its next response, and parks once
+/// none is left.
+async fn follow_activation(shard: &Rc<Shard>) {
+    let slot = &shard.ctx.slot;
+    let active = shard.ctx.control.is_active(slot.id);
+    let listening = shard.listening.borrow().is_some();
+    if active && !listening {
+        match super::start_listening(shard) {
+            Ok(()) => {
+                slot.set_state(ShardState::Running);
+                log::info!("shard {}: activated, listening again", slot.id);
+            }
+            Err(e) => log::warn!("shard {}: cannot listen again ({e}); retrying", slot.id),
+        }
+    } else if !active && listening {
+        if let Some(listening) = shard.listening.take() {
+            super::stop_accepting(shard, listening).await;
+        }
+        slot.set_state(ShardState::Draining);
+        log::info!(
+            "shard {}: deactivated, listener closed; finishing {} connections",
+            slot.id,
+            shard.connections.borrow().len()
+        );
+    }
+    if !active {
+        let connections = shard.connections.borrow();
+        connections.values().for_each(|c| c.shared.drain.set(true));
+        if connections.is_empty() && slot.state() == ShardState::Draining {
+            slot.set_state(ShardState::Parked);
+            log::info!("shard {}: parked", slot.id);
+        }
     }
 }
 

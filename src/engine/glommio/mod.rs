@@ -31,10 +31,12 @@ use connection::ConnShared;
 
 pub const ENGINE_NAME: &str = "glommio";
 
-/// Runs one generation of a shard on its own pinned thread until it stops or dies.
+/// Runs one generation of a shard on its own pinned thread until it stops, dies, or is replaced
+/// for missing heartbeats (then its thread is left to end by itself).
 pub fn run_shard(ctx: ShardContext) -> ShardExit {
     let name = format!("shard-{}", ctx.slot.id);
     let cpu = ctx.slot.cpu;
+    let (slot, generation) = (ctx.slot.clone(), ctx.generation);
     // Pinning is done with core_affinity inside the thread, as for every engine.
     let spawned = LocalExecutorBuilder::new(Placement::Unbound)
         .name(&name)
@@ -48,11 +50,21 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
         Ok(handle) => handle,
         Err(e) => return ShardExit::Died(format!("cannot start the glommio executor: {e}")),
     };
-    match handle.join() {
-        Ok(Ok(())) => ShardExit::Clean,
-        Ok(Err(e)) => ShardExit::Died(e.to_string()),
-        Err(e) => ShardExit::Died(format!("the shard thread ended abnormally: {e}")),
+    let (exit, exited) = crossbeam::channel::bounded(1);
+    let reaper = std::thread::Builder::new()
+        .name(format!("reaper-{}", slot.id))
+        .spawn(move || {
+            let how = match handle.join() {
+                Ok(Ok(())) => ShardExit::Clean,
+                Ok(Err(e)) => ShardExit::Died(e.to_string()),
+                Err(e) => ShardExit::Died(format!("the shard thread ended abnormally: {e}")),
+            };
+            let _ = exit.send(how);
+        });
+    if let Err(e) = reaper {
+        return ShardExit::Died(format!("cannot start the shard's reaper thread: {e}"));
     }
+    crate::shard::await_exit(&slot, generation, &exited)
 }
 
 /// A shard's state, shared by its tasks on its one thread.
@@ -68,6 +80,14 @@ pub(crate) struct Shard {
     pub crash: RefCell<Option<String>>,
     /// The shard stops accepting: the accept loop ends at its next wake-up.
     pub stopping: std::cell::Cell<bool>,
+    /// The listener and its accept loop while the shard is active.
+    pub listening: RefCell<Option<Listening>>,
+}
+
+/// An open listener: our own duplicate of its descriptor (for the shutdown) and the accept loop.
+pub(crate) struct Listening {
+    fd: OwnedFd,
+    acceptor: glommio::task::JoinHandle<()>,
 }
 
 impl Shard {
@@ -114,7 +134,6 @@ impl Tracked {
 
 async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     ctx.slot.set_current_thread();
-    let (listener, listener_fd) = bind_listener(ctx.listen_addr, ctx.config.server.listen_backlog)?;
     let http = &ctx.config.http;
     let shard = Rc::new(Shard {
         app: RefCell::new(ctx.new_app()),
@@ -132,17 +151,25 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
         },
         crash: RefCell::new(None),
         stopping: std::cell::Cell::new(false),
+        listening: RefCell::new(None),
         ctx,
     });
-    shard.ctx.slot.set_state(ShardState::Running);
+    // A shard restarted while auto-scaling has it parked starts parked.
+    if shard.ctx.control.is_active(shard.ctx.slot.id) {
+        start_listening(&shard)?;
+        shard.ctx.slot.set_state(ShardState::Running);
+    } else {
+        shard.ctx.slot.set_state(ShardState::Parked);
+    }
     log::debug!(
         "shard {} serving on CPU {}",
         shard.ctx.slot.id,
         shard.ctx.slot.cpu
     );
-    let acceptor = spawn_guarded(&shard, accept_loop(shard.clone(), listener));
     let outcome = housekeeping::run(&shard).await;
-    stop_accepting(&shard, listener_fd, acceptor).await;
+    if let Some(listening) = shard.listening.take() {
+        stop_accepting(&shard, listening).await;
+    }
     match outcome {
         Ok(()) => {
             housekeeping::drain(&shard).await;
@@ -161,15 +188,20 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
 /// task drops it: cancelling the task would leak a connection whose accept had completed but
 /// not been reaped. So the socket is shut down first (which takes it out of the SO_REUSEPORT
 /// group at once and fails the pending accept), and the loop is let run to its end; a
-/// connection it still receives is closed cleanly. Cancelling is the fallback.
-async fn stop_accepting(
-    shard: &Shard,
-    listener: OwnedFd,
-    mut acceptor: glommio::task::JoinHandle<()>,
-) {
+/// connection it still receives is served and closed after its answer. Cancelling is the
+/// fallback.
+pub(crate) async fn stop_accepting(shard: &Shard, listening: Listening) {
+    let Listening {
+        fd: listener,
+        mut acceptor,
+    } = listening;
     shard.stopping.set(true);
     // SAFETY: shutdown on a descriptor we own.
     unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    // A replaced generation must not take its successor's listener out of the slot.
+    if !shard.ctx.slot.is_superseded(shard.ctx.generation) {
+        shard.ctx.slot.set_listener(None);
+    }
     let ended = futures_lite::future::or(
         async {
             let _ = (&mut acceptor).await;
@@ -189,6 +221,19 @@ async fn stop_accepting(
         acceptor.cancel();
         let _ = acceptor.await;
     }
+}
+
+/// Binds the shard's listener (again) and starts its accept loop.
+pub(crate) fn start_listening(shard: &Rc<Shard>) -> io::Result<()> {
+    let (listener, fd) = bind_listener(
+        shard.ctx.listen_addr,
+        shard.ctx.config.server.listen_backlog,
+    )?;
+    shard.ctx.slot.set_listener(fd.try_clone().ok());
+    shard.stopping.set(false);
+    let acceptor = spawn_guarded(shard, accept_loop(shard.clone(), listener));
+    *shard.listening.borrow_mut() = Some(Listening { fd, acceptor });
+    Ok(())
 }
 
 /// A listener of the shard's own, in the port's SO_REUSEPORT group.
@@ -211,7 +256,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let accepted = listener.accept().await;
         if shard.stopping.get() {
-            // A connection accepted now is closed at once (the client sees EOF and retries).
+            // The kernel handed over one more connection as the listener closed: serve it like
+            // the others that are finishing (it is answered with `Connection: close`).
+            if let Ok(stream) = accepted {
+                connection::spawn(&shard, stream);
+            }
             return;
         }
         let stream = match accepted {
@@ -231,22 +280,34 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         };
         if open as usize >= cap {
             shard.app.borrow_mut().metrics.connections.rejected_at_cap += 1;
-            glommio::spawn_local(reject_over_cap(shard.clone(), stream)).detach();
+            let response = Response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "this server is at its connection limit; retry later",
+            )
+            .with_header("Retry-After", "1");
+            glommio::spawn_local(refuse(shard.clone(), stream, response)).detach();
+            continue;
+        }
+        if shard.ctx.control.refuse_new_connections() {
+            shard.app.borrow_mut().metrics.connections.rejected_overload += 1;
+            let response = Response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "memory is critical on this server; retry later",
+            )
+            .with_header("Retry-After", "5");
+            glommio::spawn_local(refuse(shard.clone(), stream, response)).detach();
             continue;
         }
         connection::spawn(&shard, stream);
     }
 }
 
-/// Past the per-shard cap: 503, then close.
-async fn reject_over_cap(shard: Rc<Shard>, mut stream: TcpStream) {
+/// A new connection refused (past the per-shard cap, or memory critical): the response, then
+/// close.
+async fn refuse(shard: Rc<Shard>, mut stream: TcpStream, response: Response) {
     use futures_lite::AsyncWriteExt;
-    let response = Response::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
-        "this server is at its connection limit; retry later",
-    )
-    .with_header("Retry-After", "1");
     let mut out = Vec::with_capacity(256);
     response.encode(
         &mut out,
