@@ -38,6 +38,8 @@ pub enum StartError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Database(#[from] crate::db::DbStartError),
     #[error("{0}")]
     Webhook(String),
 }
@@ -97,6 +99,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         config.server.bind_address,
         config.server.port,
     ))?;
+    let database = crate::db::Database::start(&config.database, Some(placement.monitor_cpu))?;
     let config = Arc::new(config);
     let control = Arc::new(Control::default());
     let slots: Vec<Arc<ShardSlot>> = placement
@@ -119,6 +122,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         monitor_shares_core: placement.monitor_shares_core,
         min_workers: config.cluster.min_workers,
         max_workers: config.cluster.max_workers,
+        database: database.clone(),
     };
     let (watch_settings, clamp_note) = WatchSettings::from_config(&config, slots.len());
     if let Some(note) = clamp_note {
@@ -161,6 +165,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
                 control: control.clone(),
                 reports: reports.clone(),
                 published: published.clone(),
+                database: database.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("supervisor-{}", slot.id))

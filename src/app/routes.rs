@@ -14,6 +14,8 @@ pub enum Route {
     DebugCrashShard,
     DebugSleep,
     DebugShard,
+    CreateUser,
+    GetUser,
     Alerts,
     Dashboard,
     DebugStallShard,
@@ -30,6 +32,8 @@ pub const ROUTE_NAMES: &[&str] = &[
     "debug_crash_shard",
     "debug_sleep",
     "debug_shard",
+    "create_user",
+    "get_user",
     "alerts",
     "dashboard",
     "debug_stall_shard",
@@ -46,6 +50,8 @@ struct Entry {
     allow: &'static str,
     route: Route,
     debug_only: bool,
+    /// The path is a prefix followed by one non-empty segment (an id), e.g. `/api/users/42`.
+    with_id: bool,
 }
 
 const fn get(path: &'static str, route: Route) -> Entry {
@@ -55,6 +61,7 @@ const fn get(path: &'static str, route: Route) -> Entry {
         allow: "GET, HEAD",
         route,
         debug_only: false,
+        with_id: false,
     }
 }
 
@@ -71,6 +78,7 @@ const TABLE: &[Entry] = &[
         allow: "POST",
         route: Route::DebugCrashShard,
         debug_only: true,
+        with_id: false,
     },
     Entry {
         debug_only: true,
@@ -80,6 +88,15 @@ const TABLE: &[Entry] = &[
         debug_only: true,
         ..get("/debug/shard", Route::DebugShard)
     },
+    Entry {
+        method: Method::Post,
+        allow: "POST",
+        ..get("/api/users", Route::CreateUser)
+    },
+    Entry {
+        with_id: true,
+        ..get("/api/users/", Route::GetUser)
+    },
     get("/api/enterprise/alerts", Route::Alerts),
     get("/dashboard", Route::Dashboard),
     Entry {
@@ -88,8 +105,18 @@ const TABLE: &[Entry] = &[
         allow: "POST",
         route: Route::DebugStallShard,
         debug_only: true,
+        with_id: false,
     },
 ];
+
+fn path_matches(entry: &Entry, path: &str) -> bool {
+    if entry.with_id {
+        path.strip_prefix(entry.path)
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    } else {
+        entry.path == path
+    }
+}
 
 /// The result of matching a request against the table.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,7 +130,7 @@ pub enum Match {
 pub fn match_route(method: Method, path: &str, debug_routes: bool) -> Match {
     let Some(entry) = TABLE
         .iter()
-        .find(|e| e.path == path && (debug_routes || !e.debug_only))
+        .find(|e| path_matches(e, path) && (debug_routes || !e.debug_only))
     else {
         return Match::NotFound;
     };
@@ -168,6 +195,32 @@ mod tests {
                 Match::Found(Route::DebugStallShard),
             ),
             (Method::Get, "/nope", false, Match::NotFound),
+            (
+                Method::Post,
+                "/api/users",
+                false,
+                Match::Found(Route::CreateUser),
+            ),
+            (
+                Method::Get,
+                "/api/users",
+                false,
+                Match::MethodNotAllowed("POST"),
+            ),
+            (
+                Method::Get,
+                "/api/users/42",
+                false,
+                Match::Found(Route::GetUser),
+            ),
+            (
+                Method::Post,
+                "/api/users/42",
+                false,
+                Match::MethodNotAllowed("GET, HEAD"),
+            ),
+            (Method::Get, "/api/users/", false, Match::NotFound),
+            (Method::Get, "/api/users/4/2", false, Match::NotFound),
             (Method::Get, "/health/", false, Match::NotFound),
             (Method::Post, "/debug/crash-shard", false, Match::NotFound),
             (

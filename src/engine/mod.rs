@@ -324,6 +324,20 @@ pub struct ShardContext {
     pub control: Arc<Control>,
     pub reports: Sender<ShardReport>,
     pub published: Arc<ArcSwap<Published>>,
+    /// The database tier, when configured; each shard takes its own client from it.
+    pub database: Option<Arc<crate::db::Database>>,
+}
+
+impl ShardContext {
+    /// The shard's application, built once per shard run (the factory every engine calls).
+    pub fn new_app(&self) -> crate::app::ShardApp {
+        crate::app::ShardApp::new(
+            self.slot.id,
+            self.published.clone(),
+            self.config.server.debug_routes,
+        )
+        .with_database(self.database.as_ref().map(|db| db.client()))
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,8 @@ pub struct Identity {
     pub monitor_shares_core: bool,
     pub min_workers: usize,
     pub max_workers: usize,
+    /// The database tier, when one is configured: its nodes' state is rendered each publish.
+    pub database: Option<Arc<crate::db::Database>>,
 }
 
 /// The monitor's shared handles.

@@ -126,11 +126,7 @@ impl Tracked {
 async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     ctx.slot.set_current_thread();
     let shard = Rc::new(Shard {
-        app: RefCell::new(ShardApp::new(
-            ctx.slot.id,
-            ctx.published.clone(),
-            ctx.config.server.debug_routes,
-        )),
+        app: RefCell::new(ctx.new_app()),
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),
         settings: ConnectionSettings::from_config(&ctx.config),

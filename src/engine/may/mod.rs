@@ -167,11 +167,7 @@ pub(crate) struct Shard {
 impl Shard {
     fn new(ctx: ShardContext, worker: usize) -> Shard {
         Shard {
-            app: Mutex::new(ShardApp::new(
-                ctx.slot.id,
-                ctx.published.clone(),
-                ctx.config.server.debug_routes,
-            )),
+            app: Mutex::new(ctx.new_app()),
             connections: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(0),
             settings: ConnectionSettings::from_config(&ctx.config),
