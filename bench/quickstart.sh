@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# bench/quickstart.sh — the main job: build, start the server, load it with the bundled loadgen
-# (the seed's 1,100-user test on the built-in CoinBitClub mix), write the HDR report, stop.
+# bench/quickstart.sh — the main job: build, bring up a local PostgreSQL primary with three
+# streaming replicas (tests/pg/cluster.sh), start the server on them, load it with the bundled
+# loadgen (the seed's 1,100-user test on the built-in CoinBitClub mix, users API included), write
+# the HDR report, stop. The database cluster is stopped at the end unless it was already up.
 #
 # Usage: bench/quickstart.sh
 # Environment (all optional):
@@ -10,6 +12,8 @@
 #   SLO="p99<50ms,errors<0.1%"   objectives; the script exits 3 when one is missed
 #   OUT=bench/out/quickstart-<date>   where the reports go (report.html, *.hgrm, summary.json)
 #   SERVER_CPUS / CLIENT_CPUS   taskset CPU lists for the server and the loadgen (default: all)
+#   PG_PORT=25432    the primary's port (replicas on the next three); PG_DIR, data directory
+#   PG_REPLICAS=3    streaming replicas
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,13 +32,26 @@ echo "== building (release)"
 cargo build --release -p coinbit -p loadgen
 
 mkdir -p "$OUT"
+export PG_PORT=${PG_PORT:-25432} PG_REPLICAS=${PG_REPLICAS:-3}
+cluster=tests/pg/cluster.sh
+db_was_up=0
+"$cluster" status >/dev/null 2>&1 && db_was_up=1
+echo "== PostgreSQL: primary on $PG_PORT and $PG_REPLICAS streaming replicas"
+"$cluster" up
+server=""
+stop() {
+    [ -n "$server" ] && { kill -INT "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; }
+    if [ "$db_was_up" = 0 ]; then "$cluster" down >/dev/null || true; fi
+}
+trap stop EXIT
+# DATABASE_URL and DB_READ_REPLICA_1..n for the server.
+while IFS= read -r line; do export "${line?}"; done < <("$cluster" env)
+
 echo "== starting coinbit on port $PORT"
 server_cmd=(target/release/coinbit --port "$PORT")
 [ -n "$SERVER_CPUS" ] && server_cmd=(taskset -c "$SERVER_CPUS" "${server_cmd[@]}")
 "${server_cmd[@]}" >"$OUT/server.log" 2>&1 &
 server=$!
-stop() { kill -INT "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; }
-trap stop EXIT
 for _ in $(seq 100); do
     grep -q "listening on" "$OUT/server.log" && break
     if ! kill -0 "$server" 2>/dev/null; then
@@ -44,6 +61,17 @@ for _ in $(seq 100); do
 done
 grep -q "listening on" "$OUT/server.log" || { echo "coinbit did not start in 10 s" >&2; exit 1; }
 curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 || true
+# The mix reads users 1..10,000 ({{user_id}}); the server created the table at start-up.
+"$cluster" sql primary "INSERT INTO users (id, name, email)
+    SELECT g, 'User ' || g, 'user' || g || '@seed.example.com' FROM generate_series(1, 10000) g
+    ON CONFLICT DO NOTHING;
+    SELECT setval('users_id_seq', greatest((SELECT max(id) FROM users), 10000))" >/dev/null
+for i in $(seq 1 "$PG_REPLICAS"); do
+    for _ in $(seq 100); do
+        [ "$("$cluster" sql "replica$i" "SELECT count(*) FROM users WHERE id = 10000")" = 1 ] && break
+        sleep 0.1
+    done
+done
 
 echo "== loadgen: $USERS users for $DURATION on the built-in CoinBitClub mix"
 status=0
@@ -53,5 +81,7 @@ pinned "$CLIENT_CPUS" target/release/loadgen -u "$USERS" -d "$DURATION" \
 echo "== server's own view after the run"
 curl -fsS "http://127.0.0.1:$PORT/api/enterprise/metrics" >"$OUT/server-metrics.json" 2>/dev/null \
     && echo "server metrics: $OUT/server-metrics.json"
+curl -fsS "http://127.0.0.1:$PORT/api/enterprise/cluster/status" >"$OUT/cluster-status.json" 2>/dev/null \
+    && echo "cluster status (database nodes, requests per replica): $OUT/cluster-status.json"
 echo "HDR report: $OUT/report.html (percentile plot and timeline), $OUT/*.hgrm, $OUT/summary.json"
 exit "$status"

@@ -12,6 +12,7 @@
 //! - [`config`]: flags and the seed's environment variables, validated in one place.
 //! - [`http`]: the sans-I/O HTTP/1.1 codec every engine drives.
 //! - [`app`]: the router and handlers (engine-agnostic).
+//! - [`db`]: the PostgreSQL tier: pools on DB I/O threads, replica routing, health, migrations.
 //! - [`engine`]: event loops that move bytes and time (`glommio`, `may`), the choice between
 //!   them, and start-up checks.
 //! - [`shard`]: placement on CPUs, shard lifecycle, supervision and restarts, and the
@@ -24,6 +25,7 @@
 
 pub mod app;
 pub mod config;
+pub mod db;
 pub mod engine;
 pub mod http;
 pub mod metrics;

@@ -35,6 +35,7 @@ fn main() {
     logger.init();
     match cli.command {
         None | Some(Command::Serve) => {}
+        Some(Command::Migrate) => std::process::exit(coinbit::db::migrate::main(&cli.config)),
         // `coinbit --port 1 doctor ...`: flags before the subcommand.
         Some(Command::Doctor { args }) => {
             std::process::exit(coinbit_tuning::doctor::main_with_args(&args))

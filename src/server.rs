@@ -38,6 +38,8 @@ pub enum StartError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Database(#[from] crate::db::DbStartError),
     #[error("{0}")]
     Webhook(String),
 }
@@ -97,6 +99,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         config.server.bind_address,
         config.server.port,
     ))?;
+    let database = crate::db::Database::start(&config.database, Some(placement.monitor_cpu))?;
     let config = Arc::new(config);
     let control = Arc::new(Control::default());
     let slots: Vec<Arc<ShardSlot>> = placement
@@ -121,6 +124,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         max_workers: config.cluster.max_workers,
         queue_size_warning: config.monitoring.queue_size_warning,
         queue_size_critical: config.monitoring.queue_size_critical,
+        database: database.clone(),
     };
     let (watch_settings, clamp_note) = WatchSettings::from_config(&config, slots.len());
     if let Some(note) = clamp_note {
@@ -165,6 +169,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
                 reports: reports.clone(),
                 published: published.clone(),
                 mesh: mesh.clone(),
+                database: database.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("supervisor-{}", slot.id))

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 need=()
 # The report and dashboard tests open their pages in headless Chromium.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# The database tests start a real PostgreSQL primary and replicas (tests/pg/cluster.sh).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

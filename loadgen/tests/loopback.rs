@@ -39,7 +39,19 @@ fn closed_model_counts_add_up() {
 #[test]
 fn open_model_sends_exactly_the_schedule() {
     let srv = TestServer::start();
-    let out = run(&["-R", "400", "-c", "4", "-t", "2", "-d", "1s", &srv.url("/")]);
+    // 32 connections for 400 req/s: a slot finds a free connection even when a loaded machine
+    // holds the server off the CPU for tens of milliseconds (4 were too few under load).
+    let out = run(&[
+        "-R",
+        "400",
+        "-c",
+        "32",
+        "-t",
+        "2",
+        "-d",
+        "1s",
+        &srv.url("/"),
+    ]);
     let s = &out.summary;
     assert_eq!(s.requests.sent, 400, "{:?}", s.requests);
     assert_eq!(s.requests.completed, 400);

@@ -198,7 +198,9 @@ fn summary_json_has_the_documented_fields() {
             "enterprise_metrics",
             "livez",
             "readyz",
-            "metrics"
+            "metrics",
+            "get_user",
+            "create_user"
         ]
     );
     for e in s["endpoints"]

@@ -8,17 +8,20 @@
 //! - [`routes`]: the route table, method checks and route names used in metrics.
 //! - [`handlers`]: one function per endpoint.
 //! - [`jobs`]: the job endpoints over the shard's queues.
+//! - [`users`]: the users API, the first endpoints on the database tier.
 
 pub mod handlers;
 pub mod jobs;
 pub mod routes;
+pub mod users;
 
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::db::DbClient;
 use crate::http::{HttpDate, HttpError, Reply, Request, Response, Service, StatusCode};
 use crate::metrics::ShardMetrics;
 use crate::monitor::Published;
@@ -41,6 +44,12 @@ pub struct ShardApp {
     /// The class of the last request routed, until the engine takes it to run the connection
     /// in that class.
     routed_class: Option<Option<Priority>>,
+    /// This shard's way to the database; `None` when none is configured.
+    db: Option<DbClient>,
+    /// (route, status) of answers given later (database replies), counted at the next tick.
+    /// A mutex, not a `RefCell`: under the may engine the app moves between worker threads.
+    /// Uncontended: the shard's tick and its own replies take it one at a time.
+    late: Arc<Mutex<Vec<(usize, u16)>>>,
 }
 
 impl ShardApp {
@@ -65,13 +74,25 @@ impl ShardApp {
                 &routes::default_classes(),
             ),
             routed_class: None,
+            db: None,
+            late: Arc::default(),
         }
     }
 
-    /// Called by the engine about once a second or more often.
+    /// Gives the shard its database client (the database routes answer 503 without one).
+    pub fn with_database(mut self, db: Option<DbClient>) -> Self {
+        self.db = db;
+        self
+    }
+
+    /// Called by the engine about once a second.
     pub fn tick(&mut self, now: SystemTime) {
         self.date.refresh(now);
         self.queues.refresh_weights();
+        let late = std::mem::take(&mut *self.late.lock().unwrap_or_else(|e| e.into_inner()));
+        for (route, status) in late {
+            self.metrics.count_route(route, status);
+        }
     }
 
     /// The class of the request routed since the last call, if one was: `Some(None)` for a
@@ -100,6 +121,8 @@ impl ShardApp {
             Route::DebugCrashShard => handlers::debug_crash_shard(shard),
             Route::DebugSleep => handlers::debug_sleep(request),
             Route::DebugShard => handlers::debug_shard(shard).into(),
+            Route::CreateUser => users::create(self.db.as_mut(), request),
+            Route::GetUser => users::get(self.db.as_mut(), request),
             Route::Alerts => handlers::json_snapshot(published.alerts.clone()).into(),
             Route::Dashboard => handlers::dashboard().into(),
             Route::DebugStallShard => handlers::debug_stall_shard(shard, request).into(),
@@ -148,13 +171,28 @@ impl Service for ShardApp {
                     .into(),
                 ),
             };
-        match &reply {
-            Reply::Ready(response) => self.metrics.count_route(route_index, response.status.0),
-            // Answers that come later are counted as 2xx when handed out; the debug sleep is the
-            // only one so far and always succeeds.
-            Reply::Later(_) => self.metrics.count_route(route_index, 200),
+        match reply {
+            Reply::Ready(response) => {
+                self.metrics.count_route(route_index, response.status.0);
+                Reply::Ready(response)
+            }
+            // The debug sleep always succeeds and is counted when it starts (tests watch for it
+            // in flight); the others are counted with their real status once it is known.
+            Reply::Later(pending) if route_index == Route::DebugSleep as usize => {
+                self.metrics.count_route(route_index, 200);
+                Reply::Later(pending)
+            }
+            Reply::Later(pending) => {
+                let late = self.late.clone();
+                Reply::Later(Box::pin(async move {
+                    let response = pending.await;
+                    late.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((route_index, response.status.0));
+                    response
+                }))
+            }
         }
-        reply
     }
 
     fn date(&self) -> &[u8] {

@@ -27,6 +27,8 @@ pub enum Route {
     DeadLetters,
     DeadLetterReplay,
     DebugEffects,
+    CreateUser,
+    GetUser,
     Alerts,
     Dashboard,
     DebugStallShard,
@@ -49,6 +51,8 @@ pub const ROUTE_NAMES: &[&str] = &[
     "jobs_dead",
     "jobs_dead_replay",
     "debug_effects",
+    "create_user",
+    "get_user",
     "alerts",
     "dashboard",
     "debug_stall_shard",
@@ -77,6 +81,8 @@ struct Entry {
     /// The path is a prefix: what follows is a parameter (`/api/enterprise/jobs/{id}`).
     prefix: bool,
     class: Option<Priority>,
+    /// The path is a prefix followed by one non-empty segment (an id), e.g. `/api/users/42`.
+    with_id: bool,
 }
 
 const fn get(path: &'static str, route: Route) -> Entry {
@@ -88,6 +94,7 @@ const fn get(path: &'static str, route: Route) -> Entry {
         debug_only: false,
         prefix: false,
         class: None,
+        with_id: false,
     }
 }
 
@@ -133,6 +140,15 @@ const TABLE: &[Entry] = &[
         debug_only: true,
         ..get("/debug/effects", Route::DebugEffects)
     },
+    Entry {
+        method: Method::Post,
+        allow: "POST",
+        ..get("/api/users", Route::CreateUser)
+    },
+    Entry {
+        with_id: true,
+        ..get("/api/users/", Route::GetUser)
+    },
     get("/api/enterprise/alerts", Route::Alerts),
     get("/dashboard", Route::Dashboard),
     Entry {
@@ -140,6 +156,15 @@ const TABLE: &[Entry] = &[
         ..post("/debug/stall-shard", Route::DebugStallShard)
     },
 ];
+
+fn path_matches(entry: &Entry, path: &str) -> bool {
+    if entry.with_id {
+        path.strip_prefix(entry.path)
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    } else {
+        entry.path == path || (entry.prefix && path.starts_with(entry.path))
+    }
+}
 
 /// The result of matching a request against the table.
 #[derive(Debug, PartialEq, Eq)]
@@ -151,10 +176,10 @@ pub enum Match {
 }
 
 pub fn match_route(method: Method, path: &str, debug_routes: bool) -> Match {
-    let Some(entry) = TABLE.iter().find(|e| {
-        (e.path == path || (e.prefix && path.starts_with(e.path)))
-            && (debug_routes || !e.debug_only)
-    }) else {
+    let Some(entry) = TABLE
+        .iter()
+        .find(|e| path_matches(e, path) && (debug_routes || !e.debug_only))
+    else {
         return Match::NotFound;
     };
     let head_of_get = method == Method::Head && entry.method == Method::Get;
@@ -218,6 +243,32 @@ mod tests {
                 Match::Found(Route::DebugStallShard),
             ),
             (Method::Get, "/nope", false, Match::NotFound),
+            (
+                Method::Post,
+                "/api/users",
+                false,
+                Match::Found(Route::CreateUser),
+            ),
+            (
+                Method::Get,
+                "/api/users",
+                false,
+                Match::MethodNotAllowed("POST"),
+            ),
+            (
+                Method::Get,
+                "/api/users/42",
+                false,
+                Match::Found(Route::GetUser),
+            ),
+            (
+                Method::Post,
+                "/api/users/42",
+                false,
+                Match::MethodNotAllowed("GET, HEAD"),
+            ),
+            (Method::Get, "/api/users/", false, Match::NotFound),
+            (Method::Get, "/api/users/4/2", false, Match::NotFound),
             (Method::Get, "/health/", false, Match::NotFound),
             (Method::Post, "/debug/crash-shard", false, Match::NotFound),
             (

@@ -6,6 +6,7 @@
 //! that names the variable (or flag) and the value; `main` prints it and exits with code 2.
 
 mod cpus;
+mod database;
 mod error;
 
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use cpus::CpuList;
+pub use database::{LagLimit, NodeSpec, ReplicaStrategy};
 pub use error::ConfigError;
 
 /// Range accepted for percentage thresholds.
@@ -49,6 +51,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the API (the default).
     Serve,
+    /// Apply the embedded schema migrations to the primary (DATABASE_URL), then exit.
+    Migrate,
     /// Check this host's tuning for the server (see tuning/README.md).
     Doctor {
         /// Arguments passed to the doctor (`coinbit doctor --help`).
@@ -235,6 +239,40 @@ pub struct DatabaseConfig {
     /// Time between replica health checks (ms).
     #[arg(long = "replica-health-check-interval", env = "REPLICA_HEALTH_CHECK_INTERVAL", default_value_t = 15_000, value_parser = millis())]
     pub replica_health_check_interval_ms: u64,
+    /// How reads pick a replica: `round-robin`, `least-connections` (fewest in flight) or `weighted` (smooth weighted round-robin; a replica URL's `?weight=N`, default 3/3/2).
+    #[arg(long = "replica-strategy", env = "DB_REPLICA_STRATEGY", value_enum, default_value_t = ReplicaStrategy::Weighted)]
+    pub replica_strategy: ReplicaStrategy,
+    /// Replica lag past which a replica is ejected: bytes of WAL and/or time, e.g. `16MB,10s`, `1048576`, `500ms`.
+    #[arg(
+        long = "max-replica-lag",
+        env = "DB_MAX_REPLICA_LAG",
+        default_value = "16MB,10s"
+    )]
+    pub max_replica_lag: LagLimit,
+    /// Longest a statement may run before the database cancels it (ms).
+    #[arg(long = "statement-timeout", env = "DB_STATEMENT_TIMEOUT", default_value_t = 5_000, value_parser = millis())]
+    pub statement_timeout_ms: u64,
+    /// Longest a connection attempt to a node may take (ms).
+    #[arg(long = "connect-timeout", env = "DB_CONNECT_TIMEOUT", default_value_t = 2_000, value_parser = millis())]
+    pub connect_timeout_ms: u64,
+    /// Requests that may wait for a busy node's pool; past it a request gets 503.
+    #[arg(long = "db-queue-size", env = "DB_QUEUE_SIZE", default_value_t = 1_024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub queue_size: usize,
+    /// First ejection time of a failing or lagging replica; doubles on each repeat, up to 16x (ms).
+    #[arg(long = "ejection-time", env = "DB_EJECTION_TIME", default_value_t = 10_000, value_parser = millis())]
+    pub ejection_time_ms: u64,
+    /// Consecutive failed requests that open a node's circuit breaker.
+    #[arg(long = "breaker-failures", env = "DB_BREAKER_FAILURES", default_value_t = 5,
+          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..))]
+    pub breaker_failures: u32,
+    /// Longest a read that presents a commit LSN waits for a replica to replay it before it reads the primary (ms).
+    #[arg(long = "read-your-writes-wait", env = "DB_READ_YOUR_WRITES_WAIT", default_value_t = 100, value_parser = millis())]
+    pub read_your_writes_wait_ms: u64,
+    /// Most writes one pooled connection commits in one transaction (group commit); 1 turns it off.
+    #[arg(long = "group-commit", env = "DB_GROUP_COMMIT", default_value_t = 16,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub group_commit: usize,
 }
 
 /// The seed's monitoring thresholds and cadence.
@@ -462,12 +500,7 @@ impl Config {
                 ));
             }
         }
-        for (index, url) in self.database.read_replicas.iter().enumerate() {
-            check_postgres_url(&format!("{READ_REPLICA_VAR_PREFIX}{}", index + 1), url)?;
-        }
-        if let Some(url) = &self.database.database_url {
-            check_postgres_url("DATABASE_URL", url)?;
-        }
+        self.database.nodes()?;
         let q = &self.queues;
         if q.retry_base_delay_ms > q.retry_max_delay_ms {
             return Err(ConfigError::conflict(
@@ -504,18 +537,6 @@ fn check_webhook_url(url: &str) -> Result<(), ConfigError> {
     crate::monitor::webhook::Target::parse(url)
         .map(|_| ())
         .map_err(|why| ConfigError::invalid("MONITORING_WEBHOOK_URL", url, &why))
-}
-
-fn check_postgres_url(name: &str, url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            name,
-            url,
-            "expected a postgres:// or postgresql:// URL",
-        ))
-    }
 }
 
 #[cfg(test)]

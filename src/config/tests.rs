@@ -127,7 +127,7 @@ fn numbered_replicas_are_read_in_order_and_gaps_refused() {
         ("DB_READ_REPLICA_2", "postgres://b"),
         ("DB_READ_REPLICA_1", "postgres://a"),
     ]);
-    let cli = Cli::parse_from(["coinbit"], &ok).unwrap();
+    let cli = Cli::parse_from(["coinbit", "--database-url", "postgres://p"], &ok).unwrap();
     assert_eq!(
         cli.config.database.read_replicas,
         vec!["postgres://a", "postgres://b"]

@@ -230,26 +230,6 @@ pub fn activation_done(slot: &ShardSlot, step: ActivationStep, open: usize, done
 
 /// The state a generation starts in: a shard restarted while auto-scaling has it parked starts
 /// parked, without a listener.
-/// Builds a shard's app with its queues, whose tasks run on `runtime`, and starts their workers.
-pub fn shard_app(ctx: &ShardContext, runtime: std::rc::Rc<dyn QueueRuntime>) -> ShardApp {
-    let queues = ShardQueues::new(
-        ctx.slot.id,
-        ctx.generation,
-        QueueSettings::from_config(&ctx.config.queues, ctx.config.server.debug_routes),
-        runtime,
-        ctx.mesh.clone(),
-        ctx.control.clone(),
-    );
-    crate::queue::worker::start(&queues);
-    ShardApp::new(
-        ctx.slot.id,
-        ctx.published.clone(),
-        ctx.config.server.debug_routes,
-        queues,
-        ctx.config.queues.route_classes.as_ref(),
-    )
-}
-
 pub fn starts_listening(ctx: &ShardContext) -> bool {
     let active = ctx.control.is_active(ctx.slot.id);
     if !active {
@@ -355,6 +335,32 @@ pub struct ShardContext {
     pub published: Arc<ArcSwap<Published>>,
     /// The queues' channels between shards (kept across shard restarts).
     pub mesh: Arc<crate::queue::Mesh>,
+    /// The database tier, when configured; each shard takes its own client from it.
+    pub database: Option<Arc<crate::db::Database>>,
+}
+
+impl ShardContext {
+    /// The shard's application, built once per shard run (the factory every engine calls).
+    /// Its queues' tasks run on `runtime`; their workers start here.
+    pub fn new_app(&self, runtime: std::rc::Rc<dyn QueueRuntime>) -> crate::app::ShardApp {
+        let queues = ShardQueues::new(
+            self.slot.id,
+            self.generation,
+            QueueSettings::from_config(&self.config.queues, self.config.server.debug_routes),
+            runtime,
+            self.mesh.clone(),
+            self.control.clone(),
+        );
+        crate::queue::worker::start(&queues);
+        crate::app::ShardApp::new(
+            self.slot.id,
+            self.published.clone(),
+            self.config.server.debug_routes,
+            queues,
+            self.config.queues.route_classes.as_ref(),
+        )
+        .with_database(self.database.as_ref().map(|db| db.client()))
+    }
 }
 
 #[cfg(test)]

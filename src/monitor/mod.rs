@@ -78,6 +78,8 @@ pub struct Identity {
     /// Jobs waiting, all shards and classes, past which `/health` warns and fails.
     pub queue_size_warning: u64,
     pub queue_size_critical: u64,
+    /// The database tier, when one is configured: its nodes' state is rendered each publish.
+    pub database: Option<Arc<crate::db::Database>>,
 }
 
 /// The monitor's shared handles.

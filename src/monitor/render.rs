@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::merge::{ClusterState, ShardTrack, Totals, WINDOW};
 use super::watch::Watch;
 use super::{HealthStatus, Identity, Published};
+use crate::db;
 use crate::metrics::STATUS_CLASSES;
 use crate::shard::{Control, ShardState};
 
@@ -114,6 +115,12 @@ pub fn publish(
         .filter(|a| a.state == super::alerts::AlertState::Firing)
         .collect();
     let latest = watch.latest().cloned().unwrap_or_default();
+    let database = identity.database.as_deref();
+    // A database in trouble makes the server degraded, never down: reads may still be served.
+    let status = match (status, db::status::health_word(database)) {
+        (HealthStatus::Pass, "warn") => HealthStatus::Warn,
+        (status, _) => status,
+    };
     let uptime = now.saturating_duration_since(control.started_at);
     // Summed from the facts: each shard's totals are worked out once per publish.
     let totals: Totals = facts.iter().map(|f| &f.totals).sum();
@@ -140,6 +147,7 @@ pub fn publish(
                 "observedUnit": "stale shards",
                 "status": if stale == 0 { "pass" } else { "warn" },
             }],
+            "database": db::status::health_check(database),
             "http:connections": [{
                 "componentType": "component",
                 "observedValue": totals.connections.open,
@@ -226,6 +234,7 @@ pub fn publish(
         "health_score": watch.score,
         "grade": watch.grade,
         "shards": shards,
+        "database": db::status::cluster_section(database),
     });
 
     let (window_requests, window_errors, window_span) = state
@@ -317,6 +326,9 @@ pub fn publish(
     );
     monitoring_prometheus(&mut prometheus, watch, &latest, &firing);
     super::queues::prometheus(state, &mut prometheus);
+    if let Some(database) = database {
+        db::status::prometheus(database, &mut prometheus);
+    }
     Published {
         health_status: status,
         health: health.to_string().into(),

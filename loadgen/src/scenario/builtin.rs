@@ -14,6 +14,8 @@ pub struct Call {
     pub path: &'static str,
     pub weight: u32,
     pub expect: u16,
+    /// A JSON body template (sent with `Content-Type: application/json`).
+    pub body: Option<&'static str>,
 }
 
 const fn get(name: &'static str, path: &'static str, weight: u32) -> Call {
@@ -23,11 +25,23 @@ const fn get(name: &'static str, path: &'static str, weight: u32) -> Call {
         path,
         weight,
         expect: 200,
+        body: None,
+    }
+}
+
+const fn post(name: &'static str, path: &'static str, body: &'static str, weight: u32) -> Call {
+    Call {
+        method: "POST",
+        expect: 201,
+        body: Some(body),
+        ..get(name, path, weight)
     }
 }
 
 /// `builtin:coinbitclub`, the default: every endpoint the server serves today.
-/// Health and status probes dominate, as the seed's monitoring traffic did.
+/// Health and status probes dominate, as the seed's monitoring traffic did. The users calls need
+/// the server to have a database (`bench/quickstart.sh` starts one and creates users 1..10,000,
+/// the range of `{{user_id}}`).
 pub const COINBITCLUB: &[Call] = &[
     get("health", "/health", 30),
     get("cluster_status", "/api/enterprise/cluster/status", 20),
@@ -35,6 +49,13 @@ pub const COINBITCLUB: &[Call] = &[
     get("livez", "/livez", 15),
     get("readyz", "/readyz", 15),
     get("metrics", "/metrics", 10),
+    get("get_user", "/api/users/{{user_id}}", 20),
+    post(
+        "create_user",
+        "/api/users",
+        r#"{"name":"Load {{seq}}","email":"{{uuid}}@loadgen.example.com"}"#,
+        5,
+    ),
 ];
 
 /// `builtin:health`: `GET /health` alone, the cheapest call, for raw throughput.

@@ -147,7 +147,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     ctx.slot.set_current_thread();
     let classes = GlommioClasses::new();
     let shard = Rc::new(Shard {
-        app: RefCell::new(super::shard_app(&ctx, classes.clone())),
+        app: RefCell::new(ctx.new_app(classes.clone())),
         classes,
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),

@@ -243,7 +243,7 @@ pub(crate) struct Shard {
 impl Shard {
     fn new(ctx: ShardContext, worker: usize) -> Shard {
         let classes = MayClasses::new();
-        let app = super::shard_app(&ctx, classes.clone());
+        let app = ctx.new_app(classes.clone());
         Shard {
             wakeups: classes.wakeups.clone(),
             queue_loop_stop: AtomicBool::new(false),

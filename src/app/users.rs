@@ -1,0 +1,279 @@
+//! The users API: `POST /api/users` (a write, on the primary) and `GET /api/users/{id}` (a read,
+//! on a replica). The first endpoints on the database tier.
+//!
+//! Read-your-writes: a created user's response carries `X-Commit-LSN`, the WAL position its
+//! commit reached; a read that sends it back (as `X-Min-LSN`) is answered only by a replica
+//! that has replayed it, or else by the primary.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::db::{DbClient, DbError, Lsn, Row};
+use crate::http::{Reply, Request, Response, StatusCode};
+
+/// Response header with a write's commit position.
+pub const COMMIT_LSN_HEADER: &str = "X-Commit-LSN";
+/// Request header with the position a read must see.
+pub const MIN_LSN_HEADER: &str = "X-Min-LSN";
+
+const SELECT_USER: &str =
+    "SELECT id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+     FROM users WHERE id = $1";
+const INSERT_USER: &str =
+    "INSERT INTO users (name, email) VALUES ($1, $2) \
+     RETURNING id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct User {
+    id: i64,
+    name: String,
+    email: String,
+    created_at: String,
+}
+
+impl User {
+    fn from_row(row: &Row) -> User {
+        User {
+            id: row.get(0),
+            name: row.get(1),
+            email: row.get(2),
+            created_at: row.get(3),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    email: String,
+}
+
+fn invalid(message: &str) -> Reply {
+    Response::error(StatusCode(422), "invalid_user", message).into()
+}
+
+/// Checks a new user; the message says what to fix.
+fn validate(user: &NewUser) -> Result<(), &'static str> {
+    let name = user.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err("name must be 1 to 100 characters");
+    }
+    let email = user.email.trim();
+    let well_formed = email
+        .split_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+    if !well_formed || email.len() > 254 || email.chars().any(char::is_whitespace) {
+        return Err("email must look like name@example.com (at most 254 characters)");
+    }
+    Ok(())
+}
+
+/// `POST /api/users` with `{"name": ..., "email": ...}`: 201 with the user and `X-Commit-LSN`.
+pub fn create(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
+    let Some(db) = db else {
+        return not_configured();
+    };
+    let user: NewUser = match serde_json::from_slice(request.body) {
+        Ok(user) => user,
+        Err(e) => {
+            return Response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                &format!("expected {{\"name\": string, \"email\": string}}: {e}"),
+            )
+            .into()
+        }
+    };
+    if let Err(message) = validate(&user) {
+        return invalid(message);
+    }
+    let (name, email) = (user.name.trim().to_string(), user.email.trim().to_string());
+    let pending = db.write(move |conn| {
+        Ok(User::from_row(
+            &conn.query_one(INSERT_USER, &[&name, &email])?,
+        ))
+    });
+    Reply::Later(Box::pin(async move {
+        match pending.await {
+            Ok(written) => {
+                let user = written.value;
+                Response::json(StatusCode(201), json!(user).to_string())
+                    .with_header("Location", format!("/api/users/{}", user.id))
+                    .with_header(COMMIT_LSN_HEADER, written.commit_position.to_string())
+            }
+            Err(DbError::Conflict { constraint })
+                if constraint.as_deref() == Some("users_email_key") =>
+            {
+                Response::error(
+                    StatusCode(409),
+                    "email_taken",
+                    "a user with this email already exists",
+                )
+            }
+            Err(e) => db_error(&e),
+        }
+    }))
+}
+
+/// `GET /api/users/{id}`: 200 with the user, 404 when there is none.
+pub fn get(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
+    let Some(db) = db else {
+        return not_configured();
+    };
+    let id = request.path.rsplit('/').next().unwrap_or_default();
+    let Some(id) = id.parse::<i64>().ok().filter(|id| *id > 0) else {
+        return Response::error(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            &format!("user id must be a positive whole number, got `{id}`"),
+        )
+        .into();
+    };
+    let min_position = match request.header(MIN_LSN_HEADER) {
+        None => None,
+        Some(value) => match std::str::from_utf8(value).ok().map(str::parse::<Lsn>) {
+            Some(Ok(lsn)) => Some(lsn),
+            _ => {
+                return Response::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_lsn",
+                    &format!("{MIN_LSN_HEADER} must be a WAL position as {COMMIT_LSN_HEADER} gives it, e.g. 0/16B3748"),
+                )
+                .into()
+            }
+        },
+    };
+    let pending = db.read(min_position, move |conn| {
+        Ok(conn
+            .query_opt(SELECT_USER, &[&id])?
+            .map(|row| User::from_row(&row)))
+    });
+    Reply::Later(Box::pin(async move {
+        match pending.await {
+            Ok(Some(user)) => Response::json(StatusCode::OK, json!(user).to_string()),
+            Ok(None) => Response::error(
+                StatusCode::NOT_FOUND,
+                "user_not_found",
+                &format!("no user with id {id}"),
+            ),
+            Err(e) => db_error(&e),
+        }
+    }))
+}
+
+fn not_configured() -> Reply {
+    db_error(&DbError::NotConfigured).into()
+}
+
+/// The one mapping from a database error to an answer. Node details go to the log, not to
+/// the client.
+pub fn db_error(error: &DbError) -> Response {
+    let (status, code, message) = match error {
+        DbError::NotConfigured => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_not_configured",
+            "this server runs without a database (DATABASE_URL is unset)",
+        ),
+        DbError::Unavailable { .. } | DbError::NotCaughtUp { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database is unavailable; retry later",
+        ),
+        DbError::Busy { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_busy",
+            "the database pool is full; retry later",
+        ),
+        DbError::ReadOnly { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_read_only",
+            "the primary database is in recovery and takes no writes; retry later",
+        ),
+        DbError::Timeout { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_timeout",
+            "the database did not answer in time; retry later",
+        ),
+        DbError::Conflict { .. } => (
+            StatusCode(409),
+            "conflict",
+            "the change conflicts with existing data",
+        ),
+        DbError::Query(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "database_error",
+            "the database refused the request",
+        ),
+    };
+    if status.is_server_error() && !matches!(error, DbError::NotConfigured) {
+        log::warn!("{error}");
+    }
+    let response = Response::error(status, code, message);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.with_header("Retry-After", "1")
+    } else {
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        let user = |name: &str, email: &str| NewUser {
+            name: name.into(),
+            email: email.into(),
+        };
+        for (name, email, ok) in [
+            ("Ana", "ana@example.com", true),
+            ("", "ana@example.com", false),
+            (&"x".repeat(101), "ana@example.com", false),
+            ("Ana", "ana", false),
+            ("Ana", "@example.com", false),
+            ("Ana", "ana@localhost", false),
+            ("Ana", "a na@example.com", false),
+        ] {
+            assert_eq!(
+                validate(&user(name, email)).is_ok(),
+                ok,
+                "{name:?} {email:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_database_error_has_one_answer() {
+        let node = || "replica1".to_string();
+        for (error, status) in [
+            (DbError::NotConfigured, 503),
+            (
+                DbError::Unavailable {
+                    node: node(),
+                    reason: "ECONNRESET".into(),
+                },
+                503,
+            ),
+            (DbError::Busy { node: node() }, 503),
+            (DbError::ReadOnly { node: node() }, 503),
+            (DbError::Timeout { node: node() }, 503),
+            (
+                DbError::Conflict {
+                    constraint: Some("dup".into()),
+                },
+                409,
+            ),
+            (DbError::Query("syntax".into()), 500),
+        ] {
+            let response = db_error(&error);
+            assert_eq!(response.status.0, status, "{error:?}");
+            let body = String::from_utf8_lossy(&response.body).into_owned();
+            assert!(
+                !body.contains("replica1") && !body.contains("ECONNRESET"),
+                "leaks: {body}"
+            );
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The database settings that need more than one flag's parsing: node URLs with their weights,
+//! the replica strategy and the lag limit.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::{ConfigError, DatabaseConfig, READ_REPLICA_VAR_PREFIX};
+
+/// How a read picks among the healthy replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplicaStrategy {
+    /// Each replica in turn.
+    RoundRobin,
+    /// The replica with the fewest requests in flight.
+    LeastConnections,
+    /// Smooth weighted round-robin by each replica's weight.
+    Weighted,
+}
+
+impl ReplicaStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaStrategy::RoundRobin => "round-robin",
+            ReplicaStrategy::LeastConnections => "least-connections",
+            ReplicaStrategy::Weighted => "weighted",
+        }
+    }
+}
+
+/// Replication lag past which a replica is ejected: WAL bytes not yet replayed, time behind the
+/// primary, or both (either one past its limit ejects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LagLimit {
+    pub bytes: Option<u64>,
+    pub time: Option<Duration>,
+}
+
+impl FromStr for LagLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut limit = LagLimit {
+            bytes: None,
+            time: None,
+        };
+        for part in text.split(',').map(str::trim) {
+            let digits = part.bytes().take_while(u8::is_ascii_digit).count();
+            let (number, unit) = part.split_at(digits);
+            let n: u64 = number.parse().map_err(|_| {
+                format!("`{part}`: expected a number with a unit (B, kB, MB, GB, ms, s)")
+            })?;
+            let bytes = |scale: u64| Some(n.saturating_mul(scale));
+            match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => limit.bytes = bytes(1),
+                "kb" => limit.bytes = bytes(1 << 10),
+                "mb" => limit.bytes = bytes(1 << 20),
+                "gb" => limit.bytes = bytes(1 << 30),
+                "ms" => limit.time = Some(Duration::from_millis(n)),
+                "s" => limit.time = Some(Duration::from_secs(n)),
+                other => {
+                    return Err(format!(
+                        "`{part}`: unknown unit `{other}` (B, kB, MB, GB, ms, s)"
+                    ))
+                }
+            }
+        }
+        Ok(limit)
+    }
+}
+
+/// One database node as configured.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// `primary`, `replica1`, `replica2`, ...
+    pub name: String,
+    /// The variable it came from, for messages.
+    pub variable: String,
+    /// The URL without the `weight` parameter and without its password, for messages.
+    pub display_url: String,
+    pub weight: u32,
+    pub pg: postgres::Config,
+}
+
+/// The seed's replica weights: 3, 3, 2; replicas past the third weigh 1.
+fn default_weight(index: usize) -> u32 {
+    match index {
+        0 | 1 => 3,
+        2 => 2,
+        _ => 1,
+    }
+}
+
+impl DatabaseConfig {
+    /// The primary (first) and the replicas, parsed; empty when no database is configured.
+    pub fn nodes(&self) -> Result<Vec<NodeSpec>, ConfigError> {
+        let Some(primary) = &self.database_url else {
+            if let Some(url) = self.read_replicas.first() {
+                return Err(ConfigError::invalid(
+                    &format!("{READ_REPLICA_VAR_PREFIX}1"),
+                    &redact(url),
+                    "read replicas need a primary: set DATABASE_URL too",
+                ));
+            }
+            return Ok(Vec::new());
+        };
+        let mut nodes = vec![parse_node("primary", "DATABASE_URL", primary, None)?];
+        for (index, url) in self.read_replicas.iter().enumerate() {
+            nodes.push(parse_node(
+                &format!("replica{}", index + 1),
+                &format!("{READ_REPLICA_VAR_PREFIX}{}", index + 1),
+                url,
+                Some(default_weight(index)),
+            )?);
+        }
+        Ok(nodes)
+    }
+}
+
+fn parse_node(
+    name: &str,
+    variable: &str,
+    url: &str,
+    default_weight: Option<u32>,
+) -> Result<NodeSpec, ConfigError> {
+    let bad = |reason: &str| ConfigError::invalid(variable, &redact(url), reason);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(bad("expected a postgres:// or postgresql:// URL"));
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut weight = default_weight;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("weight", value)) => {
+                if default_weight.is_none() {
+                    return Err(bad("only read replicas take a weight"));
+                }
+                weight = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|w| (1..=1000).contains(w))
+                        .ok_or_else(|| bad("weight must be a whole number from 1 to 1000"))?,
+                );
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let stripped = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let pg = postgres::Config::from_str(&stripped).map_err(|e| bad(&e.to_string()))?;
+    if pg.get_hosts().is_empty() {
+        return Err(bad("the URL names no host"));
+    }
+    Ok(NodeSpec {
+        name: name.to_string(),
+        variable: variable.to_string(),
+        display_url: redact(&stripped),
+        weight: weight.unwrap_or(1),
+        pg,
+    })
+}
+
+/// The URL with its password replaced by `***`, for logs and messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_limits() {
+        let cases: &[(&str, Option<u64>, Option<u64>)] = &[
+            ("16MB,10s", Some(16 << 20), Some(10_000)),
+            ("1048576", Some(1 << 20), None),
+            ("500ms", None, Some(500)),
+            ("2kB , 1s", Some(2048), Some(1000)),
+        ];
+        for (text, bytes, ms) in cases {
+            let limit: LagLimit = text.parse().unwrap();
+            assert_eq!(limit.bytes, *bytes, "{text}");
+            assert_eq!(limit.time, ms.map(Duration::from_millis), "{text}");
+        }
+        for bad in ["", "ten", "5 parsecs", "10MB,"] {
+            assert!(bad.parse::<LagLimit>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn replica_weights_and_redaction() {
+        let node = parse_node(
+            "replica1",
+            "DB_READ_REPLICA_1",
+            "postgres://u:secret@h:5433/db?weight=7&sslmode=disable",
+            Some(3),
+        )
+        .unwrap();
+        assert_eq!(node.weight, 7);
+        assert_eq!(
+            node.display_url,
+            "postgres://u:***@h:5433/db?sslmode=disable"
+        );
+        let node = parse_node("replica3", "DB_READ_REPLICA_3", "postgres://h/db", Some(2)).unwrap();
+        assert_eq!(node.weight, 2);
+        for (url, default, reason) in [
+            ("postgres://h/db?weight=0", Some(3), "weight"),
+            ("postgres://h/db?weight=x", Some(3), "weight"),
+            ("postgres://h/db?weight=2", None, "only read replicas"),
+            ("mysql://h/db", None, "postgres://"),
+            ("postgres://u:pw@h/db?sslmode=bogus", None, "sslmode"),
+        ] {
+            let err = parse_node("n", "V", url, default).unwrap_err().to_string();
+            assert!(err.contains(reason), "{url}: {err}");
+            assert!(!err.contains("pw@"), "password leaked: {err}");
+        }
+    }
+}

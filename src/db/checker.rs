@@ -1,0 +1,173 @@
+//! Health checks: every `REPLICA_HEALTH_CHECK_INTERVAL`, each node's role
+//! (`pg_is_in_recovery()`), replication lag by WAL position against the primary (bytes, and
+//! time since the last replayed commit while bytes remain) and round-trip time.
+//!
+//! The checker is a thread pinned to the monitor core, beside the monitor rather than inside
+//! its loop: a check waits on the network (up to the connect timeout), and the monitor's
+//! publishing must not wait with it. Between full rounds it wakes every [`TICK`] to probe a node
+//! whose ejection or open breaker has run out (the half-open probe), so a node comes back
+//! within a tick of its time, not an interval later.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+
+use super::availability::{Check, Lag};
+use super::lsn::Lsn;
+use super::pool::{self, PoolSettings};
+use super::{Database, Node};
+
+const TICK: Duration = Duration::from_millis(50);
+
+pub(crate) fn spawn(db: Arc<Database>, settings: PoolSettings, cpu: Option<usize>) {
+    std::thread::Builder::new()
+        .name("db-checker".into())
+        .spawn(move || {
+            if let Some(id) = cpu {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                    log::warn!("could not pin the database checker to CPU {id}");
+                }
+            }
+            Checker {
+                clients: db.nodes.iter().map(|_| None).collect(),
+                db,
+                settings,
+            }
+            .run()
+        })
+        .expect("spawning the database checker");
+}
+
+struct Checker {
+    db: Arc<Database>,
+    settings: PoolSettings,
+    clients: Vec<Option<Client>>,
+}
+
+/// What one node answered.
+struct Observed {
+    in_recovery: bool,
+    /// The primary's current WAL position, or a replica's replay position.
+    position: Option<Lsn>,
+    /// Time since a replica last replayed a commit.
+    replay_age: Duration,
+}
+
+impl Checker {
+    fn run(mut self) {
+        let mut next_round = Instant::now();
+        loop {
+            let now = Instant::now();
+            let round = now >= next_round;
+            if round {
+                next_round = now + self.db.check_interval;
+            }
+            let due: Vec<bool> = self
+                .db
+                .nodes
+                .iter()
+                .map(|n| round || n.probe_due(now))
+                .collect();
+            if due.iter().any(|d| *d) {
+                self.check(&due);
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    fn check(&mut self, due: &[bool]) {
+        // The primary is asked every time: replicas' lag is measured against its position.
+        let primary = self.db.primary().clone();
+        let primary_position = match self.observe(0) {
+            Ok(seen) => {
+                primary
+                    .in_recovery
+                    .store(seen.in_recovery, Ordering::Relaxed);
+                if due[0] {
+                    primary.checked(&Check::Passed { lag: None }, false);
+                }
+                seen.position
+            }
+            Err(reason) => {
+                if due[0] {
+                    primary.checked(&Check::Failed(reason), false);
+                }
+                None
+            }
+        };
+        for (index, _) in due.iter().enumerate().skip(1).filter(|(_, due)| **due) {
+            let node = self.db.nodes[index].clone();
+            let check = match self.observe(index) {
+                Ok(seen) => {
+                    node.in_recovery.store(seen.in_recovery, Ordering::Relaxed);
+                    let lag = match (primary_position, seen.position) {
+                        (Some(primary), Some(replayed)) => {
+                            let bytes = primary.0.saturating_sub(replayed.0);
+                            // An idle primary writes nothing: no bytes behind is no lag, however
+                            // old the last replayed commit.
+                            let time = if bytes == 0 {
+                                Duration::ZERO
+                            } else {
+                                seen.replay_age
+                            };
+                            Some(Lag { bytes, time })
+                        }
+                        _ => None,
+                    };
+                    if let Some(lag) = lag {
+                        node.lag_bytes.store(lag.bytes, Ordering::Relaxed);
+                        node.lag_ms
+                            .store(lag.time.as_millis() as u64, Ordering::Relaxed);
+                    }
+                    Check::Passed { lag }
+                }
+                Err(reason) => Check::Failed(reason),
+            };
+            let others_routable = self
+                .db
+                .replicas()
+                .iter()
+                .any(|r| !Arc::ptr_eq(r, &node) && r.routable());
+            node.checked(&check, !others_routable);
+        }
+    }
+
+    /// Asks node `index` for its role and position, timing the round trip.
+    fn observe(&mut self, index: usize) -> Result<Observed, String> {
+        let node: &Node = &self.db.nodes[index];
+        let client = match self.clients[index].take() {
+            Some(client) if !client.is_closed() => client,
+            _ => {
+                pool::connect(node, &self.settings, "coinbit-health").map_err(|e| e.to_string())?
+            }
+        };
+        let mut client = client;
+        let started = Instant::now();
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(),
+                        CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                             ELSE pg_current_wal_lsn() END::text,
+                        COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8",
+                &[],
+            )
+            .map_err(|e| e.to_string())?;
+        node.rtt_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let position = row
+            .get::<_, Option<String>>(1)
+            .and_then(|text| text.parse::<Lsn>().ok());
+        if let Some(lsn) = position {
+            node.saw_position(lsn);
+        }
+        let age: f64 = row.get(2);
+        self.clients[index] = Some(client);
+        Ok(Observed {
+            in_recovery: row.get(0),
+            position,
+            replay_age: Duration::from_secs_f64(age.max(0.0)),
+        })
+    }
+}

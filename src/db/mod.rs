@@ -1,0 +1,360 @@
+//! The database tier: a PostgreSQL primary for writes and read replicas chosen by strategy.
+//!
+//! Shards never hold a database client: the `postgres` crate runs a tokio runtime inside each
+//! client, so clients live on DB I/O threads ([`pool`], one per pooled connection, a pool per
+//! node). A shard sends a job over the node's bounded crossbeam queue and awaits the reply on a
+//! flume channel (`recv_async`), which any executor can poll: nothing here depends on an engine.
+//! A full queue answers [`DbError::Busy`] at once instead of queueing without bound.
+//!
+//! # Layout
+//! - [`route`]: replica choice by strategy (pure, per shard).
+//! - [`availability`]: ejection, half-open probes and the circuit breaker (pure).
+//! - [`node`]: one node's queue and the atomics every thread reads.
+//! - [`pool`]: the DB I/O threads: connections, prepared statements, group commit.
+//! - [`checker`]: the health checks (role, lag, round-trip time), on the monitor core.
+//! - [`migrate`]: the embedded schema migrations.
+//! - [`status`]: what `/health`, the cluster status and `/metrics` say about the nodes.
+
+pub mod availability;
+pub mod checker;
+pub mod error;
+pub mod lsn;
+pub mod migrate;
+pub mod node;
+pub mod pool;
+pub mod route;
+pub mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{DatabaseConfig, ReplicaStrategy};
+pub use error::DbError;
+pub use lsn::Lsn;
+pub use node::Node;
+pub use pool::DbConn;
+use pool::{Job, JobKind, PoolSettings, Task};
+pub use postgres::Row;
+use route::{Candidate, Router};
+
+/// A future that a handler awaits inside `Reply::Later`.
+pub type DbFuture<T> = Pin<Box<dyn Future<Output = Result<T, DbError>>>>;
+
+/// Why the database tier could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot prepare the database at {variable}={url}: {reason}")]
+pub struct DbStartError {
+    pub variable: String,
+    pub url: String,
+    pub reason: String,
+}
+
+/// The nodes and the settings that decide where a query goes. Shared by every shard (through
+/// [`DbClient`]), the pool threads, the checker and the monitor.
+#[derive(Debug)]
+pub struct Database {
+    /// The primary first, then the replicas in order.
+    pub nodes: Vec<Arc<Node>>,
+    pub strategy: ReplicaStrategy,
+    pub read_your_writes_wait: Duration,
+    pub check_interval: Duration,
+    pub group_commit: usize,
+}
+
+impl Database {
+    /// Applies the migrations to the primary, then starts the pools and the health checker
+    /// (pinned to `checker_cpu`). `None` when no database is configured.
+    pub fn start(
+        config: &DatabaseConfig,
+        checker_cpu: Option<usize>,
+    ) -> Result<Option<Arc<Database>>, DbStartError> {
+        let specs = config.nodes().map_err(|e| DbStartError {
+            variable: "DATABASE_URL".into(),
+            url: String::new(),
+            reason: e.to_string(),
+        })?;
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        let primary = &specs[0];
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        migrate::apply(&primary.pg, connect_timeout).map_err(|reason| DbStartError {
+            variable: primary.variable.clone(),
+            url: primary.display_url.clone(),
+            reason,
+        })?;
+        let policy = availability::Policy {
+            ejection_time: Duration::from_millis(config.ejection_time_ms),
+            breaker_failures: config.breaker_failures,
+            max_lag: config.max_replica_lag,
+        };
+        let settings = PoolSettings {
+            statement_timeout: Duration::from_millis(config.statement_timeout_ms),
+            connect_timeout,
+            group_commit: config.group_commit,
+        };
+        let nodes: Vec<Arc<Node>> = specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let (jobs, queue) = crossbeam::channel::bounded(config.queue_size);
+                let node = Node::new(
+                    spec,
+                    index == 0,
+                    jobs,
+                    config.queue_size,
+                    config.pool_size,
+                    policy,
+                );
+                pool::spawn(&node, queue, &settings);
+                node
+            })
+            .collect();
+        let database = Arc::new(Database {
+            nodes,
+            strategy: config.replica_strategy,
+            read_your_writes_wait: Duration::from_millis(config.read_your_writes_wait_ms),
+            check_interval: Duration::from_millis(config.replica_health_check_interval_ms),
+            group_commit: config.group_commit,
+        });
+        checker::spawn(database.clone(), settings, checker_cpu);
+        log::info!(
+            "database: primary {} and {} replicas ({}), {} connections each",
+            database.primary().spec.display_url,
+            database.replicas().len(),
+            database.strategy.as_str(),
+            config.pool_size
+        );
+        Ok(Some(database))
+    }
+
+    pub fn primary(&self) -> &Arc<Node> {
+        &self.nodes[0]
+    }
+
+    pub fn replicas(&self) -> &[Arc<Node>] {
+        &self.nodes[1..]
+    }
+
+    /// A shard's handle, with its own router.
+    pub fn client(self: &Arc<Self>) -> DbClient {
+        DbClient {
+            router: Router::new(self.strategy, self.replicas().len()),
+            db: self.clone(),
+        }
+    }
+}
+
+/// A committed write's value and the WAL position its commit reached.
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub commit_position: Lsn,
+}
+
+/// One shard's way to the database. Owned by the shard: its router state is its own.
+pub struct DbClient {
+    db: Arc<Database>,
+    router: Router,
+}
+
+impl DbClient {
+    /// Runs `query` on the primary (grouped with other writes into one transaction when they
+    /// arrive together). Fails at once when the primary is shut out or in recovery.
+    pub fn write<T, F>(&mut self, query: F) -> DbFuture<Written<T>>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
+    {
+        let primary = self.db.primary().clone();
+        if let Err(e) = writable(&primary) {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        let pending = submit(&primary, JobKind::Write, query);
+        Box::pin(async move {
+            let (value, position) = pending.await?;
+            Ok(Written {
+                value,
+                commit_position: position.unwrap_or_default(),
+            })
+        })
+    }
+
+    /// Runs `query` on a replica picked by the strategy. With `min_position` (a commit position
+    /// the client got from a write) only a replica that has replayed it answers, after a
+    /// bounded wait; else the primary does. A replica that fails is retried on the primary, so
+    /// a replica going down fails no read. With no routable replica, the primary reads.
+    pub fn read<T, F>(&mut self, min_position: Option<Lsn>, query: F) -> DbFuture<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + Clone + 'static,
+    {
+        let primary = self.db.primary().clone();
+        let read_primary = move |query: F| -> DbFuture<T> {
+            if !primary.routable() {
+                return Box::pin(std::future::ready(Err(shut_out(&primary))));
+            }
+            let pending = submit(
+                &primary,
+                JobKind::Read {
+                    min_position: None,
+                    wait: Duration::ZERO,
+                },
+                query,
+            );
+            Box::pin(async move { pending.await.map(|(value, _)| value) })
+        };
+        let Some(replica) = self.pick_replica(min_position) else {
+            return read_primary(query);
+        };
+        let first = submit(
+            &replica,
+            JobKind::Read {
+                min_position,
+                wait: self.db.read_your_writes_wait,
+            },
+            query.clone(),
+        );
+        Box::pin(async move {
+            match first.await {
+                Ok((value, _)) => Ok(value),
+                Err(e) if matches!(e, DbError::NotCaughtUp { .. }) || e.is_node_failure() => {
+                    read_primary(query).await
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn pick_replica(&mut self, min_position: Option<Lsn>) -> Option<Arc<Node>> {
+        let replicas = self.db.replicas();
+        if replicas.is_empty() {
+            return None;
+        }
+        let mut candidates: Vec<Candidate> = replicas
+            .iter()
+            .map(|r| Candidate {
+                routable: r.routable(),
+                weight: r.spec.weight,
+                in_flight: r.in_flight.load(Ordering::Relaxed),
+            })
+            .collect();
+        // Prefer replicas known to have replayed the position; if none is known to, any may
+        // (the pool thread waits for it).
+        if let Some(min) = min_position {
+            let caught_up = |i: usize| candidates[i].routable && replicas[i].position() >= min;
+            if (0..replicas.len()).any(caught_up) {
+                let keep: Vec<bool> = (0..replicas.len()).map(caught_up).collect();
+                for (c, keep) in candidates.iter_mut().zip(keep) {
+                    c.routable = keep;
+                }
+            }
+        }
+        self.router.pick(&candidates).map(|i| replicas[i].clone())
+    }
+}
+
+fn shut_out(node: &Node) -> DbError {
+    let health = node.health_snapshot();
+    DbError::Unavailable {
+        node: node.name().to_string(),
+        reason: health
+            .reason
+            .unwrap_or_else(|| "shut out by its health checks".into()),
+    }
+}
+
+fn writable(primary: &Node) -> Result<(), DbError> {
+    if !primary.routable() {
+        return Err(shut_out(primary));
+    }
+    if primary.in_recovery.load(Ordering::Relaxed) {
+        return Err(DbError::ReadOnly {
+            node: primary.name().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The typed side of a job: the query and where its result goes.
+struct Typed<T, F> {
+    query: F,
+    value: Option<T>,
+    reply: flume::Sender<Result<(T, Option<Lsn>), DbError>>,
+}
+
+impl<T, F> Task for Typed<T, F>
+where
+    T: Send,
+    F: FnMut(&mut DbConn) -> Result<T, DbError> + Send,
+{
+    fn run(&mut self, conn: &mut DbConn) -> Result<(), DbError> {
+        self.value = Some((self.query)(conn)?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<Option<Lsn>, DbError>) {
+        let Typed { value, reply, .. } = *self;
+        let result = outcome.and_then(|position| {
+            value
+                .map(|value| (value, position))
+                .ok_or_else(|| DbError::Query("the query produced no result".into()))
+        });
+        let _ = reply.send(result);
+    }
+}
+
+/// Counts a request in flight on a node from the moment it is queued until its reply is read
+/// (or the waiting request is dropped): what least-connections compares.
+struct InFlight(Arc<Node>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn submit<T, F>(
+    node: &Arc<Node>,
+    kind: JobKind,
+    query: F,
+) -> impl Future<Output = Result<(T, Option<Lsn>), DbError>>
+where
+    T: Send + 'static,
+    F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
+{
+    let (reply, answer) = flume::bounded(1);
+    let job = Job {
+        kind,
+        task: Box::new(Typed {
+            query,
+            value: None,
+            reply,
+        }),
+    };
+    node.in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight(node.clone());
+    let sent = node.jobs.try_send(job).map_err(|e| match e {
+        crossbeam::channel::TrySendError::Full(_) => DbError::Busy {
+            node: node.name().to_string(),
+        },
+        crossbeam::channel::TrySendError::Disconnected(_) => DbError::Unavailable {
+            node: node.name().to_string(),
+            reason: "its database threads stopped".into(),
+        },
+    });
+    let node = node.name().to_string();
+    async move {
+        let _guard = guard;
+        sent?;
+        answer.recv_async().await.unwrap_or_else(|_| {
+            Err(DbError::Unavailable {
+                node,
+                reason: "its database thread stopped".into(),
+            })
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! One database node as every thread sees it: its job queue, and the atomics the shards read
+//! when they route, the pool threads and the health checker write, and the monitor renders.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam::channel::Sender;
+
+use super::availability::{Check, NodeHealth, Policy};
+use super::lsn::Lsn;
+use super::pool::Job;
+use crate::config::NodeSpec;
+
+/// A node: the primary (index 0) or a read replica.
+pub struct Node {
+    pub spec: NodeSpec,
+    pub is_primary: bool,
+    pub(crate) jobs: Sender<Job>,
+    pub queue_capacity: usize,
+    pub pool_size: usize,
+    policy: Policy,
+    /// Mirrors `health.routable()`: what the request path reads, without the lock.
+    routable: AtomicBool,
+    /// Mirrors `health.failures > 0`, so a success takes the lock only after failures.
+    failing: AtomicBool,
+    /// The node says `pg_is_in_recovery()`: a primary in that state takes no writes.
+    pub in_recovery: AtomicBool,
+    pub in_flight: AtomicU64,
+    pub busy: AtomicU64,
+    pub connected: AtomicU64,
+    pub lag_bytes: AtomicU64,
+    /// Milliseconds; `u64::MAX` while unknown.
+    pub lag_ms: AtomicU64,
+    pub rtt_us: AtomicU64,
+    /// Highest replayed (replica) or written (primary) WAL position seen.
+    pub position: AtomicU64,
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    /// Write transactions committed (fewer than writes when group commit joins them).
+    pub commits: AtomicU64,
+    pub checks: AtomicU64,
+    pub(crate) health: Mutex<NodeHealth>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.spec.name)
+            .finish()
+    }
+}
+
+impl Node {
+    pub(crate) fn new(
+        spec: NodeSpec,
+        is_primary: bool,
+        jobs: Sender<Job>,
+        queue_capacity: usize,
+        pool_size: usize,
+        policy: Policy,
+    ) -> Arc<Node> {
+        Arc::new(Node {
+            spec,
+            is_primary,
+            jobs,
+            queue_capacity,
+            pool_size,
+            policy,
+            routable: AtomicBool::new(true),
+            failing: AtomicBool::new(false),
+            in_recovery: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            lag_bytes: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(u64::MAX),
+            rtt_us: AtomicU64::new(0),
+            position: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
+            health: Mutex::new(NodeHealth::new(Instant::now())),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn routable(&self) -> bool {
+        self.routable.load(Ordering::Acquire)
+    }
+
+    pub fn position(&self) -> Lsn {
+        Lsn(self.position.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn saw_position(&self, lsn: Lsn) {
+        self.position.fetch_max(lsn.0, Ordering::Relaxed);
+    }
+
+    fn with_health<R>(&self, change: impl FnOnce(&mut NodeHealth, &Policy) -> R) -> R {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let was = health.routable();
+        let result = change(&mut health, &self.policy);
+        let now = health.routable();
+        self.routable.store(now, Ordering::Release);
+        self.failing.store(health.failures > 0, Ordering::Relaxed);
+        if was != now {
+            if now {
+                log::info!("database node {} is back", self.spec.name);
+            } else {
+                log::warn!(
+                    "database node {} taken out: {}",
+                    self.spec.name,
+                    health.reason.as_deref().unwrap_or("unknown")
+                );
+            }
+        }
+        result
+    }
+
+    /// A request's outcome, from a pool thread.
+    pub(crate) fn request_done(&self, node_failed: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if node_failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.with_health(|h, p| h.on_request(false, p, Instant::now()));
+        } else if self.failing.load(Ordering::Relaxed) {
+            self.with_health(|h, p| h.on_request(true, p, Instant::now()));
+        }
+    }
+
+    /// A health check's result, from the checker.
+    pub(crate) fn checked(&self, check: &Check, last_routable: bool) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        self.with_health(|h, p| {
+            h.on_check(check, p, Instant::now(), !self.is_primary, last_routable)
+        });
+    }
+
+    pub(crate) fn probe_due(&self, now: Instant) -> bool {
+        self.with_health(|h, _| h.probe_due(now))
+    }
+
+    pub(crate) fn health_snapshot(&self) -> NodeHealth {
+        self.with_health(|h, _| h.clone())
+    }
+}

@@ -1,0 +1,367 @@
+//! The DB I/O threads: one per pooled connection, each owning a sync `postgres` client (which
+//! carries its own small tokio runtime: that is why clients live here, never on a shard).
+//!
+//! All threads of a node take jobs from the node's one bounded crossbeam queue. A thread
+//! without a connection reconnects with a growing backoff; while it waits, jobs fail at once
+//! (no request hangs on a dead node). Writes already queued together are committed in one
+//! transaction (group commit), each in its own savepoint so one refused row fails alone. A read
+//! that presents a commit position waits, bounded, for this replica to replay it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::Receiver;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+
+use super::error::DbError;
+use super::lsn::Lsn;
+use super::node::Node;
+
+/// Settings every pool thread reads.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolSettings {
+    pub statement_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub group_commit: usize,
+}
+
+/// A request for a pool thread.
+pub(crate) struct Job {
+    pub kind: JobKind,
+    pub task: Box<dyn Task>,
+}
+
+pub(crate) enum JobKind {
+    Write,
+    /// A read; with `min_position`, only once this node has replayed it (waiting up to `wait`).
+    Read {
+        min_position: Option<Lsn>,
+        wait: Duration,
+    },
+}
+
+/// Work with its reply channel, type-erased so one queue carries every kind of query.
+pub(crate) trait Task: Send {
+    /// Runs the query; the result is kept until [`Task::finish`].
+    fn run(&mut self, conn: &mut DbConn) -> Result<(), DbError>;
+    /// Sends the result (with the commit position for writes), or the error.
+    fn finish(self: Box<Self>, outcome: Result<Option<Lsn>, DbError>);
+}
+
+/// A connection as queries see it: prepared statements cached per connection.
+pub struct DbConn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+    node: Arc<Node>,
+}
+
+impl DbConn {
+    fn error(&self, e: postgres::Error) -> DbError {
+        DbError::from_pg(&e, self.node.name())
+    }
+
+    fn prepared(&mut self, sql: &'static str) -> Result<Statement, DbError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).map_err(|e| self.error(e))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    pub fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError> {
+        let statement = self.prepared(sql)?;
+        self.client
+            .query(&statement, params)
+            .map_err(|e| self.error(e))
+    }
+
+    pub fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, DbError> {
+        let statement = self.prepared(sql)?;
+        self.client
+            .query_opt(&statement, params)
+            .map_err(|e| self.error(e))
+    }
+
+    pub fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, DbError> {
+        let statement = self.prepared(sql)?;
+        self.client
+            .query_one(&statement, params)
+            .map_err(|e| self.error(e))
+    }
+
+    fn simple(&mut self, sql: &str) -> Result<(), DbError> {
+        self.client.batch_execute(sql).map_err(|e| self.error(e))
+    }
+
+    /// The WAL position a commit that just finished on this session reached or passed.
+    fn commit_position(&mut self) -> Result<Lsn, DbError> {
+        let row = self.query_one("SELECT pg_current_wal_insert_lsn()::text", &[])?;
+        let lsn: Lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e: String| DbError::Query(e))?;
+        self.node.saw_position(lsn);
+        Ok(lsn)
+    }
+
+    fn replayed(&mut self) -> Result<Option<Lsn>, DbError> {
+        let row = self.query_one("SELECT pg_last_wal_replay_lsn()::text", &[])?;
+        let text: Option<String> = row.get(0);
+        let lsn = text.and_then(|t| t.parse::<Lsn>().ok());
+        if let Some(lsn) = lsn {
+            self.node.saw_position(lsn);
+        }
+        Ok(lsn)
+    }
+}
+
+/// Opens a client to `node` with the statement timeout set for the session.
+pub(crate) fn connect(
+    node: &Node,
+    settings: &PoolSettings,
+    application: &str,
+) -> Result<Client, postgres::Error> {
+    let mut config = node.spec.pg.clone();
+    config
+        .connect_timeout(settings.connect_timeout)
+        .application_name(application)
+        .options(&format!(
+            "-c statement_timeout={}",
+            settings.statement_timeout.as_millis()
+        ));
+    config.connect(NoTls)
+}
+
+/// Reconnection delays: 50 ms doubling to 5 s.
+struct Backoff {
+    next_attempt: Instant,
+    delay: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn failed(&mut self, now: Instant) {
+        self.next_attempt = now + self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
+
+    fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+}
+
+/// Starts `node.pool_size` threads serving `jobs`.
+pub(crate) fn spawn(node: &Arc<Node>, jobs: Receiver<Job>, settings: &PoolSettings) {
+    for i in 0..node.pool_size {
+        let (node, jobs, settings) = (node.clone(), jobs.clone(), settings.clone());
+        std::thread::Builder::new()
+            .name(format!("db-{}-{i}", node.name()))
+            .spawn(move || Worker::new(node, settings).run(jobs))
+            .expect("spawning a database thread");
+    }
+}
+
+struct Worker {
+    node: Arc<Node>,
+    settings: PoolSettings,
+    conn: Option<DbConn>,
+    backoff: Backoff,
+    /// Reads taken off the queue while gathering a group of writes.
+    stash: VecDeque<Job>,
+}
+
+impl Worker {
+    fn new(node: Arc<Node>, settings: PoolSettings) -> Worker {
+        Worker {
+            node,
+            settings,
+            conn: None,
+            backoff: Backoff {
+                next_attempt: Instant::now(),
+                delay: Backoff::FIRST,
+            },
+            stash: VecDeque::new(),
+        }
+    }
+
+    fn run(mut self, jobs: Receiver<Job>) {
+        loop {
+            let job = match self.stash.pop_front() {
+                Some(job) => job,
+                None => match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            if let Err(e) = self.ensure_connected() {
+                self.node.request_done(true);
+                job.task.finish(Err(e));
+                continue;
+            }
+            self.node.busy.fetch_add(1, Ordering::Relaxed);
+            match job.kind {
+                JobKind::Write => {
+                    let mut group = vec![job];
+                    while group.len() < self.settings.group_commit {
+                        match jobs.try_recv() {
+                            Ok(next) if matches!(next.kind, JobKind::Write) => group.push(next),
+                            Ok(read) => self.stash.push_back(read),
+                            Err(_) => break,
+                        }
+                    }
+                    self.write(group);
+                }
+                JobKind::Read { min_position, wait } => self.read(job.task, min_position, wait),
+            }
+            self.node.busy.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn ensure_connected(&mut self) -> Result<(), DbError> {
+        if self.conn.as_ref().is_some_and(|c| !c.client.is_closed()) {
+            return Ok(());
+        }
+        if self.conn.take().is_some() {
+            self.node.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        if now < self.backoff.next_attempt {
+            return Err(DbError::Unavailable {
+                node: self.node.name().to_string(),
+                reason: "reconnecting after a failure".into(),
+            });
+        }
+        match connect(&self.node, &self.settings, "coinbit") {
+            Ok(client) => {
+                self.backoff.reset();
+                self.node.connected.fetch_add(1, Ordering::Relaxed);
+                self.conn = Some(DbConn {
+                    client,
+                    statements: HashMap::new(),
+                    node: self.node.clone(),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.backoff.failed(now);
+                Err(DbError::from_pg(&e, self.node.name()))
+            }
+        }
+    }
+
+    fn conn(&mut self) -> &mut DbConn {
+        self.conn.as_mut().expect("connected")
+    }
+
+    fn read(&mut self, mut task: Box<dyn Task>, min_position: Option<Lsn>, wait: Duration) {
+        let outcome = (|| {
+            if let (Some(min), false) = (min_position, self.node.is_primary) {
+                let deadline = Instant::now() + wait;
+                while self.conn().replayed()?.is_none_or(|at| at < min) {
+                    if Instant::now() >= deadline {
+                        return Err(DbError::NotCaughtUp {
+                            node: self.node.name().to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            task.run(self.conn())
+        })();
+        self.node
+            .request_done(outcome.as_ref().is_err_and(DbError::is_node_failure));
+        task.finish(outcome.map(|()| None));
+    }
+
+    fn write(&mut self, mut group: Vec<Job>) {
+        let count = group.len() as u64;
+        let outcome = if group.len() == 1 {
+            let task = &mut group[0].task;
+            task.run(self.conn.as_mut().expect("connected"))
+                .map(|()| vec![Ok(())])
+        } else {
+            self.write_group(&mut group)
+        };
+        let outcome = outcome.and_then(|results| {
+            let position = self.conn().commit_position()?;
+            Ok((results, position))
+        });
+        let node_failed = outcome.as_ref().is_err_and(DbError::is_node_failure);
+        if let Err(DbError::ReadOnly { .. }) = &outcome {
+            self.node.in_recovery.store(true, Ordering::Relaxed);
+        }
+        match outcome {
+            Ok((results, position)) => {
+                for (job, result) in group.into_iter().zip(results) {
+                    if let Err(DbError::ReadOnly { .. }) = &result {
+                        self.node.in_recovery.store(true, Ordering::Relaxed);
+                    }
+                    job.task.finish(result.map(|()| Some(position)));
+                }
+            }
+            Err(e) => {
+                for job in group {
+                    job.task.finish(Err(e.clone()));
+                }
+            }
+        }
+        // The breaker counts a group's failure once: one connection failed, not each write.
+        self.node.request_done(node_failed);
+        self.node.requests.fetch_add(count - 1, Ordering::Relaxed);
+        self.node.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One transaction for the group, one savepoint per write: a row the database refuses
+    /// fails alone; a lost connection fails them all.
+    fn write_group(&mut self, group: &mut [Job]) -> Result<Vec<Result<(), DbError>>, DbError> {
+        let conn = self.conn.as_mut().expect("connected");
+        let outcome = Self::run_group(conn, group);
+        if outcome.is_err() {
+            // A statement timeout leaves the transaction aborted on a live connection.
+            let _ = conn.simple("ROLLBACK");
+        }
+        outcome
+    }
+
+    fn run_group(
+        conn: &mut DbConn,
+        group: &mut [Job],
+    ) -> Result<Vec<Result<(), DbError>>, DbError> {
+        conn.simple("BEGIN")?;
+        let mut results = Vec::with_capacity(group.len());
+        for job in group.iter_mut() {
+            conn.simple("SAVEPOINT w")?;
+            match job.task.run(conn) {
+                Ok(()) => {
+                    conn.simple("RELEASE SAVEPOINT w")?;
+                    results.push(Ok(()));
+                }
+                Err(e) if e.is_node_failure() => return Err(e),
+                Err(e) => {
+                    conn.simple("ROLLBACK TO SAVEPOINT w")?;
+                    results.push(Err(e));
+                }
+            }
+        }
+        conn.simple("COMMIT")?;
+        Ok(results)
+    }
+}

@@ -1,0 +1,247 @@
+//! A real PostgreSQL primary with streaming replicas for the tests, through the project's own
+//! `tests/pg/cluster.sh`, on ports chosen at run time (other suites run on this machine at the
+//! same time). A cluster is stopped and deleted when its handle drops, when the test binary
+//! exits (shared clusters) and, should a run be killed, by the next run (stale-cluster sweep).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/cluster.sh");
+/// Data directories are named `<prefix><pid>-<port>`, so a sweep knows which run owns one.
+const DIR_PREFIX: &str = "/tmp/coinbit-test-pg-";
+
+pub struct PgCluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub replicas: usize,
+}
+
+/// Clusters to stop at exit (shared ones live in statics, whose destructors never run).
+fn at_exit_list() -> &'static Mutex<Vec<(PathBuf, u16, usize)>> {
+    static LIST: OnceLock<Mutex<Vec<(PathBuf, u16, usize)>>> = OnceLock::new();
+    LIST.get_or_init(|| {
+        extern "C" fn stop_all() {
+            if let Some(list) = at_exit_list().lock().ok().map(|l| l.clone()) {
+                for (dir, port, replicas) in list {
+                    down(&dir, port, replicas);
+                }
+            }
+        }
+        // SAFETY: registering a plain function to run at process exit.
+        unsafe { libc::atexit(stop_all) };
+        Mutex::new(Vec::new())
+    })
+}
+
+fn script(args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(SCRIPT)
+        .args(args)
+        .output()
+        .expect("run tests/pg/cluster.sh")
+}
+
+fn down(dir: &std::path::Path, port: u16, replicas: usize) {
+    let _ = script(&[
+        "down",
+        "--purge",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+        "--replicas",
+        &replicas.to_string(),
+    ]);
+}
+
+/// Stops clusters left by runs that were killed before they could clean up.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(rest) = path
+            .to_str()
+            .and_then(|p| p.strip_prefix(DIR_PREFIX))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let Some((pid, port)) = rest.split_once('-') else {
+            continue;
+        };
+        let (Ok(pid), Ok(port)) = (pid.parse::<u32>(), port.parse::<u16>()) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let replicas = (1..10)
+            .take_while(|i| path.join(format!("replica{i}")).exists())
+            .count();
+        down(&path, port, replicas);
+    }
+}
+
+fn ports_free(base: u16, count: u16) -> bool {
+    (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+impl PgCluster {
+    /// A primary and `replicas` streaming replicas on free ports below 32768.
+    pub fn start(replicas: usize) -> PgCluster {
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        SWEPT.get_or_init(sweep_stale);
+        let mut last_error = String::new();
+        for _ in 0..8 {
+            let base = 20_000 + fastrand_u16(12_000);
+            if !ports_free(base, replicas as u16 + 1) {
+                continue;
+            }
+            let dir = PathBuf::from(format!("{DIR_PREFIX}{}-{base}", std::process::id()));
+            at_exit_list()
+                .lock()
+                .unwrap()
+                .push((dir.clone(), base, replicas));
+            let cluster = PgCluster {
+                dir,
+                port: base,
+                replicas,
+            };
+            let out = cluster.run(&["up"]);
+            if out.status.success() {
+                return cluster;
+            }
+            // Most likely a port taken meanwhile by another suite: try elsewhere.
+            last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+            drop(cluster); // stops what did start, and deletes it
+            eprintln!("cluster on {base} failed, retrying elsewhere: {last_error}");
+        }
+        panic!("could not start a PostgreSQL cluster: {last_error}");
+    }
+
+    /// The shared cluster of this test binary (one primary, three replicas).
+    pub fn shared() -> &'static PgCluster {
+        static SHARED: OnceLock<PgCluster> = OnceLock::new();
+        SHARED.get_or_init(|| PgCluster::start(3))
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([
+            "--dir".into(),
+            self.dir.to_str().unwrap().into(),
+            "--port".into(),
+            self.port.to_string(),
+            "--replicas".into(),
+            self.replicas.to_string(),
+        ]);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        script(&refs)
+    }
+
+    /// `primary`, `replica1`, ...: stops one node (fast shutdown).
+    pub fn stop(&self, node: &str) {
+        let out = self.run(&["stop", node]);
+        assert!(out.status.success(), "stop {node}: {out:?}");
+    }
+
+    pub fn start_node(&self, node: &str) {
+        let out = self.run(&["start", node]);
+        assert!(out.status.success(), "start {node}: {out:?}");
+    }
+
+    pub fn node_port(&self, node: &str) -> u16 {
+        match node.strip_prefix("replica") {
+            Some(i) => self.port + i.parse::<u16>().unwrap(),
+            None => self.port,
+        }
+    }
+
+    pub fn url(&self, node: &str, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.node_port(node)
+        )
+    }
+
+    /// The server's variables for `database` on this cluster.
+    pub fn env(&self, database: &str) -> Vec<(String, String)> {
+        let mut env = vec![("DATABASE_URL".to_string(), self.url("primary", database))];
+        for i in 1..=self.replicas {
+            env.push((
+                format!("DB_READ_REPLICA_{i}"),
+                self.url(&format!("replica{i}"), database),
+            ));
+        }
+        env
+    }
+
+    /// Runs SQL on a node with psql; the output, trimmed. Panics on failure.
+    pub fn psql(&self, node: &str, database: &str, sql: &str) -> String {
+        let out = Command::new(psql_binary())
+            .args(["-X", "-q", "-At", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-p",
+                &self.node_port(node).to_string(),
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql on {node}: {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A fresh database of its own for one test (replicated to every replica).
+    pub fn create_database(&self, name: &str) -> String {
+        self.psql("primary", "postgres", &format!("CREATE DATABASE {name}"));
+        for i in 1..=self.replicas {
+            let replica = format!("replica{i}");
+            let sql = format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'");
+            super::wait_for(
+                "the new database on every replica",
+                std::time::Duration::from_secs(10),
+                || (self.psql(&replica, "postgres", &sql) == "1").then_some(()),
+            );
+        }
+        name.to_string()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        down(&self.dir, self.port, self.replicas);
+        if let Ok(mut list) = at_exit_list().lock() {
+            list.retain(|(dir, _, _)| *dir != self.dir);
+        }
+    }
+}
+
+pub fn psql_binary() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/psql"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| PathBuf::from("psql"))
+}
+
+/// A random number below `bound`, from the clock and the pid (no extra crate for one draw).
+fn fastrand_u16(bound: u16) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    (h.finish() % u64::from(bound)) as u16
+}
