@@ -4,7 +4,7 @@
 //! [`Turns`] (8:4:2:1, raised by aging), and parks (may's coroutine park, timed to the nearest
 //! timer) when nothing is ready.
 //!
-//! Everything here lives behind the shard's app lock (see [`super::Shard::with_local`]): the
+//! Everything here lives behind the shard's app lock (see [`super::Shard::try_with_local`]): the
 //! tasks hold the shard's `Rc`s, and the loop polls them only while it holds that lock, a slice
 //! at a time, so that connections and housekeeping get the lock in between.
 

@@ -175,7 +175,13 @@ fn start_queue_loop(shard: &Arc<Shard>) -> io::Result<()> {
 fn queue_loop(shard: &Arc<Shard>) {
     shard.wakeups.attach();
     while !shard.queue_loop_stop.load(Ordering::Acquire) {
-        match shard.with_local(|local| local.classes.run_slice()) {
+        // Never blocks on the lock: may resumes a timed park on its timer thread, and a handler
+        // holding the lock for long (a stalled shard) must not hold up every timer with it.
+        let Some(next) = shard.try_with_local(|local| local.classes.run_slice()) else {
+            may::coroutine::park_timeout(classes::PAUSE);
+            continue;
+        };
+        match next {
             Next::Yield => {
                 // A thread blocked on the lock (housekeeping, a connection resumed on the other
                 // worker) gets it before the next slice: a busy queue must not stop the
@@ -200,7 +206,12 @@ fn queue_loop(shard: &Arc<Shard>) {
             }
         }
     }
-    shard.with_local(|local| local.classes.clear());
+    while shard
+        .try_with_local(|local| local.classes.clear())
+        .is_none()
+    {
+        may::coroutine::park_timeout(classes::IDLE_PARK);
+    }
 }
 
 /// The shard's single-threaded state: its app (with its queues) and the queue tasks. Both hold
@@ -211,7 +222,7 @@ pub(crate) struct Local {
 }
 
 // SAFETY: a `Local` is only ever reached through the shard's mutex (`Shard::with_app`,
-// `Shard::with_local`), so the `Rc` counts and `RefCell`s inside it, and in the futures of its
+// `Shard::try_with_local`), so the `Rc` counts and `RefCell`s inside it, and in the futures of its
 // tasks and of a handler's later reply (polled and dropped under the same lock, see
 // `connection::await_reply`), are never touched by two threads at once, and each access
 // happens-after the previous one through the lock. The wakers they hand out are `Send + Sync`.
@@ -269,13 +280,18 @@ impl Shard {
         f(&mut self.lock_local().app)
     }
 
-    /// The app and the queue tasks, under the same lock as [`Shard::with_app`].
-    fn with_local<R>(&self, f: impl FnOnce(&mut Local) -> R) -> R {
-        f(&mut self.lock_local())
+    /// The app and the queue tasks, under the same lock as [`Shard::with_app`], if it is free.
+    fn try_with_local<R>(&self, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
+        match self.local.try_lock() {
+            Ok(mut guard) => Some(f(&mut guard)),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(f(&mut poisoned.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Takes the lock, counted among its waiters while it has to wait.
     fn lock_local(&self) -> MutexGuard<'_, Local> {
+        // (The queue loop only ever tries: see `queue_loop`.)
         match self.local.try_lock() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
