@@ -568,3 +568,58 @@ fn a_primary_in_recovery_gets_no_writes() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("in recovery"), "{stderr}");
 }
+
+#[test]
+fn reads_queued_together_each_get_their_own_row() {
+    let cluster = PgCluster::shared();
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("batched_{engine}"));
+        let env = cluster.env(&db);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        // One connection per node: concurrent reads queue, and a pool thread answers those it
+        // finds queued together with one query.
+        let server = Server::start_with(engine, &["--pool-size", "1"], &env);
+        let mut client = server.connect();
+        let users: Vec<(i64, String)> = (0..8)
+            .map(|i| {
+                let email = format!("batch{i}@example.com");
+                let created = create_user(&mut client, "Batch", &email);
+                assert_eq!(created.status, 201, "{}", created.text());
+                (created.json()["id"].as_i64().unwrap(), email)
+            })
+            .collect();
+        let last = users.last().unwrap().0;
+        common::wait_for(
+            "the users on every replica",
+            Duration::from_secs(10),
+            || {
+                (1..=3)
+                    .all(|i| {
+                        let sql = format!("SELECT count(*) FROM users WHERE id = {last}");
+                        cluster.psql(&format!("replica{i}"), &db, &sql) == "1"
+                    })
+                    .then_some(())
+            },
+        );
+        std::thread::scope(|scope| {
+            for t in 0..16 {
+                let (addr, users) = (server.addr, &users);
+                scope.spawn(move || {
+                    let mut client = Client::connect(addr);
+                    for n in 0..200 {
+                        // Every ninth read asks for a user that does not exist.
+                        let pick = (t * 7 + n) % 9;
+                        let Some((id, email)) = users.get(pick) else {
+                            let missing = client.request("GET", "/api/users/999999", &[], b"");
+                            assert_eq!(missing.status, 404, "{}", missing.text());
+                            continue;
+                        };
+                        let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+                        assert_eq!(read.status, 200, "{}", read.text());
+                        assert_eq!(read.json()["email"], email.as_str(), "user {id}");
+                    }
+                });
+            }
+        });
+    });
+}

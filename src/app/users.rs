@@ -18,7 +18,7 @@ pub const MIN_LSN_HEADER: &str = "X-Min-LSN";
 
 const SELECT_USER: &str =
     "SELECT id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-     FROM users WHERE id = $1";
+     FROM users WHERE id = ANY($1)";
 const INSERT_USER: &str =
     "INSERT INTO users (name, email) VALUES ($1, $2) \
      RETURNING id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
@@ -144,11 +144,7 @@ pub fn get(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
             }
         },
     };
-    let pending = db.read(min_position, move |conn| {
-        Ok(conn
-            .query_opt(SELECT_USER, &[&id])?
-            .map(|row| User::from_row(&row)))
-    });
+    let pending = db.lookup(min_position, SELECT_USER, id, User::from_row);
     Reply::Later(Box::pin(async move {
         match pending.await {
             Ok(Some(user)) => Response::json(StatusCode::OK, json!(user).to_string()),
