@@ -9,7 +9,8 @@
 #      unformatted: pgbench would take to_char's `:MI` for a variable) against replica1;
 #   3. loadgen GET /api/users/{{user_id}} on coinbit, which reads from the three replicas;
 #   4. the same, with the server's database pool at PG_POOL2 connections per node;
-#   5. with BEFORE=path/to/an/older/coinbit, step 3 on that binary too (a before/after in one run);
+#   5. with BEFORE=path/to/an/older/coinbit, steps 3 and 4 on that binary too (before/after in
+#      one run);
 # and prints a markdown table with each one's rate relative to pgbench -S. Then what group commit
 # buys: loadgen POST /api/users with DB_GROUP_COMMIT=1 (one transaction per write) and 16.
 # On a small host everything (clients, server, four PostgreSQL instances) shares the CPUs:
@@ -17,7 +18,7 @@
 #
 # Usage: bench/pg_reads.sh
 # Environment (all optional):
-#   CLIENTS=32  DURATION=15  PORT=18300  PG_PORT=25600  POOL=8  PG_POOL2=16  BUILD=1
+#   CLIENTS=32  DURATION=15  PORT=18300  PG_PORT=25600  POOL=2  PG_POOL2=8  BUILD=1
 #   COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen  BEFORE=(unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +26,8 @@ cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-32}
 DURATION=${DURATION:-15}
 PORT=${PORT:-18300}
-POOL=${POOL:-8}
-PG_POOL2=${PG_POOL2:-16}
+POOL=${POOL:-2}
+PG_POOL2=${PG_POOL2:-8}
 BUILD=${BUILD:-1}
 COINBIT=${COINBIT:-target/release/coinbit}
 LOADGEN=${LOADGEN:-target/release/loadgen}
@@ -170,6 +171,7 @@ http_case "loadgen GET /api/users/{id}, coinbit pool $POOL/node, 3 replicas" "$P
 http_case "loadgen GET /api/users/{id}, coinbit pool $PG_POOL2/node, 3 replicas" "$PG_POOL2" 16 users
 if [ -n "$BEFORE" ]; then
     BINARY=$BEFORE http_case "the same, pool $POOL/node, on BEFORE ($BEFORE)" "$POOL" 16 users
+    BINARY=$BEFORE http_case "the same, pool $PG_POOL2/node, on BEFORE ($BEFORE)" "$PG_POOL2" 16 users
 fi
 echo "| run | req/s (tps) | vs pgbench -S | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"

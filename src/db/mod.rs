@@ -207,13 +207,14 @@ impl DbClient {
         })
     }
 
-    /// Like [`DbClient::read`] for the row of one key: `sql` selects by `key = ANY($1)` with the
-    /// key (an `int8`) in column 0, and `map` turns the row into the answer. Lookups of one
-    /// statement that wait in a node's queue together are answered by one query.
+    /// Like [`DbClient::read`] for the row of one key (an `int8`, in column 0), which `map`
+    /// turns into the answer. Alone it runs `sql.one` (`... WHERE key = $1`); lookups of one
+    /// statement that wait in a node's queue together are answered by one `sql.many`
+    /// (`... WHERE key = ANY($1)`).
     pub fn lookup<T>(
         &mut self,
         min_position: Option<Lsn>,
-        sql: &'static str,
+        sql: &'static Lookup,
         key: i64,
         map: fn(&Row) -> T,
     ) -> DbFuture<Option<T>>
@@ -371,9 +372,16 @@ where
     }
 }
 
+/// The statements of a lookup by key: for one key (`$1`) and for many (`= ANY($1)`, an array).
+#[derive(Debug)]
+pub struct Lookup {
+    pub one: &'static str,
+    pub many: &'static str,
+}
+
 /// A lookup by key: alone, or answered from a batch's rows.
 struct Keyed<T> {
-    sql: &'static str,
+    sql: &'static Lookup,
     key: i64,
     map: fn(&Row) -> T,
     value: Option<Option<T>>,
@@ -382,13 +390,13 @@ struct Keyed<T> {
 
 impl<T: Send> Task for Keyed<T> {
     fn run(&mut self, conn: &mut DbConn) -> Result<(), DbError> {
-        let rows = conn.query(self.sql, &[&[self.key].as_slice()])?;
-        self.found(rows.first());
+        let row = conn.query_opt(self.sql.one, &[&self.key])?;
+        self.found(row.as_ref());
         Ok(())
     }
 
     fn lookup(&self) -> Option<(&'static str, i64)> {
-        Some((self.sql, self.key))
+        Some((self.sql.many, self.key))
     }
 
     fn found(&mut self, row: Option<&Row>) {

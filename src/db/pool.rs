@@ -52,8 +52,8 @@ pub(crate) enum JobKind {
 pub(crate) trait Task: Send {
     /// Runs the query; the result is kept until [`Task::finish`].
     fn run(&mut self, conn: &mut DbConn) -> Result<(), DbError>;
-    /// A lookup by key: its statement (`... WHERE key = ANY($1)`, the key in column 0) and its
-    /// key. Lookups of one statement queued together are answered by one query.
+    /// A lookup by key: its statement for many keys (`... WHERE key = ANY($1)`, the key in
+    /// column 0) and its key. Lookups of one statement queued together are answered by one query.
     fn lookup(&self) -> Option<(&'static str, i64)> {
         None
     }
