@@ -9,6 +9,8 @@
 #      unformatted: pgbench would take to_char's `:MI` for a variable) against replica1;
 #   3. loadgen GET /api/users/{{user_id}} on coinbit, which reads from the three replicas;
 #   4. the same, with the server's database pool at PG_POOL2 connections per node;
+#   5. with BEFORE=path/to/an/older/coinbit, steps 3 and 4 on that binary too (before/after in
+#      one run);
 # and prints a markdown table with each one's rate relative to pgbench -S. Then what group commit
 # buys: loadgen POST /api/users with DB_GROUP_COMMIT=1 (one transaction per write) and 16.
 # On a small host everything (clients, server, four PostgreSQL instances) shares the CPUs:
@@ -16,19 +18,20 @@
 #
 # Usage: bench/pg_reads.sh
 # Environment (all optional):
-#   CLIENTS=32  DURATION=15  PORT=18300  PG_PORT=25600  POOL=8  PG_POOL2=16  BUILD=1
-#   COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen
+#   CLIENTS=32  DURATION=15  PORT=18300  PG_PORT=25600  POOL=2  PG_POOL2=8  BUILD=1
+#   COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen  BEFORE=(unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLIENTS=${CLIENTS:-32}
 DURATION=${DURATION:-15}
 PORT=${PORT:-18300}
-POOL=${POOL:-8}
-PG_POOL2=${PG_POOL2:-16}
+POOL=${POOL:-2}
+PG_POOL2=${PG_POOL2:-8}
 BUILD=${BUILD:-1}
 COINBIT=${COINBIT:-target/release/coinbit}
 LOADGEN=${LOADGEN:-target/release/loadgen}
+BEFORE=${BEFORE:-}
 export PG_PORT=${PG_PORT:-25600} PG_REPLICAS=3
 export PG_DIR=${PG_DIR:-/tmp/coinbit-pg-$PG_PORT}
 cluster=tests/pg/cluster.sh
@@ -51,7 +54,7 @@ eval "$("$cluster" env | sed 's/^/export /')"
 replica1=postgres://postgres@127.0.0.1:$((PG_PORT + 1))/coinbit
 
 start_server() {
-    "$COINBIT" --bind-address 127.0.0.1 --port "$PORT" --pool-size "$1" --group-commit "${2:-16}" \
+    "${BINARY:-$COINBIT}" --bind-address 127.0.0.1 --port "$PORT" --pool-size "$1" --group-commit "${2:-16}" \
         >"$tmp/server.log" 2>&1 &
     server=$!
     for _ in $(seq 100); do
@@ -166,6 +169,10 @@ NOTE="simple protocol" pgbench_case "pgbench -S, replica1" -S
 NOTE="prepared" pgbench_case "pgbench, the endpoint's query, replica1" -M prepared -f "$tmp/users.sql"
 http_case "loadgen GET /api/users/{id}, coinbit pool $POOL/node, 3 replicas" "$POOL" 16 users
 http_case "loadgen GET /api/users/{id}, coinbit pool $PG_POOL2/node, 3 replicas" "$PG_POOL2" 16 users
+if [ -n "$BEFORE" ]; then
+    BINARY=$BEFORE http_case "the same, pool $POOL/node, on BEFORE ($BEFORE)" "$POOL" 16 users
+    BINARY=$BEFORE http_case "the same, pool $PG_POOL2/node, on BEFORE ($BEFORE)" "$PG_POOL2" 16 users
+fi
 echo "| run | req/s (tps) | vs pgbench -S | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"
 printf '%s\n' "${ROWS[@]}"

@@ -1,5 +1,5 @@
 //! The database tier on a real primary with three real streaming replicas (one cluster shared by
-//! this file's tests, each test on a database of its own): routing per strategy, read-your-writes,
+//! this file's tests and by both engines' runs of each, a run on a database of its own): routing per strategy, read-your-writes,
 //! a full pool, statement timeouts, concurrent migrations; and start-up without or with a bad
 //! database.
 
@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
-use common::{Client, Server};
-
-const ENGINE: &str = "glommio";
+use common::{each_engine, Client, Server};
 
 fn start_server(
+    engine: &str,
     cluster: &PgCluster,
     database: &str,
     args: &[&str],
@@ -26,7 +25,7 @@ fn start_server(
     all.extend_from_slice(extra);
     let mut base = vec!["--pool-size", "4", "--replica-health-check-interval", "200"];
     base.extend_from_slice(args);
-    Server::start_with(ENGINE, &base, &all)
+    Server::start_with(engine, &base, &all)
 }
 
 fn create_user(client: &mut Client, name: &str, email: &str) -> common::Response {
@@ -77,160 +76,166 @@ fn read_many(server: &Server, id: i64, total: usize, threads: usize) {
 #[test]
 fn reads_follow_each_strategy_over_10k_reads() {
     let cluster = PgCluster::shared();
-    let db = cluster.create_database("strategies");
-    // (strategy, expected share of replica1..3, tolerance)
-    let cases = [
-        ("weighted", [3.0 / 8.0, 3.0 / 8.0, 2.0 / 8.0], 0.02),
-        ("round-robin", [1.0 / 3.0; 3], 0.02),
-        ("least-connections", [1.0 / 3.0; 3], 0.12),
-    ];
-    for (strategy, expected, tolerance) in cases {
-        let server = start_server(cluster, &db, &["--replica-strategy", strategy], &[]);
-        let created = create_user(
-            &mut server.connect(),
-            "Dist",
-            &format!("dist-{strategy}@example.com"),
-        );
-        assert_eq!(created.status, 201, "{}", created.text());
-        let id = created.json()["id"].as_i64().unwrap();
-        // Wait until the user is on every replica and every replica is routable.
-        common::wait_for("the user on every replica", Duration::from_secs(10), || {
-            (1..=3)
-                .all(|i| {
-                    cluster.psql(
-                        &format!("replica{i}"),
-                        &db,
-                        &format!("SELECT count(*) FROM users WHERE id = {id}"),
-                    ) == "1"
-                })
-                .then_some(())
-        });
-        // The status is published every 100 ms: wait until it counts the write.
-        server.wait_for_status("the write counted", |status| {
-            status["database"]["nodes"][0]["requests"].as_u64() >= Some(1)
-        });
-        let before = node_requests(&server);
-        const READS: u64 = 10_000;
-        read_many(&server, id, READS as usize, 8);
-        let after = server.wait_for_status("every read counted", |status| {
-            let sum: u64 = status["database"]["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| n["requests"].as_u64().unwrap() - before[n["name"].as_str().unwrap()])
-                .sum();
-            sum >= READS
-        });
-        let nodes = after["database"]["nodes"].as_array().unwrap();
-        let delta = |name: &str| {
-            let node = nodes.iter().find(|n| n["name"] == name).unwrap();
-            node["requests"].as_u64().unwrap() - before[name]
-        };
-        assert_eq!(
-            delta("primary"),
-            0,
-            "{strategy}: no read should reach the primary"
-        );
-        for (i, share) in expected.iter().enumerate() {
-            let got = delta(&format!("replica{}", i + 1)) as f64 / READS as f64;
-            assert!(
-                (got - share).abs() <= tolerance,
-                "{strategy}: replica{} got {got:.3} of the reads, expected {share:.3} ± {tolerance}",
-                i + 1
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("strategies_{engine}"));
+        // (strategy, expected share of replica1..3, tolerance)
+        let cases = [
+            ("weighted", [3.0 / 8.0, 3.0 / 8.0, 2.0 / 8.0], 0.02),
+            ("round-robin", [1.0 / 3.0; 3], 0.02),
+            ("least-connections", [1.0 / 3.0; 3], 0.12),
+        ];
+        for (strategy, expected, tolerance) in cases {
+            let server = start_server(engine, cluster, &db, &["--replica-strategy", strategy], &[]);
+            let created = create_user(
+                &mut server.connect(),
+                "Dist",
+                &format!("dist-{strategy}@example.com"),
             );
+            assert_eq!(created.status, 201, "{}", created.text());
+            let id = created.json()["id"].as_i64().unwrap();
+            // Wait until the user is on every replica and every replica is routable.
+            common::wait_for("the user on every replica", Duration::from_secs(10), || {
+                (1..=3)
+                    .all(|i| {
+                        cluster.psql(
+                            &format!("replica{i}"),
+                            &db,
+                            &format!("SELECT count(*) FROM users WHERE id = {id}"),
+                        ) == "1"
+                    })
+                    .then_some(())
+            });
+            // The status is published every 100 ms: wait until it counts the write.
+            server.wait_for_status("the write counted", |status| {
+                status["database"]["nodes"][0]["requests"].as_u64() >= Some(1)
+            });
+            let before = node_requests(&server);
+            const READS: u64 = 10_000;
+            read_many(&server, id, READS as usize, 8);
+            let after = server.wait_for_status("every read counted", |status| {
+                let sum: u64 = status["database"]["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n["requests"].as_u64().unwrap() - before[n["name"].as_str().unwrap()])
+                    .sum();
+                sum >= READS
+            });
+            let nodes = after["database"]["nodes"].as_array().unwrap();
+            let delta = |name: &str| {
+                let node = nodes.iter().find(|n| n["name"] == name).unwrap();
+                node["requests"].as_u64().unwrap() - before[name]
+            };
+            assert_eq!(
+                delta("primary"),
+                0,
+                "{strategy}: no read should reach the primary"
+            );
+            for (i, share) in expected.iter().enumerate() {
+                let got = delta(&format!("replica{}", i + 1)) as f64 / READS as f64;
+                assert!(
+                    (got - share).abs() <= tolerance,
+                    "{strategy}: replica{} got {got:.3} of the reads, expected {share:.3} ± {tolerance}",
+                    i + 1
+                );
+            }
         }
-    }
+    });
 }
 
 #[test]
 fn read_your_writes_never_returns_stale_data() {
     let cluster = PgCluster::shared();
-    let db = cluster.create_database("ryw");
-    let server = start_server(cluster, &db, &[], &[]);
-    let before = node_requests(&server);
-    let mut client = server.connect();
-    for i in 0..1_000 {
-        let email = format!("ryw{i}@example.com");
-        let created = create_user(&mut client, "Ryw", &email);
-        assert_eq!(created.status, 201, "{}", created.text());
-        let lsn = created
-            .header("X-Commit-LSN")
-            .expect("X-Commit-LSN")
-            .to_string();
-        let id = created.json()["id"].as_i64().unwrap();
-        let read = client.request(
-            "GET",
-            &format!("/api/users/{id}"),
-            &[("X-Min-LSN", &lsn)],
-            b"",
-        );
-        assert_eq!(read.status, 200, "pair {i}: stale read: {}", read.text());
-        assert_eq!(read.json()["email"], email.as_str(), "pair {i}");
-    }
-    let after = node_requests(&server);
-    let replica_reads: u64 = (1..=3)
-        .map(|i| {
-            let name = format!("replica{i}");
-            after[&name] - before[&name]
-        })
-        .sum();
-    assert!(replica_reads > 0, "replicas served none of the reads");
-    // A bad position is refused with a clear error.
-    let bad = client.request("GET", "/api/users/1", &[("X-Min-LSN", "yesterday")], b"");
-    assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_lsn"));
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("ryw_{engine}"));
+        let server = start_server(engine, cluster, &db, &[], &[]);
+        let before = node_requests(&server);
+        let mut client = server.connect();
+        for i in 0..1_000 {
+            let email = format!("ryw{i}@example.com");
+            let created = create_user(&mut client, "Ryw", &email);
+            assert_eq!(created.status, 201, "{}", created.text());
+            let lsn = created
+                .header("X-Commit-LSN")
+                .expect("X-Commit-LSN")
+                .to_string();
+            let id = created.json()["id"].as_i64().unwrap();
+            let read = client.request(
+                "GET",
+                &format!("/api/users/{id}"),
+                &[("X-Min-LSN", &lsn)],
+                b"",
+            );
+            assert_eq!(read.status, 200, "pair {i}: stale read: {}", read.text());
+            assert_eq!(read.json()["email"], email.as_str(), "pair {i}");
+        }
+        let after = node_requests(&server);
+        let replica_reads: u64 = (1..=3)
+            .map(|i| {
+                let name = format!("replica{i}");
+                after[&name] - before[&name]
+            })
+            .sum();
+        assert!(replica_reads > 0, "replicas served none of the reads");
+        // A bad position is refused with a clear error.
+        let bad = client.request("GET", "/api/users/1", &[("X-Min-LSN", "yesterday")], b"");
+        assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_lsn"));
+    });
 }
 
 #[test]
 fn users_api_answers_and_validates() {
     let cluster = PgCluster::shared();
-    let db = cluster.create_database("users_api");
-    let server = start_server(cluster, &db, &[], &[]);
-    let mut client = server.connect();
-    let created = create_user(&mut client, "Ana", "ana@example.com");
-    assert_eq!(created.status, 201, "{}", created.text());
-    assert_eq!(created.json()["name"], "Ana");
-    let again = create_user(&mut client, "Ana", "ana@example.com");
-    assert_eq!(
-        (again.status, again.error_code().as_str()),
-        (409, "email_taken")
-    );
-    for (body, status, code) in [
-        (&b"{"[..], 400, "bad_json"),
-        (br#"{"name":"","email":"a@b.co"}"#, 422, "invalid_user"),
-        (br#"{"name":"A","email":"nope"}"#, 422, "invalid_user"),
-    ] {
-        let response = client.request("POST", "/api/users", &[], body);
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("users_api_{engine}"));
+        let server = start_server(engine, cluster, &db, &[], &[]);
+        let mut client = server.connect();
+        let created = create_user(&mut client, "Ana", "ana@example.com");
+        assert_eq!(created.status, 201, "{}", created.text());
+        assert_eq!(created.json()["name"], "Ana");
+        let again = create_user(&mut client, "Ana", "ana@example.com");
         assert_eq!(
-            (response.status, response.error_code().as_str()),
-            (status, code)
+            (again.status, again.error_code().as_str()),
+            (409, "email_taken")
         );
-    }
-    let missing = client.request("GET", "/api/users/999999", &[], b"");
-    assert_eq!(
-        (missing.status, missing.error_code().as_str()),
-        (404, "user_not_found")
-    );
-    let bad = client.request("GET", "/api/users/abc", &[], b"");
-    assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_id"));
-    let metrics = server.get("/metrics").text();
-    assert!(
-        metrics.contains("coinbit_db_node_up{node=\"replica3\",role=\"replica\"} 1"),
-        "{metrics}"
-    );
-    let health = server.get("/health").json();
-    assert_eq!(
-        health["checks"]["database"][0]["status"], "pass",
-        "{health}"
-    );
-    // Answers given later are counted with their real status: the 201, the 409 and the two
-    // 422 (the 400 for bad JSON is answered at once, also a 4xx), the 404 and the 400.
-    common::wait_for("late answers counted", Duration::from_secs(5), || {
-        let metrics = server.get("/api/enterprise/metrics").json();
-        let routes = &metrics["routes"];
-        let counted = routes["create_user"]["2xx"] == 1
-            && routes["create_user"]["4xx"] == 4
-            && routes["get_user"]["4xx"] == 2;
-        counted.then_some(())
+        for (body, status, code) in [
+            (&b"{"[..], 400, "bad_json"),
+            (br#"{"name":"","email":"a@b.co"}"#, 422, "invalid_user"),
+            (br#"{"name":"A","email":"nope"}"#, 422, "invalid_user"),
+        ] {
+            let response = client.request("POST", "/api/users", &[], body);
+            assert_eq!(
+                (response.status, response.error_code().as_str()),
+                (status, code)
+            );
+        }
+        let missing = client.request("GET", "/api/users/999999", &[], b"");
+        assert_eq!(
+            (missing.status, missing.error_code().as_str()),
+            (404, "user_not_found")
+        );
+        let bad = client.request("GET", "/api/users/abc", &[], b"");
+        assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_id"));
+        let metrics = server.get("/metrics").text();
+        assert!(
+            metrics.contains("coinbit_db_node_up{node=\"replica3\",role=\"replica\"} 1"),
+            "{metrics}"
+        );
+        let health = server.get("/health").json();
+        assert_eq!(
+            health["checks"]["database"][0]["status"], "pass",
+            "{health}"
+        );
+        // Answers given later are counted with their real status: the 201, the 409 and the two
+        // 422 (the 400 for bad JSON is answered at once, also a 4xx), the 404 and the 400.
+        common::wait_for("late answers counted", Duration::from_secs(5), || {
+            let metrics = server.get("/api/enterprise/metrics").json();
+            let routes = &metrics["routes"];
+            let counted = routes["create_user"]["2xx"] == 1
+                && routes["create_user"]["4xx"] == 4
+                && routes["get_user"]["4xx"] == 2;
+            counted.then_some(())
+        });
     });
 }
 
@@ -273,62 +278,64 @@ impl Drop for TableLock {
 #[test]
 fn a_full_pool_answers_503_and_slow_statements_time_out() {
     let cluster = PgCluster::shared();
-    let db = cluster.create_database("busy");
-    let url = cluster.url("primary", &db);
-    let server = Server::start_with(
-        ENGINE,
-        &[
-            "--pool-size",
-            "1",
-            "--db-queue-size",
-            "1",
-            "--group-commit",
-            "1",
-            "--statement-timeout",
-            "1500",
-        ],
-        &[("DATABASE_URL", &url)],
-    );
-    let lock = TableLock::take(cluster, &db);
-    let answers: Vec<(u16, String, Duration)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..3)
-            .map(|i| {
-                // Spaced so the first is running, the second queued, the third finds it full.
-                std::thread::sleep(Duration::from_millis(200));
-                let addr = server.addr;
-                scope.spawn(move || {
-                    let started = Instant::now();
-                    let r = create_user(
-                        &mut Client::connect(addr),
-                        "Busy",
-                        &format!("busy{i}@example.com"),
-                    );
-                    (r.status, r.error_code(), started.elapsed())
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("busy_{engine}"));
+        let url = cluster.url("primary", &db);
+        let server = Server::start_with(
+            engine,
+            &[
+                "--pool-size",
+                "1",
+                "--db-queue-size",
+                "1",
+                "--group-commit",
+                "1",
+                "--statement-timeout",
+                "1500",
+            ],
+            &[("DATABASE_URL", &url)],
+        );
+        let lock = TableLock::take(cluster, &db);
+        let answers: Vec<(u16, String, Duration)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..3)
+                .map(|i| {
+                    // Spaced so the first is running, the second queued, the third finds it full.
+                    std::thread::sleep(Duration::from_millis(200));
+                    let addr = server.addr;
+                    scope.spawn(move || {
+                        let started = Instant::now();
+                        let r = create_user(
+                            &mut Client::connect(addr),
+                            "Busy",
+                            &format!("busy{i}@example.com"),
+                        );
+                        (r.status, r.error_code(), started.elapsed())
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let (status, code, took) = &answers[2];
-    assert_eq!(
-        (*status, code.as_str()),
-        (503, "database_busy"),
-        "{answers:?}"
-    );
-    assert!(
-        *took < Duration::from_millis(500),
-        "a full queue must answer at once: {took:?}"
-    );
-    for (status, code, _) in &answers[..2] {
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let (status, code, took) = &answers[2];
         assert_eq!(
             (*status, code.as_str()),
-            (503, "database_timeout"),
+            (503, "database_busy"),
             "{answers:?}"
         );
-    }
-    drop(lock);
-    let created = create_user(&mut server.connect(), "Free", "free@example.com");
-    assert_eq!(created.status, 201, "{}", created.text());
+        assert!(
+            *took < Duration::from_millis(500),
+            "a full queue must answer at once: {took:?}"
+        );
+        for (status, code, _) in &answers[..2] {
+            assert_eq!(
+                (*status, code.as_str()),
+                (503, "database_timeout"),
+                "{answers:?}"
+            );
+        }
+        drop(lock);
+        let created = create_user(&mut server.connect(), "Free", "free@example.com");
+        assert_eq!(created.status, 201, "{}", created.text());
+    });
 }
 
 #[test]
@@ -369,22 +376,24 @@ fn migrations_are_safe_when_servers_start_at_once() {
 
 #[test]
 fn without_a_database_the_server_runs_and_database_routes_answer_503() {
-    let server = Server::start(ENGINE, &[]);
-    let health = server.get("/health").json();
-    assert_eq!(health["status"], "pass");
-    let check = &health["checks"]["database"][0];
-    assert_eq!(check["observedValue"], "not configured", "{health}");
-    assert!(
-        check["output"].as_str().unwrap().contains("DATABASE_URL"),
-        "{health}"
-    );
-    let mut client = server.connect();
-    for (method, path) in [("POST", "/api/users"), ("GET", "/api/users/1")] {
-        let response = client.request(method, path, &[], b"{}");
-        assert_eq!(response.status, 503, "{method} {path}");
-        assert_eq!(response.error_code(), "database_not_configured");
-    }
-    assert_eq!(server.cluster_status()["database"]["configured"], false);
+    each_engine(|engine| {
+        let server = Server::start(engine, &[]);
+        let health = server.get("/health").json();
+        assert_eq!(health["status"], "pass");
+        let check = &health["checks"]["database"][0];
+        assert_eq!(check["observedValue"], "not configured", "{health}");
+        assert!(
+            check["output"].as_str().unwrap().contains("DATABASE_URL"),
+            "{health}"
+        );
+        let mut client = server.connect();
+        for (method, path) in [("POST", "/api/users"), ("GET", "/api/users/1")] {
+            let response = client.request(method, path, &[], b"{}");
+            assert_eq!(response.status, 503, "{method} {path}");
+            assert_eq!(response.error_code(), "database_not_configured");
+        }
+        assert_eq!(server.cluster_status()["database"]["configured"], false);
+    });
 }
 
 #[test]
@@ -448,102 +457,106 @@ fn a_bad_database_url_stops_start_up_with_a_clear_message() {
 #[test]
 fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone() {
     let cluster = PgCluster::shared();
-    let db = cluster.create_database("group_commit");
-    let url = cluster.url("primary", &db);
-    let server = Server::start_with(
-        ENGINE,
-        &["--pool-size", "1", "--group-commit", "16"],
-        &[("DATABASE_URL", &url)],
-    );
-    let first = create_user(&mut server.connect(), "Taken", "taken@example.com");
-    assert_eq!(first.status, 201, "{}", first.text());
-    // With the table locked, the one connection blocks on the first write and the rest queue.
-    let lock = TableLock::take(cluster, &db);
-    let statuses: Vec<u16> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..16)
-            .map(|i| {
-                let addr = server.addr;
-                scope.spawn(move || {
-                    let email = if i == 7 {
-                        "taken@example.com".to_string()
-                    } else {
-                        format!("group{i}@example.com")
-                    };
-                    create_user(&mut Client::connect(addr), "Group", &email).status
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("group_commit_{engine}"));
+        let url = cluster.url("primary", &db);
+        let server = Server::start_with(
+            engine,
+            &["--pool-size", "1", "--group-commit", "16"],
+            &[("DATABASE_URL", &url)],
+        );
+        let first = create_user(&mut server.connect(), "Taken", "taken@example.com");
+        assert_eq!(first.status, 201, "{}", first.text());
+        // With the table locked, the one connection blocks on the first write and the rest queue.
+        let lock = TableLock::take(cluster, &db);
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let addr = server.addr;
+                    scope.spawn(move || {
+                        let email = if i == 7 {
+                            "taken@example.com".to_string()
+                        } else {
+                            format!("group{i}@example.com")
+                        };
+                        create_user(&mut Client::connect(addr), "Group", &email).status
+                    })
                 })
-            })
-            .collect();
-        server.wait_for_status("16 writes waiting", |s| {
-            s["database"]["nodes"][0]["in_flight"].as_u64() == Some(16)
+                .collect();
+            server.wait_for_status("16 writes waiting", |s| {
+                s["database"]["nodes"][0]["in_flight"].as_u64() == Some(16)
+            });
+            drop(lock);
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        drop(lock);
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 201).count(),
+            15,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 409).count(),
+            1,
+            "{statuses:?}"
+        );
+        let status = server.wait_for_status("every write counted", |s| {
+            s["database"]["nodes"][0]["requests"].as_u64() == Some(17)
+        });
+        let commits = status["database"]["nodes"][0]["commits"].as_u64().unwrap();
+        assert!(
+            commits <= 4,
+            "17 writes took {commits} transactions: no grouping"
+        );
+        assert_eq!(
+            cluster.psql("primary", &db, "SELECT count(*) FROM users"),
+            "16",
+            "every accepted write is stored"
+        );
     });
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        15,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 409).count(),
-        1,
-        "{statuses:?}"
-    );
-    let status = server.wait_for_status("every write counted", |s| {
-        s["database"]["nodes"][0]["requests"].as_u64() == Some(17)
-    });
-    let commits = status["database"]["nodes"][0]["commits"].as_u64().unwrap();
-    assert!(
-        commits <= 4,
-        "17 writes took {commits} transactions: no grouping"
-    );
-    assert_eq!(
-        cluster.psql("primary", &db, "SELECT count(*) FROM users"),
-        "16",
-        "every accepted write is stored"
-    );
 }
 
 #[test]
 fn a_primary_in_recovery_gets_no_writes() {
     let cluster = PgCluster::shared();
-    let db = cluster.create_database("standby_primary");
-    // The schema comes from the real primary; then a replica poses as the primary.
-    let migrated = common::binary()
-        .arg("migrate")
-        .env("DATABASE_URL", cluster.url("primary", &db))
-        .output()
-        .unwrap();
-    assert!(migrated.status.success(), "{migrated:?}");
-    common::wait_for("the schema on replica1", Duration::from_secs(10), || {
-        let sql = "SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'";
-        (cluster.psql("replica1", &db, sql) == "1"
-            && cluster.psql("replica1", &db, "SELECT count(*) FROM schema_migrations") == "1")
-            .then_some(())
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("standby_primary_{engine}"));
+        // The schema comes from the real primary; then a replica poses as the primary.
+        let migrated = common::binary()
+            .arg("migrate")
+            .env("DATABASE_URL", cluster.url("primary", &db))
+            .output()
+            .unwrap();
+        assert!(migrated.status.success(), "{migrated:?}");
+        common::wait_for("the schema on replica1", Duration::from_secs(10), || {
+            let sql = "SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'";
+            (cluster.psql("replica1", &db, sql) == "1"
+                && cluster.psql("replica1", &db, "SELECT count(*) FROM schema_migrations") == "1")
+                .then_some(())
+        });
+        let server = Server::start_with(
+            engine,
+            &["--replica-health-check-interval", "200"],
+            &[("DATABASE_URL", &cluster.url("replica1", &db))],
+        );
+        server.wait_for_status("the primary seen in recovery", |s| {
+            s["database"]["nodes"][0]["in_recovery"] == true
+        });
+        let started = Instant::now();
+        let write = create_user(&mut server.connect(), "No", "no@example.com");
+        assert_eq!(
+            (write.status, write.error_code().as_str()),
+            (503, "database_read_only"),
+            "{}",
+            write.text()
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+        let read = server.get("/api/users/1");
+        assert_eq!(read.status, 404, "reads still served: {}", read.text());
     });
-    let server = Server::start_with(
-        ENGINE,
-        &["--replica-health-check-interval", "200"],
-        &[("DATABASE_URL", &cluster.url("replica1", &db))],
-    );
-    server.wait_for_status("the primary seen in recovery", |s| {
-        s["database"]["nodes"][0]["in_recovery"] == true
-    });
-    let started = Instant::now();
-    let write = create_user(&mut server.connect(), "No", "no@example.com");
-    assert_eq!(
-        (write.status, write.error_code().as_str()),
-        (503, "database_read_only"),
-        "{}",
-        write.text()
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "{:?}",
-        started.elapsed()
-    );
-    let read = server.get("/api/users/1");
-    assert_eq!(read.status, 404, "reads still served: {}", read.text());
     // Without the schema, a standby as primary stops start-up with the reason.
     let bare = cluster.create_database("standby_bare");
     let out = common::binary()
@@ -554,4 +567,59 @@ fn a_primary_in_recovery_gets_no_writes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("in recovery"), "{stderr}");
+}
+
+#[test]
+fn reads_queued_together_each_get_their_own_row() {
+    let cluster = PgCluster::shared();
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("batched_{engine}"));
+        let env = cluster.env(&db);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        // One connection per node: concurrent reads queue, and a pool thread answers those it
+        // finds queued together with one query.
+        let server = Server::start_with(engine, &["--pool-size", "1"], &env);
+        let mut client = server.connect();
+        let users: Vec<(i64, String)> = (0..8)
+            .map(|i| {
+                let email = format!("batch{i}@example.com");
+                let created = create_user(&mut client, "Batch", &email);
+                assert_eq!(created.status, 201, "{}", created.text());
+                (created.json()["id"].as_i64().unwrap(), email)
+            })
+            .collect();
+        let last = users.last().unwrap().0;
+        common::wait_for(
+            "the users on every replica",
+            Duration::from_secs(10),
+            || {
+                (1..=3)
+                    .all(|i| {
+                        let sql = format!("SELECT count(*) FROM users WHERE id = {last}");
+                        cluster.psql(&format!("replica{i}"), &db, &sql) == "1"
+                    })
+                    .then_some(())
+            },
+        );
+        std::thread::scope(|scope| {
+            for t in 0..16 {
+                let (addr, users) = (server.addr, &users);
+                scope.spawn(move || {
+                    let mut client = Client::connect(addr);
+                    for n in 0..200 {
+                        // Every ninth read asks for a user that does not exist.
+                        let pick = (t * 7 + n) % 9;
+                        let Some((id, email)) = users.get(pick) else {
+                            let missing = client.request("GET", "/api/users/999999", &[], b"");
+                            assert_eq!(missing.status, 404, "{}", missing.text());
+                            continue;
+                        };
+                        let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+                        assert_eq!(read.status, 200, "{}", read.text());
+                        assert_eq!(read.json()["email"], email.as_str(), "user {id}");
+                    }
+                });
+            }
+        });
+    });
 }

@@ -1,5 +1,6 @@
 //! The database tier when nodes fail: each test stops nodes or pauses replay, so each has a
-//! cluster of its own (a real primary with real streaming replicas).
+//! cluster of its own (a real primary with real streaming replicas), which both engines' runs of
+//! the test share, each on a database of its own; a run leaves every node up again.
 
 mod common;
 
@@ -8,12 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
-use common::{Client, Server};
+use common::{each_engine, Client, Server};
 
-const DB: &str = "coinbit";
-
-fn start_server(cluster: &PgCluster, args: &[&str]) -> Server {
-    let env = cluster.env(DB);
+fn start_server(engine: &str, cluster: &PgCluster, db: &str, args: &[&str]) -> Server {
+    let env = cluster.env(db);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut all = vec![
         "--pool-size",
@@ -26,7 +25,7 @@ fn start_server(cluster: &PgCluster, args: &[&str]) -> Server {
         "1000",
     ];
     all.extend_from_slice(args);
-    Server::start_with("glommio", &all, &env)
+    Server::start_with(engine, &all, &env)
 }
 
 fn create_user(client: &mut Client, email: &str) -> common::Response {
@@ -99,175 +98,190 @@ impl Readers {
 #[test]
 fn a_stopped_replica_is_ejected_without_failing_a_read_and_returns() {
     let cluster = PgCluster::start(3);
-    let server = start_server(&cluster, &["--replica-strategy", "round-robin"]);
-    let created = create_user(&mut server.connect(), "seen@example.com");
-    assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_i64().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let readers = Readers::start(&server, id, 4);
-    std::thread::sleep(Duration::from_millis(300));
-    cluster.stop("replica2");
-    // Out of rotation first by its breaker (failed reads) or its health check, whichever
-    // comes first; then the failed health check ejects it.
-    let out = server.wait_for_status("replica2 out", |s| node(s, "replica2")["state"] != "up");
-    let served_while_down = node(&out, "replica2")["requests"].as_u64().unwrap();
-    server.wait_for_status("replica2 ejected", |s| {
-        node(s, "replica2")["state"] == "ejected"
-            && node(s, "replica2")["ejections"].as_u64() >= Some(1)
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("failover_{engine}"));
+        let server = start_server(
+            engine,
+            &cluster,
+            &db,
+            &["--replica-strategy", "round-robin"],
+        );
+        let created = create_user(&mut server.connect(), "seen@example.com");
+        assert_eq!(created.status, 201, "{}", created.text());
+        let id = created.json()["id"].as_i64().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let readers = Readers::start(&server, id, 4);
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.stop("replica2");
+        // Out of rotation first by its breaker (failed reads) or its health check, whichever
+        // comes first; then the failed health check ejects it.
+        let out = server.wait_for_status("replica2 out", |s| node(s, "replica2")["state"] != "up");
+        let served_while_down = node(&out, "replica2")["requests"].as_u64().unwrap();
+        server.wait_for_status("replica2 ejected", |s| {
+            node(s, "replica2")["state"] == "ejected"
+                && node(s, "replica2")["ejections"].as_u64() >= Some(1)
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        let still_down = server.cluster_status();
+        assert_eq!(
+            node(&still_down, "replica2")["state"],
+            "ejected",
+            "{still_down}"
+        );
+        // Only requests already queued when it went down may still be counted (and failed over).
+        assert!(
+            node(&still_down, "replica2")["requests"].as_u64().unwrap() <= served_while_down + 8,
+            "{still_down}"
+        );
+        cluster.start_node("replica2");
+        let back =
+            server.wait_for_status("replica2 back", |s| node(s, "replica2")["state"] == "up");
+        let requests_back = node(&back, "replica2")["requests"].as_u64().unwrap();
+        server.wait_for_status("replica2 serving again", |s| {
+            node(s, "replica2")["requests"].as_u64().unwrap() > requests_back + 10
+        });
+        let (reads, failures) = readers.finish();
+        assert!(reads > 100, "only {reads} reads");
+        assert!(
+            failures.is_empty(),
+            "{} of {reads} reads failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
     });
-    std::thread::sleep(Duration::from_millis(800));
-    let still_down = server.cluster_status();
-    assert_eq!(
-        node(&still_down, "replica2")["state"],
-        "ejected",
-        "{still_down}"
-    );
-    // Only requests already queued when it went down may still be counted (and failed over).
-    assert!(
-        node(&still_down, "replica2")["requests"].as_u64().unwrap() <= served_while_down + 8,
-        "{still_down}"
-    );
-    cluster.start_node("replica2");
-    let back = server.wait_for_status("replica2 back", |s| node(s, "replica2")["state"] == "up");
-    let requests_back = node(&back, "replica2")["requests"].as_u64().unwrap();
-    server.wait_for_status("replica2 serving again", |s| {
-        node(s, "replica2")["requests"].as_u64().unwrap() > requests_back + 10
-    });
-    let (reads, failures) = readers.finish();
-    assert!(reads > 100, "only {reads} reads");
-    assert!(
-        failures.is_empty(),
-        "{} of {reads} reads failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
 }
 
 #[test]
 fn lag_past_the_limit_ejects_but_never_the_last_replica() {
     let cluster = PgCluster::start(3);
-    let server = start_server(&cluster, &["--max-replica-lag", "64kB"]);
-    // Writes from elsewhere make WAL the paused replicas cannot replay.
-    let write_wal = || {
-        cluster.psql(
-            "primary",
-            DB,
-            "CREATE TABLE IF NOT EXISTS filler AS SELECT 1 AS x; \
-                     INSERT INTO filler SELECT generate_series(1, 20000)",
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("failover_{engine}"));
+        let server = start_server(engine, &cluster, &db, &["--max-replica-lag", "64kB"]);
+        // Writes from elsewhere make WAL the paused replicas cannot replay.
+        let write_wal = || {
+            cluster.psql(
+                "primary",
+                &db,
+                "CREATE TABLE IF NOT EXISTS filler AS SELECT 1 AS x; \
+                         INSERT INTO filler SELECT generate_series(1, 20000)",
+            );
+        };
+        server.wait_for_status("every node up", |s| {
+            s["database"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["state"] == "up")
+        });
+        cluster.psql("replica1", &db, "SELECT pg_wal_replay_pause()");
+        write_wal();
+        let status = server.wait_for_status("replica1 ejected for lag", |s| {
+            node(s, "replica1")["state"] == "ejected"
+        });
+        let replica1 = node(&status, "replica1");
+        assert!(
+            replica1["last_reason"].as_str().unwrap().contains("lag"),
+            "{replica1}"
         );
-    };
-    server.wait_for_status("every node up", |s| {
-        s["database"]["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["state"] == "up")
-    });
-    cluster.psql("replica1", DB, "SELECT pg_wal_replay_pause()");
-    write_wal();
-    let status = server.wait_for_status("replica1 ejected for lag", |s| {
-        node(s, "replica1")["state"] == "ejected"
-    });
-    let replica1 = node(&status, "replica1");
-    assert!(
-        replica1["last_reason"].as_str().unwrap().contains("lag"),
-        "{replica1}"
-    );
-    assert!(
-        replica1["lag_bytes"].as_u64().unwrap() > 64 * 1024,
-        "{replica1}"
-    );
-    assert_eq!(node(&status, "replica2")["state"], "up");
+        assert!(
+            replica1["lag_bytes"].as_u64().unwrap() > 64 * 1024,
+            "{replica1}"
+        );
+        assert_eq!(node(&status, "replica2")["state"], "up");
 
-    // Pause the other two: one more goes, the last routable one stays.
-    cluster.psql("replica2", DB, "SELECT pg_wal_replay_pause()");
-    cluster.psql("replica3", DB, "SELECT pg_wal_replay_pause()");
-    write_wal();
-    let status = server.wait_for_status("a second replica ejected", |s| {
-        ["replica2", "replica3"]
-            .iter()
-            .any(|r| node(s, r)["state"] == "ejected")
-    });
-    std::thread::sleep(Duration::from_millis(1_000));
-    let status_later = server.cluster_status();
-    let up: Vec<&str> = ["replica1", "replica2", "replica3"]
-        .into_iter()
-        .filter(|r| node(&status_later, r)["state"] == "up")
-        .collect();
-    assert_eq!(
-        up.len(),
-        1,
-        "lag must not eject the last replica: {status} {status_later}"
-    );
+        // Pause the other two: one more goes, the last routable one stays.
+        cluster.psql("replica2", &db, "SELECT pg_wal_replay_pause()");
+        cluster.psql("replica3", &db, "SELECT pg_wal_replay_pause()");
+        write_wal();
+        let status = server.wait_for_status("a second replica ejected", |s| {
+            ["replica2", "replica3"]
+                .iter()
+                .any(|r| node(s, r)["state"] == "ejected")
+        });
+        std::thread::sleep(Duration::from_millis(1_000));
+        let status_later = server.cluster_status();
+        let up: Vec<&str> = ["replica1", "replica2", "replica3"]
+            .into_iter()
+            .filter(|r| node(&status_later, r)["state"] == "up")
+            .collect();
+        assert_eq!(
+            up.len(),
+            1,
+            "lag must not eject the last replica: {status} {status_later}"
+        );
 
-    for replica in ["replica1", "replica2", "replica3"] {
-        cluster.psql(replica, DB, "SELECT pg_wal_replay_resume()");
-    }
-    server.wait_for_status("every replica back", |s| {
-        s["database"]["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["state"] == "up")
+        for replica in ["replica1", "replica2", "replica3"] {
+            cluster.psql(replica, &db, "SELECT pg_wal_replay_resume()");
+        }
+        server.wait_for_status("every replica back", |s| {
+            s["database"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["state"] == "up")
+        });
     });
 }
 
 #[test]
 fn with_the_primary_stopped_writes_fail_fast_and_reads_go_on() {
     let cluster = PgCluster::start(2);
-    let server = start_server(&cluster, &[]);
-    let mut client = server.connect();
-    let created = create_user(&mut client, "before@example.com");
-    assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_i64().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("failover_{engine}"));
+        let server = start_server(engine, &cluster, &db, &[]);
+        let mut client = server.connect();
+        let created = create_user(&mut client, "before@example.com");
+        assert_eq!(created.status, 201, "{}", created.text());
+        let id = created.json()["id"].as_i64().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
 
-    cluster.stop("primary");
-    for i in 0..20 {
-        let started = Instant::now();
-        let write = create_user(&mut client, &format!("down{i}@example.com"));
-        let took = started.elapsed();
-        assert_eq!(write.status, 503, "write {i}: {}", write.text());
-        assert!(
-            took < Duration::from_millis(1_500),
-            "write {i} took {took:?}"
-        );
-        let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+        cluster.stop("primary");
+        for i in 0..20 {
+            let started = Instant::now();
+            let write = create_user(&mut client, &format!("down{i}@example.com"));
+            let took = started.elapsed();
+            assert_eq!(write.status, 503, "write {i}: {}", write.text());
+            assert!(
+                took < Duration::from_millis(1_500),
+                "write {i} took {took:?}"
+            );
+            let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+            assert_eq!(
+                read.status,
+                200,
+                "read {i} while the primary is down: {}",
+                read.text()
+            );
+        }
+        let status =
+            server.wait_for_status("primary shut out", |s| node(s, "primary")["state"] != "up");
+        assert_eq!(status["status"], "warn", "{status}");
+        let health = server.get("/health").json();
         assert_eq!(
-            read.status,
-            200,
-            "read {i} while the primary is down: {}",
-            read.text()
+            health["checks"]["database"][0]["status"], "warn",
+            "{health}"
         );
-    }
-    let status =
-        server.wait_for_status("primary shut out", |s| node(s, "primary")["state"] != "up");
-    assert_eq!(status["status"], "warn", "{status}");
-    let health = server.get("/health").json();
-    assert_eq!(
-        health["checks"]["database"][0]["status"], "warn",
-        "{health}"
-    );
-    // Shut out: a write now fails without waiting on the network.
-    let started = Instant::now();
-    let write = create_user(&mut client, "fast@example.com");
-    assert_eq!(
-        (write.status, write.error_code().as_str()),
-        (503, "database_unavailable")
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "{:?}",
-        started.elapsed()
-    );
+        // Shut out: a write now fails without waiting on the network.
+        let started = Instant::now();
+        let write = create_user(&mut client, "fast@example.com");
+        assert_eq!(
+            (write.status, write.error_code().as_str()),
+            (503, "database_unavailable")
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
 
-    cluster.start_node("primary");
-    common::wait_for("writes to succeed again", Duration::from_secs(15), || {
-        let write = create_user(
-            &mut Client::connect(server.addr),
-            &format!("back{}@example.com", rand_suffix()),
-        );
-        (write.status == 201).then_some(())
+        cluster.start_node("primary");
+        common::wait_for("writes to succeed again", Duration::from_secs(15), || {
+            let write = create_user(
+                &mut Client::connect(server.addr),
+                &format!("back{}@example.com", rand_suffix()),
+            );
+            (write.status == 201).then_some(())
+        });
     });
 }
 

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::db::{DbClient, DbError, Lsn, Row};
+use crate::db::{DbClient, DbError, Lookup, Lsn, Row};
 use crate::http::{Reply, Request, Response, StatusCode};
 
 /// Response header with a write's commit position.
@@ -16,9 +16,13 @@ pub const COMMIT_LSN_HEADER: &str = "X-Commit-LSN";
 /// Request header with the position a read must see.
 pub const MIN_LSN_HEADER: &str = "X-Min-LSN";
 
-const SELECT_USER: &str =
-    "SELECT id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-     FROM users WHERE id = $1";
+/// A user by id: alone, and for a batch of reads queued together.
+static SELECT_USER: Lookup = Lookup {
+    one: "SELECT id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+          FROM users WHERE id = $1",
+    many: "SELECT id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+           FROM users WHERE id = ANY($1)",
+};
 const INSERT_USER: &str =
     "INSERT INTO users (name, email) VALUES ($1, $2) \
      RETURNING id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
@@ -144,11 +148,7 @@ pub fn get(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
             }
         },
     };
-    let pending = db.read(min_position, move |conn| {
-        Ok(conn
-            .query_opt(SELECT_USER, &[&id])?
-            .map(|row| User::from_row(&row)))
-    });
+    let pending = db.lookup(min_position, &SELECT_USER, id, User::from_row);
     Reply::Later(Box::pin(async move {
         match pending.await {
             Ok(Some(user)) => Response::json(StatusCode::OK, json!(user).to_string()),

@@ -232,8 +232,8 @@ pub struct DatabaseConfig {
     /// Read replicas in order; from the environment as DB_READ_REPLICA_1, DB_READ_REPLICA_2, ...
     #[arg(long = "db-read-replica", value_name = "URL")]
     pub read_replicas: Vec<String>,
-    /// Connections per database node.
-    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8,
+    /// Connections per database node (each with its own thread; reads queued together share one query).
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 2,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub pool_size: usize,
     /// Time between replica health checks (ms).

@@ -173,7 +173,13 @@ impl DbClient {
         if let Err(e) = writable(&primary) {
             return Box::pin(std::future::ready(Err(e)));
         }
-        let pending = submit(&primary, JobKind::Write, query);
+        let pending = submit(&primary, JobKind::Write, move |reply| -> Box<dyn Task> {
+            Box::new(Typed {
+                query,
+                value: None,
+                reply,
+            })
+        });
         Box::pin(async move {
             let (value, position) = pending.await?;
             Ok(Written {
@@ -192,37 +198,88 @@ impl DbClient {
         T: Send + 'static,
         F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + Clone + 'static,
     {
+        self.read_task(min_position, move |reply| {
+            Box::new(Typed {
+                query: query.clone(),
+                value: None,
+                reply,
+            })
+        })
+    }
+
+    /// Like [`DbClient::read`] for the row of one key (an `int8`, in column 0), which `map`
+    /// turns into the answer. Alone it runs `sql.one` (`... WHERE key = $1`); lookups of one
+    /// statement that wait in a node's queue together are answered by one `sql.many`
+    /// (`... WHERE key = ANY($1)`).
+    pub fn lookup<T>(
+        &mut self,
+        min_position: Option<Lsn>,
+        sql: &'static Lookup,
+        key: i64,
+        map: fn(&Row) -> T,
+    ) -> DbFuture<Option<T>>
+    where
+        T: Send + 'static,
+    {
+        self.read_task(min_position, move |reply| {
+            Box::new(Keyed {
+                sql,
+                key,
+                map,
+                value: None,
+                reply,
+            })
+        })
+    }
+
+    /// The routing of every read: `task` builds the job for the node picked (and again for the
+    /// primary when that replica fails).
+    fn read_task<T, M>(&mut self, min_position: Option<Lsn>, task: M) -> DbFuture<T>
+    where
+        T: Send + 'static,
+        M: Fn(Reply<T>) -> Box<dyn Task> + 'static,
+    {
         let primary = self.db.primary().clone();
-        let read_primary = move |query: F| -> DbFuture<T> {
+        let read_primary = move |task: &M| -> DbFuture<T> {
             if !primary.routable() {
                 return Box::pin(std::future::ready(Err(shut_out(&primary))));
             }
-            let pending = submit(
+            let (reply, answer) = flume::bounded(1);
+            let kind = JobKind::Read {
+                min_position: None,
+                wait: Duration::ZERO,
+            };
+            let pending = queue(
                 &primary,
-                JobKind::Read {
-                    min_position: None,
-                    wait: Duration::ZERO,
+                Job {
+                    kind,
+                    task: task(reply),
                 },
-                query,
+                answer,
             );
             Box::pin(async move { pending.await.map(|(value, _)| value) })
         };
         let Some(replica) = self.pick_replica(min_position) else {
-            return read_primary(query);
+            return read_primary(&task);
         };
-        let first = submit(
+        let (reply, answer) = flume::bounded(1);
+        let kind = JobKind::Read {
+            min_position,
+            wait: self.db.read_your_writes_wait,
+        };
+        let first = queue(
             &replica,
-            JobKind::Read {
-                min_position,
-                wait: self.db.read_your_writes_wait,
+            Job {
+                kind,
+                task: task(reply),
             },
-            query.clone(),
+            answer,
         );
         Box::pin(async move {
             match first.await {
                 Ok((value, _)) => Ok(value),
                 Err(e) if matches!(e, DbError::NotCaughtUp { .. }) || e.is_node_failure() => {
-                    read_primary(query).await
+                    read_primary(&task).await
                 }
                 Err(e) => Err(e),
             }
@@ -279,11 +336,24 @@ fn writable(primary: &Node) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Where a job's result goes: the value, and the commit position for writes.
+type Reply<T> = flume::Sender<Result<(T, Option<Lsn>), DbError>>;
+
+/// Sends a job's outcome with the value its query kept.
+fn answer<T>(reply: Reply<T>, value: Option<T>, outcome: Result<Option<Lsn>, DbError>) {
+    let result = outcome.and_then(|position| {
+        value
+            .map(|value| (value, position))
+            .ok_or_else(|| DbError::Query("the query produced no result".into()))
+    });
+    let _ = reply.send(result);
+}
+
 /// The typed side of a job: the query and where its result goes.
 struct Typed<T, F> {
     query: F,
     value: Option<T>,
-    reply: flume::Sender<Result<(T, Option<Lsn>), DbError>>,
+    reply: Reply<T>,
 }
 
 impl<T, F> Task for Typed<T, F>
@@ -298,12 +368,44 @@ where
 
     fn finish(self: Box<Self>, outcome: Result<Option<Lsn>, DbError>) {
         let Typed { value, reply, .. } = *self;
-        let result = outcome.and_then(|position| {
-            value
-                .map(|value| (value, position))
-                .ok_or_else(|| DbError::Query("the query produced no result".into()))
-        });
-        let _ = reply.send(result);
+        answer(reply, value, outcome);
+    }
+}
+
+/// The statements of a lookup by key: for one key (`$1`) and for many (`= ANY($1)`, an array).
+#[derive(Debug)]
+pub struct Lookup {
+    pub one: &'static str,
+    pub many: &'static str,
+}
+
+/// A lookup by key: alone, or answered from a batch's rows.
+struct Keyed<T> {
+    sql: &'static Lookup,
+    key: i64,
+    map: fn(&Row) -> T,
+    value: Option<Option<T>>,
+    reply: Reply<Option<T>>,
+}
+
+impl<T: Send> Task for Keyed<T> {
+    fn run(&mut self, conn: &mut DbConn) -> Result<(), DbError> {
+        let row = conn.query_opt(self.sql.one, &[&self.key])?;
+        self.found(row.as_ref());
+        Ok(())
+    }
+
+    fn lookup(&self) -> Option<(&'static str, i64)> {
+        Some((self.sql.many, self.key))
+    }
+
+    fn found(&mut self, row: Option<&Row>) {
+        self.value = Some(row.map(self.map));
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<Option<Lsn>, DbError>) {
+        let Keyed { value, reply, .. } = *self;
+        answer(reply, value, outcome);
     }
 }
 
@@ -317,24 +419,34 @@ impl Drop for InFlight {
     }
 }
 
-fn submit<T, F>(
+/// Queues the job `task` builds around its reply channel; the future is its answer.
+fn submit<T>(
     node: &Arc<Node>,
     kind: JobKind,
-    query: F,
+    task: impl FnOnce(Reply<T>) -> Box<dyn Task>,
 ) -> impl Future<Output = Result<(T, Option<Lsn>), DbError>>
 where
     T: Send + 'static,
-    F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
 {
     let (reply, answer) = flume::bounded(1);
-    let job = Job {
-        kind,
-        task: Box::new(Typed {
-            query,
-            value: None,
-            reply,
-        }),
-    };
+    queue(
+        node,
+        Job {
+            kind,
+            task: task(reply),
+        },
+        answer,
+    )
+}
+
+fn queue<T>(
+    node: &Arc<Node>,
+    job: Job,
+    answer: flume::Receiver<Result<(T, Option<Lsn>), DbError>>,
+) -> impl Future<Output = Result<(T, Option<Lsn>), DbError>>
+where
+    T: Send + 'static,
+{
     node.in_flight.fetch_add(1, Ordering::Relaxed);
     let guard = InFlight(node.clone());
     let sent = node.jobs.try_send(job).map_err(|e| match e {

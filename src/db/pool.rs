@@ -5,7 +5,9 @@
 //! without a connection reconnects with a growing backoff; while it waits, jobs fail at once
 //! (no request hangs on a dead node). Writes already queued together are committed in one
 //! transaction (group commit), each in its own savepoint so one refused row fails alone. A read
-//! that presents a commit position waits, bounded, for this replica to replay it.
+//! that presents a commit position waits, bounded, for this replica to replay it. Lookups by
+//! key of one statement already queued together are answered by one `= ANY($1)` query (a
+//! batch): one round trip and one statement for many reads.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -19,6 +21,9 @@ use postgres::{Client, NoTls, Row, Statement};
 use super::error::DbError;
 use super::lsn::Lsn;
 use super::node::Node;
+
+/// The most lookups one query answers.
+const MAX_BATCH: usize = 128;
 
 /// Settings every pool thread reads.
 #[derive(Debug, Clone)]
@@ -47,6 +52,13 @@ pub(crate) enum JobKind {
 pub(crate) trait Task: Send {
     /// Runs the query; the result is kept until [`Task::finish`].
     fn run(&mut self, conn: &mut DbConn) -> Result<(), DbError>;
+    /// A lookup by key: its statement for many keys (`... WHERE key = ANY($1)`, the key in
+    /// column 0) and its key. Lookups of one statement queued together are answered by one query.
+    fn lookup(&self) -> Option<(&'static str, i64)> {
+        None
+    }
+    /// A lookup's row (or none) out of a batch's result, kept until [`Task::finish`].
+    fn found(&mut self, _row: Option<&Row>) {}
     /// Sends the result (with the commit position for writes), or the error.
     fn finish(self: Box<Self>, outcome: Result<Option<Lsn>, DbError>);
 }
@@ -184,7 +196,7 @@ struct Worker {
     settings: PoolSettings,
     conn: Option<DbConn>,
     backoff: Backoff,
-    /// Reads taken off the queue while gathering a group of writes.
+    /// Jobs taken off the queue while gathering a group of writes or a batch of lookups.
     stash: VecDeque<Job>,
 }
 
@@ -228,6 +240,12 @@ impl Worker {
                         }
                     }
                     self.write(group);
+                }
+                JobKind::Read {
+                    min_position: None, ..
+                } if job.task.lookup().is_some() => {
+                    let batch = self.gather_lookups(job, &jobs);
+                    self.lookup(batch);
                 }
                 JobKind::Read { min_position, wait } => self.read(job.task, min_position, wait),
             }
@@ -289,6 +307,74 @@ impl Worker {
         self.node
             .request_done(outcome.as_ref().is_err_and(DbError::is_node_failure));
         task.finish(outcome.map(|()| None));
+    }
+
+    /// `first` and every lookup of its statement (without a commit position to wait for)
+    /// queued behind it, up to [`MAX_BATCH`]; other jobs go to the stash, in order.
+    fn gather_lookups(&mut self, first: Job, jobs: &Receiver<Job>) -> Vec<Box<dyn Task>> {
+        let sql = first.task.lookup().map(|(sql, _)| sql);
+        let mut batch = vec![first.task];
+        while batch.len() < MAX_BATCH {
+            let Ok(next) = jobs.try_recv() else { break };
+            let same = matches!(
+                next.kind,
+                JobKind::Read {
+                    min_position: None,
+                    ..
+                }
+            ) && next.task.lookup().map(|(sql, _)| sql) == sql;
+            if same {
+                batch.push(next.task);
+            } else {
+                self.stash.push_back(next);
+            }
+        }
+        batch
+    }
+
+    /// Answers a batch of lookups with one query. When the batch fails on a live connection
+    /// (a statement timeout, a refused statement), each lookup runs alone so that only the one
+    /// that must fail does; a failed node fails them all (and the client retries elsewhere).
+    fn lookup(&mut self, mut batch: Vec<Box<dyn Task>>) {
+        let count = batch.len() as u64;
+        let outcome = if batch.len() == 1 {
+            batch[0].run(self.conn())
+        } else {
+            let (sql, _) = batch[0].lookup().expect("a lookup");
+            let keys: Vec<i64> = batch
+                .iter()
+                .filter_map(|t| t.lookup())
+                .map(|(_, k)| k)
+                .collect();
+            match self.conn().query(sql, &[&keys]) {
+                Ok(rows) => {
+                    let by_key: HashMap<i64, &Row> =
+                        rows.iter().map(|row| (row.get::<_, i64>(0), row)).collect();
+                    for task in batch.iter_mut() {
+                        let key = task.lookup().expect("a lookup").1;
+                        task.found(by_key.get(&key).copied());
+                    }
+                    Ok(())
+                }
+                Err(e) if e.is_node_failure() => Err(e),
+                Err(_) => {
+                    for mut task in batch {
+                        let outcome = task.run(self.conn());
+                        self.node
+                            .request_done(outcome.as_ref().is_err_and(DbError::is_node_failure));
+                        task.finish(outcome.map(|()| None));
+                    }
+                    return;
+                }
+            }
+        };
+        // The breaker counts a batch's failure once: one connection failed, not each read.
+        self.node
+            .request_done(outcome.as_ref().is_err_and(DbError::is_node_failure));
+        self.node.requests.fetch_add(count - 1, Ordering::Relaxed);
+        for task in batch {
+            task.finish(outcome.clone().map(|()| None));
+        }
     }
 
     fn write(&mut self, mut group: Vec<Job>) {
