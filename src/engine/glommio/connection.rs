@@ -114,7 +114,13 @@ async fn serve(mut s: Serving) {
             Step::Read => {
                 s.shared.deadline.set(s.conn.deadline());
                 s.shared.idle.set(s.conn.is_idle());
-                let read = read_some(&mut s.stream, s.conn.read_buf(), wrote).await;
+                // A connection in a class's task queue does not yield before reading: a yielded
+                // task stays runnable in its queue, so a queue of busy connections would never
+                // empty and glommio would leave it only at its preempt timer (100 ms), with the
+                // other classes' readiness unreaped meanwhile. Waiting on readiness instead
+                // empties the queue and lets the scheduler weigh the classes.
+                let yield_first = wrote && s.class.is_none();
+                let read = read_some(&mut s.stream, s.conn.read_buf(), yield_first).await;
                 s.shared.idle.set(false);
                 let n = match read {
                     Ok(0) | Err(_) => return,
@@ -160,16 +166,16 @@ fn move_to_class(s: Serving) {
 /// there. glommio's own read arms a one-shot poll after every short read, and its completion,
 /// raised on the client's CPU, costs an IPI and task work here: the largest per-request cost in
 /// the profile. Right after writing a response the next request has not arrived yet, so the
-/// task first lets the shard's other connections run (`just_wrote`), then tries a plain
+/// task first lets the shard's other connections run (`yield_first`), then tries a plain
 /// non-blocking `recv`; only when that finds nothing does it fall back to glommio's read, which
 /// waits on a poll. (An io_uring `recv` peek instead contends for the socket lock with the
 /// sender's softirq: 10 % of the shard's time, pipelined.)
 async fn read_some(
     stream: &mut TcpStream,
     buf: &mut [u8],
-    just_wrote: bool,
+    yield_first: bool,
 ) -> std::io::Result<usize> {
-    if just_wrote {
+    if yield_first {
         futures_lite::future::yield_now().await;
     }
     loop {
