@@ -355,11 +355,10 @@ impl ShardContext {
         let poll_ms = self.config.database.durable_poll_interval_ms;
         if let Some(db) = self.database.as_ref().filter(|_| poll_ms > 0) {
             crate::queue::durable::start(
-                queues.runtime.clone(),
-                db.client(),
+                &queues,
+                db,
                 std::time::Duration::from_millis(poll_ms),
                 format!("{}/{}", std::process::id(), self.slot.id),
-                self.config.server.debug_routes,
             );
         }
         crate::app::ShardApp::new(
