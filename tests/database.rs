@@ -23,7 +23,16 @@ fn start_server(
     let env = cluster.env(database);
     let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     all.extend_from_slice(extra);
-    let mut base = vec!["--pool-size", "4", "--replica-health-check-interval", "200"];
+    // These tests count every request and pool slot of the primary: no durable-job dispatcher
+    // (tests/durable_jobs.rs covers it).
+    let mut base = vec![
+        "--pool-size",
+        "4",
+        "--replica-health-check-interval",
+        "200",
+        "--durable-jobs-poll-interval",
+        "0",
+    ];
     base.extend_from_slice(args);
     Server::start_with(engine, &base, &all)
 }
@@ -292,6 +301,8 @@ fn a_full_pool_answers_503_and_slow_statements_time_out() {
                 "1",
                 "--statement-timeout",
                 "1500",
+                "--durable-jobs-poll-interval",
+                "0",
             ],
             &[("DATABASE_URL", &url)],
         );
@@ -359,9 +370,9 @@ fn migrations_are_safe_when_servers_start_at_once() {
         cluster.psql(
             "primary",
             &db,
-            "SELECT string_agg(version::text, ',') FROM schema_migrations"
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
         ),
-        "1"
+        "1,2"
     );
     let second = common::binary()
         .arg("migrate")
@@ -462,7 +473,14 @@ fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone() {
         let url = cluster.url("primary", &db);
         let server = Server::start_with(
             engine,
-            &["--pool-size", "1", "--group-commit", "16"],
+            &[
+                "--pool-size",
+                "1",
+                "--group-commit",
+                "16",
+                "--durable-jobs-poll-interval",
+                "0",
+            ],
             &[("DATABASE_URL", &url)],
         );
         let first = create_user(&mut server.connect(), "Taken", "taken@example.com");
@@ -527,15 +545,22 @@ fn a_primary_in_recovery_gets_no_writes() {
             .output()
             .unwrap();
         assert!(migrated.status.success(), "{migrated:?}");
+        let applied = "SELECT count(*) FROM schema_migrations";
+        let migrations = cluster.psql("primary", &db, applied);
         common::wait_for("the schema on replica1", Duration::from_secs(10), || {
             let sql = "SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'";
             (cluster.psql("replica1", &db, sql) == "1"
-                && cluster.psql("replica1", &db, "SELECT count(*) FROM schema_migrations") == "1")
+                && cluster.psql("replica1", &db, applied) == migrations)
                 .then_some(())
         });
         let server = Server::start_with(
             engine,
-            &["--replica-health-check-interval", "200"],
+            &[
+                "--replica-health-check-interval",
+                "200",
+                "--durable-jobs-poll-interval",
+                "0",
+            ],
             &[("DATABASE_URL", &cluster.url("replica1", &db))],
         );
         server.wait_for_status("the primary seen in recovery", |s| {
@@ -578,7 +603,11 @@ fn reads_queued_together_each_get_their_own_row() {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         // One connection per node: concurrent reads queue, and a pool thread answers those it
         // finds queued together with one query.
-        let server = Server::start_with(engine, &["--pool-size", "1"], &env);
+        let server = Server::start_with(
+            engine,
+            &["--pool-size", "1", "--durable-jobs-poll-interval", "0"],
+            &env,
+        );
         let mut client = server.connect();
         let users: Vec<(i64, String)> = (0..8)
             .map(|i| {

@@ -6,10 +6,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::db::DbClient;
 use crate::http::{Reply, Request, Response, StatusCode};
 use crate::queue::mesh::{Enqueued, Overrides, Rejected, ReplayError};
 use crate::queue::worker::{self, Answer};
-use crate::queue::{kinds, JobId, JobSpec, Priority, ShardQueues};
+use crate::queue::{durable, kinds, JobId, JobSpec, Priority, ShardQueues};
 
 const ACCEPTED: StatusCode = StatusCode(202);
 const CONFLICT: StatusCode = StatusCode(409);
@@ -29,6 +30,9 @@ struct EnqueueBody {
     key: Option<String>,
     max_attempts: Option<u32>,
     timeout_ms: Option<u64>,
+    /// Written to the database's outbox and run from there (at-least-once, across restarts).
+    #[serde(default)]
+    durable: bool,
 }
 
 /// `POST /api/enterprise/jobs/dead/{id}/replay` body (optional).
@@ -60,7 +64,7 @@ fn check_limits(max_attempts: Option<u32>, timeout_ms: Option<u64>) -> Result<()
 }
 
 /// Turns the request into a job spec, or the 400 that says what is wrong.
-fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<JobSpec, Response> {
+fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), Response> {
     let body: EnqueueBody = parse_json(request.body)?;
     let debug = queues.settings.debug_kinds;
     let kind = kinds::find(&body.kind, debug).ok_or_else(|| {
@@ -92,7 +96,7 @@ fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<JobSpec, Response
             "the idempotency key must have 1 to {MAX_KEY_BYTES} bytes"
         )));
     }
-    Ok(JobSpec {
+    let spec = JobSpec {
         kind: kind.name.to_string(),
         class,
         payload: body.payload,
@@ -101,7 +105,8 @@ fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<JobSpec, Response
         timeout: body
             .timeout_ms
             .map_or(queues.timeout(class), Duration::from_millis),
-    })
+    };
+    Ok((spec, body.durable))
 }
 
 fn enqueued(result: Result<Enqueued, Rejected>) -> Response {
@@ -146,11 +151,41 @@ fn answer<T: 'static>(answer: Answer<T>, respond: fn(T) -> Response) -> Reply {
 
 /// `POST /api/enterprise/jobs`: 202 with the job, 200 with the existing job for a known key,
 /// 400 for a bad body, 429 with `Retry-After` when the queue is full.
-pub fn enqueue(queues: &Rc<ShardQueues>, request: &Request<'_>) -> Reply {
+/// With `"durable": true` the job is written to the outbox on the primary (202 with its outbox
+/// id once committed; 503 without a database).
+pub fn enqueue(
+    queues: &Rc<ShardQueues>,
+    db: Option<&mut DbClient>,
+    request: &Request<'_>,
+) -> Reply {
     match spec(queues, request) {
-        Ok(spec) => answer(worker::submit(queues, spec), enqueued),
+        Ok((spec, false)) => answer(worker::submit(queues, spec), enqueued),
+        Ok((spec, true)) => enqueue_durable(db, spec),
         Err(response) => response.into(),
     }
+}
+
+fn enqueue_durable(db: Option<&mut DbClient>, spec: JobSpec) -> Reply {
+    let Some(db) = db else {
+        return Response::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "durable_jobs_need_a_database",
+            "durable jobs are kept in the database and this server runs without one (DATABASE_URL is unset)",
+        )
+        .into();
+    };
+    let (kind, payload) = (spec.kind, spec.payload);
+    let pending = db.write(move |conn| durable::insert(conn, &kind, &payload));
+    Reply::Later(Box::pin(async move {
+        match pending.await {
+            Ok(written) => Response::json(
+                ACCEPTED,
+                json!({ "job": { "id": written.value, "durable": true, "state": "pending" } })
+                    .to_string(),
+            ),
+            Err(e) => crate::app::users::db_error(&e),
+        }
+    }))
 }
 
 fn job_id(text: &str) -> Result<JobId, Response> {

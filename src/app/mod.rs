@@ -127,7 +127,7 @@ impl ShardApp {
             Route::Dashboard => handlers::dashboard().into(),
             Route::DebugStallShard => handlers::debug_stall_shard(shard, request).into(),
             Route::QueuesStatus => handlers::json_snapshot(published.queues_status.clone()).into(),
-            Route::JobEnqueue => jobs::enqueue(&self.queues, request),
+            Route::JobEnqueue => jobs::enqueue(&self.queues, self.db.as_mut(), request),
             Route::JobStatus => jobs::status(&self.queues, request),
             Route::DeadLetters => jobs::dead_letters(&self.queues),
             Route::DeadLetterReplay => jobs::replay(&self.queues, request),

@@ -94,9 +94,15 @@ pub fn create(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
     }
     let (name, email) = (user.name.trim().to_string(), user.email.trim().to_string());
     let pending = db.write(move |conn| {
-        Ok(User::from_row(
-            &conn.query_one(INSERT_USER, &[&name, &email])?,
-        ))
+        let user = User::from_row(&conn.query_one(INSERT_USER, &[&name, &email])?);
+        // The welcome notification is durable: it commits with the user or not at all.
+        let welcome = json!({
+            "user_id": user.id,
+            "channel": "email",
+            "message": format!("Welcome, {}!", user.name),
+        });
+        crate::queue::durable::insert(conn, "notification", &welcome)?;
+        Ok(user)
     });
     Reply::Later(Box::pin(async move {
         match pending.await {

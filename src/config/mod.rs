@@ -236,6 +236,14 @@ pub struct DatabaseConfig {
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 2,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub pool_size: usize,
+    /// How often each shard's dispatcher looks for durable jobs in the outbox while idle (ms);
+    /// 0 runs none in this server (others on the same database run them).
+    #[arg(
+        long = "durable-jobs-poll-interval",
+        env = "DURABLE_JOBS_POLL_INTERVAL",
+        default_value_t = 100
+    )]
+    pub durable_poll_interval_ms: u64,
     /// Time between replica health checks (ms).
     #[arg(long = "replica-health-check-interval", env = "REPLICA_HEALTH_CHECK_INTERVAL", default_value_t = 15_000, value_parser = millis())]
     pub replica_health_check_interval_ms: u64,

@@ -10,8 +10,14 @@ use std::time::Duration;
 use postgres::{Config, NoTls};
 
 /// (version, name, SQL), in version order. A released migration is never edited: add one.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "users", include_str!("migrations/0001_users.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "users", include_str!("migrations/0001_users.sql")),
+    (
+        2,
+        "job_outbox",
+        include_str!("migrations/0002_job_outbox.sql"),
+    ),
+];
 
 /// The advisory lock's key: "coinbit" in ASCII.
 const LOCK_KEY: i64 = 0x0063_6f69_6e62_6974;

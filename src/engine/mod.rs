@@ -352,6 +352,15 @@ impl ShardContext {
             self.control.clone(),
         );
         crate::queue::worker::start(&queues);
+        let poll_ms = self.config.database.durable_poll_interval_ms;
+        if let Some(db) = self.database.as_ref().filter(|_| poll_ms > 0) {
+            crate::queue::durable::start(
+                &queues,
+                db,
+                std::time::Duration::from_millis(poll_ms),
+                format!("{}/{}", std::process::id(), self.slot.id),
+            );
+        }
         crate::app::ShardApp::new(
             self.slot.id,
             self.published.clone(),

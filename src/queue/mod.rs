@@ -24,6 +24,7 @@
 //! - [`runtime`]: the engine seam.
 
 pub mod class;
+pub mod durable;
 pub mod job;
 pub mod kinds;
 pub mod local;

@@ -1,0 +1,208 @@
+//! Durable jobs: rows of the `job_outbox` table, written in the transaction of the change that
+//! caused them. Each shard's dispatcher polls the outbox, claims a few rows with
+//! `FOR UPDATE SKIP LOCKED` under a lease (`claimed_by`, `lease_until`), submits each to the
+//! per-core queues (its kind's class, timeout, retries; keyed `durable:{id}`), renews the lease
+//! while the job is queued or running, and marks it done (with its effect, keyed by the job id)
+//! or dead in one transaction that holds only while the lease is still this dispatcher's. A row whose lease expired (its process died) is claimed again:
+//! at-least-once, and a lost lease writes no effect, so each job's effect lands once.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::worker::{self, Answer};
+use super::{kinds, JobSpec, Priority, ShardQueues};
+use crate::db::{Database, DbClient, DbConn, DbError};
+
+/// How long a claim holds before another process may take the job.
+pub const LEASE: Duration = Duration::from_secs(5);
+/// Rows one poll claims.
+const BATCH: i64 = 16;
+/// Claims of one job (each after a crash or lost lease) before it is marked dead.
+const MAX_CLAIMS: i32 = 5;
+
+const INSERT: &str =
+    "INSERT INTO job_outbox (kind, payload) VALUES ($1, $2::text::jsonb) RETURNING id";
+const CLAIM: &str = "UPDATE job_outbox SET status = 'claimed', claimed_by = $1, \
+     lease_until = now() + make_interval(secs => $2), attempts = attempts + 1 \
+     WHERE id IN (SELECT id FROM job_outbox \
+                  WHERE status = 'pending' OR (status = 'claimed' AND lease_until < now()) \
+                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+     RETURNING id, kind, payload::text, attempts";
+const FINISH: &str = "UPDATE job_outbox SET status = $3, last_error = $4, finished_at = \
+     CASE WHEN $3 IN ('done', 'dead') THEN now() END, claimed_by = NULL, lease_until = NULL \
+     WHERE id = $1 AND claimed_by = $2 AND status = 'claimed' RETURNING kind";
+const RENEW: &str = "UPDATE job_outbox SET lease_until = now() + make_interval(secs => $3) \
+     WHERE id = $1 AND claimed_by = $2 AND status = 'claimed'";
+const EFFECT: &str = "INSERT INTO job_effects (job_id, kind, result, claimed_by) \
+     VALUES ($1, $2, $3::text::jsonb, $4)";
+
+/// Writes a durable job on `conn`, inside whatever transaction the caller's write runs in.
+/// Returns the job's id.
+pub fn insert(conn: &mut DbConn, kind: &str, payload: &Value) -> Result<i64, DbError> {
+    let payload = payload.to_string();
+    Ok(conn.query_one(INSERT, &[&kind, &payload])?.get(0))
+}
+
+struct Claimed {
+    id: i64,
+    kind: String,
+    payload: String,
+    claims: i32,
+}
+
+/// Starts the shard's dispatcher: a background-class task that polls the outbox every `poll`
+/// while it finds nothing, and a watcher task per claimed job.
+pub fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, poll: Duration, owner: String) {
+    let (queues, database) = (queues.clone(), database.clone());
+    let runtime = queues.runtime.clone();
+    runtime.spawn(
+        Priority::Background,
+        Box::pin(async move {
+            let mut db = database.client();
+            loop {
+                let owner_claim = owner.clone();
+                let claimed = db
+                    .write(move |conn| {
+                        let rows =
+                            conn.query(CLAIM, &[&owner_claim, &LEASE.as_secs_f64(), &BATCH])?;
+                        Ok(rows
+                            .iter()
+                            .map(|r| Claimed {
+                                id: r.get(0),
+                                kind: r.get(1),
+                                payload: r.get(2),
+                                claims: r.get(3),
+                            })
+                            .collect::<Vec<_>>())
+                    })
+                    .await;
+                let jobs = claimed.map(|w| w.value).unwrap_or_else(|e| {
+                    log::debug!("durable jobs: claim failed: {e}");
+                    Vec::new()
+                });
+                if jobs.is_empty() {
+                    queues.runtime.sleep(poll).await;
+                }
+                for job in jobs {
+                    let (queues, mut db, owner) =
+                        (queues.clone(), database.client(), owner.clone());
+                    queues.runtime.clone().spawn(
+                        Priority::Background,
+                        Box::pin(async move {
+                            let outcome = run(&queues, &mut db, &owner, &job, poll).await;
+                            if let Err(e) = finish(&mut db, &owner, job, outcome).await {
+                                log::warn!("durable jobs: could not record an outcome: {e}");
+                            }
+                        }),
+                    );
+                }
+            }
+        }),
+    );
+}
+
+fn now<T>(answer: Answer<T>) -> futures_lite::future::BoxedLocal<T>
+where
+    T: 'static,
+{
+    match answer {
+        Answer::Now(value) => Box::pin(std::future::ready(value)),
+        Answer::Later(future) => future,
+    }
+}
+
+/// Runs the job through the queues and waits for its end: `Ok(result)` when done, `Err` when
+/// dead (the queues already retried it) or when it cannot run; `None` to leave it for a later
+/// claim.
+async fn run(
+    queues: &Rc<ShardQueues>,
+    db: &mut DbClient,
+    owner: &str,
+    job: &Claimed,
+    poll: Duration,
+) -> Option<Result<Value, String>> {
+    if job.claims > MAX_CLAIMS {
+        return Some(Err(format!(
+            "claimed {} times without finishing",
+            job.claims
+        )));
+    }
+    let kind = match kinds::find(&job.kind, queues.settings.debug_kinds) {
+        Some(kind) => kind,
+        None => return Some(Err(format!("unknown job kind {:?}", job.kind))),
+    };
+    let payload: Value = match serde_json::from_str(&job.payload) {
+        Ok(payload) => payload,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    if let Err(e) = (kind.validate)(&payload) {
+        return Some(Err(e));
+    }
+    let spec = JobSpec {
+        kind: kind.name.to_string(),
+        class: kind.class,
+        payload,
+        key: Some(format!("durable:{}", job.id)),
+        max_attempts: queues.settings.max_attempts,
+        timeout: queues.timeout(kind.class),
+    };
+    let id = match now(worker::submit(queues, spec)).await {
+        Ok(enqueued) => enqueued.view["id"].as_str()?.parse().ok()?,
+        // Full or unreachable: the lease runs out and a later claim tries again.
+        Err(_) => return None,
+    };
+    let mut renewed = Instant::now();
+    loop {
+        queues.runtime.sleep(poll).await;
+        let view = now(worker::status(queues, id)).await?;
+        match view["state"].as_str() {
+            Some("done") => return Some(Ok(view["result"].clone())),
+            Some("dead") => {
+                return Some(Err(view["last_error"]
+                    .as_str()
+                    .unwrap_or("dead")
+                    .to_string()))
+            }
+            _ => {}
+        }
+        if renewed.elapsed() >= LEASE / 2 {
+            renewed = Instant::now();
+            let (owner, job_id) = (owner.to_string(), job.id);
+            let renew =
+                db.write(move |conn| conn.query(RENEW, &[&job_id, &owner, &LEASE.as_secs_f64()]));
+            // A lost lease is found at the finish, which then records nothing.
+            if let Err(e) = renew.await {
+                log::debug!("durable jobs: lease renewal failed: {e}");
+            }
+        }
+    }
+}
+
+/// Records the outcome, only while this dispatcher still holds the job's lease; `None` gives
+/// the job back (pending) for a later claim.
+async fn finish(
+    db: &mut DbClient,
+    owner: &str,
+    job: Claimed,
+    outcome: Option<Result<Value, String>>,
+) -> Result<(), DbError> {
+    let owner = owner.to_string();
+    let (status, error, result) = match outcome {
+        Some(Ok(result)) => ("done", None, Some(result.to_string())),
+        Some(Err(e)) => ("dead", Some(e), None),
+        None => ("pending", None, None),
+    };
+    db.write(move |conn| {
+        let held = conn.query_opt(FINISH, &[&job.id, &owner, &status, &error])?;
+        if let (Some(row), Some(result)) = (held, result.as_ref()) {
+            let kind: String = row.get(0);
+            conn.query(EFFECT, &[&job.id, &kind, result, &owner])?;
+        }
+        Ok(())
+    })
+    .await
+    .map(|_| ())
+}

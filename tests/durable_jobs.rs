@@ -1,0 +1,159 @@
+//! Durable jobs on a real primary (three replicas, shared with nothing else in this file's runs):
+//! jobs written to the outbox survive a `kill -9` of the server and finish exactly once after a
+//! restart; two servers on one database never run the same job twice; a user's welcome
+//! notification commits with the user; without a database a durable enqueue answers 503.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pg::PgCluster;
+use common::{each_engine, Client, Server};
+
+fn start(engine: &str, cluster: &PgCluster, database: &str) -> Server {
+    let env = cluster.env(database);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Server::start_with(
+        engine,
+        &["--shards", "2", "--debug-routes", "--pool-size", "4"],
+        &env,
+    )
+}
+
+/// Enqueues `count` durable jobs that sleep `ms` each; their outbox ids.
+fn enqueue_sleeps(client: &mut Client, count: usize, ms: u64) -> Vec<i64> {
+    (0..count)
+        .map(|i| {
+            let body = serde_json::json!({
+                "kind": "debug.sleep",
+                "payload": { "ms": ms, "effect": format!("durable-{i}") },
+                "durable": true,
+            })
+            .to_string();
+            let response = client.request(
+                "POST",
+                "/api/enterprise/jobs",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            );
+            assert_eq!(response.status, 202, "{}", response.text());
+            let job = response.json()["job"].clone();
+            assert_eq!(job["durable"], true, "{job}");
+            job["id"].as_i64().expect("an outbox id")
+        })
+        .collect()
+}
+
+fn count(cluster: &PgCluster, database: &str, sql: &str) -> usize {
+    cluster.psql("primary", database, sql).parse().unwrap()
+}
+
+/// Waits until every outbox row is done, then checks each has exactly one effect.
+fn assert_each_done_once(cluster: &PgCluster, database: &str, jobs: usize, limit: Duration) {
+    common::wait_for("every durable job done", limit, || {
+        let done = count(
+            cluster,
+            database,
+            "SELECT count(*) FROM job_outbox WHERE status = 'done'",
+        );
+        (done == jobs).then_some(())
+    });
+    let per_job = cluster.psql(
+        "primary",
+        database,
+        "SELECT coalesce(string_agg(DISTINCT n::text, ','), '') FROM \
+         (SELECT o.id, count(e.job_id) AS n FROM job_outbox o \
+          LEFT JOIN job_effects e ON e.job_id = o.id GROUP BY o.id) c",
+    );
+    assert_eq!(
+        per_job, "1",
+        "effects per job (each job's must be exactly 1)"
+    );
+}
+
+#[test]
+fn durable_jobs_survive_kill_9_and_run_once_after_restart() {
+    let cluster = PgCluster::shared();
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("durable_kill_{engine}"));
+        let mut server = start(engine, cluster, &db);
+        let mut client = server.connect();
+        let ids = enqueue_sleeps(&mut client, 40, 100);
+        assert_eq!(ids.len(), 40);
+        // A user's welcome notification is an outbox row of the user's own transaction.
+        let body = serde_json::json!({ "name": "Ana", "email": "ana@example.com" }).to_string();
+        let created = client.request(
+            "POST",
+            "/api/users",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(created.status, 201, "{}", created.text());
+        common::wait_for("a claimed job", Duration::from_secs(10), || {
+            let claimed = count(
+                cluster,
+                &db,
+                "SELECT count(*) FROM job_outbox WHERE status = 'claimed'",
+            );
+            (claimed > 0).then_some(())
+        });
+        server.signal(9);
+        server.wait_exit(Duration::from_secs(10));
+        let unfinished = count(
+            cluster,
+            &db,
+            "SELECT count(*) FROM job_outbox WHERE status <> 'done'",
+        );
+        assert!(unfinished > 0, "the kill left every job finished");
+
+        let _restarted = start(engine, cluster, &db);
+        // Claims of the killed process hold until their lease expires, then run again.
+        assert_each_done_once(cluster, &db, 41, Duration::from_secs(60));
+        assert_eq!(
+            cluster.psql(
+                "primary",
+                &db,
+                "SELECT e.result->>'channel' FROM job_effects e JOIN job_outbox o ON o.id = e.job_id \
+                 WHERE o.kind = 'notification'"
+            ),
+            "email"
+        );
+    });
+}
+
+#[test]
+fn two_servers_on_one_database_never_run_a_job_twice() {
+    let cluster = PgCluster::shared();
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("durable_two_{engine}"));
+        let first = start(engine, cluster, &db);
+        let second = start(engine, cluster, &db);
+        let mut a = first.connect();
+        let mut b = second.connect();
+        let mut jobs = enqueue_sleeps(&mut a, 100, 10);
+        jobs.extend(enqueue_sleeps(&mut b, 100, 10));
+        assert_each_done_once(cluster, &db, 200, Duration::from_secs(60));
+        let pids = count(
+            cluster,
+            &db,
+            "SELECT count(DISTINCT split_part(claimed_by, '/', 1)) FROM job_effects",
+        );
+        assert_eq!(pids, 2, "both servers ran durable jobs");
+    });
+}
+
+#[test]
+fn without_a_database_a_durable_enqueue_answers_503() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--shards", "1"]);
+        let body = r#"{"kind": "analytics", "payload": {"event": "login"}, "durable": true}"#;
+        let response = server.connect().request(
+            "POST",
+            "/api/enterprise/jobs",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert_eq!(response.error_code(), "durable_jobs_need_a_database");
+    });
+}
