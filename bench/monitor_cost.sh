@@ -14,6 +14,7 @@
 #   COINBIT / LOADGEN binaries (default: release builds made here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 PORT=${PORT:-3000}
 WINDOW=${WINDOW:-60}
@@ -28,8 +29,7 @@ log=$(mktemp)
 server=$!
 stop() { kill -INT "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; rm -f "$log"; }
 trap stop EXIT
-for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
-grep -q "listening on" "$log" || { echo "coinbit did not start:" >&2; cat "$log" >&2; exit 1; }
+wait_for_listening "$log" "$server"
 status() { curl -fsS "http://127.0.0.1:$PORT/api/enterprise/cluster/status"; }
 monitor_tid=$(status | python3 -c 'import json,sys; print(json.load(sys.stdin)["monitor"]["tid"])')
 interval=$(curl -fsS "http://127.0.0.1:$PORT/api/enterprise/metrics" |

@@ -22,6 +22,7 @@
 #   COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen  BEFORE=(unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 CLIENTS=${CLIENTS:-32}
 DURATION=${DURATION:-15}
@@ -57,12 +58,7 @@ start_server() {
     "${BINARY:-$COINBIT}" --bind-address 127.0.0.1 --port "$PORT" --pool-size "$1" --group-commit "${2:-16}" \
         >"$tmp/server.log" 2>&1 &
     server=$!
-    for _ in $(seq 100); do
-        grep -q "listening on" "$tmp/server.log" && return
-        kill -0 "$server" 2>/dev/null || { cat "$tmp/server.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "coinbit did not start" >&2; exit 1
+    wait_for_listening "$tmp/server.log" "$server"
 }
 stop_server() { kill -INT "$server"; wait "$server" || true; server=""; }
 

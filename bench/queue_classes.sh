@@ -19,6 +19,7 @@
 #              FLOOD_USERS=128 JOB_RATE=400 JOB_USERS=64 ROUNDS=5 SECTIONS=1234 PORT=18300 BUILD=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 COINBIT=${COINBIT:-target/release/coinbit}
 LOADGEN=${LOADGEN:-target/release/loadgen}
@@ -59,12 +60,7 @@ start() {
         --shard-cpus "$SERVER_CPU" --monitor-core "$CLIENT_CPU" --snapshot-interval 200 \
         >"$out/server.log" 2>&1 &
     server_pid=$!
-    for _ in $(seq 100); do
-        grep -q "listening on" "$out/server.log" && return
-        kill -0 "$server_pid" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "queue_classes: the server did not start" >&2; exit 1
+    wait_for_listening "$out/server.log" "$server_pid"
 }
 stop() { kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""; }
 

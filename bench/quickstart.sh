@@ -19,6 +19,7 @@
 #   MONITORING_CONCURRENT_USERS_WARNING / _CRITICAL   default 2x and 4x USERS here (see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 PORT=${PORT:-3000}
 USERS=${USERS:-1100}
@@ -62,14 +63,7 @@ server_cmd=(target/release/coinbit --port "$PORT")
 [ -n "$SERVER_CPUS" ] && server_cmd=(taskset -c "$SERVER_CPUS" "${server_cmd[@]}")
 "${server_cmd[@]}" >"$OUT/server.log" 2>&1 &
 server=$!
-for _ in $(seq 100); do
-    grep -q "listening on" "$OUT/server.log" && break
-    if ! kill -0 "$server" 2>/dev/null; then
-        echo "coinbit did not start:" >&2; cat "$OUT/server.log" >&2; exit 1
-    fi
-    sleep 0.1
-done
-grep -q "listening on" "$OUT/server.log" || { echo "coinbit did not start in 10 s" >&2; exit 1; }
+wait_for_listening "$OUT/server.log" "$server"
 curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 || true
 # The mix reads users 1..10,000 ({{user_id}}); the server created the table at start-up.
 "$cluster" sql primary "INSERT INTO users (id, name, email)

@@ -14,6 +14,7 @@
 #   DURATION=5s  PORT=18200  BUILD=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 COINBIT=${COINBIT:-target/release/coinbit}
 LOADGEN=${LOADGEN:-target/release/loadgen}
@@ -59,11 +60,7 @@ for engine in $ENGINES; do
         "$COINBIT" --engine "$engine" --bind-address 127.0.0.1 --port "$PORT" --shards "$n" \
             --shard-cpus "0-$last" --monitor-core "$MONITOR_CPU" >/tmp/shard_scaling.log 2>&1 &
         server_pid=$!
-        for _ in $(seq 100); do
-            grep -q "listening on" /tmp/shard_scaling.log && break
-            kill -0 "$server_pid" 2>/dev/null || { echo "coinbit exited:" >&2; cat /tmp/shard_scaling.log >&2; exit 1; }
-            sleep 0.1
-        done
+        wait_for_listening /tmp/shard_scaling.log "$server_pid"
         read -r ka ka_p99 ka_err < <(drive 1)
         read -r pl pl_p99 pl_err < <(drive "$PIPELINE")
         kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""
