@@ -17,6 +17,7 @@
 # Usage: bench/queue_classes.sh        (wrap in `flock /work/bench.lock` on a shared machine)
 # Environment: COINBIT LOADGEN BASE_COINBIT SERVER_CPU=0 CLIENT_CPU=1 DURATION=10s PROBE_RATE=2000
 #              FLOOD_USERS=128 JOB_RATE=400 JOB_USERS=64 ROUNDS=5 SECTIONS=1234 PORT=18300 BUILD=0
+#              ENGINES="may glommio" (section 1 runs on each; the others on the first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -35,6 +36,8 @@ ROUNDS=${ROUNDS:-5}
 SECTIONS=${SECTIONS:-1234}
 PORT=${PORT:-18300}
 BUILD=${BUILD:-0}
+ENGINES=${ENGINES:-may glommio}
+ENGINE=${ENGINES%% *}
 CLASSES="livez=high,readyz=low,cluster_status=background"
 URL="http://127.0.0.1:$PORT"
 
@@ -56,7 +59,7 @@ trap cleanup EXIT
 
 # start BINARY ROUTE_CLASSES: a fresh one-shard server.
 start() {
-    QUEUE_ROUTE_CLASSES=$2 "$1" --bind-address 127.0.0.1 --port "$PORT" --shards 1 \
+    QUEUE_ROUTE_CLASSES=$2 "$1" --engine "$ENGINE" --bind-address 127.0.0.1 --port "$PORT" --shards 1 \
         --shard-cpus "$SERVER_CPU" --monitor-core "$CLIENT_CPU" --snapshot-interval 200 \
         >"$out/server.log" 2>&1 &
     server_pid=$!
@@ -103,23 +106,32 @@ echo
 if [[ $SECTIONS == *1* ]]; then
 echo "### 1. A high-class route under a flood of low and background requests"
 echo
-echo "| route classes | /livez p99 alone (ms) | /livez p99 under flood (ms) | under flood / alone | flood req/s |"
-echo "|---|---:|---:|---:|---:|"
-declare -A flooded
-for mode in "$CLASSES" none; do
-    start "$COINBIT" "$mode"
-    alone=$(probe)
-    flood_start
-    under=$(probe)
-    flood_stop
-    flood_rps=$(awk "BEGIN {print $(rps "$out/floodreadyz.json") + $(rps "$out/floodstatus.json")}" 2>/dev/null || echo n/a)
-    stop
-    flooded[$mode]=$under
-    printf '| `%s` | %s | %s | %.1fx | %s |\n' "$mode" "$alone" "$under" \
-        "$(awk "BEGIN {print $under / $alone}")" "$flood_rps"
+echo "| engine | route classes | /livez p99 alone (ms) | /livez p99 under flood (ms) | under flood / alone | flood req/s |"
+echo "|---|---|---:|---:|---:|---:|"
+declare -A flooded flood_rate
+for ENGINE in $ENGINES; do
+    for mode in "$CLASSES" none; do
+        start "$COINBIT" "$mode"
+        alone=$(probe)
+        flood_start
+        under=$(probe)
+        flood_stop
+        flood_rps=$(awk "BEGIN {print $(rps "$out/floodreadyz.json") + $(rps "$out/floodstatus.json")}" 2>/dev/null || echo n/a)
+        stop
+        flooded[$ENGINE/$mode]=$under
+        flood_rate[$ENGINE/$mode]=$flood_rps
+        printf '| %s | `%s` | %s | %s | %.1fx | %s |\n' "$ENGINE" "$mode" "$alone" "$under" \
+            "$(awk "BEGIN {print $under / $alone}")" "$flood_rps"
+    done
 done
-printf '\nUnder the flood, /livez p99 without the classes / with them: %.1fx\n\n' \
-    "$(awk "BEGIN {print ${flooded[none]} / ${flooded[$CLASSES]}}")"
+echo
+for ENGINE in $ENGINES; do
+    printf '%s, under the flood: /livez p99 without the classes / with them %.1fx; flood req/s with / without %.2fx\n' \
+        "$ENGINE" "$(awk "BEGIN {print ${flooded[$ENGINE/none]} / ${flooded[$ENGINE/$CLASSES]}}")" \
+        "$(awk "BEGIN {print ${flood_rate[$ENGINE/$CLASSES]} / ${flood_rate[$ENGINE/none]}}")"
+done
+echo
+ENGINE=${ENGINES%% *}
 fi
 
 if [[ $SECTIONS == *2* ]]; then

@@ -618,3 +618,95 @@ fn low_and_background_workers_pause_while_low_priority_work_is_shed() {
         }
     });
 }
+
+/// With request classes on, a pipelined flood of a low-class route takes turns at the shard's
+/// gate (some of its requests wait), every request is answered in order, a high-class route never
+/// waits, a client that leaves with requests waiting costs nothing, and the server still stops
+/// cleanly.
+#[test]
+fn request_classes_take_turns_at_the_gate_and_lose_nothing() {
+    each_engine(|engine| {
+        let mut server = Server::start_with(
+            engine,
+            &["--shards", "1"],
+            &[("QUEUE_ROUTE_CLASSES", "livez=high,readyz=low")],
+        );
+        const ROUNDS: usize = 100;
+        // Each round: a low-class request, then one without a class whose 404 names the round,
+        // so the order of the answers shows.
+        let pipelined: Vec<u8> = (0..ROUNDS)
+            .flat_map(|i| {
+                format!(
+                    "GET /readyz HTTP/1.1\r\nHost: t\r\n\r\nGET /missing/{i} HTTP/1.1\r\nHost: t\r\n\r\n"
+                )
+                .into_bytes()
+            })
+            .collect();
+        let mut flood: Vec<_> = (0..4).map(|_| server.connect()).collect();
+        for client in &mut flood {
+            client.send(&pipelined);
+        }
+        let mut high = server.connect();
+        let high_answers: Vec<u16> = (0..20)
+            .map(|_| high.request("GET", "/livez", &[], b"").status)
+            .collect();
+        assert!(high_answers.iter().all(|s| *s == 200), "{high_answers:?}");
+        for client in &mut flood {
+            for i in 0..ROUNDS {
+                let low = client.read_response(false);
+                assert_eq!(low.status, 200, "round {i}: {}", low.text());
+                let unclassed = client.read_response(false);
+                assert_eq!(unclassed.status, 404);
+                assert!(
+                    unclassed.text().contains(&format!("/missing/{i}\"")),
+                    "round {i} answered out of order: {}",
+                    unclassed.text()
+                );
+            }
+        }
+        let low_total = (4 * ROUNDS) as u64;
+        let status = wait_for_queues(&server, "the gate's counts", |s| {
+            let low = &s["classes"]["low"]["requests"];
+            low["passed"].as_u64().unwrap_or(0) + low["waited"].as_u64().unwrap_or(0) == low_total
+                && s["classes"]["high"]["requests"]["passed"].as_u64() >= Some(20)
+        });
+        let waited = status["classes"]["low"]["requests"]["waited"]
+            .as_u64()
+            .unwrap();
+        assert!(waited > 0, "the pipelined flood never waited: {status}");
+        assert_eq!(
+            status["classes"]["high"]["requests"]["waited"], 0,
+            "{status}"
+        );
+        let prometheus = server.get("/metrics").text();
+        assert!(
+            prometheus.contains(&format!(
+                "coinbit_queue_requests_waited_total{{shard=\"0\",class=\"low\"}} {waited}"
+            )),
+            "{prometheus}"
+        );
+
+        // A client that sends a flood and leaves at once: its waiting requests are dropped.
+        let mut leaving = server.connect();
+        leaving.send(&pipelined.repeat(4));
+        drop(leaving);
+        assert_eq!(server.get("/readyz").status, 200);
+        assert_eq!(server.get("/livez").status, 200);
+
+        // Requests still waiting when the server is told to stop are answered, then it exits.
+        let mut last = server.connect();
+        last.send(&pipelined);
+        server.signal(libc::SIGTERM);
+        let mut answered = 0;
+        while let Some(response) = last.try_read_response(false) {
+            assert!(
+                matches!(response.status, 200 | 404 | 503),
+                "{}",
+                response.status
+            );
+            answered += 1;
+        }
+        assert!(answered > 0, "nothing answered before the stop");
+        assert!(server.wait_exit(PATIENCE).success());
+    });
+}

@@ -22,10 +22,11 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::db::DbClient;
+use crate::http::AdmissionWait;
 use crate::http::{HttpDate, HttpError, Reply, Request, Response, Service, StatusCode};
 use crate::metrics::ShardMetrics;
 use crate::monitor::Published;
-use crate::queue::{Priority, RouteClasses, ShardQueues};
+use crate::queue::{Priority, RequestGate, RouteClasses, ShardQueues};
 use routes::{Match, Route};
 
 /// One shard's application state. Owned by the shard; never shared with another.
@@ -41,9 +42,10 @@ pub struct ShardApp {
     pub queues: Rc<ShardQueues>,
     /// The class of each route (indexed as [`routes::ROUTE_NAMES`]).
     route_classes: Vec<Option<Priority>>,
-    /// The class of the last request routed, until the engine takes it to run the connection
-    /// in that class.
-    routed_class: Option<Option<Priority>>,
+    /// Where classed requests take turns; `None` when no route has a class.
+    gate: Option<Rc<RequestGate>>,
+    /// The route [`Service::admit`] found, so that `call` does not match it again.
+    admitted_route: Option<Match>,
     /// This shard's way to the database; `None` when none is configured.
     db: Option<DbClient>,
     /// (route, status) of answers given later (database replies), counted at the next tick.
@@ -73,7 +75,8 @@ impl ShardApp {
                 routes::ROUTE_NAMES,
                 &routes::default_classes(),
             ),
-            routed_class: None,
+            gate: None,
+            admitted_route: None,
             db: None,
             late: Arc::default(),
         }
@@ -95,10 +98,18 @@ impl ShardApp {
         }
     }
 
-    /// The class of the request routed since the last call, if one was: `Some(None)` for a
-    /// route without a class.
-    pub fn take_routed_class(&mut self) -> Option<Option<Priority>> {
-        self.routed_class.take()
+    /// Whether any route has a class: then the engine gives the app a [`RequestGate`].
+    pub fn has_route_classes(&self) -> bool {
+        self.route_classes.iter().any(Option::is_some)
+    }
+
+    /// Makes classed requests take turns at `gate` (see [`crate::queue::gate`]).
+    pub fn set_request_gate(&mut self, gate: Rc<RequestGate>) {
+        self.gate = Some(gate);
+    }
+
+    pub fn request_gate(&self) -> Option<&Rc<RequestGate>> {
+        self.gate.as_ref()
     }
 
     /// The shard stopped accepting: `/readyz` answers 503 from now on.
@@ -140,37 +151,50 @@ impl ShardApp {
 }
 
 impl Service for ShardApp {
+    fn admit(&mut self, request: &Request<'_>) -> Option<AdmissionWait> {
+        let gate = self.gate.as_ref()?;
+        let matched = routes::match_route(request.method, request.path, self.debug_routes);
+        let class = match matched {
+            Match::Found(route) => self.route_classes[route as usize],
+            _ => None,
+        };
+        let wait = class.and_then(|class| gate.admit(class));
+        if wait.is_none() {
+            self.admitted_route = Some(matched);
+        }
+        wait
+    }
+
     fn call(&mut self, request: &Request<'_>) -> Reply {
-        let (route_index, reply) =
-            match routes::match_route(request.method, request.path, self.debug_routes) {
-                Match::Found(route) => {
-                    self.routed_class = Some(self.route_classes[route as usize]);
-                    (route as usize, self.dispatch(route, request))
-                }
-                Match::MethodNotAllowed(allow) => (
-                    routes::METHOD_NOT_ALLOWED_INDEX,
-                    Response::error(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "method_not_allowed",
-                        &format!(
-                            "{} is not allowed on {}; allowed: {allow}",
-                            request.method.as_str(),
-                            request.path
-                        ),
-                    )
-                    .with_header("Allow", allow)
-                    .into(),
-                ),
-                Match::NotFound => (
-                    routes::NOT_FOUND_INDEX,
-                    Response::error(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        &format!("no route for {}", request.path),
-                    )
-                    .into(),
-                ),
-            };
+        let matched = self.admitted_route.take().unwrap_or_else(|| {
+            routes::match_route(request.method, request.path, self.debug_routes)
+        });
+        let (route_index, reply) = match matched {
+            Match::Found(route) => (route as usize, self.dispatch(route, request)),
+            Match::MethodNotAllowed(allow) => (
+                routes::METHOD_NOT_ALLOWED_INDEX,
+                Response::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    &format!(
+                        "{} is not allowed on {}; allowed: {allow}",
+                        request.method.as_str(),
+                        request.path
+                    ),
+                )
+                .with_header("Allow", allow)
+                .into(),
+            ),
+            Match::NotFound => (
+                routes::NOT_FOUND_INDEX,
+                Response::error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no route for {}", request.path),
+                )
+                .into(),
+            ),
+        };
         match reply {
             Reply::Ready(response) => {
                 self.metrics.count_route(route_index, response.status.0);

@@ -1,10 +1,10 @@
 //! The route table, and the priority class each route's requests run in.
 //!
-//! Classes follow the endpoints' business when given: trading high, financial medium, affiliate
-//! low, reports background, through `QUEUE_ROUTE_CLASSES`. No route has one by default: under
-//! glommio's 100 ms preempt timer a lower class holds the core for up to 100 ms while a higher
-//! request waits (bench/RESULTS.md), so request classes are opt-in. Routes without a class run
-//! where the connection was accepted, at no cost.
+//! Classes follow the endpoints' business: trading high, financial medium, affiliate low, reports
+//! background. The reports (cluster status, metrics, queues, alerts, the dashboard) are
+//! background here; `QUEUE_ROUTE_CLASSES` changes any route's class. Requests of a class below
+//! high take turns at the shard's gate ([`crate::queue::gate`]); high ones and routes without a
+//! class (the probes, `/health`, the users and job APIs) run at once.
 
 use crate::http::Method;
 use crate::queue::Priority;
@@ -98,6 +98,14 @@ const fn get(path: &'static str, route: Route) -> Entry {
     }
 }
 
+/// A report: read by dashboards and scrapers, never in a hurry.
+const fn report(path: &'static str, route: Route) -> Entry {
+    Entry {
+        class: Some(Priority::Background),
+        ..get(path, route)
+    }
+}
+
 const fn post(path: &'static str, route: Route) -> Entry {
     Entry {
         method: Method::Post,
@@ -110,10 +118,10 @@ const TABLE: &[Entry] = &[
     get("/health", Route::Health),
     get("/livez", Route::Livez),
     get("/readyz", Route::Readyz),
-    get("/api/enterprise/cluster/status", Route::ClusterStatus),
-    get("/api/enterprise/metrics", Route::Metrics),
-    get("/metrics", Route::Prometheus),
-    get("/api/enterprise/queues/status", Route::QueuesStatus),
+    report("/api/enterprise/cluster/status", Route::ClusterStatus),
+    report("/api/enterprise/metrics", Route::Metrics),
+    report("/metrics", Route::Prometheus),
+    report("/api/enterprise/queues/status", Route::QueuesStatus),
     post("/api/enterprise/jobs", Route::JobEnqueue),
     get("/api/enterprise/jobs/dead", Route::DeadLetters),
     Entry {
@@ -149,8 +157,8 @@ const TABLE: &[Entry] = &[
         with_id: true,
         ..get("/api/users/", Route::GetUser)
     },
-    get("/api/enterprise/alerts", Route::Alerts),
-    get("/dashboard", Route::Dashboard),
+    report("/api/enterprise/alerts", Route::Alerts),
+    report("/dashboard", Route::Dashboard),
     Entry {
         debug_only: true,
         ..post("/debug/stall-shard", Route::DebugStallShard)
@@ -347,7 +355,15 @@ mod tests {
             );
         }
         let classes = default_classes();
-        assert_eq!(classes[Route::Health as usize], None);
-        assert!(classes.iter().all(Option::is_none), "classes are opt-in");
+        for unclassed in [Route::Health, Route::Livez, Route::Readyz, Route::GetUser] {
+            assert_eq!(classes[unclassed as usize], None, "{unclassed:?}");
+        }
+        for report in [Route::ClusterStatus, Route::Prometheus, Route::Dashboard] {
+            assert_eq!(
+                classes[report as usize],
+                Some(Priority::Background),
+                "{report:?}"
+            );
+        }
     }
 }

@@ -216,8 +216,8 @@ pub struct QueueConfig {
     /// Dead-lettered jobs kept per shard; past it the oldest is dropped (and counted).
     #[arg(long, env = "QUEUE_DEAD_LETTER_MAX", default_value_t = 1_000, value_parser = at_least_one())]
     pub dead_letter_max: usize,
-    /// Class each route's requests run in, e.g. `metrics=background,livez=high`, over the route
-    /// table's defaults; `none` runs every request outside the classes.
+    /// Class each route's requests run in, e.g. `readyz=low,livez=high`, over the route table's
+    /// defaults (the reports background); `none` runs every request outside the classes.
     #[arg(long = "route-classes", env = "QUEUE_ROUTE_CLASSES", value_parser = crate::queue::RouteClasses::parse)]
     pub route_classes: Option<crate::queue::RouteClasses>,
 }

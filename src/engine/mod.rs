@@ -303,7 +303,15 @@ pub fn count_timeout(app: &mut ShardApp, kind: TimeoutKind) {
 pub fn send_report(app: &mut ShardApp, ctx: &ShardContext, now: Instant) {
     let slot = &ctx.slot;
     let mut report = app.metrics.report(slot.id, ctx.generation, slot.tid(), now);
-    report.queues = Some(app.queues.report());
+    let mut queues = app.queues.report();
+    if let Some(gate) = app.request_gate() {
+        let counts = gate.counts();
+        for (i, class) in queues.classes.iter_mut().enumerate() {
+            class.counters.requests_passed = counts.passed[i];
+            class.counters.requests_waited = counts.waited[i];
+        }
+    }
+    report.queues = Some(queues);
     let _ = ctx.reports.try_send(report);
 }
 

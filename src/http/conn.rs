@@ -7,13 +7,16 @@
 //!         Step::Read => { write conn.output(); read into conn.read_buf(); conn.filled(n, now) }
 //!         Step::Flush => write conn.output(),
 //!         Step::Await(future) => { write conn.output(); conn.resume(future.await, ..) }
+//!         Step::Admit(turn) => { write conn.output(); turn.await; conn.admitted(..) }
 //!         Step::Close => { write conn.output(); close }
 //!     }
 //! }
 //! ```
 //! and, beside it, a timer that closes the connection once [`Connection::deadline`] has passed.
 
+use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use super::error::HttpError;
@@ -48,7 +51,15 @@ pub trait Service {
     fn rejected(&mut self, error: &HttpError);
     /// `count` responses became ready `latency` after their requests arrived.
     fn responded(&mut self, count: u64, latency: Duration);
+    /// Asked before [`Service::call`]: `None` lets the request run now; a future makes it wait
+    /// for its class's turn ([`Step::Admit`]), after which it is called without asking again.
+    fn admit(&mut self, _request: &Request<'_>) -> Option<AdmissionWait> {
+        None
+    }
 }
+
+/// A request's wait for its turn to run (see [`Service::admit`]).
+pub type AdmissionWait = Pin<Box<dyn Future<Output = ()>>>;
 
 /// A panic payload that is not contained to one request: it takes the whole shard down, so the
 /// supervisor restarts it. Only the debug routes raise it.
@@ -63,6 +74,8 @@ pub enum Step {
     Flush,
     /// Write [`Connection::output`], await the future, and hand its response to `resume`.
     Await(PendingResponse),
+    /// Write [`Connection::output`], await the request's turn, then call `admitted`.
+    Admit(AdmissionWait),
     /// Write [`Connection::output`], then close the connection.
     Close,
 }
@@ -129,6 +142,10 @@ pub struct Connection {
     awaiting: Option<Awaiting>,
     /// Responses encoded in this `advance` call, recorded together when it returns.
     batch: u64,
+    /// The buffered request waits for its turn ([`Step::Admit`]).
+    admitting: bool,
+    /// The buffered request's turn came: it runs without asking again.
+    admitted: bool,
 }
 
 impl Connection {
@@ -147,6 +164,8 @@ impl Connection {
             continue_sent: false,
             awaiting: None,
             batch: 0,
+            admitting: false,
+            admitted: false,
         }
     }
 
@@ -188,7 +207,7 @@ impl Connection {
     /// When the connection must be closed if nothing changes, and why; `None` while a handler
     /// is still working on a response.
     pub fn deadline(&self) -> Option<(Instant, TimeoutKind)> {
-        if self.awaiting.is_some() {
+        if self.awaiting.is_some() || self.admitting {
             return None;
         }
         Some(match self.request_started {
@@ -232,6 +251,14 @@ impl Connection {
         self.advance(service, now)
     }
 
+    /// The turn awaited by a [`Step::Admit`] came: runs the request, then goes on like `advance`.
+    pub fn admitted<S: Service>(&mut self, service: &mut S, now: Instant) -> Step {
+        debug_assert!(self.admitting, "admitted without a request waiting");
+        self.admitting = false;
+        self.admitted = true;
+        self.advance(service, now)
+    }
+
     fn process<S: Service>(&mut self, service: &mut S, now: Instant) -> Step {
         loop {
             if self.closing {
@@ -259,6 +286,7 @@ impl Connection {
                 Next::NeedBytes => return Step::Read,
                 Next::Answered => {}
                 Next::Await(future) => return Step::Await(future),
+                Next::Admit(turn) => return Step::Admit(turn),
             }
         }
     }
@@ -305,6 +333,13 @@ impl Connection {
             keep_alive: request.keep_alive,
             http10: head.http10,
         };
+        if !std::mem::take(&mut self.admitted) {
+            if let Some(turn) = service.admit(&request) {
+                // The request stays buffered, parsed again when its turn comes.
+                self.admitting = true;
+                return Next::Admit(turn);
+            }
+        }
         let reply = catch_unwind(AssertUnwindSafe(|| service.call(&request)));
         self.start += total;
         self.request_started = None;
@@ -367,6 +402,7 @@ enum Next {
     NeedBytes,
     Answered,
     Await(PendingResponse),
+    Admit(AdmissionWait),
 }
 
 /// The message of a panic payload, for logs.

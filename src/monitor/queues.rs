@@ -122,6 +122,7 @@ fn class_body(
         "rejected": counters.rejected,
         "replayed": counters.replayed,
         "duplicates": counters.duplicates,
+        "requests": { "passed": counters.requests_passed, "waited": counters.requests_waited },
         "wait_ms": { "count": wait.len(), "p50": millis(wait, 0.5), "p99": millis(wait, 0.99) },
         "run_ms": { "count": run.len(), "p50": millis(run, 0.5), "p99": millis(run, 0.99) },
     })
@@ -225,7 +226,7 @@ pub fn prometheus(state: &ClusterState, out: &mut String) {
         }
     }
     type Counter = fn(&ClassCounters) -> u64;
-    let counters: [(&str, &str, Counter); 9] = [
+    let counters: [(&str, &str, Counter); 11] = [
         ("coinbit_queue_jobs_enqueued_total", "Jobs accepted.", |c| {
             c.enqueued
         }),
@@ -268,6 +269,16 @@ pub fn prometheus(state: &ClusterState, out: &mut String) {
             "coinbit_queue_jobs_replayed_total",
             "Dead letters replayed.",
             |c| c.replayed,
+        ),
+        (
+            "coinbit_queue_requests_passed_total",
+            "HTTP requests of the class's routes that ran at once.",
+            |c| c.requests_passed,
+        ),
+        (
+            "coinbit_queue_requests_waited_total",
+            "HTTP requests of the class's routes that waited for a turn.",
+            |c| c.requests_waited,
         ),
     ];
     for (name, help, value) in counters {

@@ -5,8 +5,9 @@
 //! Each shard owns a [`ShardQueues`] and the worker tasks of every class. The classes share the
 //! core by weight (8:4:2:1, see [`Priority::weight`]) through the engine's scheduler, behind
 //! [`QueueRuntime`]; a class whose oldest job waits gets a higher weight ([`aged_weight`]), so
-//! background work moves under a flood of high. HTTP requests of routes that have a class run in
-//! that class's share too (the engine moves a connection's task there).
+//! background work moves under a flood of high. HTTP requests of routes that have a class take
+//! turns at the shard's [`gate`]: high ones run at once, the others a bounded number per pass of
+//! the event loop.
 //!
 //! Jobs live in the shard's memory. A durable tier (PostgreSQL outbox) will add a `durable` flag
 //! to [`JobSpec`], write the job in the transaction that caused it, and feed it through
@@ -14,6 +15,7 @@
 //!
 //! # Layout
 //! - [`class`]: the classes, their weights, aging, and the route-to-class mapping.
+//! - [`gate`]: request classes: which HTTP requests run now and which wait for a turn.
 //! - [`job`]: job ids, specs, states and records.
 //! - [`local`]: one shard's queues: admission, taking, finishing, dead letters, replay.
 //! - [`worker`]: the worker, retry and inbox tasks, and submission across shards.
@@ -25,6 +27,7 @@
 
 pub mod class;
 pub mod durable;
+pub mod gate;
 pub mod job;
 pub mod kinds;
 pub mod local;
@@ -35,6 +38,7 @@ pub mod runtime;
 pub mod worker;
 
 pub use class::{aged_weight, Priority, RouteClasses, Turns};
+pub use gate::RequestGate;
 pub use job::{JobId, JobSpec};
 pub use local::{QueueSettings, ShardQueues};
 pub use mesh::Mesh;

@@ -43,6 +43,10 @@ pub struct ClassCounters {
     pub replayed: u64,
     /// Enqueues answered with an existing job (same idempotency key).
     pub duplicates: u64,
+    /// HTTP requests of this class's routes that ran at once ([`super::gate`]).
+    pub requests_passed: u64,
+    /// HTTP requests of this class's routes that waited for a turn first.
+    pub requests_waited: u64,
 }
 
 impl ClassCounters {
@@ -59,6 +63,8 @@ impl ClassCounters {
         self.rejected += o.rejected;
         self.replayed += o.replayed;
         self.duplicates += o.duplicates;
+        self.requests_passed += o.requests_passed;
+        self.requests_waited += o.requests_waited;
     }
 }
 

@@ -1,14 +1,17 @@
 //! The priority classes on glommio: one task queue per class with dynamic shares, so the
-//! executor's scheduler gives each class its weight of the core (and aging can raise it).
+//! executor's scheduler gives each class its weight of the core (and aging can raise it); and
+//! the turns of the request gate, one per pass of the executor's loop.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::future::BoxedLocal;
 use glommio::{Latency, Shares, SharesManager, TaskQueueHandle};
 
-use crate::queue::{Priority, QueueRuntime};
+use super::Shard;
+use crate::queue::{Priority, QueueRuntime, RequestGate};
 
 /// glommio shares per unit of class weight: high (8) gets 1000, the executor's maximum and the
 /// default queue's share (where the accept loop and unclassified connections run).
@@ -77,4 +80,52 @@ impl QueueRuntime for GlommioClasses {
             .0
             .set(weight as usize * SHARES_PER_WEIGHT);
     }
+}
+
+/// How long the gate's task sleeps between turns: any timer waits for the executor's next I/O
+/// poll (glommio fires timers there), and the shortest one makes that the whole wait.
+const NEXT_PASS: Duration = Duration::from_micros(1);
+
+/// A turn asked for by the gate, and the task that takes it.
+#[derive(Default)]
+struct Kick {
+    kicked: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// Gives the shard's app a request gate when a route has a class, and starts the task that
+/// takes its turns: after a kick, one turn per pass of the executor's loop (between two I/O
+/// polls), until nothing waits.
+pub(crate) fn start_request_turns(shard: &Rc<Shard>) {
+    if !shard.app.borrow().has_route_classes() {
+        return;
+    }
+    let kick = Rc::new(Kick::default());
+    let signal = kick.clone();
+    let gate = RequestGate::new(Box::new(move || {
+        signal.kicked.set(true);
+        if let Some(waker) = signal.waker.take() {
+            waker.wake();
+        }
+    }));
+    shard.app.borrow_mut().set_request_gate(gate.clone());
+    super::spawn_guarded(shard, async move {
+        loop {
+            futures_lite::future::poll_fn(|cx| {
+                if kick.kicked.replace(false) {
+                    Poll::Ready(())
+                } else {
+                    *kick.waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            loop {
+                glommio::timer::sleep(NEXT_PASS).await;
+                if !gate.turn() {
+                    break;
+                }
+            }
+        }
+    });
 }

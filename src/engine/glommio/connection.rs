@@ -1,9 +1,7 @@
 //! One connection: read into the codec, advance it, write what it produced.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -13,7 +11,6 @@ use glommio::net::TcpStream;
 use super::{Shard, Tracked};
 use crate::http::conn::TimeoutKind;
 use crate::http::{Connection, Step};
-use crate::queue::Priority;
 
 /// What housekeeping reads of a connection, and the drain flag it sets.
 #[derive(Default)]
@@ -53,7 +50,6 @@ pub(crate) fn spawn(shard: &Rc<Shard>, stream: TcpStream) {
         stream,
         shared,
         step: Step::Read,
-        class: None,
     };
     let task = super::spawn_guarded(shard, serve(serving));
     if let Some(tracked) = shard.connections.borrow_mut().get_mut(&id) {
@@ -74,15 +70,13 @@ impl Drop for Registration {
     }
 }
 
-/// A connection's whole state, so its task can be moved to another class's task queue.
+/// A connection's whole state.
 struct Serving {
     registration: Registration,
     stream: TcpStream,
     shared: Rc<ConnShared>,
     conn: Connection,
     step: Step,
-    /// The class whose task queue runs this connection (`None`: the default queue).
-    class: Option<Priority>,
 }
 
 async fn serve(mut s: Serving) {
@@ -114,13 +108,7 @@ async fn serve(mut s: Serving) {
             Step::Read => {
                 s.shared.deadline.set(s.conn.deadline());
                 s.shared.idle.set(s.conn.is_idle());
-                // A connection in a class's task queue does not yield before reading: a yielded
-                // task stays runnable in its queue, so a queue of busy connections would never
-                // empty and glommio would leave it only at its preempt timer (100 ms), with the
-                // other classes' readiness unreaped meanwhile. Waiting on readiness instead
-                // empties the queue and lets the scheduler weigh the classes.
-                let yield_first = wrote && s.class.is_none();
-                let read = read_some(&mut s.stream, s.conn.read_buf(), yield_first).await;
+                let read = read_some(&mut s.stream, s.conn.read_buf(), wrote).await;
                 s.shared.idle.set(false);
                 let n = match read {
                     Ok(0) | Err(_) => return,
@@ -139,27 +127,14 @@ async fn serve(mut s: Serving) {
                 s.conn
                     .resume(response, &mut *shard.app.borrow_mut(), Instant::now())
             }
+            Step::Admit(turn) => {
+                s.shared.deadline.set(None);
+                turn.await;
+                s.conn
+                    .admitted(&mut *shard.app.borrow_mut(), Instant::now())
+            }
         };
-        // The request just routed belongs to another class: the rest of the connection runs in
-        // that class's task queue (one re-spawn when a connection's traffic changes class; none
-        // for routes without a class, such as /health).
-        let routed = shard.app.borrow_mut().take_routed_class();
-        if let Some(class) = routed.filter(|class| *class != s.class) {
-            s.class = class;
-            move_to_class(s);
-            return;
-        }
     }
-}
-
-fn move_to_class(s: Serving) {
-    let shard = s.registration.shard.clone();
-    let (id, class) = (s.registration.id, s.class);
-    let next: Pin<Box<dyn Future<Output = ()>>> = Box::pin(serve(s));
-    let task = super::spawn_guarded_in(&shard, class, next);
-    if let Some(tracked) = shard.connections.borrow_mut().get_mut(&id) {
-        tracked.task = Some(task);
-    };
 }
 
 /// Reads what the client sent, without arming an io_uring poll when the bytes are already

@@ -74,8 +74,6 @@ pub(crate) struct Shard {
     pub crash: RefCell<Option<String>>,
     /// The shard stops accepting: the accept loop ends at its next wake-up.
     pub stopping: std::cell::Cell<bool>,
-    /// The task queues of the priority classes.
-    pub classes: Rc<GlommioClasses>,
     /// The listener and its accept loop while the shard is active.
     pub listening: RefCell<Option<Listening>>,
 }
@@ -99,22 +97,7 @@ pub(crate) fn spawn_guarded(
     shard: &Rc<Shard>,
     task: impl std::future::Future<Output = ()> + 'static,
 ) -> glommio::task::JoinHandle<()> {
-    spawn_guarded_in(shard, None, task)
-}
-
-/// [`spawn_guarded`] into a class's task queue (`None`: the executor's default queue).
-pub(crate) fn spawn_guarded_in(
-    shard: &Rc<Shard>,
-    class: Option<crate::queue::Priority>,
-    task: impl std::future::Future<Output = ()> + 'static,
-) -> glommio::task::JoinHandle<()> {
-    let guarded = guard(shard.clone(), task);
-    match class {
-        None => glommio::spawn_local(guarded).detach(),
-        Some(class) => glommio::spawn_local_into(guarded, shard.classes.queue(class))
-            .expect("the class task queues live as long as the shard")
-            .detach(),
-    }
+    glommio::spawn_local(guard(shard.clone(), task)).detach()
 }
 
 async fn guard(shard: Rc<Shard>, task: impl std::future::Future<Output = ()> + 'static) {
@@ -147,8 +130,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     ctx.slot.set_current_thread();
     let classes = GlommioClasses::new();
     let shard = Rc::new(Shard {
-        app: RefCell::new(ctx.new_app(classes.clone())),
-        classes,
+        app: RefCell::new(ctx.new_app(classes)),
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),
         settings: ConnectionSettings::from_config(&ctx.config),
@@ -157,6 +139,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
         listening: RefCell::new(None),
         ctx,
     });
+    classes::start_request_turns(&shard);
     if super::starts_listening(&shard.ctx) {
         start_listening(&shard)?;
         shard.ctx.slot.set_state(ShardState::Running);

@@ -6,7 +6,9 @@
 //! deadline passes, when draining finds the connection idle, or when the shard aborts; the
 //! coroutine then decides for itself, from its own codec state.
 
+use std::future::Future;
 use std::io::{self, Read, Write};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -17,8 +19,7 @@ use may::net::TcpStream;
 
 use super::{guarded, lock, to_ticks, workers, Shard};
 use crate::engine::{self, Admission, LINGER_BYTES, LINGER_TIME};
-use crate::http::response::PendingResponse;
-use crate::http::{Connection, Response, Step};
+use crate::http::{Connection, Step};
 
 /// What housekeeping reads of a connection, the flags it sets, and how it wakes the coroutine.
 pub(crate) struct ConnShared {
@@ -131,6 +132,8 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
     let mut step = Step::Read;
     // The last read left the socket empty: the next one would only say so.
     let mut drained = false;
+    // How a handler's later reply, or a request's turn, resumes this coroutine.
+    let waker = Waker::from(Arc::new(SocketWake(stream.waker())));
     loop {
         if !conn.output().is_empty() {
             match write_all(&shard, &mut stream, &shared, conn.output()) {
@@ -163,13 +166,22 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
             }
             Step::Await(pending) => {
                 drained = false;
-                let Some(response) = await_reply(&shard, pending, &stream, &shared) else {
+                let Some((response, _)) = await_future(&shard, pending, &stream, &shared, &waker)
+                else {
                     return;
                 };
                 if shared.drain.load(Ordering::Acquire) {
                     conn.drain();
                 }
                 shard.with_app(|app| conn.resume(response, app, Instant::now()))
+            }
+            Step::Admit(turn) => {
+                let Some(((), socket_woke)) = await_future(&shard, turn, &stream, &shared, &waker)
+                else {
+                    return;
+                };
+                drained &= !socket_woke;
+                shard.with_app(|app| conn.admitted(app, Instant::now()))
             }
         };
     }
@@ -273,29 +285,43 @@ impl Wake for SocketWake {
     }
 }
 
-/// Drives a handler's later reply to its end, parking the coroutine (not the worker) between
-/// polls. The future may hold the shard's queues (an `Rc`), so it is polled and dropped only
-/// under the app lock ([`Shard::with_app`]), whichever worker may resumes the coroutine on.
-/// Socket readiness wakes the wait too; that is only a spurious poll. `None` when the shard
-/// aborts the connection meanwhile.
-fn await_reply(
+/// The bit may's [`WaitIoWaker::wakeup`] sets in what `wait_io` returns; epoll readiness sets
+/// the event bits below it.
+const WAKER_BIT: usize = 0x8000_0000;
+
+/// Drives a handler's later reply (or a request's wait for its turn) to its end, parking the
+/// coroutine (not the worker) between polls. The future may hold the shard's queues (an `Rc`),
+/// so it is polled and dropped only under the app lock ([`Shard::with_app`]), whichever worker
+/// may resumes the coroutine on. Socket readiness wakes the wait too; that is only a spurious
+/// poll, but it is said (the `bool`): the next read must then look at the socket. `None` when
+/// the shard aborts the connection meanwhile.
+fn await_future<T>(
     shard: &Shard,
-    mut pending: PendingResponse,
+    pending: Pin<Box<dyn Future<Output = T>>>,
     stream: &TcpStream,
     shared: &ConnShared,
-) -> Option<Response> {
-    let waker = Waker::from(Arc::new(SocketWake(stream.waker())));
-    let mut cx = Context::from_waker(&waker);
+    waker: &Waker,
+) -> Option<(T, bool)> {
+    let mut cx = Context::from_waker(waker);
+    let mut pending = Some(pending);
+    let mut socket_woke = false;
     loop {
-        if let Poll::Ready(response) = shard.with_app(|_| pending.as_mut().poll(&mut cx)) {
-            shard.with_app(|_| drop(pending));
-            return Some(response);
+        let poll = shard.with_app(|_| {
+            let future = pending.as_mut().expect("polled until ready");
+            let poll = future.as_mut().poll(&mut cx);
+            if poll.is_ready() {
+                pending = None;
+            }
+            poll
+        });
+        if let Poll::Ready(value) = poll {
+            return Some((value, socket_woke));
         }
         if shared.abort.load(Ordering::Acquire) {
-            shard.with_app(|_| drop(pending));
+            shard.with_app(|_| drop(pending.take()));
             return None;
         }
-        stream.wait_io();
+        socket_woke |= stream.wait_io() & !WAKER_BIT != 0;
     }
 }
 

@@ -31,12 +31,14 @@
 //! # Layout
 //! - [`workers`]: may's scheduler as the shards: worker count, pinning, socket placement.
 //! - [`classes`]: the shard's queue tasks on its queue loop, classes taking turns by weight.
+//! - [`gate`]: the request gate's turns, one per pass of the worker's event loop.
 //! - [`connection`]: one connection's read/advance/write loop around the codec, and the wait
 //!   that drives a handler's later reply.
 //! - [`housekeeping`]: the per-shard timer loop on the supervisor thread.
 
 mod classes;
 mod connection;
+mod gate;
 mod housekeeping;
 pub mod workers;
 
@@ -81,9 +83,15 @@ fn live(shard: &Arc<Shard>) -> ShardExit {
     if let Err(e) = start_queue_loop(shard) {
         return ShardExit::Died(format!("cannot start the queue loop: {e}"));
     }
+    if let Err(e) = gate::start(shard) {
+        return ShardExit::Died(format!("cannot start the request gate: {e}"));
+    }
     let exit = serve_generation(shard);
     shard.queue_loop_stop.store(true, Ordering::Release);
     shard.wakeups.unpark();
+    if let Some(fd) = &shard.gate_fd {
+        gate::wake(fd);
+    }
     exit
 }
 
@@ -234,8 +242,10 @@ pub(crate) struct Shard {
     local: Mutex<Local>,
     /// Wakes the queue loop (kept outside the lock: wakers reach it from any thread).
     wakeups: Arc<Wakeups>,
-    /// Ends the queue loop at the end of the generation.
+    /// Ends the queue loop (and the request gate's) at the end of the generation.
     queue_loop_stop: AtomicBool,
+    /// The request gate's eventfd, when a route has a class ([`gate`]).
+    gate_fd: Option<Arc<OwnedFd>>,
     /// Threads blocked on the lock: the queue loop steps aside for them between slices.
     lock_waiters: AtomicUsize,
     pub connections: Mutex<HashMap<u64, Arc<ConnShared>>>,
@@ -254,8 +264,26 @@ pub(crate) struct Shard {
 impl Shard {
     fn new(ctx: ShardContext, worker: usize) -> Shard {
         let classes = MayClasses::new();
-        let app = ctx.new_app(classes.clone());
+        let mut app = ctx.new_app(classes.clone());
+        let gate_fd = if app.has_route_classes() {
+            match gate::new_gate(worker) {
+                Ok((gate, fd)) => {
+                    app.set_request_gate(gate);
+                    Some(fd)
+                }
+                Err(e) => {
+                    log::error!(
+                        "shard {}: no request classes (cannot create the gate's eventfd: {e})",
+                        ctx.slot.id
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Shard {
+            gate_fd,
             wakeups: classes.wakeups.clone(),
             queue_loop_stop: AtomicBool::new(false),
             lock_waiters: AtomicUsize::new(0),
