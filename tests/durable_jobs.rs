@@ -1,7 +1,8 @@
 //! Durable jobs on a real primary (three replicas, shared with nothing else in this file's runs):
 //! jobs written to the outbox survive a `kill -9` of the server and finish exactly once after a
-//! restart; two servers on one database never run the same job twice; a user's welcome
-//! notification commits with the user; without a database a durable enqueue answers 503.
+//! restart; two servers on one database never run the same job twice; a backlog is claimed a
+//! part at a time; a user's welcome notification commits with the user; without a database a
+//! durable enqueue answers 503.
 
 mod common;
 
@@ -139,6 +140,41 @@ fn two_servers_on_one_database_never_run_a_job_twice() {
             "SELECT count(DISTINCT split_part(claimed_by, '/', 1)) FROM job_effects",
         );
         assert_eq!(pids, 2, "both servers ran durable jobs");
+    });
+}
+
+/// A backlog larger than what a shard may hold is claimed a part at a time: at no moment does
+/// the server hold more than 64 claims per shard, and every job still finishes once.
+#[test]
+fn a_backlog_is_claimed_a_part_at_a_time() {
+    const PER_SHARD: usize = 64;
+    let cluster = PgCluster::shared();
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("durable_backlog_{engine}"));
+        let server = start(engine, cluster, &db);
+        let jobs = 300;
+        enqueue_sleeps(&mut server.connect(), jobs, 40);
+        let mut most_claimed = 0;
+        common::wait_for("the backlog done", Duration::from_secs(120), || {
+            let (claimed, done): (usize, usize) = {
+                let row = cluster.psql(
+                    "primary",
+                    &db,
+                    "SELECT count(*) FILTER (WHERE status = 'claimed') || ',' || \
+                     count(*) FILTER (WHERE status = 'done') FROM job_outbox",
+                );
+                let (claimed, done) = row.split_once(',').expect("two counts");
+                (claimed.parse().unwrap(), done.parse().unwrap())
+            };
+            most_claimed = most_claimed.max(claimed);
+            (done == jobs).then_some(())
+        });
+        assert!(most_claimed > 0, "never saw a claim");
+        assert!(
+            most_claimed <= 2 * PER_SHARD,
+            "{most_claimed} claims held at once by 2 shards"
+        );
+        assert_each_done_once(cluster, &db, jobs, Duration::from_secs(10));
     });
 }
 

@@ -3,9 +3,12 @@
 //! `FOR UPDATE SKIP LOCKED` under a lease (`claimed_by`, `lease_until`), submits each to the
 //! per-core queues (its kind's class, timeout, retries; keyed `durable:{id}`), renews the lease
 //! while the job is queued or running, and marks it done (with its effect, keyed by the job id)
-//! or dead in one transaction that holds only while the lease is still this dispatcher's. A row whose lease expired (its process died) is claimed again:
-//! at-least-once, and a lost lease writes no effect, so each job's effect lands once.
+//! or dead in one transaction that holds only while the lease is still this dispatcher's. A
+//! row whose lease expired (its process died) is claimed again: at-least-once, and a lost lease
+//! writes no effect, so each job's effect lands once. A shard holds at most
+//! [`MAX_IN_FLIGHT`] claims, so a backlog spreads over the shards and processes that poll.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +23,10 @@ use crate::db::{Database, DbClient, DbConn, DbError};
 pub const LEASE: Duration = Duration::from_secs(5);
 /// Rows one poll claims.
 const BATCH: i64 = 16;
+/// Claimed jobs one shard holds at most (queued, running or being recorded): past it the
+/// dispatcher claims nothing until some finish, so one shard cannot take a whole backlog under
+/// its leases while other processes' shards sit idle.
+const MAX_IN_FLIGHT: usize = 4 * BATCH as usize;
 /// Claims of one job (each after a crash or lost lease) before it is marked dead.
 const MAX_CLAIMS: i32 = 5;
 
@@ -62,12 +69,20 @@ pub fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, poll: Duration,
         Priority::Background,
         Box::pin(async move {
             let mut db = database.client();
+            let in_flight = Rc::new(Cell::new(0usize));
             loop {
-                let owner_claim = owner.clone();
+                let room = MAX_IN_FLIGHT
+                    .saturating_sub(in_flight.get())
+                    .min(BATCH as usize);
+                if room == 0 {
+                    queues.runtime.sleep(poll).await;
+                    continue;
+                }
+                let (owner_claim, limit) = (owner.clone(), room as i64);
                 let claimed = db
                     .write(move |conn| {
                         let rows =
-                            conn.query(CLAIM, &[&owner_claim, &LEASE.as_secs_f64(), &BATCH])?;
+                            conn.query(CLAIM, &[&owner_claim, &LEASE.as_secs_f64(), &limit])?;
                         Ok(rows
                             .iter()
                             .map(|r| Claimed {
@@ -89,6 +104,7 @@ pub fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, poll: Duration,
                 for job in jobs {
                     let (queues, mut db, owner) =
                         (queues.clone(), database.client(), owner.clone());
+                    let held = InFlight::new(&in_flight);
                     queues.runtime.clone().spawn(
                         Priority::Background,
                         Box::pin(async move {
@@ -96,12 +112,29 @@ pub fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, poll: Duration,
                             if let Err(e) = finish(&mut db, &owner, job, outcome).await {
                                 log::warn!("durable jobs: could not record an outcome: {e}");
                             }
+                            drop(held);
                         }),
                     );
                 }
             }
         }),
     );
+}
+
+/// One claimed job counted against [`MAX_IN_FLIGHT`] until it is dropped, however its task ends.
+struct InFlight(Rc<Cell<usize>>);
+
+impl InFlight {
+    fn new(count: &Rc<Cell<usize>>) -> InFlight {
+        count.set(count.get() + 1);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 fn now<T>(answer: Answer<T>) -> futures_lite::future::BoxedLocal<T>
