@@ -620,9 +620,10 @@ fn low_and_background_workers_pause_while_low_priority_work_is_shed() {
 }
 
 /// With request classes on, a pipelined flood of a low-class route takes turns at the shard's
-/// gate (some of its requests wait), every request is answered in order, a high-class route never
-/// waits, a client that leaves with requests waiting costs nothing, and the server still stops
-/// cleanly.
+/// gate once a high-class route has had requests (some of the flood's requests wait), every
+/// request is answered in order, the high-class route never waits, a client that leaves with
+/// requests waiting costs nothing, and the server still stops cleanly. Without anything above
+/// it, the same flood never waits.
 #[test]
 fn request_classes_take_turns_at_the_gate_and_lose_nothing() {
     each_engine(|engine| {
@@ -642,16 +643,7 @@ fn request_classes_take_turns_at_the_gate_and_lose_nothing() {
                 .into_bytes()
             })
             .collect();
-        let mut flood: Vec<_> = (0..4).map(|_| server.connect()).collect();
-        for client in &mut flood {
-            client.send(&pipelined);
-        }
-        let mut high = server.connect();
-        let high_answers: Vec<u16> = (0..20)
-            .map(|_| high.request("GET", "/livez", &[], b"").status)
-            .collect();
-        assert!(high_answers.iter().all(|s| *s == 200), "{high_answers:?}");
-        for client in &mut flood {
+        let read_rounds = |client: &mut Client| {
             for i in 0..ROUNDS {
                 let low = client.read_response(false);
                 assert_eq!(low.status, 200, "round {i}: {}", low.text());
@@ -663,12 +655,38 @@ fn request_classes_take_turns_at_the_gate_and_lose_nothing() {
                     unclassed.text()
                 );
             }
+        };
+        // Nothing above the low class has come yet: a flood of it never waits.
+        let mut alone = server.connect();
+        alone.send(&pipelined);
+        read_rounds(&mut alone);
+        let status = wait_for_queues(&server, "the lone flood counted", |s| {
+            s["classes"]["low"]["requests"]["passed"].as_u64() == Some(ROUNDS as u64)
+        });
+        assert_eq!(
+            status["classes"]["low"]["requests"]["waited"], 0,
+            "{status}"
+        );
+
+        // A high-class request: from now on the low class gives way to it.
+        let mut high = server.connect();
+        assert_eq!(high.request("GET", "/livez", &[], b"").status, 200);
+        let mut flood: Vec<_> = (0..4).map(|_| server.connect()).collect();
+        for client in &mut flood {
+            client.send(&pipelined);
         }
-        let low_total = (4 * ROUNDS) as u64;
+        let high_answers: Vec<u16> = (0..20)
+            .map(|_| high.request("GET", "/livez", &[], b"").status)
+            .collect();
+        assert!(high_answers.iter().all(|s| *s == 200), "{high_answers:?}");
+        for client in &mut flood {
+            read_rounds(client);
+        }
+        let low_total = (5 * ROUNDS) as u64;
         let status = wait_for_queues(&server, "the gate's counts", |s| {
             let low = &s["classes"]["low"]["requests"];
             low["passed"].as_u64().unwrap_or(0) + low["waited"].as_u64().unwrap_or(0) == low_total
-                && s["classes"]["high"]["requests"]["passed"].as_u64() >= Some(20)
+                && s["classes"]["high"]["requests"]["passed"].as_u64() >= Some(21)
         });
         let waited = status["classes"]["low"]["requests"]["waited"]
             .as_u64()

@@ -158,7 +158,7 @@ impl Service for ShardApp {
             Match::Found(route) => self.route_classes[route as usize],
             _ => None,
         };
-        let wait = class.and_then(|class| gate.admit(class));
+        let wait = class.and_then(|class| gate.admit(class, std::time::Instant::now()));
         if wait.is_none() {
             self.admitted_route = Some(matched);
         }

@@ -2,11 +2,13 @@
 //!
 //! A shard cannot see a high-class request until its event loop polls for readiness again, so
 //! what delays one under a flood of lower requests is the work the loop does between two polls.
-//! The gate bounds that work: per turn of the event loop at most [`TURN_BUDGET`] requests of
-//! the medium, low and background classes run; the rest wait, parsed, in their class's line,
-//! and the next turns let them go by weight ([`Turns`], 8:4:2:1 between the waiting classes).
-//! High-class requests and requests of routes without a class never wait. While nothing waits
-//! and the budget lasts, a classed request runs at once, so an unloaded shard pays one counter.
+//! The gate bounds that work: while a higher class has had requests in the last
+//! [`PRIORITY_HOLD`], at most [`TURN_BUDGET`] requests of the classes below it run per turn of
+//! the event loop; the rest wait, parsed, in their class's line, and the next turns let them go
+//! by weight ([`Turns`], 8:4:2:1 between the waiting classes). High-class requests and requests
+//! of routes without a class never wait, and a class with nothing above it to give way to (a
+//! flood of reports with no trading beside it) never waits either. While nothing waits and the
+//! budget lasts, a classed request runs at once, so an unloaded shard pays a clock read.
 //!
 //! The engine supplies the turns: it calls [`RequestGate::turn`] once per pass of its event
 //! loop after `kick` asked for one, and again on the next pass while it returns `true`.
@@ -17,6 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use super::{Priority, Turns};
 use crate::http::AdmissionWait;
@@ -25,6 +28,10 @@ use crate::http::AdmissionWait;
 /// microseconds each this keeps a pass of the loop, and so the wait of a high request that
 /// arrives meanwhile, to about a tenth of a millisecond (bench/RESULTS.md, request classes).
 pub const TURN_BUDGET: u32 = 16;
+
+/// How long a request of a class makes the classes below it give way. Long enough that sparse
+/// critical traffic (a trade every few seconds) finds the lower classes already in line.
+pub const PRIORITY_HOLD: Duration = Duration::from_secs(5);
 
 /// One shard's gate. Lives on the shard's thread (under the may engine, behind its app lock).
 pub struct RequestGate {
@@ -40,6 +47,8 @@ struct GateState {
     turns: Turns,
     /// A turn has been asked for and not yet taken.
     kicked: bool,
+    /// When a request of each class last arrived.
+    last_seen: [Option<Instant>; 4],
     counts: GateCounts,
 }
 
@@ -65,20 +74,25 @@ impl RequestGate {
                 waiting: 0,
                 turns: Turns::default(),
                 kicked: false,
+                last_seen: [None; 4],
                 counts: GateCounts::default(),
             }),
             kick,
         })
     }
 
-    /// `None`: a request of `class` runs now. Otherwise the future ends when its turn comes.
-    pub fn admit(&self, class: Priority) -> Option<AdmissionWait> {
+    /// `None`: a request of `class`, arriving `now`, runs at once. Otherwise the future ends
+    /// when its turn comes.
+    pub fn admit(&self, class: Priority, now: Instant) -> Option<AdmissionWait> {
         let mut state = self.state.borrow_mut();
         let index = class.index();
-        if class == Priority::High || (state.waiting == 0 && state.budget > 0) {
-            state.budget = state
-                .budget
-                .saturating_sub(u32::from(class != Priority::High));
+        state.last_seen[index] = Some(now);
+        let gives_way = state.last_seen[..index]
+            .iter()
+            .flatten()
+            .any(|seen| now.saturating_duration_since(*seen) < PRIORITY_HOLD);
+        if !gives_way || (state.waiting == 0 && state.budget > 0) {
+            state.budget = state.budget.saturating_sub(u32::from(gives_way));
             state.counts.passed[index] += 1;
             return None;
         }
@@ -164,33 +178,64 @@ mod tests {
     #[test]
     fn the_budget_runs_classed_requests_at_once_then_they_wait_and_kick_once() {
         let (gate, kicks) = gate();
+        let now = Instant::now();
+        assert!(gate.admit(Priority::High, now).is_none());
         for _ in 0..TURN_BUDGET {
-            assert!(gate.admit(Priority::Low).is_none());
+            assert!(gate.admit(Priority::Low, now).is_none());
         }
-        let mut first = gate.admit(Priority::Low).expect("budget spent: waits");
-        let mut second = gate.admit(Priority::Background).expect("waits");
+        let mut first = gate.admit(Priority::Low, now).expect("budget spent: waits");
+        let mut second = gate.admit(Priority::Background, now).expect("waits");
         assert_eq!(kicks.get(), 1, "one turn asked for, not one per waiter");
         // High never waits, even with the budget spent and others in line.
-        assert!(gate.admit(Priority::High).is_none());
+        assert!(gate.admit(Priority::High, now).is_none());
         assert!(!granted(&mut first));
         assert!(!gate.turn(), "both fit in one turn's budget");
         assert!(granted(&mut first) && granted(&mut second));
         let counts = gate.counts();
         assert_eq!(counts.passed[Priority::Low.index()], u64::from(TURN_BUDGET));
         assert_eq!(counts.waited[Priority::Low.index()], 1);
-        assert_eq!(counts.passed[Priority::High.index()], 1);
+        assert_eq!(counts.passed[Priority::High.index()], 2);
+    }
+
+    #[test]
+    fn a_class_gives_way_only_while_a_higher_one_has_requests() {
+        let (gate, kicks) = gate();
+        let start = Instant::now();
+        // Nothing above background has come: a flood of reports never waits.
+        for _ in 0..10 * TURN_BUDGET {
+            assert!(gate.admit(Priority::Background, start).is_none());
+        }
+        // Low has come now: background gives way to it once the budget is spent...
+        assert!(gate.admit(Priority::Low, start).is_none());
+        for _ in 0..TURN_BUDGET {
+            assert!(gate.admit(Priority::Background, start).is_none());
+        }
+        assert!(gate.admit(Priority::Background, start).is_some());
+        assert!(!gate.turn());
+        // ...but low itself has nothing above it, and never waits.
+        for _ in 0..10 * TURN_BUDGET {
+            assert!(gate.admit(Priority::Low, start).is_none());
+        }
+        // Once low has been quiet for the hold, background runs freely again.
+        let later = start + PRIORITY_HOLD;
+        for _ in 0..10 * TURN_BUDGET {
+            assert!(gate.admit(Priority::Background, later).is_none());
+        }
+        assert_eq!(kicks.get(), 1);
     }
 
     #[test]
     fn waiting_classes_go_by_weight_and_none_starves() {
         let (gate, _) = gate();
+        let now = Instant::now();
+        assert!(gate.admit(Priority::High, now).is_none());
         for _ in 0..TURN_BUDGET {
-            assert!(gate.admit(Priority::Low).is_none());
+            assert!(gate.admit(Priority::Low, now).is_none());
         }
         let mut waits: Vec<(Priority, AdmissionWait)> = Vec::new();
         for _ in 0..40 {
             for class in [Priority::Medium, Priority::Low, Priority::Background] {
-                waits.push((class, gate.admit(class).expect("waits")));
+                waits.push((class, gate.admit(class, now).expect("waits")));
             }
         }
         assert!(gate.turn(), "120 waiters outlast one turn");
@@ -222,12 +267,14 @@ mod tests {
     #[test]
     fn a_dropped_waiter_costs_no_budget() {
         let (gate, _) = gate();
+        let now = Instant::now();
+        assert!(gate.admit(Priority::High, now).is_none());
         for _ in 0..TURN_BUDGET {
-            gate.admit(Priority::Medium);
+            gate.admit(Priority::Medium, now);
         }
-        drop(gate.admit(Priority::Medium).expect("waits"));
+        drop(gate.admit(Priority::Medium, now).expect("waits"));
         let mut kept: Vec<_> = (0..TURN_BUDGET)
-            .map(|_| gate.admit(Priority::Medium).expect("waits"))
+            .map(|_| gate.admit(Priority::Medium, now).expect("waits"))
             .collect();
         assert!(!gate.turn(), "the dropped one did not use a place");
         assert!(kept.iter_mut().all(granted));
