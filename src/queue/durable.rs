@@ -11,6 +11,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -69,15 +70,12 @@ pub fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, poll: Duration,
         Priority::Background,
         Box::pin(async move {
             let mut db = database.client();
-            let in_flight = Rc::new(Cell::new(0usize));
+            let in_flight = Rc::new(Slots::default());
             loop {
+                in_flight.free().await;
                 let room = MAX_IN_FLIGHT
-                    .saturating_sub(in_flight.get())
+                    .saturating_sub(in_flight.held.get())
                     .min(BATCH as usize);
-                if room == 0 {
-                    queues.runtime.sleep(poll).await;
-                    continue;
-                }
                 let (owner_claim, limit) = (owner.clone(), room as i64);
                 let claimed = db
                     .write(move |conn| {
@@ -121,21 +119,51 @@ pub fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, poll: Duration,
     );
 }
 
+/// The dispatcher's claims in flight, and its wait for one to end when it holds
+/// [`MAX_IN_FLIGHT`].
+#[derive(Default)]
+struct Slots {
+    held: Cell<usize>,
+    waiting: Cell<Option<Waker>>,
+}
+
+impl Slots {
+    /// Ends once fewer than [`MAX_IN_FLIGHT`] claims are held.
+    async fn free(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.held.get() < MAX_IN_FLIGHT {
+                Poll::Ready(())
+            } else {
+                self.waiting.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// One claimed job counted against [`MAX_IN_FLIGHT`] until it is dropped, however its task ends.
-struct InFlight(Rc<Cell<usize>>);
+struct InFlight(Rc<Slots>);
 
 impl InFlight {
-    fn new(count: &Rc<Cell<usize>>) -> InFlight {
-        count.set(count.get() + 1);
-        InFlight(count.clone())
+    fn new(slots: &Rc<Slots>) -> InFlight {
+        slots.held.set(slots.held.get() + 1);
+        InFlight(slots.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.0.held.set(self.0.held.get() - 1);
+        if let Some(dispatcher) = self.0.waiting.take() {
+            dispatcher.wake();
+        }
     }
 }
+
+/// The first look at a submitted job's state: most jobs are short, so the dispatcher looks
+/// again soon, then less often (doubling up to the poll interval).
+const FIRST_LOOK: Duration = Duration::from_millis(1);
 
 fn now<T>(answer: Answer<T>) -> futures_lite::future::BoxedLocal<T>
 where
@@ -188,8 +216,10 @@ async fn run(
         Err(_) => return None,
     };
     let mut renewed = Instant::now();
+    let mut look_after = FIRST_LOOK.min(poll);
     loop {
-        queues.runtime.sleep(poll).await;
+        queues.runtime.sleep(look_after).await;
+        look_after = (look_after * 2).min(poll);
         let view = now(worker::status(queues, id)).await?;
         match view["state"].as_str() {
             Some("done") => return Some(Ok(view["result"].clone())),

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# bench/durable_jobs.sh — what a job costs when it is durable (a PostgreSQL outbox row, claimed,
+# run and marked done) next to the same job kept in memory, on one server core.
+#
+# Brings up the project's PostgreSQL cluster (tests/pg/cluster.sh: a primary and PG_REPLICAS
+# streaming replicas) in a database of its own, starts one shard on SERVER_CPU, and for each sort
+# of job enqueues small `analytics` jobs closed-loop for DURATION from USERS connections on
+# CLIENT_CPU, then waits until every one is done. Reported per sort: jobs enqueued, enqueue req/s,
+# time from the first enqueue to the last job done, and jobs/s end to end; then durable / memory.
+#
+# Usage: bench/durable_jobs.sh        (wrap in `flock /work/bench.lock` on a shared machine)
+# Environment: COINBIT LOADGEN SERVER_CPU=0 CLIENT_CPU=1 DURATION=5s USERS=32 PORT=18400
+#              PG_PORT=25432 PG_REPLICAS=1 DB_POOL_SIZE=4 BUILD=0 SORTS="memory durable"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/common.sh
+
+COINBIT=${COINBIT:-target/release/coinbit}
+LOADGEN=${LOADGEN:-target/release/loadgen}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+DURATION=${DURATION:-5s}
+USERS=${USERS:-32}
+PORT=${PORT:-18400}
+BUILD=${BUILD:-0}
+SORTS=${SORTS:-memory durable}
+export PG_PORT=${PG_PORT:-25432} PG_REPLICAS=${PG_REPLICAS:-1}
+export DB_POOL_SIZE=${DB_POOL_SIZE:-4}
+URL="http://127.0.0.1:$PORT"
+DATABASE=coinbit_bench_durable
+
+if [ "$BUILD" = 1 ]; then
+    cargo build --release -p coinbit -p loadgen
+fi
+for bin in "$COINBIT" "$LOADGEN"; do
+    [ -x "$bin" ] || { echo "durable_jobs: $bin is missing (BUILD=1 builds it)" >&2; exit 1; }
+done
+cluster=tests/pg/cluster.sh
+out=$(mktemp -d)
+server_pid=""
+db_was_up=0
+"$cluster" status >/dev/null 2>&1 && db_was_up=1
+cleanup() {
+    [ -n "$server_pid" ] && { kill -INT "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; }
+    [ "$db_was_up" = 0 ] && "$cluster" down >/dev/null 2>&1
+    rm -rf "$out"
+}
+trap cleanup EXIT
+"$cluster" up >/dev/null
+sql() { "$cluster" sql primary "$1"; }
+
+# A database of its own, fresh each run, so that earlier rows neither count nor slow the claims.
+# The server's URLs are the cluster's with that database.
+start() {
+    sql "DROP DATABASE IF EXISTS $DATABASE" >/dev/null
+    sql "CREATE DATABASE $DATABASE" >/dev/null
+    local env=()
+    while IFS= read -r line; do env+=("${line%/*}/$DATABASE"); done < <("$cluster" env)
+    env "${env[@]}" "$COINBIT" --bind-address 127.0.0.1 --port "$PORT" --shards 1 \
+        --shard-cpus "$SERVER_CPU" --monitor-core "$CLIENT_CPU" --snapshot-interval 200 \
+        >"$out/server.log" 2>&1 &
+    server_pid=$!
+    wait_for_listening "$out/server.log" "$server_pid"
+}
+stop() { kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""; }
+
+# jobs_done SORT: how many of the run's jobs are done so far.
+jobs_done() {
+    if [ "$1" = durable ]; then
+        psql_done
+    else
+        curl -s "$URL/api/enterprise/queues/status" |
+            python3 -c "import json,sys; print(json.load(sys.stdin)['classes']['background']['processed'])"
+    fi
+}
+psql_done() {
+    local url
+    url=$("$cluster" env | head -1 | cut -d= -f2-)
+    psql "${url%/*}/$DATABASE" -Atc "SELECT count(*) FROM job_outbox WHERE status = 'done'"
+}
+
+echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "server: 1 shard on CPU $SERVER_CPU, $DB_POOL_SIZE connections per node; loadgen on CPU $CLIENT_CPU, $USERS connections, $DURATION of enqueues"
+echo
+echo "| jobs | enqueued | enqueue req/s | last job done after (s) | jobs/s end to end |"
+echo "|---|---:|---:|---:|---:|"
+declare -A rate
+for sort in $SORTS; do
+    durable=false
+    [ "$sort" = durable ] && durable=true
+    cat >"$out/jobs.toml" <<TOML
+name = "$sort-jobs"
+[[requests]]
+name = "enqueue"
+method = "POST"
+path = "/api/enterprise/jobs"
+body = '{"kind":"analytics","class":"background","payload":{"event":"bench"},"durable":$durable}'
+expect = [202]
+TOML
+    start
+    began=$(date +%s.%N)
+    "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c "$USERS" -d "$DURATION" -s "$out/jobs.toml" \
+        --progress never --json "$URL" >"$out/enqueue.json" 2>/dev/null || true
+    read -r enqueued enqueue_rps < <(python3 -c "import json,sys; o=json.load(open(sys.argv[1]))['overall']; print(o['ok'], round(o['rps']))" "$out/enqueue.json")
+    done_count=0
+    for _ in $(seq 600); do
+        done_count=$(jobs_done "$sort")
+        [ "$done_count" -ge "$enqueued" ] && break
+        sleep 0.1
+    done
+    finished=$(date +%s.%N)
+    stop
+    seconds=$(awk "BEGIN {printf \"%.2f\", $finished - $began}")
+    rate[$sort]=$(awk "BEGIN {printf \"%d\", $done_count / ($finished - $began)}")
+    printf '| %s | %s | %s | %s | %s |\n' "$sort" "$enqueued" "$enqueue_rps" "$seconds" "${rate[$sort]}"
+    [ "$done_count" -ge "$enqueued" ] || echo "durable_jobs: only $done_count of $enqueued $sort jobs done in 60 s" >&2
+done
+if [ -n "${rate[memory]:-}" ] && [ -n "${rate[durable]:-}" ]; then
+    printf '\ndurable / memory, jobs/s end to end: %.3fx\n' "$(awk "BEGIN {print ${rate[durable]} / ${rate[memory]}}")"
+fi
