@@ -142,8 +142,8 @@ pub struct Connection {
     awaiting: Option<Awaiting>,
     /// Responses encoded in this `advance` call, recorded together when it returns.
     batch: u64,
-    /// The buffered request waits for its turn ([`Step::Admit`]).
-    admitting: bool,
+    /// The buffered request waits for its turn ([`Step::Admit`]); when its bytes were read.
+    admitting: Option<Instant>,
     /// The buffered request's turn came: it runs without asking again.
     admitted: bool,
 }
@@ -164,7 +164,7 @@ impl Connection {
             continue_sent: false,
             awaiting: None,
             batch: 0,
-            admitting: false,
+            admitting: None,
             admitted: false,
         }
     }
@@ -207,7 +207,7 @@ impl Connection {
     /// When the connection must be closed if nothing changes, and why; `None` while a handler
     /// is still working on a response.
     pub fn deadline(&self) -> Option<(Instant, TimeoutKind)> {
-        if self.awaiting.is_some() || self.admitting {
+        if self.awaiting.is_some() || self.admitting.is_some() {
             return None;
         }
         Some(match self.request_started {
@@ -225,9 +225,19 @@ impl Connection {
     /// Parses and answers every complete request in the buffer. `now` is when the last read
     /// completed; response latency is measured from it.
     pub fn advance<S: Service>(&mut self, service: &mut S, now: Instant) -> Step {
+        self.advance_from(service, now, now)
+    }
+
+    /// `advance`, with the latency of the responses it encodes counted from `latency_from`.
+    fn advance_from<S: Service>(
+        &mut self,
+        service: &mut S,
+        now: Instant,
+        latency_from: Instant,
+    ) -> Step {
         let step = self.process(service, now);
         if self.batch > 0 {
-            service.responded(self.batch, now.elapsed());
+            service.responded(self.batch, latency_from.elapsed());
             self.batch = 0;
         }
         step
@@ -252,11 +262,14 @@ impl Connection {
     }
 
     /// The turn awaited by a [`Step::Admit`] came: runs the request, then goes on like `advance`.
+    /// Its latency runs from when its bytes were read: the wait is part of it.
     pub fn admitted<S: Service>(&mut self, service: &mut S, now: Instant) -> Step {
-        debug_assert!(self.admitting, "admitted without a request waiting");
-        self.admitting = false;
+        let read_at = self
+            .admitting
+            .take()
+            .expect("admitted without a request waiting");
         self.admitted = true;
-        self.advance(service, now)
+        self.advance_from(service, now, read_at)
     }
 
     fn process<S: Service>(&mut self, service: &mut S, now: Instant) -> Step {
@@ -286,7 +299,10 @@ impl Connection {
                 Next::NeedBytes => return Step::Read,
                 Next::Answered => {}
                 Next::Await(future) => return Step::Await(future),
-                Next::Admit(turn) => return Step::Admit(turn),
+                Next::Admit(turn) => {
+                    self.admitting = Some(now);
+                    return Step::Admit(turn);
+                }
             }
         }
     }
@@ -336,7 +352,6 @@ impl Connection {
         if !std::mem::take(&mut self.admitted) {
             if let Some(turn) = service.admit(&request) {
                 // The request stays buffered, parsed again when its turn comes.
-                self.admitting = true;
                 return Next::Admit(turn);
             }
         }

@@ -307,3 +307,70 @@ fn http10_keep_alive_is_announced_and_gets_no_interim_continue() {
     assert!(matches!(conn.advance(&mut echo, now), Step::Read));
     assert!(conn.output().is_empty(), "no 100 Continue for HTTP/1.0");
 }
+
+/// Makes every request to `/wait...` wait for its turn once, and records the latencies given.
+#[derive(Default)]
+struct Gated {
+    echo: Echo,
+    asked: Vec<String>,
+    latencies: Vec<Duration>,
+}
+
+impl Service for Gated {
+    fn call(&mut self, request: &Request<'_>) -> Reply {
+        self.echo.call(request)
+    }
+    fn date(&self) -> &[u8] {
+        self.echo.date()
+    }
+    fn rejected(&mut self, error: &HttpError) {
+        self.echo.rejected(error);
+    }
+    fn responded(&mut self, count: u64, latency: Duration) {
+        self.echo.responded(count, latency);
+        self.latencies.push(latency);
+    }
+    fn admit(&mut self, request: &Request<'_>) -> Option<AdmissionWait> {
+        self.asked.push(request.path.to_string());
+        request
+            .path
+            .starts_with("/wait")
+            .then(|| Box::pin(async {}) as AdmissionWait)
+    }
+}
+
+#[test]
+fn a_request_that_waits_for_its_turn_keeps_its_place_and_its_latency() {
+    let mut conn = Connection::new(limits(), timeouts(), Instant::now());
+    let mut gated = Gated::default();
+    let read_at = Instant::now();
+    feed(
+        &mut conn,
+        b"GET /a HTTP/1.1\r\n\r\nGET /wait HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        read_at,
+    );
+    let Step::Admit(_turn) = conn.advance(&mut gated, read_at) else {
+        panic!("the second request waits for its turn");
+    };
+    assert_eq!(bodies(conn.output()), ["/a:0"], "the first is answered");
+    assert_eq!(conn.deadline(), None, "no read deadline while it waits");
+    assert!(!conn.is_idle());
+    conn.clear_output();
+    std::thread::sleep(Duration::from_millis(20));
+    let step = conn.admitted(&mut gated, Instant::now());
+    assert!(matches!(step, Step::Read));
+    assert_eq!(
+        bodies(conn.output()),
+        ["/wait:0", "/b:0"],
+        "in order, after its turn"
+    );
+    // Asked once each: the admitted request is not asked again.
+    assert_eq!(gated.asked, ["/a", "/wait", "/b"]);
+    assert_eq!(gated.echo.responded, 3);
+    let waited = *gated.latencies.last().unwrap();
+    assert!(
+        waited >= Duration::from_millis(20),
+        "the wait counts in the latency: {waited:?}"
+    );
+    assert!(conn.deadline().is_some());
+}
