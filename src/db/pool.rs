@@ -380,9 +380,7 @@ impl Worker {
     fn write(&mut self, mut group: Vec<Job>) {
         let count = group.len() as u64;
         let outcome = if group.len() == 1 {
-            let task = &mut group[0].task;
-            task.run(self.conn.as_mut().expect("connected"))
-                .map(|()| vec![Ok(())])
+            self.write_alone(&mut group[0])
         } else {
             self.write_group(&mut group)
         };
@@ -413,6 +411,27 @@ impl Worker {
         self.node.request_done(node_failed);
         self.node.requests.fetch_add(count - 1, Ordering::Relaxed);
         self.node.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One write in a transaction of its own: a write of several statements (a user and its
+    /// welcome job's outbox row) commits whole or not at all, grouped or not.
+    fn write_alone(&mut self, job: &mut Job) -> Result<Vec<Result<(), DbError>>, DbError> {
+        let conn = self.conn.as_mut().expect("connected");
+        conn.simple("BEGIN")?;
+        match job.task.run(conn) {
+            Ok(()) => {
+                conn.simple("COMMIT")?;
+                Ok(vec![Ok(())])
+            }
+            Err(e) => {
+                let _ = conn.simple("ROLLBACK");
+                if e.is_node_failure() {
+                    Err(e)
+                } else {
+                    Ok(vec![Err(e)])
+                }
+            }
+        }
     }
 
     /// One transaction for the group, one savepoint per write: a row the database refuses
