@@ -48,7 +48,7 @@ const FINISH: &str = "UPDATE job_outbox o SET status = v.status, last_error = v.
      claimed_by = NULL, lease_until = NULL \
      FROM unnest($1::bigint[], $2::text[], $3::text[]) AS v(id, status, error) \
      WHERE o.id = v.id AND o.claimed_by = $4 AND o.status = 'claimed' \
-     RETURNING o.id, o.kind";
+     RETURNING o.id, o.kind, o.status";
 const RENEW: &str = "UPDATE job_outbox SET lease_until = now() + make_interval(secs => $3) \
      WHERE id = $1 AND claimed_by = $2 AND status = 'claimed'";
 const EFFECTS: &str = "INSERT INTO job_effects (job_id, kind, result, claimed_by) \
@@ -281,7 +281,7 @@ impl Recorder {
             Box::pin(async move {
                 loop {
                     let batch = this.next_batch().await;
-                    if let Err(e) = write_outcomes(&mut db, &owner, &batch).await {
+                    if let Err(e) = record(&mut db, &owner, &batch).await {
                         // The rows stay claimed: their leases run out and they are claimed again.
                         log::warn!(
                             "durable jobs: could not record {} outcomes: {e}",
@@ -326,21 +326,48 @@ impl Recorder {
     }
 }
 
+/// Writes `batch` in one write; when the database refuses it (not a lost connection), each
+/// outcome on its own, so that one refused row does not hold back the others.
+async fn record(db: &mut DbClient, owner: &str, batch: &[Outcome]) -> Result<(), DbError> {
+    match write_outcomes(db, owner, batch).await {
+        Err(e) if !e.is_node_failure() && batch.len() > 1 => {
+            let mut first_error = None;
+            for outcome in batch.chunks(1) {
+                if let Err(e) = write_outcomes(db, owner, outcome).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        }
+        other => other,
+    }
+}
+
 async fn write_outcomes(db: &mut DbClient, owner: &str, batch: &[Outcome]) -> Result<(), DbError> {
     let owner = owner.to_string();
-    let ids: Vec<i64> = batch.iter().map(|o| o.id).collect();
-    let statuses: Vec<&'static str> = batch.iter().map(|o| o.status).collect();
-    let errors: Vec<Option<String>> = batch.iter().map(|o| o.error.clone()).collect();
-    let results: HashMap<i64, String> = batch
-        .iter()
+    // One outcome per job: a job claimed again by this dispatcher (its lease ran out while its
+    // outcome waited) may have two; the one that ends it wins.
+    let mut by_id: HashMap<i64, &Outcome> = HashMap::with_capacity(batch.len());
+    for outcome in batch {
+        let kept = by_id.entry(outcome.id).or_insert(outcome);
+        if kept.status == "pending" {
+            *kept = outcome;
+        }
+    }
+    let ids: Vec<i64> = by_id.keys().copied().collect();
+    let statuses: Vec<&'static str> = ids.iter().map(|id| by_id[id].status).collect();
+    let errors: Vec<Option<String>> = ids.iter().map(|id| by_id[id].error.clone()).collect();
+    let results: HashMap<i64, String> = by_id
+        .values()
         .filter_map(|o| Some((o.id, o.result.clone()?)))
         .collect();
     db.write(move |conn| {
         let held = conn.query(FINISH, &[&ids, &statuses, &errors, &owner])?;
         let (mut done_ids, mut kinds, mut done_results) = (Vec::new(), Vec::new(), Vec::new());
         for row in held {
-            let id: i64 = row.get(0);
-            if let Some(result) = results.get(&id) {
+            let (id, status): (i64, &str) = (row.get(0), row.get(2));
+            // The effect goes with the done mark actually written, nothing else.
+            if let Some(result) = results.get(&id).filter(|_| status == "done") {
                 done_ids.push(id);
                 kinds.push(row.get::<_, String>(1));
                 done_results.push(result.as_str());

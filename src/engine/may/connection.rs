@@ -140,7 +140,12 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
                 // A wait consumes the socket's pending wake-up, which may have been for bytes:
                 // the next read must look.
                 Ok(waited) => drained &= !waited,
-                Err(_) => return,
+                Err(_) => {
+                    // A turn or a reply still awaited may hold the shard's `Rc`s: it is
+                    // dropped under the app lock, as everywhere else.
+                    shard.with_app(move |_| drop(step));
+                    return;
+                }
             }
             conn.clear_output();
         }

@@ -80,13 +80,16 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
 /// One generation's life on its housekeeping thread: listen (unless parked), keep house, then
 /// drain or tear down.
 fn live(shard: &Arc<Shard>) -> ShardExit {
-    if let Err(e) = start_queue_loop(shard) {
-        return ShardExit::Died(format!("cannot start the queue loop: {e}"));
-    }
-    if let Err(e) = gate::start(shard) {
-        return ShardExit::Died(format!("cannot start the request gate: {e}"));
-    }
-    let exit = serve_generation(shard);
+    let started = start_queue_loop(shard)
+        .map_err(|e| format!("cannot start the queue loop: {e}"))
+        .and_then(|()| {
+            gate::start(shard).map_err(|e| format!("cannot start the request gate: {e}"))
+        });
+    let exit = match started {
+        Ok(()) => serve_generation(shard),
+        Err(why) => ShardExit::Died(why),
+    };
+    // The generation's loops end with it, also when one of them could not start.
     shard.queue_loop_stop.store(true, Ordering::Release);
     shard.wakeups.unpark();
     if let Some(fd) = &shard.gate_fd {
