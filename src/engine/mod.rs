@@ -4,8 +4,9 @@
 //! what the codec produced, runs the timers the codec asks for, and sends the shard's metrics to
 //! the monitor. Everything above the socket is the app's, through [`crate::http::Service`].
 //! For the shard's priority queues an engine also implements [`crate::queue::QueueRuntime`]
-//! (a task per class with its CPU share, timers), and runs a connection in the class of the
-//! route it serves ([`crate::app::ShardApp::take_routed_class`]).
+//! (a task per class with its CPU share, timers), and, when a route has a class, takes the turns
+//! of the shard's request gate once per pass of its event loop ([`crate::queue::gate`]) and
+//! awaits a request's turn ([`crate::http::Step::Admit`]).
 //!
 //! What both engines need (the choice of engine, the connection settings, admission and its
 //! 503s, the activation steps, a generation's thread and its end, metrics reports, timer
