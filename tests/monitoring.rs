@@ -551,31 +551,14 @@ fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
             })
         });
         assert_eq!(status["shards"][1 - id]["restarts"], 0);
-        let body = wait_alert(&server, "the heartbeat alert", |b| {
-            let name = format!("shard_{id}_heartbeat/critical");
-            find(b, "active", &name)
-                .or_else(|| find(b, "recent", &name))
-                .map(|_| b.clone())
-        });
-        let restart = &body["actions"][2];
-        assert_eq!(
-            (restart["name"].as_str(), restart["taken"].as_u64()),
-            (Some("restart_shard"), Some(1)),
-            "{restart}"
-        );
-        // Replaced while its thread was still stuck: the monitor did not wait for it. (Silence is
-        // counted from the shard's last report, up to one 100 ms snapshot interval before the stall.)
-        let replaced_after = restart["since_ms"].as_u64().unwrap() as i64 - stalled_at_ms as i64;
-        assert!(
-            (1800..6000).contains(&replaced_after),
-            "replaced {replaced_after} ms into a 6000 ms stall (heartbeat timeout 2000 ms)"
-        );
+        // Looked at first, while the stall lasts; the alert and the action are read afterwards.
         // Both shards serve, the replacement already while its predecessor is stuck (on may,
         // it runs on the shard's other worker): a request that reached a shard unable to serve
         // would be answered only after the stall.
         let mut by_shard = [0u32; 2];
         let mut replacement_served_during_stall = false;
         let mut answers = 0;
+        let probing_from = stalled_at.elapsed();
         // Short reads again, so that one connection the kernel queued on the stalled
         // generation's listener does not hold the loop until the stall is over.
         while answers < 40 && stalled_at.elapsed() < Duration::from_secs(12) {
@@ -594,7 +577,27 @@ fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
         );
         assert!(
             replacement_served_during_stall,
-            "the replacement served only after the stall ({by_shard:?})"
+            "the replacement served only after the stall ({by_shard:?}; probing began \
+             {probing_from:?} into the 6 s stall)"
+        );
+        let body = wait_alert(&server, "the heartbeat alert", |b| {
+            let name = format!("shard_{id}_heartbeat/critical");
+            find(b, "active", &name)
+                .or_else(|| find(b, "recent", &name))
+                .map(|_| b.clone())
+        });
+        let restart = &body["actions"][2];
+        assert_eq!(
+            (restart["name"].as_str(), restart["taken"].as_u64()),
+            (Some("restart_shard"), Some(1)),
+            "{restart}"
+        );
+        // Replaced while its thread was still stuck: the monitor did not wait for it. (Silence is
+        // counted from the shard's last report, up to one 100 ms snapshot interval before the stall.)
+        let replaced_after = restart["since_ms"].as_u64().unwrap() as i64 - stalled_at_ms as i64;
+        assert!(
+            (1800..6000).contains(&replaced_after),
+            "replaced {replaced_after} ms into a 6000 ms stall (heartbeat timeout 2000 ms)"
         );
         // The old thread wakes up, finds itself replaced and ends: no second restart.
         std::thread::sleep(
