@@ -187,7 +187,11 @@ fn lag_past_the_limit_ejects_but_never_the_last_replica() {
             replica1["lag_bytes"].as_u64().unwrap() > 64 * 1024,
             "{replica1}"
         );
-        assert_eq!(node(&status, "replica2")["state"], "up");
+        // The replicas still replaying serve on (one that fell behind for a moment on a loaded
+        // host is ejected for that moment and comes back at its next probe).
+        server.wait_for_status("replica2 and replica3 up", |s| {
+            node(s, "replica2")["state"] == "up" && node(s, "replica3")["state"] == "up"
+        });
 
         // Pause the other two: one more goes, the last routable one stays.
         cluster.psql("replica2", &db, "SELECT pg_wal_replay_pause()");
