@@ -50,33 +50,24 @@ trap cleanup EXIT
 sql() { "$cluster" sql primary "$1"; }
 
 # A database of its own, fresh each run, so that earlier rows neither count nor slow the claims.
-# The server's URLs are the cluster's with that database.
+# The server's URLs are the cluster's with that database (the first is the primary's).
+db_env=()
+while IFS= read -r line; do db_env+=("${line%/*}/$DATABASE"); done < <("$cluster" env)
+primary_url=${db_env[0]#*=}
 start() {
     sql "DROP DATABASE IF EXISTS $DATABASE" >/dev/null
     sql "CREATE DATABASE $DATABASE" >/dev/null
-    local env=()
-    while IFS= read -r line; do env+=("${line%/*}/$DATABASE"); done < <("$cluster" env)
-    env "${env[@]}" "$COINBIT" --bind-address 127.0.0.1 --port "$PORT" --shards 1 \
-        --shard-cpus "$SERVER_CPU" --monitor-core "$CLIENT_CPU" --snapshot-interval 200 \
-        >"$out/server.log" 2>&1 &
-    server_pid=$!
-    wait_for_listening "$out/server.log" "$server_pid"
+    start_one_shard env "${db_env[@]}" "$COINBIT"
 }
-stop() { kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""; }
 
 # jobs_done SORT: how many of the run's jobs are done so far.
 jobs_done() {
     if [ "$1" = durable ]; then
-        psql_done
+        psql "$primary_url" -Atc "SELECT count(*) FROM job_outbox WHERE status = 'done'"
     else
         curl -s "$URL/api/enterprise/queues/status" |
             python3 -c "import json,sys; print(json.load(sys.stdin)['classes']['background']['processed'])"
     fi
-}
-psql_done() {
-    local url
-    url=$("$cluster" env | head -1 | cut -d= -f2-)
-    psql "${url%/*}/$DATABASE" -Atc "SELECT count(*) FROM job_outbox WHERE status = 'done'"
 }
 
 echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -109,7 +100,7 @@ TOML
         sleep 0.1
     done
     finished=$(date +%s.%N)
-    stop
+    stop_server
     seconds=$(awk "BEGIN {printf \"%.2f\", $finished - $began}")
     rate[$sort]=$(awk "BEGIN {printf \"%d\", $done_count / ($finished - $began)}")
     printf '| %s | %s | %s | %s | %s |\n' "$sort" "$enqueued" "$enqueue_rps" "$seconds" "${rate[$sort]}"

@@ -58,14 +58,7 @@ cleanup() {
 trap cleanup EXIT
 
 # start BINARY ROUTE_CLASSES: a fresh one-shard server.
-start() {
-    QUEUE_ROUTE_CLASSES=$2 "$1" --engine "$ENGINE" --bind-address 127.0.0.1 --port "$PORT" --shards 1 \
-        --shard-cpus "$SERVER_CPU" --monitor-core "$CLIENT_CPU" --snapshot-interval 200 \
-        >"$out/server.log" 2>&1 &
-    server_pid=$!
-    wait_for_listening "$out/server.log" "$server_pid"
-}
-stop() { kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""; }
+start() { start_one_shard env QUEUE_ROUTE_CLASSES="$2" "$1" --engine "$ENGINE"; }
 
 flood_start() {
     for path in /readyz /api/enterprise/cluster/status; do
@@ -117,7 +110,7 @@ for ENGINE in $ENGINES; do
         under=$(probe)
         flood_stop
         flood_rps=$(awk "BEGIN {print $(rps "$out/floodreadyz.json") + $(rps "$out/floodstatus.json")}" 2>/dev/null || echo n/a)
-        stop
+        stop_server
         flooded[$ENGINE/$mode]=$under
         flood_rate[$ENGINE/$mode]=$flood_rps
         printf '| %s | `%s` | %s | %s | %.1fx | %s |\n' "$ENGINE" "$mode" "$alone" "$under" \
@@ -158,7 +151,7 @@ for condition in alone flood; do
     flood_stop
     sleep 0.5
     curl -s "$URL/api/enterprise/queues/status" >"$out/queues.json"
-    stop
+    stop_server
     json "$out/queues.json" "'| $condition | ' + ' | '.join('%s / %s' % (d['classes'][c]['wait_ms']['p50'], d['classes'][c]['wait_ms']['p99']) for c in ['high','medium','low','background']) + ' | %d |' % sum(d['classes'][c]['processed'] for c in d['classes'])"
 done
 echo
@@ -172,7 +165,7 @@ start "$COINBIT" "$CLASSES"
     --progress never --json "$URL" >"$out/enqueue.json" 2>/dev/null || true
 sleep 1
 curl -s "$URL/api/enterprise/queues/status" >"$out/queues.json"
-stop
+stop_server
 seconds=${DURATION%s}
 echo "| enqueue req/s | jobs processed | processed jobs/s | rejected (429) |"
 echo "|---:|---:|---:|---:|"
@@ -194,7 +187,7 @@ for round in $(seq "$ROUNDS"); do
         start "$bin" "$([ "$mode" = - ] || echo "$mode")"
         "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c 64 -d "$DURATION" --progress never --json \
             "$URL/health" >"$out/health.json" 2>/dev/null || true
-        stop
+        stop_server
         results[$entry]+="$(rps "$out/health.json") "
     done
 done
