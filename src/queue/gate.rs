@@ -170,6 +170,14 @@ mod tests {
         (gate, kicks)
     }
 
+    /// A high request arrives, then `class` spends the turn's budget, every one at once.
+    fn engage_and_spend(gate: &RequestGate, class: Priority, now: Instant) {
+        assert!(gate.admit(Priority::High, now).is_none());
+        for _ in 0..TURN_BUDGET {
+            assert!(gate.admit(class, now).is_none(), "within the budget");
+        }
+    }
+
     fn granted(wait: &mut AdmissionWait) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         wait.as_mut().poll(&mut cx).is_ready()
@@ -179,10 +187,7 @@ mod tests {
     fn the_budget_runs_classed_requests_at_once_then_they_wait_and_kick_once() {
         let (gate, kicks) = gate();
         let now = Instant::now();
-        assert!(gate.admit(Priority::High, now).is_none());
-        for _ in 0..TURN_BUDGET {
-            assert!(gate.admit(Priority::Low, now).is_none());
-        }
+        engage_and_spend(&gate, Priority::Low, now);
         let mut first = gate.admit(Priority::Low, now).expect("budget spent: waits");
         let mut second = gate.admit(Priority::Background, now).expect("waits");
         assert_eq!(kicks.get(), 1, "one turn asked for, not one per waiter");
@@ -228,10 +233,7 @@ mod tests {
     fn waiting_classes_go_by_weight_and_none_starves() {
         let (gate, _) = gate();
         let now = Instant::now();
-        assert!(gate.admit(Priority::High, now).is_none());
-        for _ in 0..TURN_BUDGET {
-            assert!(gate.admit(Priority::Low, now).is_none());
-        }
+        engage_and_spend(&gate, Priority::Low, now);
         let mut waits: Vec<(Priority, AdmissionWait)> = Vec::new();
         for _ in 0..40 {
             for class in [Priority::Medium, Priority::Low, Priority::Background] {
@@ -268,10 +270,7 @@ mod tests {
     fn a_dropped_waiter_costs_no_budget() {
         let (gate, _) = gate();
         let now = Instant::now();
-        assert!(gate.admit(Priority::High, now).is_none());
-        for _ in 0..TURN_BUDGET {
-            gate.admit(Priority::Medium, now);
-        }
+        engage_and_spend(&gate, Priority::Medium, now);
         drop(gate.admit(Priority::Medium, now).expect("waits"));
         let mut kept: Vec<_> = (0..TURN_BUDGET)
             .map(|_| gate.admit(Priority::Medium, now).expect("waits"))
