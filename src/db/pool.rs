@@ -379,11 +379,7 @@ impl Worker {
 
     fn write(&mut self, mut group: Vec<Job>) {
         let count = group.len() as u64;
-        let outcome = if group.len() == 1 {
-            self.write_alone(&mut group[0])
-        } else {
-            self.write_group(&mut group)
-        };
+        let outcome = self.write_group(&mut group);
         let outcome = outcome.and_then(|results| {
             let position = self.conn().commit_position()?;
             Ok((results, position))
@@ -413,29 +409,9 @@ impl Worker {
         self.node.commits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One write in a transaction of its own: a write of several statements (a user and its
-    /// welcome job's outbox row) commits whole or not at all, grouped or not.
-    fn write_alone(&mut self, job: &mut Job) -> Result<Vec<Result<(), DbError>>, DbError> {
-        let conn = self.conn.as_mut().expect("connected");
-        conn.simple("BEGIN")?;
-        match job.task.run(conn) {
-            Ok(()) => {
-                conn.simple("COMMIT")?;
-                Ok(vec![Ok(())])
-            }
-            Err(e) => {
-                let _ = conn.simple("ROLLBACK");
-                if e.is_node_failure() {
-                    Err(e)
-                } else {
-                    Ok(vec![Err(e)])
-                }
-            }
-        }
-    }
-
     /// One transaction for the group, one savepoint per write: a row the database refuses
-    /// fails alone; a lost connection fails them all.
+    /// fails alone; a lost connection fails them all. A write alone is a group of one: its
+    /// statements (a user and its welcome job's outbox row) commit whole or not at all.
     fn write_group(&mut self, group: &mut [Job]) -> Result<Vec<Result<(), DbError>>, DbError> {
         let conn = self.conn.as_mut().expect("connected");
         let outcome = Self::run_group(conn, group);
@@ -451,15 +427,25 @@ impl Worker {
         group: &mut [Job],
     ) -> Result<Vec<Result<(), DbError>>, DbError> {
         conn.simple("BEGIN")?;
+        // A write alone needs no savepoint: when it fails, the whole transaction goes.
+        let alone = group.len() == 1;
         let mut results = Vec::with_capacity(group.len());
         for job in group.iter_mut() {
-            conn.simple("SAVEPOINT w")?;
+            if !alone {
+                conn.simple("SAVEPOINT w")?;
+            }
             match job.task.run(conn) {
                 Ok(()) => {
-                    conn.simple("RELEASE SAVEPOINT w")?;
+                    if !alone {
+                        conn.simple("RELEASE SAVEPOINT w")?;
+                    }
                     results.push(Ok(()));
                 }
                 Err(e) if e.is_node_failure() => return Err(e),
+                Err(e) if alone => {
+                    let _ = conn.simple("ROLLBACK");
+                    return Ok(vec![Err(e)]);
+                }
                 Err(e) => {
                     conn.simple("ROLLBACK TO SAVEPOINT w")?;
                     results.push(Err(e));
