@@ -553,7 +553,7 @@ fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
         assert_eq!(status["shards"][1 - id]["restarts"], 0);
         // Looked at first, while the stall lasts; the alert and the action are read afterwards.
         // Both shards serve, the replacement already while its predecessor is stuck (on may,
-        // it runs on the shard's other worker): a request that reached a shard unable to serve
+        // it runs on another of the shard's workers): a request that reached a shard unable to serve
         // would be answered only after the stall.
         let mut by_shard = [0u32; 2];
         let mut replacement_served_during_stall = false;
@@ -614,6 +614,101 @@ fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
         );
         assert!(logged(&server, "stopped sending heartbeats"));
     });
+}
+
+/// A GET on a fresh connection with short reads: a connection the kernel queued on a stuck
+/// shard's listener gets no answer, and must not hold the caller for long.
+fn quick_get(server: &Server, path: &str) -> Option<Value> {
+    let mut client = Client::connect(server.addr);
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    client.try_request("GET", path, &[], b"").map(|r| r.json())
+}
+
+/// A connection that shard `shard` answered (SO_REUSEPORT spreads new ones over the shards).
+fn connect_to_shard(server: &Server, shard: u64) -> Client {
+    wait_for(&format!("shard {shard} to answer"), PATIENCE, || {
+        let mut client = Client::connect(server.addr);
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let body = client.try_request("GET", "/debug/shard", &[], b"")?.json();
+        (body["shard"].as_u64() == Some(shard)).then_some(client)
+    })
+}
+
+#[test]
+fn on_may_a_replacement_serves_while_two_predecessors_are_still_stuck_on_their_workers() {
+    // Long enough that /health is seen between the shard going stale (1 s without a report)
+    // and its replacement.
+    const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(4000);
+    let server = Server::start(
+        "may",
+        &[
+            "--debug-routes",
+            "--shards",
+            "2",
+            "--metrics-interval",
+            "200",
+            "--heartbeat-timeout",
+            "4000",
+        ],
+    );
+    let shard = server.get("/debug/shard").json()["shard"].as_u64().unwrap();
+    let id = shard as usize;
+    let began = Instant::now();
+    // Open, so that nothing ends the stalls early.
+    let mut stalled = Vec::new();
+    for generation in 1..=2u64 {
+        // Wedges the worker that serves this generation's connections for a minute.
+        let mut victim = connect_to_shard(&server, shard);
+        victim.send(
+            b"POST /debug/stall-shard?ms=60000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        );
+        stalled.push(victim);
+        // Its heartbeats stop: /health (from the other shard) stops passing this shard within
+        // the heartbeat timeout (slack for a loaded host).
+        wait_for(
+            "/health to see the wedged shard",
+            HEARTBEAT_TIMEOUT + Duration::from_secs(2),
+            || {
+                quick_get(&server, "/health").filter(|h| {
+                    h["checks"]["shards:heartbeat"][0]["status"] != "pass"
+                        || h["checks"]["shards:running"][0]["observedValue"] != 2
+                })
+            },
+        );
+        wait_for(
+            &format!("generation {generation} to be replaced"),
+            PATIENCE,
+            || {
+                quick_get(&server, "/api/enterprise/cluster/status").filter(|s| {
+                    let sh = &s["shards"][id];
+                    sh["restarts"] == generation
+                        && sh["generation"] == generation + 1
+                        && sh["state"] == "running"
+                })
+            },
+        );
+    }
+    // The third generation is on a worker of its own: it answers new connections while both
+    // workers before it are still stuck, and its heartbeats pass.
+    connect_to_shard(&server, shard);
+    wait_for("/health to pass the shard again", PATIENCE, || {
+        quick_get(&server, "/health").filter(|h| {
+            h["checks"]["shards:heartbeat"][0]["observedValue"] == 0
+                && h["checks"]["shards:running"][0]["observedValue"] == 2
+        })
+    });
+    assert!(
+        began.elapsed() < Duration::from_secs(60),
+        "the stalls ended first ({:?})",
+        began.elapsed()
+    );
+    drop(stalled);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The shard's timer loop, on its housekeeping thread: the `Date` header, connection deadlines,
-//! metrics reports to the monitor, the monitor's activate/deactivate command, draining on
-//! shutdown, and teardown after a crash or a replacement. It touches
+//! the monitor's activate/deactivate command, draining on shutdown, and teardown after a crash
+//! or a replacement (with the last metrics report; the periodic ones, the heartbeat, come from
+//! the generation's worker: [`super::heartbeat`]). It touches
 //! the shard only through `with_app`, the connection table and the connections' flags, and it
 //! never closes a socket itself: it wakes the coroutine that owns it.
 
@@ -20,15 +21,9 @@ const ACCEPT_STOP_WAIT: Duration = Duration::from_millis(500);
 /// Runs until shutdown begins (`Ok`), a coroutine crashed the shard or the monitor replaced it
 /// (`Err` with why).
 pub(super) fn run(shard: &Arc<Shard>) -> Result<(), String> {
-    let interval = shard.ctx.config.snapshot_interval();
-    let mut next_report = Instant::now();
     loop {
         let now = Instant::now();
         shard.with_app(|app| app.tick(SystemTime::now()));
-        if now >= next_report {
-            send_report(shard, now);
-            next_report = now + interval;
-        }
         wake_expired(shard, now);
         if let Some(why) = shard.crashed() {
             return Err(why);

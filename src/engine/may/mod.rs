@@ -1,8 +1,9 @@
 //! The may engine: stackful coroutines on epoll, for hosts where io_uring is unavailable.
 //!
-//! may runs one global scheduler; here it has two worker threads per shard, both pinned to the
-//! shard's CPU ([`workers::start`]), and each generation of the shard runs on one of them in
-//! turn, so that a replacement never queues behind a stuck predecessor. A shard owns its
+//! may runs one global scheduler; here it has three worker threads per shard, all pinned to the
+//! shard's CPU ([`workers::start`]), and each generation of the shard runs on one of them that
+//! proved free ([`workers::for_generation`]), so that a replacement never queues behind a stuck
+//! predecessor. A shard owns its
 //! SO_REUSEPORT listener, the connections it accepts, its [`ShardApp`] and its metrics, as under
 //! glommio. Its accept loop and its connections are coroutines queued to its generation's
 //! worker, and its listener and each accepted socket are placed so that their readiness wakes
@@ -12,10 +13,11 @@
 //! ([`crate::shard::await_exit`]).
 //!
 //! # Heartbeats
-//! Housekeeping's reports are the shard's heartbeat. Every handler runs inside
-//! [`Shard::with_app`], which housekeeping also takes at each tick: a handler that blocks its
-//! worker holds the app, housekeeping waits on it, the reports stop, and the monitor replaces
-//! the generation.
+//! The shard's reports are its heartbeat, and they are sent from the generation's worker, the
+//! thread that serves its connections ([`heartbeat`]): a timer whose readiness only that
+//! worker's event loop sees. A worker wedged by anything (a handler that blocks it, a stuck
+//! predecessor's coroutine) sends none, and the monitor replaces the generation; housekeeping,
+//! on a thread of its own, could still run and must not be what the monitor hears.
 //!
 //! # The rule that keeps this sound
 //! may may still resume a coroutine on another worker: a wake-up from outside (a handler's
@@ -32,6 +34,7 @@
 //! - [`workers`]: may's scheduler as the shards: worker count, pinning, socket placement.
 //! - [`classes`]: the shard's queue tasks on its queue loop, classes taking turns by weight.
 //! - [`gate`]: the request gate's turns, one per pass of the worker's event loop.
+//! - [`heartbeat`]: the reports to the monitor, from the generation's worker.
 //! - [`connection`]: one connection's read/advance/write loop around the codec, and the wait
 //!   that drives a handler's later reply.
 //! - [`housekeeping`]: the per-shard timer loop on the supervisor thread.
@@ -39,6 +42,7 @@
 mod classes;
 mod connection;
 mod gate;
+mod heartbeat;
 mod housekeeping;
 pub mod workers;
 
@@ -66,7 +70,12 @@ pub const ENGINE_NAME: &str = "may";
 /// ([`workers::for_generation`]), its housekeeping on a thread of its own, until it stops, dies,
 /// or is replaced for missing heartbeats (then that thread is left to end by itself).
 pub fn run_shard(ctx: ShardContext) -> ShardExit {
-    let worker = workers::for_generation(ctx.slot.id, ctx.generation);
+    let control = ctx.control.clone();
+    let Some(worker) =
+        workers::for_generation(ctx.slot.id, ctx.generation, || control.is_shutting_down())
+    else {
+        return ShardExit::Died("shutdown began while every worker was stuck".into());
+    };
     let shard = Arc::new(Shard::new(ctx.clone(), worker));
     // The generation's worker is the shard's thread: its CPU time is the shard's.
     let slot = ctx.slot.clone();
@@ -84,6 +93,9 @@ fn live(shard: &Arc<Shard>) -> ShardExit {
         .map_err(|e| format!("cannot start the queue loop: {e}"))
         .and_then(|()| {
             gate::start(shard).map_err(|e| format!("cannot start the request gate: {e}"))
+        })
+        .and_then(|()| {
+            heartbeat::start(shard).map_err(|e| format!("cannot start the heartbeat: {e}"))
         });
     let exit = match started {
         Ok(()) => serve_generation(shard),
@@ -245,7 +257,8 @@ pub(crate) struct Shard {
     local: Mutex<Local>,
     /// Wakes the queue loop (kept outside the lock: wakers reach it from any thread).
     wakeups: Arc<Wakeups>,
-    /// Ends the queue loop (and the request gate's) at the end of the generation.
+    /// Ends the queue loop (and the request gate's, and the heartbeat) at the end of the
+    /// generation.
     queue_loop_stop: AtomicBool,
     /// The request gate's eventfd, when a route has a class ([`gate`]).
     gate_fd: Option<Arc<OwnedFd>>,

@@ -1,16 +1,19 @@
-//! may's scheduler, set up as the shards: two workers per shard, both pinned to its CPU, of
+//! may's scheduler, set up as the shards: three workers per shard, all pinned to its CPU, of
 //! which a generation uses one ([`for_generation`]), and the two ways a coroutine is kept on (or
 //! brought back to) its generation's worker.
 //!
-//! Why two: a handler that blocks its worker stalls every coroutine queued there (may's work
+//! Why several: a handler that blocks its worker stalls every coroutine queued there (may's work
 //! stealing is off, see Cargo.toml). The monitor then replaces the shard
-//! ([`crate::shard::await_exit`]); the new generation runs on the shard's other worker, on the
-//! same core, and serves while the old one is still stuck. The idle worker is a thread asleep in
-//! `epoll_wait`.
+//! ([`crate::shard::await_exit`]); the new generation runs on another of the shard's workers, on
+//! the same core, and serves while the old one is still stuck. A worker is taken only once it
+//! has run a probe coroutine, so a replacement never lands on a worker that an earlier
+//! generation still holds stuck; with three, a shard serves while two generations are stuck.
+//! An idle worker is a thread asleep in `epoll_wait`.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::shard::ShardSlot;
 
@@ -22,11 +25,15 @@ const PIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 static WORKERS: OnceLock<usize> = OnceLock::new();
 
-/// Workers per shard: one for the running generation, one for its replacement.
-const PER_SHARD: usize = 2;
+/// Workers per shard: one for the running generation, the others for its replacements.
+const PER_SHARD: usize = 3;
+/// How often [`for_generation`] looks at its probes' answers.
+const PROBE_POLL: Duration = Duration::from_millis(2);
+/// How long [`for_generation`] waits before it says that every worker of a shard is stuck.
+const STUCK_WARNING: Duration = Duration::from_secs(1);
 
-/// Starts may's scheduler with `PER_SHARD` workers per shard and pins workers `i` and
-/// `i + shards` to shard `i`'s CPU, recording the first one's thread id in the slot. Once per
+/// Starts may's scheduler with `PER_SHARD` workers per shard and pins workers `i`,
+/// `i + shards`, ... to shard `i`'s CPU, recording the first one's thread id in the slot. Once per
 /// process: may's scheduler is global and its workers outlive a shard's restarts.
 pub fn start(slots: &[Arc<ShardSlot>]) -> Result<(), String> {
     let workers = slots.len() * PER_SHARD;
@@ -92,20 +99,62 @@ pub fn count() -> usize {
     WORKERS.get().copied().unwrap_or(1)
 }
 
-/// The worker that runs generation `generation` of shard `shard`: the shard's two workers take
-/// turns, so that a generation never queues behind the one it replaces.
-pub fn for_generation(shard: usize, generation: u64) -> usize {
-    worker_of(shard, generation, count())
+/// The worker that runs generation `generation` of shard `shard`: the first of the shard's
+/// workers, in turns starting at the generation's own ([`worker_of`]), that runs a probe
+/// coroutine, so that a generation never queues behind a stuck predecessor. Waits while every
+/// one of them is stuck; `None` if `give_up` says so meanwhile. `shard` itself before
+/// [`start`] (no workers of the shards yet).
+pub fn for_generation(shard: usize, generation: u64, give_up: impl Fn() -> bool) -> Option<usize> {
+    let workers = count();
+    if workers < PER_SHARD {
+        return Some(worker_of(shard, generation, workers));
+    }
+    let candidates: Vec<usize> = (0..PER_SHARD as u64)
+        .map(|turn| worker_of(shard, generation + turn, workers))
+        .collect();
+    // One probe per worker: on a stuck worker it stays queued, and runs (harmlessly) once the
+    // worker is free again.
+    let answered: Vec<Arc<AtomicBool>> = candidates
+        .iter()
+        .map(|&worker| {
+            let answered = Arc::new(AtomicBool::new(false));
+            let flag = answered.clone();
+            if spawn_on(worker, move || flag.store(true, Ordering::Release)).is_err() {
+                log::warn!("shard {shard}: cannot probe may worker {worker}");
+            }
+            answered
+        })
+        .collect();
+    let began = Instant::now();
+    let mut warned = false;
+    loop {
+        let free = candidates
+            .iter()
+            .zip(&answered)
+            .find(|(_, answered)| answered.load(Ordering::Acquire));
+        if let Some((&worker, _)) = free {
+            return Some(worker);
+        }
+        if give_up() {
+            return None;
+        }
+        if !warned && began.elapsed() >= STUCK_WARNING {
+            warned = true;
+            log::warn!("shard {shard}: every worker of its core is stuck; waiting for one");
+        }
+        std::thread::sleep(PROBE_POLL);
+    }
 }
 
-/// Generations 1, 3, ... on worker `shard`, 2, 4, ... on `shard + shards`; `shard` itself
-/// before [`start`] (no workers of the shards yet).
+/// The worker whose turn generation `generation` of shard `shard` is: generations 1, 4, ... on
+/// worker `shard`, 2, 5, ... on `shard + shards`, 3, 6, ... on `shard + 2 * shards`; `shard`
+/// itself when the workers are not the shards' (before [`start`]).
 fn worker_of(shard: usize, generation: u64, workers: usize) -> usize {
     let shards = workers / PER_SHARD;
     if shard >= shards {
         return shard;
     }
-    shard + (generation as usize + 1) % PER_SHARD * shards
+    shard + (generation.saturating_sub(1) as usize) % PER_SHARD * shards
 }
 
 /// Spawns a coroutine queued to worker `worker`.
@@ -152,16 +201,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generations_alternate_between_the_shards_two_workers() {
+    fn generations_take_turns_on_the_shards_workers() {
         // (shard, generation, workers) -> worker
         let cases = [
-            ((0, 1, 4), 0),
-            ((0, 2, 4), 2),
-            ((0, 3, 4), 0),
-            ((1, 1, 4), 1),
-            ((1, 2, 4), 3),
-            ((2, 2, 6), 5),
-            ((0, 2, 2), 1),
+            ((0, 1, 6), 0),
+            ((0, 2, 6), 2),
+            ((0, 3, 6), 4),
+            ((0, 4, 6), 0),
+            ((1, 1, 6), 1),
+            ((1, 2, 6), 3),
+            ((1, 3, 6), 5),
+            ((2, 2, 9), 5),
+            ((0, 2, 3), 1),
+            ((0, 3, 3), 2),
             // Before `start`: one worker, the shard's own number.
             ((0, 2, 1), 0),
             ((3, 1, 1), 3),
