@@ -107,8 +107,10 @@ pub const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Closing: how much the client may still send, and for how long, before the socket closes.
 pub const LINGER_BYTES: usize = 256 * 1024;
 pub const LINGER_TIME: Duration = Duration::from_millis(500);
-/// Pause after a failed accept (out of descriptors): back off rather than spin.
+/// Pause after a failed accept (out of descriptors), doubled on each failure in a row up to
+/// [`ACCEPT_BACKOFF_MAX`]: back off rather than spin.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long a crashed shard waits for its connections to go before it restarts.
 pub const ABORT_WAIT: Duration = Duration::from_secs(1);
 
@@ -173,6 +175,54 @@ pub fn admit(app: &mut ShardApp, cap: usize, control: &Control) -> Admission {
     let mut out = Vec::with_capacity(256);
     response.encode(&mut out, app.date(), false, ConnectionHeader::Close);
     Admission::Refuse(out)
+}
+
+/// What an accept loop does after a failed accept.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AcceptFailed {
+    /// The listener was shut down (by the shard stopping, or by the slot when the monitor
+    /// replaced the generation) or closed: the loop ends.
+    ListenerShut,
+    /// A transient failure (out of descriptors or memory, a connection reset while queued):
+    /// pause this long, then accept again.
+    Pause(Duration),
+}
+
+/// The accept loop's answer to failed accepts: the pause grows while they keep failing and
+/// starts again from [`ACCEPT_BACKOFF`] after an accept that worked.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    shard: usize,
+    pause: Duration,
+}
+
+impl AcceptBackoff {
+    pub fn new(shard: usize) -> Self {
+        AcceptBackoff {
+            shard,
+            pause: ACCEPT_BACKOFF,
+        }
+    }
+
+    pub fn accepted(&mut self) {
+        self.pause = ACCEPT_BACKOFF;
+    }
+
+    /// Decides (and logs) what follows the failed accept `error`.
+    pub fn failed(&mut self, error: &io::Error) -> AcceptFailed {
+        // accept(2) on a listening socket that was shut down: EINVAL; closed: EBADF.
+        if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EBADF)) {
+            log::debug!("shard {}: listener shut; accept loop ends", self.shard);
+            return AcceptFailed::ListenerShut;
+        }
+        let pause = self.pause;
+        log::warn!(
+            "shard {}: accept failed: {error}; retrying in {pause:?}",
+            self.shard
+        );
+        self.pause = (pause * 2).min(ACCEPT_BACKOFF_MAX);
+        AcceptFailed::Pause(pause)
+    }
 }
 
 /// What a shard does at a tick to follow [`Control::is_active`] (auto-scaling).
@@ -408,6 +458,38 @@ mod tests {
         }
         let (_, why) = choose(EngineKind::Auto, Err(refused())).unwrap();
         assert!(why.contains("io_uring is unavailable (blocked)"), "{why}");
+    }
+
+    #[test]
+    fn a_shut_listener_ends_the_accept_loop_and_other_failures_back_off() {
+        let mut backoff = AcceptBackoff::new(0);
+        for shut in [libc::EINVAL, libc::EBADF] {
+            assert_eq!(
+                backoff.failed(&io::Error::from_raw_os_error(shut)),
+                AcceptFailed::ListenerShut
+            );
+        }
+        let out_of_descriptors = io::Error::from_raw_os_error(libc::EMFILE);
+        let pauses: Vec<AcceptFailed> = (0..9)
+            .map(|_| backoff.failed(&out_of_descriptors))
+            .collect();
+        let ms = |n| AcceptFailed::Pause(Duration::from_millis(n));
+        assert_eq!(
+            pauses,
+            [
+                ms(10),
+                ms(20),
+                ms(40),
+                ms(80),
+                ms(160),
+                ms(320),
+                ms(640),
+                ms(1000),
+                ms(1000)
+            ]
+        );
+        backoff.accepted();
+        assert_eq!(backoff.failed(&out_of_descriptors), ms(10));
     }
 
     #[test]

@@ -236,6 +236,7 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<(TcpListener, Own
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     let cap = shard.ctx.config.http.max_connections_per_shard;
+    let mut backoff = super::AcceptBackoff::new(shard.ctx.slot.id);
     loop {
         let accepted = listener.accept().await;
         if shard.stopping.get() {
@@ -248,13 +249,15 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         }
         let stream = match accepted {
             Ok(stream) => stream,
-            Err(e) => {
-                // Out of descriptors or a transient error: back off rather than spin.
-                log::warn!("shard {}: accept failed: {e}", shard.ctx.slot.id);
-                glommio::timer::sleep(super::ACCEPT_BACKOFF).await;
-                continue;
-            }
+            Err(e) => match backoff.failed(&e.into()) {
+                super::AcceptFailed::ListenerShut => return,
+                super::AcceptFailed::Pause(pause) => {
+                    glommio::timer::sleep(pause).await;
+                    continue;
+                }
+            },
         };
+        backoff.accepted();
         let _ = stream.set_nodelay(true);
         let admission = super::admit(&mut shard.app.borrow_mut(), cap, &shard.ctx.control);
         if let super::Admission::Refuse(out) = admission {

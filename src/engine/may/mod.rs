@@ -388,6 +388,7 @@ fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener, stop: &AtomicBool) {
     let slot_id = shard.ctx.slot.id;
     let cap = shard.ctx.config.http.max_connections_per_shard;
     let workers = workers::count();
+    let mut backoff = super::AcceptBackoff::new(slot_id);
     while !stop.load(Ordering::Acquire) {
         let stream = match listener.inner().accept() {
             Ok((stream, _)) => stream,
@@ -395,15 +396,19 @@ fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener, stop: &AtomicBool) {
                 listener.wait_io();
                 continue;
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
-                log::warn!("shard {slot_id}: accept failed: {e}");
-                may::coroutine::sleep(super::ACCEPT_BACKOFF);
+                match backoff.failed(&e) {
+                    super::AcceptFailed::ListenerShut => break,
+                    super::AcceptFailed::Pause(pause) => may::coroutine::sleep(pause),
+                }
                 continue;
             }
         };
+        backoff.accepted();
         let _ = stream.set_nodelay(true);
         let fd = workers::place_fd(stream.into_raw_fd(), shard.worker, workers);
         // SAFETY: `fd` is the accepted socket's one descriptor; may takes it over.
