@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Sender, TrySendError};
 use serde_json::{json, Value};
@@ -18,6 +18,10 @@ use super::alerts::{Alert, AlertState};
 const ATTEMPTS: u32 = 4;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most of a receiver's answer read: its status line and headers (the body is not read).
+const MAX_RESPONSE_HEAD: usize = 8 * 1024;
+/// The longest a receiver may take over its status line and headers, however it trickles them.
+const RESPONSE_HEAD_TIME: Duration = Duration::from_secs(5);
 /// Notifications waiting for the thread; past it new ones are dropped and counted.
 const QUEUE: usize = 256;
 
@@ -160,18 +164,43 @@ fn post(target: &Target, payload: &[u8]) -> std::io::Result<u16> {
     );
     stream.write_all(head.as_bytes())?;
     stream.write_all(payload)?;
-    let mut response = Vec::new();
+    read_status(
+        &mut stream,
+        MAX_RESPONSE_HEAD,
+        Instant::now() + RESPONSE_HEAD_TIME,
+    )
+}
+
+/// Reads the answer's head (status line and headers) within `max_head` bytes and by
+/// `deadline`, and returns its status code. The body is left unread: the connection closes
+/// (`Connection: close` was asked for).
+fn read_status(stream: &mut TcpStream, max_head: usize, deadline: Instant) -> std::io::Result<u16> {
+    let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    // The status line is all that matters; read until it is complete.
-    while !response.windows(2).any(|w| w == b"\r\n") {
-        let n = stream.read(&mut chunk)?;
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() >= max_head {
+            return Err(std::io::Error::other(format!(
+                "the answer's head is over {max_head} bytes"
+            )));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the answer's head did not arrive in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let want = chunk.len().min(max_head - head.len());
+        let n = stream.read(&mut chunk[..want])?;
         if n == 0 {
             break;
         }
-        response.extend_from_slice(&chunk[..n]);
+        head.extend_from_slice(&chunk[..n]);
     }
-    let line = String::from_utf8_lossy(&response);
-    line.split_whitespace()
+    let status_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    String::from_utf8_lossy(status_line)
+        .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other("no HTTP status line in the answer"))
@@ -271,6 +300,106 @@ mod tests {
         assert!(Target::parse("https://h/").unwrap_err().contains("TLS"));
         assert!(Target::parse("http://h:port/").is_err());
         assert!(Target::parse("http:///x").is_err());
+    }
+
+    /// A receiver on a local port that answers every connection with `answer`, after reading
+    /// the request's first bytes.
+    fn receiver(answer: fn(&mut TcpStream) -> std::io::Result<()>) -> Target {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let _ = stream.read(&mut [0u8; 1024]);
+                    let _ = answer(&mut stream);
+                });
+            }
+        });
+        Target {
+            host: "127.0.0.1".into(),
+            port,
+            path: "/hook".into(),
+        }
+    }
+
+    /// A status line that never ends, as fast as the client takes it.
+    fn endless_line(stream: &mut TcpStream) -> std::io::Result<()> {
+        stream.write_all(b"HTTP/1.1 200 OK")?;
+        loop {
+            stream.write_all(&[b'x'; 4096])?;
+        }
+    }
+
+    /// A status line that never ends, a byte every 20 ms.
+    fn trickle(stream: &mut TcpStream) -> std::io::Result<()> {
+        stream.write_all(b"HTTP/1.1 200 OK")?;
+        loop {
+            stream.write_all(b"x")?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `deliver` on a thread of its own, as the webhook does; the stats once it is done.
+    fn deliver_within(target: Target, limit: Duration) -> Arc<DeliveryStats> {
+        let stats = Arc::new(DeliveryStats::default());
+        let (done, finished) = crossbeam::channel::bounded(1);
+        let thread_stats = stats.clone();
+        std::thread::spawn(move || {
+            deliver(&target, b"{}", &thread_stats);
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(limit)
+            .expect("the delivery did not end in time");
+        stats
+    }
+
+    /// Sends a request to `target` and reads its answer's status within `allowed` on a
+    /// thread of its own; panics if that takes over `limit`.
+    fn read_status_within(
+        target: &Target,
+        allowed: Duration,
+        limit: Duration,
+    ) -> std::io::Result<u16> {
+        let mut stream = TcpStream::connect((target.host.as_str(), target.port)).unwrap();
+        stream.write_all(b"POST /hook HTTP/1.1\r\n\r\n").unwrap();
+        let (done, finished) = crossbeam::channel::bounded(1);
+        std::thread::spawn(move || {
+            let read = read_status(&mut stream, MAX_RESPONSE_HEAD, Instant::now() + allowed);
+            let _ = done.send(read);
+        });
+        finished
+            .recv_timeout(limit)
+            .expect("the answer was still being read")
+    }
+
+    #[test]
+    fn an_endless_answer_is_read_up_to_the_head_cap_and_the_delivery_fails() {
+        let target = receiver(endless_line);
+        let allowed = Duration::from_secs(10);
+        let error = read_status_within(&target, allowed, allowed * 2).unwrap_err();
+        assert!(error.to_string().contains("over 8192 bytes"), "{error}");
+        // Every attempt fails the same way (4 attempts, 3.5 s of retry waits).
+        let stats = deliver_within(target, Duration::from_secs(15));
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_answer_that_trickles_is_given_up_at_the_deadline() {
+        let target = receiver(trickle);
+        let error = read_status_within(&target, Duration::from_millis(300), Duration::from_secs(5))
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+    }
+
+    #[test]
+    fn a_complete_head_gives_its_status() {
+        let target =
+            receiver(|stream| stream.write_all(b"HTTP/1.1 204 No Content\r\nServer: t\r\n\r\n"));
+        let stats = deliver_within(target, Duration::from_secs(10));
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
     }
 
     #[test]
