@@ -116,6 +116,72 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
     });
 }
 
+/// The home shard of an idempotency key among `shards` (FNV-1a, as the server's mesh).
+fn key_home(key: &str, shards: u64) -> u64 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash % shards
+}
+
+#[test]
+fn a_keyed_job_for_a_shard_already_stopped_gets_503_at_once_during_shutdown() {
+    each_engine(|engine| {
+        let mut server = Server::start(
+            engine,
+            &[
+                "--debug-routes",
+                "--shards",
+                "2",
+                "--shutdown-timeout",
+                "10000",
+            ],
+        );
+        let mut client = server.connect();
+        let arrived_on = shard_of(&mut client);
+        let key = (0..)
+            .map(|i| format!("order-{i}"))
+            .find(|key| key_home(key, 2) != arrived_on)
+            .unwrap();
+        let home = 1 - arrived_on;
+        let body = format!(r#"{{"kind":"debug.sleep","payload":{{"ms":1}},"key":"{key}"}}"#);
+        // The head now, the body once the key's home has stopped: the request is in progress,
+        // so the shard it arrived on keeps draining for it.
+        client.send(
+            format!(
+                "POST /api/enterprise/jobs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        server.signal(libc::SIGTERM);
+        let stopped = format!("shard {home} stopped");
+        let mut seen = Vec::new();
+        common::wait_for(
+            "the key's home shard to stop",
+            Duration::from_secs(10),
+            || {
+                seen.extend(server.log_lines());
+                seen.iter().any(|l| l.contains(&stopped)).then_some(())
+            },
+        );
+        client.send(body.as_bytes());
+        let sent = Instant::now();
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let response = client
+            .try_read_response(false)
+            .expect("no answer before the shutdown deadline");
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert_eq!(response.header("retry-after"), Some("1"));
+        assert_eq!(response.error_code(), "shard_unavailable");
+        assert!(sent.elapsed() < Duration::from_secs(5));
+        assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    });
+}
+
 #[test]
 fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline() {
     each_engine(|engine| {

@@ -70,11 +70,19 @@ impl Engine {
     }
 
     /// Runs one generation of a shard until it stops or dies (blocks the calling thread).
+    /// During shutdown no generation follows: the shard's job inbox is closed, so that another
+    /// shard still draining answers a request for it at once instead of waiting for it.
     pub fn run_shard(self, ctx: ShardContext) -> ShardExit {
-        match self {
+        let (id, mesh, control) = (ctx.slot.id, ctx.mesh.clone(), ctx.control.clone());
+        let exit = match self {
             Engine::Glommio => glommio::run_shard(ctx),
             Engine::May => may::run_shard(ctx),
+        };
+        if control.is_shutting_down() {
+            mesh.close_inbox(id);
+            log::info!("shard {id} stopped; its job inbox is closed");
         }
+        exit
     }
 }
 

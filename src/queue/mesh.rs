@@ -5,8 +5,13 @@
 //! idempotency key always goes to its key's home shard, which alone can tell a duplicate.
 //! Status, dead-letter and replay requests travel to the shard that owns the job. Nothing is
 //! locked: a shard reads others' lengths as relaxed atomics and talks to them by message.
+//!
+//! At shutdown a shard that has stopped for good closes its inbox ([`Mesh::close_inbox`]): a
+//! message for it, waiting or new, is refused, so that its sender answers at once (503 with
+//! `Retry-After`, or a hand-off runs where it arrived) instead of waiting for a reply that
+//! would never come.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -77,6 +82,8 @@ pub struct Mesh {
     receivers: Vec<flume::Receiver<Message>>,
     /// Jobs waiting, per shard and class.
     lengths: Vec<[AtomicUsize; 4]>,
+    /// Per shard: it has stopped for good (shutdown), nothing reads its inbox any more.
+    closed: Vec<AtomicBool>,
 }
 
 impl Mesh {
@@ -86,6 +93,7 @@ impl Mesh {
             senders,
             receivers,
             lengths: (0..shards).map(|_| Default::default()).collect(),
+            closed: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         })
     }
 
@@ -97,11 +105,33 @@ impl Mesh {
         self.receivers[shard].clone()
     }
 
-    /// Sends without waiting; a full inbox gives the message back.
+    /// Sends without waiting; a full or closed inbox gives the message back.
     pub fn send(&self, shard: usize, message: Message) -> Result<(), Message> {
+        if self.closed[shard].load(Ordering::SeqCst) {
+            return Err(message);
+        }
         self.senders[shard]
             .try_send(message)
-            .map_err(|e| e.into_inner())
+            .map_err(|e| e.into_inner())?;
+        // Closed between the check and the send: the closer's sweep may have run before this
+        // message arrived, so it is swept here (its sender then sees its reply channel drop).
+        if self.closed[shard].load(Ordering::SeqCst) {
+            self.sweep(shard);
+        }
+        Ok(())
+    }
+
+    /// Shard `shard` has stopped for good (shutdown): refuses every message for it from now on
+    /// and drops those waiting, whose senders see their reply channel close.
+    pub fn close_inbox(&self, shard: usize) {
+        self.closed[shard].store(true, Ordering::SeqCst);
+        self.sweep(shard);
+    }
+
+    fn sweep(&self, shard: usize) {
+        while let Ok(message) = self.receivers[shard].try_recv() {
+            drop(message);
+        }
     }
 
     pub fn publish_length(&self, shard: usize, class: Priority, length: usize) {
@@ -160,6 +190,35 @@ mod tests {
                 "{own} {lengths:?} {watermark}"
             );
         }
+    }
+
+    fn status_request() -> (Message, flume::Receiver<Option<Value>>) {
+        let (reply, answer) = flume::bounded(1);
+        let id = JobId {
+            shard: 1,
+            generation: 1,
+            seq: 1,
+        };
+        (Message::Status { id, reply }, answer)
+    }
+
+    #[test]
+    fn a_closed_inbox_refuses_new_messages_and_drops_waiting_ones() {
+        let mesh = Mesh::new(2);
+        let (waiting, waiting_answer) = status_request();
+        assert!(mesh.send(1, waiting).is_ok());
+        mesh.close_inbox(1);
+        // The sender of the waiting message is told at once: its reply channel is gone.
+        assert!(waiting_answer
+            .recv_timeout(std::time::Duration::ZERO)
+            .is_err());
+        assert!(waiting_answer.is_disconnected());
+        let (late, _) = status_request();
+        assert!(mesh.send(1, late).is_err());
+        // The other shard's inbox still works.
+        let (other, _) = status_request();
+        assert!(mesh.send(0, other).is_ok());
+        assert_eq!(mesh.inbox(0).len(), 1);
     }
 
     #[test]
