@@ -719,6 +719,15 @@ fn on_may_a_replacement_serves_while_two_predecessors_are_still_stuck_on_their_w
         "the stalls ended first ({:?})",
         began.elapsed()
     );
+    // It stays: not replaced again.
+    let status = server.cluster_status();
+    assert_eq!(
+        (
+            status["shards"][id]["restarts"].as_u64(),
+            status["shards"][id]["generation"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
     drop(stalled);
 }
 
