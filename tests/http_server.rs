@@ -223,8 +223,8 @@ fn limits_and_malformed_requests_get_their_status_then_close() {
         refused_then_closed(
             &server,
             b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            501,
-            "not_implemented",
+            411,
+            "length_required",
         );
         refused_then_closed(&server, b"GARBAGE\r\n\r\n", 400, "bad_request");
         refused_then_closed(

@@ -3,7 +3,8 @@
 use super::response::{Response, StatusCode};
 
 /// Why a request was refused by the codec. Each maps to one status; all close the connection,
-/// since the rest of the byte stream cannot be trusted (or, for 413, will not be read).
+/// since the rest of the byte stream cannot be trusted (or, for 413, will not be read). Every
+/// one is the client's error, 505 included: the metrics count them apart from server errors.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
     #[error("malformed request: {0}")]
@@ -16,8 +17,8 @@ pub enum HttpError {
     TooManyHeaders { limit: usize },
     #[error("request body of {length} bytes exceeds the {limit}-byte limit")]
     PayloadTooLarge { length: u64, limit: usize },
-    #[error("{0} is not supported")]
-    NotImplemented(&'static str),
+    #[error("a request body needs Content-Length: {0}")]
+    LengthRequired(&'static str),
     #[error("HTTP version not supported")]
     VersionNotSupported,
 }
@@ -31,7 +32,7 @@ impl HttpError {
                 StatusCode::HEADERS_TOO_LARGE
             }
             HttpError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            HttpError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            HttpError::LengthRequired(_) => StatusCode::LENGTH_REQUIRED,
             HttpError::VersionNotSupported => StatusCode::VERSION_NOT_SUPPORTED,
         }
     }
@@ -44,7 +45,7 @@ impl HttpError {
                 "headers_too_large"
             }
             HttpError::PayloadTooLarge { .. } => "payload_too_large",
-            HttpError::NotImplemented(_) => "not_implemented",
+            HttpError::LengthRequired(_) => "length_required",
             HttpError::VersionNotSupported => "http_version_not_supported",
         }
     }

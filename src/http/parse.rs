@@ -162,7 +162,8 @@ struct Framing {
 impl Framing {
     fn read(headers: &[httparse::Header<'_>], minor_version: u8) -> Result<Framing, HttpError> {
         let mut content_length: Option<u64> = None;
-        let mut chunked_or_other_coding = false;
+        // The last Transfer-Encoding value: its final coding decides the refusal.
+        let mut transfer_codings: Option<&[u8]> = None;
         // HTTP/1.1 persists by default, HTTP/1.0 only when asked.
         let mut keep_alive = minor_version >= 1;
         let mut expect_continue = false;
@@ -175,7 +176,7 @@ impl Framing {
                 }
                 content_length = Some(value);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked_or_other_coding = true;
+                transfer_codings = Some(header.value);
             } else if name.eq_ignore_ascii_case("connection") {
                 for token in header.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
@@ -192,14 +193,11 @@ impl Framing {
                     .eq_ignore_ascii_case(b"100-continue");
             }
         }
-        if chunked_or_other_coding {
-            if content_length.is_some() {
-                return Err(HttpError::BadRequest(
-                    "both Content-Length and Transfer-Encoding",
-                ));
-            }
-            return Err(HttpError::NotImplemented(
-                "Transfer-Encoding on requests (send Content-Length)",
+        if let Some(codings) = transfer_codings {
+            return Err(refuse_transfer_coding(
+                codings,
+                content_length.is_some(),
+                minor_version,
             ));
         }
         Ok(Framing {
@@ -207,6 +205,26 @@ impl Framing {
             keep_alive,
             expect_continue,
         })
+    }
+}
+
+/// Bodies are framed by Content-Length only; a request with Transfer-Encoding gets the 4xx
+/// RFC 9112 gives it: 400 where its framing cannot be trusted (both headers, section 6.3; an
+/// HTTP/1.0 request, section 6.1; chunked not the final coding, section 6.3), else 411, which
+/// a server may answer to a body without Content-Length (section 6.3).
+fn refuse_transfer_coding(codings: &[u8], content_length: bool, minor_version: u8) -> HttpError {
+    let chunked_last = codings
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if content_length {
+        HttpError::BadRequest("both Content-Length and Transfer-Encoding")
+    } else if minor_version == 0 {
+        HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+    } else if !chunked_last {
+        HttpError::BadRequest("Transfer-Encoding without chunked as the final coding")
+    } else {
+        HttpError::LengthRequired("chunked request bodies are not accepted")
     }
 }
 
@@ -322,8 +340,20 @@ mod tests {
             ),
             (
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Err(HttpError::NotImplemented(
-                    "Transfer-Encoding on requests (send Content-Length)",
+                Err(HttpError::LengthRequired(
+                    "chunked request bodies are not accepted",
+                )),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                Err(HttpError::BadRequest(
+                    "Transfer-Encoding without chunked as the final coding",
+                )),
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Err(HttpError::BadRequest(
+                    "Transfer-Encoding in an HTTP/1.0 request",
                 )),
             ),
             (

@@ -117,7 +117,7 @@ fn errors_answer_json_and_close() {
         (b"GET / HTTP/1.1\r\nContent-Length: 65\r\n\r\n", 413),
         (
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            501,
+            411,
         ),
     ];
     for (input, status) in cases {
