@@ -250,6 +250,23 @@ fn limits_and_malformed_requests_get_their_status_then_close() {
 }
 
 #[test]
+fn http11_needs_exactly_one_host_and_http10_may_leave_it_out() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &[]);
+        refused_then_closed(&server, b"GET /livez HTTP/1.1\r\n\r\n", 400, "bad_request");
+        refused_then_closed(
+            &server,
+            b"GET /livez HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            400,
+            "bad_request",
+        );
+        let mut client = server.connect();
+        client.send(b"GET /livez HTTP/1.0\r\n\r\n");
+        assert_eq!(client.read_response(false).status, 200);
+    });
+}
+
+#[test]
 fn request_bodies_are_read_by_content_length_on_keep_alive() {
     each_engine(|engine| {
         let server = Server::start(engine, &[]);

@@ -83,6 +83,7 @@ pub fn parse_head<'b, 'h>(
             limit: limits.max_body_bytes,
         });
     }
+    check_host(framing.hosts, minor_version)?;
     Ok(Some(Head {
         method,
         path,
@@ -157,6 +158,8 @@ struct Framing {
     content_length: u64,
     keep_alive: bool,
     expect_continue: bool,
+    /// Host header fields seen.
+    hosts: usize,
 }
 
 impl Framing {
@@ -167,6 +170,7 @@ impl Framing {
         // HTTP/1.1 persists by default, HTTP/1.0 only when asked.
         let mut keep_alive = minor_version >= 1;
         let mut expect_continue = false;
+        let mut hosts = 0usize;
         for header in headers {
             let name = header.name;
             if name.eq_ignore_ascii_case("content-length") {
@@ -175,6 +179,8 @@ impl Framing {
                     return Err(HttpError::BadRequest("conflicting Content-Length headers"));
                 }
                 content_length = Some(value);
+            } else if name.eq_ignore_ascii_case("host") {
+                hosts += 1;
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 transfer_codings = Some(header.value);
             } else if name.eq_ignore_ascii_case("connection") {
@@ -204,7 +210,18 @@ impl Framing {
             content_length: content_length.unwrap_or(0),
             keep_alive,
             expect_continue,
+            hosts,
         })
+    }
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any request with more than one,
+/// is answered 400. HTTP/1.0 predates Host and may leave it out.
+fn check_host(hosts: usize, minor_version: u8) -> Result<(), HttpError> {
+    match hosts {
+        0 if minor_version >= 1 => Err(HttpError::BadRequest("missing Host header")),
+        0 | 1 => Ok(()),
+        _ => Err(HttpError::BadRequest("more than one Host header")),
     }
 }
 
@@ -281,14 +298,17 @@ mod tests {
 
     #[test]
     fn table_of_heads() {
-        let long_path = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(80));
+        let long_path = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(80));
         let long_unfinished = format!("GET /{}", "a".repeat(80));
-        let big_headers = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(200));
-        let big_unfinished_headers = format!("GET / HTTP/1.1\r\nX: {}", "v".repeat(200));
+        let big_headers = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n",
+            "v".repeat(200)
+        );
+        let big_unfinished_headers = format!("GET / HTTP/1.1\r\nHost: h\r\nX: {}", "v".repeat(200));
         let cases: Vec<(&str, Result<Option<Expected>, HttpError>)> = vec![
             (
-                "GET /health HTTP/1.1\r\n\r\n",
-                Ok(Some(("/health", None, 24, 0, true))),
+                "GET /health HTTP/1.1\r\nHost: h\r\n\r\n",
+                Ok(Some(("/health", None, 33, 0, true))),
             ),
             (
                 "GET /a?b=1 HTTP/1.0\r\n\r\n",
@@ -299,22 +319,38 @@ mod tests {
                 Ok(Some(("/", None, 42, 0, true))),
             ),
             (
-                "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-                Ok(Some(("/", None, 37, 0, false))),
+                "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                Ok(Some(("/", None, 46, 0, false))),
             ),
             (
-                "POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
-                Ok(Some(("/x", None, 39, 5, true))),
+                "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+                Ok(Some(("/x", None, 48, 5, true))),
             ),
             (
-                "\r\nGET / HTTP/1.1\r\n\r\n",
-                Ok(Some(("/", None, 20, 0, true))),
+                "\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+                Ok(Some(("/", None, 29, 0, true))),
             ),
             (
-                "GET http://h:1/p?q HTTP/1.1\r\n\r\n",
-                Ok(Some(("/p", Some("q"), 31, 0, true))),
+                "GET http://h:1/p?q HTTP/1.1\r\nHost: h\r\n\r\n",
+                Ok(Some(("/p", Some("q"), 40, 0, true))),
             ),
             ("GET /health HTTP/1.1\r\nHost: x", Ok(None)),
+            (
+                "GET /health HTTP/1.1\r\n\r\n",
+                Err(HttpError::BadRequest("missing Host header")),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                Err(HttpError::BadRequest("more than one Host header")),
+            ),
+            (
+                "GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n",
+                Err(HttpError::BadRequest("more than one Host header")),
+            ),
+            (
+                "GET / HTTP/1.0\r\n\r\n",
+                Ok(Some(("/", None, 18, 0, false))),
+            ),
             ("GET /hea", Ok(None)),
             (&long_path, Err(HttpError::UriTooLong { limit: 64 })),
             (&long_unfinished, Err(HttpError::UriTooLong { limit: 64 })),
@@ -324,28 +360,28 @@ mod tests {
                 Err(HttpError::HeadersTooLarge { limit: 128 }),
             ),
             (
-                "GET / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n",
                 Err(HttpError::PayloadTooLarge {
                     length: 2000,
                     limit: 1000,
                 }),
             ),
             (
-                "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n",
                 Err(HttpError::BadRequest("invalid Content-Length")),
             ),
             (
-                "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 Err(HttpError::BadRequest("conflicting Content-Length headers")),
             ),
             (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
                 Err(HttpError::LengthRequired(
                     "chunked request bodies are not accepted",
                 )),
             ),
             (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
                 Err(HttpError::BadRequest(
                     "Transfer-Encoding without chunked as the final coding",
                 )),
@@ -357,17 +393,17 @@ mod tests {
                 )),
             ),
             (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 Err(HttpError::BadRequest(
                     "both Content-Length and Transfer-Encoding",
                 )),
             ),
             (
-                "GET noslash HTTP/1.1\r\n\r\n",
+                "GET noslash HTTP/1.1\r\nHost: h\r\n\r\n",
                 Err(HttpError::BadRequest("request target must be a path")),
             ),
             (
-                "G@T / HTTP/1.1\r\n\r\n",
+                "G@T / HTTP/1.1\r\nHost: h\r\n\r\n",
                 Err(HttpError::BadRequest("invalid method or request target")),
             ),
             (
@@ -375,7 +411,7 @@ mod tests {
                 Err(HttpError::VersionNotSupported),
             ),
             (
-                "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n",
                 Err(HttpError::BadRequest("invalid header name")),
             ),
         ];
@@ -388,7 +424,7 @@ mod tests {
 
     #[test]
     fn too_many_headers_is_431() {
-        let mut input = String::from("GET / HTTP/1.1\r\n");
+        let mut input = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
         for i in 0..=MAX_HEADERS {
             input.push_str(&format!("h{i}: v\r\n"));
         }
