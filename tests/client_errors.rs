@@ -96,3 +96,44 @@ fn a_server_error_still_counts_in_the_error_rate() {
         );
     });
 }
+
+#[test]
+fn error_messages_quote_only_a_short_prefix_of_the_input() {
+    let server = Server::start("may", &[]);
+    let long = "a".repeat(200_000);
+    let path = format!("/{}", "p".repeat(8000));
+    let jobs = "/api/enterprise/jobs";
+    let cases: [(&str, String, String, u16); 5] = [
+        ("GET", path.clone(), String::new(), 404),
+        ("POST", path.clone(), String::new(), 404),
+        ("POST", jobs.into(), format!(r#"{{"kind":"{long}"}}"#), 400),
+        (
+            "POST",
+            jobs.into(),
+            format!(r#"{{"kind":"commission","class":"{long}"}}"#),
+            400,
+        ),
+        (
+            "POST",
+            jobs.into(),
+            format!(r#"{{"kind":"commission","max_attempts":"{long}"}}"#),
+            400,
+        ),
+    ];
+    for (method, target, body, status) in cases {
+        let response = server
+            .connect()
+            .request(method, &target, &[], body.as_bytes());
+        assert_eq!(response.status, status, "{:.300}", response.text());
+        let message = response.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.len() < 300,
+            "{method} {:.40}: a {}-byte message",
+            target,
+            message.len()
+        );
+    }
+}
