@@ -387,3 +387,29 @@ fn a_port_in_use_by_a_non_reuseport_socket_is_a_clear_error() {
         );
     });
 }
+
+#[test]
+fn a_second_server_on_a_served_port_is_refused_unless_a_handover_is_asked_for() {
+    each_engine(|engine| {
+        let first = Server::start(engine, &[]);
+        let port = first.addr.port().to_string();
+        let args = ["--port", &port, "--engine", engine];
+        let (code, stderr) = run_to_exit(&args, &[], None);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port} is in use"))
+                && stderr.contains("REUSE_PORT_HANDOVER"),
+            "{stderr}"
+        );
+
+        let mut handover = common::binary();
+        handover
+            .args(["--bind-address", "127.0.0.1", "--snapshot-interval", "100"])
+            .args(args)
+            .env("REUSE_PORT_HANDOVER", "1")
+            .env("RUST_LOG", "info");
+        let second = Server::spawn(handover);
+        assert_eq!(second.addr, first.addr);
+        assert_eq!(first.get("/livez").status, 200);
+    });
+}

@@ -115,6 +115,10 @@ pub struct ServerConfig {
     #[arg(long, env = "DEBUG_ROUTES", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub debug_routes: bool,
+    /// Start even where another process already serves the port, and share its traffic through SO_REUSEPORT (a zero-downtime hand-over); without it such a start is refused
+    #[arg(long, env = "REUSE_PORT_HANDOVER", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub reuse_port_handover: bool,
 }
 
 /// HTTP/1.1 limits and timeouts.
