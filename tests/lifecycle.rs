@@ -231,6 +231,11 @@ fn bad_environment_values_stop_start_up_with_exit_2_naming_them() {
             &[("MONITORING_HEARTBEAT_TIMEOUT", "0")],
             &["MONITORING_HEARTBEAT_TIMEOUT", "0"],
         ),
+        // Past its upper bound, not a crash on the first request.
+        (
+            &[("MAX_REQUEST_LINE_BYTES", "18446744073709551615")],
+            &["MAX_REQUEST_LINE_BYTES", "18446744073709551615"],
+        ),
     ];
     for (env, needles) in cases {
         let (code, stderr) = run_to_exit(&[], env, None);
