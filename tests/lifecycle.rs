@@ -418,3 +418,40 @@ fn a_second_server_on_a_served_port_is_refused_unless_a_handover_is_asked_for() 
         assert_eq!(first.get("/livez").status, 200);
     });
 }
+
+/// A credential in a database URL, in each form it can take.
+const SECRET: &str = "s3cr3t-value";
+
+#[test]
+fn database_url_credentials_appear_in_no_exit_message() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = unused.local_addr().unwrap().port();
+    drop(unused);
+    let unreachable =
+        format!("postgres://u:{SECRET}@127.0.0.1:{port}/db?password={SECRET}&sslmode=disable");
+    let refused_option = format!("postgres://u@127.0.0.1:{port}/db?sslpassword={SECRET}");
+    for (url, code) in [(unreachable, 1), (refused_option, 2)] {
+        let (exit, stderr) = run_to_exit(
+            &["--connect-timeout", "500"],
+            &[("DATABASE_URL", &url)],
+            None,
+        );
+        assert_eq!(exit, code, "{stderr}");
+        assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+        assert!(!stderr.contains(SECRET), "credential leaked: {stderr}");
+    }
+}
+
+#[test]
+fn a_password_in_the_database_url_query_is_shown_nowhere() {
+    let cluster = common::pg::PgCluster::start(0);
+    let url = format!("{}?password={SECRET}", cluster.url("primary", "postgres"));
+    let server = Server::start_with("may", &[], &[("DATABASE_URL", &url)]);
+    let status = server.get("/api/enterprise/cluster/status").text();
+    assert!(status.contains("password=***"), "{status}");
+    let log = server.log_lines().join("\n");
+    assert!(log.contains("password=***"), "{log}");
+    for (what, text) in [("status", &status), ("log", &log)] {
+        assert!(!text.contains(SECRET), "credential in the {what}: {text}");
+    }
+}

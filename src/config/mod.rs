@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use cpus::CpuList;
-pub use database::{LagLimit, NodeSpec, ReplicaStrategy};
+pub use database::{redact, LagLimit, NodeSpec, ReplicaStrategy};
 pub use error::ConfigError;
 
 /// Range accepted for percentage thresholds.

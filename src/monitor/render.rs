@@ -297,7 +297,7 @@ pub fn publish(
     let webhook = watch.webhook.as_ref().map(|w| {
         use std::sync::atomic::Ordering::Relaxed;
         json!({
-            "url": w.url,
+            "url": crate::config::redact(&w.url),
             "delivered": w.stats.delivered.load(Relaxed),
             "failed": w.stats.failed.load(Relaxed),
             "retries": w.stats.retries.load(Relaxed),
