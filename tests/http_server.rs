@@ -140,7 +140,7 @@ fn a_hundred_pipelined_requests_are_answered_in_order() {
                 .as_str()
                 .unwrap()
                 .to_string();
-            assert_eq!(message, format!("no route for /missing-{i}"));
+            assert_eq!(message, format!("no route for \"/missing-{i}\""));
         }
     });
 }
