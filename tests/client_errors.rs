@@ -56,7 +56,10 @@ fn a_burst_of_malformed_requests_leaves_the_server_healthy_and_counts_as_client_
         }
         let health = server.get("/health");
         assert_eq!(health.status, 200, "{}", health.text());
-        assert_eq!(health.json()["status"], "pass");
+        // The score's own verdict: the overall status may also say warn for a shard whose
+        // heartbeat is late on a loaded host, which is no concern of this test.
+        let score = &health.json()["checks"]["monitor:health-score"][0];
+        assert_eq!(score["status"], "pass", "{score}");
         assert_eq!(server.get("/readyz").status, 200);
         let prometheus = server.get("/metrics").text();
         let client_errors: u64 = prometheus
