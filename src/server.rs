@@ -30,6 +30,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "{addr} is in use: another process already serves it, and starting would silently take part of its \
+         traffic (SO_REUSEPORT). Stop it or choose another PORT, or set REUSE_PORT_HANDOVER=1 \
+         (--reuse-port-handover) to hand the port over without downtime"
+    )]
+    PortServed { addr: SocketAddr },
     #[error("shard {shard} on CPU {cpu} failed to start: {reason}")]
     ShardStart {
         shard: usize,
@@ -95,10 +101,11 @@ pub fn start(config: Config) -> Result<Server, StartError> {
             available.len()
         );
     }
-    let (reservation, addr) = reserve_port(SocketAddr::new(
-        config.server.bind_address,
-        config.server.port,
-    ))?;
+    let requested = SocketAddr::new(config.server.bind_address, config.server.port);
+    if !config.server.reuse_port_handover {
+        refuse_a_served_port(requested)?;
+    }
+    let (reservation, addr) = reserve_port(requested)?;
     let database = crate::db::Database::start(&config.database, Some(placement.monitor_cpu))?;
     let config = Arc::new(config);
     let control = Arc::new(Control::default());
@@ -246,6 +253,29 @@ pub fn run(config: Config) -> Result<(), StartError> {
     server.stop();
     log::info!("stopped in {:?}", started.elapsed());
     Ok(())
+}
+
+/// Every shard's listener joins the port's SO_REUSEPORT group, which would let it join another
+/// server's as well. A plain bind (SO_REUSEADDR, so that connections in TIME_WAIT do not count,
+/// but no SO_REUSEPORT) fails with EADDRINUSE where some process listens on the address.
+fn refuse_a_served_port(addr: SocketAddr) -> Result<(), StartError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = || -> std::io::Result<()> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())
+    };
+    match probe() {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StartError::PortServed { addr }),
+        // Anything else (no such address, no permission) is for the real bind to report.
+        _ => Ok(()),
+    }
 }
 
 /// Binds (without listening) to the address so that port 0 resolves to one port every shard

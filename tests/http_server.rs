@@ -140,7 +140,7 @@ fn a_hundred_pipelined_requests_are_answered_in_order() {
                 .as_str()
                 .unwrap()
                 .to_string();
-            assert_eq!(message, format!("no route for /missing-{i}"));
+            assert_eq!(message, format!("no route for \"/missing-{i}\""));
         }
     });
 }
@@ -223,8 +223,8 @@ fn limits_and_malformed_requests_get_their_status_then_close() {
         refused_then_closed(
             &server,
             b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            501,
-            "not_implemented",
+            411,
+            "length_required",
         );
         refused_then_closed(&server, b"GARBAGE\r\n\r\n", 400, "bad_request");
         refused_then_closed(
@@ -246,6 +246,23 @@ fn limits_and_malformed_requests_get_their_status_then_close() {
             let m = server.get("/api/enterprise/metrics").json();
             (m["merged"]["connections"]["protocol_errors_total"].as_u64() == Some(8)).then_some(())
         });
+    });
+}
+
+#[test]
+fn http11_needs_exactly_one_host_and_http10_may_leave_it_out() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &[]);
+        refused_then_closed(&server, b"GET /livez HTTP/1.1\r\n\r\n", 400, "bad_request");
+        refused_then_closed(
+            &server,
+            b"GET /livez HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            400,
+            "bad_request",
+        );
+        let mut client = server.connect();
+        client.send(b"GET /livez HTTP/1.0\r\n\r\n");
+        assert_eq!(client.read_response(false).status, 200);
     });
 }
 

@@ -297,6 +297,11 @@ fn bad_environment_values_stop_start_up_with_exit_2_naming_them() {
             &[("MONITORING_HEARTBEAT_TIMEOUT", "0")],
             &["MONITORING_HEARTBEAT_TIMEOUT", "0"],
         ),
+        // Past its upper bound, not a crash on the first request.
+        (
+            &[("MAX_REQUEST_LINE_BYTES", "18446744073709551615")],
+            &["MAX_REQUEST_LINE_BYTES", "18446744073709551615"],
+        ),
     ];
     for (env, needles) in cases {
         let (code, stderr) = run_to_exit(&[], env, None);
@@ -452,4 +457,67 @@ fn a_port_in_use_by_a_non_reuseport_socket_is_a_clear_error() {
             "{stderr}"
         );
     });
+}
+
+#[test]
+fn a_second_server_on_a_served_port_is_refused_unless_a_handover_is_asked_for() {
+    each_engine(|engine| {
+        let first = Server::start(engine, &[]);
+        let port = first.addr.port().to_string();
+        let args = ["--port", &port, "--engine", engine];
+        let (code, stderr) = run_to_exit(&args, &[], None);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port} is in use"))
+                && stderr.contains("REUSE_PORT_HANDOVER"),
+            "{stderr}"
+        );
+
+        let mut handover = common::binary();
+        handover
+            .args(["--bind-address", "127.0.0.1", "--snapshot-interval", "100"])
+            .args(args)
+            .env("REUSE_PORT_HANDOVER", "1")
+            .env("RUST_LOG", "info");
+        let second = Server::spawn(handover);
+        assert_eq!(second.addr, first.addr);
+        assert_eq!(first.get("/livez").status, 200);
+    });
+}
+
+/// A credential in a database URL, in each form it can take.
+const SECRET: &str = "s3cr3t-value";
+
+#[test]
+fn database_url_credentials_appear_in_no_exit_message() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = unused.local_addr().unwrap().port();
+    drop(unused);
+    let unreachable =
+        format!("postgres://u:{SECRET}@127.0.0.1:{port}/db?password={SECRET}&sslmode=disable");
+    let refused_option = format!("postgres://u@127.0.0.1:{port}/db?sslpassword={SECRET}");
+    for (url, code) in [(unreachable, 1), (refused_option, 2)] {
+        let (exit, stderr) = run_to_exit(
+            &["--connect-timeout", "500"],
+            &[("DATABASE_URL", &url)],
+            None,
+        );
+        assert_eq!(exit, code, "{stderr}");
+        assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+        assert!(!stderr.contains(SECRET), "credential leaked: {stderr}");
+    }
+}
+
+#[test]
+fn a_password_in_the_database_url_query_is_shown_nowhere() {
+    let cluster = common::pg::PgCluster::start(0);
+    let url = format!("{}?password={SECRET}", cluster.url("primary", "postgres"));
+    let server = Server::start_with("may", &[], &[("DATABASE_URL", &url)]);
+    let status = server.get("/api/enterprise/cluster/status").text();
+    assert!(status.contains("password=***"), "{status}");
+    let log = server.log_lines().join("\n");
+    assert!(log.contains("password=***"), "{log}");
+    for (what, text) in [("status", &status), ("log", &log)] {
+        assert!(!text.contains(SECRET), "credential in the {what}: {text}");
+    }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::db::DbClient;
-use crate::http::{Reply, Request, Response, StatusCode};
+use crate::http::{clip_parser_message, quote_input, Reply, Request, Response, StatusCode};
 use crate::queue::mesh::{Enqueued, Overrides, Rejected, ReplayError};
 use crate::queue::worker::{self, Answer};
 use crate::queue::{durable, kinds, JobId, JobSpec, Priority, ShardQueues};
@@ -48,7 +48,12 @@ fn bad_request(message: &str) -> Response {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        bad_request(&format!(
+            "invalid JSON body: {}",
+            clip_parser_message(&e.to_string())
+        ))
+    })
 }
 
 fn check_limits(max_attempts: Option<u32>, timeout_ms: Option<u64>) -> Result<(), Response> {
@@ -69,8 +74,8 @@ fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), 
     let debug = queues.settings.debug_kinds;
     let kind = kinds::find(&body.kind, debug).ok_or_else(|| {
         bad_request(&format!(
-            "unknown job kind {:?}; kinds: {}",
-            body.kind,
+            "unknown job kind {}; kinds: {}",
+            quote_input(&body.kind),
             kinds::names(debug).join(", ")
         ))
     })?;
@@ -78,7 +83,8 @@ fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), 
         None => kind.class,
         Some(name) => Priority::parse(name).ok_or_else(|| {
             bad_request(&format!(
-                "unknown class {name:?}; classes: high, medium, low, background"
+                "unknown class {}; classes: high, medium, low, background",
+                quote_input(name)
             ))
         })?,
     };
@@ -189,8 +195,12 @@ fn enqueue_durable(db: Option<&mut DbClient>, spec: JobSpec) -> Reply {
 }
 
 fn job_id(text: &str) -> Result<JobId, Response> {
-    text.parse()
-        .map_err(|()| bad_request(&format!("invalid job id {text:?}; ids look like 0.1.42")))
+    text.parse().map_err(|()| {
+        bad_request(&format!(
+            "invalid job id {}; ids look like 0.1.42",
+            quote_input(text)
+        ))
+    })
 }
 
 fn not_found(id: &str) -> Response {
@@ -236,7 +246,7 @@ pub fn replay(queues: &Rc<ShardQueues>, request: &Request<'_>) -> Reply {
         return Response::error(
             StatusCode::NOT_FOUND,
             "not_found",
-            &format!("no route for {}", request.path),
+            &format!("no route for {}", quote_input(request.path)),
         )
         .into();
     };

@@ -23,7 +23,9 @@ use arc_swap::ArcSwap;
 
 use crate::db::DbClient;
 use crate::http::AdmissionWait;
-use crate::http::{HttpDate, HttpError, Reply, Request, Response, Service, StatusCode};
+use crate::http::{
+    quote_input, HttpDate, HttpError, Reply, Request, Response, Service, StatusCode,
+};
 use crate::metrics::ShardMetrics;
 use crate::monitor::Published;
 use crate::queue::{Priority, RequestGate, RouteClasses, ShardQueues};
@@ -179,7 +181,7 @@ impl Service for ShardApp {
                     &format!(
                         "{} is not allowed on {}; allowed: {allow}",
                         request.method.as_str(),
-                        request.path
+                        quote_input(request.path)
                     ),
                 )
                 .with_header("Allow", allow)
@@ -190,7 +192,7 @@ impl Service for ShardApp {
                 Response::error(
                     StatusCode::NOT_FOUND,
                     "not_found",
-                    &format!("no route for {}", request.path),
+                    &format!("no route for {}", quote_input(request.path)),
                 )
                 .into(),
             ),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::db::{DbClient, DbError, Lookup, Lsn, Row};
-use crate::http::{Reply, Request, Response, StatusCode};
+use crate::http::{clip_parser_message, quote_input, Reply, Request, Response, StatusCode};
 
 /// Response header with a write's commit position.
 pub const COMMIT_LSN_HEADER: &str = "X-Commit-LSN";
@@ -84,7 +84,10 @@ pub fn create(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
             return Response::error(
                 StatusCode::BAD_REQUEST,
                 "bad_json",
-                &format!("expected {{\"name\": string, \"email\": string}}: {e}"),
+                &format!(
+                    "expected {{\"name\": string, \"email\": string}}: {}",
+                    clip_parser_message(&e.to_string())
+                ),
             )
             .into()
         }
@@ -136,7 +139,10 @@ pub fn get(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
         return Response::error(
             StatusCode::BAD_REQUEST,
             "bad_id",
-            &format!("user id must be a positive whole number, got `{id}`"),
+            &format!(
+                "user id must be a positive whole number, got {}",
+                quote_input(id)
+            ),
         )
         .into();
     };

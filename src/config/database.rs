@@ -164,20 +164,58 @@ fn parse_node(
     })
 }
 
-/// The URL with its password replaced by `***`, for logs and messages.
+/// Words that make a query parameter (or a `key=value` setting) a credential, as part of its
+/// name in any case: `password`, `sslpassword`, `client_secret`, `token`...
+const CREDENTIAL_WORDS: [&str; 4] = ["password", "passwd", "secret", "token"];
+
+/// The URL with every credential replaced by `***`, for the status body, logs and messages:
+/// the userinfo password, and the value of each credential query parameter. Text that is no
+/// URL (a `host=... password=...` setting string, say) has its credential settings replaced.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return url
+            .split(' ')
+            .map(redact_setting)
+            .collect::<Vec<_>>()
+            .join(" ");
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let authority_end = before_query.find('/').unwrap_or(before_query.len());
+    let (authority, path) = before_query.split_at(authority_end);
+    let mut out = format!("{scheme}://{}{path}", redact_userinfo(authority));
+    if let Some(query) = query {
+        let redacted: Vec<String> = query.split('&').map(redact_setting).collect();
+        out.push('?');
+        out.push_str(&redacted.join("&"));
+    }
+    out
+}
+
+/// `user:password@host` as `user:***@host`.
+fn redact_userinfo(authority: &str) -> String {
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
         },
-        None => url.to_string(),
+        None => authority.to_string(),
     }
+}
+
+/// `name=value` with the value replaced where the name is a credential's.
+fn redact_setting(setting: &str) -> String {
+    match setting.split_once('=') {
+        Some((name, _value)) if is_credential(name) => format!("{name}=***"),
+        _ => setting.to_string(),
+    }
+}
+
+fn is_credential(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    CREDENTIAL_WORDS.iter().any(|word| name.contains(word))
 }
 
 #[cfg(test)]
@@ -199,6 +237,37 @@ mod tests {
         }
         for bad in ["", "ten", "5 parsecs", "10MB,"] {
             assert!(bad.parse::<LagLimit>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_every_form_of_credential() {
+        let cases = [
+            ("postgres://h/db", "postgres://h/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://u:pw@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u:p@w@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u@h/db?password=pw&sslmode=disable",
+                "postgres://u@h/db?password=***&sslmode=disable",
+            ),
+            (
+                "postgresql://h?sslpassword=pw&PASSWORD=pw&client_secret=pw&token=pw",
+                "postgresql://h?sslpassword=***&PASSWORD=***&client_secret=***&token=***",
+            ),
+            // No path: the query follows the authority.
+            (
+                "postgres://u:pw@h?password=pw",
+                "postgres://u:***@h?password=***",
+            ),
+            ("http://a:pw@hook/x?k=v", "http://a:***@hook/x?k=v"),
+            (
+                "host=h password=pw dbname=db",
+                "host=h password=*** dbname=db",
+            ),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact(url), expected, "{url}");
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use cpus::CpuList;
-pub use database::{LagLimit, NodeSpec, ReplicaStrategy};
+pub use database::{redact, LagLimit, NodeSpec, ReplicaStrategy};
 pub use error::ConfigError;
 
 /// Range accepted for percentage thresholds.
@@ -23,14 +23,52 @@ fn percent() -> clap::builder::RangedU64ValueParser<u8> {
     clap::builder::RangedU64ValueParser::<u8>::new().range(0..=100)
 }
 
+// Upper bounds of the size, count and time settings: far above any real use, and low enough
+// that the sums, products and deadlines worked out from them cannot overflow.
+/// Most bytes of a request line or of a header section.
+pub const MAX_HEAD_LIMIT_BYTES: u64 = 1 << 20;
+/// Most bytes of a request body.
+pub const MAX_BODY_LIMIT_BYTES: u64 = 1 << 30;
+/// Most of any count: connections, workers, queue and pool sizes, thresholds.
+pub const MAX_COUNT: u64 = 1_000_000;
+/// Most shards, and active shards when auto-scaling.
+pub const MAX_SHARDS: u64 = 4_096;
+/// Longest duration setting: a week, in milliseconds.
+pub const MAX_MILLIS: u64 = 7 * 24 * 3_600_000;
+
+/// A count from `low` to [`MAX_COUNT`].
+fn count(low: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(low..=MAX_COUNT)
+}
+
 /// A count of one at the least.
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    count(1)
+}
+
+/// A count of shards, one at the least.
+fn shard_count() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_SHARDS)
+}
+
+/// A threshold of a count (users, jobs), which may be 0.
+fn count_threshold() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::builder::RangedU64ValueParser::<u64>::new().range(0..=MAX_COUNT)
+}
+
+/// A size limit in bytes, up to `max`.
+fn byte_limit(max: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(0..=max)
+}
+
+/// Duration in milliseconds from a whole number, from `low` to [`MAX_MILLIS`].
+fn millis_from(low: u64) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::builder::RangedU64ValueParser::<u64>::new().range(low..=MAX_MILLIS)
 }
 
 /// Duration in milliseconds from a whole number, 1 ms at the least.
 fn millis() -> clap::builder::RangedU64ValueParser<u64> {
-    clap::builder::RangedU64ValueParser::<u64>::new().range(1..)
+    millis_from(1)
 }
 
 /// CoinBitClub Enterprise API server: one pinned event-loop shard per CPU.
@@ -94,7 +132,7 @@ pub struct ServerConfig {
     #[arg(long, env = "ENGINE", value_enum, default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
     /// Number of shards; default one per CPU (less the monitor core with 4 or more CPUs).
-    #[arg(long, env = "SHARDS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "SHARDS", value_parser = shard_count())]
     pub shards: Option<usize>,
     /// CPUs the shards are pinned to, e.g. `0-3,6`; default every CPU the process may use.
     #[arg(long, env = "SHARD_CPUS")]
@@ -103,7 +141,8 @@ pub struct ServerConfig {
     #[arg(long, env = "MONITOR_CORE")]
     pub monitor_core: Option<usize>,
     /// Listen backlog of each shard's socket.
-    #[arg(long, env = "LISTEN_BACKLOG", default_value_t = 4096)]
+    #[arg(long, env = "LISTEN_BACKLOG", default_value_t = 4096,
+          value_parser = clap::builder::RangedI64ValueParser::<i32>::new().range(1..=65_535))]
     pub listen_backlog: i32,
     /// How long in-flight requests may run after SIGINT/SIGTERM before the process exits (ms).
     #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
@@ -115,6 +154,10 @@ pub struct ServerConfig {
     #[arg(long, env = "DEBUG_ROUTES", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub debug_routes: bool,
+    /// Start even where another process already serves the port, and share its traffic through SO_REUSEPORT (a zero-downtime hand-over); without it such a start is refused
+    #[arg(long, env = "REUSE_PORT_HANDOVER", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub reuse_port_handover: bool,
 }
 
 /// HTTP/1.1 limits and timeouts.
@@ -122,13 +165,16 @@ pub struct ServerConfig {
 #[command(next_help_heading = "HTTP")]
 pub struct HttpConfig {
     /// Longest request line accepted; longer gets 414 (bytes).
-    #[arg(long, env = "MAX_REQUEST_LINE_BYTES", default_value_t = 8 * 1024)]
+    #[arg(long, env = "MAX_REQUEST_LINE_BYTES", default_value_t = 8 * 1024,
+          value_parser = byte_limit(MAX_HEAD_LIMIT_BYTES))]
     pub max_request_line_bytes: usize,
     /// Largest header section accepted; larger gets 431 (bytes).
-    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 8 * 1024)]
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 8 * 1024,
+          value_parser = byte_limit(MAX_HEAD_LIMIT_BYTES))]
     pub max_header_bytes: usize,
     /// Largest request body accepted; larger gets 413 (bytes).
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024,
+          value_parser = byte_limit(MAX_BODY_LIMIT_BYTES))]
     pub max_body_bytes: usize,
     /// Time a client has to send a whole request head (and body) once it started (ms).
     #[arg(long = "header-read-timeout", env = "HEADER_READ_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
@@ -141,7 +187,7 @@ pub struct HttpConfig {
     pub send_timeout_ms: u64,
     /// Open connections per shard; past it a new connection gets 503 and is closed.
     #[arg(long, env = "MAX_CONNECTIONS_PER_SHARD", default_value_t = 8_192,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+          value_parser = at_least_one())]
     pub max_connections_per_shard: usize,
 }
 
@@ -150,12 +196,10 @@ pub struct HttpConfig {
 #[command(next_help_heading = "Cluster")]
 pub struct ClusterConfig {
     /// Fewest active shards when auto-scaling.
-    #[arg(long, env = "CLUSTER_MIN_WORKERS", default_value_t = 8,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "CLUSTER_MIN_WORKERS", default_value_t = 8, value_parser = shard_count())]
     pub min_workers: usize,
     /// Most active shards when auto-scaling (bounded by the CPUs).
-    #[arg(long, env = "CLUSTER_MAX_WORKERS", default_value_t = 32,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "CLUSTER_MAX_WORKERS", default_value_t = 32, value_parser = shard_count())]
     pub max_workers: usize,
     /// CPU % above which a shard is added.
     #[arg(long, env = "SCALE_UP_THRESHOLD", default_value_t = 80, value_parser = percent())]
@@ -234,14 +278,15 @@ pub struct DatabaseConfig {
     pub read_replicas: Vec<String>,
     /// Connections per database node (each with its own thread; reads queued together share one query).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 2,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+          value_parser = at_least_one())]
     pub pool_size: usize,
     /// How often each shard's dispatcher looks for durable jobs in the outbox while idle (ms);
     /// 0 runs none in this server (others on the same database run them).
     #[arg(
         long = "durable-jobs-poll-interval",
         env = "DURABLE_JOBS_POLL_INTERVAL",
-        default_value_t = 100
+        default_value_t = 100,
+        value_parser = millis_from(0)
     )]
     pub durable_poll_interval_ms: u64,
     /// Time between replica health checks (ms).
@@ -265,21 +310,21 @@ pub struct DatabaseConfig {
     pub connect_timeout_ms: u64,
     /// Requests that may wait for a busy node's pool; past it a request gets 503.
     #[arg(long = "db-queue-size", env = "DB_QUEUE_SIZE", default_value_t = 1_024,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+          value_parser = at_least_one())]
     pub queue_size: usize,
     /// First ejection time of a failing or lagging replica; doubles on each repeat, up to 16x (ms).
     #[arg(long = "ejection-time", env = "DB_EJECTION_TIME", default_value_t = 10_000, value_parser = millis())]
     pub ejection_time_ms: u64,
     /// Consecutive failed requests that open a node's circuit breaker.
     #[arg(long = "breaker-failures", env = "DB_BREAKER_FAILURES", default_value_t = 5,
-          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..))]
+          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=MAX_COUNT))]
     pub breaker_failures: u32,
     /// Longest a read that presents a commit LSN waits for a replica to replay it before it reads the primary (ms).
     #[arg(long = "read-your-writes-wait", env = "DB_READ_YOUR_WRITES_WAIT", default_value_t = 100, value_parser = millis())]
     pub read_your_writes_wait_ms: u64,
     /// Most writes one pooled connection commits in one transaction (group commit); 1 turns it off.
     #[arg(long = "group-commit", env = "DB_GROUP_COMMIT", default_value_t = 16,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+          value_parser = at_least_one())]
     pub group_commit: usize,
 }
 
@@ -321,21 +366,23 @@ pub struct MonitoringConfig {
     #[arg(
         long,
         env = "MONITORING_CONCURRENT_USERS_WARNING",
-        default_value_t = 800
+        default_value_t = 800,
+        value_parser = count_threshold()
     )]
     pub concurrent_users_warning: u64,
     /// Concurrent users that raise a critical alert.
     #[arg(
         long,
         env = "MONITORING_CONCURRENT_USERS_CRITICAL",
-        default_value_t = 950
+        default_value_t = 950,
+        value_parser = count_threshold()
     )]
     pub concurrent_users_critical: u64,
     /// Queued jobs that raise a warning.
-    #[arg(long, env = "MONITORING_QUEUE_SIZE_WARNING", default_value_t = 1_000)]
+    #[arg(long, env = "MONITORING_QUEUE_SIZE_WARNING", default_value_t = 1_000, value_parser = count_threshold())]
     pub queue_size_warning: u64,
     /// Queued jobs that raise a critical alert.
-    #[arg(long, env = "MONITORING_QUEUE_SIZE_CRITICAL", default_value_t = 5_000)]
+    #[arg(long, env = "MONITORING_QUEUE_SIZE_CRITICAL", default_value_t = 5_000, value_parser = count_threshold())]
     pub queue_size_critical: u64,
     /// Alerts are also POSTed here as Alertmanager webhook JSON (`http://host:port/path`).
     #[arg(long, env = "MONITORING_WEBHOOK_URL")]

@@ -174,3 +174,44 @@ fn readme_configuration_table_matches_the_flags() {
         panic!("README's configuration table is out of date; run `UPDATE_README=1 cargo test -p coinbit readme_configuration_table` to refresh it.\nExpected:\n{expected}");
     }
 }
+
+#[test]
+fn sizes_counts_and_times_have_upper_bounds() {
+    let u64_max = u64::MAX.to_string();
+    // (variable, highest value accepted); set through its flag, which reads the same parser
+    let cases: [(&str, u64); 14] = [
+        ("MAX_REQUEST_LINE_BYTES", MAX_HEAD_LIMIT_BYTES),
+        ("MAX_HEADER_BYTES", MAX_HEAD_LIMIT_BYTES),
+        ("MAX_BODY_BYTES", MAX_BODY_LIMIT_BYTES),
+        ("MAX_CONNECTIONS_PER_SHARD", MAX_COUNT),
+        ("LISTEN_BACKLOG", 65_535),
+        ("SHARDS", MAX_SHARDS),
+        ("CLUSTER_MAX_WORKERS", MAX_SHARDS),
+        ("QUEUE_MAX_SIZE", MAX_COUNT),
+        ("QUEUE_HIGH_WORKERS", MAX_COUNT),
+        ("DB_QUEUE_SIZE", MAX_COUNT),
+        ("DB_BREAKER_FAILURES", MAX_COUNT),
+        ("MONITORING_QUEUE_SIZE_CRITICAL", MAX_COUNT),
+        ("KEEP_ALIVE_TIMEOUT", MAX_MILLIS),
+        ("DURABLE_JOBS_POLL_INTERVAL", MAX_MILLIS),
+    ];
+    let command = Cli::command();
+    let flag_of = |name: &str| -> String {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name))
+            .unwrap_or_else(|| panic!("no flag reads {name}"));
+        format!("--{}", arg.get_long().unwrap())
+    };
+    for (name, highest) in cases {
+        let flag = flag_of(name);
+        let at = highest.to_string();
+        assert!(parse(&[&flag, &at]).is_ok(), "{flag} {at} refused");
+        for over in [(highest + 1).to_string(), u64_max.clone()] {
+            let err = parse(&[&flag, &over]).unwrap_err();
+            let text = err.to_string();
+            assert_eq!(err.exit_code(), 2, "{text}");
+            assert!(text.contains(&flag) && text.contains(&over), "{text}");
+        }
+    }
+}

@@ -22,6 +22,6 @@ pub mod response;
 
 pub use conn::{AdmissionWait, Connection, Limits, Service, Step, Timeouts};
 pub use date::HttpDate;
-pub use error::HttpError;
+pub use error::{clip_parser_message, quote_input, HttpError};
 pub use request::{Method, Request};
 pub use response::{ConnectionHeader, Reply, Response, StatusCode};

@@ -83,6 +83,7 @@ pub fn parse_head<'b, 'h>(
             limit: limits.max_body_bytes,
         });
     }
+    check_host(framing.hosts, minor_version)?;
     Ok(Some(Head {
         method,
         path,
@@ -157,15 +158,19 @@ struct Framing {
     content_length: u64,
     keep_alive: bool,
     expect_continue: bool,
+    /// Host header fields seen.
+    hosts: usize,
 }
 
 impl Framing {
     fn read(headers: &[httparse::Header<'_>], minor_version: u8) -> Result<Framing, HttpError> {
         let mut content_length: Option<u64> = None;
-        let mut chunked_or_other_coding = false;
+        // The last Transfer-Encoding value: its final coding decides the refusal.
+        let mut transfer_codings: Option<&[u8]> = None;
         // HTTP/1.1 persists by default, HTTP/1.0 only when asked.
         let mut keep_alive = minor_version >= 1;
         let mut expect_continue = false;
+        let mut hosts = 0usize;
         for header in headers {
             let name = header.name;
             if name.eq_ignore_ascii_case("content-length") {
@@ -174,8 +179,10 @@ impl Framing {
                     return Err(HttpError::BadRequest("conflicting Content-Length headers"));
                 }
                 content_length = Some(value);
+            } else if name.eq_ignore_ascii_case("host") {
+                hosts += 1;
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked_or_other_coding = true;
+                transfer_codings = Some(header.value);
             } else if name.eq_ignore_ascii_case("connection") {
                 for token in header.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
@@ -192,21 +199,49 @@ impl Framing {
                     .eq_ignore_ascii_case(b"100-continue");
             }
         }
-        if chunked_or_other_coding {
-            if content_length.is_some() {
-                return Err(HttpError::BadRequest(
-                    "both Content-Length and Transfer-Encoding",
-                ));
-            }
-            return Err(HttpError::NotImplemented(
-                "Transfer-Encoding on requests (send Content-Length)",
+        if let Some(codings) = transfer_codings {
+            return Err(refuse_transfer_coding(
+                codings,
+                content_length.is_some(),
+                minor_version,
             ));
         }
         Ok(Framing {
             content_length: content_length.unwrap_or(0),
             keep_alive,
             expect_continue,
+            hosts,
         })
+    }
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any request with more than one,
+/// is answered 400. HTTP/1.0 predates Host and may leave it out.
+fn check_host(hosts: usize, minor_version: u8) -> Result<(), HttpError> {
+    match hosts {
+        0 if minor_version >= 1 => Err(HttpError::BadRequest("missing Host header")),
+        0 | 1 => Ok(()),
+        _ => Err(HttpError::BadRequest("more than one Host header")),
+    }
+}
+
+/// Bodies are framed by Content-Length only; a request with Transfer-Encoding gets the 4xx
+/// RFC 9112 gives it: 400 where its framing cannot be trusted (both headers, section 6.3; an
+/// HTTP/1.0 request, section 6.1; chunked not the final coding, section 6.3), else 411, which
+/// a server may answer to a body without Content-Length (section 6.3).
+fn refuse_transfer_coding(codings: &[u8], content_length: bool, minor_version: u8) -> HttpError {
+    let chunked_last = codings
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if content_length {
+        HttpError::BadRequest("both Content-Length and Transfer-Encoding")
+    } else if minor_version == 0 {
+        HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+    } else if !chunked_last {
+        HttpError::BadRequest("Transfer-Encoding without chunked as the final coding")
+    } else {
+        HttpError::LengthRequired("chunked request bodies are not accepted")
     }
 }
 
@@ -263,14 +298,17 @@ mod tests {
 
     #[test]
     fn table_of_heads() {
-        let long_path = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(80));
+        let long_path = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(80));
         let long_unfinished = format!("GET /{}", "a".repeat(80));
-        let big_headers = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(200));
-        let big_unfinished_headers = format!("GET / HTTP/1.1\r\nX: {}", "v".repeat(200));
+        let big_headers = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n",
+            "v".repeat(200)
+        );
+        let big_unfinished_headers = format!("GET / HTTP/1.1\r\nHost: h\r\nX: {}", "v".repeat(200));
         let cases: Vec<(&str, Result<Option<Expected>, HttpError>)> = vec![
             (
-                "GET /health HTTP/1.1\r\n\r\n",
-                Ok(Some(("/health", None, 24, 0, true))),
+                "GET /health HTTP/1.1\r\nHost: h\r\n\r\n",
+                Ok(Some(("/health", None, 33, 0, true))),
             ),
             (
                 "GET /a?b=1 HTTP/1.0\r\n\r\n",
@@ -281,22 +319,38 @@ mod tests {
                 Ok(Some(("/", None, 42, 0, true))),
             ),
             (
-                "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-                Ok(Some(("/", None, 37, 0, false))),
+                "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                Ok(Some(("/", None, 46, 0, false))),
             ),
             (
-                "POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
-                Ok(Some(("/x", None, 39, 5, true))),
+                "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+                Ok(Some(("/x", None, 48, 5, true))),
             ),
             (
-                "\r\nGET / HTTP/1.1\r\n\r\n",
-                Ok(Some(("/", None, 20, 0, true))),
+                "\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+                Ok(Some(("/", None, 29, 0, true))),
             ),
             (
-                "GET http://h:1/p?q HTTP/1.1\r\n\r\n",
-                Ok(Some(("/p", Some("q"), 31, 0, true))),
+                "GET http://h:1/p?q HTTP/1.1\r\nHost: h\r\n\r\n",
+                Ok(Some(("/p", Some("q"), 40, 0, true))),
             ),
             ("GET /health HTTP/1.1\r\nHost: x", Ok(None)),
+            (
+                "GET /health HTTP/1.1\r\n\r\n",
+                Err(HttpError::BadRequest("missing Host header")),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                Err(HttpError::BadRequest("more than one Host header")),
+            ),
+            (
+                "GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n",
+                Err(HttpError::BadRequest("more than one Host header")),
+            ),
+            (
+                "GET / HTTP/1.0\r\n\r\n",
+                Ok(Some(("/", None, 18, 0, false))),
+            ),
             ("GET /hea", Ok(None)),
             (&long_path, Err(HttpError::UriTooLong { limit: 64 })),
             (&long_unfinished, Err(HttpError::UriTooLong { limit: 64 })),
@@ -306,38 +360,50 @@ mod tests {
                 Err(HttpError::HeadersTooLarge { limit: 128 }),
             ),
             (
-                "GET / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n",
                 Err(HttpError::PayloadTooLarge {
                     length: 2000,
                     limit: 1000,
                 }),
             ),
             (
-                "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n",
                 Err(HttpError::BadRequest("invalid Content-Length")),
             ),
             (
-                "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 Err(HttpError::BadRequest("conflicting Content-Length headers")),
             ),
             (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Err(HttpError::NotImplemented(
-                    "Transfer-Encoding on requests (send Content-Length)",
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Err(HttpError::LengthRequired(
+                    "chunked request bodies are not accepted",
                 )),
             ),
             (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                Err(HttpError::BadRequest(
+                    "Transfer-Encoding without chunked as the final coding",
+                )),
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Err(HttpError::BadRequest(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                )),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 Err(HttpError::BadRequest(
                     "both Content-Length and Transfer-Encoding",
                 )),
             ),
             (
-                "GET noslash HTTP/1.1\r\n\r\n",
+                "GET noslash HTTP/1.1\r\nHost: h\r\n\r\n",
                 Err(HttpError::BadRequest("request target must be a path")),
             ),
             (
-                "G@T / HTTP/1.1\r\n\r\n",
+                "G@T / HTTP/1.1\r\nHost: h\r\n\r\n",
                 Err(HttpError::BadRequest("invalid method or request target")),
             ),
             (
@@ -345,7 +411,7 @@ mod tests {
                 Err(HttpError::VersionNotSupported),
             ),
             (
-                "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n",
                 Err(HttpError::BadRequest("invalid header name")),
             ),
         ];
@@ -358,7 +424,7 @@ mod tests {
 
     #[test]
     fn too_many_headers_is_431() {
-        let mut input = String::from("GET / HTTP/1.1\r\n");
+        let mut input = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
         for i in 0..=MAX_HEADERS {
             input.push_str(&format!("h{i}: v\r\n"));
         }

@@ -15,12 +15,12 @@ impl StatusCode {
     pub const BAD_REQUEST: StatusCode = StatusCode(400);
     pub const NOT_FOUND: StatusCode = StatusCode(404);
     pub const METHOD_NOT_ALLOWED: StatusCode = StatusCode(405);
+    pub const LENGTH_REQUIRED: StatusCode = StatusCode(411);
     pub const PAYLOAD_TOO_LARGE: StatusCode = StatusCode(413);
     pub const URI_TOO_LONG: StatusCode = StatusCode(414);
     pub const TOO_MANY_REQUESTS: StatusCode = StatusCode(429);
     pub const HEADERS_TOO_LARGE: StatusCode = StatusCode(431);
     pub const INTERNAL_SERVER_ERROR: StatusCode = StatusCode(500);
-    pub const NOT_IMPLEMENTED: StatusCode = StatusCode(501);
     pub const SERVICE_UNAVAILABLE: StatusCode = StatusCode(503);
     pub const VERSION_NOT_SUPPORTED: StatusCode = StatusCode(505);
 
@@ -39,6 +39,7 @@ impl StatusCode {
             405 => b"HTTP/1.1 405 Method Not Allowed\r\n",
             408 => b"HTTP/1.1 408 Request Timeout\r\n",
             409 => b"HTTP/1.1 409 Conflict\r\n",
+            411 => b"HTTP/1.1 411 Length Required\r\n",
             413 => b"HTTP/1.1 413 Content Too Large\r\n",
             414 => b"HTTP/1.1 414 URI Too Long\r\n",
             422 => b"HTTP/1.1 422 Unprocessable Content\r\n",

@@ -42,7 +42,7 @@ pub struct ConnectionCounters {
     pub request_timeouts: u64,
     /// Closed after the keep-alive idle timeout.
     pub idle_timeouts: u64,
-    /// Requests the codec refused (400, 413, 414, 431, 501, 505).
+    /// Requests the codec refused (400, 411, 413, 414, 431, 505): client errors.
     pub protocol_errors: u64,
     /// Refused with 503 while memory was critical (auto-recovery).
     pub rejected_overload: u64,
@@ -53,7 +53,8 @@ pub struct ConnectionCounters {
 pub struct ResponseCounts {
     /// Per route (indexed as the app names them), per status class.
     pub by_route: Vec<[u64; 5]>,
-    /// Responses to requests the codec refused before routing.
+    /// Responses to requests the codec refused before routing: all of them the client's
+    /// errors, whatever their status (505 for an HTTP version it does not speak included).
     pub unrouted: [u64; 5],
 }
 
@@ -74,9 +75,16 @@ impl ResponseCounts {
         self.all().flatten().sum()
     }
 
-    /// Responses with a 5xx status.
+    /// Failures the server caused: 5xx answers of routed requests. A request the codec refused
+    /// was malformed, so its answer is a client error even where its status is a 5xx.
     pub fn server_errors(&self) -> u64 {
-        self.all().map(|c| c[4]).sum()
+        self.by_route.iter().map(|c| c[4]).sum()
+    }
+
+    /// Errors the client caused: 4xx answers of routed requests and every refusal of the codec.
+    pub fn client_errors(&self) -> u64 {
+        let routed: u64 = self.by_route.iter().map(|c| c[3]).sum();
+        routed + self.unrouted.iter().sum::<u64>()
     }
 
     /// Adds `other` in, class by class.
@@ -186,12 +194,27 @@ mod tests {
         let report = metrics.report(0, 1, 42, Instant::now());
         assert_eq!(report.counts.requests(), 3);
         assert_eq!(report.counts.server_errors(), 1);
+        assert_eq!(report.counts.client_errors(), 1);
         assert_eq!(report.connections.protocol_errors, 1);
         assert_eq!(report.interval_latency.len(), 3);
         assert_eq!(report.latency_sum_micros, 750);
         let next = metrics.report(0, 1, 42, Instant::now());
         assert_eq!(next.interval_latency.len(), 0, "the interval starts over");
         assert_eq!(next.counts.requests(), 3, "counters are cumulative");
+    }
+
+    #[test]
+    fn refusals_of_the_codec_are_client_errors_whatever_their_status() {
+        let mut metrics = ShardMetrics::new(1);
+        metrics.count_unrouted(505);
+        metrics.count_unrouted(501);
+        metrics.count_unrouted(400);
+        metrics.count_route(0, 404);
+        metrics.count_route(0, 503);
+        let counts = metrics.report(0, 1, 0, Instant::now()).counts;
+        assert_eq!(counts.requests(), 5);
+        assert_eq!(counts.server_errors(), 1, "only the routed 503");
+        assert_eq!(counts.client_errors(), 4);
     }
 
     #[test]

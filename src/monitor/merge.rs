@@ -53,6 +53,10 @@ impl Totals {
     pub fn server_errors(&self) -> u64 {
         self.counts.server_errors()
     }
+
+    pub fn client_errors(&self) -> u64 {
+        self.counts.client_errors()
+    }
 }
 
 impl<'a> std::iter::Sum<&'a Totals> for Totals {

@@ -297,7 +297,7 @@ pub fn publish(
     let webhook = watch.webhook.as_ref().map(|w| {
         use std::sync::atomic::Ordering::Relaxed;
         json!({
-            "url": w.url,
+            "url": crate::config::redact(&w.url),
             "delivered": w.stats.delivered.load(Relaxed),
             "failed": w.stats.failed.load(Relaxed),
             "retries": w.stats.retries.load(Relaxed),
@@ -374,6 +374,7 @@ fn traffic(
     json!({
         "requests_total": totals.requests(),
         "server_errors_total": totals.server_errors(),
+        "client_errors_total": totals.client_errors(),
         "request_rate": round(rate, 1),
         "error_rate": round(error_rate, 6),
         "latency_ms": percentiles(window),
@@ -442,6 +443,21 @@ fn prometheus(
                 );
             }
         }
+    }
+
+    let name = family(
+        out,
+        "coinbit_http_client_errors_total",
+        "counter",
+        "Requests that failed by the client's fault (4xx, and every request refused as malformed); left out of the error rate.",
+    );
+    for (track, fact) in state.shards.iter().zip(facts) {
+        let _ = writeln!(
+            out,
+            "{name}{{shard=\"{}\"}} {}",
+            track.slot.id,
+            fact.totals.client_errors()
+        );
     }
 
     let name = family(

@@ -29,7 +29,7 @@ pub struct Sample {
     pub latency_p90_ms: f64,
     pub latency_p99_ms: f64,
     pub request_rate: f64,
-    /// 5xx responses, % of the interval's responses.
+    /// Failures the server caused (5xx of routed requests), % of the interval's responses.
     pub error_rate: f64,
     /// Open client connections.
     pub concurrent_users: u64,

@@ -78,7 +78,7 @@ fn pipelined_requests_are_answered_in_order_in_one_output() {
     let (mut conn, mut echo, now) = fresh();
     let mut input = Vec::new();
     for i in 0..100 {
-        input.extend_from_slice(format!("GET /r{i} HTTP/1.1\r\n\r\n").as_bytes());
+        input.extend_from_slice(format!("GET /r{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
     }
     // Feed in odd-sized pieces so requests straddle reads.
     let mut answered = Vec::new();
@@ -99,7 +99,7 @@ fn body_split_across_reads_and_expect_continue() {
     let (mut conn, mut echo, now) = fresh();
     feed(
         &mut conn,
-        b"POST /b HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n12345",
+        b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n12345",
         now,
     );
     assert!(matches!(conn.advance(&mut echo, now), Step::Read));
@@ -114,10 +114,13 @@ fn body_split_across_reads_and_expect_continue() {
 fn errors_answer_json_and_close() {
     let cases: &[(&[u8], u16)] = &[
         (b"BAD\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nContent-Length: 65\r\n\r\n", 413),
         (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            501,
+            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 65\r\n\r\n",
+            413,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            411,
         ),
     ];
     for (input, status) in cases {
@@ -140,7 +143,7 @@ fn errors_answer_json_and_close() {
 #[test]
 fn connection_close_and_http10_end_the_connection_after_the_response() {
     for input in [
-        &b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n"[..],
+        &b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n"[..],
         b"GET /a HTTP/1.0\r\n\r\n",
     ] {
         let now = Instant::now();
@@ -159,7 +162,7 @@ fn connection_close_and_http10_end_the_connection_after_the_response() {
 #[test]
 fn head_gets_headers_without_body() {
     let (mut conn, mut echo, now) = fresh();
-    feed(&mut conn, b"HEAD /h HTTP/1.1\r\n\r\n", now);
+    feed(&mut conn, b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n", now);
     conn.advance(&mut echo, now);
     let text = String::from_utf8_lossy(conn.output()).to_string();
     assert!(
@@ -173,7 +176,7 @@ fn a_panicking_handler_gets_500_and_the_connection_goes_on() {
     let (mut conn, mut echo, now) = fresh();
     feed(
         &mut conn,
-        b"GET /panic HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n",
+        b"GET /panic HTTP/1.1\r\nHost: h\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\n\r\n",
         now,
     );
     assert!(matches!(conn.advance(&mut echo, now), Step::Read));
@@ -187,7 +190,7 @@ fn later_replies_keep_pipelined_order() {
     let (mut conn, mut echo, now) = fresh();
     feed(
         &mut conn,
-        b"GET /one HTTP/1.1\r\n\r\nGET /later HTTP/1.1\r\n\r\nGET /three HTTP/1.1\r\n\r\n",
+        b"GET /one HTTP/1.1\r\nHost: h\r\n\r\nGET /later HTTP/1.1\r\nHost: h\r\n\r\nGET /three HTTP/1.1\r\nHost: h\r\n\r\n",
         now,
     );
     let Step::Await(_future) = conn.advance(&mut echo, now) else {
@@ -210,7 +213,7 @@ fn deadlines_follow_the_request_state() {
         Some((t0 + Duration::from_secs(5), TimeoutKind::Idle))
     );
     let t1 = t0 + Duration::from_secs(1);
-    feed(&mut conn, b"GET / HTTP/1.1\r\nX-Slow: ", t1);
+    feed(&mut conn, b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: ", t1);
     conn.advance(&mut echo, t1);
     assert_eq!(
         conn.deadline(),
@@ -236,7 +239,7 @@ fn deadlines_follow_the_request_state() {
 fn draining_closes_after_the_current_response() {
     let (mut conn, mut echo, now) = fresh();
     conn.drain();
-    feed(&mut conn, b"GET /x HTTP/1.1\r\n\r\n", now);
+    feed(&mut conn, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", now);
     assert!(matches!(conn.advance(&mut echo, now), Step::Close));
     assert!(String::from_utf8_lossy(conn.output()).contains("Connection: close"));
 }
@@ -253,7 +256,7 @@ fn large_bodies_grow_the_buffer_as_they_arrive_and_it_shrinks_after() {
     // A head that declares 2 MiB does not make the buffer 2 MiB before a byte of it arrives.
     feed(
         &mut conn,
-        b"POST /big HTTP/1.1\r\nContent-Length: 2097152\r\n\r\n",
+        b"POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: 2097152\r\n\r\n",
         now,
     );
     assert!(matches!(conn.advance(&mut echo, now), Step::Read));
@@ -286,7 +289,11 @@ fn a_flood_of_empty_lines_is_refused() {
     assert!(String::from_utf8_lossy(conn.output()).starts_with("HTTP/1.1 400 "));
     // A couple of stray line breaks before a request are fine.
     let mut conn = Connection::new(limits(), timeouts(), now);
-    feed(&mut conn, b"\r\n\r\nGET /ok HTTP/1.1\r\n\r\n", now);
+    feed(
+        &mut conn,
+        b"\r\n\r\nGET /ok HTTP/1.1\r\nHost: h\r\n\r\n",
+        now,
+    );
     assert!(matches!(conn.advance(&mut echo, now), Step::Read));
     assert_eq!(bodies(conn.output()), vec!["/ok:0"]);
 }
@@ -346,7 +353,7 @@ fn a_request_that_waits_for_its_turn_keeps_its_place_and_its_latency() {
     let read_at = Instant::now();
     feed(
         &mut conn,
-        b"GET /a HTTP/1.1\r\n\r\nGET /wait HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /wait HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n",
         read_at,
     );
     let Step::Admit(_turn) = conn.advance(&mut gated, read_at) else {
