@@ -47,6 +47,14 @@ fn create_user(client: &mut Client, name: &str, email: &str) -> common::Response
     )
 }
 
+/// A write's `X-Commit-LSN` as a number.
+fn lsn_of(written: &common::Response) -> u64 {
+    assert_eq!(written.status, 201, "{}", written.text());
+    let lsn = written.header("X-Commit-LSN").expect("X-Commit-LSN");
+    let (high, low) = lsn.split_once('/').expect("an LSN");
+    (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
+}
+
 /// Requests each node's pool has run, by node name, from the cluster status.
 fn node_requests(server: &Server) -> HashMap<String, u64> {
     let status = server.cluster_status();
@@ -189,6 +197,25 @@ fn read_your_writes_never_returns_stale_data() {
         // A bad position is refused with a clear error.
         let bad = client.request("GET", "/api/users/1", &[("X-Min-LSN", "yesterday")], b"");
         assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_lsn"));
+        // So is one past the primary's WAL position (no write returned it), without naming a
+        // node: just past
+        // the last commit (by 16 MB) and far past.
+        let last = lsn_of(&create_user(&mut client, "Ryw", "ryw-last@example.com"));
+        for ahead in [last + (16 << 20), u64::MAX] {
+            let ahead = format!("{:X}/{:X}", ahead >> 32, ahead & 0xFFFF_FFFF);
+            let refused = client.request("GET", "/api/users/1", &[("X-Min-LSN", &ahead)], b"");
+            assert_eq!(
+                (refused.status, refused.error_code().as_str()),
+                (400, "lsn_ahead"),
+                "{ahead}: {}",
+                refused.text()
+            );
+            assert!(
+                !refused.text().contains("replica") && !refused.text().contains("primary"),
+                "{}",
+                refused.text()
+            );
+        }
     });
 }
 

@@ -295,3 +295,73 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+/// A read that presents a commit its replica has not replayed waits up to
+/// `--read-your-writes-wait` with a handful of looks at the replay position (not one every
+/// half millisecond), then reads the primary: still the fresh row.
+#[test]
+fn a_read_waiting_for_replay_looks_a_few_times_then_reads_the_primary() {
+    const READS: u64 = 5;
+    let cluster = PgCluster::start(3);
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("replay_wait_{engine}"));
+        let server = start_server(
+            engine,
+            &cluster,
+            &db,
+            &[
+                "--max-replica-lag",
+                "1GB,3600s",
+                "--read-your-writes-wait",
+                "200",
+            ],
+        );
+        server.wait_for_status("every node up", |s| {
+            s["database"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["state"] == "up")
+        });
+        let replicas = ["replica1", "replica2", "replica3"];
+        let replay_checks = |status: &serde_json::Value| -> u64 {
+            replicas
+                .iter()
+                .map(|r| {
+                    node(status, r)["replay_checks"]
+                        .as_u64()
+                        .expect("replay_checks")
+                })
+                .sum()
+        };
+        let before = replay_checks(&server.cluster_status());
+        for replica in replicas {
+            cluster.psql(replica, &db, "SELECT pg_wal_replay_pause()");
+        }
+        let mut client = server.connect();
+        for i in 0..READS {
+            let email = format!("wait{i}@example.com");
+            let created = create_user(&mut client, &email);
+            assert_eq!(created.status, 201, "{}", created.text());
+            let lsn = created.header("X-Commit-LSN").unwrap().to_string();
+            let id = created.json()["id"].as_i64().unwrap();
+            let read = client.request(
+                "GET",
+                &format!("/api/users/{id}"),
+                &[("X-Min-LSN", &lsn)],
+                b"",
+            );
+            assert_eq!(read.status, 200, "read {i}: {}", read.text());
+            assert_eq!(read.json()["email"], email.as_str(), "read {i}");
+        }
+        let looks = replay_checks(&server.cluster_status()) - before;
+        for replica in replicas {
+            cluster.psql(replica, &db, "SELECT pg_wal_replay_resume()");
+        }
+        // Each read waited on a replica: 1 ms, then 2, 4 ... up to 200 ms is 9 looks at most.
+        assert!(
+            (READS..=READS * 10).contains(&looks),
+            "{looks} looks at the replay position for {READS} waiting reads"
+        );
+    });
+}

@@ -290,3 +290,45 @@ fn without_a_database_a_durable_enqueue_answers_503() {
         assert_eq!(response.error_code(), "durable_jobs_need_a_database");
     });
 }
+
+/// A claim lost while its job still runs (its lease taken over, as when a loaded shard renews
+/// too late) is claimed again; the new claim finds the run already in the queues under the
+/// job's key and waits for it instead of starting a second one: the job ends done, with one
+/// effect, once that run ends.
+#[test]
+fn a_job_claimed_again_while_it_still_runs_finishes_once() {
+    let cluster = PgCluster::shared();
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("durable_reclaim_{engine}"));
+        let server = start(engine, cluster, &db);
+        let id = enqueue_sleeps(&mut server.connect(), 1, 4_000)[0];
+        let claimed =
+            format!("SELECT count(*) FROM job_outbox WHERE id = {id} AND status = 'claimed'");
+        common::wait_for("the job claimed", Duration::from_secs(15), || {
+            (count(cluster, &db, &claimed) == 1).then_some(())
+        });
+        // Another owner's lease, already out: the running claim has lost it, and the next
+        // poll claims the job again.
+        cluster.psql(
+            "primary",
+            &db,
+            &format!(
+                "UPDATE job_outbox SET claimed_by = 'elsewhere/0', lease_until = now() - interval '1 s' \
+                 WHERE id = {id}"
+            ),
+        );
+        let reclaimed = format!("SELECT count(*) FROM job_outbox WHERE id = {id} AND attempts = 2");
+        common::wait_for("the job claimed again", Duration::from_secs(15), || {
+            (count(cluster, &db, &reclaimed) == 1).then_some(())
+        });
+        assert_each_done_once(cluster, &db, 1, Duration::from_secs(30));
+        let effects = server
+            .connect()
+            .request("GET", "/debug/effects", &[], b"")
+            .json();
+        assert_eq!(
+            effects["durable-0"], 1,
+            "the job ran once in memory: {effects}"
+        );
+    });
+}

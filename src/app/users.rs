@@ -207,6 +207,11 @@ pub fn db_error(error: &DbError) -> Response {
             "database_timeout",
             "the database did not answer in time; retry later",
         ),
+        DbError::PositionAhead => (
+            StatusCode::BAD_REQUEST,
+            "lsn_ahead",
+            "X-Min-LSN is ahead of the database's WAL position: send the X-Commit-LSN a write returned",
+        ),
         DbError::Conflict { .. } => (
             StatusCode(409),
             "conflict",

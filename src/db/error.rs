@@ -26,6 +26,10 @@ pub enum DbError {
     /// primary; never reaches a client).
     #[error("replica {node} has not replayed the requested position")]
     NotCaughtUp { node: String },
+    /// A read presented a commit position past the primary's current WAL position: no write
+    /// returned it, so no replica will ever replay it.
+    #[error("the requested position is ahead of the primary's WAL position")]
+    PositionAhead,
     /// Anything else the database refused.
     #[error("database error: {0}")]
     Query(String),

@@ -240,13 +240,16 @@ impl DbClient {
         M: Fn(Reply<T>) -> Box<dyn Task> + 'static,
     {
         let primary = self.db.primary().clone();
+        // A position past the primary's last known one came from no write this server saw:
+        // no replica waits for it; the primary checks it and refuses it if it is ahead.
+        let past_known = min_position.is_some_and(|min| min > primary.position());
         let read_primary = move |task: &M| -> DbFuture<T> {
             if !primary.routable() {
                 return Box::pin(std::future::ready(Err(shut_out(&primary))));
             }
             let (reply, answer) = flume::bounded(1);
             let kind = JobKind::Read {
-                min_position: None,
+                min_position,
                 wait: Duration::ZERO,
             };
             let pending = queue(
@@ -259,7 +262,12 @@ impl DbClient {
             );
             Box::pin(async move { pending.await.map(|(value, _)| value) })
         };
-        let Some(replica) = self.pick_replica(min_position) else {
+        let replica = if past_known {
+            None
+        } else {
+            self.pick_replica(min_position)
+        };
+        let Some(replica) = replica else {
             return read_primary(&task);
         };
         let (reply, answer) = flume::bounded(1);

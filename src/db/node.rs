@@ -40,6 +40,8 @@ pub struct Node {
     /// Write transactions committed (fewer than writes when group commit joins them).
     pub commits: AtomicU64,
     pub checks: AtomicU64,
+    /// Times a read looked at this replica's replay position while waiting for a commit.
+    pub replay_checks: AtomicU64,
     pub(crate) health: Mutex<NodeHealth>,
 }
 
@@ -81,6 +83,7 @@ impl Node {
             errors: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             checks: AtomicU64::new(0),
+            replay_checks: AtomicU64::new(0),
             health: Mutex::new(NodeHealth::new(Instant::now())),
         })
     }

@@ -24,6 +24,9 @@ use super::node::Node;
 
 /// The most lookups one query answers.
 const MAX_BATCH: usize = 128;
+/// The first pause of a read waiting for a replica to replay its commit: replay usually
+/// trails by well under a millisecond, so most reads look twice at most.
+const FIRST_REPLAY_LOOK: Duration = Duration::from_millis(1);
 
 /// Settings every pool thread reads.
 #[derive(Debug, Clone)]
@@ -121,8 +124,9 @@ impl DbConn {
         self.client.batch_execute(sql).map_err(|e| self.error(e))
     }
 
-    /// The WAL position a commit that just finished on this session reached or passed.
-    fn commit_position(&mut self) -> Result<Lsn, DbError> {
+    /// The primary's WAL position now: what a commit that just finished on this session
+    /// reached or passed.
+    fn wal_position(&mut self) -> Result<Lsn, DbError> {
         let row = self.query_one("SELECT pg_current_wal_insert_lsn()::text", &[])?;
         let lsn: Lsn = row
             .get::<_, String>(0)
@@ -291,22 +295,44 @@ impl Worker {
 
     fn read(&mut self, mut task: Box<dyn Task>, min_position: Option<Lsn>, wait: Duration) {
         let outcome = (|| {
-            if let (Some(min), false) = (min_position, self.node.is_primary) {
-                let deadline = Instant::now() + wait;
-                while self.conn().replayed()?.is_none_or(|at| at < min) {
-                    if Instant::now() >= deadline {
-                        return Err(DbError::NotCaughtUp {
-                            node: self.node.name().to_string(),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_micros(500));
-                }
+            if let Some(min) = min_position {
+                self.reach_position(min, wait)?;
             }
             task.run(self.conn())
         })();
         self.node
             .request_done(outcome.as_ref().is_err_and(DbError::is_node_failure));
         task.finish(outcome.map(|()| None));
+    }
+
+    /// Makes sure this node holds commit position `min` before a read. The primary refuses a
+    /// position past its own (no write returned it), asking the server only when `min` is past
+    /// the position it last saw. A replica waits up to `wait` for its replay to reach it,
+    /// looking again after [`FIRST_REPLAY_LOOK`], then twice as long each time: a handful of
+    /// looks however long the wait, never a busy loop holding the connection.
+    fn reach_position(&mut self, min: Lsn, wait: Duration) -> Result<(), DbError> {
+        if self.node.is_primary {
+            if self.node.position() >= min || self.conn().wal_position()? >= min {
+                return Ok(());
+            }
+            return Err(DbError::PositionAhead);
+        }
+        let deadline = Instant::now() + wait;
+        let mut pause = FIRST_REPLAY_LOOK;
+        loop {
+            self.node.replay_checks.fetch_add(1, Ordering::Relaxed);
+            if self.conn().replayed()?.is_some_and(|at| at >= min) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DbError::NotCaughtUp {
+                    node: self.node.name().to_string(),
+                });
+            }
+            std::thread::sleep(pause.min(left));
+            pause *= 2;
+        }
     }
 
     /// `first` and every lookup of its statement (without a commit position to wait for)
@@ -381,7 +407,7 @@ impl Worker {
         let count = group.len() as u64;
         let outcome = self.write_group(&mut group);
         let outcome = outcome.and_then(|results| {
-            let position = self.conn().commit_position()?;
+            let position = self.conn().wal_position()?;
             Ok((results, position))
         });
         let node_failed = outcome.as_ref().is_err_and(DbError::is_node_failure);

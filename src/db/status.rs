@@ -91,6 +91,7 @@ fn node_json(node: &Node) -> Value {
         "errors": node.errors.load(Ordering::Relaxed),
         "commits": node.commits.load(Ordering::Relaxed),
         "health_checks": node.checks.load(Ordering::Relaxed),
+        "replay_checks": node.replay_checks.load(Ordering::Relaxed),
         "ejections": health.ejections,
         "breaker": {
             "state": if health.breaker_open() { "open" } else { "closed" },
