@@ -212,6 +212,7 @@ async fn run(
         kind: kind.name.to_string(),
         class: kind.class,
         payload,
+        payload_bytes: job.payload.len(),
         key: Some(format!("durable:{}", job.id)),
         max_attempts: queues.settings.max_attempts,
         timeout: queues.timeout(kind.class),
