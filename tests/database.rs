@@ -393,7 +393,7 @@ fn migrations_are_safe_when_servers_start_at_once() {
             &db,
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
         ),
-        "1,2"
+        "1,2,3"
     );
     let second = common::binary()
         .arg("migrate")

@@ -208,15 +208,24 @@ fn enqueue_durable(db: Option<&mut DbClient>, spec: JobSpec) -> Reply {
         return bad_request("a durable job's payload cannot contain the NUL character (\\u0000)")
             .into();
     }
-    let (kind, payload) = (spec.kind, spec.payload);
-    let pending = db.write(move |conn| durable::insert(conn, &kind, &payload));
+    let pending = db.write(move |conn| durable::insert_spec(conn, &spec));
     Reply::Later(Box::pin(async move {
         match pending.await {
-            Ok(written) => Response::json(
-                ACCEPTED,
-                json!({ "job": { "id": written.value, "durable": true, "state": "pending" } })
+            Ok(written) => {
+                let job = written.value;
+                Response::json(
+                    if job.duplicate {
+                        StatusCode::OK
+                    } else {
+                        ACCEPTED
+                    },
+                    json!({
+                        "job": { "id": job.id, "durable": true, "state": job.status },
+                        "duplicate": job.duplicate,
+                    })
                     .to_string(),
-            ),
+                )
+            }
             Err(e) => crate::app::users::db_error(&e),
         }
     }))
