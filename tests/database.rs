@@ -238,6 +238,27 @@ fn users_api_answers_and_validates() {
             (&b"{"[..], 400, "bad_json"),
             (br#"{"name":"","email":"a@b.co"}"#, 422, "invalid_user"),
             (br#"{"name":"A","email":"nope"}"#, 422, "invalid_user"),
+            // PostgreSQL's text refuses NUL: a field error, not a database error.
+            (
+                br#"{"name":"A\u0000","email":"nul@b.co"}"#,
+                422,
+                "invalid_user",
+            ),
+            (
+                br#"{"name":"A","email":"n\u0000l@b.co"}"#,
+                422,
+                "invalid_user",
+            ),
+            (
+                format!(
+                    r#"{{"name":"A","email":"a@b.co","x":{}1{}}}"#,
+                    "[".repeat(40),
+                    "]".repeat(40)
+                )
+                .as_bytes(),
+                400,
+                "json_too_deep",
+            ),
         ] {
             let response = client.request("POST", "/api/users", &[], body);
             assert_eq!(
@@ -262,13 +283,13 @@ fn users_api_answers_and_validates() {
             health["checks"]["database"][0]["status"], "pass",
             "{health}"
         );
-        // Answers given later are counted with their real status: the 201, the 409 and the two
-        // 422 (the 400 for bad JSON is answered at once, also a 4xx), the 404 and the 400.
+        // Answers given later are counted with their real status: the 201, the 409, the four 422
+        // and the two 400 for bad JSON (these six answered at once), the 404 and the 400.
         common::wait_for("late answers counted", Duration::from_secs(5), || {
             let metrics = server.get("/api/enterprise/metrics").json();
             let routes = &metrics["routes"];
             let counted = routes["create_user"]["2xx"] == 1
-                && routes["create_user"]["4xx"] == 4
+                && routes["create_user"]["4xx"] == 7
                 && routes["get_user"]["4xx"] == 2;
             counted.then_some(())
         });
@@ -399,7 +420,7 @@ fn migrations_are_safe_when_servers_start_at_once() {
             &db,
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
         ),
-        "1,2"
+        "1,2,3"
     );
     let second = common::binary()
         .arg("migrate")

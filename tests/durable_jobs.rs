@@ -332,3 +332,88 @@ fn a_job_claimed_again_while_it_still_runs_finishes_once() {
         );
     });
 }
+
+fn enqueue_durable(
+    client: &mut Client,
+    body: &serde_json::Value,
+    key_header: Option<&str>,
+) -> common::Response {
+    let headers: Vec<(&str, &str)> = key_header
+        .map(|k| ("Idempotency-Key", k))
+        .into_iter()
+        .collect();
+    client.request(
+        "POST",
+        "/api/enterprise/jobs",
+        &headers,
+        body.to_string().as_bytes(),
+    )
+}
+
+#[test]
+fn a_durable_job_keeps_its_key_class_attempts_and_timeout() {
+    let cluster = PgCluster::shared();
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("durable_options_{engine}"));
+        let server = start(engine, cluster, &db);
+        let mut client = server.connect();
+
+        // A key is deduplicated in the database: the second enqueue answers 200 with the first
+        // job, whether the key comes in the body or the header.
+        let keyed = serde_json::json!({
+            "kind": "debug.sleep", "payload": {"ms": 1, "effect": "keyed"},
+            "durable": true, "key": "order-7",
+        });
+        let first = enqueue_durable(&mut client, &keyed, None);
+        assert_eq!(first.status, 202, "{}", first.text());
+        let id = first.json()["job"]["id"].clone();
+        let mut unkeyed = keyed.clone();
+        unkeyed.as_object_mut().unwrap().remove("key");
+        for again in [
+            enqueue_durable(&mut client, &keyed, None),
+            enqueue_durable(&mut client, &unkeyed, Some("order-7")),
+        ] {
+            assert_eq!(again.status, 200, "{}", again.text());
+            assert_eq!(
+                (&again.json()["job"]["id"], &again.json()["duplicate"]),
+                (&id, &serde_json::json!(true))
+            );
+        }
+        let rows = "SELECT count(*) FROM job_outbox WHERE kind = 'debug.sleep' AND payload->>'effect' = 'keyed'";
+        assert_eq!(count(cluster, &db, rows), 1);
+
+        // Its own class, attempts and timeout: one attempt of 200 ms at most, in high.
+        let limited = serde_json::json!({
+            "kind": "debug.sleep", "payload": {"ms": 5000, "effect": "limited"},
+            "durable": true, "class": "high", "max_attempts": 1, "timeout_ms": 200,
+        });
+        let response = enqueue_durable(&mut client, &limited, None);
+        assert_eq!(response.status, 202, "{}", response.text());
+        let dead = "SELECT count(*) FROM job_outbox WHERE payload->>'effect' = 'limited' \
+                    AND status = 'dead' AND last_error LIKE '%200 ms%'";
+        common::wait_for(
+            "the limited job to die at its timeout",
+            Duration::from_secs(30),
+            || (count(cluster, &db, dead) == 1).then_some(()),
+        );
+        common::wait_for(
+            "the high class to count the timeout",
+            Duration::from_secs(10),
+            || {
+                let high =
+                    server.get("/api/enterprise/queues/status").json()["classes"]["high"].clone();
+                (high["timed_out"] == 1 && high["retried"] == 0).then_some(())
+            },
+        );
+
+        // jsonb has no NUL: a 400, not a database error.
+        let nul = serde_json::json!({"kind": "analytics", "payload": {"event": "a\u{0}b"}, "durable": true});
+        let response = enqueue_durable(&mut client, &nul, None);
+        assert_eq!(
+            (response.status, response.error_code().as_str()),
+            (400, "bad_request"),
+            "{}",
+            response.text()
+        );
+    });
+}

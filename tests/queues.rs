@@ -730,3 +730,179 @@ fn request_classes_take_turns_at_the_gate_and_lose_nothing() {
         assert!(server.wait_exit(PATIENCE).success());
     });
 }
+
+/// A JSON body `depth` levels deep: the job's payload holds the nesting.
+fn nested_job_body(depth: usize) -> String {
+    // The body's own object is the first level.
+    let inner = depth - 1;
+    format!(
+        r#"{{"kind": "analytics", "payload": {{"event": "e", "deep": {}1{}}}}}"#,
+        "[".repeat(inner - 1),
+        "]".repeat(inner - 1)
+    )
+}
+
+#[test]
+fn json_bodies_are_refused_cleanly_when_too_deep_duplicated_or_badly_keyed() {
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--shards", "1", "--debug-routes"]);
+        let mut client = server.connect();
+        // 32 levels parse; 33 and 70 (which overflowed a may coroutine's stack in a debug build)
+        // are refused before any parse, and the shard keeps answering at once.
+        let ok = client.request(
+            "POST",
+            "/api/enterprise/jobs",
+            &[],
+            nested_job_body(32).as_bytes(),
+        );
+        assert_eq!(ok.status, 202, "{}", ok.text());
+        for depth in [33, 70, 5000] {
+            let body = nested_job_body(depth);
+            let response = client.request("POST", "/api/enterprise/jobs", &[], body.as_bytes());
+            assert_eq!(
+                (response.status, response.error_code().as_str()),
+                (400, "json_too_deep"),
+                "depth {depth}"
+            );
+        }
+        let deep_replay = format!(r#"{{"timeout_ms": {}1{}}}"#, "[".repeat(70), "]".repeat(70));
+        let response = client.request(
+            "POST",
+            "/api/enterprise/jobs/dead/0.0.0/replay",
+            &[],
+            deep_replay.as_bytes(),
+        );
+        assert_eq!(
+            (response.status, response.error_code().as_str()),
+            (400, "json_too_deep")
+        );
+        assert_eq!(server.get("/livez").status, 200);
+
+        // A key twice in one object is refused at any depth, as at the top level.
+        for body in [
+            r#"{"kind": "analytics", "kind": "analytics", "payload": {"event": "e"}}"#,
+            r#"{"kind": "analytics", "payload": {"event": "e", "event": "f"}}"#,
+            r#"{"kind": "analytics", "payload": {"event": "e", "x": [{"a": 1, "a": 2}]}}"#,
+        ] {
+            let response = client.request("POST", "/api/enterprise/jobs", &[], body.as_bytes());
+            assert_eq!(response.status, 400, "{body}: {}", response.text());
+            assert!(response.text().contains("duplicate"), "{}", response.text());
+        }
+
+        // Idempotency keys are visible ASCII, 1 to 255 bytes, compared exactly.
+        let job = br#"{"kind": "analytics", "payload": {"event": "e"}}"#;
+        for bad in [
+            &b"caf\xc3\xa9"[..],
+            b"\xff\xfe",
+            b"\xfe\xff",
+            b"two words",
+            b"tab\there",
+        ] {
+            let mut head =
+                b"POST /api/enterprise/jobs HTTP/1.1\r\nHost: test\r\nIdempotency-Key: ".to_vec();
+            head.extend_from_slice(bad);
+            head.extend_from_slice(format!("\r\nContent-Length: {}\r\n\r\n", job.len()).as_bytes());
+            head.extend_from_slice(job);
+            let mut raw = server.connect();
+            raw.send(&head);
+            let response = raw.read_response(false);
+            assert_eq!(
+                (response.status, response.error_code().as_str()),
+                (400, "bad_request"),
+                "{bad:?}: {}",
+                response.text()
+            );
+        }
+        let long = "k".repeat(256);
+        for (key, status) in [
+            (long.as_str(), 400),
+            (&long[..255], 202),
+            ("\u{e9}t\u{e9}", 400),
+        ] {
+            let body = json!({"kind": "analytics", "payload": {"event": "e"}, "key": key});
+            assert_eq!(enqueue(&mut client, &body).status, status, "{key}");
+        }
+    });
+}
+
+#[test]
+fn payloads_are_limited_and_finished_jobs_keep_none() {
+    each_engine(|engine| {
+        let server = Server::start(
+            engine,
+            &[
+                "--shards",
+                "1",
+                "--debug-routes",
+                "--max-payload-bytes",
+                "4096",
+                "--retry-base-delay",
+                "20",
+            ],
+        );
+        let mut client = server.connect();
+        let too_big =
+            json!({"kind": "analytics", "payload": {"event": "e", "pad": "x".repeat(5000)}});
+        let response = enqueue(&mut client, &too_big);
+        assert_eq!(
+            (response.status, response.error_code().as_str()),
+            (413, "payload_too_large"),
+            "{}",
+            response.text()
+        );
+
+        // Jobs still waiting hold their payloads; once done they hold none.
+        let pad = "x".repeat(3000);
+        let sleeps: Vec<String> = (0..3)
+            .map(|i| {
+                enqueue_ok(
+                    &mut client,
+                    &json!({"kind": "debug.sleep", "payload": {"ms": 300, "effect": format!("pad-{i}"), "pad": pad}}),
+                )
+            })
+            .collect();
+        let held = wait_for_queues(&server, "the waiting payloads to be counted", |s| {
+            s["retained_payload_bytes"].as_u64() > Some(9000)
+        });
+        assert_eq!(
+            held["shards"][0]["retained_payload_bytes"],
+            held["retained_payload_bytes"]
+        );
+        for id in &sleeps {
+            wait_for_state(&server, id, "done");
+        }
+        wait_for_queues(&server, "the finished payloads to be dropped", |s| {
+            s["retained_payload_bytes"] == 0
+        });
+
+        // A dead letter keeps its payload, so it can be replayed.
+        let dead = enqueue_ok(
+            &mut client,
+            &json!({"kind": "debug.fail", "payload": {"times": 1}, "max_attempts": 1}),
+        );
+        wait_for_state(&server, &dead, "dead");
+        let payload_bytes = json!({"times": 1}).to_string().len() as u64;
+        wait_for_queues(&server, "the dead letter's payload to be counted", |s| {
+            s["retained_payload_bytes"] == payload_bytes
+        });
+        let metrics = server.get("/metrics").text();
+        assert!(
+            metrics.contains(&format!(
+                "coinbit_queue_retained_payload_bytes{{shard=\"0\"}} {payload_bytes}"
+            )),
+            "{metrics}"
+        );
+        let replay = client.request(
+            "POST",
+            &format!("/api/enterprise/jobs/dead/{dead}/replay"),
+            &[],
+            br#"{"max_attempts": 2}"#,
+        );
+        assert_eq!(replay.status, 202, "{}", replay.text());
+        let done = wait_for_state(&server, &dead, "done");
+        assert_eq!(done["result"]["attempt"], 2, "{done}");
+        wait_for_queues(&server, "the replayed job's payload to be dropped", |s| {
+            s["retained_payload_bytes"] == 0
+        });
+    });
+}

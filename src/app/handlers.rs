@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::http::conn::EscalatePanic;
-use crate::http::{Reply, Request, Response, StatusCode};
+use crate::http::{clip_parser_message, Reply, Request, Response, StatusCode};
 use crate::monitor::{HealthStatus, Published};
 
 const HEALTH_JSON: &str = "application/health+json";
@@ -137,4 +137,220 @@ fn debug_duration(request: &Request<'_>) -> Result<Duration, Response> {
             )
         })?;
     Ok(Duration::from_millis(ms).min(MAX_DEBUG_SLEEP))
+}
+
+/// Deepest nesting of `[` and `{` a JSON request body may have. A deeper body is refused before
+/// any parser recurses into it: a parse recurses once per level, and on may's coroutine stacks
+/// (128 KiB) a debug build overflowed at about 70 levels.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Why a JSON request body was refused.
+#[derive(Debug, PartialEq)]
+pub enum JsonBodyError {
+    /// Nested deeper than [`MAX_JSON_DEPTH`].
+    TooDeep,
+    /// Not JSON, or not the shape the route expects; the parser's message.
+    Invalid(String),
+}
+
+impl JsonBodyError {
+    /// The 400 answer; `invalid_code` is the route's code for a body it cannot use.
+    pub fn response(&self, invalid_code: &str, expected: &str) -> Response {
+        match self {
+            JsonBodyError::TooDeep => Response::error(
+                StatusCode::BAD_REQUEST,
+                "json_too_deep",
+                &format!("the JSON body nests deeper than {MAX_JSON_DEPTH} levels"),
+            ),
+            JsonBodyError::Invalid(reason) => Response::error(
+                StatusCode::BAD_REQUEST,
+                invalid_code,
+                &format!("{expected}: {reason}"),
+            ),
+        }
+    }
+}
+
+/// Parses a JSON request body: every route that reads a JSON body goes through here, so the
+/// nesting limit holds for all of them. Duplicate keys are refused by the body types (serde's
+/// derived structs) and, inside free-form values, by [`strict_json`].
+pub fn parse_json_body<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, JsonBodyError> {
+    if nests_deeper_than(body, MAX_JSON_DEPTH) {
+        return Err(JsonBodyError::TooDeep);
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| JsonBodyError::Invalid(clip_parser_message(&e.to_string())))
+}
+
+/// Whether `[` and `{` outside strings nest deeper than `limit`: a byte scan, no recursion.
+/// Malformed input is left to the parser.
+fn nests_deeper_than(body: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `deserialize_with` for a free-form JSON value (a job's payload): like `serde_json::Value`, but
+/// a key twice in one object is an error at any depth instead of the last one winning.
+pub fn strict_json<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<serde_json::Value, D::Error> {
+    deserializer.deserialize_any(StrictJson)
+}
+
+struct StrictJson;
+
+/// One nested value of a [`StrictJson`].
+struct StrictElement(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for StrictElement {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        strict_json(deserializer).map(StrictElement)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictJson {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<serde_json::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<serde_json::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<serde_json::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<serde_json::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictElement(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(items.into())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<serde_json::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {key:.64?} in an object"
+                )));
+            }
+            let StrictElement(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(object.into())
+    }
+}
+
+/// Whether a NUL character is in any string or key of `value` (PostgreSQL's text and jsonb
+/// refuse it). Walks with a stack of its own, no recursion.
+pub fn contains_nul(value: &serde_json::Value) -> bool {
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::String(s) if s.contains('\0') => return true,
+            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Object(object) => {
+                if object.keys().any(|k| k.contains('\0')) {
+                    return true;
+                }
+                stack.extend(object.values());
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nests_deeper_than(deep(32).as_bytes(), 32));
+        assert!(nests_deeper_than(deep(33).as_bytes(), 32));
+        // Brackets inside strings, escaped quotes included, do not count.
+        let quoted = format!(r#"{{"a": "{}\"{}"}}"#, "[".repeat(40), "{".repeat(40));
+        assert!(!nests_deeper_than(quoted.as_bytes(), 2));
+        assert!(nests_deeper_than(br#"{"a": "\\", "b": [[1]]}"#, 2));
+        assert_eq!(
+            parse_json_body::<serde_json::Value>(deep(33).as_bytes()),
+            Err(JsonBodyError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Body {
+            #[serde(deserialize_with = "strict_json")]
+            payload: serde_json::Value,
+        }
+        let ok: Body =
+            serde_json::from_str(r#"{"payload": {"a": [{"b": 1}, {"b": 2}], "n": 1.5}}"#).unwrap();
+        assert_eq!(ok.payload["a"][1]["b"], 2);
+        assert_eq!(ok.payload["n"], 1.5);
+        for twice in [
+            r#"{"payload": {"a": 1, "a": 2}}"#,
+            r#"{"payload": [{"x": {"b": 1, "b": 1}}]}"#,
+        ] {
+            let error = serde_json::from_str::<Body>(twice).unwrap_err();
+            assert!(error.to_string().contains("duplicate key"), "{error}");
+        }
+    }
+
+    #[test]
+    fn nul_is_found_in_strings_and_keys() {
+        assert!(!contains_nul(&serde_json::json!({"a": ["b", 1]})));
+        assert!(contains_nul(&serde_json::json!({"a": ["b\u{0}"]})));
+        assert!(contains_nul(&serde_json::json!([{"k\u{0}": 1}])));
+    }
 }

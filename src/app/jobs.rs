@@ -6,8 +6,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::app::handlers::{contains_nul, parse_json_body, strict_json};
 use crate::db::DbClient;
-use crate::http::{clip_parser_message, quote_input, Reply, Request, Response, StatusCode};
+use crate::http::{quote_input, Reply, Request, Response, StatusCode};
+use crate::queue::job::json_size;
 use crate::queue::mesh::{Enqueued, Overrides, Rejected, ReplayError};
 use crate::queue::worker::{self, Answer};
 use crate::queue::{durable, kinds, JobId, JobSpec, Priority, ShardQueues};
@@ -17,7 +19,7 @@ const CONFLICT: StatusCode = StatusCode(409);
 /// Longest per-job timeout an enqueue or replay may ask for.
 const MAX_JOB_TIMEOUT_MS: u64 = 3_600_000;
 /// Longest idempotency key accepted.
-const MAX_KEY_BYTES: usize = 256;
+const MAX_KEY_BYTES: usize = 255;
 
 /// `POST /api/enterprise/jobs` body.
 #[derive(Deserialize)]
@@ -25,7 +27,7 @@ const MAX_KEY_BYTES: usize = 256;
 struct EnqueueBody {
     kind: String,
     class: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_json")]
     payload: Value,
     key: Option<String>,
     max_attempts: Option<u32>,
@@ -48,12 +50,33 @@ fn bad_request(message: &str) -> Response {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        bad_request(&format!(
-            "invalid JSON body: {}",
-            clip_parser_message(&e.to_string())
-        ))
-    })
+    parse_json_body(body).map_err(|e| e.response("bad_request", "invalid JSON body"))
+}
+
+/// Whether `key` may be an idempotency key: 1 to [`MAX_KEY_BYTES`] visible ASCII characters
+/// (no spaces, no control bytes, nothing a lossy conversion could make equal to another key).
+fn valid_key(key: &[u8]) -> bool {
+    (1..=MAX_KEY_BYTES).contains(&key.len()) && key.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// The job's idempotency key, from the body or else the `Idempotency-Key` header.
+fn idempotency_key(
+    body_key: Option<String>,
+    request: &Request<'_>,
+) -> Result<Option<String>, Response> {
+    let key = match body_key {
+        Some(key) => Some(key.into_bytes()),
+        None => request.header("Idempotency-Key").map(<[u8]>::to_vec),
+    };
+    match key {
+        None => Ok(None),
+        Some(key) if valid_key(&key) => Ok(Some(
+            String::from_utf8(key).expect("visible ASCII is UTF-8"),
+        )),
+        Some(_) => Err(bad_request(&format!(
+            "the idempotency key must be 1 to {MAX_KEY_BYTES} visible ASCII characters (no spaces)"
+        ))),
+    }
 }
 
 fn check_limits(max_attempts: Option<u32>, timeout_ms: Option<u64>) -> Result<(), Response> {
@@ -90,22 +113,23 @@ fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), 
     };
     (kind.validate)(&body.payload).map_err(|e| bad_request(&e))?;
     check_limits(body.max_attempts, body.timeout_ms)?;
-    let header_key = request
-        .header("Idempotency-Key")
-        .map(|v| String::from_utf8_lossy(v).into_owned());
-    let key = body.key.or(header_key);
-    if key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_BYTES)
-    {
-        return Err(bad_request(&format!(
-            "the idempotency key must have 1 to {MAX_KEY_BYTES} bytes"
-        )));
+    let payload_bytes = json_size(&body.payload);
+    if payload_bytes > queues.settings.max_payload_bytes {
+        return Err(Response::error(
+            StatusCode(413),
+            "payload_too_large",
+            &format!(
+                "the job's payload has {payload_bytes} bytes as compact JSON; at most {} are accepted",
+                queues.settings.max_payload_bytes
+            ),
+        ));
     }
+    let key = idempotency_key(body.key, request)?;
     let spec = JobSpec {
         kind: kind.name.to_string(),
         class,
         payload: body.payload,
+        payload_bytes,
         key,
         max_attempts: body.max_attempts.unwrap_or(queues.settings.max_attempts),
         timeout: body
@@ -180,15 +204,29 @@ fn enqueue_durable(db: Option<&mut DbClient>, spec: JobSpec) -> Reply {
         )
         .into();
     };
-    let (kind, payload) = (spec.kind, spec.payload);
-    let pending = db.write(move |conn| durable::insert(conn, &kind, &payload));
+    if contains_nul(&spec.payload) {
+        // The outbox keeps payloads as jsonb, which has no NUL character.
+        return bad_request("a durable job's payload cannot contain the NUL character (\\u0000)")
+            .into();
+    }
+    let pending = db.write(move |conn| durable::insert_spec(conn, &spec));
     Reply::Later(Box::pin(async move {
         match pending.await {
-            Ok(written) => Response::json(
-                ACCEPTED,
-                json!({ "job": { "id": written.value, "durable": true, "state": "pending" } })
+            Ok(written) => {
+                let job = written.value;
+                Response::json(
+                    if job.duplicate {
+                        StatusCode::OK
+                    } else {
+                        ACCEPTED
+                    },
+                    json!({
+                        "job": { "id": job.id, "durable": true, "state": job.status },
+                        "duplicate": job.duplicate,
+                    })
                     .to_string(),
-            ),
+                )
+            }
             Err(e) => crate::app::users::db_error(&e),
         }
     }))

@@ -8,8 +8,9 @@
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::app::handlers::parse_json_body;
 use crate::db::{DbClient, DbError, Lookup, Lsn, Row};
-use crate::http::{clip_parser_message, quote_input, Reply, Request, Response, StatusCode};
+use crate::http::{quote_input, Reply, Request, Response, StatusCode};
 
 /// Response header with a write's commit position.
 pub const COMMIT_LSN_HEADER: &str = "X-Commit-LSN";
@@ -60,6 +61,13 @@ fn invalid(message: &str) -> Reply {
 /// Checks a new user; the message says what to fix.
 fn validate(user: &NewUser) -> Result<(), &'static str> {
     let name = user.name.trim();
+    // PostgreSQL's text has no NUL character.
+    if name.contains('\0') {
+        return Err("name must not contain the NUL character");
+    }
+    if user.email.contains('\0') {
+        return Err("email must not contain the NUL character");
+    }
     if name.is_empty() || name.chars().count() > 100 {
         return Err("name must be 1 to 100 characters");
     }
@@ -78,18 +86,12 @@ pub fn create(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
     let Some(db) = db else {
         return not_configured();
     };
-    let user: NewUser = match serde_json::from_slice(request.body) {
+    let user: NewUser = match parse_json_body(request.body) {
         Ok(user) => user,
         Err(e) => {
-            return Response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_json",
-                &format!(
-                    "expected {{\"name\": string, \"email\": string}}: {}",
-                    clip_parser_message(&e.to_string())
-                ),
-            )
-            .into()
+            return e
+                .response("bad_json", "expected {\"name\": string, \"email\": string}")
+                .into()
         }
     };
     if let Err(message) = validate(&user) {

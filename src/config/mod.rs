@@ -260,6 +260,10 @@ pub struct QueueConfig {
     /// Dead-lettered jobs kept per shard; past it the oldest is dropped (and counted).
     #[arg(long, env = "QUEUE_DEAD_LETTER_MAX", default_value_t = 1_000, value_parser = at_least_one())]
     pub dead_letter_max: usize,
+    /// Largest job payload accepted, as compact JSON; larger gets 413 (bytes). Only queued,
+    /// running and dead-lettered jobs keep their payload.
+    #[arg(long = "max-payload-bytes", env = "QUEUE_MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = at_least_one())]
+    pub max_payload_bytes: usize,
     /// Class each route's requests run in, e.g. `readyz=low,livez=high`, over the route table's
     /// defaults (the reports background); `none` runs every request outside the classes.
     #[arg(long = "route-classes", env = "QUEUE_ROUTE_CLASSES", value_parser = crate::queue::RouteClasses::parse)]

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "job_outbox",
         include_str!("migrations/0002_job_outbox.sql"),
     ),
+    (
+        3,
+        "job_outbox_options",
+        include_str!("migrations/0003_job_outbox_options.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "coinbit" in ASCII.

@@ -177,6 +177,7 @@ pub fn status_body(state: &ClusterState, status: HealthStatus) -> Value {
                 "id": track.slot.id,
                 "queued": q.queued(),
                 "dead_letters": q.latest.as_ref().map_or(0, |r| r.dead_letters),
+                "retained_payload_bytes": retained_payload_bytes(q),
                 "classes": classes,
             })
         })
@@ -184,10 +185,23 @@ pub fn status_body(state: &ClusterState, status: HealthStatus) -> Value {
     json!({
         "status": status,
         "queued": state.queued_jobs(),
+        "retained_payload_bytes": state
+            .shards
+            .iter()
+            .map(|track| retained_payload_bytes(&track.queues))
+            .sum::<usize>(),
         "snapshot_interval_ms": state.interval.as_millis() as u64,
         "classes": merged,
         "shards": shards,
     })
+}
+
+/// Payload bytes a shard's jobs hold, from its latest report.
+fn retained_payload_bytes(queues: &QueueTrack) -> usize {
+    queues
+        .latest
+        .as_ref()
+        .map_or(0, |r| r.retained_payload_bytes)
 }
 
 /// Wait and run time buckets, in seconds.
@@ -224,6 +238,19 @@ pub fn prometheus(state: &ClusterState, out: &mut String) {
                 }
             }
         }
+    }
+    let name = "coinbit_queue_retained_payload_bytes";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Payload bytes the shard's queued, running and dead jobs hold.\n# TYPE {name} gauge"
+    );
+    for track in &state.shards {
+        let _ = writeln!(
+            out,
+            "{name}{{shard=\"{}\"}} {}",
+            track.slot.id,
+            retained_payload_bytes(&track.queues)
+        );
     }
     type Counter = fn(&ClassCounters) -> u64;
     let counters: [(&str, &str, Counter); 11] = [

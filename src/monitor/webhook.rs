@@ -3,7 +3,7 @@
 //! receiver. A plain HTTP/1.1 client over `std::net`: one small POST per notification needs
 //! no HTTP library (and no async runtime); https receivers go behind a TLS proxy.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -183,16 +183,26 @@ fn read_status(stream: &mut TcpStream, max_head: usize, deadline: Instant) -> st
                 "the answer's head is over {max_head} bytes"
             )));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
+        let late = || {
+            std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the answer's head did not arrive in time",
-            ));
+            )
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(late());
         }
         stream.set_read_timeout(Some(left))?;
         let want = chunk.len().min(max_head - head.len());
-        let n = stream.read(&mut chunk[..want])?;
+        // A socket read timeout surfaces as WouldBlock on Linux (TimedOut elsewhere): either
+        // way the deadline has passed.
+        let n = match stream.read(&mut chunk[..want]) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(late())
+            }
+            read => read?,
+        };
         if n == 0 {
             break;
         }

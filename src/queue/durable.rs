@@ -1,7 +1,8 @@
 //! Durable jobs: rows of the `job_outbox` table, written in the transaction of the change that
 //! caused them. Each shard's dispatcher polls the outbox, claims a few rows with
 //! `FOR UPDATE SKIP LOCKED` under a lease (`claimed_by`, `lease_until`), submits each to the
-//! per-core queues (its kind's class, timeout, retries; keyed `durable:{id}`), renews the lease
+//! per-core queues (the class, timeout and attempts the row carries, else its kind's class and
+//! the server's defaults; keyed `durable:{id}`), renews the lease
 //! while the job is queued or running, and marks it done (with its effect, keyed by the job id)
 //! or dead in one transaction that holds only while the lease is still this dispatcher's. A
 //! row whose lease expired (its process died) is claimed again: at-least-once, and a lost lease
@@ -36,12 +37,18 @@ const MAX_CLAIMS: i32 = 5;
 
 const INSERT: &str =
     "INSERT INTO job_outbox (kind, payload) VALUES ($1, $2::text::jsonb) RETURNING id";
+/// A job with its own options; a key already in the outbox inserts nothing (and returns nothing).
+const INSERT_WITH_OPTIONS: &str = "INSERT INTO job_outbox \
+     (kind, payload, class, max_attempts, timeout_ms, idempotency_key) \
+     VALUES ($1, $2::text::jsonb, $3, $4, $5, $6) \
+     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id";
+const BY_KEY: &str = "SELECT id, status FROM job_outbox WHERE idempotency_key = $1";
 const CLAIM: &str = "UPDATE job_outbox SET status = 'claimed', claimed_by = $1, \
      lease_until = now() + make_interval(secs => $2), attempts = attempts + 1 \
      WHERE id IN (SELECT id FROM job_outbox \
                   WHERE status = 'pending' OR (status = 'claimed' AND lease_until < now()) \
                   ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-     RETURNING id, kind, payload::text, attempts";
+     RETURNING id, kind, payload::text, attempts, class, max_attempts, timeout_ms";
 /// Records many outcomes at once; only rows this owner still holds are changed (and returned).
 const FINISH: &str = "UPDATE job_outbox o SET status = v.status, last_error = v.error, \
      finished_at = CASE WHEN v.status IN ('done', 'dead') THEN now() END, \
@@ -62,11 +69,55 @@ pub fn insert(conn: &mut DbConn, kind: &str, payload: &Value) -> Result<i64, DbE
     Ok(conn.query_one(INSERT, &[&kind, &payload])?.get(0))
 }
 
+/// A job's durable enqueue as written: the API's job with its options resolved.
+pub struct Inserted {
+    pub id: i64,
+    /// `pending` for a new job; the first job's status for a known key.
+    pub status: String,
+    /// An earlier job had the key: nothing was written.
+    pub duplicate: bool,
+}
+
+/// Writes a job enqueued through the API with its class, attempts, timeout and key. A key
+/// already in the outbox writes nothing and returns the first job.
+pub fn insert_spec(conn: &mut DbConn, spec: &JobSpec) -> Result<Inserted, DbError> {
+    let payload = spec.payload.to_string();
+    let class = spec.class.as_str();
+    let max_attempts = i32::try_from(spec.max_attempts).unwrap_or(i32::MAX);
+    let timeout_ms = i64::try_from(spec.timeout.as_millis()).unwrap_or(i64::MAX);
+    let params: [&(dyn postgres::types::ToSql + Sync); 6] = [
+        &spec.kind,
+        &payload,
+        &class,
+        &max_attempts,
+        &timeout_ms,
+        &spec.key,
+    ];
+    if let Some(row) = conn.query_opt(INSERT_WITH_OPTIONS, &params)? {
+        return Ok(Inserted {
+            id: row.get(0),
+            status: "pending".into(),
+            duplicate: false,
+        });
+    }
+    // Only a key conflicts; its first job committed before this statement ended.
+    let first = conn.query_one(BY_KEY, &[&spec.key])?;
+    Ok(Inserted {
+        id: first.get(0),
+        status: first.get(1),
+        duplicate: true,
+    })
+}
+
 struct Claimed {
     id: i64,
     kind: String,
     payload: String,
     claims: i32,
+    /// The job's own options; `None` takes the kind's class and the server's defaults.
+    class: Option<String>,
+    max_attempts: Option<i32>,
+    timeout_ms: Option<i64>,
 }
 
 /// Starts the shard's dispatcher: a background-class task that polls the outbox every `poll`
@@ -97,6 +148,9 @@ pub fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, poll: Duration,
                                 kind: r.get(1),
                                 payload: r.get(2),
                                 claims: r.get(3),
+                                class: r.get(4),
+                                max_attempts: r.get(5),
+                                timeout_ms: r.get(6),
                             })
                             .collect::<Vec<_>>())
                     })
@@ -208,13 +262,25 @@ async fn run(
     if let Err(e) = (kind.validate)(&payload) {
         return Some(Err(e));
     }
+    let class = job
+        .class
+        .as_deref()
+        .and_then(Priority::parse)
+        .unwrap_or(kind.class);
     let spec = JobSpec {
         kind: kind.name.to_string(),
-        class: kind.class,
+        class,
         payload,
+        payload_bytes: job.payload.len(),
         key: Some(format!("durable:{}", job.id)),
-        max_attempts: queues.settings.max_attempts,
-        timeout: queues.timeout(kind.class),
+        max_attempts: job
+            .max_attempts
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(queues.settings.max_attempts),
+        timeout: job
+            .timeout_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map_or(queues.timeout(class), Duration::from_millis),
     };
     let id = match now(worker::submit(queues, spec)).await {
         Ok(enqueued) => enqueued.view["id"].as_str()?.parse().ok()?,

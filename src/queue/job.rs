@@ -50,12 +50,47 @@ pub struct JobSpec {
     pub kind: String,
     pub class: Priority,
     pub payload: Value,
+    /// The payload's size as compact JSON, counted against the shard's retained bytes while
+    /// the job keeps its payload.
+    pub payload_bytes: usize,
     /// Idempotency key: a second enqueue with the same key returns the first job.
     pub key: Option<String>,
     pub max_attempts: u32,
     pub timeout: Duration,
     // A durable tier adds `durable: bool` here and an outbox row id; the record's fields already
     // carry all a re-run needs.
+}
+
+/// The size of `value` written as compact JSON, counted without building the text.
+pub fn json_size(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value).expect("a Value always serializes");
+    counter.0
+}
+
+impl JobSpec {
+    /// The same job without its payload: what a finished job keeps (its status and key).
+    pub fn without_payload(&self) -> JobSpec {
+        JobSpec {
+            kind: self.kind.clone(),
+            class: self.class,
+            payload: Value::Null,
+            payload_bytes: 0,
+            key: self.key.clone(),
+            max_attempts: self.max_attempts,
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// Where a job stands.

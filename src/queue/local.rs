@@ -23,7 +23,11 @@ use crate::config::QueueConfig;
 use crate::shard::Control;
 
 /// Finished jobs whose status stays readable (and whose keys keep deduplicating), per shard.
+/// A done job keeps no payload, so each costs its record only.
 pub const RETAINED_FINISHED: usize = 10_000;
+/// Payload bytes the dead letters of one shard keep at most (a dead letter keeps its payload to
+/// be replayed); past it the oldest are dropped, as past `QUEUE_DEAD_LETTER_MAX`.
+pub const DEAD_LETTER_MAX_PAYLOAD_BYTES: usize = 16 << 20;
 
 /// The queue settings of one shard, from the configuration.
 #[derive(Debug, Clone)]
@@ -37,6 +41,8 @@ pub struct QueueSettings {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub dead_letter_max: usize,
+    /// Largest payload a job may have, as compact JSON (bytes).
+    pub max_payload_bytes: usize,
     /// Whether the debug job kinds are registered.
     pub debug_kinds: bool,
 }
@@ -63,6 +69,7 @@ impl QueueSettings {
             retry_base: ms(q.retry_base_delay_ms),
             retry_max: ms(q.retry_max_delay_ms),
             dead_letter_max: q.dead_letter_max,
+            max_payload_bytes: q.max_payload_bytes,
             debug_kinds,
         }
     }
@@ -85,6 +92,10 @@ struct State {
     finished: VecDeque<JobId>,
     dead: VecDeque<JobId>,
     keys: HashMap<String, JobId>,
+    /// Payload bytes of the jobs in `jobs` (a done job's are dropped).
+    retained_payload_bytes: usize,
+    /// The part of `retained_payload_bytes` that the dead letters hold.
+    dead_payload_bytes: usize,
     next_seq: u64,
     start_seq: u64,
     finish_seq: u64,
@@ -160,6 +171,8 @@ impl ShardQueues {
                 finished: VecDeque::new(),
                 dead: VecDeque::new(),
                 keys: HashMap::new(),
+                retained_payload_bytes: 0,
+                dead_payload_bytes: 0,
                 next_seq: 0,
                 start_seq: 0,
                 finish_seq: 0,
@@ -211,6 +224,7 @@ impl ShardQueues {
         if let Some(key) = &spec.key {
             state.keys.insert(key.clone(), id);
         }
+        state.retained_payload_bytes += spec.payload_bytes;
         let record = JobRecord::new(id, spec, handed_off_from, now);
         let view = record.view(now);
         state.jobs.insert(id, record);
@@ -282,6 +296,8 @@ impl ShardQueues {
                 record.last_error = None;
                 record.finish_seq = Some(state.finish_seq);
                 state.finish_seq += 1;
+                state.retained_payload_bytes -= record.spec.payload_bytes;
+                record.spec = Rc::new(record.spec.without_payload());
                 Self::retire(state, id);
                 return None;
             }
@@ -313,8 +329,12 @@ impl ShardQueues {
         record.state = JobState::Dead;
         record.finish_seq = Some(state.finish_seq);
         state.finish_seq += 1;
+        state.dead_payload_bytes += record.spec.payload_bytes;
         state.dead.push_back(id);
-        if state.dead.len() > self.settings.dead_letter_max {
+        // The newest dead letter stays even when its payload alone passes the byte limit.
+        while state.dead.len() > self.settings.dead_letter_max
+            || (state.dead_payload_bytes > DEAD_LETTER_MAX_PAYLOAD_BYTES && state.dead.len() > 1)
+        {
             let dropped = state.dead.pop_front().expect("over the maximum");
             if let Some(record) = state.jobs.get(&dropped) {
                 state.classes[record.spec.class.index()]
@@ -369,6 +389,7 @@ impl ShardQueues {
         record.ready_at = now;
         record.finish_seq = None;
         let view = record.view(now);
+        state.dead_payload_bytes -= record.spec.payload_bytes;
         state.dead.retain(|d| *d != id);
         state.classes[class.index()].counters.replayed += 1;
         self.push_ready(state, class, id);
@@ -386,6 +407,10 @@ impl ShardQueues {
 
     fn forget(state: &mut State, id: JobId) {
         if let Some(record) = state.jobs.remove(&id) {
+            state.retained_payload_bytes -= record.spec.payload_bytes;
+            if record.state == JobState::Dead {
+                state.dead_payload_bytes -= record.spec.payload_bytes;
+            }
             if let Some(key) = &record.spec.key {
                 if state.keys.get(key) == Some(&id) {
                     state.keys.remove(key);
@@ -478,6 +503,7 @@ impl ShardQueues {
         QueueReport {
             classes,
             dead_letters,
+            retained_payload_bytes: state.retained_payload_bytes,
         }
     }
 }

@@ -109,6 +109,9 @@ pub struct QueueReport {
     pub classes: Vec<ClassReport>,
     /// Dead letters held now.
     pub dead_letters: usize,
+    /// Payload bytes the shard holds now (queued, running, retrying and dead jobs; a done job
+    /// keeps none).
+    pub retained_payload_bytes: usize,
 }
 
 impl Default for QueueReport {
@@ -116,6 +119,7 @@ impl Default for QueueReport {
         QueueReport {
             classes: Priority::ALL.into_iter().map(ClassReport::empty).collect(),
             dead_letters: 0,
+            retained_payload_bytes: 0,
         }
     }
 }
