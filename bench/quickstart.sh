@@ -15,14 +15,17 @@
 #                 not judged: with 1,100 requests always in flight its latency is mostly the
 #                 queue the test builds itself (Little's law: 1,100 / 37k ops/s is ~30 ms).
 # Objectives (defaults), chosen from measured runs on this 2-CPU host shared with other
-# engineers' builds and tests (load average 13-21), where the server, four PostgreSQL nodes and
+# engineers' builds and tests (load average 13-23), where the server, four PostgreSQL nodes and
 # the client share both CPUs (bench/RESULTS.md, "Quick-start"). Errors count 503s, timeouts and
 # requests the schedule asked for but could not send before the end, so a server that falls
 # behind its rate fails them too.
-#   SLO_SEED="p99<50ms,errors<0.1%"   measured p99 3.8-7.5 ms, 0 errors: ~7x headroom
-#   SLO_TENX="p99<3s,errors<0.5%"     measured p99 1.1-1.3 s (the DB routes queue for the
-#                 1,100 connections at this load; the mean stays at 43-47 ms, below the seed's
-#                 72.54 ms), errors 0.085 %: ~2.5x and ~6x headroom
+#   SLO_SEED="p99<200ms,errors<0.1%"  ten runs: p99 4.6-80 ms (80 ms once, host stalls up to
+#                 376 ms), 0 errors: 2.5x headroom over the worst
+#   SLO_TENX="p99<3s,errors<0.5%"     met when the host leaves the server room (p99 1.1 s, 0-0.1 %
+#                 errors, mean 36-47 ms against the seed's 72.54 ms); missed under load average
+#                 19-23, where the server does 19-21k of the 24,390 req/s and the schedule's
+#                 backlog counts as latency and unsent requests (p99 2.9-5.9 s, 4.9-13 %).
+#                 24,390 req/s is ~80 % of the capacity phase measured in the same runs (25-33k).
 # Exit codes: 0 both objectives met, 3 one missed, 1 a step failed.
 #
 # Usage: bench/quickstart.sh
@@ -50,7 +53,7 @@ SEED_RATE=${SEED_RATE:-2439}
 TENX_RATE=$((SEED_RATE * 10))
 DURATION=${DURATION:-20s}
 RAMP=${RAMP:-5s}
-SLO_SEED=${SLO_SEED:-"p99<50ms,errors<0.1%"}
+SLO_SEED=${SLO_SEED:-"p99<200ms,errors<0.1%"}
 SLO_TENX=${SLO_TENX:-"p99<3s,errors<0.5%"}
 OUT=${OUT:-bench/out/quickstart-$(date -u +%Y%m%dT%H%M%SZ)}
 SERVER_CPUS=${SERVER_CPUS:-}
