@@ -19,12 +19,12 @@
 # the client share both CPUs (bench/RESULTS.md, "Quick-start"). Errors count 503s, timeouts and
 # requests the schedule asked for but could not send before the end, so a server that falls
 # behind its rate fails them too.
-#   SLO_SEED="p99<200ms,errors<0.1%"  ten runs: p99 4.6-80 ms (80 ms once, host stalls up to
-#                 376 ms), 0 errors: 2.5x headroom over the worst
+#   SLO_SEED="p99<500ms,errors<0.1%"  sixteen runs: p99 4.6-183 ms (above 25 ms only in two,
+#                 host stalls with a max of 376 and 390 ms), 0 errors: 2.7x over the worst
 #   SLO_TENX="p99<3s,errors<0.5%"     met when the host leaves the server room (p99 1.1 s, 0-0.1 %
 #                 errors, mean 36-47 ms against the seed's 72.54 ms); missed under load average
-#                 19-23, where the server does 19-21k of the 24,390 req/s and the schedule's
-#                 backlog counts as latency and unsent requests (p99 2.9-5.9 s, 4.9-13 %).
+#                 18-23, where the server does 19-21k of the 24,390 req/s and the schedule's
+#                 backlog counts as latency and unsent requests (p99 1.1-5.9 s, 0.7-13 %).
 #                 24,390 req/s is ~80 % of the capacity phase measured in the same runs (25-33k).
 # Exit codes: 0 both objectives met, 3 one missed, 1 a step failed.
 #
@@ -53,7 +53,7 @@ SEED_RATE=${SEED_RATE:-2439}
 TENX_RATE=$((SEED_RATE * 10))
 DURATION=${DURATION:-20s}
 RAMP=${RAMP:-5s}
-SLO_SEED=${SLO_SEED:-"p99<200ms,errors<0.1%"}
+SLO_SEED=${SLO_SEED:-"p99<500ms,errors<0.1%"}
 SLO_TENX=${SLO_TENX:-"p99<3s,errors<0.5%"}
 OUT=${OUT:-bench/out/quickstart-$(date -u +%Y%m%dT%H%M%SZ)}
 SERVER_CPUS=${SERVER_CPUS:-}
