@@ -204,16 +204,36 @@ mod tests {
 
     #[test]
     fn this_thread_burning_cpu_reads_as_busy() {
+        // The CPU time the kernel accounts to this thread, read independently of /proc.
+        fn thread_cpu() -> f64 {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+        }
         let tid = crate::shard::current_tid();
         let mut meter = CpuMeter::new(1);
         let start = Instant::now();
+        let cpu_before = thread_cpu();
         meter.read(&[tid], start);
-        while start.elapsed() < std::time::Duration::from_millis(300) {
+        // Spin until the thread has had 200 ms of CPU: on a loaded host that takes longer, and
+        // the share it reads is then lower, but it must match what the kernel gave the thread.
+        while thread_cpu() - cpu_before < 0.2 {
             std::hint::black_box((0..1000u64).sum::<u64>());
         }
-        let reading = meter.read(&[tid], Instant::now());
-        // A thread that spun the whole time reads clearly above idle, even on a loaded host.
-        assert!(reading.threads[&tid] > 5.0, "{}", reading.threads[&tid]);
+        let end = Instant::now();
+        let reading = meter.read(&[tid], end);
+        let wall = end.duration_since(start).as_secs_f64();
+        let expected = 100.0 * (thread_cpu() - cpu_before) / wall;
+        // /proc counts whole clock ticks (10 ms): allow two of them either way.
+        let tolerance = 100.0 * 0.02 / wall + 1.0;
+        let busy = reading.threads[&tid];
+        assert!(
+            busy > 0.0 && (busy - expected).abs() <= tolerance,
+            "read {busy:.1} %, the kernel gave {expected:.1} % (tolerance {tolerance:.1})"
+        );
         let (rss, percent) = memory();
         assert!(rss > 0 && percent > 0.0 && percent < 100.0);
     }
