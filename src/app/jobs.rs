@@ -63,10 +63,45 @@ fn check_limits(max_attempts: Option<u32>, timeout_ms: Option<u64>) -> Result<()
     Ok(())
 }
 
-/// Turns the request into a job spec, or the 400 that says what is wrong.
-fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), Response> {
-    let body: EnqueueBody = parse_json(request.body)?;
-    let debug = queues.settings.debug_kinds;
+/// Checks an enqueue body as `POST /api/enterprise/jobs` does, without a queue to submit it to:
+/// the 400 it would answer, if any. The entry point of the body fuzz target (tests/fuzz).
+pub fn check_enqueue_body(body: &[u8], debug_kinds: bool) -> Result<(), Response> {
+    checked_enqueue(body, None, debug_kinds).map(drop)
+}
+
+/// A replay's optional body: empty (or blank) means no overrides.
+fn replay_body(body: &[u8]) -> Result<ReplayBody, Response> {
+    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayBody::default()
+    } else {
+        parse_json(body)?
+    };
+    check_limits(body.max_attempts, body.timeout_ms)?;
+    Ok(body)
+}
+
+/// Checks a replay body as `POST /api/enterprise/jobs/dead/{id}/replay` does: the 400 it would
+/// answer, if any. The entry point of the body fuzz target (tests/fuzz).
+pub fn check_replay_body(body: &[u8]) -> Result<(), Response> {
+    replay_body(body).map(drop)
+}
+
+/// An enqueue body that passed every check, its kind and class resolved.
+struct CheckedEnqueue {
+    body: EnqueueBody,
+    kind: &'static kinds::Kind,
+    class: Priority,
+    key: Option<String>,
+}
+
+/// Parses and checks an enqueue body (`header_key`: the `Idempotency-Key` header, used when the
+/// body has no key), or the 400 that says what is wrong.
+fn checked_enqueue(
+    body: &[u8],
+    header_key: Option<String>,
+    debug: bool,
+) -> Result<CheckedEnqueue, Response> {
+    let mut body: EnqueueBody = parse_json(body)?;
     let kind = kinds::find(&body.kind, debug).ok_or_else(|| {
         bad_request(&format!(
             "unknown job kind {:?}; kinds: {}",
@@ -84,10 +119,7 @@ fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), 
     };
     (kind.validate)(&body.payload).map_err(|e| bad_request(&e))?;
     check_limits(body.max_attempts, body.timeout_ms)?;
-    let header_key = request
-        .header("Idempotency-Key")
-        .map(|v| String::from_utf8_lossy(v).into_owned());
-    let key = body.key.or(header_key);
+    let key = body.key.take().or(header_key);
     if key
         .as_ref()
         .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_BYTES)
@@ -96,6 +128,25 @@ fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), 
             "the idempotency key must have 1 to {MAX_KEY_BYTES} bytes"
         )));
     }
+    Ok(CheckedEnqueue {
+        body,
+        kind,
+        class,
+        key,
+    })
+}
+
+/// Turns the request into a job spec, or the 400 that says what is wrong.
+fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), Response> {
+    let header_key = request
+        .header("Idempotency-Key")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let CheckedEnqueue {
+        body,
+        kind,
+        class,
+        key,
+    } = checked_enqueue(request.body, header_key, queues.settings.debug_kinds)?;
     let spec = JobSpec {
         kind: kind.name.to_string(),
         class,
@@ -244,17 +295,10 @@ pub fn replay(queues: &Rc<ShardQueues>, request: &Request<'_>) -> Reply {
         Ok(id) => id,
         Err(response) => return response.into(),
     };
-    let body: ReplayBody = if request.body.iter().all(u8::is_ascii_whitespace) {
-        ReplayBody::default()
-    } else {
-        match parse_json(request.body) {
-            Ok(body) => body,
-            Err(response) => return response.into(),
-        }
+    let body = match replay_body(request.body) {
+        Ok(body) => body,
+        Err(response) => return response.into(),
     };
-    if let Err(response) = check_limits(body.max_attempts, body.timeout_ms) {
-        return response.into();
-    }
     let overrides = Overrides {
         timeout_ms: body.timeout_ms,
         max_attempts: body.max_attempts,
