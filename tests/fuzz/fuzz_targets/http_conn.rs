@@ -20,7 +20,6 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use coinbit::http::parse::MAX_HEADERS;
 use coinbit::http::{
     AdmissionWait, Connection, HttpError, Limits, Method, Reply, Request, Response, Service,
     StatusCode, Step, Timeouts,
@@ -84,22 +83,13 @@ fn check_within_limits(request: &Request<'_>) {
         request.body.len() <= LIMITS.max_body_bytes,
         "body past the limit"
     );
-    assert!(request.headers.len() <= MAX_HEADERS, "too many headers");
     let target = request.path.len() + request.query.map_or(0, |q| q.len() + 1);
     assert!(
         target <= LIMITS.max_request_line,
         "request line past the limit"
     );
-    // Each field is at least `name:value\n`.
-    let header_bytes: usize = request
-        .headers
-        .iter()
-        .map(|h| h.name.len() + h.value.len() + 2)
-        .sum();
-    assert!(
-        header_bytes <= LIMITS.max_header_bytes,
-        "header section past the limit"
-    );
+    // The header fields are private to the codec: their limits are checked through the
+    // refusals (431) the seeds cover, not here.
 }
 
 /// Polls a future that is ready at once (every future the fake service hands out is).
@@ -159,6 +149,21 @@ fn run(stream: &[u8], cuts: &[usize]) -> Transcript {
         }
     }
     Transcript { output, service }
+}
+
+/// The output with every `100 Continue` taken out.
+fn without_continue(output: &[u8]) -> Vec<u8> {
+    let mut kept = Vec::with_capacity(output.len());
+    let mut rest = output;
+    while let Some((&first, after)) = rest.split_first() {
+        if let Some(after_interim) = rest.strip_prefix(CONTINUE) {
+            rest = after_interim;
+        } else {
+            kept.push(first);
+            rest = after;
+        }
+    }
+    kept
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
