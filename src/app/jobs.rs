@@ -62,11 +62,11 @@ fn valid_key(key: &[u8]) -> bool {
 /// The job's idempotency key, from the body or else the `Idempotency-Key` header.
 fn idempotency_key(
     body_key: Option<String>,
-    request: &Request<'_>,
+    header_key: Option<&[u8]>,
 ) -> Result<Option<String>, Response> {
     let key = match body_key {
         Some(key) => Some(key.into_bytes()),
-        None => request.header("Idempotency-Key").map(<[u8]>::to_vec),
+        None => header_key.map(<[u8]>::to_vec),
     };
     match key {
         None => Ok(None),
@@ -91,10 +91,52 @@ fn check_limits(max_attempts: Option<u32>, timeout_ms: Option<u64>) -> Result<()
     Ok(())
 }
 
-/// Turns the request into a job spec, or the 400 that says what is wrong.
-fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), Response> {
-    let body: EnqueueBody = parse_json(request.body)?;
-    let debug = queues.settings.debug_kinds;
+/// Checks an enqueue body as `POST /api/enterprise/jobs` does, without a queue to submit it to:
+/// the 400 or 413 it would answer, if any. The entry point of the body fuzz target (tests/fuzz).
+pub fn check_enqueue_body(
+    body: &[u8],
+    debug_kinds: bool,
+    max_payload_bytes: usize,
+) -> Result<(), Response> {
+    checked_enqueue(body, None, debug_kinds, max_payload_bytes).map(drop)
+}
+
+/// A replay's optional body: empty (or blank) means no overrides.
+fn replay_body(body: &[u8]) -> Result<ReplayBody, Response> {
+    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayBody::default()
+    } else {
+        parse_json(body)?
+    };
+    check_limits(body.max_attempts, body.timeout_ms)?;
+    Ok(body)
+}
+
+/// Checks a replay body as `POST /api/enterprise/jobs/dead/{id}/replay` does: the 400 it would
+/// answer, if any. The entry point of the body fuzz target (tests/fuzz).
+pub fn check_replay_body(body: &[u8]) -> Result<(), Response> {
+    replay_body(body).map(drop)
+}
+
+/// An enqueue body that passed every check, its kind and class resolved.
+struct CheckedEnqueue {
+    body: EnqueueBody,
+    kind: &'static kinds::Kind,
+    class: Priority,
+    key: Option<String>,
+    /// The payload's size as compact JSON.
+    payload_bytes: usize,
+}
+
+/// Parses and checks an enqueue body (`header_key`: the `Idempotency-Key` header, used when the
+/// body has no key), or the 400 or 413 that says what is wrong.
+fn checked_enqueue(
+    body: &[u8],
+    header_key: Option<&[u8]>,
+    debug: bool,
+    max_payload_bytes: usize,
+) -> Result<CheckedEnqueue, Response> {
+    let mut body: EnqueueBody = parse_json(body)?;
     let kind = kinds::find(&body.kind, debug).ok_or_else(|| {
         bad_request(&format!(
             "unknown job kind {}; kinds: {}",
@@ -114,17 +156,39 @@ fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), 
     (kind.validate)(&body.payload).map_err(|e| bad_request(&e))?;
     check_limits(body.max_attempts, body.timeout_ms)?;
     let payload_bytes = json_size(&body.payload);
-    if payload_bytes > queues.settings.max_payload_bytes {
+    if payload_bytes > max_payload_bytes {
         return Err(Response::error(
             StatusCode(413),
             "payload_too_large",
             &format!(
-                "the job's payload has {payload_bytes} bytes as compact JSON; at most {} are accepted",
-                queues.settings.max_payload_bytes
+                "the job's payload has {payload_bytes} bytes as compact JSON; at most {max_payload_bytes} are accepted"
             ),
         ));
     }
-    let key = idempotency_key(body.key, request)?;
+    let key = idempotency_key(body.key.take(), header_key)?;
+    Ok(CheckedEnqueue {
+        body,
+        kind,
+        class,
+        key,
+        payload_bytes,
+    })
+}
+
+/// Turns the request into a job spec, or the 400 that says what is wrong.
+fn spec(queues: &ShardQueues, request: &Request<'_>) -> Result<(JobSpec, bool), Response> {
+    let CheckedEnqueue {
+        body,
+        kind,
+        class,
+        key,
+        payload_bytes,
+    } = checked_enqueue(
+        request.body,
+        request.header("Idempotency-Key"),
+        queues.settings.debug_kinds,
+        queues.settings.max_payload_bytes,
+    )?;
     let spec = JobSpec {
         kind: kind.name.to_string(),
         class,
@@ -292,17 +356,10 @@ pub fn replay(queues: &Rc<ShardQueues>, request: &Request<'_>) -> Reply {
         Ok(id) => id,
         Err(response) => return response.into(),
     };
-    let body: ReplayBody = if request.body.iter().all(u8::is_ascii_whitespace) {
-        ReplayBody::default()
-    } else {
-        match parse_json(request.body) {
-            Ok(body) => body,
-            Err(response) => return response.into(),
-        }
+    let body = match replay_body(request.body) {
+        Ok(body) => body,
+        Err(response) => return response.into(),
     };
-    if let Err(response) = check_limits(body.max_attempts, body.timeout_ms) {
-        return response.into();
-    }
     let overrides = Overrides {
         timeout_ms: body.timeout_ms,
         max_attempts: body.max_attempts,

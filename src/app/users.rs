@@ -54,8 +54,8 @@ struct NewUser {
     email: String,
 }
 
-fn invalid(message: &str) -> Reply {
-    Response::error(StatusCode(422), "invalid_user", message).into()
+fn invalid(message: &str) -> Response {
+    Response::error(StatusCode(422), "invalid_user", message)
 }
 
 /// Checks a new user; the message says what to fix.
@@ -81,22 +81,30 @@ fn validate(user: &NewUser) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Parses and checks a `POST /api/users` body: the user, or the 400 (not JSON of that shape) or
+/// 422 (a field out of bounds) to answer.
+fn parse_new_user(body: &[u8]) -> Result<NewUser, Response> {
+    let user: NewUser = parse_json_body(body)
+        .map_err(|e| e.response("bad_json", "expected {\"name\": string, \"email\": string}"))?;
+    validate(&user).map_err(invalid)?;
+    Ok(user)
+}
+
+/// Checks a `POST /api/users` body as the route does, without a database: the 400 or 422 it
+/// would answer, if any. The entry point of the body fuzz target (tests/fuzz).
+pub fn check_new_user_body(body: &[u8]) -> Result<(), Response> {
+    parse_new_user(body).map(drop)
+}
+
 /// `POST /api/users` with `{"name": ..., "email": ...}`: 201 with the user and `X-Commit-LSN`.
 pub fn create(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
     let Some(db) = db else {
         return not_configured();
     };
-    let user: NewUser = match parse_json_body(request.body) {
+    let user = match parse_new_user(request.body) {
         Ok(user) => user,
-        Err(e) => {
-            return e
-                .response("bad_json", "expected {\"name\": string, \"email\": string}")
-                .into()
-        }
+        Err(response) => return response.into(),
     };
-    if let Err(message) = validate(&user) {
-        return invalid(message);
-    }
     let (name, email) = (user.name.trim().to_string(), user.email.trim().to_string());
     let pending = db.write(move |conn| {
         let user = User::from_row(&conn.query_one(INSERT_USER, &[&name, &email])?);

@@ -43,7 +43,12 @@ pub fn parse_head<'b, 'h>(
     limits: &Limits,
     slots: &'h mut HeaderSlots<'b>,
 ) -> Result<Option<Head<'b, 'h>>, HttpError> {
-    let line_len = request_line_len(buf, limits.max_request_line)?;
+    let line_len = match request_line_len(buf, limits.max_request_line) {
+        Err(too_long @ HttpError::UriTooLong { .. }) => {
+            return Err(malformed_line_start(buf, limits.max_request_line).unwrap_or(too_long))
+        }
+        other => other?,
+    };
     let mut request = httparse::Request::new(&mut []);
     let status = request.parse_with_uninit_headers(buf, slots);
     let head_len = match status {
@@ -57,11 +62,7 @@ pub fn parse_head<'b, 'h>(
             }
             return Ok(None);
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::TooManyHeaders { limit: MAX_HEADERS })
-        }
-        Err(httparse::Error::Version) => return Err(HttpError::VersionNotSupported),
-        Err(e) => return Err(HttpError::BadRequest(parse_error_text(e))),
+        Err(e) => return Err(parse_failure(e)),
     };
     // A complete head always has its request line.
     let line_len = line_len.unwrap_or(head_len);
@@ -96,6 +97,28 @@ pub fn parse_head<'b, 'h>(
         expect_continue: framing.expect_continue && minor_version >= 1,
         http10: minor_version == 0,
     }))
+}
+
+fn parse_failure(e: httparse::Error) -> HttpError {
+    match e {
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders { limit: MAX_HEADERS },
+        httparse::Error::Version => HttpError::VersionNotSupported,
+        e => HttpError::BadRequest(parse_error_text(e)),
+    }
+}
+
+/// The error in the first `limit` bytes of a request line that is too long, if they hold one.
+/// A malformed start is answered 400 however the bytes arrive: a read that brings only that start
+/// is refused by the parser before the line could be measured, so a read that brings the whole
+/// line must be refused the same way, not with 414.
+fn malformed_line_start(buf: &[u8], limit: usize) -> Option<HttpError> {
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let line_start = &buf[..buf.len().min(start + limit)];
+    // No header slots: the line is still incomplete within `limit`, so none are reached.
+    match httparse::Request::new(&mut []).parse(line_start) {
+        Err(e) => Some(parse_failure(e)),
+        Ok(_) => None,
+    }
 }
 
 /// Length of the request line including its line break, once it is complete; an error when it
@@ -420,6 +443,32 @@ mod tests {
                 .map(|o| o.map(|(p, q, h, c, k)| (p.to_string(), q.map(str::to_string), h, c, k)));
             assert_eq!(parse(input), expected, "{input:?}");
         }
+    }
+
+    /// Found by the codec fuzz target: a too-long line with a bad byte early on was 414 when it
+    /// came in one read and 400 when its start came first. The answer must not depend on how
+    /// the bytes arrive.
+    #[test]
+    fn a_too_long_line_is_answered_alike_whatever_the_reads() {
+        let limits = Limits {
+            max_request_line: 64,
+            max_header_bytes: 8192,
+            max_body_bytes: 0,
+        };
+        let answer = |bytes: &[u8]| {
+            let mut slots = header_slots();
+            parse_head(bytes, &limits, &mut slots).map(|head| head.is_some())
+        };
+        let malformed = format!("GE[T /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(100));
+        let whole = answer(malformed.as_bytes());
+        assert!(matches!(whole, Err(HttpError::BadRequest(_))), "{whole:?}");
+        assert_eq!(answer(&malformed.as_bytes()[..10]), whole);
+        let well_formed = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(100));
+        assert_eq!(
+            answer(well_formed.as_bytes()),
+            Err(HttpError::UriTooLong { limit: 64 })
+        );
+        assert_eq!(answer(&well_formed.as_bytes()[..10]), Ok(false));
     }
 
     #[test]
