@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs each fuzz target for a bounded time from the checked-in seeds; fails on any crash.
 #   tests/fuzz/run.sh [SECONDS_PER_TARGET]   (default 45)
+# FUZZ_SEED and FUZZ_RUNS (optional) fix libFuzzer's seed and bound its executions per target,
+# so that a run is repeatable: CI uses both, and a crash it reports is the same on every rerun.
 # Installs cargo-fuzz if missing. The toolchain is stable: RUSTC_BOOTSTRAP lets it take the
 # nightly flags cargo-fuzz passes (-Z sanitizer, coverage instrumentation).
 # Inputs found during the run go to corpus-run/ (ignored), not into the checked-in seeds; a crash
@@ -22,6 +24,6 @@ for target in "${targets[@]}"; do
   cargo fuzz run --fuzz-dir . -O --sanitizer address "$target" \
     "corpus-run/$target" "corpus/$target" -- \
     -max_total_time="$seconds" -max_len=4096 -timeout=10 \
-    -print_final_stats=1
+    -print_final_stats=1 -seed="${FUZZ_SEED:-0}" -runs="${FUZZ_RUNS:--1}"
 done
 echo "fuzz: no crash in ${targets[*]}"
