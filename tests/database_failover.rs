@@ -365,3 +365,108 @@ fn a_read_waiting_for_replay_looks_a_few_times_then_reads_the_primary() {
         );
     });
 }
+
+/// Stops (SIGSTOP) a node's postmaster and every backend it forked, so that the node still
+/// takes TCP connections (the kernel completes them) but answers nothing: a host that hangs, not
+/// one that refuses. Sends SIGCONT when dropped, whatever the test's outcome.
+struct Frozen {
+    pids: Vec<i32>,
+}
+
+impl Frozen {
+    fn node(cluster: &PgCluster, node: &str) -> Frozen {
+        let pid_file = cluster.dir.join(node).join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file).expect("postmaster.pid");
+        let postmaster: i32 = text.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        pids.extend(children_of(postmaster));
+        for &pid in &pids {
+            // SAFETY: stopping a PostgreSQL process this test's cluster started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+        Frozen { pids }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            // SAFETY: resuming a process this test stopped.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+/// The processes whose parent is `parent`, from /proc.
+fn children_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // The fields after the command's closing parenthesis: state, then the parent.
+            let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+            after.split_whitespace().nth(1) == Some(&parent.to_string())
+        })
+        .collect()
+}
+
+/// A replica that hangs (takes connections, answers nothing) costs no read, stalls no shard and
+/// no health check: it is ejected, the reads go on elsewhere, and no shard misses a heartbeat.
+#[test]
+fn a_replica_that_hangs_is_ejected_without_stalling_a_shard_or_failing_a_read() {
+    let cluster = PgCluster::start(3);
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("hang_{engine}"));
+        let server = start_server(
+            engine,
+            &cluster,
+            &db,
+            &[
+                "--replica-strategy",
+                "round-robin",
+                "--statement-timeout",
+                "1000",
+                "--heartbeat-timeout",
+                "4000",
+            ],
+        );
+        let created = create_user(&mut server.connect(), "hang@example.com");
+        assert_eq!(created.status, 201, "{}", created.text());
+        let id = created.json()["id"].as_i64().unwrap();
+        server.wait_for_status("every node up", |s| {
+            s["database"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["state"] == "up")
+        });
+        let readers = Readers::start(&server, id, 4);
+        std::thread::sleep(Duration::from_millis(300));
+        let frozen = Frozen::node(&cluster, "replica2");
+        server.wait_for_status("the hung replica2 ejected", |s| {
+            node(s, "replica2")["state"] == "ejected"
+        });
+        // Reads go on past the heartbeat timeout while it hangs.
+        std::thread::sleep(Duration::from_millis(5_000));
+        drop(frozen);
+        server.wait_for_status("replica2 back", |s| node(s, "replica2")["state"] == "up");
+        let (reads, failures) = readers.finish();
+        let silent: Vec<String> = server
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.contains("sent no heartbeat"))
+            .collect();
+        assert!(silent.is_empty(), "{silent:?}");
+        assert!(reads > 100, "only {reads} reads");
+        assert!(
+            failures.is_empty(),
+            "{} of {reads} reads failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    });
+}

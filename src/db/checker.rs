@@ -3,15 +3,23 @@
 //! time since the last replayed commit while bytes remain) and round-trip time.
 //!
 //! The checker is a thread pinned to the monitor core, beside the monitor rather than inside
-//! its loop: a check waits on the network (up to the connect timeout), and the monitor's
-//! publishing must not wait with it. Between full rounds it wakes every [`TICK`] to probe a node
-//! whose ejection or open breaker has run out (the half-open probe), so a node comes back
-//! within a tick of its time, not an interval later.
+//! its loop: a check waits on the network, and the monitor's publishing must not wait with it.
+//! Between full rounds it wakes every [`TICK`] to probe a node whose ejection or open breaker
+//! has run out (the half-open probe), so a node comes back within a tick of its time, not an
+//! interval later.
+//!
+//! Each node is asked by a prober thread of its own, which holds that node's connection; the
+//! checker waits for its answer at most [`Checker::answer_limit`]. A node that takes connections
+//! but answers nothing (a stopped or hung host: the driver's connect timeout covers only the
+//! TCP connect, and nothing bounds a query the server never answers) then fails its check on
+//! time and is taken out, instead of holding the checker, and with it every node's checks,
+//! for as long as it hangs.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use postgres::Client;
 
 use super::availability::{Check, Lag};
@@ -31,19 +39,97 @@ pub(crate) fn spawn(db: Arc<Database>, settings: PoolSettings, cpu: Option<usize
                 }
             }
             Checker {
-                clients: db.nodes.iter().map(|_| None).collect(),
+                probers: db
+                    .nodes
+                    .iter()
+                    .map(|node| Prober::spawn(node.clone(), settings.clone(), cpu))
+                    .collect(),
+                answer_limit: answer_limit(&settings),
                 db,
-                settings,
             }
             .run()
         })
         .expect("spawning the database checker");
 }
 
+/// How long a check waits for a node: a connect timeout to (re)connect, another for the answer
+/// to a query that reads three values.
+fn answer_limit(settings: &PoolSettings) -> Duration {
+    settings.connect_timeout * 2
+}
+
 struct Checker {
     db: Arc<Database>,
-    settings: PoolSettings,
-    clients: Vec<Option<Client>>,
+    probers: Vec<Prober>,
+    answer_limit: Duration,
+}
+
+/// A node's prober thread: it asks its node when told to and sends back what it saw.
+struct Prober {
+    ask: Sender<()>,
+    answers: Receiver<Result<Observed, String>>,
+    /// Asked and not answered yet: the node hangs (the answer may still come, late).
+    awaiting: bool,
+}
+
+impl Prober {
+    fn spawn(node: Arc<Node>, settings: PoolSettings, cpu: Option<usize>) -> Prober {
+        // One question out at a time, so neither channel ever holds more than one message.
+        let (ask, questions) = crossbeam::channel::bounded::<()>(1);
+        let (answer, answers) = crossbeam::channel::bounded(1);
+        std::thread::Builder::new()
+            .name(format!("db-probe-{}", node.name()))
+            .spawn(move || {
+                if let Some(id) = cpu {
+                    // Best effort: the checker already warned if pinning fails.
+                    core_affinity::set_for_current(core_affinity::CoreId { id });
+                }
+                let mut client = None;
+                for () in questions {
+                    if answer.send(observe(&node, &settings, &mut client)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning a database prober");
+        Prober {
+            ask,
+            answers,
+            awaiting: false,
+        }
+    }
+
+    /// Asks the node and waits up to `limit` for its answer. While an earlier question is
+    /// unanswered the node is not asked again: it fails at once.
+    fn ask(&mut self, limit: Duration) -> Result<Observed, String> {
+        if self.awaiting {
+            match self.answers.try_recv() {
+                // The late answer to the question that timed out: stale, ask afresh.
+                Ok(_) => self.awaiting = false,
+                Err(TryRecvError::Empty) => {
+                    return Err(format!(
+                        "its last health check is still unanswered after more than {} ms",
+                        limit.as_millis()
+                    ))
+                }
+                Err(TryRecvError::Disconnected) => return Err("its prober stopped".into()),
+            }
+        }
+        if self.ask.send(()).is_err() {
+            return Err("its prober stopped".into());
+        }
+        self.awaiting = true;
+        match self.answers.recv_timeout(limit) {
+            Ok(answer) => {
+                self.awaiting = false;
+                answer
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                Err(format!("no answer within {} ms", limit.as_millis()))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err("its prober stopped".into()),
+        }
+    }
 }
 
 /// What one node answered.
@@ -134,40 +220,45 @@ impl Checker {
         }
     }
 
-    /// Asks node `index` for its role and position, timing the round trip.
     fn observe(&mut self, index: usize) -> Result<Observed, String> {
-        let node: &Node = &self.db.nodes[index];
-        let client = match self.clients[index].take() {
-            Some(client) if !client.is_closed() => client,
-            _ => {
-                pool::connect(node, &self.settings, "coinbit-health").map_err(|e| e.to_string())?
-            }
-        };
-        let mut client = client;
-        let started = Instant::now();
-        let row = client
-            .query_one(
-                "SELECT pg_is_in_recovery(),
-                        CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-                             ELSE pg_current_wal_lsn() END::text,
-                        COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8",
-                &[],
-            )
-            .map_err(|e| e.to_string())?;
-        node.rtt_us
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let position = row
-            .get::<_, Option<String>>(1)
-            .and_then(|text| text.parse::<Lsn>().ok());
-        if let Some(lsn) = position {
-            node.saw_position(lsn);
-        }
-        let age: f64 = row.get(2);
-        self.clients[index] = Some(client);
-        Ok(Observed {
-            in_recovery: row.get(0),
-            position,
-            replay_age: Duration::from_secs_f64(age.max(0.0)),
-        })
+        self.probers[index].ask(self.answer_limit)
     }
+}
+
+/// Asks `node` for its role and position through `client` (connecting first if needed), timing
+/// the round trip. Runs on the node's prober thread.
+fn observe(
+    node: &Node,
+    settings: &PoolSettings,
+    client: &mut Option<Client>,
+) -> Result<Observed, String> {
+    let mut connected = match client.take() {
+        Some(open) if !open.is_closed() => open,
+        _ => pool::connect(node, settings, "coinbit-health").map_err(|e| e.to_string())?,
+    };
+    let started = Instant::now();
+    let row = connected
+        .query_one(
+            "SELECT pg_is_in_recovery(),
+                    CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                         ELSE pg_current_wal_lsn() END::text,
+                    COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8",
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    node.rtt_us
+        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let position = row
+        .get::<_, Option<String>>(1)
+        .and_then(|text| text.parse::<Lsn>().ok());
+    if let Some(lsn) = position {
+        node.saw_position(lsn);
+    }
+    let age: f64 = row.get(2);
+    *client = Some(connected);
+    Ok(Observed {
+        in_recovery: row.get(0),
+        position,
+        replay_age: Duration::from_secs_f64(age.max(0.0)),
+    })
 }

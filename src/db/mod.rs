@@ -12,11 +12,13 @@
 //! - [`node`]: one node's queue and the atomics every thread reads.
 //! - [`pool`]: the DB I/O threads: connections, prepared statements, group commit.
 //! - [`checker`]: the health checks (role, lag, round-trip time), on the monitor core.
+//! - [`deadline`]: the bound on a read's wait for its node's answer.
 //! - [`migrate`]: the embedded schema migrations.
 //! - [`status`]: what `/health`, the cluster status and `/metrics` say about the nodes.
 
 pub mod availability;
 pub mod checker;
+mod deadline;
 pub mod error;
 pub mod lsn;
 pub mod migrate;
@@ -29,7 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{DatabaseConfig, ReplicaStrategy};
 pub use error::DbError;
@@ -62,6 +64,10 @@ pub struct Database {
     pub read_your_writes_wait: Duration,
     pub check_interval: Duration,
     pub group_commit: usize,
+    /// How long a read waits for its node's answer before it counts the node as failed (and
+    /// a replica's read goes to the primary): the longest a pool thread can take on a node
+    /// that answers, a connect, a wait for replay and a statement.
+    pub read_answer_limit: Duration,
 }
 
 impl Database {
@@ -119,6 +125,9 @@ impl Database {
             read_your_writes_wait: Duration::from_millis(config.read_your_writes_wait_ms),
             check_interval: Duration::from_millis(config.replica_health_check_interval_ms),
             group_commit: config.group_commit,
+            read_answer_limit: settings.connect_timeout
+                + Duration::from_millis(config.read_your_writes_wait_ms)
+                + settings.statement_timeout,
         });
         checker::spawn(database.clone(), settings, checker_cpu);
         log::info!(
@@ -243,11 +252,12 @@ impl DbClient {
         // A position past the primary's last known one came from no write this server saw:
         // no replica waits for it; the primary checks it and refuses it if it is ahead.
         let past_known = min_position.is_some_and(|min| min > primary.position());
+        let limit = self.db.read_answer_limit;
         let read_primary = move |task: &M| -> DbFuture<T> {
             if !primary.routable() {
                 return Box::pin(std::future::ready(Err(shut_out(&primary))));
             }
-            let (reply, answer) = flume::bounded(1);
+            let (reply, answer) = read_reply(&primary, limit);
             let kind = JobKind::Read {
                 min_position,
                 wait: Duration::ZERO,
@@ -270,7 +280,7 @@ impl DbClient {
         let Some(replica) = replica else {
             return read_primary(&task);
         };
-        let (reply, answer) = flume::bounded(1);
+        let (reply, answer) = read_reply(&replica, limit);
         let kind = JobKind::Read {
             min_position,
             wait: self.db.read_your_writes_wait,
@@ -345,16 +355,40 @@ fn writable(primary: &Node) -> Result<(), DbError> {
 }
 
 /// Where a job's result goes: the value, and the commit position for writes.
-type Reply<T> = flume::Sender<Result<(T, Option<Lsn>), DbError>>;
+type Reply<T> = flume::Sender<Answer<T>>;
+/// A job's result as its request receives it.
+type Answer<T> = Result<(T, Option<Lsn>), DbError>;
 
-/// Sends a job's outcome with the value its query kept.
+/// A read's reply channel: answered `Unavailable` by the [`deadline`] thread when `node` has
+/// not answered within `limit`.
+fn read_reply<T: Send + 'static>(
+    node: &Arc<Node>,
+    limit: Duration,
+) -> (Reply<T>, flume::Receiver<Answer<T>>) {
+    let (reply, answer) = flume::bounded(1);
+    // Weak: a request answered in time leaves nothing alive here but an empty entry.
+    let unanswered = reply.downgrade();
+    let node = node.clone();
+    deadline::at(Instant::now() + limit, move || {
+        if let Some(reply) = unanswered.upgrade() {
+            let _ = reply.try_send(Err(DbError::Unavailable {
+                node: node.name().to_string(),
+                reason: format!("no answer within {} ms", limit.as_millis()),
+            }));
+        }
+    });
+    (reply, answer)
+}
+
+/// Sends a job's outcome with the value its query kept. `try_send`: a read's slot may already
+/// hold its deadline's answer, and a pool thread never waits on a reply.
 fn answer<T>(reply: Reply<T>, value: Option<T>, outcome: Result<Option<Lsn>, DbError>) {
     let result = outcome.and_then(|position| {
         value
             .map(|value| (value, position))
             .ok_or_else(|| DbError::Query("the query produced no result".into()))
     });
-    let _ = reply.send(result);
+    let _ = reply.try_send(result);
 }
 
 /// The typed side of a job: the query and where its result goes.

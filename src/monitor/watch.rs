@@ -178,6 +178,7 @@ impl Watch {
     /// One evaluation round.
     pub fn step(&mut self, state: &mut ClusterState, control: &Control, now: Instant) {
         let now_ms = sample::unix_ms();
+        let monitor_late = self.ran_late(now);
         let sample = self.take_sample(state, now, now_ms);
         if self.history.len() == self.settings.history_length {
             self.history.pop_front();
@@ -202,7 +203,7 @@ impl Watch {
             ));
             c
         };
-        if !control.is_shutting_down() {
+        if !control.is_shutting_down() && !monitor_late {
             conditions.extend(self.heartbeats(state, now, now_ms));
         }
         let mut notices = self.book.update(conditions, now_ms);
@@ -217,6 +218,24 @@ impl Watch {
             self.scale(control, now, now_ms);
         }
         self.rescore(state, now);
+    }
+
+    /// Whether this round comes late enough after the previous one that the reports the shards
+    /// sent meanwhile may still wait in the channel: the monitor takes one report, then runs a
+    /// due round, so after a stall of its own the newest report it has is as old as the stall
+    /// and every shard would look silent. Heartbeats are then judged at the next round, once
+    /// the waiting reports are read (a silent shard is replaced one interval later at worst).
+    fn ran_late(&self, now: Instant) -> bool {
+        let gap = now.saturating_duration_since(self.last_sample_at);
+        let late = gap >= self.settings.interval + self.settings.heartbeat_timeout / 2;
+        if late {
+            log::warn!(
+                "monitor: this round comes {} ms after the previous one; heartbeats are judged \
+                 at the next round, once the reports sent meanwhile are read",
+                gap.as_millis()
+            );
+        }
+        late
     }
 
     fn take_sample(&mut self, state: &mut ClusterState, now: Instant, now_ms: u64) -> Sample {
@@ -507,6 +526,30 @@ mod tests {
         assert!(!watch.actions[1].active);
         assert_eq!(watch.actions[1].taken, 1);
         assert!(!watch.book.is_active("memory_usage/critical"));
+    }
+
+    /// The monitor itself stalled: the shards' reports of that time wait in the channel and it
+    /// has read only the oldest. No shard is replaced for that; one that is really silent is,
+    /// a round later.
+    #[test]
+    fn a_monitor_that_ran_late_replaces_no_shard_for_the_reports_it_has_not_read() {
+        let (mut watch, mut state, control) = setup(&["--heartbeat-timeout", "10000"], 1);
+        state.shards[0]
+            .slot
+            .set_state(crate::shard::ShardState::Running);
+        let mut metrics = crate::metrics::ShardMetrics::new(1);
+        let t0 = Instant::now();
+        watch.last_sample_at = t0;
+        state.absorb(metrics.report(0, 1, 7, t0));
+        // Eleven seconds later, with the reports of that time still queued.
+        let late = t0 + Duration::from_secs(11);
+        watch.step(&mut state, &control, late);
+        assert!(!state.shards[0].slot.is_superseded(1));
+        assert_eq!(watch.actions[2].taken, 0);
+        // On time again and still nothing from the shard: now it is replaced.
+        watch.step(&mut state, &control, late + Duration::from_secs(1));
+        assert!(state.shards[0].slot.is_superseded(1));
+        assert_eq!(watch.actions[2].taken, 1);
     }
 
     #[test]
