@@ -417,3 +417,44 @@ fn a_durable_job_keeps_its_key_class_attempts_and_timeout() {
         );
     });
 }
+
+/// Leases that run out in the middle of a backlog (as when renewals queue behind other writes
+/// on a loaded host), again and again: claims are taken again while their first run is queued,
+/// running or being recorded, and the queue loops are busy throughout. The backlog still drains,
+/// each job done once. (On may, beside `stress-ng --cpu 2`, this stalled a shard's queue loop for
+/// good when may lost the timer of one of its parks: see `Wakeups::park`.)
+#[test]
+fn a_backlog_drains_when_its_leases_run_out_again_and_again() {
+    let cluster = PgCluster::shared();
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("durable_lost_leases_{engine}"));
+        let _server = start(engine, cluster, &db);
+        let jobs = 400;
+        cluster.psql(
+            "primary",
+            &db,
+            &format!(
+                "INSERT INTO job_outbox (kind, payload) SELECT 'debug.sleep', \
+                 jsonb_build_object('ms', 40, 'effect', 'lost-lease-' || g) \
+                 FROM generate_series(1, {jobs}) g"
+            ),
+        );
+        let claimed = "SELECT count(*) FROM job_outbox WHERE status = 'claimed'";
+        let done = "SELECT count(*) FROM job_outbox WHERE status = 'done'";
+        // Four times, so that no job passes its claims (five) and is marked dead.
+        for _ in 0..4 {
+            common::wait_for("some jobs claimed", Duration::from_secs(30), || {
+                (count(cluster, &db, claimed) > 0 || count(cluster, &db, done) == jobs)
+                    .then_some(())
+            });
+            cluster.psql(
+                "primary",
+                &db,
+                "UPDATE job_outbox SET lease_until = now() - interval '1 s' \
+                 WHERE status = 'claimed'",
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_each_done_once(cluster, &db, jobs, Duration::from_secs(60));
+    });
+}

@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,10 @@ pub(crate) const PAUSE: Duration = Duration::from_millis(1);
 pub(crate) const SHORTEST_PARK: Duration = Duration::from_millis(2);
 /// The longest park without a timer: a safety net, wake-ups end parks sooner.
 pub(crate) const IDLE_PARK: Duration = Duration::from_millis(500);
+/// How late a park of the loop may end before the watchdog ends it (see [`Wakeups::park`]).
+const PARK_GRACE: Duration = Duration::from_millis(20);
+/// How often the watchdog looks at the parks.
+const WATCHDOG_TICK: Duration = Duration::from_millis(5);
 
 /// The queue tasks of one shard.
 pub(crate) struct MayClasses {
@@ -61,9 +65,39 @@ pub(crate) struct Wakeups {
     /// between slices, a wake-up only queues the task: an unpark then would leave may's park
     /// token set, and the next pause would not give the worker back to its sockets.)
     idle: AtomicBool,
+    /// When the loop's current park should end; `None` while it does not park.
+    park_until: Mutex<Option<Instant>>,
+    /// Registered with the watchdog.
+    watched: AtomicBool,
 }
 
 impl Wakeups {
+    /// Parks the loop (the calling coroutine) for `wait` at most; an unpark ends it sooner.
+    ///
+    /// may can lose the timer of a timed park: the park adds its timer before it stores the
+    /// coroutine to wake, so a thread preempted between the two (a loaded host) lets the timer
+    /// fire first, find nothing to wake, and the coroutine sleeps until something unparks it.
+    /// Every task of the shard's queues (jobs, retries, the inbox, durable jobs' dispatcher and
+    /// lease renewals) runs only when this loop does, so its parks are watched: one still on
+    /// [`PARK_GRACE`] after its time is ended by the watchdog thread.
+    pub fn park(self: &Arc<Self>, wait: Duration) {
+        self.park_watched(wait, may::coroutine::park_timeout);
+    }
+
+    fn park_watched(self: &Arc<Self>, wait: Duration, park: impl FnOnce(Duration)) {
+        if !self.watched.swap(true, Ordering::AcqRel) {
+            watchdog().watch(self);
+        }
+        *lock(&self.park_until) = Some(Instant::now() + wait);
+        park(wait);
+        *lock(&self.park_until) = None;
+    }
+
+    /// The park is past its time (and the grace): the watchdog ends it.
+    fn overdue(&self, now: Instant) -> bool {
+        lock(&self.park_until).is_some_and(|until| now >= until + PARK_GRACE)
+    }
+
     fn push(&self, id: usize) {
         lock(&self.woken).push(id);
         if self.idle.swap(false, Ordering::AcqRel) {
@@ -97,6 +131,46 @@ impl Wakeups {
     /// The loop runs again.
     pub fn busy(&self) {
         self.idle.store(false, Ordering::Release);
+    }
+}
+
+/// The thread that ends the queue loops' parks whose may timer was lost.
+struct Watchdog {
+    loops: Mutex<Vec<Weak<Wakeups>>>,
+}
+
+fn watchdog() -> &'static Watchdog {
+    static WATCHDOG: OnceLock<&'static Watchdog> = OnceLock::new();
+    WATCHDOG.get_or_init(|| {
+        let watchdog: &'static Watchdog = Box::leak(Box::new(Watchdog {
+            loops: Mutex::new(Vec::new()),
+        }));
+        std::thread::Builder::new()
+            .name("may-park-watchdog".into())
+            .spawn(move || loop {
+                std::thread::sleep(WATCHDOG_TICK);
+                watchdog.end_overdue_parks(Instant::now());
+            })
+            .expect("spawning the park watchdog");
+        watchdog
+    })
+}
+
+impl Watchdog {
+    fn watch(&self, wakeups: &Arc<Wakeups>) {
+        lock(&self.loops).push(Arc::downgrade(wakeups));
+    }
+
+    fn end_overdue_parks(&self, now: Instant) {
+        lock(&self.loops).retain(|wakeups| match wakeups.upgrade() {
+            Some(wakeups) => {
+                if wakeups.overdue(now) {
+                    wakeups.unpark();
+                }
+                true
+            }
+            None => false,
+        });
     }
 }
 
@@ -299,5 +373,31 @@ impl QueueRuntime for MayClasses {
 
     fn set_weight(&self, class: Priority, weight: u32) {
         self.turns.borrow_mut().set_weight(class, weight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A park whose may timer is lost (here: a park without one) still ends, a little after
+    /// its time, instead of leaving the shard's queue tasks asleep for good.
+    #[test]
+    fn a_park_whose_timer_is_lost_still_ends() {
+        let (done, ended) = std::sync::mpsc::channel();
+        let wakeups = Arc::new(Wakeups::default());
+        // SAFETY: the coroutine touches only its own clones and a channel.
+        let _ = unsafe {
+            may::coroutine::spawn(move || {
+                wakeups.attach();
+                let started = Instant::now();
+                wakeups.park_watched(Duration::from_millis(10), |_| may::coroutine::park());
+                let _ = done.send(started.elapsed());
+            })
+        };
+        let took = ended
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the park ended");
+        assert!(took >= Duration::from_millis(10), "ended early: {took:?}");
     }
 }

@@ -201,7 +201,7 @@ fn queue_loop(shard: &Arc<Shard>) {
         // Never blocks on the lock: may resumes a timed park on its timer thread, and a handler
         // holding the lock for long (a stalled shard) must not hold up every timer with it.
         let Some(next) = shard.try_with_local(|local| local.classes.run_slice()) else {
-            may::coroutine::park_timeout(classes::PAUSE);
+            shard.wakeups.park(classes::PAUSE);
             continue;
         };
         match next {
@@ -209,7 +209,7 @@ fn queue_loop(shard: &Arc<Shard>) {
                 // A thread blocked on the lock (housekeeping, a connection resumed on the other
                 // worker) gets it before the next slice: a busy queue must not stop the
                 // shard's heartbeat.
-                may::coroutine::park_timeout(classes::PAUSE);
+                shard.wakeups.park(classes::PAUSE);
                 let until = Instant::now() + classes::SLICE;
                 while shard.lock_waiters.load(Ordering::Acquire) > 0 && Instant::now() < until {
                     std::thread::yield_now();
@@ -223,7 +223,7 @@ fn queue_loop(shard: &Arc<Shard>) {
                 // may's timer thread can miss a park shorter than a couple of milliseconds
                 // (measured: seconds late); such a wait is spent in short pauses instead.
                 if shard.wakeups.go_idle() {
-                    may::coroutine::park_timeout(wait.max(classes::SHORTEST_PARK));
+                    shard.wakeups.park(wait.max(classes::SHORTEST_PARK));
                     shard.wakeups.busy();
                 }
             }
@@ -233,7 +233,7 @@ fn queue_loop(shard: &Arc<Shard>) {
         .try_with_local(|local| local.classes.clear())
         .is_none()
     {
-        may::coroutine::park_timeout(classes::IDLE_PARK);
+        shard.wakeups.park(classes::IDLE_PARK);
     }
 }
 
