@@ -28,6 +28,16 @@ fn start_server(engine: &str, cluster: &PgCluster, db: &str, args: &[&str]) -> S
     Server::start_with(engine, &all, &env)
 }
 
+fn wait_for_every_node_up(server: &Server) {
+    server.wait_for_status("every node up", |s| {
+        s["database"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "up")
+    });
+}
+
 fn create_user(client: &mut Client, email: &str) -> common::Response {
     let body = serde_json::json!({ "name": "Fail", "email": email }).to_string();
     client.request("POST", "/api/users", &[], body.as_bytes())
@@ -166,13 +176,7 @@ fn lag_past_the_limit_ejects_but_never_the_last_replica() {
                          INSERT INTO filler SELECT generate_series(1, 20000)",
             );
         };
-        server.wait_for_status("every node up", |s| {
-            s["database"]["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["state"] == "up")
-        });
+        wait_for_every_node_up(&server);
         cluster.psql("replica1", &db, "SELECT pg_wal_replay_pause()");
         write_wal();
         let status = server.wait_for_status("replica1 ejected for lag", |s| {
@@ -316,13 +320,7 @@ fn a_read_waiting_for_replay_looks_a_few_times_then_reads_the_primary() {
                 "200",
             ],
         );
-        server.wait_for_status("every node up", |s| {
-            s["database"]["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["state"] == "up")
-        });
+        wait_for_every_node_up(&server);
         let replicas = ["replica1", "replica2", "replica3"];
         let replay_checks = |status: &serde_json::Value| -> u64 {
             replicas
@@ -437,13 +435,7 @@ fn a_replica_that_hangs_is_ejected_without_stalling_a_shard_or_failing_a_read() 
         let created = create_user(&mut server.connect(), "hang@example.com");
         assert_eq!(created.status, 201, "{}", created.text());
         let id = created.json()["id"].as_i64().unwrap();
-        server.wait_for_status("every node up", |s| {
-            s["database"]["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["state"] == "up")
-        });
+        wait_for_every_node_up(&server);
         let readers = Readers::start(&server, id, 4);
         std::thread::sleep(Duration::from_millis(300));
         let frozen = Frozen::node(&cluster, "replica2");
