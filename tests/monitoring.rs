@@ -535,17 +535,8 @@ fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
         let stalled_at = Instant::now();
         let stalled_at_ms = unix_ms();
         let id = shard as usize;
-        // Short reads: a connection the kernel queued on the stalled shard's listener gets no answer.
-        let quick_get = |path: &str| {
-            let mut client = Client::connect(server.addr);
-            client
-                .stream
-                .set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            client.try_request("GET", path, &[], b"").map(|r| r.json())
-        };
         let status = wait_for("the stalled shard to be replaced", PATIENCE, || {
-            quick_get("/api/enterprise/cluster/status").filter(|s| {
+            quick_get(&server, "/api/enterprise/cluster/status").filter(|s| {
                 let sh = &s["shards"][id];
                 sh["restarts"] == 1 && sh["generation"] == 2 && sh["state"] == "running"
             })
@@ -562,7 +553,7 @@ fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
         // Short reads again, so that one connection the kernel queued on the stalled
         // generation's listener does not hold the loop until the stall is over.
         while answers < 40 && stalled_at.elapsed() < Duration::from_secs(12) {
-            let Some(body) = quick_get("/debug/shard") else {
+            let Some(body) = quick_get(&server, "/debug/shard") else {
                 continue;
             };
             answers += 1;
