@@ -117,7 +117,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         .collect();
 
     if chosen == Engine::May {
-        engine::may::workers::start(&slots).map_err(|reason| StartError::ShardStart {
+        engine::may::carriers::start(&slots).map_err(|reason| StartError::ShardStart {
             shard: 0,
             cpu: slots[0].cpu,
             reason,

@@ -23,8 +23,8 @@
 //!
 //! # Layout
 //! - [`glommio`]: io_uring via glommio, one `LocalExecutor` per pinned shard thread.
-//! - [`may`]: epoll via may's stackful coroutines, three may workers pinned to each shard's CPU
-//!   (a generation runs on one that is free).
+//! - [`may`]: epoll via may's stackful coroutines, three carrier threads pinned to each shard's
+//!   CPU (a generation runs on one that is free).
 //! - [`preflight`]: start-up checks of what an engine needs from the kernel.
 
 pub mod glommio;

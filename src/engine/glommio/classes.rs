@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_lite::future::BoxedLocal;
 use glommio::{Latency, Shares, SharesManager, TaskQueueHandle};
 
-use super::Shard;
+use super::GlommioShard;
 use crate::queue::{Priority, QueueRuntime, RequestGate};
 
 /// glommio shares per unit of class weight: high (8) gets 1000, the executor's maximum and the
@@ -96,7 +96,7 @@ struct Kick {
 /// Gives the shard's app a request gate when a route has a class, and starts the task that
 /// takes its turns: after a kick, one turn per pass of the executor's loop (between two I/O
 /// polls), until nothing waits.
-pub(crate) fn start_request_turns(shard: &Rc<Shard>) {
+pub(crate) fn start_request_turns(shard: &Rc<GlommioShard>) {
     if !shard.app.borrow().has_route_classes() {
         return;
     }

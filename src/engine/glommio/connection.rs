@@ -8,7 +8,7 @@ use std::time::Instant;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::{Shard, Tracked};
+use super::{GlommioShard, Tracked};
 use crate::http::conn::TimeoutKind;
 use crate::http::{Connection, Step};
 
@@ -23,7 +23,7 @@ pub(crate) struct ConnShared {
 }
 
 /// Registers and starts a connection's task.
-pub(crate) fn spawn(shard: &Rc<Shard>, stream: TcpStream) {
+pub(crate) fn spawn(shard: &Rc<GlommioShard>, stream: TcpStream) {
     let id = shard.next_connection_id.get();
     shard.next_connection_id.set(id + 1);
     let shared = Rc::new(ConnShared::default());
@@ -59,7 +59,7 @@ pub(crate) fn spawn(shard: &Rc<Shard>, stream: TcpStream) {
 
 /// Removes the connection from the shard's table however its task ends (returned or cancelled).
 struct Registration {
-    shard: Rc<Shard>,
+    shard: Rc<GlommioShard>,
     id: u64,
 }
 

@@ -4,13 +4,13 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::Shard;
+use super::GlommioShard;
 use crate::engine::{self, ActivationStep, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
 use crate::shard::ShardState;
 
 /// Runs until shutdown begins (`Ok`), a task crashed the shard or the monitor replaced it
 /// (`Err` with why).
-pub(crate) async fn run(shard: &Rc<Shard>) -> Result<(), String> {
+pub(crate) async fn run(shard: &Rc<GlommioShard>) -> Result<(), String> {
     let interval = shard.ctx.config.snapshot_interval();
     let mut next_report = Instant::now();
     loop {
@@ -38,7 +38,7 @@ pub(crate) async fn run(shard: &Rc<Shard>) -> Result<(), String> {
 /// Obeys [`crate::shard::Control::is_active`] (the decision is [`engine::activation_step`]):
 /// binds again when activated; when deactivated, closes the listener, lets every connection
 /// close after its next response, and parks once none is left.
-async fn follow_activation(shard: &Rc<Shard>) {
+async fn follow_activation(shard: &Rc<GlommioShard>) {
     let slot = &shard.ctx.slot;
     let active = shard.ctx.control.is_active(slot.id);
     let listening = shard.listening.borrow().is_some();
@@ -63,7 +63,7 @@ async fn follow_activation(shard: &Rc<Shard>) {
 
 /// Closes idle connections now, lets busy ones finish their response, and cancels whatever is
 /// left at the shutdown deadline.
-pub(crate) async fn drain(shard: &Shard) {
+pub(crate) async fn drain(shard: &GlommioShard) {
     shard.ctx.slot.set_state(ShardState::Draining);
     shard.app.borrow_mut().begin_draining();
     let deadline = Instant::now() + shard.ctx.config.shutdown_timeout();
@@ -96,7 +96,7 @@ pub(crate) async fn drain(shard: &Shard) {
 }
 
 /// After a crash: closes every connection now and waits (briefly) until their tasks are gone.
-pub(crate) async fn abort_connections(shard: &Shard) {
+pub(crate) async fn abort_connections(shard: &GlommioShard) {
     shard.connections.borrow().values().for_each(|c| c.cancel());
     let give_up = Instant::now() + ABORT_WAIT;
     while !shard.connections.borrow().is_empty() && Instant::now() < give_up {
@@ -106,12 +106,12 @@ pub(crate) async fn abort_connections(shard: &Shard) {
     send_report(shard, Instant::now());
 }
 
-fn send_report(shard: &Shard, now: Instant) {
+fn send_report(shard: &GlommioShard, now: Instant) {
     engine::send_report(&mut shard.app.borrow_mut(), &shard.ctx, now);
 }
 
 /// Cancels connections whose deadline passed; their tasks' guards unregister them.
-fn expire_deadlines(shard: &Shard, now: Instant) {
+fn expire_deadlines(shard: &GlommioShard, now: Instant) {
     let connections = shard.connections.borrow();
     for connection in connections.values() {
         let Some((at, kind)) = connection.shared.deadline.get() else {

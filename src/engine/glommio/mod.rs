@@ -64,7 +64,7 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
 }
 
 /// A shard's state, shared by its tasks on its one thread.
-pub(crate) struct Shard {
+pub(crate) struct GlommioShard {
     pub ctx: ShardContext,
     pub app: RefCell<ShardApp>,
     pub connections: RefCell<HashMap<u64, Tracked>>,
@@ -84,7 +84,7 @@ pub(crate) struct Listening {
     acceptor: glommio::task::JoinHandle<()>,
 }
 
-impl Shard {
+impl GlommioShard {
     fn record_crash(&self, why: String) {
         self.crash.borrow_mut().get_or_insert(why);
     }
@@ -94,13 +94,13 @@ impl Shard {
 /// closes its listener and connections (a panic unwinding through the executor would leak them)
 /// and the supervisor starts a fresh one on the same core.
 pub(crate) fn spawn_guarded(
-    shard: &Rc<Shard>,
+    shard: &Rc<GlommioShard>,
     task: impl std::future::Future<Output = ()> + 'static,
 ) -> glommio::task::JoinHandle<()> {
     glommio::spawn_local(guard(shard.clone(), task)).detach()
 }
 
-async fn guard(shard: Rc<Shard>, task: impl std::future::Future<Output = ()> + 'static) {
+async fn guard(shard: Rc<GlommioShard>, task: impl std::future::Future<Output = ()> + 'static) {
     if let Err(payload) =
         futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task)).await
     {
@@ -129,7 +129,7 @@ impl Tracked {
 async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     ctx.slot.set_current_thread();
     let classes = GlommioClasses::new();
-    let shard = Rc::new(Shard {
+    let shard = Rc::new(GlommioShard {
         app: RefCell::new(ctx.new_app(classes)),
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),
@@ -173,7 +173,7 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
 /// group at once and fails the pending accept), and the loop is let run to its end; a
 /// connection it still receives is served and closed after its answer. Cancelling is the
 /// fallback.
-pub(crate) async fn stop_accepting(shard: &Shard, listening: Listening) {
+pub(crate) async fn stop_accepting(shard: &GlommioShard, listening: Listening) {
     let Listening {
         fd: listener,
         mut acceptor,
@@ -207,7 +207,7 @@ pub(crate) async fn stop_accepting(shard: &Shard, listening: Listening) {
 }
 
 /// Binds the shard's listener (again) and starts its accept loop.
-pub(crate) fn start_listening(shard: &Rc<Shard>) -> io::Result<()> {
+pub(crate) fn start_listening(shard: &Rc<GlommioShard>) -> io::Result<()> {
     let (listener, fd) = bind_listener(
         shard.ctx.listen_addr,
         shard.ctx.config.server.listen_backlog,
@@ -234,7 +234,7 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<(TcpListener, Own
     ))
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<GlommioShard>, listener: TcpListener) {
     let cap = shard.ctx.config.http.max_connections_per_shard;
     let mut backoff = super::AcceptBackoff::new(shard.ctx.slot.id);
     loop {
@@ -270,7 +270,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 
 /// A new connection refused (past the per-shard cap, or memory critical): the response, then
 /// close.
-async fn refuse(shard: Rc<Shard>, mut stream: TcpStream, out: Vec<u8>) {
+async fn refuse(shard: Rc<GlommioShard>, mut stream: TcpStream, out: Vec<u8>) {
     use futures_lite::AsyncWriteExt;
     let _ = stream.set_write_timeout(Some(shard.settings.send_timeout));
     if stream.write_all(&out).await.is_ok() {

@@ -4,7 +4,7 @@
 //! [`Turns`] (8:4:2:1, raised by aging), and parks (may's coroutine park, timed to the nearest
 //! timer) when nothing is ready.
 //!
-//! Everything here lives behind the shard's app lock (see [`super::Shard::try_with_local`]): the
+//! Everything here lives behind the shard's app lock (see [`super::MayShard::try_with_local`]): the
 //! tasks hold the shard's `Rc`s, and the loop polls them only while it holds that lock, a slice
 //! at a time, so that connections and housekeeping get the lock in between.
 
@@ -24,7 +24,7 @@ use crate::queue::{Priority, QueueRuntime, Turns};
 
 /// How long the loop polls before it lets the shard's other coroutines run.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
-/// The pause after a full slice. A park, not a yield: may runs a worker's queued coroutines
+/// The pause after a full slice. A park, not a yield: may runs a carrier's queued coroutines
 /// until none is left before it polls epoll, so a loop that only yielded would keep the
 /// shard's sockets from being served.
 pub(crate) const PAUSE: Duration = Duration::from_millis(1);
@@ -63,7 +63,7 @@ pub(crate) struct Wakeups {
     parked: Mutex<Option<may::coroutine::Coroutine>>,
     /// The loop parks for want of work: a wake-up must unpark it. (While it runs or pauses
     /// between slices, a wake-up only queues the task: an unpark then would leave may's park
-    /// token set, and the next pause would not give the worker back to its sockets.)
+    /// token set, and the next pause would not give the carrier back to its sockets.)
     idle: AtomicBool,
     /// When the loop's current park should end; `None` while it does not park.
     park_until: Mutex<Option<Instant>>,

@@ -2,7 +2,7 @@
 //!
 //! Every socket operation is a non-blocking call on the socket itself; when it would block, the
 //! coroutine publishes its deadline and idleness for housekeeping and waits on the socket with
-//! `wait_io`, which parks the coroutine (never the worker). Housekeeping wakes that wait when a
+//! `wait_io`, which parks the coroutine (never the carrier). Housekeeping wakes that wait when a
 //! deadline passes, when draining finds the connection idle, or when the shard aborts; the
 //! coroutine then decides for itself, from its own codec state.
 
@@ -17,7 +17,7 @@ use std::time::Instant;
 use may::io::{WaitIo, WaitIoWaker};
 use may::net::TcpStream;
 
-use super::{guarded, lock, to_ticks, workers, Shard};
+use super::{carriers, guarded, lock, to_ticks, MayShard};
 use crate::engine::{self, Admission, LINGER_BYTES, LINGER_TIME};
 use crate::http::{Connection, Step};
 
@@ -75,9 +75,9 @@ impl ConnShared {
     }
 }
 
-/// Registers a connection and starts its coroutine on the generation's worker: one that serves it,
+/// Registers a connection and starts its coroutine on the generation's carrier: one that serves it,
 /// or, for a connection refused, one that writes the refusal (a 503) and closes.
-pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admission: Admission) {
+pub(crate) fn spawn(shard: &Arc<MayShard>, stream: TcpStream, admission: Admission) {
     let id = shard.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let admitted = admission == Admission::Serve;
     let shared = Arc::new(ConnShared::new(stream.waker()));
@@ -91,7 +91,7 @@ pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admission: Admission)
         counted: admitted,
     };
     let owner = shard.clone();
-    let spawned = workers::spawn_on(shard.worker, move || {
+    let spawned = carriers::spawn_on(shard.carrier, move || {
         guarded(&owner, move || match admission {
             Admission::Serve => serve(registration, stream, shared),
             Admission::Refuse(out) => refuse(registration, stream, shared, &out),
@@ -108,7 +108,7 @@ pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, admission: Admission)
 
 /// Removes the connection from the shard's table however its coroutine ends.
 struct Registration {
-    shard: Arc<Shard>,
+    shard: Arc<MayShard>,
     id: u64,
     /// Counted among the open connections (not a 503 past the cap).
     counted: bool,
@@ -201,7 +201,7 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
 /// per request saved, as nginx does). No wake-up is lost: `wait_io` returns at once when an
 /// edge arrived since the last wait, which covers bytes that came after that read.
 fn read_some(
-    shard: &Shard,
+    shard: &MayShard,
     stream: &mut TcpStream,
     shared: &ConnShared,
     conn: &mut Connection,
@@ -244,7 +244,7 @@ fn read_some(
 /// Writes all of `buf`; says whether it had to wait for the socket. A client that accepts
 /// nothing for the send timeout is dropped.
 fn write_all(
-    shard: &Shard,
+    shard: &MayShard,
     stream: &mut TcpStream,
     shared: &ConnShared,
     mut buf: &[u8],
@@ -295,13 +295,13 @@ impl Wake for SocketWake {
 const WAKER_BIT: usize = 0x8000_0000;
 
 /// Drives a handler's later reply (or a request's wait for its turn) to its end, parking the
-/// coroutine (not the worker) between polls. The future may hold the shard's queues (an `Rc`),
-/// so it is polled and dropped only under the app lock ([`Shard::with_app`]), whichever worker
+/// coroutine (not the carrier) between polls. The future may hold the shard's queues (an `Rc`),
+/// so it is polled and dropped only under the app lock ([`MayShard::with_app`]), whichever carrier
 /// may resumes the coroutine on. Socket readiness wakes the wait too; that is only a spurious
 /// poll, but it is said (the `bool`): the next read must then look at the socket. `None` when
 /// the shard aborts the connection meanwhile.
 fn await_future<T>(
-    shard: &Shard,
+    shard: &MayShard,
     pending: Pin<Box<dyn Future<Output = T>>>,
     stream: &TcpStream,
     shared: &ConnShared,
@@ -341,7 +341,7 @@ fn refuse(registration: Registration, mut stream: TcpStream, shared: Arc<ConnSha
 
 /// Half-closes and reads what the client still sends (briefly), so that closing with unread
 /// bytes does not reset the connection before the client has read our last response.
-fn linger_close(shard: &Shard, stream: &mut TcpStream, shared: &ConnShared) {
+fn linger_close(shard: &MayShard, stream: &mut TcpStream, shared: &ConnShared) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let until = Instant::now() + LINGER_TIME;
     let mut sink = [0u8; 4096];

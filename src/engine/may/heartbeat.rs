@@ -1,11 +1,11 @@
 //! The shard's heartbeat under may: its metrics reports to the monitor, sent by a coroutine on
-//! the generation's worker.
+//! the generation's carrier.
 //!
-//! The coroutine waits on a periodic timerfd placed on that worker ([`workers::place_fd`]), so
-//! each tick comes back from the worker's own `epoll_wait` and runs there: while anything keeps
-//! the worker from polling (a handler that blocks it, a predecessor's coroutine still stuck on
+//! The coroutine waits on a periodic timerfd placed on that carrier ([`carriers::place_fd`]), so
+//! each tick comes back from the carrier's own `epoll_wait` and runs there: while anything keeps
+//! the carrier from polling (a handler that blocks it, a predecessor's coroutine still stuck on
 //! it), no report goes out and the monitor replaces the generation. A sleep would not do: may
-//! resumes a timed-out coroutine on its timer thread, whatever the state of the worker.
+//! resumes a timed-out coroutine on its timer thread, whatever the state of the carrier.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -15,22 +15,22 @@ use std::time::{Duration, Instant};
 
 use may::io::{CoIo, WaitIo};
 
-use super::{guarded, workers, Shard};
+use super::{carriers, guarded, MayShard};
 use crate::engine::{self, TICK};
 
-/// Starts the heartbeat coroutine on the generation's worker.
-pub(super) fn start(shard: &Arc<Shard>) -> io::Result<()> {
-    let timer = periodic_timer(TICK, shard.worker)?;
+/// Starts the heartbeat coroutine on the generation's carrier.
+pub(super) fn start(shard: &Arc<MayShard>) -> io::Result<()> {
+    let timer = periodic_timer(TICK, shard.carrier)?;
     let io = CoIo::new(timer).map_err(|e| io::Error::other(e.to_string()))?;
     let (owner, shard) = (shard.clone(), shard.clone());
-    workers::spawn_on(owner.worker, move || {
+    carriers::spawn_on(owner.carrier, move || {
         guarded(&owner, move || beat(&shard, &io))
     })
     .map(drop)
 }
 
 /// Sends a report every snapshot interval, until the generation ends or is replaced.
-fn beat(shard: &Shard, timer: &CoIo<OwnedFd>) {
+fn beat(shard: &MayShard, timer: &CoIo<OwnedFd>) {
     let interval = shard.ctx.config.snapshot_interval();
     let mut next_report = Instant::now();
     while !shard.queue_loop_stop.load(Ordering::Acquire) && engine::superseded(&shard.ctx).is_none()
@@ -46,8 +46,8 @@ fn beat(shard: &Shard, timer: &CoIo<OwnedFd>) {
 }
 
 /// A non-blocking timerfd that expires every `period`, placed so that its readiness wakes
-/// `worker`.
-fn periodic_timer(period: Duration, worker: usize) -> io::Result<OwnedFd> {
+/// `carrier`.
+fn periodic_timer(period: Duration, carrier: usize) -> io::Result<OwnedFd> {
     // SAFETY: plain timerfd creation; the descriptor is checked and owned below.
     let raw = unsafe {
         libc::timerfd_create(
@@ -58,7 +58,7 @@ fn periodic_timer(period: Duration, worker: usize) -> io::Result<OwnedFd> {
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
-    let raw = workers::place_fd(raw, worker, workers::count());
+    let raw = carriers::place_fd(raw, carrier, carriers::count());
     // SAFETY: `raw` is the timerfd's one descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let every = libc::timespec {

@@ -1,7 +1,7 @@
 //! The shard's timer loop, on its housekeeping thread: the `Date` header, connection deadlines,
 //! the monitor's activate/deactivate command, draining on shutdown, and teardown after a crash
 //! or a replacement (with the last metrics report; the periodic ones, the heartbeat, come from
-//! the generation's worker: [`super::heartbeat`]). It touches
+//! the generation's carrier: [`super::heartbeat`]). It touches
 //! the shard only through `with_app`, the connection table and the connections' flags, and it
 //! never closes a socket itself: it wakes the coroutine that owns it.
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::connection::ConnShared;
-use super::{lock, to_ticks, Listening, Shard};
+use super::{lock, to_ticks, Listening, MayShard};
 use crate::engine::{self, ActivationStep, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
 use crate::shard::ShardState;
 
@@ -20,7 +20,7 @@ const ACCEPT_STOP_WAIT: Duration = Duration::from_millis(500);
 
 /// Runs until shutdown begins (`Ok`), a coroutine crashed the shard or the monitor replaced it
 /// (`Err` with why).
-pub(super) fn run(shard: &Arc<Shard>) -> Result<(), String> {
+pub(super) fn run(shard: &Arc<MayShard>) -> Result<(), String> {
     loop {
         let now = Instant::now();
         shard.with_app(|app| app.tick(SystemTime::now()));
@@ -44,7 +44,7 @@ pub(super) fn run(shard: &Arc<Shard>) -> Result<(), String> {
 /// close after its next response, and parks once none is left. Idle connections are not woken:
 /// closing one as its client sends would fail that request; they close at their next answer or
 /// their idle timeout.
-fn follow_activation(shard: &Arc<Shard>) {
+fn follow_activation(shard: &Arc<MayShard>) {
     let slot = &shard.ctx.slot;
     let active = shard.ctx.control.is_active(slot.id);
     let listening = lock(&shard.listening).is_some();
@@ -72,7 +72,7 @@ fn follow_activation(shard: &Arc<Shard>) {
 /// Stops the accept loop and closes the listener. Shutting the socket down takes it out of the
 /// SO_REUSEPORT group at once; the wake-up makes the loop see its stop flag and end, dropping
 /// (closing) the listener.
-pub(super) fn stop_accepting(shard: &Shard, listening: Listening) {
+pub(super) fn stop_accepting(shard: &MayShard, listening: Listening) {
     let Listening {
         fd,
         waker,
@@ -101,7 +101,7 @@ pub(super) fn stop_accepting(shard: &Shard, listening: Listening) {
 
 /// Closes idle connections now, lets busy ones finish their response, and aborts whatever is
 /// left at the shutdown deadline.
-pub(super) fn drain(shard: &Shard) {
+pub(super) fn drain(shard: &MayShard) {
     shard.ctx.slot.set_state(ShardState::Draining);
     shard.with_app(|app| app.begin_draining());
     let deadline = Instant::now() + shard.ctx.config.shutdown_timeout();
@@ -135,7 +135,7 @@ pub(super) fn drain(shard: &Shard) {
 
 /// After a crash: closes every connection now and waits (briefly) until their coroutines are
 /// gone, so that the next generation starts with none of them.
-pub(super) fn abort_connections(shard: &Shard) {
+pub(super) fn abort_connections(shard: &MayShard) {
     abort_all(shard);
     let give_up = Instant::now() + ABORT_WAIT;
     while !lock(&shard.connections).is_empty() && Instant::now() < give_up {
@@ -145,7 +145,7 @@ pub(super) fn abort_connections(shard: &Shard) {
     send_report(shard, Instant::now());
 }
 
-fn abort_all(shard: &Shard) {
+fn abort_all(shard: &MayShard) {
     let connections: Vec<Arc<ConnShared>> = lock(&shard.connections).values().cloned().collect();
     for connection in connections {
         connection.abort.store(true, Ordering::Release);
@@ -153,13 +153,13 @@ fn abort_all(shard: &Shard) {
     }
 }
 
-fn send_report(shard: &Shard, now: Instant) {
+fn send_report(shard: &MayShard, now: Instant) {
     shard.with_app(|app| engine::send_report(app, &shard.ctx, now));
 }
 
 /// Wakes the connections whose deadline passed; each decides from its own state and counts
 /// its timeout as it closes.
-fn wake_expired(shard: &Shard, now: Instant) {
+fn wake_expired(shard: &MayShard, now: Instant) {
     let now_ticks = to_ticks(shard, now);
     let connections = lock(&shard.connections);
     for connection in connections.values() {

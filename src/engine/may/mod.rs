@@ -1,50 +1,50 @@
 //! The may engine: stackful coroutines on epoll, for hosts where io_uring is unavailable.
 //!
-//! may runs one global scheduler; here it has three worker threads per shard, all pinned to the
-//! shard's CPU ([`workers::start`]), and each generation of the shard runs on one of them that
-//! proved free ([`workers::for_generation`]), so that a replacement never queues behind a stuck
-//! predecessor. A shard owns its
-//! SO_REUSEPORT listener, the connections it accepts, its [`ShardApp`] and its metrics, as under
-//! glommio. Its accept loop and its connections are coroutines queued to its generation's
-//! worker, and its listener and each accepted socket are placed so that their readiness wakes
-//! that same worker ([`workers::place_fd`]). The shard's housekeeping (date, deadlines, reports,
-//! activation, draining, crash teardown) runs on a thread of its own, which only sets flags and
-//! wakes coroutines; the supervisor waits for its end or for the monitor's replacement
-//! ([`crate::shard::await_exit`]).
+//! may runs one global scheduler; here it has three carrier threads per shard (may calls them
+//! its workers; a *worker* elsewhere in this crate is a queue worker), all pinned to the shard's
+//! CPU ([`carriers::start`]), and each generation of the shard runs on one of them that proved
+//! free ([`carriers::for_generation`]), so that a replacement never queues behind a stuck
+//! predecessor. A shard owns its SO_REUSEPORT listener, the connections it accepts, its
+//! [`ShardApp`] and its metrics, as under glommio. Its accept loop and its connections are
+//! coroutines queued to its generation's carrier, and its listener and each accepted socket are
+//! placed so that their readiness wakes that same carrier ([`carriers::place_fd`]). The shard's
+//! housekeeping (date, deadlines, reports, activation, draining, crash teardown) runs on a thread
+//! of its own, which only sets flags and wakes coroutines; the supervisor waits for its end or
+//! for the monitor's replacement ([`crate::shard::await_exit`]).
 //!
 //! # Heartbeats
-//! The shard's reports are its heartbeat, and they are sent from the generation's worker, the
+//! The shard's reports are its heartbeat, and they are sent from the generation's carrier, the
 //! thread that serves its connections ([`heartbeat`]): a timer whose readiness only that
-//! worker's event loop sees. A worker wedged by anything (a handler that blocks it, a stuck
+//! carrier's event loop sees. A carrier wedged by anything (a handler that blocks it, a stuck
 //! predecessor's coroutine) sends none, and the monitor replaces the generation; housekeeping,
 //! on a thread of its own, could still run and must not be what the monitor hears.
 //!
 //! # The rule that keeps this sound
-//! may may still resume a coroutine on another worker: a wake-up from outside (a handler's
+//! may may still resume a coroutine on another carrier: a wake-up from outside (a handler's
 //! reply arriving from a database thread, housekeeping closing a connection) lands on whichever
-//! worker may picks, and stealing moves queued coroutines where it is built in. So a coroutine
+//! carrier may picks, and stealing moves queued coroutines where it is built in. So a coroutine
 //! holds no reference to per-shard state across a yield point (a socket wait, a parked
-//! future). Per-shard state is reached only through [`Shard::with_app`], whose closure runs
+//! future). Per-shard state is reached only through [`MayShard::with_app`], whose closure runs
 //! the codec synchronously and cannot yield; everything a coroutine keeps across a wait is its
 //! own (its socket, its codec state, an `Arc` of the shard). The lock in `with_app` is thus
-//! only ever taken by the shard's own worker in the steady state, uncontended, once per batch
+//! only ever taken by the shard's own carrier in the steady state, uncontended, once per batch
 //! of requests read.
 //!
 //! # Layout
-//! - [`workers`]: may's scheduler as the shards: worker count, pinning, socket placement.
+//! - [`carriers`]: may's scheduler as the shards: carrier count, pinning, socket placement.
 //! - [`classes`]: the shard's queue tasks on its queue loop, classes taking turns by weight.
-//! - [`gate`]: the request gate's turns, one per pass of the worker's event loop.
-//! - [`heartbeat`]: the reports to the monitor, from the generation's worker.
+//! - [`gate`]: the request gate's turns, one per pass of the carrier's event loop.
+//! - [`heartbeat`]: the reports to the monitor, from the generation's carrier.
 //! - [`connection`]: one connection's read/advance/write loop around the codec, and the wait
 //!   that drives a handler's later reply.
 //! - [`housekeeping`]: the per-shard timer loop on the supervisor thread.
 
+pub mod carriers;
 mod classes;
 mod connection;
 mod gate;
 mod heartbeat;
 mod housekeeping;
-pub mod workers;
 
 use std::collections::HashMap;
 use std::io;
@@ -66,20 +66,20 @@ use connection::ConnShared;
 
 pub const ENGINE_NAME: &str = "may";
 
-/// Runs one generation of a shard: its coroutines on the generation's worker
-/// ([`workers::for_generation`]), its housekeeping on a thread of its own, until it stops, dies,
+/// Runs one generation of a shard: its coroutines on the generation's carrier
+/// ([`carriers::for_generation`]), its housekeeping on a thread of its own, until it stops, dies,
 /// or is replaced for missing heartbeats (then that thread is left to end by itself).
 pub fn run_shard(ctx: ShardContext) -> ShardExit {
     let control = ctx.control.clone();
-    let Some(worker) =
-        workers::for_generation(ctx.slot.id, ctx.generation, || control.is_shutting_down())
+    let Some(carrier) =
+        carriers::for_generation(ctx.slot.id, ctx.generation, || control.is_shutting_down())
     else {
-        return ShardExit::Died("shutdown began while every worker was stuck".into());
+        return ShardExit::Died("shutdown began while every carrier was stuck".into());
     };
-    let shard = Arc::new(Shard::new(ctx.clone(), worker));
-    // The generation's worker is the shard's thread: its CPU time is the shard's.
+    let shard = Arc::new(MayShard::new(ctx.clone(), carrier));
+    // The generation's carrier is the shard's thread: its CPU time is the shard's.
     let slot = ctx.slot.clone();
-    if let Err(e) = workers::spawn_on(worker, move || slot.set_current_thread()) {
+    if let Err(e) = carriers::spawn_on(carrier, move || slot.set_current_thread()) {
         return ShardExit::Died(format!("cannot start a coroutine: {e}"));
     }
     let name = format!("shard-{}-housekeeping", ctx.slot.id);
@@ -88,7 +88,7 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
 
 /// One generation's life on its housekeeping thread: listen (unless parked), keep house, then
 /// drain or tear down.
-fn live(shard: &Arc<Shard>) -> ShardExit {
+fn live(shard: &Arc<MayShard>) -> ShardExit {
     let started = start_queue_loop(shard)
         .map_err(|e| format!("cannot start the queue loop: {e}"))
         .and_then(|()| {
@@ -110,7 +110,7 @@ fn live(shard: &Arc<Shard>) -> ShardExit {
     exit
 }
 
-fn serve_generation(shard: &Arc<Shard>) -> ShardExit {
+fn serve_generation(shard: &Arc<MayShard>) -> ShardExit {
     if super::starts_listening(&shard.ctx) {
         if let Err(e) = start_listening(shard) {
             return ShardExit::Died(e.to_string());
@@ -118,10 +118,10 @@ fn serve_generation(shard: &Arc<Shard>) -> ShardExit {
         shard.ctx.slot.set_state(ShardState::Running);
     }
     log::debug!(
-        "shard {} serving on CPU {} (may worker {})",
+        "shard {} serving on CPU {} (may carrier {})",
         shard.ctx.slot.id,
         shard.ctx.slot.cpu,
-        shard.worker
+        shard.carrier
     );
     let outcome = housekeeping::run(shard);
     if let Some(listening) = lock(&shard.listening).take() {
@@ -149,13 +149,13 @@ pub(crate) struct Listening {
 }
 
 /// Binds the shard's listener (again), hands the slot its duplicate and starts the accept loop
-/// on the generation's worker.
-pub(crate) fn start_listening(shard: &Arc<Shard>) -> io::Result<()> {
+/// on the generation's carrier.
+pub(crate) fn start_listening(shard: &Arc<MayShard>) -> io::Result<()> {
     let ctx = &shard.ctx;
     let listener = bind_listener(
         ctx.listen_addr,
         ctx.config.server.listen_backlog,
-        shard.worker,
+        shard.carrier,
     )?;
     // Kept for stopping: a descriptor of our own stays valid whenever the accept loop ends.
     let fd = OwnedFd::from(listener.inner().try_clone()?);
@@ -164,7 +164,7 @@ pub(crate) fn start_listening(shard: &Arc<Shard>) -> io::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let acceptor = {
         let (shard, owner, stop) = (shard.clone(), shard.clone(), stop.clone());
-        workers::spawn_on(shard.worker, move || {
+        carriers::spawn_on(shard.carrier, move || {
             guarded(&owner, move || accept_loop(&shard, &listener, &stop))
         })
     };
@@ -184,10 +184,10 @@ pub(crate) fn start_listening(shard: &Arc<Shard>) -> io::Result<()> {
     Ok(())
 }
 
-/// Starts the coroutine that runs the shard's queue tasks on the generation's worker.
-fn start_queue_loop(shard: &Arc<Shard>) -> io::Result<()> {
+/// Starts the coroutine that runs the shard's queue tasks on the generation's carrier.
+fn start_queue_loop(shard: &Arc<MayShard>) -> io::Result<()> {
     let (owner, shard) = (shard.clone(), shard.clone());
-    workers::spawn_on(owner.worker, move || {
+    carriers::spawn_on(owner.carrier, move || {
         guarded(&owner, move || queue_loop(&shard))
     })
     .map(drop)
@@ -195,7 +195,7 @@ fn start_queue_loop(shard: &Arc<Shard>) -> io::Result<()> {
 
 /// Polls the queue tasks a slice at a time under the app lock, yielding in between, and parks
 /// when none is ready. At the end of the generation it drops them.
-fn queue_loop(shard: &Arc<Shard>) {
+fn queue_loop(shard: &Arc<MayShard>) {
     shard.wakeups.attach();
     while !shard.queue_loop_stop.load(Ordering::Acquire) {
         // Never blocks on the lock: may resumes a timed park on its timer thread, and a handler
@@ -207,7 +207,7 @@ fn queue_loop(shard: &Arc<Shard>) {
         match next {
             Next::Yield => {
                 // A thread blocked on the lock (housekeeping, a connection resumed on the other
-                // worker) gets it before the next slice: a busy queue must not stop the
+                // carrier) gets it before the next slice: a busy queue must not stop the
                 // shard's heartbeat.
                 shard.wakeups.park(classes::PAUSE);
                 let until = Instant::now() + classes::SLICE;
@@ -244,15 +244,15 @@ pub(crate) struct Local {
     pub classes: Rc<MayClasses>,
 }
 
-// SAFETY: a `Local` is only ever reached through the shard's mutex (`Shard::with_app`,
-// `Shard::try_with_local`), so the `Rc` counts and `RefCell`s inside it, and in the futures of its
-// tasks and of a handler's later reply (polled and dropped under the same lock, see
+// SAFETY: a `Local` is only ever reached through the shard's mutex (`MayShard::with_app`,
+// `MayShard::try_with_local`), so the `Rc` counts and `RefCell`s inside it, and in the futures of
+// its tasks and of a handler's later reply (polled and dropped under the same lock, see
 // `connection::await_reply`), are never touched by two threads at once, and each access
 // happens-after the previous one through the lock. The wakers they hand out are `Send + Sync`.
 unsafe impl Send for Local {}
 
 /// A shard's state, shared by its coroutines and its housekeeping thread.
-pub(crate) struct Shard {
+pub(crate) struct MayShard {
     pub ctx: ShardContext,
     local: Mutex<Local>,
     /// Wakes the queue loop (kept outside the lock: wakers reach it from any thread).
@@ -273,16 +273,16 @@ pub(crate) struct Shard {
     crash: Mutex<Option<String>>,
     /// The listener and its accept loop while the shard is active.
     pub listening: Mutex<Option<Listening>>,
-    /// The may worker this generation's coroutines are queued to.
-    pub worker: usize,
+    /// The may carrier this generation's coroutines are queued to.
+    pub carrier: usize,
 }
 
-impl Shard {
-    fn new(ctx: ShardContext, worker: usize) -> Shard {
+impl MayShard {
+    fn new(ctx: ShardContext, carrier: usize) -> MayShard {
         let classes = MayClasses::new();
         let mut app = ctx.new_app(classes.clone());
         let gate_fd = if app.has_route_classes() {
-            match gate::new_gate(worker) {
+            match gate::new_gate(carrier) {
                 Ok((gate, fd)) => {
                     app.set_request_gate(gate);
                     Some(fd)
@@ -298,7 +298,7 @@ impl Shard {
         } else {
             None
         };
-        Shard {
+        MayShard {
             gate_fd,
             wakeups: classes.wakeups.clone(),
             queue_loop_stop: AtomicBool::new(false),
@@ -310,7 +310,7 @@ impl Shard {
             epoch: Instant::now(),
             crash: Mutex::new(None),
             listening: Mutex::new(None),
-            worker,
+            carrier,
             ctx,
         }
     }
@@ -324,7 +324,7 @@ impl Shard {
         f(&mut self.lock_local().app)
     }
 
-    /// The app and the queue tasks, under the same lock as [`Shard::with_app`], if it is free.
+    /// The app and the queue tasks, under the same lock as [`MayShard::with_app`], if it is free.
     fn try_with_local<R>(&self, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
         match self.local.try_lock() {
             Ok(mut guard) => Some(f(&mut guard)),
@@ -365,7 +365,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Runs a coroutine's body, turning a panic that escaped it into an orderly shard crash.
-fn guarded(shard: &Arc<Shard>, body: impl FnOnce()) {
+fn guarded(shard: &Arc<MayShard>, body: impl FnOnce()) {
     if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
         shard.record_crash(format!(
             "panicked: {}",
@@ -375,19 +375,19 @@ fn guarded(shard: &Arc<Shard>, body: impl FnOnce()) {
 }
 
 /// A listener of the shard's own, in the port's SO_REUSEPORT group, registered with may so that
-/// its readiness wakes `worker`.
-fn bind_listener(addr: SocketAddr, backlog: i32, worker: usize) -> io::Result<TcpListener> {
+/// its readiness wakes `carrier`.
+fn bind_listener(addr: SocketAddr, backlog: i32, carrier: usize) -> io::Result<TcpListener> {
     let socket = super::reuseport_socket(addr)?;
     socket.listen(backlog)?;
-    let fd = workers::place_fd(socket.into_raw_fd(), worker, workers::count());
+    let fd = carriers::place_fd(socket.into_raw_fd(), carrier, carriers::count());
     // SAFETY: `fd` is the listening socket's one descriptor; its ownership moves to may.
     Ok(unsafe { TcpListener::from_raw_fd(fd) })
 }
 
-fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener, stop: &AtomicBool) {
+fn accept_loop(shard: &Arc<MayShard>, listener: &TcpListener, stop: &AtomicBool) {
     let slot_id = shard.ctx.slot.id;
     let cap = shard.ctx.config.http.max_connections_per_shard;
-    let workers = workers::count();
+    let carriers = carriers::count();
     let mut backoff = super::AcceptBackoff::new(slot_id);
     while !stop.load(Ordering::Acquire) {
         let stream = match listener.inner().accept() {
@@ -410,7 +410,7 @@ fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener, stop: &AtomicBool) {
         };
         backoff.accepted();
         let _ = stream.set_nodelay(true);
-        let fd = workers::place_fd(stream.into_raw_fd(), shard.worker, workers);
+        let fd = carriers::place_fd(stream.into_raw_fd(), shard.carrier, carriers);
         // SAFETY: `fd` is the accepted socket's one descriptor; may takes it over.
         let stream = unsafe { TcpStream::from_raw_fd(fd) };
         let admission = shard.with_app(|app| super::admit(app, cap, &shard.ctx.control));
@@ -422,6 +422,6 @@ fn accept_loop(shard: &Arc<Shard>, listener: &TcpListener, stop: &AtomicBool) {
 }
 
 /// A time as nanoseconds since the shard's epoch (at least 1: 0 means none).
-pub(crate) fn to_ticks(shard: &Shard, at: Instant) -> u64 {
+pub(crate) fn to_ticks(shard: &MayShard, at: Instant) -> u64 {
     (at.saturating_duration_since(shard.epoch).as_nanos() as u64).max(1)
 }
