@@ -46,7 +46,9 @@ use crate::http::{ConnectionHeader, Limits, Response, Service, StatusCode, Timeo
 use crate::metrics::ShardReport;
 use crate::monitor::Published;
 use crate::queue::{QueueRuntime, QueueSettings, ShardQueues};
-use crate::shard::{Control, ShardExit, ShardSlot, ShardState};
+use crate::shard::{
+    Control, ShardError, ShardExit, ShardFailure, ShardOperation, ShardSlot, ShardState,
+};
 use preflight::PreflightError;
 
 /// An engine the shards can run on.
@@ -318,7 +320,7 @@ pub fn run_generation(
         let _ = exit.send(life());
     });
     if let Err(e) = spawned {
-        return ShardExit::Died(format!("cannot start the shard's thread: {e}"));
+        return ShardExit::Died(ctx.error(ShardOperation::StartThread, ShardFailure::Io(e)));
     }
     crate::shard::await_exit(&ctx.slot, ctx.generation, &exited)
 }
@@ -407,6 +409,11 @@ pub struct ShardContext {
 }
 
 impl ShardContext {
+    /// This generation's failure while doing `operation`.
+    pub fn error(&self, operation: ShardOperation, cause: ShardFailure) -> ShardError {
+        ShardError::new(self.slot.id, self.generation, operation, cause)
+    }
+
     /// The shard's application, built once per shard run (the factory every engine calls).
     /// Its queues' tasks run on `runtime`; their workers start here.
     pub fn new_app(&self, runtime: std::rc::Rc<dyn QueueRuntime>) -> crate::app::ShardApp {

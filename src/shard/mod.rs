@@ -4,7 +4,14 @@
 //! A shard is one OS thread pinned to one CPU running one engine event loop. The engine is
 //! chosen elsewhere; this module only decides placement, keeps shards alive and carries the
 //! engine-neutral commands of the monitor ([`Control`]) that every engine obeys.
+//!
+//! # Layout
+//! - [`error`]: why a generation failed to start or died, with its shard, generation and
+//!   operation.
+//! - `placement`: which CPU each shard runs on.
+//! - `supervisor`: runs a shard's generations, restarting one that dies.
 
+pub mod error;
 mod placement;
 mod supervisor;
 
@@ -14,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 
+pub use error::{ShardError, ShardFailure, ShardOperation};
 pub use placement::{place, Placement, PlacementError};
 pub use supervisor::{supervise, ShardExit};
 
@@ -66,7 +74,8 @@ pub struct ShardSlot {
     state: AtomicU8,
     restarts: AtomicU64,
     tid: AtomicI32,
-    /// Why the last run died; written on deaths only, read at start-up and in logs.
+    /// Why the last run died (its [`ShardError`], as shown); written on deaths only, read at
+    /// start-up and in logs.
     last_error: std::sync::Mutex<Option<String>>,
     /// The generation the monitor asked to replace (it stopped sending heartbeats); 0 for none.
     replace_generation: AtomicU64,
@@ -105,9 +114,9 @@ impl ShardSlot {
         self.last_error.lock().ok()?.clone()
     }
 
-    fn record_death(&self, why: &str) {
+    fn record_death(&self, error: &ShardError) {
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(why.to_string());
+            *last = Some(error.to_string());
         }
     }
 
@@ -169,7 +178,12 @@ pub fn await_exit(slot: &ShardSlot, generation: u64, exit: &Receiver<ShardExit>)
             }
             Err(RecvTimeoutError::Disconnected) => {
                 slot.shut_listener();
-                return ShardExit::Died("the shard thread ended without a word".into());
+                return ShardExit::Died(ShardError::new(
+                    slot.id,
+                    generation,
+                    ShardOperation::Serve,
+                    ShardFailure::Vanished,
+                ));
             }
             Err(RecvTimeoutError::Timeout) if slot.is_superseded(generation) => {
                 slot.shut_listener();

@@ -3,15 +3,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Control, ShardSlot, ShardState};
+use super::{Control, ShardError, ShardFailure, ShardOperation, ShardSlot, ShardState};
 
 /// How one run of a shard ended.
 #[derive(Debug)]
 pub enum ShardExit {
     /// It stopped because the process is shutting down.
     Clean,
-    /// It panicked or its event loop failed; the text says why.
-    Died(String),
+    /// It could not start, a task panicked or its event loop failed.
+    Died(ShardError),
     /// It stopped sending heartbeats and the monitor asked for a replacement: a new generation
     /// starts at once while the old thread, if it ever wakes, ends by itself.
     Unresponsive,
@@ -37,7 +37,12 @@ pub fn supervise(
             ShardExit::Clean => break,
             ShardExit::Died(_) | ShardExit::Unresponsive if control.is_shutting_down() => break,
             ShardExit::Unresponsive => {
-                slot.record_death("stopped sending heartbeats");
+                slot.record_death(&ShardError::new(
+                    slot.id,
+                    generation,
+                    ShardOperation::Serve,
+                    ShardFailure::Replaced,
+                ));
                 slot.count_restart();
                 slot.set_state(ShardState::Restarting);
                 log::error!(
@@ -47,15 +52,15 @@ pub fn supervise(
                     slot.restarts()
                 );
             }
-            ShardExit::Died(why) => {
-                slot.record_death(&why);
+            ShardExit::Died(error) => {
+                slot.record_death(&error);
                 slot.count_restart();
                 slot.set_state(ShardState::Restarting);
                 if started.elapsed() > STABLE_RUN {
                     backoff = FIRST_BACKOFF;
                 }
                 log::error!(
-                    "shard {} on CPU {} died: {why}; restarting in {backoff:?} (restart #{})",
+                    "shard {} on CPU {} died: {error}; restarting in {backoff:?} (restart #{})",
                     slot.id,
                     slot.cpu,
                     slot.restarts()
@@ -72,6 +77,15 @@ pub fn supervise(
 mod tests {
     use super::*;
 
+    fn panicked(generation: u64) -> ShardExit {
+        ShardExit::Died(ShardError::new(
+            0,
+            generation,
+            ShardOperation::Serve,
+            ShardFailure::Panicked("boom".into()),
+        ))
+    }
+
     #[test]
     fn restarts_until_clean_and_counts_each_death() {
         let slot = Arc::new(ShardSlot::new(0, 0));
@@ -80,7 +94,7 @@ mod tests {
         supervise(slot.clone(), control, |generation| {
             generations.push(generation);
             if generation < 3 {
-                ShardExit::Died("boom".into())
+                panicked(generation)
             } else {
                 ShardExit::Clean
             }
@@ -98,7 +112,7 @@ mod tests {
         let mut runs = 0;
         supervise(slot.clone(), control, |_| {
             runs += 1;
-            ShardExit::Died("late".into())
+            panicked(1)
         });
         assert_eq!((runs, slot.restarts()), (1, 0));
     }

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::GlommioShard;
 use crate::engine::{self, ActivationStep, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
-use crate::shard::ShardState;
+use crate::shard::{ShardError, ShardFailure, ShardOperation, ShardState};
 
 /// Runs until shutdown begins (`Ok`), a task crashed the shard or the monitor replaced it
-/// (`Err` with why).
-pub(crate) async fn run(shard: &Rc<GlommioShard>) -> Result<(), String> {
+/// (`Err`).
+pub(crate) async fn run(shard: &Rc<GlommioShard>) -> Result<(), ShardError> {
     let interval = shard.ctx.config.snapshot_interval();
     let mut next_report = Instant::now();
     loop {
@@ -21,11 +21,13 @@ pub(crate) async fn run(shard: &Rc<GlommioShard>) -> Result<(), String> {
             next_report = now + interval;
         }
         expire_deadlines(shard, now);
-        if let Some(why) = shard.crash.borrow().clone() {
-            return Err(why);
+        if let Some(message) = shard.crash.borrow().clone() {
+            let cause = ShardFailure::Panicked(message);
+            return Err(shard.ctx.error(ShardOperation::Serve, cause));
         }
-        if let Some(why) = engine::superseded(&shard.ctx) {
-            return Err(why);
+        if engine::superseded(&shard.ctx).is_some() {
+            let cause = ShardFailure::Replaced;
+            return Err(shard.ctx.error(ShardOperation::Serve, cause));
         }
         if shard.ctx.control.is_shutting_down() {
             return Ok(());

@@ -27,7 +27,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::{ConnectionSettings, ShardContext};
 use crate::app::ShardApp;
-use crate::shard::{ShardExit, ShardState};
+use crate::shard::{ShardError, ShardExit, ShardFailure, ShardOperation, ShardState};
 use classes::GlommioClasses;
 use connection::ConnShared;
 
@@ -50,17 +50,21 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
         });
     let handle = match spawned {
         Ok(handle) => handle,
-        Err(e) => return ShardExit::Died(format!("cannot start the glommio executor: {e}")),
+        Err(e) => {
+            let cause = ShardFailure::Io(e.into());
+            return ShardExit::Died(reaped.error(ShardOperation::StartExecutor, cause));
+        }
     };
-    super::run_generation(
-        &reaped,
-        format!("reaper-{}", reaped.slot.id),
-        move || match handle.join() {
-            Ok(Ok(())) => ShardExit::Clean,
-            Ok(Err(e)) => ShardExit::Died(e.to_string()),
-            Err(e) => ShardExit::Died(format!("the shard thread ended abnormally: {e}")),
-        },
-    )
+    let name = format!("reaper-{}", reaped.slot.id);
+    let ctx = reaped.clone();
+    super::run_generation(&reaped, name, move || match handle.join() {
+        Ok(Ok(())) => ShardExit::Clean,
+        Ok(Err(error)) => ShardExit::Died(error),
+        Err(e) => {
+            let cause = ShardFailure::ThreadEnded(e.to_string());
+            ShardExit::Died(ctx.error(ShardOperation::Serve, cause))
+        }
+    })
 }
 
 /// A shard's state, shared by its tasks on its one thread.
@@ -70,7 +74,8 @@ pub(crate) struct GlommioShard {
     pub connections: RefCell<HashMap<u64, Tracked>>,
     pub next_connection_id: std::cell::Cell<u64>,
     pub settings: ConnectionSettings,
-    /// Set when a task panicked past its own containment: the shard tears down and restarts.
+    /// Set (to the panic's message) when a task panicked past its own containment: the shard
+    /// tears down and restarts.
     pub crash: RefCell<Option<String>>,
     /// The shard stops accepting: the accept loop ends at its next wake-up.
     pub stopping: std::cell::Cell<bool>,
@@ -85,8 +90,8 @@ pub(crate) struct Listening {
 }
 
 impl GlommioShard {
-    fn record_crash(&self, why: String) {
-        self.crash.borrow_mut().get_or_insert(why);
+    fn record_crash(&self, panic_message: String) {
+        self.crash.borrow_mut().get_or_insert(panic_message);
     }
 }
 
@@ -104,10 +109,7 @@ async fn guard(shard: Rc<GlommioShard>, task: impl std::future::Future<Output = 
     if let Err(payload) =
         futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task)).await
     {
-        shard.record_crash(format!(
-            "panicked: {}",
-            crate::http::conn::panic_message(payload.as_ref())
-        ));
+        shard.record_crash(crate::http::conn::panic_message(payload.as_ref()).to_string());
     }
 }
 
@@ -126,7 +128,7 @@ impl Tracked {
     }
 }
 
-async fn shard_main(ctx: ShardContext) -> io::Result<()> {
+async fn shard_main(ctx: ShardContext) -> Result<(), ShardError> {
     ctx.slot.set_current_thread();
     let classes = GlommioClasses::new();
     let shard = Rc::new(GlommioShard {
@@ -141,7 +143,8 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
     });
     classes::start_request_turns(&shard);
     if super::starts_listening(&shard.ctx) {
-        start_listening(&shard)?;
+        start_listening(&shard)
+            .map_err(|e| shard.ctx.error(ShardOperation::Listen, ShardFailure::Io(e)))?;
         shard.ctx.slot.set_state(ShardState::Running);
     }
     log::debug!(
@@ -158,9 +161,9 @@ async fn shard_main(ctx: ShardContext) -> io::Result<()> {
             housekeeping::drain(&shard).await;
             Ok(())
         }
-        Err(why) => {
+        Err(error) => {
             housekeeping::abort_connections(&shard).await;
-            Err(io::Error::other(why))
+            Err(error)
         }
     }
 }

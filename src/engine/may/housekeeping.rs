@@ -13,23 +13,25 @@ use std::time::{Duration, Instant, SystemTime};
 use super::connection::ConnShared;
 use super::{lock, to_ticks, Listening, MayShard};
 use crate::engine::{self, ActivationStep, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
-use crate::shard::ShardState;
+use crate::shard::{ShardError, ShardFailure, ShardOperation, ShardState};
 
 /// How long stopping waits for the accept loop to end.
 const ACCEPT_STOP_WAIT: Duration = Duration::from_millis(500);
 
 /// Runs until shutdown begins (`Ok`), a coroutine crashed the shard or the monitor replaced it
-/// (`Err` with why).
-pub(super) fn run(shard: &Arc<MayShard>) -> Result<(), String> {
+/// (`Err`).
+pub(super) fn run(shard: &Arc<MayShard>) -> Result<(), ShardError> {
     loop {
         let now = Instant::now();
         shard.with_app(|app| app.tick(SystemTime::now()));
         wake_expired(shard, now);
-        if let Some(why) = shard.crashed() {
-            return Err(why);
+        if let Some(message) = shard.crashed() {
+            let cause = ShardFailure::Panicked(message);
+            return Err(shard.ctx.error(ShardOperation::Serve, cause));
         }
-        if let Some(why) = engine::superseded(&shard.ctx) {
-            return Err(why);
+        if engine::superseded(&shard.ctx).is_some() {
+            let cause = ShardFailure::Replaced;
+            return Err(shard.ctx.error(ShardOperation::Serve, cause));
         }
         if shard.ctx.control.is_shutting_down() {
             return Ok(());

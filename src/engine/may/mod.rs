@@ -60,7 +60,7 @@ use may::net::{TcpListener, TcpStream};
 
 use super::{ConnectionSettings, ShardContext};
 use crate::app::ShardApp;
-use crate::shard::{ShardExit, ShardState};
+use crate::shard::{ShardError, ShardExit, ShardFailure, ShardOperation, ShardState};
 use classes::{MayClasses, Next, Wakeups};
 use connection::ConnShared;
 
@@ -74,13 +74,14 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
     let Some(carrier) =
         carriers::for_generation(ctx.slot.id, ctx.generation, || control.is_shutting_down())
     else {
-        return ShardExit::Died("shutdown began while every carrier was stuck".into());
+        let cause = ShardFailure::NoFreeCarrier;
+        return ShardExit::Died(ctx.error(ShardOperation::PickCarrier, cause));
     };
     let shard = Arc::new(MayShard::new(ctx.clone(), carrier));
     // The generation's carrier is the shard's thread: its CPU time is the shard's.
     let slot = ctx.slot.clone();
     if let Err(e) = carriers::spawn_on(carrier, move || slot.set_current_thread()) {
-        return ShardExit::Died(format!("cannot start a coroutine: {e}"));
+        return ShardExit::Died(ctx.error(ShardOperation::StartCoroutine, ShardFailure::Io(e)));
     }
     let name = format!("shard-{}-housekeeping", ctx.slot.id);
     super::run_generation(&ctx, name, move || live(&shard))
@@ -89,17 +90,14 @@ pub fn run_shard(ctx: ShardContext) -> ShardExit {
 /// One generation's life on its housekeeping thread: listen (unless parked), keep house, then
 /// drain or tear down.
 fn live(shard: &Arc<MayShard>) -> ShardExit {
+    let failed = |operation| move |e| shard.ctx.error(operation, ShardFailure::Io(e));
     let started = start_queue_loop(shard)
-        .map_err(|e| format!("cannot start the queue loop: {e}"))
-        .and_then(|()| {
-            gate::start(shard).map_err(|e| format!("cannot start the request gate: {e}"))
-        })
-        .and_then(|()| {
-            heartbeat::start(shard).map_err(|e| format!("cannot start the heartbeat: {e}"))
-        });
-    let exit = match started {
-        Ok(()) => serve_generation(shard),
-        Err(why) => ShardExit::Died(why),
+        .map_err(failed(ShardOperation::StartQueueLoop))
+        .and_then(|()| gate::start(shard).map_err(failed(ShardOperation::StartRequestGate)))
+        .and_then(|()| heartbeat::start(shard).map_err(failed(ShardOperation::StartHeartbeat)));
+    let exit = match started.and_then(|()| serve_generation(shard)) {
+        Ok(()) => ShardExit::Clean,
+        Err(error) => ShardExit::Died(error),
     };
     // The generation's loops end with it, also when one of them could not start.
     shard.queue_loop_stop.store(true, Ordering::Release);
@@ -110,11 +108,10 @@ fn live(shard: &Arc<MayShard>) -> ShardExit {
     exit
 }
 
-fn serve_generation(shard: &Arc<MayShard>) -> ShardExit {
+fn serve_generation(shard: &Arc<MayShard>) -> Result<(), ShardError> {
     if super::starts_listening(&shard.ctx) {
-        if let Err(e) = start_listening(shard) {
-            return ShardExit::Died(e.to_string());
-        }
+        start_listening(shard)
+            .map_err(|e| shard.ctx.error(ShardOperation::Listen, ShardFailure::Io(e)))?;
         shard.ctx.slot.set_state(ShardState::Running);
     }
     log::debug!(
@@ -130,11 +127,11 @@ fn serve_generation(shard: &Arc<MayShard>) -> ShardExit {
     match outcome {
         Ok(()) => {
             housekeeping::drain(shard);
-            ShardExit::Clean
+            Ok(())
         }
-        Err(why) => {
+        Err(error) => {
             housekeeping::abort_connections(shard);
-            ShardExit::Died(why)
+            Err(error)
         }
     }
 }
@@ -269,7 +266,8 @@ pub(crate) struct MayShard {
     pub settings: ConnectionSettings,
     /// Deadlines are kept as nanoseconds since this instant (0: none).
     pub epoch: Instant,
-    /// Set when a coroutine panicked past its own containment: the shard tears down and restarts.
+    /// Set (to the panic's message) when a coroutine panicked past its own containment: the
+    /// shard tears down and restarts.
     crash: Mutex<Option<String>>,
     /// The listener and its accept loop while the shard is active.
     pub listening: Mutex<Option<Listening>>,
@@ -348,8 +346,8 @@ impl MayShard {
         }
     }
 
-    fn record_crash(&self, why: String) {
-        lock(&self.crash).get_or_insert(why);
+    fn record_crash(&self, panic_message: String) {
+        lock(&self.crash).get_or_insert(panic_message);
     }
 
     pub fn crashed(&self) -> Option<String> {
@@ -367,10 +365,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Runs a coroutine's body, turning a panic that escaped it into an orderly shard crash.
 fn guarded(shard: &Arc<MayShard>, body: impl FnOnce()) {
     if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-        shard.record_crash(format!(
-            "panicked: {}",
-            crate::http::conn::panic_message(payload.as_ref())
-        ));
+        shard.record_crash(crate::http::conn::panic_message(payload.as_ref()).to_string());
     }
 }
 
