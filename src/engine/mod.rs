@@ -9,8 +9,9 @@
 //! awaits a request's turn ([`crate::http::Step::Admit`]).
 //!
 //! What both engines need (the choice of engine, the connection settings, admission and its
-//! 503s, the activation steps, a generation's thread and its end, metrics reports, timer
-//! periods) lives here; each engine's folder holds only what is its own.
+//! 503s, a generation's thread and its end, metrics reports, timer periods) lives here; what a
+//! generation does at each tick is decided once in [`crate::shard::lifecycle`]; each engine's
+//! folder holds only what is its own.
 //!
 //! What every engine must also do for the monitor:
 //! - obey [`crate::shard::Control::is_active`] every tick (close the listener, let connections
@@ -46,9 +47,7 @@ use crate::http::{ConnectionHeader, Limits, Response, Service, StatusCode, Timeo
 use crate::metrics::ShardReport;
 use crate::monitor::Published;
 use crate::queue::{QueueRuntime, QueueSettings, ShardQueues};
-use crate::shard::{
-    Control, ShardError, ShardExit, ShardFailure, ShardOperation, ShardSlot, ShardState,
-};
+use crate::shard::{Control, ShardError, ShardExit, ShardFailure, ShardOperation, ShardSlot};
 use preflight::PreflightError;
 
 /// An engine the shards can run on.
@@ -235,78 +234,6 @@ impl AcceptBackoff {
     }
 }
 
-/// What a shard does at a tick to follow [`Control::is_active`] (auto-scaling).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActivationStep {
-    /// Active without a listener: bind again and accept; `Running`.
-    Listen,
-    /// Inactive with a listener: close it, and let every connection close after its next
-    /// response (`Connection: close`); `Draining`.
-    StopListening,
-    /// Inactive, draining, and the last connection has gone; `Parked`.
-    Park,
-    /// Nothing changes.
-    Stay,
-}
-
-pub fn activation_step(
-    active: bool,
-    listening: bool,
-    state: ShardState,
-    open: usize,
-) -> ActivationStep {
-    match (active, listening) {
-        (true, false) => ActivationStep::Listen,
-        (false, true) => ActivationStep::StopListening,
-        (false, false) if open == 0 && state == ShardState::Draining => ActivationStep::Park,
-        _ => ActivationStep::Stay,
-    }
-}
-
-/// Records the step an engine has just carried out (`done` is how binding again went): the
-/// slot's state (what the status endpoints show) and the log line. `open` is the connections
-/// left to finish.
-pub fn activation_done(slot: &ShardSlot, step: ActivationStep, open: usize, done: io::Result<()>) {
-    let id = slot.id;
-    if let Err(e) = done {
-        log::warn!("shard {id}: cannot listen again ({e}); retrying");
-        return;
-    }
-    match step {
-        ActivationStep::Listen => {
-            slot.set_state(ShardState::Running);
-            log::info!("shard {id}: activated, listening again");
-        }
-        ActivationStep::StopListening => {
-            slot.set_state(ShardState::Draining);
-            log::info!("shard {id}: deactivated, listener closed; finishing {open} connections");
-        }
-        ActivationStep::Park => {
-            slot.set_state(ShardState::Parked);
-            log::info!("shard {id}: parked");
-        }
-        ActivationStep::Stay => {}
-    }
-}
-
-/// The state a generation starts in: a shard restarted while auto-scaling has it parked starts
-/// parked, without a listener.
-pub fn starts_listening(ctx: &ShardContext) -> bool {
-    let active = ctx.control.is_active(ctx.slot.id);
-    if !active {
-        ctx.slot.set_state(ShardState::Parked);
-    }
-    active
-}
-
-/// Why a generation must end now, if it must: the monitor replaced it after it missed its
-/// heartbeats (its successor may already serve).
-pub fn superseded(ctx: &ShardContext) -> Option<String> {
-    ctx.slot
-        .is_superseded(ctx.generation)
-        .then(|| "replaced by the monitor after missing heartbeats".to_string())
-}
-
 /// Runs one generation's `life` on a thread of its own and waits for its end through
 /// [`crate::shard::await_exit`], so that a generation the monitor replaces (its thread may be
 /// stuck) is left to end by itself while its successor starts.
@@ -323,32 +250,6 @@ pub fn run_generation(
         return ShardExit::Died(ctx.error(ShardOperation::StartThread, ShardFailure::Io(e)));
     }
     crate::shard::await_exit(&ctx.slot, ctx.generation, &exited)
-}
-
-/// What a draining shard does next, once it has told its connections to close.
-#[derive(Debug, PartialEq, Eq)]
-pub enum DrainNext {
-    /// The last connection has gone.
-    Done,
-    /// The shutdown deadline passed with connections open: close them now.
-    Abort,
-    /// Poll again after [`DRAIN_POLL`].
-    Wait,
-}
-
-/// `jobs_idle`: no job queued, running or waiting for a retry. Accepted jobs finish too (until
-/// the deadline): they live in the shard's memory.
-pub fn drain_next(shard: usize, open: usize, jobs_idle: bool, deadline: Instant) -> DrainNext {
-    if open == 0 && jobs_idle {
-        DrainNext::Done
-    } else if Instant::now() >= deadline {
-        log::warn!(
-            "shard {shard}: shutdown deadline passed with {open} connections open or jobs unfinished"
-        );
-        DrainNext::Abort
-    } else {
-        DrainNext::Wait
-    }
 }
 
 /// Counts a connection closed by its read deadline.
@@ -505,29 +406,5 @@ mod tests {
         );
         backoff.accepted();
         assert_eq!(backoff.failed(&out_of_descriptors), ms(10));
-    }
-
-    #[test]
-    fn activation_steps() {
-        use ActivationStep::*;
-        use ShardState::{Draining, Parked, Running};
-        let cases = [
-            // (active, listening, state, open) -> step
-            ((true, true, Running, 3), Stay),
-            ((true, false, Parked, 0), Listen),
-            ((true, false, Draining, 2), Listen),
-            ((false, true, Running, 2), StopListening),
-            ((false, true, Running, 0), StopListening),
-            ((false, false, Draining, 1), Stay),
-            ((false, false, Draining, 0), Park),
-            ((false, false, Parked, 0), Stay),
-        ];
-        for ((active, listening, state, open), expected) in cases {
-            assert_eq!(
-                activation_step(active, listening, state, open),
-                expected,
-                "{active} {listening} {state:?} {open}"
-            );
-        }
     }
 }

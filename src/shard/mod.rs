@@ -6,12 +6,15 @@
 //! engine-neutral commands of the monitor ([`Control`]) that every engine obeys.
 //!
 //! # Layout
+//! - [`lifecycle`]: a generation's life: one loop that every engine's housekeeping runs, around
+//!   one pure decision per tick.
 //! - [`error`]: why a generation failed to start or died, with its shard, generation and
 //!   operation.
 //! - `placement`: which CPU each shard runs on.
 //! - `supervisor`: runs a shard's generations, restarting one that dies.
 
 pub mod error;
+pub mod lifecycle;
 mod placement;
 mod supervisor;
 

@@ -1,111 +1,129 @@
 //! The shard's timer loop: the `Date` header, connection deadlines, metrics reports to the
-//! monitor, the monitor's activate/deactivate command, and draining on shutdown.
+//! monitor, and the shard's lifecycle ([`lifecycle::live`]) carried out in a task on the
+//! shard's executor: following the monitor's activate/deactivate command, draining on shutdown,
+//! teardown after a crash or a replacement.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::GlommioShard;
-use crate::engine::{self, ActivationStep, DrainNext, ABORT_WAIT, DRAIN_POLL, TICK};
-use crate::shard::{ShardError, ShardFailure, ShardOperation, ShardState};
+use crate::engine::{self, ABORT_WAIT};
+use crate::shard::lifecycle::{self, Death, Housekeeper, Observation, Phase};
+use crate::shard::{ShardError, ShardFailure, ShardOperation, ShardSlot};
 
-/// Runs until shutdown begins (`Ok`), a task crashed the shard or the monitor replaced it
-/// (`Err`).
+/// Runs the generation to its end ([`lifecycle::live`]).
 pub(crate) async fn run(shard: &Rc<GlommioShard>) -> Result<(), ShardError> {
-    let interval = shard.ctx.config.snapshot_interval();
-    let mut next_report = Instant::now();
-    loop {
-        let now = Instant::now();
+    let keeper = Keeper {
+        shard,
+        next_report: std::cell::Cell::new(Instant::now()),
+    };
+    lifecycle::live(&keeper).await
+}
+
+/// The shard, as the lifecycle sees it, and when its next periodic report is due.
+struct Keeper<'a> {
+    shard: &'a Rc<GlommioShard>,
+    next_report: std::cell::Cell<Instant>,
+}
+
+impl Housekeeper for Keeper<'_> {
+    fn slot(&self) -> &ShardSlot {
+        &self.shard.ctx.slot
+    }
+
+    fn keep_time(&self, phase: Phase, now: Instant) {
+        let shard = self.shard;
         shard.app.borrow_mut().tick(SystemTime::now());
-        if now >= next_report {
+        if phase == Phase::Serving && now >= self.next_report.get() {
             send_report(shard, now);
-            next_report = now + interval;
+            self.next_report
+                .set(now + shard.ctx.config.snapshot_interval());
         }
         expire_deadlines(shard, now);
-        if let Some(message) = shard.crash.borrow().clone() {
-            let cause = ShardFailure::Panicked(message);
-            return Err(shard.ctx.error(ShardOperation::Serve, cause));
+        if phase != Phase::Serving {
+            close_idle_connections(shard);
         }
-        if engine::superseded(&shard.ctx).is_some() {
-            let cause = ShardFailure::Replaced;
-            return Err(shard.ctx.error(ShardOperation::Serve, cause));
-        }
-        if shard.ctx.control.is_shutting_down() {
-            return Ok(());
-        }
-        follow_activation(shard).await;
-        glommio::timer::sleep(TICK).await;
     }
-}
 
-/// Obeys [`crate::shard::Control::is_active`] (the decision is [`engine::activation_step`]):
-/// binds again when activated; when deactivated, closes the listener, lets every connection
-/// close after its next response, and parks once none is left.
-async fn follow_activation(shard: &Rc<GlommioShard>) {
-    let slot = &shard.ctx.slot;
-    let active = shard.ctx.control.is_active(slot.id);
-    let listening = shard.listening.borrow().is_some();
-    let open = shard.connections.borrow().len();
-    let step = engine::activation_step(active, listening, slot.state(), open);
-    let done = match step {
-        ActivationStep::Listen => super::start_listening(shard),
-        ActivationStep::StopListening => {
-            if let Some(listening) = shard.listening.take() {
-                super::stop_accepting(shard, listening).await;
-            }
-            Ok(())
+    fn observe(&self, phase: Phase, now: Instant) -> Observation {
+        let (shard, ctx) = (self.shard, &self.shard.ctx);
+        Observation {
+            phase,
+            now,
+            crashed: shard.crash.borrow().is_some(),
+            superseded: ctx.slot.is_superseded(ctx.generation),
+            shutting_down: ctx.control.is_shutting_down(),
+            active: ctx.control.is_active(ctx.slot.id),
+            listening: shard.listening.borrow().is_some(),
+            state: ctx.slot.state(),
+            open: shard.connections.borrow().len(),
+            jobs_idle: shard.app.borrow().queues.is_idle(),
         }
-        ActivationStep::Park | ActivationStep::Stay => Ok(()),
-    };
-    engine::activation_done(slot, step, open, done);
-    if !active {
-        let connections = shard.connections.borrow();
+    }
+
+    fn listen(&self) -> std::io::Result<()> {
+        super::start_listening(self.shard)
+    }
+
+    async fn stop_listening(&self) {
+        if let Some(listening) = self.shard.listening.take() {
+            super::stop_accepting(self.shard, listening).await;
+        }
+    }
+
+    fn finish_connections(&self) {
+        let connections = self.shard.connections.borrow();
         connections.values().for_each(|c| c.shared.drain.set(true));
     }
-}
 
-/// Closes idle connections now, lets busy ones finish their response, and cancels whatever is
-/// left at the shutdown deadline.
-pub(crate) async fn drain(shard: &GlommioShard) {
-    shard.ctx.slot.set_state(ShardState::Draining);
-    shard.app.borrow_mut().begin_draining();
-    let deadline = Instant::now() + shard.ctx.config.shutdown_timeout();
-    loop {
-        // The Date header and the read deadlines (slow clients) keep going while draining.
-        shard.app.borrow_mut().tick(SystemTime::now());
-        expire_deadlines(shard, Instant::now());
-        // Cancelling only schedules the task's drop, so the table may stay borrowed meanwhile.
-        {
-            let connections = shard.connections.borrow();
-            for connection in connections.values() {
-                connection.shared.drain.set(true);
-                if connection.shared.idle.get() {
-                    connection.cancel();
-                }
-            }
-        }
-        let open = shard.connections.borrow().len();
-        let jobs_idle = shard.app.borrow().queues.is_idle();
-        match engine::drain_next(shard.ctx.slot.id, open, jobs_idle, deadline) {
-            DrainNext::Done => break,
-            DrainNext::Abort => {
-                shard.connections.borrow().values().for_each(|c| c.cancel());
-                break;
-            }
-            DrainNext::Wait => glommio::timer::sleep(DRAIN_POLL).await,
+    fn begin_draining(&self) -> Instant {
+        self.shard.app.borrow_mut().begin_draining();
+        Instant::now() + self.shard.ctx.config.shutdown_timeout()
+    }
+
+    fn close_connections(&self) {
+        let connections = self.shard.connections.borrow();
+        connections.values().for_each(|c| c.cancel());
+    }
+
+    /// Waits until the connections' tasks are gone.
+    async fn abort_connections(&self) {
+        self.close_connections();
+        let give_up = Instant::now() + ABORT_WAIT;
+        while !self.shard.connections.borrow().is_empty() && Instant::now() < give_up {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     }
-    send_report(shard, Instant::now());
+
+    fn send_report(&self, now: Instant) {
+        send_report(self.shard, now);
+    }
+
+    fn death(&self, death: Death) -> ShardError {
+        let cause = match death {
+            Death::Crashed => {
+                ShardFailure::Panicked(self.shard.crash.borrow().clone().unwrap_or_default())
+            }
+            Death::Superseded => ShardFailure::Replaced,
+        };
+        self.shard.ctx.error(ShardOperation::Serve, cause)
+    }
+
+    async fn sleep(&self, pause: Duration) {
+        glommio::timer::sleep(pause).await;
+    }
 }
 
-/// After a crash: closes every connection now and waits (briefly) until their tasks are gone.
-pub(crate) async fn abort_connections(shard: &GlommioShard) {
-    shard.connections.borrow().values().for_each(|c| c.cancel());
-    let give_up = Instant::now() + ABORT_WAIT;
-    while !shard.connections.borrow().is_empty() && Instant::now() < give_up {
-        glommio::timer::sleep(Duration::from_millis(1)).await;
+/// Draining: closes idle connections now and lets busy ones finish their response.
+fn close_idle_connections(shard: &GlommioShard) {
+    // Cancelling only schedules the task's drop, so the table may stay borrowed meanwhile.
+    let connections = shard.connections.borrow();
+    for connection in connections.values() {
+        connection.shared.drain.set(true);
+        if connection.shared.idle.get() {
+            connection.cancel();
+        }
     }
-    // What was counted since the last interval still reaches the monitor.
-    send_report(shard, Instant::now());
 }
 
 fn send_report(shard: &GlommioShard, now: Instant) {

@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! - [`connection`]: one connection's read/advance/write loop around the codec.
-//! - [`housekeeping`]: the per-shard timer loop: deadlines, date, metrics reports, draining.
+//! - [`housekeeping`]: the per-shard timer loop: deadlines, date, metrics reports, and the
+//!   shard's lifecycle ([`crate::shard::lifecycle`]) carried out: activation, draining, teardown.
 //! - [`classes`]: the priority classes as task queues with shares.
 
 mod classes;
@@ -27,6 +28,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::{ConnectionSettings, ShardContext};
 use crate::app::ShardApp;
+use crate::shard::lifecycle;
 use crate::shard::{ShardError, ShardExit, ShardFailure, ShardOperation, ShardState};
 use classes::GlommioClasses;
 use connection::ConnShared;
@@ -128,6 +130,7 @@ impl Tracked {
     }
 }
 
+/// One generation on its executor: listen (unless parked), then live as housekeeping decides.
 async fn shard_main(ctx: ShardContext) -> Result<(), ShardError> {
     ctx.slot.set_current_thread();
     let classes = GlommioClasses::new();
@@ -142,7 +145,7 @@ async fn shard_main(ctx: ShardContext) -> Result<(), ShardError> {
         ctx,
     });
     classes::start_request_turns(&shard);
-    if super::starts_listening(&shard.ctx) {
+    if lifecycle::starts_listening(&shard.ctx.control, &shard.ctx.slot) {
         start_listening(&shard)
             .map_err(|e| shard.ctx.error(ShardOperation::Listen, ShardFailure::Io(e)))?;
         shard.ctx.slot.set_state(ShardState::Running);
@@ -152,20 +155,7 @@ async fn shard_main(ctx: ShardContext) -> Result<(), ShardError> {
         shard.ctx.slot.id,
         shard.ctx.slot.cpu
     );
-    let outcome = housekeeping::run(&shard).await;
-    if let Some(listening) = shard.listening.take() {
-        stop_accepting(&shard, listening).await;
-    }
-    match outcome {
-        Ok(()) => {
-            housekeeping::drain(&shard).await;
-            Ok(())
-        }
-        Err(error) => {
-            housekeeping::abort_connections(&shard).await;
-            Err(error)
-        }
-    }
+    housekeeping::run(&shard).await
 }
 
 /// Stops the accept loop and closes the listener, losing no connection the kernel handed over.

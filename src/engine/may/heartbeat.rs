@@ -33,7 +33,8 @@ pub(super) fn start(shard: &Arc<MayShard>) -> io::Result<()> {
 fn beat(shard: &MayShard, timer: &CoIo<OwnedFd>) {
     let interval = shard.ctx.config.snapshot_interval();
     let mut next_report = Instant::now();
-    while !shard.queue_loop_stop.load(Ordering::Acquire) && engine::superseded(&shard.ctx).is_none()
+    while !shard.queue_loop_stop.load(Ordering::Acquire)
+        && !shard.ctx.slot.is_superseded(shard.ctx.generation)
     {
         let now = Instant::now();
         if now >= next_report {

@@ -8,9 +8,9 @@
 //! [`ShardApp`] and its metrics, as under glommio. Its accept loop and its connections are
 //! coroutines queued to its generation's carrier, and its listener and each accepted socket are
 //! placed so that their readiness wakes that same carrier ([`carriers::place_fd`]). The shard's
-//! housekeeping (date, deadlines, reports, activation, draining, crash teardown) runs on a thread
-//! of its own, which only sets flags and wakes coroutines; the supervisor waits for its end or
-//! for the monitor's replacement ([`crate::shard::await_exit`]).
+//! housekeeping (date, deadlines, activation, draining, crash teardown: the shard's lifecycle)
+//! runs on a thread of its own, which only sets flags and wakes coroutines; the supervisor waits
+//! for its end or for the monitor's replacement ([`crate::shard::await_exit`]).
 //!
 //! # Heartbeats
 //! The shard's reports are its heartbeat, and they are sent from the generation's carrier, the
@@ -37,7 +37,8 @@
 //! - [`heartbeat`]: the reports to the monitor, from the generation's carrier.
 //! - [`connection`]: one connection's read/advance/write loop around the codec, and the wait
 //!   that drives a handler's later reply.
-//! - [`housekeeping`]: the per-shard timer loop on the supervisor thread.
+//! - [`housekeeping`]: the per-shard timer loop on the generation's housekeeping thread, which
+//!   carries out the shard's lifecycle ([`crate::shard::lifecycle`]).
 
 pub mod carriers;
 mod classes;
@@ -60,6 +61,7 @@ use may::net::{TcpListener, TcpStream};
 
 use super::{ConnectionSettings, ShardContext};
 use crate::app::ShardApp;
+use crate::shard::lifecycle;
 use crate::shard::{ShardError, ShardExit, ShardFailure, ShardOperation, ShardState};
 use classes::{MayClasses, Next, Wakeups};
 use connection::ConnShared;
@@ -108,8 +110,9 @@ fn live(shard: &Arc<MayShard>) -> ShardExit {
     exit
 }
 
+/// Listens (unless parked), then lives as housekeeping decides.
 fn serve_generation(shard: &Arc<MayShard>) -> Result<(), ShardError> {
-    if super::starts_listening(&shard.ctx) {
+    if lifecycle::starts_listening(&shard.ctx.control, &shard.ctx.slot) {
         start_listening(shard)
             .map_err(|e| shard.ctx.error(ShardOperation::Listen, ShardFailure::Io(e)))?;
         shard.ctx.slot.set_state(ShardState::Running);
@@ -120,20 +123,7 @@ fn serve_generation(shard: &Arc<MayShard>) -> Result<(), ShardError> {
         shard.ctx.slot.cpu,
         shard.carrier
     );
-    let outcome = housekeeping::run(shard);
-    if let Some(listening) = lock(&shard.listening).take() {
-        housekeeping::stop_accepting(shard, listening);
-    }
-    match outcome {
-        Ok(()) => {
-            housekeeping::drain(shard);
-            Ok(())
-        }
-        Err(error) => {
-            housekeeping::abort_connections(shard);
-            Err(error)
-        }
-    }
+    housekeeping::run(shard)
 }
 
 /// An open listener: our own duplicate of its descriptor (for the shutdown, and the slot's),
