@@ -102,6 +102,11 @@ mod tests {
         assert_eq!(generations, vec![1, 2, 3]);
         assert_eq!(slot.restarts(), 2);
         assert_eq!(slot.state(), ShardState::Stopped);
+        // The last death with its context (what a failed start-up reports).
+        assert_eq!(
+            slot.last_error().as_deref(),
+            Some("panicked: boom (shard 0, generation 2, while serving)")
+        );
     }
 
     #[test]
