@@ -5,9 +5,9 @@
 //! it. Shutting down, it drains: its connections finish and its accepted jobs run until none is
 //! left or the shutdown deadline passes. Dying, it closes its listener and every connection.
 //!
-//! [`live`] is that life, one loop for every engine: at each tick it observes the shard
+//! `live` is that life, one loop for every engine: at each tick it observes the shard
 //! ([`Observation`]), asks the one decision, [`decide`], what to do ([`Action`]), has the engine
-//! do it ([`Housekeeper`]) and records it ([`carried_out`]: the slot's state and the log line).
+//! do it (its `Housekeeper`) and records it ([`carried_out`]: the slot's state and the log line).
 //! The decision does no I/O and is tested here with a table. The engines only execute it:
 //! glommio in a task on the shard's executor, may on the generation's housekeeping thread
 //! (where each await is a blocking call).
