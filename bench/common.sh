@@ -16,12 +16,21 @@ wait_for_listening() {
 
 # start_one_shard COMMAND...: runs COMMAND (coinbit and its own flags, behind `env VAR=...` when it
 # needs variables) as one shard on SERVER_CPU with its monitor on CLIENT_CPU, on 127.0.0.1:PORT,
-# logging to $out/server.log; sets server_pid and returns once it listens. stop_server ends it.
+# logging to $out/server.log; sets server_pid and returns once it answers HTTP. stop_server ends it.
 start_one_shard() {
     "$@" --bind-address 127.0.0.1 --port "$PORT" --shards 1 --shard-cpus "$SERVER_CPU" \
         --monitor-core "$CLIENT_CPU" --snapshot-interval 200 >"$out/server.log" 2>&1 &
     server_pid=$!
     wait_for_listening "$out/server.log" "$server_pid"
+    # The log line came, once, while the port still refused connections (glommio, a loaded
+    # host): a cell's loadgen then counts connect errors. Wait for any HTTP answer as well.
+    for _ in $(seq 50); do
+        curl -s -o /dev/null -m 1 "http://127.0.0.1:$PORT/livez" && return 0
+        sleep 0.1
+    done
+    echo "coinbit logged that it listens but did not answer on port $PORT in 5 s:" >&2
+    cat "$out/server.log" >&2
+    exit 1
 }
 stop_server() { kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""; }
 
