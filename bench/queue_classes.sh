@@ -17,8 +17,9 @@
 #     measured too, e.g. a build of the commit before the queues), ROUNDS interleaved rounds.
 #
 # Every req/s is of answers with an expected status (loadgen's `ok`, not its `rps`, which counts
-# error answers too). A cell where any loadgen run saw an error (a status outside 2xx, or 202/429
-# for the job enqueues, a timeout, a reset, a failed connect, no report at all) is not a result:
+# error answers too). A cell where any loadgen run saw an error (a status it does not expect:
+# anything but 2xx, or but 202 and 429 for the job enqueues; a timeout, a reset, a failed
+# connect, a request the schedule could not send, no report at all) is not a result:
 # its figures read `INVALID (...)` and the script exits 2 after its tables (bench/common.sh,
 # "valid cells"). The concurrent-users alerts are pinned above the bench's own connections
 # (pin_bench_alert_levels), so /readyz and /health do not answer 503 for the load itself.
