@@ -34,6 +34,14 @@ start_one_shard() {
 }
 stop_server() { kill -INT "$server_pid"; wait "$server_pid" || true; server_pid=""; }
 
+# median VALUES...: the median of the VALUES that are numbers (words such as n/a are left out;
+# the mean of the middle two, to 3 decimals, for an even count); "" when there is none.
+median() {
+    printf '%s\n' "$@" | awk '/^-?[0-9.]/' | sort -g | awk '{v[NR] = $1} END {
+        if (NR == 0) exit
+        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # ---------------------------------------------------------------- alert levels
 # pin_bench_alert_levels CONNECTIONS: exports the concurrent-users alert levels for a bench that
 # holds CONNECTIONS connections open: warning 2x, critical 4x (a caller's own

@@ -293,12 +293,6 @@ run_wrk() { # server scenario round [warmup]
     log "  $name $(scenario_label "$sc"): $rps req/s, p99 ${p99} ms${problems:+ (INVALID: $problems)}"
 }
 
-median() { # values... -> median ("" when none)
-    printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{v[NR] = $1} END {
-        if (NR == 0) exit
-        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 # ---------------------------------------------------------------- run
 read -r -a ORDER <<<"$SERVERS"
 RUN=()

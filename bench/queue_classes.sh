@@ -141,11 +141,14 @@ alerts_union() {
         awk '{ s = s (NR > 1 ? ", " : "") $0 } END { print (NR ? s : "none") }'
 }
 
-# median VALUES...: the median of numbers (the mean of the middle two for an even count).
-median() {
-    printf '%s\n' "$@" | awk '$0 != "n/a"' | sort -g | awk '{v[NR] = $1} END {
-        if (NR == 0) { print "n/a"; exit }
-        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+# whole VALUE: a number rounded to a whole one (req/s); anything else as it is.
+whole() { awk -v v="$1" 'BEGIN { if (v ~ /^-?[0-9.]/) printf "%.0f\n", v; else print v }'; }
+
+# median_or_na VALUES...: their median (bench/common.sh), or n/a when none is a number.
+median_or_na() {
+    local m
+    m=$(median "$@")
+    echo "${m:-n/a}"
 }
 
 echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -186,14 +189,14 @@ for ENGINE in $ENGINES; do
             rates+=("$(awk -v a="$(ok_rps "$out/floodreadyz.json")" -v b="$(ok_rps "$out/floodstatus.json")" \
                 'BEGIN { if (a == "n/a" || b == "n/a") print "n/a"; else print a + b }')")
         done
-        flooded[$ENGINE/$mode]=$(median "${under[@]}")
-        flood_rate[$ENGINE/$mode]=$(median "${rates[@]}")
+        flooded[$ENGINE/$mode]=$(median_or_na "${under[@]}")
+        flood_rate[$ENGINE/$mode]=$(median_or_na "${rates[@]}")
         section1_problems[$ENGINE/$mode]=$problems
         printf '| %s | `%s` | %s | %s | %s | %s | %s |\n' "$ENGINE" "$mode" \
-            "$(cell_figure "$(median "${alone[@]}")" "$problems")" \
+            "$(cell_figure "$(median_or_na "${alone[@]}")" "$problems")" \
             "$(cell_figure "${flooded[$ENGINE/$mode]}" "${problems:+see left}")" \
-            "$(cell_figure "$(median "${ratios[@]}")x" "${problems:+see left}")" \
-            "$(cell_figure "${flood_rate[$ENGINE/$mode]}" "${problems:+see left}")" "$(alerts_union "${alerts[@]}")"
+            "$(cell_figure "$(median_or_na "${ratios[@]}")x" "${problems:+see left}")" \
+            "$(cell_figure "$(whole "${flood_rate[$ENGINE/$mode]}")" "${problems:+see left}")" "$(alerts_union "${alerts[@]}")"
     done
 done
 echo
@@ -290,15 +293,15 @@ for round in $(seq "$ROUNDS"); do
         results[$entry]+="$rate "
     done
 done
-first=$(median ${results[${variants[0]}]})
+first=$(median_or_na ${results[${variants[0]}]})
 echo "| server | route classes | ok req/s per round | median | vs first row | alerts seen |"
 echo "|---|---|---|---:|---:|---|"
 for entry in "${variants[@]}"; do
-    m=$(median ${results[$entry]})
+    m=$(median_or_na ${results[$entry]})
     problems=${section4_problems[$entry]:-}
     invalid_first=${section4_problems[${variants[0]}]:-}
     printf '| %s | `%s` | %s | %s | %s | %s |\n' "${entry%%|*}" "${entry#*|}" "${results[$entry]}" \
-        "$(cell_figure "$m" "$problems")" \
+        "$(cell_figure "$(whole "$m")" "$problems")" \
         "$(cell_figure "$(ratio "$m" "$first")x" "${problems}${invalid_first:+${problems:+; }first row invalid}")" "$(alerts_union "${alerts4[$entry]}")"
 done
 echo
