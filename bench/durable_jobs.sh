@@ -5,12 +5,19 @@
 # Brings up the project's PostgreSQL cluster (tests/pg/cluster.sh: a primary and PG_REPLICAS
 # streaming replicas) in a database of its own, starts one shard on SERVER_CPU, and for each sort
 # of job enqueues small `analytics` jobs closed-loop for DURATION from USERS connections on
-# CLIENT_CPU, then waits until every one is done. Reported per sort: jobs enqueued, enqueue req/s,
-# time from the first enqueue to the last job done, and jobs/s end to end; then durable / memory.
+# CLIENT_CPU, then waits, at most WAIT_LIMIT seconds of clock time, until every one is done or
+# dead. Reported per sort: jobs enqueued, enqueue req/s (202 answers), jobs done and dead, time
+# from the first enqueue to the last job finished, and jobs done per second end to end; then
+# durable / memory.
+#
+# A sort's row is not a result (`INVALID (...)`, exit 2 after the table; bench/common.sh, "valid
+# cells") when an enqueue got an answer other than 202 or a socket error, a job went dead, or
+# jobs were still unfinished at the limit.
 #
 # Usage: bench/durable_jobs.sh        (wrap in `flock /work/bench.lock` on a shared machine)
 # Environment: COINBIT LOADGEN SERVER_CPU=0 CLIENT_CPU=1 DURATION=5s USERS=32 PORT=18400
 #              PG_PORT=25432 PG_REPLICAS=1 DB_POOL_SIZE=4 BUILD=0 SORTS="memory durable"
+#              WAIT_LIMIT=60 (seconds after the enqueues end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -24,6 +31,7 @@ USERS=${USERS:-32}
 PORT=${PORT:-18400}
 BUILD=${BUILD:-0}
 SORTS=${SORTS:-memory durable}
+WAIT_LIMIT=${WAIT_LIMIT:-60}
 export PG_PORT=${PG_PORT:-25432} PG_REPLICAS=${PG_REPLICAS:-1}
 export DB_POOL_SIZE=${DB_POOL_SIZE:-4}
 URL="http://127.0.0.1:$PORT"
@@ -60,21 +68,24 @@ start() {
     start_one_shard env "${db_env[@]}" "$COINBIT"
 }
 
-# jobs_done SORT: how many of the run's jobs are done so far.
-jobs_done() {
+# jobs_finished SORT: "DONE DEAD", how many of the run's jobs are done and how many went dead
+# (out of retries) so far; "0 0" when the server cannot be asked.
+jobs_finished() {
     if [ "$1" = durable ]; then
-        psql "$primary_url" -Atc "SELECT count(*) FROM job_outbox WHERE status = 'done'"
+        psql "$primary_url" -Atc "SELECT count(*) FILTER (WHERE status = 'done'),
+            count(*) FILTER (WHERE status = 'dead') FROM job_outbox" | tr '|' ' '
     else
-        curl -s "$URL/api/enterprise/queues/status" |
-            python3 -c "import json,sys; print(json.load(sys.stdin)['classes']['background']['processed'])"
+        curl -s -m 5 "$URL/api/enterprise/queues/status" | python3 -c "import json,sys
+c = json.load(sys.stdin)['classes']['background']
+print(c['processed'], c['dead'])" 2>/dev/null || echo "0 0"
     fi
 }
 
 echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "server: 1 shard on CPU $SERVER_CPU, $DB_POOL_SIZE connections per node; loadgen on CPU $CLIENT_CPU, $USERS connections, $DURATION of enqueues"
 echo
-echo "| jobs | enqueued | enqueue req/s | last job done after (s) | jobs/s end to end |"
-echo "|---|---:|---:|---:|---:|"
+echo "| jobs | enqueued | enqueue req/s | done | dead | last job finished after (s) | jobs done/s end to end |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 declare -A rate
 for sort in $SORTS; do
     durable=false
@@ -90,22 +101,33 @@ expect = [202]
 TOML
     start
     began=$(date +%s.%N)
-    "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c "$USERS" -d "$DURATION" -s "$out/jobs.toml" \
-        --progress never --json "$URL" >"$out/enqueue.json" 2>/dev/null || true
-    read -r enqueued enqueue_rps < <(python3 -c "import json,sys; o=json.load(open(sys.argv[1]))['overall']; print(o['ok'], round(o['rps']))" "$out/enqueue.json")
-    done_count=0
-    for _ in $(seq 600); do
-        done_count=$(jobs_done "$sort")
-        [ "$done_count" -ge "$enqueued" ] && break
+    run_loadgen "$out/enqueue.json" "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c "$USERS" -d "$DURATION" \
+        -s "$out/jobs.toml" "$URL"
+    problems=$(loadgen_problems "$out/enqueue.json")
+    read -r enqueued enqueue_rps < <(python3 -c "import json,sys
+d = json.load(open(sys.argv[1]))
+print(d['overall']['ok'], round(d['overall']['ok'] / d['duration_s']))" "$out/enqueue.json" 2>/dev/null || echo "0 0")
+    # The wait is bounded by the clock, not by a count of polls (each poll is a psql or curl
+    # and a python, whose own time a loaded host stretches).
+    deadline=$(($(date +%s) + WAIT_LIMIT))
+    while :; do
+        read -r done_count dead_count < <(jobs_finished "$sort") || { done_count=0 dead_count=0; }
+        [ $((done_count + dead_count)) -ge "$enqueued" ] && break
+        [ "$(date +%s)" -ge "$deadline" ] && break
         sleep 0.1
     done
     finished=$(date +%s.%N)
     stop_server
+    [ "$dead_count" -gt 0 ] && problems+="${problems:+, }$dead_count jobs dead"
+    unfinished=$((enqueued - done_count - dead_count))
+    [ "$unfinished" -gt 0 ] && problems+="${problems:+, }$unfinished jobs unfinished after ${WAIT_LIMIT} s"
     seconds=$(awk "BEGIN {printf \"%.2f\", $finished - $began}")
     rate[$sort]=$(awk "BEGIN {printf \"%d\", $done_count / ($finished - $began)}")
-    printf '| %s | %s | %s | %s | %s |\n' "$sort" "$enqueued" "$enqueue_rps" "$seconds" "${rate[$sort]}"
-    [ "$done_count" -ge "$enqueued" ] || echo "durable_jobs: only $done_count of $enqueued $sort jobs done in 60 s" >&2
+    refuse_cell "$sort jobs" "$problems" || rate[$sort]=""
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$sort" "$enqueued" "$enqueue_rps" "$done_count" "$dead_count" \
+        "$seconds" "$(cell_figure "${rate[$sort]}" "$problems")"
 done
 if [ -n "${rate[memory]:-}" ] && [ -n "${rate[durable]:-}" ]; then
-    printf '\ndurable / memory, jobs/s end to end: %.3fx\n' "$(awk "BEGIN {print ${rate[durable]} / ${rate[memory]}}")"
+    printf '\ndurable / memory, jobs done/s end to end: %.3fx\n' "$(awk "BEGIN {print ${rate[durable]} / ${rate[memory]}}")"
 fi
+exit_if_invalid durable_jobs

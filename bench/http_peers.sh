@@ -9,11 +9,22 @@
 # engine to nginx and to may-hello.
 # The table is also written to bench/out/http_peers-<date>.md (raw wrk output beside it).
 #
+# Alert levels: coinbit's /health answers 503 while an alert is critical, and the seed's
+# concurrent-users levels (800/950) are below this bench's 1,024 connections. coinbit runs with
+# the users alerts at 2x and 4x the most connections a scenario opens (bench/common.sh,
+# pin_bench_alert_levels, as bench/quickstart.sh does); the header of the output says which.
+# Valid cells only: a cell with any non-2xx response or socket error in any round is not a
+# result. The table shows it as `INVALID (...)`, its ratios as `invalid`, and the script exits 2
+# after printing the table (1: a step failed).
+#
 # Usage:  bench/http_peers.sh
+# Quick check of the script itself: DURATION=1s WARMUP=0 CONNS=8 PIPELINE_DEPTH=0 BUILD=0 bench/http_peers.sh
 # Environment (all optional):
 #   SERVERS="coinbit-glommio coinbit-may may-hello nginx"  servers to run, in this order
 #                     (coinbit-ENGINE is coinbit with --engine ENGINE)
 #   DURATION=10s      wrk duration of each cell     WARMUP=2s  unrecorded wrk run before each cell (0 = none)
+#   MONITORING_CONCURRENT_USERS_WARNING / _CRITICAL   coinbit's users alerts (default 2x / 4x
+#                     the most connections; see above)
 #   ROUNDS=1          rounds; in each, every scenario runs on every server back to back (a fresh
 #                     server per cell, order rotating); a cell is the median over rounds, a
 #                     ratio the median of the per-round ratios
@@ -34,6 +45,7 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
+. bench/common.sh
 
 SERVERS=${SERVERS:-"coinbit-glommio coinbit-may may-hello nginx"}
 DURATION=${DURATION:-10s}
@@ -132,6 +144,8 @@ if (( $(ulimit -n) < want_fd )); then
 fi
 max_conns=$PIPELINE_CONNS; for c in $CONNS; do ((c > max_conns)) && max_conns=$c; done
 (( $(ulimit -n) > max_conns + 64 )) || log "warning: open-file limit $(ulimit -n) is tight for $max_conns connections"
+pin_bench_alert_levels "$max_conns"
+log "coinbit: $(bench_alert_levels)"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/http_peers.XXXXXX") || die "mktemp failed"
 SERVER_PID=""
@@ -232,6 +246,9 @@ to_ms() {
 }
 
 declare -A RPS=() P99=() ERRS=()   # RPS/P99 key "server|scenario|round"; ERRS key "server|scenario"
+# Why a cell is invalid (bench/common.sh, "valid cells"): PROBLEMS key "server|scenario" (every
+# round's), ROUND_PROBLEMS key "server|scenario|round".
+declare -A PROBLEMS=() ROUND_PROBLEMS=()
 
 run_wrk() { # server scenario round [warmup]
     local name=$1 sc=$2 round=$3 port conns args=() out
@@ -248,7 +265,12 @@ run_wrk() { # server scenario round [warmup]
     out=$RAW_DIR/r$round-$name-$sc.txt
     WRK_CONNECTIONS=$conns taskset -c "$CLIENT_CPU" wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" \
         --timeout "$WRK_TIMEOUT" --latency "${args[@]}" "http://$HOST:$port$BENCH_PATH" >"$out" 2>&1
-    local rps p99 sock non2xx
+    local rps p99 problems
+    problems=$(wrk_problems "$out")
+    if ! refuse_cell "$name, $(scenario_label "$sc"), round $round" "$problems"; then
+        ROUND_PROBLEMS["$name|$sc|$round"]=$problems
+        PROBLEMS["$name|$sc"]+="${PROBLEMS["$name|$sc"]:+; }round $round: $problems"
+    fi
     rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
     if [[ $sc == pipe* ]]; then
         # wrk's own percentiles are wrong for pipelined runs: pipeline.lua prints the batch ones
@@ -257,8 +279,6 @@ run_wrk() { # server scenario round [warmup]
     else
         p99=$(awk '/Latency Distribution/ {d = 1} d && $1 == "99%" {print $2; exit}' "$out")
     fi
-    sock=$(awk '/Socket errors:/ {gsub(/,/, ""); print "connect " $4 ", read " $6 ", write " $8 ", timeout " $10}' "$out")
-    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
     if [[ -z $rps || -z $p99 ]]; then
         log "  $name $sc: wrk gave no result (see $out)"
         ERRS["$name|$sc"]+="round $round: no result; "
@@ -270,15 +290,7 @@ run_wrk() { # server scenario round [warmup]
     fi
     RPS["$name|$sc|$round"]=$rps
     [[ $p99 == nan ]] || P99["$name|$sc|$round"]=$p99
-    [[ -n $sock ]] && ERRS["$name|$sc"]+="round $round: socket errors $sock; "
-    [[ -n $non2xx ]] && ERRS["$name|$sc"]+="round $round: $non2xx non-2xx; "
-    log "  $name $(scenario_label "$sc"): $rps req/s, p99 ${p99} ms${sock:+ (socket errors: $sock)}${non2xx:+ ($non2xx non-2xx)}"
-}
-
-median() { # values... -> median ("" when none)
-    printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{v[NR] = $1} END {
-        if (NR == 0) exit
-        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    log "  $name $(scenario_label "$sc"): $rps req/s, p99 ${p99} ms${problems:+ (INVALID: $problems)}"
 }
 
 # ---------------------------------------------------------------- run
@@ -330,6 +342,7 @@ vals() { # kind(RPS|P99) server scenario -> the values of all rounds
     for ((r = 1; r <= ROUNDS; r++)); do [[ -n ${arr["$2|$3|$r"]:-} ]] && echo "${arr["$2|$3|$r"]}"; done
 }
 ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken in the same round
+    [[ -n ${PROBLEMS["$1|$3"]:-}${PROBLEMS["$2|$3"]:-} ]] && { printf 'invalid'; return; }
     local r a b rs=()
     for ((r = 1; r <= ROUNDS; r++)); do
         a=${RPS["$1|$3|$r"]:-}; b=${RPS["$2|$3|$r"]:-}
@@ -354,6 +367,8 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
         [[ -f $RAW_DIR/$s.health.body ]] && sizes+="${sizes:+, }$s $(wc -c <"$RAW_DIR/$s.health.body") B"
     done
     [[ -n $sizes ]] && echo "- Response body of GET $BENCH_PATH: $sizes"
+    has coinbit-glommio || has coinbit-may && echo "- coinbit's $(bench_alert_levels), so that /health does not answer 503 for the bench's own connections"
+    echo "- A cell with any non-2xx response or socket error is INVALID: no figure, no ratio; the script exits $INVALID_EXIT"
     echo "- Command: \`SERVERS=\"$SERVERS\" DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS bench/http_peers.sh\`"
     echo "- p99: wrk's, corrected for coordinated omission as wrk does.$( ((PIPELINE_DEPTH > 0)) && echo " Pipelined: per batch of ${PIPELINE_DEPTH} (send → last response), recovered by bench/peers/pipeline.lua because wrk's own pipelined percentiles are wrong")"
     for s in "${!SKIP[@]}"; do echo "- **$s not measured**: ${SKIP[$s]}"; done
@@ -371,7 +386,8 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
     for sc in "${SCENARIOS[@]}"; do
         row="| $(scenario_label "$sc") |"
         for s in "${ORDER[@]}"; do
-            row+=" $(fmt_rps "$(median $(vals RPS "$s" "$sc"))") | $(fmt_p99 "$(median $(vals P99 "$s" "$sc"))") |"
+            problems=${PROBLEMS["$s|$sc"]:-}
+            row+=" $(cell_figure "$(fmt_rps "$(median $(vals RPS "$s" "$sc"))")" "$problems") | $(cell_figure "$(fmt_p99 "$(median $(vals P99 "$s" "$sc"))")" "${problems:+see req/s}") |"
         done
         for c in "${COINBITS[@]}"; do
             has nginx && row+=" $(ratio "$c" nginx "$sc") |"
@@ -392,7 +408,7 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
         for sc in "${SCENARIOS[@]}"; do
             for ((r = 1; r <= ROUNDS; r++)); do
                 row="| $(scenario_label "$sc") | $r |"
-                for s in "${ORDER[@]}"; do row+=" $(fmt_rps "${RPS["$s|$sc|$r"]:-}") |"; done
+                for s in "${ORDER[@]}"; do row+=" $(cell_figure "$(fmt_rps "${RPS["$s|$sc|$r"]:-}")" "${ROUND_PROBLEMS["$s|$sc|$r"]:-}") |"; done
                 echo "$row"
             done
         done
@@ -401,7 +417,8 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
     for s in "${ORDER[@]}"; do for sc in "${SCENARIOS[@]}"; do
         [[ -n ${ERRS["$s|$sc"]:-} ]] && notes+="- $s, $(scenario_label "$sc"): ${ERRS["$s|$sc"]%; }"$'\n'
     done; done
-    if [[ -n $notes ]]; then echo; echo "Errors reported by wrk:"; echo; printf '%s' "$notes"; fi
+    if [[ -n $notes ]]; then echo; echo "Notes on wrk's output:"; echo; printf '%s' "$notes"; fi
 } | tee "$OUT_MD"
 
 log "written: $OUT_MD (raw wrk output: $RAW_DIR)"
+exit_if_invalid http_peers
