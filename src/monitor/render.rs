@@ -672,6 +672,152 @@ fn family<'a>(out: &mut String, name: &'a str, kind: &str, help: &str) -> &'a st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Cli, LagLimit, NodeSpec};
+    use crate::db::{availability, Database, Node};
+    use crate::metrics::ShardMetrics;
+    use crate::queue::QueueReport;
+    use crate::shard::ShardSlot;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+
+    fn node(name: &str, is_primary: bool) -> Arc<Node> {
+        let spec = NodeSpec {
+            name: name.into(),
+            variable: "DATABASE_URL".into(),
+            display_url: format!("postgres://coinbit@{name}/coinbit"),
+            weight: 3,
+            pg: postgres::Config::new(),
+        };
+        let policy = availability::Policy {
+            ejection_time: Duration::from_secs(30),
+            breaker_failures: 5,
+            max_lag: LagLimit {
+                bytes: None,
+                time: None,
+            },
+        };
+        let (requests, _) = crossbeam::channel::bounded(4);
+        Node::new(spec, is_primary, requests, 4, 2, policy)
+    }
+
+    /// Two shards (one running and reporting, one never heard from), a queue report, a
+    /// database of two nodes, a sample and a recovery action taken: every family and body
+    /// section has something to say.
+    fn fixture() -> (ClusterState, Identity, Control, Watch, Instant) {
+        let argv = ["coinbit", "--min-workers", "1", "--max-workers", "2"];
+        let config = Cli::parse_from(argv, &[]).unwrap().config;
+        let (settings, _) = super::super::watch::WatchSettings::from_config(&config, 2);
+        let slots = vec![
+            Arc::new(ShardSlot::new(0, 3)),
+            Arc::new(ShardSlot::new(1, 5)),
+        ];
+        slots[0].set_state(ShardState::Running);
+        let mut state = ClusterState::new(slots, &["health", "trades"], Duration::from_secs(1));
+        let control = Control::default();
+        let reported_at = control.started_at + Duration::from_secs(2);
+        let mut metrics = ShardMetrics::new(2);
+        metrics.count_route(0, 200);
+        metrics.count_route(1, 201);
+        metrics.count_route(1, 503);
+        metrics.count_unrouted(400);
+        metrics.record_latency(3, Duration::from_micros(1_500));
+        metrics.connections.open = 2;
+        metrics.connections.accepted = 9;
+        let mut report = metrics.report(0, 1, 77, reported_at);
+        let mut queues = QueueReport::default();
+        queues.classes[0].size = 3;
+        queues.classes[0].counters.processed = 4;
+        queues.classes[0].wait.record(2_000).unwrap();
+        queues.classes[0].run.record(40_000).unwrap();
+        queues.retained_payload_bytes = 512;
+        report.queues = Some(queues);
+        state.absorb(report);
+        let database = Database {
+            nodes: vec![node("primary", true), node("replica1", false)],
+            strategy: crate::config::ReplicaStrategy::RoundRobin,
+            read_your_writes_wait: Duration::from_millis(50),
+            check_interval: Duration::from_secs(1),
+            group_commit: 8,
+            read_answer_limit: Duration::from_secs(3),
+        };
+        database.nodes[1].lag_bytes.store(4096, Relaxed);
+        database.nodes[1].lag_ms.store(250, Relaxed);
+        database.nodes[0].requests.store(12, Relaxed);
+        let identity = Identity {
+            engine: "glommio",
+            monitor_cpu: 7,
+            monitor_shares_core: false,
+            min_workers: 1,
+            max_workers: 2,
+            queue_size_warning: 1000,
+            queue_size_critical: 5000,
+            database: Some(Arc::new(database)),
+        };
+        let mut watch = Watch::new(settings, 2, None);
+        watch.history.push_back(super::super::sample::Sample {
+            at_ms: 1_700_000_000_000,
+            process_cpu: 12.5,
+            shard_cpu: vec![20.25, 0.0],
+            monitor_cpu: 1.5,
+            cpu: 10.125,
+            memory: 3.75,
+            queued_jobs: 3,
+            ..Default::default()
+        });
+        watch.actions[0].taken = 2;
+        let now = reported_at + Duration::from_millis(500);
+        (state, identity, control, watch, now)
+    }
+
+    /// Every body and the Prometheus text, byte for byte, as rendered before the renderer was
+    /// split: a change to any of them fails here.
+    #[test]
+    fn bodies_are_unchanged() {
+        let (state, identity, control, watch, now) = fixture();
+        let published = publish(&state, &identity, &control, &watch, now);
+        let pid = format!("\"pid\":{},", std::process::id());
+        let cluster_status = String::from_utf8_lossy(&published.cluster_status).replace(&pid, "");
+        let bodies = [
+            (
+                "health",
+                String::from_utf8_lossy(&published.health).into_owned(),
+            ),
+            ("cluster_status", cluster_status),
+            (
+                "metrics",
+                String::from_utf8_lossy(&published.metrics).into_owned(),
+            ),
+            (
+                "queues_status",
+                String::from_utf8_lossy(&published.queues_status).into_owned(),
+            ),
+            (
+                "alerts",
+                String::from_utf8_lossy(&published.alerts).into_owned(),
+            ),
+            (
+                "prometheus",
+                String::from_utf8_lossy(&published.prometheus).into_owned(),
+            ),
+        ];
+        let mut rendered = String::new();
+        for (name, body) in bodies {
+            let _ = writeln!(rendered, "== {name}\n{body}");
+        }
+        // The version moves with every release: the golden file says VERSION.
+        let rendered = rendered
+            .replace(
+                &format!("\"version\":\"{VERSION}\""),
+                "\"version\":\"VERSION\"",
+            )
+            .replace(&format!("version=\"{VERSION}\""), "version=\"VERSION\"");
+        // `WRITE_GOLDEN=1 cargo test --lib bodies_are_unchanged` rewrites the file after an
+        // intended change; review its diff.
+        if std::env::var_os("WRITE_GOLDEN").is_some() {
+            std::fs::write("src/monitor/testdata/bodies.golden", &rendered).unwrap();
+        }
+        assert_eq!(rendered, include_str!("testdata/bodies.golden"));
+    }
 
     #[test]
     fn health_table() {
