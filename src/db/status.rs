@@ -1,13 +1,13 @@
 //! What the status endpoints say about the database, rendered by the monitor from the nodes'
 //! atomics.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
 use super::availability::Gate;
 use super::{Database, Node};
+use crate::monitor::prometheus::{Kind, PromWriter};
 
 /// `pass`, `warn` or `fail`, as `/health` says them.
 pub fn health_word(db: Option<&Database>) -> &'static str {
@@ -103,60 +103,60 @@ fn node_json(node: &Node) -> Value {
 }
 
 /// Prometheus families for the nodes.
-pub fn prometheus(db: &Database, out: &mut String) {
-    type Metric = (&'static str, &'static str, &'static str, fn(&Node) -> f64);
+pub fn prometheus(db: &Database, w: &mut PromWriter) {
+    type Metric = (&'static str, Kind, &'static str, fn(&Node) -> f64);
     let metrics: &[Metric] = &[
         (
             "coinbit_db_node_up",
-            "gauge",
+            Kind::Gauge,
             "1 while the node takes requests (not ejected, breaker closed)",
             |n| f64::from(u8::from(n.routable())),
         ),
         (
             "coinbit_db_in_recovery",
-            "gauge",
+            Kind::Gauge,
             "1 while the node reports pg_is_in_recovery()",
             |n| f64::from(u8::from(n.in_recovery.load(Ordering::Relaxed))),
         ),
         (
             "coinbit_db_in_flight",
-            "gauge",
+            Kind::Gauge,
             "Requests queued or running on the node",
             |n| n.in_flight.load(Ordering::Relaxed) as f64,
         ),
         (
             "coinbit_db_pool_size",
-            "gauge",
+            Kind::Gauge,
             "Pooled connections configured",
             |n| n.pool_size as f64,
         ),
         (
             "coinbit_db_pool_connected",
-            "gauge",
+            Kind::Gauge,
             "Pooled connections open",
             |n| n.connected.load(Ordering::Relaxed) as f64,
         ),
         (
             "coinbit_db_pool_busy",
-            "gauge",
+            Kind::Gauge,
             "Pooled connections running a request",
             |n| n.busy.load(Ordering::Relaxed) as f64,
         ),
         (
             "coinbit_db_queue_length",
-            "gauge",
+            Kind::Gauge,
             "Requests waiting for a pooled connection",
             |n| n.jobs.len() as f64,
         ),
         (
             "coinbit_db_replica_lag_bytes",
-            "gauge",
+            Kind::Gauge,
             "WAL bytes the replica has not replayed",
             |n| n.lag_bytes.load(Ordering::Relaxed) as f64,
         ),
         (
             "coinbit_db_replica_lag_seconds",
-            "gauge",
+            Kind::Gauge,
             "Time the replica is behind while WAL remains",
             |n| match n.lag_ms.load(Ordering::Relaxed) {
                 u64::MAX => f64::NAN,
@@ -165,61 +165,56 @@ pub fn prometheus(db: &Database, out: &mut String) {
         ),
         (
             "coinbit_db_health_check_rtt_seconds",
-            "gauge",
+            Kind::Gauge,
             "Round-trip time of the last health check",
             |n| n.rtt_us.load(Ordering::Relaxed) as f64 / 1e6,
         ),
         (
             "coinbit_db_requests_total",
-            "counter",
+            Kind::Counter,
             "Requests the node's pool ran",
             |n| n.requests.load(Ordering::Relaxed) as f64,
         ),
         (
             "coinbit_db_errors_total",
-            "counter",
+            Kind::Counter,
             "Requests that failed for the node's sake",
             |n| n.errors.load(Ordering::Relaxed) as f64,
         ),
         (
             "coinbit_db_commits_total",
-            "counter",
+            Kind::Counter,
             "Write transactions committed (group commit joins writes)",
             |n| n.commits.load(Ordering::Relaxed) as f64,
         ),
         (
             "coinbit_db_ejections_total",
-            "counter",
+            Kind::Counter,
             "Times the node was ejected",
             |n| n.health_snapshot().ejections as f64,
         ),
         (
             "coinbit_db_breaker_open",
-            "gauge",
+            Kind::Gauge,
             "1 while the node's circuit breaker is open",
             |n| f64::from(u8::from(n.health_snapshot().breaker_open())),
         ),
         (
             "coinbit_db_breaker_opens_total",
-            "counter",
+            Kind::Counter,
             "Times the node's circuit breaker opened",
             |n| n.health_snapshot().breaker_opens as f64,
         ),
     ];
-    for (name, kind, help, value) in metrics {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for &(name, kind, help, value) in metrics {
+        w.family(name, kind, help);
         for node in &db.nodes {
             let role = if node.is_primary {
                 "primary"
             } else {
                 "replica"
             };
-            let _ = writeln!(
-                out,
-                "{name}{{node=\"{}\",role=\"{role}\"}} {}",
-                node.name(),
-                value(node)
-            );
+            w.sample(&[("node", &node.name()), ("role", &role)], value(node));
         }
     }
 }

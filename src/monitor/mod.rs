@@ -18,9 +18,12 @@
 //! - [`watch`]: one evaluation round, the recovery actions.
 //! - [`webhook`]: Alertmanager-shaped delivery on its own thread.
 //! - [`render`]: the bodies of the status endpoints; `dashboard.html` the live page.
+//! - [`queues`]: the queues' merged counters, their status body, health check and families.
+//! - [`prometheus`]: the one writer of the `/metrics` text every family goes through.
 
 pub mod alerts;
 pub mod merge;
+pub mod prometheus;
 pub mod queues;
 pub mod render;
 pub mod sample;

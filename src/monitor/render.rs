@@ -1,13 +1,13 @@
 //! Rendering the merged state into the bodies of `/health`, `/api/enterprise/cluster/status`,
 //! `/api/enterprise/metrics` and `/metrics` (Prometheus text).
 
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::merge::{ClusterState, ShardTrack, Totals, WINDOW};
+use super::prometheus::{Kind, Labels, PromWriter};
 use super::watch::Watch;
 use super::{HealthStatus, Identity, Published};
 use crate::db;
@@ -329,6 +329,7 @@ pub fn publish(
     if let Some(database) = database {
         db::status::prometheus(database, &mut prometheus);
     }
+    let prometheus = prometheus.finish();
     Published {
         health_status: status,
         health: health.to_string().into(),
@@ -421,14 +422,11 @@ fn prometheus(
     totals: &Totals,
     uptime: Duration,
     status: HealthStatus,
-) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    let out = &mut out;
-
-    let name = family(
-        out,
+) -> PromWriter {
+    let mut w = PromWriter::with_capacity(8 * 1024);
+    w.family(
         "coinbit_http_requests_total",
-        "counter",
+        Kind::Counter,
         "HTTP responses by shard, route and status class.",
     );
     for (track, fact) in state.shards.iter().zip(facts) {
@@ -436,158 +434,131 @@ fn prometheus(
         let routed = state.routes.iter().zip(&t.counts.by_route);
         for (route, counts) in routed.chain(std::iter::once((&"unrouted", &t.counts.unrouted))) {
             for (class, n) in STATUS_CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{shard=\"{}\",route=\"{route}\",class=\"{class}\"}} {n}",
-                    track.slot.id
+                w.sample(
+                    &[
+                        ("shard", &track.slot.id),
+                        ("route", route),
+                        ("class", class),
+                    ],
+                    n,
                 );
             }
         }
     }
 
-    let name = family(
-        out,
+    w.family(
         "coinbit_http_client_errors_total",
-        "counter",
+        Kind::Counter,
         "Requests that failed by the client's fault (4xx, and every request refused as malformed); left out of the error rate.",
     );
     for (track, fact) in state.shards.iter().zip(facts) {
-        let _ = writeln!(
-            out,
-            "{name}{{shard=\"{}\"}} {}",
-            track.slot.id,
-            fact.totals.client_errors()
-        );
+        w.sample(&[("shard", &track.slot.id)], fact.totals.client_errors());
     }
 
-    let name = family(
-        out,
+    w.family(
         "coinbit_http_request_duration_seconds",
-        "histogram",
+        Kind::Histogram,
         "Time from a request's arrival to its response being ready.",
     );
-    for le in LATENCY_BUCKETS {
-        let micros = (le * 1e6) as u64;
-        let count = if lifetime.is_empty() {
-            0
-        } else {
-            lifetime.count_between(0, micros)
-        };
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", lifetime.len());
-    let _ = writeln!(out, "{name}_sum {}", totals.latency_sum_micros as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count {}", lifetime.len());
+    let sum_seconds = totals.latency_sum_micros as f64 / 1e6;
+    w.histogram(&[], &LATENCY_BUCKETS, lifetime, sum_seconds);
 
+    shard_families(&mut w, state, facts);
+    w.family(
+        "coinbit_health_status",
+        Kind::Gauge,
+        "0 pass, 1 warn, 2 fail.",
+    );
+    w.sample(&[], status as u8);
+    w.family(
+        "coinbit_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since start.",
+    );
+    w.sample(&[], uptime.as_secs_f64());
+    w.family("coinbit_build_info", Kind::Gauge, "Version and engine.");
+    w.sample(&[("version", &VERSION), ("engine", &identity.engine)], 1);
+    w
+}
+
+/// The per-shard families: connections, restarts, up, heartbeat age.
+fn shard_families(w: &mut PromWriter, state: &ClusterState, facts: &[ShardFacts]) {
     type Gauge = fn(&ShardTrack, &ShardFacts) -> f64;
-    let per_shard: [(&str, &str, &str, Gauge); 7] = [
+    let per_shard: [(&'static str, Kind, &str, Gauge); 7] = [
         (
             "coinbit_http_connections_open",
-            "gauge",
+            Kind::Gauge,
             "Open client connections.",
             |_, f| f.totals.connections.open as f64,
         ),
         (
             "coinbit_http_connections_accepted_total",
-            "counter",
+            Kind::Counter,
             "Connections accepted.",
             |_, f| f.totals.connections.accepted as f64,
         ),
         (
             "coinbit_http_connections_rejected_total",
-            "counter",
+            Kind::Counter,
             "Connections refused with 503 at the per-shard cap.",
             |_, f| f.totals.connections.rejected_at_cap as f64,
         ),
         (
             "coinbit_http_request_timeouts_total",
-            "counter",
+            Kind::Counter,
             "Connections closed because a request arrived too slowly.",
             |_, f| f.totals.connections.request_timeouts as f64,
         ),
         (
             "coinbit_http_idle_timeouts_total",
-            "counter",
+            Kind::Counter,
             "Keep-alive connections closed after the idle timeout.",
             |_, f| f.totals.connections.idle_timeouts as f64,
         ),
         (
             "coinbit_shard_restarts_total",
-            "counter",
+            Kind::Counter,
             "Times the shard was restarted after dying.",
             |t, _| t.slot.restarts() as f64,
         ),
         (
             "coinbit_shard_up",
-            "gauge",
+            Kind::Gauge,
             "1 while the shard runs and reports.",
             |_, f| f64::from(u8::from(f.state == ShardState::Running && !f.stale)),
         ),
     ];
     for (metric, kind, help, value) in per_shard {
-        let name = family(out, metric, kind, help);
+        w.family(metric, kind, help);
         for (track, fact) in state.shards.iter().zip(facts) {
-            let _ = writeln!(
-                out,
-                "{name}{{shard=\"{}\",cpu=\"{}\"}} {}",
-                track.slot.id,
-                track.slot.cpu,
-                value(track, fact)
-            );
+            let labels: Labels<'_> = &[("shard", &track.slot.id), ("cpu", &track.slot.cpu)];
+            w.sample(labels, value(track, fact));
         }
     }
-    let name = family(
-        out,
+    w.family(
         "coinbit_shard_heartbeat_age_seconds",
-        "gauge",
+        Kind::Gauge,
         "Time since the shard's last report.",
     );
     for (track, fact) in state.shards.iter().zip(facts) {
         if let Some(age) = fact.heartbeat_age {
-            let _ = writeln!(
-                out,
-                "{name}{{shard=\"{}\"}} {}",
-                track.slot.id,
-                age.as_secs_f64()
-            );
+            w.sample(&[("shard", &track.slot.id)], age.as_secs_f64());
         }
     }
-    let name = family(
-        out,
-        "coinbit_health_status",
-        "gauge",
-        "0 pass, 1 warn, 2 fail.",
-    );
-    let _ = writeln!(out, "{name} {}", status as u8);
-    let name = family(
-        out,
-        "coinbit_uptime_seconds",
-        "gauge",
-        "Seconds since start.",
-    );
-    let _ = writeln!(out, "{name} {}", uptime.as_secs_f64());
-    let name = family(out, "coinbit_build_info", "gauge", "Version and engine.");
-    let _ = writeln!(
-        out,
-        "{name}{{version=\"{VERSION}\",engine=\"{}\"}} 1",
-        identity.engine
-    );
-    std::mem::take(out)
 }
 
 /// The monitoring families: health score, firing alerts, CPU and memory, recovery actions.
 fn monitoring_prometheus(
-    out: &mut String,
+    w: &mut PromWriter,
     watch: &Watch,
     latest: &super::sample::Sample,
     firing: &[&&super::alerts::Alert],
 ) {
-    let name = family(out, "coinbit_health_score", "gauge", "Health score, 0-100.");
-    let _ = writeln!(out, "{name} {}", watch.score);
-    let name = family(
-        out,
+    w.family("coinbit_health_score", Kind::Gauge, "Health score, 0-100.");
+    w.sample(&[], watch.score);
+    w.family(
         "coinbit_alerts_firing",
-        "gauge",
+        Kind::Gauge,
         "Alerts firing, by severity.",
     );
     use super::alerts::Severity;
@@ -596,16 +567,15 @@ fn monitoring_prometheus(
         ("critical", Severity::Critical),
     ] {
         let n = firing.iter().filter(|a| a.severity == severity).count();
-        let _ = writeln!(out, "{name}{{severity=\"{label}\"}} {n}");
+        w.sample(&[("severity", &label)], n);
     }
-    let name = family(
-        out,
+    w.family(
         "coinbit_shard_cpu_percent",
-        "gauge",
+        Kind::Gauge,
         "CPU of each shard's thread over the last sample, % of one CPU.",
     );
     for (id, cpu) in latest.shard_cpu.iter().enumerate() {
-        let _ = writeln!(out, "{name}{{shard=\"{id}\"}} {cpu}");
+        w.sample(&[("shard", &id)], cpu);
     }
     let gauges = [
         (
@@ -635,38 +605,25 @@ fn monitoring_prometheus(
         ),
     ];
     for (metric, help, value) in gauges {
-        let name = family(out, metric, "gauge", help);
-        let _ = writeln!(out, "{name} {value}");
+        w.family(metric, Kind::Gauge, help);
+        w.sample(&[], value);
     }
-    let name = family(
-        out,
+    w.family(
         "coinbit_recovery_actions_total",
-        "counter",
+        Kind::Counter,
         "Automatic recovery actions taken.",
     );
     for action in &watch.actions {
-        let _ = writeln!(out, "{name}{{action=\"{}\"}} {}", action.name, action.taken);
+        w.sample(&[("action", &action.name)], action.taken);
     }
-    let name = family(
-        out,
+    w.family(
         "coinbit_recovery_action_active",
-        "gauge",
+        Kind::Gauge,
         "1 while a recovery action is in force.",
     );
     for action in &watch.actions {
-        let _ = writeln!(
-            out,
-            "{name}{{action=\"{}\"}} {}",
-            action.name,
-            u8::from(action.active)
-        );
+        w.sample(&[("action", &action.name)], u8::from(action.active));
     }
-}
-
-/// Writes a metric family's HELP and TYPE lines and returns its name.
-fn family<'a>(out: &mut String, name: &'a str, kind: &str, help: &str) -> &'a str {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    name
 }
 
 #[cfg(test)]
@@ -677,6 +634,7 @@ mod tests {
     use crate::metrics::ShardMetrics;
     use crate::queue::QueueReport;
     use crate::shard::ShardSlot;
+    use std::fmt::Write as _;
     use std::sync::atomic::Ordering::Relaxed;
     use std::sync::Arc;
 
