@@ -1,13 +1,18 @@
 //! Rendering the merged state into the bodies of `/health`, `/api/enterprise/cluster/status`,
-//! `/api/enterprise/metrics` and `/metrics` (Prometheus text).
+//! `/api/enterprise/metrics`, `/api/enterprise/alerts` and `/metrics` (Prometheus text).
+//!
+//! [`publish`] works out once what every body says (the shards' facts, the counts, the
+//! [`overall_status`], a pure decision over them) and hands that view to one function per body.
 
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use super::alerts::{Alert, AlertState, Metric, Severity};
 use super::merge::{ClusterState, ShardTrack, Totals, WINDOW};
 use super::prometheus::{Kind, Labels, PromWriter};
+use super::sample::Sample;
 use super::watch::Watch;
 use super::{HealthStatus, Identity, Published};
 use crate::db;
@@ -74,6 +79,149 @@ fn shard_facts(track: &ShardTrack, interval: Duration, now: Instant) -> ShardFac
     }
 }
 
+/// What the overall status is decided from.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusInputs {
+    pub shards: usize,
+    pub running: usize,
+    /// Parked or draining.
+    pub parked: usize,
+    pub stale: usize,
+    /// Shards auto-scaling wants active.
+    pub active_shards: usize,
+    pub shutting_down: bool,
+    /// The health score's word.
+    pub score: HealthStatus,
+    /// The queues check.
+    pub queues: HealthStatus,
+    /// The database check says warn.
+    pub database_degraded: bool,
+}
+
+/// The shards check of `/health`, and the status of the whole server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub shards: HealthStatus,
+    pub overall: HealthStatus,
+}
+
+/// The server's status: the worst of its shards, its health score and its queues; a database
+/// in trouble makes it degraded, never down (reads may still be served).
+pub fn overall_status(inputs: StatusInputs) -> Verdict {
+    // Shards parked by auto-scaling are not missing: they count as running for health.
+    let parked_by_scaling = inputs
+        .parked
+        .min(inputs.shards.saturating_sub(inputs.active_shards));
+    let shards = health_status(
+        inputs.shards,
+        inputs.running + parked_by_scaling,
+        inputs.stale,
+        inputs.shutting_down,
+    );
+    let overall = shards.max(inputs.score).max(inputs.queues);
+    let overall = if overall == HealthStatus::Pass && inputs.database_degraded {
+        HealthStatus::Warn
+    } else {
+        overall
+    };
+    Verdict { shards, overall }
+}
+
+/// What every body is rendered from, worked out once per publish.
+struct View<'a> {
+    state: &'a ClusterState,
+    identity: &'a Identity,
+    watch: &'a Watch,
+    now: Instant,
+    facts: Vec<ShardFacts>,
+    running: usize,
+    parked: usize,
+    stale: usize,
+    queued: u64,
+    queue_check: HealthStatus,
+    verdict: Verdict,
+    active_alerts: Vec<&'a Alert>,
+    recent_alerts: Vec<&'a Alert>,
+    latest: Sample,
+    uptime: Duration,
+    /// Summed from the facts: each shard's totals are worked out once per publish.
+    totals: Totals,
+    window_latency: Histogram<u64>,
+    lifetime_latency: Histogram<u64>,
+}
+
+impl<'a> View<'a> {
+    fn new(
+        state: &'a ClusterState,
+        identity: &'a Identity,
+        control: &Control,
+        watch: &'a Watch,
+        now: Instant,
+    ) -> Self {
+        let facts: Vec<ShardFacts> = state
+            .shards
+            .iter()
+            .map(|t| shard_facts(t, state.interval, now))
+            .collect();
+        let count = |keep: fn(&ShardFacts) -> bool| facts.iter().filter(|f| keep(f)).count();
+        let running = count(|f| f.state == ShardState::Running);
+        let parked = count(|f| matches!(f.state, ShardState::Parked | ShardState::Draining));
+        let stale = count(|f| f.stale);
+        let queued = state.queued_jobs();
+        let queue_check = super::queues::queue_status(
+            queued,
+            identity.queue_size_warning,
+            identity.queue_size_critical,
+        );
+        let verdict = overall_status(StatusInputs {
+            shards: facts.len(),
+            running,
+            parked,
+            stale,
+            active_shards: watch.active_shards,
+            shutting_down: control.is_shutting_down(),
+            score: watch.grade.health(),
+            queues: queue_check,
+            database_degraded: db::status::health_word(identity.database.as_deref()) == "warn",
+        });
+        let (active_alerts, recent_alerts) = watch.book.listing();
+        let totals: Totals = facts.iter().map(|f| &f.totals).sum();
+        let (window_latency, lifetime_latency) = state.merged_latency();
+        View {
+            state,
+            identity,
+            watch,
+            now,
+            running,
+            parked,
+            stale,
+            queued,
+            queue_check,
+            verdict,
+            active_alerts,
+            recent_alerts,
+            latest: watch.latest().cloned().unwrap_or_default(),
+            uptime: now.saturating_duration_since(control.started_at),
+            totals,
+            facts,
+            window_latency,
+            lifetime_latency,
+        }
+    }
+
+    fn firing(&self) -> Vec<&'a Alert> {
+        self.active_alerts
+            .iter()
+            .copied()
+            .filter(|a| a.state == AlertState::Firing)
+            .collect()
+    }
+
+    fn database(&self) -> Option<&'a db::Database> {
+        self.identity.database.as_deref()
+    }
+}
+
 pub fn publish(
     state: &ClusterState,
     identity: &Identity,
@@ -81,65 +229,47 @@ pub fn publish(
     watch: &Watch,
     now: Instant,
 ) -> Published {
-    let facts: Vec<ShardFacts> = state
-        .shards
-        .iter()
-        .map(|t| shard_facts(t, state.interval, now))
-        .collect();
-    let running = facts
-        .iter()
-        .filter(|f| f.state == ShardState::Running)
-        .count();
-    let parked = facts
-        .iter()
-        .filter(|f| matches!(f.state, ShardState::Parked | ShardState::Draining))
-        .count();
-    let stale = facts.iter().filter(|f| f.stale).count();
-    // Shards parked by auto-scaling are not missing: they count as running for health.
-    let shard_status = health_status(
-        facts.len(),
-        running + parked.min(facts.len().saturating_sub(watch.active_shards)),
-        stale,
-        control.is_shutting_down(),
-    );
-    let queued = state.queued_jobs();
-    let queue_check = super::queues::queue_status(
-        queued,
-        identity.queue_size_warning,
-        identity.queue_size_critical,
-    );
-    let status = shard_status.max(watch.grade.health()).max(queue_check);
-    let (active_alerts, recent_alerts) = watch.book.listing();
-    let firing: Vec<&&super::alerts::Alert> = active_alerts
-        .iter()
-        .filter(|a| a.state == super::alerts::AlertState::Firing)
-        .collect();
-    let latest = watch.latest().cloned().unwrap_or_default();
-    let database = identity.database.as_deref();
-    // A database in trouble makes the server degraded, never down: reads may still be served.
-    let status = match (status, db::status::health_word(database)) {
-        (HealthStatus::Pass, "warn") => HealthStatus::Warn,
-        (status, _) => status,
-    };
-    let uptime = now.saturating_duration_since(control.started_at);
-    // Summed from the facts: each shard's totals are worked out once per publish.
-    let totals: Totals = facts.iter().map(|f| &f.totals).sum();
-    let (window_latency, lifetime_latency) = state.merged_latency();
+    let view = View::new(state, identity, control, watch, now);
+    Published {
+        health_status: view.verdict.overall,
+        health: health_body(&view).to_string().into(),
+        cluster_status: cluster_status_body(&view).to_string().into(),
+        metrics: metrics_body(&view).to_string().into(),
+        prometheus: prometheus(&view).into(),
+        queues_status: super::queues::status_body(state, view.queue_check)
+            .to_string()
+            .into(),
+        alerts: alerts_body(&view).to_string().into(),
+        running_shards: view.running,
+    }
+}
 
-    let health = json!({
-        "status": status,
+/// `GET /health`: `application/health+json`.
+fn health_body(view: &View) -> Value {
+    let watch = view.watch;
+    let (running, parked, stale) = (view.running, view.parked, view.stale);
+    let firing = view.firing();
+    let alerts_status = if firing.iter().any(|a| a.severity == Severity::Critical) {
+        "fail"
+    } else if firing.is_empty() {
+        "pass"
+    } else {
+        "warn"
+    };
+    let mut health = json!({
+        "status": view.verdict.overall,
         "version": VERSION,
         "serviceId": "coinbit",
         "description": "CoinBitClub Enterprise API",
-        "uptime_seconds": uptime.as_secs(),
-        "engine": identity.engine,
+        "uptime_seconds": view.uptime.as_secs(),
+        "engine": view.identity.engine,
         "checks": {
             "shards:running": [{
                 "componentType": "system",
                 "observedValue": running,
                 "observedUnit": "shards",
-                "status": shard_status,
-                "output": format!("{running} of {} shards running, {parked} parked by auto-scaling", facts.len()),
+                "status": view.verdict.shards,
+                "output": format!("{running} of {} shards running, {parked} parked by auto-scaling", view.facts.len()),
             }],
             "shards:heartbeat": [{
                 "componentType": "system",
@@ -147,10 +277,10 @@ pub fn publish(
                 "observedUnit": "stale shards",
                 "status": if stale == 0 { "pass" } else { "warn" },
             }],
-            "database": db::status::health_check(database),
+            "database": db::status::health_check(view.database()),
             "http:connections": [{
                 "componentType": "component",
-                "observedValue": totals.connections.open,
+                "observedValue": view.totals.connections.open,
                 "observedUnit": "connections",
                 "status": "pass",
             }],
@@ -165,28 +295,66 @@ pub fn publish(
                 "componentType": "system",
                 "observedValue": firing.len(),
                 "observedUnit": "firing alerts",
-                "status": if firing.iter().any(|a| a.severity == super::alerts::Severity::Critical) {
-                    "fail"
-                } else if firing.is_empty() { "pass" } else { "warn" },
+                "status": alerts_status,
                 "output": firing.iter().map(|a| a.message.as_str()).collect::<Vec<_>>().join("; "),
             }],
         },
         "health_score": watch.score,
         "grade": watch.grade,
     });
-
-    let mut health = health;
     health["checks"]["queues:size"] = super::queues::health_check(
-        queued,
-        queue_check,
-        identity.queue_size_warning,
-        identity.queue_size_critical,
+        view.queued,
+        view.queue_check,
+        view.identity.queue_size_warning,
+        view.identity.queue_size_critical,
     );
+    health
+}
 
-    let shards: Vec<Value> = state
+/// `GET /api/enterprise/cluster/status`.
+fn cluster_status_body(view: &View) -> Value {
+    let (identity, watch) = (view.identity, view.watch);
+    let policy = &watch.settings.policy;
+    json!({
+        "engine": identity.engine,
+        "version": VERSION,
+        "pid": std::process::id(),
+        "uptime_seconds": view.uptime.as_secs(),
+        "status": view.verdict.overall,
+        "monitor": {
+            "cpu": identity.monitor_cpu,
+            "tid": view.state.monitor_tid,
+            "shares_core": identity.monitor_shares_core,
+        },
+        "cluster": {
+            "shards": view.facts.len(),
+            "running_shards": view.running,
+            "min_workers": identity.min_workers,
+            "max_workers": identity.max_workers,
+            "active_shards": watch.active_shards,
+            "scaling": {
+                "min_active": policy.min,
+                "max_active": policy.max,
+                "scale_up_threshold": policy.up,
+                "scale_down_threshold": policy.down,
+                "cooldown_ms": policy.cooldown.as_millis() as u64,
+                "cpu_percent": round(view.latest.cpu, 1),
+                "events": watch.scale_events,
+            },
+        },
+        "health_score": watch.score,
+        "grade": watch.grade,
+        "shards": shard_rows(view),
+        "database": db::status::cluster_section(view.database()),
+    })
+}
+
+/// One row per shard of the cluster status.
+fn shard_rows(view: &View) -> Vec<Value> {
+    view.state
         .shards
         .iter()
-        .zip(&facts)
+        .zip(&view.facts)
         .map(|(track, fact)| {
             let totals = &fact.totals;
             json!({
@@ -194,8 +362,8 @@ pub fn publish(
                 "cpu": track.slot.cpu,
                 "tid": track.slot.tid(),
                 "state": if fact.stale { "stale" } else { fact.state.as_str() },
-                "active": track.slot.id < watch.active_shards,
-                "cpu_percent": latest.shard_cpu.get(track.slot.id).map(|c| round(*c, 1)),
+                "active": track.slot.id < view.watch.active_shards,
+                "cpu_percent": view.latest.shard_cpu.get(track.slot.id).map(|c| round(*c, 1)),
                 "generation": track.generation,
                 "open_connections": totals.connections.open,
                 "requests_served": totals.requests(),
@@ -203,40 +371,12 @@ pub fn publish(
                 "restarts": track.slot.restarts(),
             })
         })
-        .collect();
-    let cluster_status = json!({
-        "engine": identity.engine,
-        "version": VERSION,
-        "pid": std::process::id(),
-        "uptime_seconds": uptime.as_secs(),
-        "status": status,
-        "monitor": {
-            "cpu": identity.monitor_cpu,
-            "tid": state.monitor_tid,
-            "shares_core": identity.monitor_shares_core,
-        },
-        "cluster": {
-            "shards": facts.len(),
-            "running_shards": running,
-            "min_workers": identity.min_workers,
-            "max_workers": identity.max_workers,
-            "active_shards": watch.active_shards,
-            "scaling": {
-                "min_active": watch.settings.policy.min,
-                "max_active": watch.settings.policy.max,
-                "scale_up_threshold": watch.settings.policy.up,
-                "scale_down_threshold": watch.settings.policy.down,
-                "cooldown_ms": watch.settings.policy.cooldown.as_millis() as u64,
-                "cpu_percent": round(latest.cpu, 1),
-                "events": watch.scale_events,
-            },
-        },
-        "health_score": watch.score,
-        "grade": watch.grade,
-        "shards": shards,
-        "database": db::status::cluster_section(database),
-    });
+        .collect()
+}
 
+/// `GET /api/enterprise/metrics`: merged and per-shard traffic, routes, the dashboard's history.
+fn metrics_body(view: &View) -> Value {
+    let (state, watch, now) = (view.state, view.watch, view.now);
     let (window_requests, window_errors, window_span) = state
         .shards
         .iter()
@@ -247,7 +387,7 @@ pub fn publish(
     let per_shard: Vec<Value> = state
         .shards
         .iter()
-        .zip(&facts)
+        .zip(&view.facts)
         .map(|(track, fact)| {
             let (requests, errors, span) = track.window_counts(now);
             let mut body = traffic(
@@ -262,6 +402,25 @@ pub fn publish(
             body
         })
         .collect();
+    let history_from = watch.history.len().saturating_sub(CHART_POINTS);
+    json!({
+        "window_seconds": WINDOW.as_secs(),
+        "snapshot_interval_ms": state.interval.as_millis() as u64,
+        "merged": traffic(&view.totals, window_requests, window_errors, window_span, &view.window_latency, &view.lifetime_latency),
+        "shards": per_shard,
+        "routes": route_counts(state, &view.totals),
+        "monitoring": {
+            "interval_ms": watch.settings.interval.as_millis() as u64,
+            "health_score": watch.score,
+            "grade": watch.grade,
+            "latest": view.latest,
+            "history": watch.history.iter().skip(history_from).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// Responses by route and status class, the unrouted ones last.
+fn route_counts(state: &ClusterState, totals: &Totals) -> serde_json::Map<String, Value> {
     let mut routes = serde_json::Map::new();
     for (name, counts) in state.routes.iter().zip(&totals.counts.by_route) {
         routes.insert((*name).to_string(), class_counts(counts));
@@ -270,21 +429,13 @@ pub fn publish(
         "unrouted".to_string(),
         class_counts(&totals.counts.unrouted),
     );
-    let metrics = json!({
-        "window_seconds": WINDOW.as_secs(),
-        "snapshot_interval_ms": state.interval.as_millis() as u64,
-        "merged": traffic(&totals, window_requests, window_errors, window_span, &window_latency, &lifetime_latency),
-        "shards": per_shard,
-        "routes": routes,
-        "monitoring": {
-            "interval_ms": watch.settings.interval.as_millis() as u64,
-            "health_score": watch.score,
-            "grade": watch.grade,
-            "latest": latest,
-            "history": watch.history.iter().skip(watch.history.len().saturating_sub(CHART_POINTS)).collect::<Vec<_>>(),
-        },
-    });
-    let thresholds: serde_json::Map<String, Value> = super::alerts::Metric::ALL
+    routes
+}
+
+/// `GET /api/enterprise/alerts`: alerts, recovery actions, thresholds, webhook delivery.
+fn alerts_body(view: &View) -> Value {
+    let watch = view.watch;
+    let thresholds: serde_json::Map<String, Value> = Metric::ALL
         .iter()
         .map(|&m| {
             let (warning, critical) = watch.settings.thresholds.of(m);
@@ -304,44 +455,46 @@ pub fn publish(
             "dropped": w.stats.dropped.load(Relaxed),
         })
     });
-    let alerts = json!({
+    json!({
         "health_score": watch.score,
         "grade": watch.grade,
         "cooldown_ms": watch.settings.cooldown_ms,
-        "active": active_alerts,
-        "recent": recent_alerts,
+        "active": view.active_alerts,
+        "recent": view.recent_alerts,
         "actions": watch.actions,
         "thresholds": thresholds,
         "webhook": webhook,
-    });
+    })
+}
 
-    let mut prometheus = prometheus(
-        state,
-        identity,
-        &facts,
-        &lifetime_latency,
-        &totals,
-        uptime,
-        status,
+/// `GET /metrics`: every family, the queues' and the database's included.
+fn prometheus(view: &View) -> String {
+    let mut w = PromWriter::with_capacity(8 * 1024);
+    traffic_families(&mut w, view);
+    shard_families(&mut w, view.state, &view.facts);
+    w.family(
+        "coinbit_health_status",
+        Kind::Gauge,
+        "0 pass, 1 warn, 2 fail.",
     );
-    monitoring_prometheus(&mut prometheus, watch, &latest, &firing);
-    super::queues::prometheus(state, &mut prometheus);
-    if let Some(database) = database {
-        db::status::prometheus(database, &mut prometheus);
+    w.sample(&[], view.verdict.overall as u8);
+    w.family(
+        "coinbit_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since start.",
+    );
+    w.sample(&[], view.uptime.as_secs_f64());
+    w.family("coinbit_build_info", Kind::Gauge, "Version and engine.");
+    w.sample(
+        &[("version", &VERSION), ("engine", &view.identity.engine)],
+        1,
+    );
+    monitoring_families(&mut w, view.watch, &view.latest, &view.firing());
+    super::queues::prometheus(view.state, &mut w);
+    if let Some(database) = view.database() {
+        db::status::prometheus(database, &mut w);
     }
-    let prometheus = prometheus.finish();
-    Published {
-        health_status: status,
-        health: health.to_string().into(),
-        cluster_status: cluster_status.to_string().into(),
-        metrics: metrics.to_string().into(),
-        prometheus: prometheus.into(),
-        queues_status: super::queues::status_body(state, queue_check)
-            .to_string()
-            .into(),
-        alerts: alerts.to_string().into(),
-        running_shards: running,
-    }
+    w.finish()
 }
 
 fn class_counts(counts: &[u64; 5]) -> Value {
@@ -414,22 +567,15 @@ fn round(value: f64, decimals: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-fn prometheus(
-    state: &ClusterState,
-    identity: &Identity,
-    facts: &[ShardFacts],
-    lifetime: &Histogram<u64>,
-    totals: &Totals,
-    uptime: Duration,
-    status: HealthStatus,
-) -> PromWriter {
-    let mut w = PromWriter::with_capacity(8 * 1024);
+/// The traffic families: responses by route and class, client errors, latency.
+fn traffic_families(w: &mut PromWriter, view: &View) {
+    let state = view.state;
     w.family(
         "coinbit_http_requests_total",
         Kind::Counter,
         "HTTP responses by shard, route and status class.",
     );
-    for (track, fact) in state.shards.iter().zip(facts) {
+    for (track, fact) in state.shards.iter().zip(&view.facts) {
         let t = &fact.totals;
         let routed = state.routes.iter().zip(&t.counts.by_route);
         for (route, counts) in routed.chain(std::iter::once((&"unrouted", &t.counts.unrouted))) {
@@ -451,7 +597,7 @@ fn prometheus(
         Kind::Counter,
         "Requests that failed by the client's fault (4xx, and every request refused as malformed); left out of the error rate.",
     );
-    for (track, fact) in state.shards.iter().zip(facts) {
+    for (track, fact) in state.shards.iter().zip(&view.facts) {
         w.sample(&[("shard", &track.slot.id)], fact.totals.client_errors());
     }
 
@@ -460,25 +606,8 @@ fn prometheus(
         Kind::Histogram,
         "Time from a request's arrival to its response being ready.",
     );
-    let sum_seconds = totals.latency_sum_micros as f64 / 1e6;
-    w.histogram(&[], &LATENCY_BUCKETS, lifetime, sum_seconds);
-
-    shard_families(&mut w, state, facts);
-    w.family(
-        "coinbit_health_status",
-        Kind::Gauge,
-        "0 pass, 1 warn, 2 fail.",
-    );
-    w.sample(&[], status as u8);
-    w.family(
-        "coinbit_uptime_seconds",
-        Kind::Gauge,
-        "Seconds since start.",
-    );
-    w.sample(&[], uptime.as_secs_f64());
-    w.family("coinbit_build_info", Kind::Gauge, "Version and engine.");
-    w.sample(&[("version", &VERSION), ("engine", &identity.engine)], 1);
-    w
+    let sum_seconds = view.totals.latency_sum_micros as f64 / 1e6;
+    w.histogram(&[], &LATENCY_BUCKETS, &view.lifetime_latency, sum_seconds);
 }
 
 /// The per-shard families: connections, restarts, up, heartbeat age.
@@ -548,12 +677,7 @@ fn shard_families(w: &mut PromWriter, state: &ClusterState, facts: &[ShardFacts]
 }
 
 /// The monitoring families: health score, firing alerts, CPU and memory, recovery actions.
-fn monitoring_prometheus(
-    w: &mut PromWriter,
-    watch: &Watch,
-    latest: &super::sample::Sample,
-    firing: &[&&super::alerts::Alert],
-) {
+fn monitoring_families(w: &mut PromWriter, watch: &Watch, latest: &Sample, firing: &[&Alert]) {
     w.family("coinbit_health_score", Kind::Gauge, "Health score, 0-100.");
     w.sample(&[], watch.score);
     w.family(
@@ -561,7 +685,6 @@ fn monitoring_prometheus(
         Kind::Gauge,
         "Alerts firing, by severity.",
     );
-    use super::alerts::Severity;
     for (label, severity) in [
         ("warning", Severity::Warning),
         ("critical", Severity::Critical),
@@ -775,6 +898,98 @@ mod tests {
             std::fs::write("src/monitor/testdata/bodies.golden", &rendered).unwrap();
         }
         assert_eq!(rendered, include_str!("testdata/bodies.golden"));
+    }
+
+    #[test]
+    fn overall_status_table() {
+        use HealthStatus::*;
+        let all_well = StatusInputs {
+            shards: 4,
+            running: 4,
+            parked: 0,
+            stale: 0,
+            active_shards: 4,
+            shutting_down: false,
+            score: Pass,
+            queues: Pass,
+            database_degraded: false,
+        };
+        let verdict = |shards, overall| Verdict { shards, overall };
+        let cases = [
+            ("all well", all_well, verdict(Pass, Pass)),
+            (
+                "parked by auto-scaling are not missing",
+                StatusInputs {
+                    running: 2,
+                    parked: 2,
+                    active_shards: 2,
+                    ..all_well
+                },
+                verdict(Pass, Pass),
+            ),
+            (
+                "parked beyond what auto-scaling wants are missing",
+                StatusInputs {
+                    running: 2,
+                    parked: 2,
+                    active_shards: 3,
+                    ..all_well
+                },
+                verdict(Warn, Warn),
+            ),
+            (
+                "a stale shard",
+                StatusInputs {
+                    stale: 1,
+                    ..all_well
+                },
+                verdict(Warn, Warn),
+            ),
+            (
+                "none running",
+                StatusInputs {
+                    running: 0,
+                    ..all_well
+                },
+                verdict(Fail, Fail),
+            ),
+            (
+                "a critical score",
+                StatusInputs {
+                    score: Fail,
+                    ..all_well
+                },
+                verdict(Pass, Fail),
+            ),
+            (
+                "queues past the warning",
+                StatusInputs {
+                    queues: Warn,
+                    ..all_well
+                },
+                verdict(Pass, Warn),
+            ),
+            (
+                "a database in trouble degrades",
+                StatusInputs {
+                    database_degraded: true,
+                    ..all_well
+                },
+                verdict(Pass, Warn),
+            ),
+            (
+                "a database in trouble never makes it worse than it is",
+                StatusInputs {
+                    database_degraded: true,
+                    queues: Fail,
+                    ..all_well
+                },
+                verdict(Pass, Fail),
+            ),
+        ];
+        for (case, inputs, expected) in cases {
+            assert_eq!(overall_status(inputs), expected, "{case}");
+        }
     }
 
     #[test]
