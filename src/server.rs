@@ -13,7 +13,7 @@ use crate::app::routes::ROUTE_NAMES;
 use crate::config::{Config, EngineKind};
 use crate::engine::{self, Engine, ShardContext};
 use crate::metrics::ShardReport;
-use crate::monitor::watch::{Watch, WatchSettings};
+use crate::monitor::evaluation::{EvaluationSettings, Evaluator};
 use crate::monitor::webhook::Webhook;
 use crate::monitor::{Identity, Monitor, Published};
 use crate::shard::{self, Control, ShardSlot, ShardState};
@@ -185,7 +185,7 @@ fn bind_port(config: &Config) -> Result<(socket2::Socket, SocketAddr), StartErro
     reserve_port(requested)
 }
 
-/// The monitor, with what it says about the process, its watch and the webhook.
+/// The monitor, with what it says about the process, its evaluator and the webhook.
 fn new_monitor(
     config: &Config,
     chosen: Engine,
@@ -204,7 +204,7 @@ fn new_monitor(
         queue_size_critical: config.monitoring.queue_size_critical,
         database: database.clone(),
     };
-    let (watch_settings, clamp_note) = WatchSettings::from_config(config, slots.len());
+    let (evaluation_settings, clamp_note) = EvaluationSettings::from_config(config, slots.len());
     if let Some(note) = clamp_note {
         log::info!("{note}");
     }
@@ -218,7 +218,7 @@ fn new_monitor(
         control.clone(),
         ROUTE_NAMES,
         config.snapshot_interval(),
-        Watch::new(watch_settings, slots.len(), webhook),
+        Evaluator::new(evaluation_settings, slots.len(), webhook),
     ))
 }
 

@@ -10,10 +10,10 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::alerts::{Alert, AlertState, Metric, Severity};
+use super::evaluation::Evaluator;
 use super::merge::{ClusterState, ShardTrack, Totals, WINDOW};
 use super::prometheus::{Kind, Labels, PromWriter};
 use super::sample::Sample;
-use super::watch::Watch;
 use super::{HealthStatus, Identity, Published};
 use crate::db;
 use crate::metrics::STATUS_CLASSES;
@@ -131,7 +131,7 @@ pub fn overall_status(inputs: StatusInputs) -> Verdict {
 struct View<'a> {
     state: &'a ClusterState,
     identity: &'a Identity,
-    watch: &'a Watch,
+    evaluator: &'a Evaluator,
     now: Instant,
     facts: Vec<ShardFacts>,
     running: usize,
@@ -155,7 +155,7 @@ impl<'a> View<'a> {
         state: &'a ClusterState,
         identity: &'a Identity,
         control: &Control,
-        watch: &'a Watch,
+        evaluator: &'a Evaluator,
         now: Instant,
     ) -> Self {
         let facts: Vec<ShardFacts> = state
@@ -178,19 +178,19 @@ impl<'a> View<'a> {
             running,
             parked,
             stale,
-            active_shards: watch.active_shards,
+            active_shards: evaluator.active_shards,
             shutting_down: control.is_shutting_down(),
-            score: watch.grade.health(),
+            score: evaluator.grade.health(),
             queues: queue_check,
             database_degraded: db::status::health_word(identity.database.as_deref()) == "warn",
         });
-        let (active_alerts, recent_alerts) = watch.book.listing();
+        let (active_alerts, recent_alerts) = evaluator.book.listing();
         let totals: Totals = facts.iter().map(|f| &f.totals).sum();
         let (window_latency, lifetime_latency) = state.merged_latency();
         View {
             state,
             identity,
-            watch,
+            evaluator,
             now,
             running,
             parked,
@@ -200,7 +200,7 @@ impl<'a> View<'a> {
             verdict,
             active_alerts,
             recent_alerts,
-            latest: watch.latest().cloned().unwrap_or_default(),
+            latest: evaluator.latest().cloned().unwrap_or_default(),
             uptime: now.saturating_duration_since(control.started_at),
             totals,
             facts,
@@ -226,10 +226,10 @@ pub fn publish(
     state: &ClusterState,
     identity: &Identity,
     control: &Control,
-    watch: &Watch,
+    evaluator: &Evaluator,
     now: Instant,
 ) -> Published {
-    let view = View::new(state, identity, control, watch, now);
+    let view = View::new(state, identity, control, evaluator, now);
     Published {
         health_status: view.verdict.overall,
         health: health_body(&view).to_string().into(),
@@ -246,7 +246,7 @@ pub fn publish(
 
 /// `GET /health`: `application/health+json`.
 fn health_body(view: &View) -> Value {
-    let watch = view.watch;
+    let evaluator = view.evaluator;
     let (running, parked, stale) = (view.running, view.parked, view.stale);
     let firing = view.firing();
     let alerts_status = if firing.iter().any(|a| a.severity == Severity::Critical) {
@@ -286,10 +286,10 @@ fn health_body(view: &View) -> Value {
             }],
             "monitor:health-score": [{
                 "componentType": "system",
-                "observedValue": watch.score,
+                "observedValue": evaluator.score,
                 "observedUnit": "score (0-100)",
-                "status": watch.grade.health(),
-                "output": watch.grade,
+                "status": evaluator.grade.health(),
+                "output": evaluator.grade,
             }],
             "monitor:alerts": [{
                 "componentType": "system",
@@ -299,8 +299,8 @@ fn health_body(view: &View) -> Value {
                 "output": firing.iter().map(|a| a.message.as_str()).collect::<Vec<_>>().join("; "),
             }],
         },
-        "health_score": watch.score,
-        "grade": watch.grade,
+        "health_score": evaluator.score,
+        "grade": evaluator.grade,
     });
     health["checks"]["queues:size"] = super::queues::health_check(
         view.queued,
@@ -313,8 +313,8 @@ fn health_body(view: &View) -> Value {
 
 /// `GET /api/enterprise/cluster/status`.
 fn cluster_status_body(view: &View) -> Value {
-    let (identity, watch) = (view.identity, view.watch);
-    let policy = &watch.settings.policy;
+    let (identity, evaluator) = (view.identity, view.evaluator);
+    let policy = &evaluator.settings.policy;
     json!({
         "engine": identity.engine,
         "version": VERSION,
@@ -331,7 +331,7 @@ fn cluster_status_body(view: &View) -> Value {
             "running_shards": view.running,
             "min_workers": identity.min_workers,
             "max_workers": identity.max_workers,
-            "active_shards": watch.active_shards,
+            "active_shards": evaluator.active_shards,
             "scaling": {
                 "min_active": policy.min,
                 "max_active": policy.max,
@@ -339,11 +339,11 @@ fn cluster_status_body(view: &View) -> Value {
                 "scale_down_threshold": policy.down,
                 "cooldown_ms": policy.cooldown.as_millis() as u64,
                 "cpu_percent": round(view.latest.cpu, 1),
-                "events": watch.scale_events,
+                "events": evaluator.scale_events,
             },
         },
-        "health_score": watch.score,
-        "grade": watch.grade,
+        "health_score": evaluator.score,
+        "grade": evaluator.grade,
         "shards": shard_rows(view),
         "database": db::status::cluster_section(view.database()),
     })
@@ -362,7 +362,7 @@ fn shard_rows(view: &View) -> Vec<Value> {
                 "cpu": track.slot.cpu,
                 "tid": track.slot.tid(),
                 "state": if fact.stale { "stale" } else { fact.state.as_str() },
-                "active": track.slot.id < view.watch.active_shards,
+                "active": track.slot.id < view.evaluator.active_shards,
                 "cpu_percent": view.latest.shard_cpu.get(track.slot.id).map(|c| round(*c, 1)),
                 "generation": track.generation,
                 "open_connections": totals.connections.open,
@@ -376,7 +376,7 @@ fn shard_rows(view: &View) -> Vec<Value> {
 
 /// `GET /api/enterprise/metrics`: merged and per-shard traffic, routes, the dashboard's history.
 fn metrics_body(view: &View) -> Value {
-    let (state, watch, now) = (view.state, view.watch, view.now);
+    let (state, evaluator, now) = (view.state, view.evaluator, view.now);
     let (window_requests, window_errors, window_span) = state
         .shards
         .iter()
@@ -402,7 +402,7 @@ fn metrics_body(view: &View) -> Value {
             body
         })
         .collect();
-    let history_from = watch.history.len().saturating_sub(CHART_POINTS);
+    let history_from = evaluator.history.len().saturating_sub(CHART_POINTS);
     json!({
         "window_seconds": WINDOW.as_secs(),
         "snapshot_interval_ms": state.interval.as_millis() as u64,
@@ -410,11 +410,11 @@ fn metrics_body(view: &View) -> Value {
         "shards": per_shard,
         "routes": route_counts(state, &view.totals),
         "monitoring": {
-            "interval_ms": watch.settings.interval.as_millis() as u64,
-            "health_score": watch.score,
-            "grade": watch.grade,
+            "interval_ms": evaluator.settings.interval.as_millis() as u64,
+            "health_score": evaluator.score,
+            "grade": evaluator.grade,
             "latest": view.latest,
-            "history": watch.history.iter().skip(history_from).collect::<Vec<_>>(),
+            "history": evaluator.history.iter().skip(history_from).collect::<Vec<_>>(),
         },
     })
 }
@@ -434,18 +434,18 @@ fn route_counts(state: &ClusterState, totals: &Totals) -> serde_json::Map<String
 
 /// `GET /api/enterprise/alerts`: alerts, recovery actions, thresholds, webhook delivery.
 fn alerts_body(view: &View) -> Value {
-    let watch = view.watch;
+    let evaluator = view.evaluator;
     let thresholds: serde_json::Map<String, Value> = Metric::ALL
         .iter()
         .map(|&m| {
-            let (warning, critical) = watch.settings.thresholds.of(m);
+            let (warning, critical) = evaluator.settings.thresholds.of(m);
             (
                 m.name().to_string(),
                 json!({ "warning": warning, "critical": critical, "unit": m.unit() }),
             )
         })
         .collect();
-    let webhook = watch.webhook.as_ref().map(|w| {
+    let webhook = evaluator.webhook.as_ref().map(|w| {
         use std::sync::atomic::Ordering::Relaxed;
         json!({
             "url": crate::config::redact(&w.url),
@@ -456,12 +456,12 @@ fn alerts_body(view: &View) -> Value {
         })
     });
     json!({
-        "health_score": watch.score,
-        "grade": watch.grade,
-        "cooldown_ms": watch.settings.cooldown_ms,
+        "health_score": evaluator.score,
+        "grade": evaluator.grade,
+        "cooldown_ms": evaluator.settings.cooldown_ms,
         "active": view.active_alerts,
         "recent": view.recent_alerts,
-        "actions": watch.actions,
+        "actions": evaluator.actions,
         "thresholds": thresholds,
         "webhook": webhook,
     })
@@ -489,7 +489,7 @@ fn prometheus(view: &View) -> String {
         &[("version", &VERSION), ("engine", &view.identity.engine)],
         1,
     );
-    monitoring_families(&mut w, view.watch, &view.latest, &view.firing());
+    monitoring_families(&mut w, view.evaluator, &view.latest, &view.firing());
     super::queues::prometheus(view.state, &mut w);
     if let Some(database) = view.database() {
         db::status::prometheus(database, &mut w);
@@ -677,9 +677,14 @@ fn shard_families(w: &mut PromWriter, state: &ClusterState, facts: &[ShardFacts]
 }
 
 /// The monitoring families: health score, firing alerts, CPU and memory, recovery actions.
-fn monitoring_families(w: &mut PromWriter, watch: &Watch, latest: &Sample, firing: &[&Alert]) {
+fn monitoring_families(
+    w: &mut PromWriter,
+    evaluator: &Evaluator,
+    latest: &Sample,
+    firing: &[&Alert],
+) {
     w.family("coinbit_health_score", Kind::Gauge, "Health score, 0-100.");
-    w.sample(&[], watch.score);
+    w.sample(&[], evaluator.score);
     w.family(
         "coinbit_alerts_firing",
         Kind::Gauge,
@@ -724,7 +729,7 @@ fn monitoring_families(w: &mut PromWriter, watch: &Watch, latest: &Sample, firin
         (
             "coinbit_active_shards",
             "Shards active (not parked by auto-scaling).",
-            watch.active_shards as f64,
+            evaluator.active_shards as f64,
         ),
     ];
     for (metric, help, value) in gauges {
@@ -736,7 +741,7 @@ fn monitoring_families(w: &mut PromWriter, watch: &Watch, latest: &Sample, firin
         Kind::Counter,
         "Automatic recovery actions taken.",
     );
-    for action in &watch.actions {
+    for action in &evaluator.actions {
         w.sample(&[("action", &action.name)], action.taken);
     }
     w.family(
@@ -744,7 +749,7 @@ fn monitoring_families(w: &mut PromWriter, watch: &Watch, latest: &Sample, firin
         Kind::Gauge,
         "1 while a recovery action is in force.",
     );
-    for action in &watch.actions {
+    for action in &evaluator.actions {
         w.sample(&[("action", &action.name)], u8::from(action.active));
     }
 }
@@ -784,10 +789,10 @@ mod tests {
     /// Two shards (one running and reporting, one never heard from), a queue report, a
     /// database of two nodes, a sample and a recovery action taken: every family and body
     /// section has something to say.
-    fn fixture() -> (ClusterState, Identity, Control, Watch, Instant) {
+    fn fixture() -> (ClusterState, Identity, Control, Evaluator, Instant) {
         let argv = ["coinbit", "--min-workers", "1", "--max-workers", "2"];
         let config = Cli::parse_from(argv, &[]).unwrap().config;
-        let (settings, _) = super::super::watch::WatchSettings::from_config(&config, 2);
+        let (settings, _) = super::super::evaluation::EvaluationSettings::from_config(&config, 2);
         let slots = vec![
             Arc::new(ShardSlot::new(0, 3)),
             Arc::new(ShardSlot::new(1, 5)),
@@ -834,8 +839,8 @@ mod tests {
             queue_size_critical: 5000,
             database: Some(Arc::new(database)),
         };
-        let mut watch = Watch::new(settings, 2, None);
-        watch.history.push_back(super::super::sample::Sample {
+        let mut evaluator = Evaluator::new(settings, 2, None);
+        evaluator.history.push_back(super::super::sample::Sample {
             at_ms: 1_700_000_000_000,
             process_cpu: 12.5,
             shard_cpu: vec![20.25, 0.0],
@@ -845,17 +850,17 @@ mod tests {
             queued_jobs: 3,
             ..Default::default()
         });
-        watch.actions[0].taken = 2;
+        evaluator.actions[0].taken = 2;
         let now = reported_at + Duration::from_millis(500);
-        (state, identity, control, watch, now)
+        (state, identity, control, evaluator, now)
     }
 
     /// Every body and the Prometheus text, byte for byte, as rendered before the renderer was
     /// split: a change to any of them fails here.
     #[test]
     fn bodies_are_unchanged() {
-        let (state, identity, control, watch, now) = fixture();
-        let published = publish(&state, &identity, &control, &watch, now);
+        let (state, identity, control, evaluator, now) = fixture();
+        let published = publish(&state, &identity, &control, &evaluator, now);
         let pid = format!("\"pid\":{},", std::process::id());
         let cluster_status = String::from_utf8_lossy(&published.cluster_status).replace(&pid, "");
         let bodies = [
