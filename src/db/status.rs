@@ -80,7 +80,7 @@ fn node_json(node: &Node) -> Value {
             "size": node.pool_size,
             "connected": node.connected.load(Ordering::Relaxed),
             "busy": node.busy.load(Ordering::Relaxed),
-            "queued": node.jobs.len(),
+            "queued": node.queue.len(),
             "queue_capacity": node.queue_capacity,
         },
         "lag_bytes": if node.is_primary { Some(0) } else { Some(node.lag_bytes.load(Ordering::Relaxed)) },
@@ -146,7 +146,7 @@ const NODE_FAMILIES: &[NodeFamily] = &[
         "coinbit_db_queue_length",
         Kind::Gauge,
         "Requests waiting for a pooled connection",
-        |n| n.jobs.len() as f64,
+        |n| n.queue.len() as f64,
     ),
     (
         "coinbit_db_replica_lag_bytes",
