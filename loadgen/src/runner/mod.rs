@@ -1,4 +1,4 @@
-//! The run: plan the workers, start them together, merge what they send every interval
+//! The run: plan the client threads, start them together, merge what they send every interval
 //! (progress line, timeline, interval log), then build the [`Summary`], check the SLOs and
 //! write the report files.
 
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::cli::{Config, Load};
+use crate::client::{self, Ctl, Model, Plan};
 use crate::error::Error;
 use crate::report::interval_log::IntervalLog;
 use crate::report::{
@@ -21,9 +22,8 @@ use crate::report::{
     RateSummary, RequestSummary, SeedSummary, Summary,
 };
 use crate::scenario::RequestBuilder;
-use crate::schedule::{share, users_for_worker};
-use crate::stats::{new_hist, EndpointStats, ErrorKind, Msg, WorkerTotals};
-use crate::worker::{self, Ctl, Model, Plan};
+use crate::schedule::{share, users_for_client};
+use crate::stats::{new_hist, ClientTotals, EndpointStats, ErrorKind, Msg};
 use aggregate::Aggregator;
 
 /// Exit code when an objective is missed.
@@ -42,9 +42,9 @@ pub struct Outcome {
 /// what ran.
 pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Outcome, Error> {
     let (tx, rx) = unbounded::<Msg>();
-    let workers = Workers::spawn(cfg, tx)?;
+    let clients = ClientThreads::spawn(cfg, tx)?;
     let mut warnings = cfg.warnings.clone();
-    let (connected, asked) = workers.wait_ready(cfg, &rx)?;
+    let (connected, asked) = clients.wait_ready(cfg, &rx)?;
     if connected < asked {
         warnings.push(format!(
             "only {connected} of {asked} connections could be opened before the start; \
@@ -54,11 +54,11 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Outcome, Error> {
     let lead = Duration::from_millis(5);
     let t0 = Instant::now() + lead;
     let started = SystemTime::now() + lead;
-    for c in &workers.ctls {
+    for c in &clients.ctls {
         let _ = c.send(Ctl::Start(t0));
     }
     let mut agg = new_aggregator(cfg, started);
-    let (done, stopped_at) = workers.collect(cfg, &rx, stop, &mut agg)?;
+    let (done, stopped_at) = clients.collect(cfg, &rx, stop, &mut agg)?;
     let planned = cfg.duration();
     let secs = match stopped_at {
         Some(at) => at.saturating_duration_since(t0).min(planned),
@@ -92,7 +92,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Outcome, Error> {
     })
 }
 
-/// The merger of the workers' intervals, with the interval log's header.
+/// The merger of the client threads' intervals, with the interval log's header.
 fn new_aggregator(cfg: &Config, started: SystemTime) -> Aggregator {
     let names: Vec<String> = cfg
         .scenario
@@ -114,15 +114,15 @@ fn new_aggregator(cfg: &Config, started: SystemTime) -> Aggregator {
     )
 }
 
-/// The running workers: a control channel to each, and their threads.
-struct Workers {
+/// The running client threads: a control channel to each, and their threads.
+struct ClientThreads {
     ctls: Vec<Sender<Ctl>>,
     handles: Vec<JoinHandle<()>>,
 }
 
-impl Workers {
-    /// Plans and starts one worker per thread; each sends on `tx`.
-    fn spawn(cfg: &Config, tx: Sender<Msg>) -> Result<Workers, Error> {
+impl ClientThreads {
+    /// Plans and starts one client thread per thread; each sends on `tx`.
+    fn spawn(cfg: &Config, tx: Sender<Msg>) -> Result<ClientThreads, Error> {
         let builders: Vec<RequestBuilder> = cfg
             .scenario
             .endpoints
@@ -133,7 +133,7 @@ impl Workers {
         let builders = Arc::new(builders);
         let scenario = Arc::new(cfg.scenario.clone());
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-        let mut workers = Workers {
+        let mut clients = ClientThreads {
             ctls: Vec::new(),
             handles: Vec::new(),
         };
@@ -147,7 +147,7 @@ impl Workers {
             });
             let plan = Plan {
                 id: w,
-                workers: cfg.threads,
+                threads: cfg.threads,
                 core,
                 target: cfg.target,
                 binds: cfg.binds.clone(),
@@ -162,12 +162,12 @@ impl Workers {
                 seed: cfg.seed,
             };
             let (ctl_tx, ctl_rx) = unbounded();
-            workers.ctls.push(ctl_tx);
-            let handle = worker::spawn(plan, tx.clone(), ctl_rx)
-                .map_err(|e| Error::io("spawning a worker", e))?;
-            workers.handles.push(handle);
+            clients.ctls.push(ctl_tx);
+            let handle = client::spawn(plan, tx.clone(), ctl_rx)
+                .map_err(|e| Error::io("spawning a client thread", e))?;
+            clients.handles.push(handle);
         }
-        Ok(workers)
+        Ok(clients)
     }
 
     fn stop_all(&self) {
@@ -176,7 +176,7 @@ impl Workers {
         }
     }
 
-    /// Waits until every worker has its initial connections; returns the connections opened
+    /// Waits until every client thread has its initial connections; returns the connections opened
     /// and asked for.
     fn wait_ready(&self, cfg: &Config, rx: &Receiver<Msg>) -> Result<(u64, u64), Error> {
         let (mut ready, mut connected_total, mut asked_total) = (0, 0u64, 0u64);
@@ -189,19 +189,19 @@ impl Workers {
                     connected_total += connected;
                     asked_total += asked;
                 }
-                Ok(Msg::Failed { worker, error }) => {
+                Ok(Msg::Failed { thread, error }) => {
                     self.stop_all();
-                    return Err(Error::Worker {
-                        worker,
+                    return Err(Error::ClientThread {
+                        thread,
                         message: error,
                     });
                 }
                 Ok(_) => {}
                 Err(_) => {
                     self.stop_all();
-                    return Err(Error::Worker {
-                        worker: 0,
-                        message: "no worker became ready".into(),
+                    return Err(Error::ClientThread {
+                        thread: 0,
+                        message: "no client thread became ready".into(),
                     });
                 }
             }
@@ -209,7 +209,7 @@ impl Workers {
         Ok((connected_total, asked_total))
     }
 
-    /// Merges what the workers send until each has sent its totals, showing the progress
+    /// Merges what the client threads send until each has sent its totals, showing the progress
     /// line; stops them when `stop` is set. Returns their totals and when the stop came.
     fn collect(
         self,
@@ -217,7 +217,7 @@ impl Workers {
         rx: &Receiver<Msg>,
         stop: &AtomicBool,
         agg: &mut Aggregator,
-    ) -> Result<(Vec<WorkerTotals>, Option<Instant>), Error> {
+    ) -> Result<(Vec<ClientTotals>, Option<Instant>), Error> {
         let planned = cfg.duration().as_secs_f64();
         let asked = cfg.peak_connections();
         let closed = matches!(cfg.load, Load::Closed { .. });
@@ -233,7 +233,7 @@ impl Workers {
             }
         };
         let mut stopped_at: Option<Instant> = None;
-        let mut done: Vec<WorkerTotals> = Vec::new();
+        let mut done: Vec<ClientTotals> = Vec::new();
         while done.len() < cfg.threads {
             if stopped_at.is_none() && stop.load(Ordering::Relaxed) {
                 stopped_at = Some(Instant::now());
@@ -242,10 +242,10 @@ impl Workers {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Msg::Interval(s)) => show(agg.add(s)),
                 Ok(Msg::Done(t)) => done.push(*t),
-                Ok(Msg::Failed { worker, error }) => {
+                Ok(Msg::Failed { thread, error }) => {
                     self.stop_all();
-                    return Err(Error::Worker {
-                        worker,
+                    return Err(Error::ClientThread {
+                        thread,
                         message: error,
                     });
                 }
@@ -266,16 +266,16 @@ impl Workers {
             let _ = h.join();
         }
         if done.len() < cfg.threads {
-            return Err(Error::Worker {
-                worker: done.len(),
-                message: "a worker ended without its totals".into(),
+            return Err(Error::ClientThread {
+                thread: done.len(),
+                message: "a client thread ended without its totals".into(),
             });
         }
         Ok((done, stopped_at))
     }
 }
 
-/// Worker `w`'s share of the load.
+/// Client thread `w`'s share of the load.
 fn model_of(cfg: &Config, w: usize) -> Model {
     match &cfg.load {
         Load::Open { rate, connections } => Model::Open {
@@ -285,7 +285,7 @@ fn model_of(cfg: &Config, w: usize) -> Model {
         },
         Load::Closed { users, think } => Model::Closed {
             users_profile: users.clone(),
-            users: users_for_worker(users.peak().round() as usize, cfg.threads, w),
+            users: users_for_client(users.peak().round() as usize, cfg.threads, w),
             think: *think,
         },
     }
@@ -304,12 +304,12 @@ fn overall(totals: &[EndpointStats], not_sent: u64) -> EndpointStats {
 fn summarize(
     cfg: &Config,
     agg: &Aggregator,
-    done: &[WorkerTotals],
+    done: &[ClientTotals],
     secs: f64,
     started: SystemTime,
     mut warnings: Vec<String>,
 ) -> Summary {
-    let sum = |f: &dyn Fn(&WorkerTotals) -> u64| done.iter().map(f).sum::<u64>();
+    let sum = |f: &dyn Fn(&ClientTotals) -> u64| done.iter().map(f).sum::<u64>();
     let not_sent = sum(&|t| t.not_sent);
     let all = overall(&agg.totals, not_sent);
     let overall_summary = EndpointSummary::new("all", "", "(all endpoints)", &all, secs);
