@@ -5,9 +5,9 @@
 //! core) merges them into [`merge::ClusterState`], renders the status bodies once per snapshot
 //! interval and publishes them as one immutable [`Published`] behind an `ArcSwap`. A shard
 //! answering `/health` loads that pointer: it never touches another shard's state or takes a
-//! lock. Every `MONITORING_METRICS_INTERVAL` the [`evaluation::Evaluator`] samples CPU, memory and traffic,
-//! raises and resolves alerts, takes the recovery actions and scales the active shards; its
-//! orders reach the shards through [`crate::shard::Control`].
+//! lock. Every `MONITORING_METRICS_INTERVAL` the [`evaluation::Evaluator`] samples CPU, memory
+//! and traffic, raises and resolves alerts, takes the recovery actions and scales the active
+//! shards; its orders reach the shards through [`crate::shard::Control`].
 //!
 //! # Layout
 //! - [`merge`]: reports into lifetime, window and per-sample views.
