@@ -7,7 +7,7 @@
 //! A full queue answers [`DbError::Busy`] at once instead of queueing without bound.
 //!
 //! # Layout
-//! - [`route`]: replica choice by strategy (pure, per shard).
+//! - [`replica_choice`]: replica choice by strategy (pure, per shard).
 //! - [`availability`]: ejection, half-open probes and the circuit breaker (pure).
 //! - [`node`]: one node's queue and the atomics every thread reads.
 //! - [`pool`]: the DB I/O threads: connections, prepared statements, group commit.
@@ -24,7 +24,7 @@ pub mod lsn;
 pub mod migrate;
 pub mod node;
 pub mod pool;
-pub mod route;
+pub mod replica_choice;
 pub mod status;
 
 use std::future::Future;
@@ -40,7 +40,7 @@ pub use node::Node;
 pub use pool::DbConn;
 use pool::{DbRequest, DbRequestKind, PoolSettings, Task};
 pub use postgres::Row;
-use route::{Candidate, Router};
+use replica_choice::{Candidate, ReplicaChooser};
 
 /// A future that a handler awaits inside `Reply::Later`.
 pub type DbFuture<T> = Pin<Box<dyn Future<Output = Result<T, DbError>>>>;
@@ -148,10 +148,10 @@ impl Database {
         &self.nodes[1..]
     }
 
-    /// A shard's handle, with its own router.
+    /// A shard's handle, with its own chooser.
     pub fn client(self: &Arc<Self>) -> DbClient {
         DbClient {
-            router: Router::new(self.strategy, self.replicas().len()),
+            chooser: ReplicaChooser::new(self.strategy, self.replicas().len()),
             db: self.clone(),
         }
     }
@@ -164,10 +164,10 @@ pub struct Written<T> {
     pub commit_position: Lsn,
 }
 
-/// One shard's way to the database. Owned by the shard: its router state is its own.
+/// One shard's way to the database. Owned by the shard: its chooser state is its own.
 pub struct DbClient {
     db: Arc<Database>,
-    router: Router,
+    chooser: ReplicaChooser,
 }
 
 impl DbClient {
@@ -332,7 +332,7 @@ impl DbClient {
                 }
             }
         }
-        self.router.pick(&candidates).map(|i| replicas[i].clone())
+        self.chooser.pick(&candidates).map(|i| replicas[i].clone())
     }
 }
 
