@@ -905,6 +905,57 @@ mod tests {
         assert_eq!(rendered, include_str!("testdata/bodies.golden"));
     }
 
+    /// Every line of `/metrics` parses as the text format says: a family's HELP then its TYPE,
+    /// once, and samples named after the open family (histograms with their suffixes), each
+    /// with a number. The golden file pins the bytes; this pins the shape whatever they are.
+    #[test]
+    fn every_prometheus_line_parses() {
+        let (state, identity, control, evaluator, now) = fixture();
+        let published = publish(&state, &identity, &control, &evaluator, now);
+        let text = std::str::from_utf8(&published.prometheus).unwrap();
+        let mut families: Vec<&str> = Vec::new();
+        let mut kind = "";
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(!families.contains(&name), "{name} opened twice");
+                families.push(name);
+                let type_line = lines.next().unwrap_or_default();
+                let rest = type_line.strip_prefix("# TYPE ").expect(type_line);
+                let (typed, k) = rest.split_once(' ').expect(type_line);
+                assert_eq!(typed, name, "{type_line}");
+                assert!(
+                    ["counter", "gauge", "histogram"].contains(&k),
+                    "{type_line}"
+                );
+                kind = k;
+                continue;
+            }
+            let family = *families.last().expect("a sample before any family");
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let name = series.split('{').next().unwrap();
+            let suffixes: &[&str] = if kind == "histogram" {
+                &["_bucket", "_sum", "_count"]
+            } else {
+                &[""]
+            };
+            assert!(
+                suffixes.iter().any(|s| name == format!("{family}{s}")),
+                "{line} is not of {family}"
+            );
+            if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+                let labels = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
+                for label in labels.expect(line).split("\",") {
+                    let (key, quoted) = label.trim_end_matches('"').split_once("=\"").expect(line);
+                    assert!(!key.is_empty() && !quoted.contains('"'), "{line}");
+                }
+            }
+        }
+        assert!(families.len() > 50, "{} families", families.len());
+    }
+
     #[test]
     fn overall_status_table() {
         use HealthStatus::*;
