@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
+use hdrhistogram::Histogram;
 
 use crate::cli::{Config, Load};
 use crate::client::{self, Ctl, Model, Plan};
@@ -320,14 +321,7 @@ fn summarize(
         .zip(&agg.totals)
         .map(|(e, s)| EndpointSummary::new(&e.name, &e.method, &e.path, s, secs))
         .collect();
-    let mut lag = new_hist();
-    let mut connect_errors = [0u64; ErrorKind::COUNT];
-    for t in done {
-        let _ = lag.add(&t.client_lag);
-        for (a, b) in connect_errors.iter_mut().zip(t.connect_errors.iter()) {
-            *a += b;
-        }
-    }
+    let (lag, connect_errors) = lag_and_connect_errors(done);
     let asked = cfg.peak_connections();
     let connect_error_map = ErrorKind::ALL
         .iter()
@@ -342,14 +336,7 @@ fn summarize(
     let sent = sum(&|t| t.sent);
     let waited = sum(&|t| t.waited_for_conn);
     let unfinished = sum(&|t| t.unfinished);
-    let (target_rps, peak_users, model) = match &cfg.load {
-        Load::Open { rate, .. } => (
-            Some(rate.total() / rate.duration().as_secs_f64()),
-            None,
-            "open",
-        ),
-        Load::Closed { users, .. } => (None, Some(users.peak().round() as u64), "closed"),
-    };
+    let (target_rps, peak_users, model) = load_model(&cfg.load);
 
     warnings.extend(
         Guardrails {
@@ -424,6 +411,31 @@ fn summarize(
         endpoints,
         warnings,
         slo: Vec::new(),
+    }
+}
+
+/// The client threads' lateness merged, and their failed connects by kind.
+fn lag_and_connect_errors(done: &[ClientTotals]) -> (Histogram<u64>, [u64; ErrorKind::COUNT]) {
+    let mut lag = new_hist();
+    let mut connect_errors = [0u64; ErrorKind::COUNT];
+    for t in done {
+        let _ = lag.add(&t.client_lag);
+        for (a, b) in connect_errors.iter_mut().zip(t.connect_errors.iter()) {
+            *a += b;
+        }
+    }
+    (lag, connect_errors)
+}
+
+/// The open model's target rate, the closed model's peak users, and the model's name.
+fn load_model(load: &Load) -> (Option<f64>, Option<u64>, &'static str) {
+    match load {
+        Load::Open { rate, .. } => (
+            Some(rate.total() / rate.duration().as_secs_f64()),
+            None,
+            "open",
+        ),
+        Load::Closed { users, .. } => (None, Some(users.peak().round() as u64), "closed"),
     }
 }
 
