@@ -18,8 +18,9 @@
 //! - [`shard`]: placement on CPUs, shard lifecycle, supervision and restarts, and the
 //!   engine-neutral commands every engine obeys (activate/deactivate, shed, refuse).
 //! - [`metrics`]: per-shard counters and HDR histograms.
-//! - [`monitor`]: the monitor core: merging, sampling, alerts, trends, health score,
-//!   auto-recovery, auto-scaling, the webhook, rendering of status bodies and the dashboard.
+//! - [`monitor`]: the monitor core: merging, sampling, the evaluation round (alerts, trends,
+//!   health score, auto-recovery, auto-scaling), the webhook, rendering of status bodies, the
+//!   Prometheus text and the dashboard.
 //! - [`queue`]: per-core priority queues: classes, workers, retries, dead letters, hand-off.
 //! - [`server`]: start-up and graceful shutdown.
 

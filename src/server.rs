@@ -12,11 +12,13 @@ use signal_hook::iterator::Signals;
 use crate::app::routes::ROUTE_NAMES;
 use crate::config::{Config, EngineKind};
 use crate::engine::{self, Engine, ShardContext};
-use crate::monitor::watch::{Watch, WatchSettings};
+use crate::metrics::ShardReport;
+use crate::monitor::evaluation::{EvaluationSettings, Evaluator};
 use crate::monitor::webhook::Webhook;
 use crate::monitor::{Identity, Monitor, Published};
 use crate::shard::{self, Control, ShardSlot, ShardState};
 use arc_swap::ArcSwap;
+use crossbeam::channel::Receiver;
 
 /// Why the server could not start. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -76,36 +78,9 @@ pub struct Server {
 /// Checks the host, places and starts the shards and the monitor, and returns once every shard
 /// serves.
 pub fn start(config: Config) -> Result<Server, StartError> {
-    let preflight = match config.server.engine {
-        // may needs nothing of io_uring: no need to probe for it.
-        EngineKind::May => Ok(()),
-        _ => engine::preflight::check_glommio(),
-    };
-    let (chosen, why) = engine::choose(config.server.engine, preflight)?;
-    log::info!("engine: {} ({why})", chosen.name());
-    let available: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    let placement = shard::place(
-        &available,
-        config.server.shards,
-        config.server.shard_cpus.as_ref().map(|c| c.ids()),
-        config.server.monitor_core,
-    )?;
-    if placement.shard_cpus.len() > available.len() {
-        log::warn!(
-            "{} shards on {} CPUs: some CPUs run two shards",
-            placement.shard_cpus.len(),
-            available.len()
-        );
-    }
-    let requested = SocketAddr::new(config.server.bind_address, config.server.port);
-    if !config.server.reuse_port_handover {
-        refuse_a_served_port(requested)?;
-    }
-    let (reservation, addr) = reserve_port(requested)?;
+    let chosen = choose_engine(&config)?;
+    let placement = place_shards(&config)?;
+    let (reservation, addr) = bind_port(&config)?;
     let database = crate::db::Database::start(&config.database, Some(placement.monitor_cpu))?;
     let config = Arc::new(config);
     let control = Arc::new(Control::default());
@@ -123,76 +98,23 @@ pub fn start(config: Config) -> Result<Server, StartError> {
             reason,
         })?;
     }
-    let identity = Identity {
-        engine: chosen.name(),
-        monitor_cpu: placement.monitor_cpu,
-        monitor_shares_core: placement.monitor_shares_core,
-        min_workers: config.cluster.min_workers,
-        max_workers: config.cluster.max_workers,
-        queue_size_warning: config.monitoring.queue_size_warning,
-        queue_size_critical: config.monitoring.queue_size_critical,
-        database: database.clone(),
-    };
-    let (watch_settings, clamp_note) = WatchSettings::from_config(&config, slots.len());
-    if let Some(note) = clamp_note {
-        log::info!("{note}");
-    }
-    let webhook = match &config.monitoring.webhook_url {
-        Some(url) => Some(Webhook::start(url).map_err(StartError::Webhook)?),
-        None => None,
-    };
-    let monitor = Monitor::new(
-        slots.clone(),
-        identity,
-        control.clone(),
-        ROUTE_NAMES,
-        config.snapshot_interval(),
-        Watch::new(watch_settings, slots.len(), webhook),
-    );
+    let monitor = new_monitor(&config, chosen, &placement, &slots, &control, &database)?;
     let published = monitor.published.clone();
     // Bounded: a monitor that falls behind makes shards drop reports, never block.
     let (reports, report_rx) = crossbeam::channel::bounded(1024);
-    let monitor_cpu = placement.monitor_cpu;
-    let monitor_thread = std::thread::Builder::new()
-        .name("monitor".into())
-        .spawn(move || {
-            if !core_affinity::set_for_current(core_affinity::CoreId { id: monitor_cpu }) {
-                log::warn!("could not pin the monitor to CPU {monitor_cpu}");
-            }
-            monitor.run(report_rx)
-        })
-        .expect("spawning the monitor thread");
-
-    let mesh = crate::queue::Mesh::new(slots.len());
-    let supervisors = slots
-        .iter()
-        .map(|slot| {
-            let context = ShardContext {
-                slot: slot.clone(),
-                generation: 0,
-                config: config.clone(),
-                listen_addr: addr,
-                control: control.clone(),
-                reports: reports.clone(),
-                published: published.clone(),
-                mesh: mesh.clone(),
-                database: database.clone(),
-            };
-            std::thread::Builder::new()
-                .name(format!("supervisor-{}", slot.id))
-                .spawn(move || {
-                    let (slot, control) = (context.slot.clone(), context.control.clone());
-                    shard::supervise(slot, control, |generation| {
-                        chosen.run_shard(ShardContext {
-                            generation,
-                            ..context.clone()
-                        })
-                    })
-                })
-                .expect("spawning a supervisor thread")
-        })
-        .collect();
-    drop(reports);
+    let monitor_thread = spawn_monitor(monitor, report_rx, placement.monitor_cpu);
+    let context = ShardContext {
+        slot: slots[0].clone(),
+        generation: 0,
+        config: config.clone(),
+        listen_addr: addr,
+        control: control.clone(),
+        reports,
+        published: published.clone(),
+        mesh: crate::queue::Mesh::new(slots.len()),
+        database,
+    };
+    let supervisors = spawn_supervisors(chosen, &slots, context);
     let server = Server {
         addr,
         control,
@@ -217,6 +139,134 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         }
     );
     Ok(server)
+}
+
+/// The engine asked for, or may where glommio cannot run here.
+fn choose_engine(config: &Config) -> Result<Engine, StartError> {
+    let preflight = match config.server.engine {
+        // may needs nothing of io_uring: no need to probe for it.
+        EngineKind::May => Ok(()),
+        _ => engine::preflight::check_glommio(),
+    };
+    let (chosen, why) = engine::choose(config.server.engine, preflight)?;
+    log::info!("engine: {} ({why})", chosen.name());
+    Ok(chosen)
+}
+
+/// The CPUs of the shards and of the monitor, from the CPUs this process may use.
+fn place_shards(config: &Config) -> Result<shard::Placement, StartError> {
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let placement = shard::place(
+        &available,
+        config.server.shards,
+        config.server.shard_cpus.as_ref().map(|c| c.ids()),
+        config.server.monitor_core,
+    )?;
+    if placement.shard_cpus.len() > available.len() {
+        log::warn!(
+            "{} shards on {} CPUs: some CPUs run two shards",
+            placement.shard_cpus.len(),
+            available.len()
+        );
+    }
+    Ok(placement)
+}
+
+/// Refuses a port another process serves (unless handing over), then reserves it.
+fn bind_port(config: &Config) -> Result<(socket2::Socket, SocketAddr), StartError> {
+    let requested = SocketAddr::new(config.server.bind_address, config.server.port);
+    if !config.server.reuse_port_handover {
+        refuse_a_served_port(requested)?;
+    }
+    reserve_port(requested)
+}
+
+/// The monitor, with what it says about the process, its evaluator and the webhook.
+fn new_monitor(
+    config: &Config,
+    chosen: Engine,
+    placement: &shard::Placement,
+    slots: &[Arc<ShardSlot>],
+    control: &Arc<Control>,
+    database: &Option<Arc<crate::db::Database>>,
+) -> Result<Monitor, StartError> {
+    let identity = Identity {
+        engine: chosen.name(),
+        monitor_cpu: placement.monitor_cpu,
+        monitor_shares_core: placement.monitor_shares_core,
+        min_workers: config.cluster.min_workers,
+        max_workers: config.cluster.max_workers,
+        queue_size_warning: config.monitoring.queue_size_warning,
+        queue_size_critical: config.monitoring.queue_size_critical,
+        database: database.clone(),
+    };
+    let (evaluation_settings, clamp_note) = EvaluationSettings::from_config(config, slots.len());
+    if let Some(note) = clamp_note {
+        log::info!("{note}");
+    }
+    let webhook = match &config.monitoring.webhook_url {
+        Some(url) => Some(Webhook::start(url).map_err(StartError::Webhook)?),
+        None => None,
+    };
+    Ok(Monitor::new(
+        slots.to_vec(),
+        identity,
+        control.clone(),
+        ROUTE_NAMES,
+        config.snapshot_interval(),
+        Evaluator::new(evaluation_settings, slots.len(), webhook),
+    ))
+}
+
+/// Runs the monitor on its own thread, pinned to its CPU.
+fn spawn_monitor(
+    monitor: Monitor,
+    reports: Receiver<ShardReport>,
+    monitor_cpu: usize,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("monitor".into())
+        .spawn(move || {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: monitor_cpu }) {
+                log::warn!("could not pin the monitor to CPU {monitor_cpu}");
+            }
+            monitor.run(reports)
+        })
+        .expect("spawning the monitor thread")
+}
+
+/// One supervisor thread per shard, each running its shard's generations on `chosen`; every
+/// shard's context is `context` with its own slot.
+fn spawn_supervisors(
+    chosen: Engine,
+    slots: &[Arc<ShardSlot>],
+    context: ShardContext,
+) -> Vec<JoinHandle<()>> {
+    slots
+        .iter()
+        .map(|slot| {
+            let context = ShardContext {
+                slot: slot.clone(),
+                ..context.clone()
+            };
+            std::thread::Builder::new()
+                .name(format!("supervisor-{}", slot.id))
+                .spawn(move || {
+                    let (slot, control) = (context.slot.clone(), context.control.clone());
+                    shard::supervise(slot, control, |generation| {
+                        chosen.run_shard(ShardContext {
+                            generation,
+                            ..context.clone()
+                        })
+                    })
+                })
+                .expect("spawning a supervisor thread")
+        })
+        .collect()
 }
 
 impl Server {

@@ -11,8 +11,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("worker {worker}: {message}")]
-    Worker { worker: usize, message: String },
+    #[error("client thread {thread}: {message}")]
+    ClientThread { thread: usize, message: String },
 }
 
 impl Error {

@@ -1,9 +1,9 @@
 //! `loadgen`: the CoinBitClub load generator.
 //!
 //! A thread-per-core HTTP/1.1 client for measuring the server the way its users will meet it,
-//! and for never being the bottleneck while doing so. Each worker thread is pinned to one CPU
+//! and for never being the bottleneck while doing so. Each client thread is pinned to one CPU
 //! and owns everything it touches — its epoll instance, its keep-alive connections, its share
-//! of the virtual users or of the fixed schedule, and its own HDR histograms. Workers never
+//! of the virtual users or of the fixed schedule, and its own HDR histograms. Client threads never
 //! share state: every reporting interval each ships its histograms and counters over a channel
 //! and starts fresh; the runner merges them into the progress line, the timeline, the
 //! HdrHistogram interval log and, at the end, the summary and SLO verdicts.
@@ -18,14 +18,15 @@
 //! - [`cli`]: flags, validation and guardrails, [`cli::Config`].
 //! - [`scenario`]: built-in CoinBitClub mixes, TOML/JSON scenario files, request templates.
 //! - [`schedule`]: load profiles (stages), the open model's intended send times, think time.
-//! - [`worker`]: the per-CPU event loop, connection state machine, sans-I/O response parser.
-//! - [`stats`]: what workers record and the messages they send.
-//! - [`runner`]: starts the workers, merges intervals, builds the summary, writes the files.
+//! - [`client`]: the per-CPU event loop, connection state machine, sans-I/O response parser.
+//! - [`stats`]: what client threads record and the messages they send.
+//! - [`runner`]: starts the client threads, merges intervals, builds the summary, writes the files.
 //! - [`report`]: summary table, `.hgrm`, interval log, `summary.json`, `report.html`, progress.
 //! - [`slo`]: `--slo` parsing and evaluation.
 //! - [`units`]: durations and number formatting.
 
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod report;
 pub mod runner;
@@ -34,7 +35,6 @@ pub mod schedule;
 pub mod slo;
 pub mod stats;
 pub mod units;
-pub mod worker;
 
 pub use cli::{Args, Config};
 pub use error::Error;

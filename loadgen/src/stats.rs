@@ -1,7 +1,7 @@
-//! What workers record and send to the runner: per-endpoint HDR histograms (nanoseconds) and
-//! counters, per-worker gauges, and the messages that carry them.
+//! What client threads record and send to the runner: per-endpoint HDR histograms (nanoseconds) and
+//! counters, per-thread gauges, and the messages that carry them.
 //!
-//! Each worker owns its [`EndpointStats`]; at every reporting interval it ships them in a
+//! Each client thread owns its [`EndpointStats`]; at every reporting interval it ships them in a
 //! [`Snapshot`] and starts fresh, so nothing is shared and the runner merges by adding.
 
 use hdrhistogram::Histogram;
@@ -157,7 +157,7 @@ impl EndpointStats {
     }
 }
 
-/// Point-in-time and peak figures of one worker for one interval.
+/// Point-in-time and peak figures of one client thread for one interval.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Gauges {
     pub open_conns: u64,
@@ -168,7 +168,7 @@ pub struct Gauges {
 }
 
 impl Gauges {
-    /// Sums across workers (peaks of sums are approximated by sums of peaks).
+    /// Sums across client threads (peaks of sums are approximated by sums of peaks).
     pub fn add(&mut self, o: &Gauges) {
         self.open_conns += o.open_conns;
         self.active_users += o.active_users;
@@ -178,10 +178,10 @@ impl Gauges {
     }
 }
 
-/// One worker's figures for one reporting interval.
+/// One client thread's figures for one reporting interval.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub worker: usize,
+    pub thread: usize,
     /// Interval number, counted from the common start time.
     pub index: u64,
     /// Seconds since the start at which this snapshot was cut.
@@ -190,10 +190,10 @@ pub struct Snapshot {
     pub gauges: Gauges,
 }
 
-/// Whole-run figures of one worker, sent once at the end.
+/// Whole-run figures of one client thread, sent once at the end.
 #[derive(Debug)]
-pub struct WorkerTotals {
-    pub worker: usize,
+pub struct ClientTotals {
+    pub thread: usize,
     /// Successful connects (including reconnects).
     pub connects: u64,
     /// Failed connect attempts by kind.
@@ -206,16 +206,16 @@ pub struct WorkerTotals {
     pub not_sent: u64,
     /// Open-model requests that had to wait because every connection was busy.
     pub waited_for_conn: u64,
-    /// How late the worker itself sent requests that had a free connection (ns): the client
+    /// How late the client thread itself sent requests that had a free connection (ns): the client
     /// falling behind its own schedule, not the server being slow.
     pub client_lag: Histogram<u64>,
 }
 
-impl WorkerTotals {
-    /// Zeroed totals for worker `worker`.
-    pub fn new(worker: usize) -> WorkerTotals {
-        WorkerTotals {
-            worker,
+impl ClientTotals {
+    /// Zeroed totals for client thread `thread`.
+    pub fn new(thread: usize) -> ClientTotals {
+        ClientTotals {
+            thread,
             connects: 0,
             connect_errors: [0; ErrorKind::COUNT],
             sent: 0,
@@ -227,20 +227,20 @@ impl WorkerTotals {
     }
 }
 
-/// Worker-to-runner messages.
+/// Client-thread-to-runner messages.
 #[derive(Debug)]
 pub enum Msg {
     /// Initial connections are up (or failed); waiting for the start signal.
     Ready {
-        worker: usize,
+        thread: usize,
         connected: u64,
         asked: u64,
     },
     Interval(Snapshot),
-    Done(Box<WorkerTotals>),
-    /// The worker could not run at all.
+    Done(Box<ClientTotals>),
+    /// The client thread could not run at all.
     Failed {
-        worker: usize,
+        thread: usize,
         error: String,
     },
 }

@@ -34,7 +34,7 @@ fn run_slo(url: &str, duration: &str, slo: &str) -> (i32, String) {
 #[test]
 fn nonsense_is_refused() {
     let cases: &[(&[&str], &str)] = &[
-        (&["-R", "1", "-t", "2"], "below the 2 worker threads"),
+        (&["-R", "1", "-t", "2"], "below the 2 client threads"),
         (&["-d", "0s"], "--duration must be more than zero"),
         (&["--stages", "0s:5"], "zero duration"),
         (&["-u", "5", "-R", "5"], "exclude each other"),

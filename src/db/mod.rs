@@ -2,29 +2,29 @@
 //!
 //! Shards never hold a database client: the `postgres` crate runs a tokio runtime inside each
 //! client, so clients live on DB I/O threads ([`pool`], one per pooled connection, a pool per
-//! node). A shard sends a job over the node's bounded crossbeam queue and awaits the reply on a
+//! node). A shard sends a request over the node's bounded crossbeam queue and awaits the reply on a
 //! flume channel (`recv_async`), which any executor can poll: nothing here depends on an engine.
 //! A full queue answers [`DbError::Busy`] at once instead of queueing without bound.
 //!
 //! # Layout
-//! - [`route`]: replica choice by strategy (pure, per shard).
+//! - [`replica_choice`]: replica choice by strategy (pure, per shard).
 //! - [`availability`]: ejection, half-open probes and the circuit breaker (pure).
 //! - [`node`]: one node's queue and the atomics every thread reads.
 //! - [`pool`]: the DB I/O threads: connections, prepared statements, group commit.
-//! - [`checker`]: the health checks (role, lag, round-trip time), on the monitor core.
+//! - [`health_check`]: the health checks (role, lag, round-trip time), on the monitor core.
 //! - [`deadline`]: the bound on a read's wait for its node's answer.
 //! - [`migrate`]: the embedded schema migrations.
 //! - [`status`]: what `/health`, the cluster status and `/metrics` say about the nodes.
 
 pub mod availability;
-pub mod checker;
 mod deadline;
 pub mod error;
+pub mod health_check;
 pub mod lsn;
 pub mod migrate;
 pub mod node;
 pub mod pool;
-pub mod route;
+pub mod replica_choice;
 pub mod status;
 
 use std::future::Future;
@@ -38,9 +38,9 @@ pub use error::DbError;
 pub use lsn::Lsn;
 pub use node::Node;
 pub use pool::DbConn;
-use pool::{Job, JobKind, PoolSettings, Task};
+use pool::{DbRequest, DbRequestKind, PoolSettings, Task};
 pub use postgres::Row;
-use route::{Candidate, Router};
+use replica_choice::{Candidate, ReplicaChooser};
 
 /// A future that a handler awaits inside `Reply::Later`.
 pub type DbFuture<T> = Pin<Box<dyn Future<Output = Result<T, DbError>>>>;
@@ -106,11 +106,11 @@ impl Database {
             .into_iter()
             .enumerate()
             .map(|(index, spec)| {
-                let (jobs, queue) = crossbeam::channel::bounded(config.queue_size);
+                let (sender, queue) = crossbeam::channel::bounded(config.queue_size);
                 let node = Node::new(
                     spec,
                     index == 0,
-                    jobs,
+                    sender,
                     config.queue_size,
                     config.pool_size,
                     policy,
@@ -129,7 +129,7 @@ impl Database {
                 + Duration::from_millis(config.read_your_writes_wait_ms)
                 + settings.statement_timeout,
         });
-        checker::spawn(database.clone(), settings, checker_cpu);
+        health_check::spawn(database.clone(), settings, checker_cpu);
         log::info!(
             "database: primary {} and {} replicas ({}), {} connections each",
             database.primary().spec.display_url,
@@ -148,10 +148,10 @@ impl Database {
         &self.nodes[1..]
     }
 
-    /// A shard's handle, with its own router.
+    /// A shard's handle, with its own chooser.
     pub fn client(self: &Arc<Self>) -> DbClient {
         DbClient {
-            router: Router::new(self.strategy, self.replicas().len()),
+            chooser: ReplicaChooser::new(self.strategy, self.replicas().len()),
             db: self.clone(),
         }
     }
@@ -164,10 +164,10 @@ pub struct Written<T> {
     pub commit_position: Lsn,
 }
 
-/// One shard's way to the database. Owned by the shard: its router state is its own.
+/// One shard's way to the database. Owned by the shard: its chooser state is its own.
 pub struct DbClient {
     db: Arc<Database>,
-    router: Router,
+    chooser: ReplicaChooser,
 }
 
 impl DbClient {
@@ -182,13 +182,17 @@ impl DbClient {
         if let Err(e) = writable(&primary) {
             return Box::pin(std::future::ready(Err(e)));
         }
-        let pending = submit(&primary, JobKind::Write, move |reply| -> Box<dyn Task> {
-            Box::new(Typed {
-                query,
-                value: None,
-                reply,
-            })
-        });
+        let pending = submit(
+            &primary,
+            DbRequestKind::Write,
+            move |reply| -> Box<dyn Task> {
+                Box::new(Typed {
+                    query,
+                    value: None,
+                    reply,
+                })
+            },
+        );
         Box::pin(async move {
             let (value, position) = pending.await?;
             Ok(Written {
@@ -241,7 +245,7 @@ impl DbClient {
         })
     }
 
-    /// The routing of every read: `task` builds the job for the node picked (and again for the
+    /// The routing of every read: `task` builds the request for the node picked (and again for the
     /// primary when that replica fails).
     fn read_task<T, M>(&mut self, min_position: Option<Lsn>, task: M) -> DbFuture<T>
     where
@@ -258,13 +262,13 @@ impl DbClient {
                 return Box::pin(std::future::ready(Err(shut_out(&primary))));
             }
             let (reply, answer) = read_reply(&primary, limit);
-            let kind = JobKind::Read {
+            let kind = DbRequestKind::Read {
                 min_position,
                 wait: Duration::ZERO,
             };
             let pending = queue(
                 &primary,
-                Job {
+                DbRequest {
                     kind,
                     task: task(reply),
                 },
@@ -281,13 +285,13 @@ impl DbClient {
             return read_primary(&task);
         };
         let (reply, answer) = read_reply(&replica, limit);
-        let kind = JobKind::Read {
+        let kind = DbRequestKind::Read {
             min_position,
             wait: self.db.read_your_writes_wait,
         };
         let first = queue(
             &replica,
-            Job {
+            DbRequest {
                 kind,
                 task: task(reply),
             },
@@ -328,7 +332,7 @@ impl DbClient {
                 }
             }
         }
-        self.router.pick(&candidates).map(|i| replicas[i].clone())
+        self.chooser.pick(&candidates).map(|i| replicas[i].clone())
     }
 }
 
@@ -354,9 +358,9 @@ fn writable(primary: &Node) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Where a job's result goes: the value, and the commit position for writes.
+/// Where a request's result goes: the value, and the commit position for writes.
 type Reply<T> = flume::Sender<Answer<T>>;
-/// A job's result as its request receives it.
+/// A request's result as its caller receives it.
 type Answer<T> = Result<(T, Option<Lsn>), DbError>;
 
 /// A read's reply channel: answered `Unavailable` by the [`deadline`] thread when `node` has
@@ -380,7 +384,7 @@ fn read_reply<T: Send + 'static>(
     (reply, answer)
 }
 
-/// Sends a job's outcome with the value its query kept. `try_send`: a read's slot may already
+/// Sends a request's outcome with the value its query kept. `try_send`: a read's slot may already
 /// hold its deadline's answer, and a pool thread never waits on a reply.
 fn answer<T>(reply: Reply<T>, value: Option<T>, outcome: Result<Option<Lsn>, DbError>) {
     let result = outcome.and_then(|position| {
@@ -391,7 +395,7 @@ fn answer<T>(reply: Reply<T>, value: Option<T>, outcome: Result<Option<Lsn>, DbE
     let _ = reply.try_send(result);
 }
 
-/// The typed side of a job: the query and where its result goes.
+/// The typed side of a request: the query and where its result goes.
 struct Typed<T, F> {
     query: F,
     value: Option<T>,
@@ -461,10 +465,10 @@ impl Drop for InFlight {
     }
 }
 
-/// Queues the job `task` builds around its reply channel; the future is its answer.
+/// Queues the request `task` builds around its reply channel; the future is its answer.
 fn submit<T>(
     node: &Arc<Node>,
-    kind: JobKind,
+    kind: DbRequestKind,
     task: impl FnOnce(Reply<T>) -> Box<dyn Task>,
 ) -> impl Future<Output = Result<(T, Option<Lsn>), DbError>>
 where
@@ -473,7 +477,7 @@ where
     let (reply, answer) = flume::bounded(1);
     queue(
         node,
-        Job {
+        DbRequest {
             kind,
             task: task(reply),
         },
@@ -483,7 +487,7 @@ where
 
 fn queue<T>(
     node: &Arc<Node>,
-    job: Job,
+    request: DbRequest,
     answer: flume::Receiver<Result<(T, Option<Lsn>), DbError>>,
 ) -> impl Future<Output = Result<(T, Option<Lsn>), DbError>>
 where
@@ -491,7 +495,7 @@ where
 {
     node.in_flight.fetch_add(1, Ordering::Relaxed);
     let guard = InFlight(node.clone());
-    let sent = node.jobs.try_send(job).map_err(|e| match e {
+    let sent = node.queue.try_send(request).map_err(|e| match e {
         crossbeam::channel::TrySendError::Full(_) => DbError::Busy {
             node: node.name().to_string(),
         },

@@ -1,4 +1,4 @@
-//! One database node as every thread sees it: its job queue, and the atomics the shards read
+//! One database node as every thread sees it: its request queue, and the atomics the shards read
 //! when they route, the pool threads and the health checker write, and the monitor renders.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,14 +9,14 @@ use crossbeam::channel::Sender;
 
 use super::availability::{Check, NodeHealth, Policy};
 use super::lsn::Lsn;
-use super::pool::Job;
+use super::pool::DbRequest;
 use crate::config::NodeSpec;
 
 /// A node: the primary (index 0) or a read replica.
 pub struct Node {
     pub spec: NodeSpec,
     pub is_primary: bool,
-    pub(crate) jobs: Sender<Job>,
+    pub(crate) queue: Sender<DbRequest>,
     pub queue_capacity: usize,
     pub pool_size: usize,
     policy: Policy,
@@ -57,7 +57,7 @@ impl Node {
     pub(crate) fn new(
         spec: NodeSpec,
         is_primary: bool,
-        jobs: Sender<Job>,
+        queue: Sender<DbRequest>,
         queue_capacity: usize,
         pool_size: usize,
         policy: Policy,
@@ -65,7 +65,7 @@ impl Node {
         Arc::new(Node {
             spec,
             is_primary,
-            jobs,
+            queue,
             queue_capacity,
             pool_size,
             policy,

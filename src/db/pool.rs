@@ -1,8 +1,8 @@
 //! The DB I/O threads: one per pooled connection, each owning a sync `postgres` client (which
 //! carries its own small tokio runtime: that is why clients live here, never on a shard).
 //!
-//! All threads of a node take jobs from the node's one bounded crossbeam queue. A thread
-//! without a connection reconnects with a growing backoff; while it waits, jobs fail at once
+//! All threads of a node take requests from the node's one bounded crossbeam queue. A thread
+//! without a connection reconnects with a growing backoff; while it waits, requests fail at once
 //! (no request hangs on a dead node). Writes already queued together are committed in one
 //! transaction (group commit), each in its own savepoint so one refused row fails alone. A read
 //! that presents a commit position waits, bounded, for this replica to replay it. Lookups by
@@ -37,12 +37,12 @@ pub(crate) struct PoolSettings {
 }
 
 /// A request for a pool thread.
-pub(crate) struct Job {
-    pub kind: JobKind,
+pub(crate) struct DbRequest {
+    pub kind: DbRequestKind,
     pub task: Box<dyn Task>,
 }
 
-pub(crate) enum JobKind {
+pub(crate) enum DbRequestKind {
     Write,
     /// A read; with `min_position`, only once this node has replayed it (waiting up to `wait`).
     Read {
@@ -184,29 +184,29 @@ impl Backoff {
     }
 }
 
-/// Starts `node.pool_size` threads serving `jobs`.
-pub(crate) fn spawn(node: &Arc<Node>, jobs: Receiver<Job>, settings: &PoolSettings) {
+/// Starts `node.pool_size` threads serving the requests of `queue`.
+pub(crate) fn spawn(node: &Arc<Node>, queue: Receiver<DbRequest>, settings: &PoolSettings) {
     for i in 0..node.pool_size {
-        let (node, jobs, settings) = (node.clone(), jobs.clone(), settings.clone());
+        let (node, queue, settings) = (node.clone(), queue.clone(), settings.clone());
         std::thread::Builder::new()
             .name(format!("db-{}-{i}", node.name()))
-            .spawn(move || Worker::new(node, settings).run(jobs))
+            .spawn(move || PoolThread::new(node, settings).run(queue))
             .expect("spawning a database thread");
     }
 }
 
-struct Worker {
+struct PoolThread {
     node: Arc<Node>,
     settings: PoolSettings,
     conn: Option<DbConn>,
     backoff: Backoff,
     /// Jobs taken off the queue while gathering a group of writes or a batch of lookups.
-    stash: VecDeque<Job>,
+    stash: VecDeque<DbRequest>,
 }
 
-impl Worker {
-    fn new(node: Arc<Node>, settings: PoolSettings) -> Worker {
-        Worker {
+impl PoolThread {
+    fn new(node: Arc<Node>, settings: PoolSettings) -> PoolThread {
+        PoolThread {
             node,
             settings,
             conn: None,
@@ -218,40 +218,44 @@ impl Worker {
         }
     }
 
-    fn run(mut self, jobs: Receiver<Job>) {
+    fn run(mut self, queue: Receiver<DbRequest>) {
         loop {
-            let job = match self.stash.pop_front() {
-                Some(job) => job,
-                None => match jobs.recv() {
-                    Ok(job) => job,
+            let request = match self.stash.pop_front() {
+                Some(request) => request,
+                None => match queue.recv() {
+                    Ok(request) => request,
                     Err(_) => return,
                 },
             };
             if let Err(e) = self.ensure_connected() {
                 self.node.request_done(true);
-                job.task.finish(Err(e));
+                request.task.finish(Err(e));
                 continue;
             }
             self.node.busy.fetch_add(1, Ordering::Relaxed);
-            match job.kind {
-                JobKind::Write => {
-                    let mut group = vec![job];
+            match request.kind {
+                DbRequestKind::Write => {
+                    let mut group = vec![request];
                     while group.len() < self.settings.group_commit {
-                        match jobs.try_recv() {
-                            Ok(next) if matches!(next.kind, JobKind::Write) => group.push(next),
+                        match queue.try_recv() {
+                            Ok(next) if matches!(next.kind, DbRequestKind::Write) => {
+                                group.push(next)
+                            }
                             Ok(read) => self.stash.push_back(read),
                             Err(_) => break,
                         }
                     }
                     self.write(group);
                 }
-                JobKind::Read {
+                DbRequestKind::Read {
                     min_position: None, ..
-                } if job.task.lookup().is_some() => {
-                    let batch = self.gather_lookups(job, &jobs);
+                } if request.task.lookup().is_some() => {
+                    let batch = self.gather_lookups(request, &queue);
                     self.lookup(batch);
                 }
-                JobKind::Read { min_position, wait } => self.read(job.task, min_position, wait),
+                DbRequestKind::Read { min_position, wait } => {
+                    self.read(request.task, min_position, wait)
+                }
             }
             self.node.busy.fetch_sub(1, Ordering::Relaxed);
         }
@@ -336,15 +340,19 @@ impl Worker {
     }
 
     /// `first` and every lookup of its statement (without a commit position to wait for)
-    /// queued behind it, up to [`MAX_BATCH`]; other jobs go to the stash, in order.
-    fn gather_lookups(&mut self, first: Job, jobs: &Receiver<Job>) -> Vec<Box<dyn Task>> {
+    /// queued behind it, up to [`MAX_BATCH`]; other requests go to the stash, in order.
+    fn gather_lookups(
+        &mut self,
+        first: DbRequest,
+        queue: &Receiver<DbRequest>,
+    ) -> Vec<Box<dyn Task>> {
         let sql = first.task.lookup().map(|(sql, _)| sql);
         let mut batch = vec![first.task];
         while batch.len() < MAX_BATCH {
-            let Ok(next) = jobs.try_recv() else { break };
+            let Ok(next) = queue.try_recv() else { break };
             let same = matches!(
                 next.kind,
-                JobKind::Read {
+                DbRequestKind::Read {
                     min_position: None,
                     ..
                 }
@@ -403,7 +411,7 @@ impl Worker {
         }
     }
 
-    fn write(&mut self, mut group: Vec<Job>) {
+    fn write(&mut self, mut group: Vec<DbRequest>) {
         let count = group.len() as u64;
         let outcome = self.write_group(&mut group);
         let outcome = outcome.and_then(|results| {
@@ -416,16 +424,16 @@ impl Worker {
         }
         match outcome {
             Ok((results, position)) => {
-                for (job, result) in group.into_iter().zip(results) {
+                for (request, result) in group.into_iter().zip(results) {
                     if let Err(DbError::ReadOnly { .. }) = &result {
                         self.node.in_recovery.store(true, Ordering::Relaxed);
                     }
-                    job.task.finish(result.map(|()| Some(position)));
+                    request.task.finish(result.map(|()| Some(position)));
                 }
             }
             Err(e) => {
-                for job in group {
-                    job.task.finish(Err(e.clone()));
+                for request in group {
+                    request.task.finish(Err(e.clone()));
                 }
             }
         }
@@ -438,7 +446,10 @@ impl Worker {
     /// One transaction for the group, one savepoint per write: a row the database refuses
     /// fails alone; a lost connection fails them all. A write alone is a group of one: its
     /// statements (a user and its welcome job's outbox row) commit whole or not at all.
-    fn write_group(&mut self, group: &mut [Job]) -> Result<Vec<Result<(), DbError>>, DbError> {
+    fn write_group(
+        &mut self,
+        group: &mut [DbRequest],
+    ) -> Result<Vec<Result<(), DbError>>, DbError> {
         let conn = self.conn.as_mut().expect("connected");
         let outcome = Self::run_group(conn, group);
         if outcome.is_err() {
@@ -450,17 +461,17 @@ impl Worker {
 
     fn run_group(
         conn: &mut DbConn,
-        group: &mut [Job],
+        group: &mut [DbRequest],
     ) -> Result<Vec<Result<(), DbError>>, DbError> {
         conn.simple("BEGIN")?;
         // A write alone needs no savepoint: when it fails, the whole transaction goes.
         let alone = group.len() == 1;
         let mut results = Vec::with_capacity(group.len());
-        for job in group.iter_mut() {
+        for request in group.iter_mut() {
             if !alone {
                 conn.simple("SAVEPOINT w")?;
             }
-            match job.task.run(conn) {
+            match request.task.run(conn) {
                 Ok(()) => {
                     if !alone {
                         conn.simple("RELEASE SAVEPOINT w")?;

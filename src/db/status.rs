@@ -1,13 +1,13 @@
 //! What the status endpoints say about the database, rendered by the monitor from the nodes'
 //! atomics.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
 use super::availability::Gate;
 use super::{Database, Node};
+use crate::monitor::prometheus::{Kind, PromWriter};
 
 /// `pass`, `warn` or `fail`, as `/health` says them.
 pub fn health_word(db: Option<&Database>) -> &'static str {
@@ -80,7 +80,7 @@ fn node_json(node: &Node) -> Value {
             "size": node.pool_size,
             "connected": node.connected.load(Ordering::Relaxed),
             "busy": node.busy.load(Ordering::Relaxed),
-            "queued": node.jobs.len(),
+            "queued": node.queue.len(),
             "queue_capacity": node.queue_capacity,
         },
         "lag_bytes": if node.is_primary { Some(0) } else { Some(node.lag_bytes.load(Ordering::Relaxed)) },
@@ -102,124 +102,122 @@ fn node_json(node: &Node) -> Value {
     })
 }
 
+/// A family per node: name, type, help, and its value read from the node.
+type NodeFamily = (&'static str, Kind, &'static str, fn(&Node) -> f64);
+
+const NODE_FAMILIES: &[NodeFamily] = &[
+    (
+        "coinbit_db_node_up",
+        Kind::Gauge,
+        "1 while the node takes requests (not ejected, breaker closed)",
+        |n| f64::from(u8::from(n.routable())),
+    ),
+    (
+        "coinbit_db_in_recovery",
+        Kind::Gauge,
+        "1 while the node reports pg_is_in_recovery()",
+        |n| f64::from(u8::from(n.in_recovery.load(Ordering::Relaxed))),
+    ),
+    (
+        "coinbit_db_in_flight",
+        Kind::Gauge,
+        "Requests queued or running on the node",
+        |n| n.in_flight.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "coinbit_db_pool_size",
+        Kind::Gauge,
+        "Pooled connections configured",
+        |n| n.pool_size as f64,
+    ),
+    (
+        "coinbit_db_pool_connected",
+        Kind::Gauge,
+        "Pooled connections open",
+        |n| n.connected.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "coinbit_db_pool_busy",
+        Kind::Gauge,
+        "Pooled connections running a request",
+        |n| n.busy.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "coinbit_db_queue_length",
+        Kind::Gauge,
+        "Requests waiting for a pooled connection",
+        |n| n.queue.len() as f64,
+    ),
+    (
+        "coinbit_db_replica_lag_bytes",
+        Kind::Gauge,
+        "WAL bytes the replica has not replayed",
+        |n| n.lag_bytes.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "coinbit_db_replica_lag_seconds",
+        Kind::Gauge,
+        "Time the replica is behind while WAL remains",
+        |n| match n.lag_ms.load(Ordering::Relaxed) {
+            u64::MAX => f64::NAN,
+            ms => ms as f64 / 1000.0,
+        },
+    ),
+    (
+        "coinbit_db_health_check_rtt_seconds",
+        Kind::Gauge,
+        "Round-trip time of the last health check",
+        |n| n.rtt_us.load(Ordering::Relaxed) as f64 / 1e6,
+    ),
+    (
+        "coinbit_db_requests_total",
+        Kind::Counter,
+        "Requests the node's pool ran",
+        |n| n.requests.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "coinbit_db_errors_total",
+        Kind::Counter,
+        "Requests that failed for the node's sake",
+        |n| n.errors.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "coinbit_db_commits_total",
+        Kind::Counter,
+        "Write transactions committed (group commit joins writes)",
+        |n| n.commits.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "coinbit_db_ejections_total",
+        Kind::Counter,
+        "Times the node was ejected",
+        |n| n.health_snapshot().ejections as f64,
+    ),
+    (
+        "coinbit_db_breaker_open",
+        Kind::Gauge,
+        "1 while the node's circuit breaker is open",
+        |n| f64::from(u8::from(n.health_snapshot().breaker_open())),
+    ),
+    (
+        "coinbit_db_breaker_opens_total",
+        Kind::Counter,
+        "Times the node's circuit breaker opened",
+        |n| n.health_snapshot().breaker_opens as f64,
+    ),
+];
+
 /// Prometheus families for the nodes.
-pub fn prometheus(db: &Database, out: &mut String) {
-    type Metric = (&'static str, &'static str, &'static str, fn(&Node) -> f64);
-    let metrics: &[Metric] = &[
-        (
-            "coinbit_db_node_up",
-            "gauge",
-            "1 while the node takes requests (not ejected, breaker closed)",
-            |n| f64::from(u8::from(n.routable())),
-        ),
-        (
-            "coinbit_db_in_recovery",
-            "gauge",
-            "1 while the node reports pg_is_in_recovery()",
-            |n| f64::from(u8::from(n.in_recovery.load(Ordering::Relaxed))),
-        ),
-        (
-            "coinbit_db_in_flight",
-            "gauge",
-            "Requests queued or running on the node",
-            |n| n.in_flight.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "coinbit_db_pool_size",
-            "gauge",
-            "Pooled connections configured",
-            |n| n.pool_size as f64,
-        ),
-        (
-            "coinbit_db_pool_connected",
-            "gauge",
-            "Pooled connections open",
-            |n| n.connected.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "coinbit_db_pool_busy",
-            "gauge",
-            "Pooled connections running a request",
-            |n| n.busy.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "coinbit_db_queue_length",
-            "gauge",
-            "Requests waiting for a pooled connection",
-            |n| n.jobs.len() as f64,
-        ),
-        (
-            "coinbit_db_replica_lag_bytes",
-            "gauge",
-            "WAL bytes the replica has not replayed",
-            |n| n.lag_bytes.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "coinbit_db_replica_lag_seconds",
-            "gauge",
-            "Time the replica is behind while WAL remains",
-            |n| match n.lag_ms.load(Ordering::Relaxed) {
-                u64::MAX => f64::NAN,
-                ms => ms as f64 / 1000.0,
-            },
-        ),
-        (
-            "coinbit_db_health_check_rtt_seconds",
-            "gauge",
-            "Round-trip time of the last health check",
-            |n| n.rtt_us.load(Ordering::Relaxed) as f64 / 1e6,
-        ),
-        (
-            "coinbit_db_requests_total",
-            "counter",
-            "Requests the node's pool ran",
-            |n| n.requests.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "coinbit_db_errors_total",
-            "counter",
-            "Requests that failed for the node's sake",
-            |n| n.errors.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "coinbit_db_commits_total",
-            "counter",
-            "Write transactions committed (group commit joins writes)",
-            |n| n.commits.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "coinbit_db_ejections_total",
-            "counter",
-            "Times the node was ejected",
-            |n| n.health_snapshot().ejections as f64,
-        ),
-        (
-            "coinbit_db_breaker_open",
-            "gauge",
-            "1 while the node's circuit breaker is open",
-            |n| f64::from(u8::from(n.health_snapshot().breaker_open())),
-        ),
-        (
-            "coinbit_db_breaker_opens_total",
-            "counter",
-            "Times the node's circuit breaker opened",
-            |n| n.health_snapshot().breaker_opens as f64,
-        ),
-    ];
-    for (name, kind, help, value) in metrics {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+pub fn prometheus(db: &Database, w: &mut PromWriter) {
+    for &(name, kind, help, value) in NODE_FAMILIES {
+        w.family(name, kind, help);
         for node in &db.nodes {
             let role = if node.is_primary {
                 "primary"
             } else {
                 "replica"
             };
-            let _ = writeln!(
-                out,
-                "{name}{{node=\"{}\",role=\"{role}\"}} {}",
-                node.name(),
-                value(node)
-            );
+            w.sample(&[("node", &node.name()), ("role", &role)], value(node));
         }
     }
 }

@@ -5,9 +5,9 @@
 //! core) merges them into [`merge::ClusterState`], renders the status bodies once per snapshot
 //! interval and publishes them as one immutable [`Published`] behind an `ArcSwap`. A shard
 //! answering `/health` loads that pointer: it never touches another shard's state or takes a
-//! lock. Every `MONITORING_METRICS_INTERVAL` the [`watch::Watch`] samples CPU, memory and traffic,
-//! raises and resolves alerts, takes the recovery actions and scales the active shards; its
-//! orders reach the shards through [`crate::shard::Control`].
+//! lock. Every `MONITORING_METRICS_INTERVAL` the [`evaluation::Evaluator`] samples CPU, memory
+//! and traffic, raises and resolves alerts, takes the recovery actions and scales the active
+//! shards; its orders reach the shards through [`crate::shard::Control`].
 //!
 //! # Layout
 //! - [`merge`]: reports into lifetime, window and per-sample views.
@@ -15,18 +15,21 @@
 //! - [`alerts`]: thresholds with hysteresis, trends, the alert book (cooldown, inhibition).
 //! - [`score`]: the 0–100 health score and its words (the formula is documented there).
 //! - [`scaling`]: the auto-scaling decision.
-//! - [`watch`]: one evaluation round, the recovery actions.
+//! - [`evaluation`]: one evaluation round, the recovery actions.
 //! - [`webhook`]: Alertmanager-shaped delivery on its own thread.
 //! - [`render`]: the bodies of the status endpoints; `dashboard.html` the live page.
+//! - [`queues`]: the queues' merged counters, their status body, health check and families.
+//! - [`prometheus`]: the one writer of the `/metrics` text every family goes through.
 
 pub mod alerts;
+pub mod evaluation;
 pub mod merge;
+pub mod prometheus;
 pub mod queues;
 pub mod render;
 pub mod sample;
 pub mod scaling;
 pub mod score;
-pub mod watch;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -89,7 +92,7 @@ pub struct Monitor {
     pub control: Arc<Control>,
     pub published: Arc<ArcSwap<Published>>,
     pub interval: Duration,
-    pub watch: watch::Watch,
+    pub evaluator: evaluation::Evaluator,
 }
 
 impl Monitor {
@@ -99,14 +102,14 @@ impl Monitor {
         control: Arc<Control>,
         routes: &'static [&'static str],
         interval: Duration,
-        watch: watch::Watch,
+        evaluator: evaluation::Evaluator,
     ) -> Self {
         let state = ClusterState::new(slots, routes, interval);
         let published = Arc::new(ArcSwap::from_pointee(render::publish(
             &state,
             &identity,
             &control,
-            &watch,
+            &evaluator,
             Instant::now(),
         )));
         Monitor {
@@ -115,7 +118,7 @@ impl Monitor {
             control,
             published,
             interval,
-            watch,
+            evaluator,
         }
     }
 
@@ -125,7 +128,7 @@ impl Monitor {
     pub fn run(mut self, reports: Receiver<ShardReport>) {
         self.state.monitor_tid = crate::shard::current_tid();
         let mut next_publish = Instant::now() + self.interval;
-        let sample_every = self.watch.settings.interval;
+        let sample_every = self.evaluator.settings.interval;
         let mut next_sample = Instant::now() + sample_every;
         loop {
             match reports.recv_deadline(next_publish.min(next_sample)) {
@@ -143,7 +146,7 @@ impl Monitor {
             }
             let now = Instant::now();
             if now >= next_sample {
-                self.watch.step(&mut self.state, &self.control, now);
+                self.evaluator.step(&mut self.state, &self.control, now);
                 next_sample = now + sample_every;
                 next_publish = now;
             }
@@ -161,7 +164,7 @@ impl Monitor {
             &self.state,
             &self.identity,
             &self.control,
-            &self.watch,
+            &self.evaluator,
             now,
         )));
     }

@@ -2,12 +2,11 @@
 //! body of `GET /api/enterprise/queues/status`, the `/health` queues check and the Prometheus
 //! families.
 
-use std::fmt::Write as _;
-
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 use super::merge::ClusterState;
+use super::prometheus::{Kind, PromWriter};
 use super::HealthStatus;
 use crate::queue::report::{queue_histogram, ClassCounters, ClassReport, QueueReport};
 use crate::queue::Priority;
@@ -210,9 +209,9 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// The Prometheus families of the queues.
-pub fn prometheus(state: &ClusterState, out: &mut String) {
+pub fn prometheus(state: &ClusterState, w: &mut PromWriter) {
     type Gauge = fn(&ClassReport) -> usize;
-    let gauges: [(&str, &str, Gauge); 3] = [
+    let gauges: [(&'static str, &str, Gauge); 3] = [
         ("coinbit_queue_size", "Jobs waiting for a worker.", |c| {
             c.size
         }),
@@ -224,36 +223,37 @@ pub fn prometheus(state: &ClusterState, out: &mut String) {
         ),
     ];
     for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        w.family(name, Kind::Gauge, help);
         for track in &state.shards {
             for class in Priority::ALL {
                 if let Some(c) = track.queues.class(class) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{shard=\"{}\",class=\"{}\"}} {}",
-                        track.slot.id,
-                        class.as_str(),
-                        value(c)
+                    w.sample(
+                        &[("shard", &track.slot.id), ("class", &class.as_str())],
+                        value(c),
                     );
                 }
             }
         }
     }
-    let name = "coinbit_queue_retained_payload_bytes";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Payload bytes the shard's queued, running and dead jobs hold.\n# TYPE {name} gauge"
+    w.family(
+        "coinbit_queue_retained_payload_bytes",
+        Kind::Gauge,
+        "Payload bytes the shard's queued, running and dead jobs hold.",
     );
     for track in &state.shards {
-        let _ = writeln!(
-            out,
-            "{name}{{shard=\"{}\"}} {}",
-            track.slot.id,
-            retained_payload_bytes(&track.queues)
+        w.sample(
+            &[("shard", &track.slot.id)],
+            retained_payload_bytes(&track.queues),
         );
     }
+    counter_families(state, w);
+    histogram_families(state, w);
+}
+
+/// The queues' counters, per shard and class.
+fn counter_families(state: &ClusterState, w: &mut PromWriter) {
     type Counter = fn(&ClassCounters) -> u64;
-    let counters: [(&str, &str, Counter); 11] = [
+    let counters: [(&'static str, &str, Counter); 11] = [
         ("coinbit_queue_jobs_enqueued_total", "Jobs accepted.", |c| {
             c.enqueued
         }),
@@ -309,62 +309,44 @@ pub fn prometheus(state: &ClusterState, out: &mut String) {
         ),
     ];
     for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        w.family(name, Kind::Counter, help);
         for track in &state.shards {
             for class in Priority::ALL {
-                let _ = writeln!(
-                    out,
-                    "{name}{{shard=\"{}\",class=\"{}\"}} {}",
-                    track.slot.id,
-                    class.as_str(),
-                    value(&track.queues.counters(class))
+                w.sample(
+                    &[("shard", &track.slot.id), ("class", &class.as_str())],
+                    value(&track.queues.counters(class)),
                 );
             }
         }
     }
-    for (name, help, pick) in [
+}
+
+/// Wait and run time per class, all shards merged.
+fn histogram_families(state: &ClusterState, w: &mut PromWriter) {
+    type Pick = fn(&QueueTrack) -> &[Histogram<u64>];
+    let families: [(&'static str, &str, Pick); 2] = [
         (
             "coinbit_queue_wait_seconds",
             "Time from enqueue (or retry) to the start of an attempt.",
-            true,
+            |q| &q.wait,
         ),
-        ("coinbit_queue_run_seconds", "Time an attempt ran.", false),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        ("coinbit_queue_run_seconds", "Time an attempt ran.", |q| {
+            &q.run
+        }),
+    ];
+    for (name, help, pick) in families {
+        w.family(name, Kind::Histogram, help);
         for class in Priority::ALL {
             let mut h = queue_histogram();
             for track in &state.shards {
-                let q = &track.queues;
-                let _ = h.add(if pick {
-                    &q.wait[class.index()]
-                } else {
-                    &q.run[class.index()]
-                });
+                let _ = h.add(&pick(&track.queues)[class.index()]);
             }
-            let label = class.as_str();
-            for le in BUCKETS {
-                let count = if h.is_empty() {
-                    0
-                } else {
-                    h.count_between(0, (le * 1e6) as u64)
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{class=\"{label}\",le=\"{le}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{class=\"{label}\",le=\"+Inf\"}} {}",
-                h.len()
-            );
-            let sum: f64 = h
+            let sum_seconds: f64 = h
                 .iter_recorded()
                 .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
                 .sum::<f64>()
                 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{class=\"{label}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{class=\"{label}\"}} {}", h.len());
+            w.histogram(&[("class", &class.as_str())], &BUCKETS, &h, sum_seconds);
         }
     }
 }

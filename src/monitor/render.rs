@@ -1,14 +1,19 @@
 //! Rendering the merged state into the bodies of `/health`, `/api/enterprise/cluster/status`,
-//! `/api/enterprise/metrics` and `/metrics` (Prometheus text).
+//! `/api/enterprise/metrics`, `/api/enterprise/alerts` and `/metrics` (Prometheus text).
+//!
+//! [`publish`] works out once what every body says (the shards' facts, the counts, the
+//! [`overall_status`], a pure decision over them) and hands that view to one function per body.
 
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use super::alerts::{Alert, AlertState, Metric, Severity};
+use super::evaluation::Evaluator;
 use super::merge::{ClusterState, ShardTrack, Totals, WINDOW};
-use super::watch::Watch;
+use super::prometheus::{Kind, Labels, PromWriter};
+use super::sample::Sample;
 use super::{HealthStatus, Identity, Published};
 use crate::db;
 use crate::metrics::STATUS_CLASSES;
@@ -74,72 +79,197 @@ fn shard_facts(track: &ShardTrack, interval: Duration, now: Instant) -> ShardFac
     }
 }
 
+/// What the overall status is decided from.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusInputs {
+    pub shards: usize,
+    pub running: usize,
+    /// Parked or draining.
+    pub parked: usize,
+    pub stale: usize,
+    /// Shards auto-scaling wants active.
+    pub active_shards: usize,
+    pub shutting_down: bool,
+    /// The health score's word.
+    pub score: HealthStatus,
+    /// The queues check.
+    pub queues: HealthStatus,
+    /// The database check says warn.
+    pub database_degraded: bool,
+}
+
+/// The shards check of `/health`, and the status of the whole server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub shards: HealthStatus,
+    pub overall: HealthStatus,
+}
+
+/// The server's status: the worst of its shards, its health score and its queues; a database
+/// in trouble makes it degraded, never down (reads may still be served).
+pub fn overall_status(inputs: StatusInputs) -> Verdict {
+    // Shards parked by auto-scaling are not missing: they count as running for health.
+    let parked_by_scaling = inputs
+        .parked
+        .min(inputs.shards.saturating_sub(inputs.active_shards));
+    let shards = health_status(
+        inputs.shards,
+        inputs.running + parked_by_scaling,
+        inputs.stale,
+        inputs.shutting_down,
+    );
+    let overall = shards.max(inputs.score).max(inputs.queues);
+    let overall = if overall == HealthStatus::Pass && inputs.database_degraded {
+        HealthStatus::Warn
+    } else {
+        overall
+    };
+    Verdict { shards, overall }
+}
+
+/// What every body is rendered from, worked out once per publish.
+struct View<'a> {
+    state: &'a ClusterState,
+    identity: &'a Identity,
+    evaluator: &'a Evaluator,
+    now: Instant,
+    facts: Vec<ShardFacts>,
+    running: usize,
+    parked: usize,
+    stale: usize,
+    queued: u64,
+    queue_check: HealthStatus,
+    verdict: Verdict,
+    active_alerts: Vec<&'a Alert>,
+    recent_alerts: Vec<&'a Alert>,
+    latest: Sample,
+    uptime: Duration,
+    /// Summed from the facts: each shard's totals are worked out once per publish.
+    totals: Totals,
+    window_latency: Histogram<u64>,
+    lifetime_latency: Histogram<u64>,
+}
+
+impl<'a> View<'a> {
+    fn new(
+        state: &'a ClusterState,
+        identity: &'a Identity,
+        control: &Control,
+        evaluator: &'a Evaluator,
+        now: Instant,
+    ) -> Self {
+        let facts: Vec<ShardFacts> = state
+            .shards
+            .iter()
+            .map(|t| shard_facts(t, state.interval, now))
+            .collect();
+        let count = |keep: fn(&ShardFacts) -> bool| facts.iter().filter(|f| keep(f)).count();
+        let running = count(|f| f.state == ShardState::Running);
+        let parked = count(|f| matches!(f.state, ShardState::Parked | ShardState::Draining));
+        let stale = count(|f| f.stale);
+        let queued = state.queued_jobs();
+        let queue_check = super::queues::queue_status(
+            queued,
+            identity.queue_size_warning,
+            identity.queue_size_critical,
+        );
+        let verdict = overall_status(StatusInputs {
+            shards: facts.len(),
+            running,
+            parked,
+            stale,
+            active_shards: evaluator.active_shards,
+            shutting_down: control.is_shutting_down(),
+            score: evaluator.grade.health(),
+            queues: queue_check,
+            database_degraded: db::status::health_word(identity.database.as_deref()) == "warn",
+        });
+        let (active_alerts, recent_alerts) = evaluator.book.listing();
+        let totals: Totals = facts.iter().map(|f| &f.totals).sum();
+        let (window_latency, lifetime_latency) = state.merged_latency();
+        View {
+            state,
+            identity,
+            evaluator,
+            now,
+            running,
+            parked,
+            stale,
+            queued,
+            queue_check,
+            verdict,
+            active_alerts,
+            recent_alerts,
+            latest: evaluator.latest().cloned().unwrap_or_default(),
+            uptime: now.saturating_duration_since(control.started_at),
+            totals,
+            facts,
+            window_latency,
+            lifetime_latency,
+        }
+    }
+
+    fn firing(&self) -> Vec<&'a Alert> {
+        self.active_alerts
+            .iter()
+            .copied()
+            .filter(|a| a.state == AlertState::Firing)
+            .collect()
+    }
+
+    fn database(&self) -> Option<&'a db::Database> {
+        self.identity.database.as_deref()
+    }
+}
+
 pub fn publish(
     state: &ClusterState,
     identity: &Identity,
     control: &Control,
-    watch: &Watch,
+    evaluator: &Evaluator,
     now: Instant,
 ) -> Published {
-    let facts: Vec<ShardFacts> = state
-        .shards
-        .iter()
-        .map(|t| shard_facts(t, state.interval, now))
-        .collect();
-    let running = facts
-        .iter()
-        .filter(|f| f.state == ShardState::Running)
-        .count();
-    let parked = facts
-        .iter()
-        .filter(|f| matches!(f.state, ShardState::Parked | ShardState::Draining))
-        .count();
-    let stale = facts.iter().filter(|f| f.stale).count();
-    // Shards parked by auto-scaling are not missing: they count as running for health.
-    let shard_status = health_status(
-        facts.len(),
-        running + parked.min(facts.len().saturating_sub(watch.active_shards)),
-        stale,
-        control.is_shutting_down(),
-    );
-    let queued = state.queued_jobs();
-    let queue_check = super::queues::queue_status(
-        queued,
-        identity.queue_size_warning,
-        identity.queue_size_critical,
-    );
-    let status = shard_status.max(watch.grade.health()).max(queue_check);
-    let (active_alerts, recent_alerts) = watch.book.listing();
-    let firing: Vec<&&super::alerts::Alert> = active_alerts
-        .iter()
-        .filter(|a| a.state == super::alerts::AlertState::Firing)
-        .collect();
-    let latest = watch.latest().cloned().unwrap_or_default();
-    let database = identity.database.as_deref();
-    // A database in trouble makes the server degraded, never down: reads may still be served.
-    let status = match (status, db::status::health_word(database)) {
-        (HealthStatus::Pass, "warn") => HealthStatus::Warn,
-        (status, _) => status,
-    };
-    let uptime = now.saturating_duration_since(control.started_at);
-    // Summed from the facts: each shard's totals are worked out once per publish.
-    let totals: Totals = facts.iter().map(|f| &f.totals).sum();
-    let (window_latency, lifetime_latency) = state.merged_latency();
+    let view = View::new(state, identity, control, evaluator, now);
+    Published {
+        health_status: view.verdict.overall,
+        health: health_body(&view).to_string().into(),
+        cluster_status: cluster_status_body(&view).to_string().into(),
+        metrics: metrics_body(&view).to_string().into(),
+        prometheus: prometheus(&view).into(),
+        queues_status: super::queues::status_body(state, view.queue_check)
+            .to_string()
+            .into(),
+        alerts: alerts_body(&view).to_string().into(),
+        running_shards: view.running,
+    }
+}
 
-    let health = json!({
-        "status": status,
+/// `GET /health`: `application/health+json`.
+fn health_body(view: &View) -> Value {
+    let evaluator = view.evaluator;
+    let (running, parked, stale) = (view.running, view.parked, view.stale);
+    let firing = view.firing();
+    let alerts_status = if firing.iter().any(|a| a.severity == Severity::Critical) {
+        "fail"
+    } else if firing.is_empty() {
+        "pass"
+    } else {
+        "warn"
+    };
+    let mut health = json!({
+        "status": view.verdict.overall,
         "version": VERSION,
         "serviceId": "coinbit",
         "description": "CoinBitClub Enterprise API",
-        "uptime_seconds": uptime.as_secs(),
-        "engine": identity.engine,
+        "uptime_seconds": view.uptime.as_secs(),
+        "engine": view.identity.engine,
         "checks": {
             "shards:running": [{
                 "componentType": "system",
                 "observedValue": running,
                 "observedUnit": "shards",
-                "status": shard_status,
-                "output": format!("{running} of {} shards running, {parked} parked by auto-scaling", facts.len()),
+                "status": view.verdict.shards,
+                "output": format!("{running} of {} shards running, {parked} parked by auto-scaling", view.facts.len()),
             }],
             "shards:heartbeat": [{
                 "componentType": "system",
@@ -147,46 +277,84 @@ pub fn publish(
                 "observedUnit": "stale shards",
                 "status": if stale == 0 { "pass" } else { "warn" },
             }],
-            "database": db::status::health_check(database),
+            "database": db::status::health_check(view.database()),
             "http:connections": [{
                 "componentType": "component",
-                "observedValue": totals.connections.open,
+                "observedValue": view.totals.connections.open,
                 "observedUnit": "connections",
                 "status": "pass",
             }],
             "monitor:health-score": [{
                 "componentType": "system",
-                "observedValue": watch.score,
+                "observedValue": evaluator.score,
                 "observedUnit": "score (0-100)",
-                "status": watch.grade.health(),
-                "output": watch.grade,
+                "status": evaluator.grade.health(),
+                "output": evaluator.grade,
             }],
             "monitor:alerts": [{
                 "componentType": "system",
                 "observedValue": firing.len(),
                 "observedUnit": "firing alerts",
-                "status": if firing.iter().any(|a| a.severity == super::alerts::Severity::Critical) {
-                    "fail"
-                } else if firing.is_empty() { "pass" } else { "warn" },
+                "status": alerts_status,
                 "output": firing.iter().map(|a| a.message.as_str()).collect::<Vec<_>>().join("; "),
             }],
         },
-        "health_score": watch.score,
-        "grade": watch.grade,
+        "health_score": evaluator.score,
+        "grade": evaluator.grade,
     });
-
-    let mut health = health;
     health["checks"]["queues:size"] = super::queues::health_check(
-        queued,
-        queue_check,
-        identity.queue_size_warning,
-        identity.queue_size_critical,
+        view.queued,
+        view.queue_check,
+        view.identity.queue_size_warning,
+        view.identity.queue_size_critical,
     );
+    health
+}
 
-    let shards: Vec<Value> = state
+/// `GET /api/enterprise/cluster/status`.
+fn cluster_status_body(view: &View) -> Value {
+    let (identity, evaluator) = (view.identity, view.evaluator);
+    let policy = &evaluator.settings.policy;
+    json!({
+        "engine": identity.engine,
+        "version": VERSION,
+        "pid": std::process::id(),
+        "uptime_seconds": view.uptime.as_secs(),
+        "status": view.verdict.overall,
+        "monitor": {
+            "cpu": identity.monitor_cpu,
+            "tid": view.state.monitor_tid,
+            "shares_core": identity.monitor_shares_core,
+        },
+        "cluster": {
+            "shards": view.facts.len(),
+            "running_shards": view.running,
+            "min_workers": identity.min_workers,
+            "max_workers": identity.max_workers,
+            "active_shards": evaluator.active_shards,
+            "scaling": {
+                "min_active": policy.min,
+                "max_active": policy.max,
+                "scale_up_threshold": policy.up,
+                "scale_down_threshold": policy.down,
+                "cooldown_ms": policy.cooldown.as_millis() as u64,
+                "cpu_percent": round(view.latest.cpu, 1),
+                "events": evaluator.scale_events,
+            },
+        },
+        "health_score": evaluator.score,
+        "grade": evaluator.grade,
+        "shards": shard_rows(view),
+        "database": db::status::cluster_section(view.database()),
+    })
+}
+
+/// One row per shard of the cluster status.
+fn shard_rows(view: &View) -> Vec<Value> {
+    view.state
         .shards
         .iter()
-        .zip(&facts)
+        .zip(&view.facts)
         .map(|(track, fact)| {
             let totals = &fact.totals;
             json!({
@@ -194,8 +362,8 @@ pub fn publish(
                 "cpu": track.slot.cpu,
                 "tid": track.slot.tid(),
                 "state": if fact.stale { "stale" } else { fact.state.as_str() },
-                "active": track.slot.id < watch.active_shards,
-                "cpu_percent": latest.shard_cpu.get(track.slot.id).map(|c| round(*c, 1)),
+                "active": track.slot.id < view.evaluator.active_shards,
+                "cpu_percent": view.latest.shard_cpu.get(track.slot.id).map(|c| round(*c, 1)),
                 "generation": track.generation,
                 "open_connections": totals.connections.open,
                 "requests_served": totals.requests(),
@@ -203,40 +371,12 @@ pub fn publish(
                 "restarts": track.slot.restarts(),
             })
         })
-        .collect();
-    let cluster_status = json!({
-        "engine": identity.engine,
-        "version": VERSION,
-        "pid": std::process::id(),
-        "uptime_seconds": uptime.as_secs(),
-        "status": status,
-        "monitor": {
-            "cpu": identity.monitor_cpu,
-            "tid": state.monitor_tid,
-            "shares_core": identity.monitor_shares_core,
-        },
-        "cluster": {
-            "shards": facts.len(),
-            "running_shards": running,
-            "min_workers": identity.min_workers,
-            "max_workers": identity.max_workers,
-            "active_shards": watch.active_shards,
-            "scaling": {
-                "min_active": watch.settings.policy.min,
-                "max_active": watch.settings.policy.max,
-                "scale_up_threshold": watch.settings.policy.up,
-                "scale_down_threshold": watch.settings.policy.down,
-                "cooldown_ms": watch.settings.policy.cooldown.as_millis() as u64,
-                "cpu_percent": round(latest.cpu, 1),
-                "events": watch.scale_events,
-            },
-        },
-        "health_score": watch.score,
-        "grade": watch.grade,
-        "shards": shards,
-        "database": db::status::cluster_section(database),
-    });
+        .collect()
+}
 
+/// `GET /api/enterprise/metrics`: merged and per-shard traffic, routes, the dashboard's history.
+fn metrics_body(view: &View) -> Value {
+    let (state, evaluator, now) = (view.state, view.evaluator, view.now);
     let (window_requests, window_errors, window_span) = state
         .shards
         .iter()
@@ -247,7 +387,7 @@ pub fn publish(
     let per_shard: Vec<Value> = state
         .shards
         .iter()
-        .zip(&facts)
+        .zip(&view.facts)
         .map(|(track, fact)| {
             let (requests, errors, span) = track.window_counts(now);
             let mut body = traffic(
@@ -262,6 +402,25 @@ pub fn publish(
             body
         })
         .collect();
+    let history_from = evaluator.history.len().saturating_sub(CHART_POINTS);
+    json!({
+        "window_seconds": WINDOW.as_secs(),
+        "snapshot_interval_ms": state.interval.as_millis() as u64,
+        "merged": traffic(&view.totals, window_requests, window_errors, window_span, &view.window_latency, &view.lifetime_latency),
+        "shards": per_shard,
+        "routes": route_counts(state, &view.totals),
+        "monitoring": {
+            "interval_ms": evaluator.settings.interval.as_millis() as u64,
+            "health_score": evaluator.score,
+            "grade": evaluator.grade,
+            "latest": view.latest,
+            "history": evaluator.history.iter().skip(history_from).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// Responses by route and status class, the unrouted ones last.
+fn route_counts(state: &ClusterState, totals: &Totals) -> serde_json::Map<String, Value> {
     let mut routes = serde_json::Map::new();
     for (name, counts) in state.routes.iter().zip(&totals.counts.by_route) {
         routes.insert((*name).to_string(), class_counts(counts));
@@ -270,31 +429,23 @@ pub fn publish(
         "unrouted".to_string(),
         class_counts(&totals.counts.unrouted),
     );
-    let metrics = json!({
-        "window_seconds": WINDOW.as_secs(),
-        "snapshot_interval_ms": state.interval.as_millis() as u64,
-        "merged": traffic(&totals, window_requests, window_errors, window_span, &window_latency, &lifetime_latency),
-        "shards": per_shard,
-        "routes": routes,
-        "monitoring": {
-            "interval_ms": watch.settings.interval.as_millis() as u64,
-            "health_score": watch.score,
-            "grade": watch.grade,
-            "latest": latest,
-            "history": watch.history.iter().skip(watch.history.len().saturating_sub(CHART_POINTS)).collect::<Vec<_>>(),
-        },
-    });
-    let thresholds: serde_json::Map<String, Value> = super::alerts::Metric::ALL
+    routes
+}
+
+/// `GET /api/enterprise/alerts`: alerts, recovery actions, thresholds, webhook delivery.
+fn alerts_body(view: &View) -> Value {
+    let evaluator = view.evaluator;
+    let thresholds: serde_json::Map<String, Value> = Metric::ALL
         .iter()
         .map(|&m| {
-            let (warning, critical) = watch.settings.thresholds.of(m);
+            let (warning, critical) = evaluator.settings.thresholds.of(m);
             (
                 m.name().to_string(),
                 json!({ "warning": warning, "critical": critical, "unit": m.unit() }),
             )
         })
         .collect();
-    let webhook = watch.webhook.as_ref().map(|w| {
+    let webhook = evaluator.webhook.as_ref().map(|w| {
         use std::sync::atomic::Ordering::Relaxed;
         json!({
             "url": crate::config::redact(&w.url),
@@ -304,43 +455,46 @@ pub fn publish(
             "dropped": w.stats.dropped.load(Relaxed),
         })
     });
-    let alerts = json!({
-        "health_score": watch.score,
-        "grade": watch.grade,
-        "cooldown_ms": watch.settings.cooldown_ms,
-        "active": active_alerts,
-        "recent": recent_alerts,
-        "actions": watch.actions,
+    json!({
+        "health_score": evaluator.score,
+        "grade": evaluator.grade,
+        "cooldown_ms": evaluator.settings.cooldown_ms,
+        "active": view.active_alerts,
+        "recent": view.recent_alerts,
+        "actions": evaluator.actions,
         "thresholds": thresholds,
         "webhook": webhook,
-    });
+    })
+}
 
-    let mut prometheus = prometheus(
-        state,
-        identity,
-        &facts,
-        &lifetime_latency,
-        &totals,
-        uptime,
-        status,
+/// `GET /metrics`: every family, the queues' and the database's included.
+fn prometheus(view: &View) -> String {
+    let mut w = PromWriter::with_capacity(8 * 1024);
+    traffic_families(&mut w, view);
+    shard_families(&mut w, view.state, &view.facts);
+    w.family(
+        "coinbit_health_status",
+        Kind::Gauge,
+        "0 pass, 1 warn, 2 fail.",
     );
-    monitoring_prometheus(&mut prometheus, watch, &latest, &firing);
-    super::queues::prometheus(state, &mut prometheus);
-    if let Some(database) = database {
-        db::status::prometheus(database, &mut prometheus);
+    w.sample(&[], view.verdict.overall as u8);
+    w.family(
+        "coinbit_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since start.",
+    );
+    w.sample(&[], view.uptime.as_secs_f64());
+    w.family("coinbit_build_info", Kind::Gauge, "Version and engine.");
+    w.sample(
+        &[("version", &VERSION), ("engine", &view.identity.engine)],
+        1,
+    );
+    monitoring_families(&mut w, view.evaluator, &view.latest, &view.firing());
+    super::queues::prometheus(view.state, &mut w);
+    if let Some(database) = view.database() {
+        db::status::prometheus(database, &mut w);
     }
-    Published {
-        health_status: status,
-        health: health.to_string().into(),
-        cluster_status: cluster_status.to_string().into(),
-        metrics: metrics.to_string().into(),
-        prometheus: prometheus.into(),
-        queues_status: super::queues::status_body(state, queue_check)
-            .to_string()
-            .into(),
-        alerts: alerts.to_string().into(),
-        running_shards: running,
-    }
+    w.finish()
 }
 
 fn class_counts(counts: &[u64; 5]) -> Value {
@@ -413,199 +567,143 @@ fn round(value: f64, decimals: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-fn prometheus(
-    state: &ClusterState,
-    identity: &Identity,
-    facts: &[ShardFacts],
-    lifetime: &Histogram<u64>,
-    totals: &Totals,
-    uptime: Duration,
-    status: HealthStatus,
-) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    let out = &mut out;
-
-    let name = family(
-        out,
+/// The traffic families: responses by route and class, client errors, latency.
+fn traffic_families(w: &mut PromWriter, view: &View) {
+    let state = view.state;
+    w.family(
         "coinbit_http_requests_total",
-        "counter",
+        Kind::Counter,
         "HTTP responses by shard, route and status class.",
     );
-    for (track, fact) in state.shards.iter().zip(facts) {
+    for (track, fact) in state.shards.iter().zip(&view.facts) {
         let t = &fact.totals;
         let routed = state.routes.iter().zip(&t.counts.by_route);
         for (route, counts) in routed.chain(std::iter::once((&"unrouted", &t.counts.unrouted))) {
             for (class, n) in STATUS_CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{shard=\"{}\",route=\"{route}\",class=\"{class}\"}} {n}",
-                    track.slot.id
+                w.sample(
+                    &[
+                        ("shard", &track.slot.id),
+                        ("route", route),
+                        ("class", class),
+                    ],
+                    n,
                 );
             }
         }
     }
 
-    let name = family(
-        out,
+    w.family(
         "coinbit_http_client_errors_total",
-        "counter",
+        Kind::Counter,
         "Requests that failed by the client's fault (4xx, and every request refused as malformed); left out of the error rate.",
     );
-    for (track, fact) in state.shards.iter().zip(facts) {
-        let _ = writeln!(
-            out,
-            "{name}{{shard=\"{}\"}} {}",
-            track.slot.id,
-            fact.totals.client_errors()
-        );
+    for (track, fact) in state.shards.iter().zip(&view.facts) {
+        w.sample(&[("shard", &track.slot.id)], fact.totals.client_errors());
     }
 
-    let name = family(
-        out,
+    w.family(
         "coinbit_http_request_duration_seconds",
-        "histogram",
+        Kind::Histogram,
         "Time from a request's arrival to its response being ready.",
     );
-    for le in LATENCY_BUCKETS {
-        let micros = (le * 1e6) as u64;
-        let count = if lifetime.is_empty() {
-            0
-        } else {
-            lifetime.count_between(0, micros)
-        };
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", lifetime.len());
-    let _ = writeln!(out, "{name}_sum {}", totals.latency_sum_micros as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count {}", lifetime.len());
+    let sum_seconds = view.totals.latency_sum_micros as f64 / 1e6;
+    w.histogram(&[], &LATENCY_BUCKETS, &view.lifetime_latency, sum_seconds);
+}
 
+/// The per-shard families: connections, restarts, up, heartbeat age.
+fn shard_families(w: &mut PromWriter, state: &ClusterState, facts: &[ShardFacts]) {
     type Gauge = fn(&ShardTrack, &ShardFacts) -> f64;
-    let per_shard: [(&str, &str, &str, Gauge); 7] = [
+    let per_shard: [(&'static str, Kind, &str, Gauge); 7] = [
         (
             "coinbit_http_connections_open",
-            "gauge",
+            Kind::Gauge,
             "Open client connections.",
             |_, f| f.totals.connections.open as f64,
         ),
         (
             "coinbit_http_connections_accepted_total",
-            "counter",
+            Kind::Counter,
             "Connections accepted.",
             |_, f| f.totals.connections.accepted as f64,
         ),
         (
             "coinbit_http_connections_rejected_total",
-            "counter",
+            Kind::Counter,
             "Connections refused with 503 at the per-shard cap.",
             |_, f| f.totals.connections.rejected_at_cap as f64,
         ),
         (
             "coinbit_http_request_timeouts_total",
-            "counter",
+            Kind::Counter,
             "Connections closed because a request arrived too slowly.",
             |_, f| f.totals.connections.request_timeouts as f64,
         ),
         (
             "coinbit_http_idle_timeouts_total",
-            "counter",
+            Kind::Counter,
             "Keep-alive connections closed after the idle timeout.",
             |_, f| f.totals.connections.idle_timeouts as f64,
         ),
         (
             "coinbit_shard_restarts_total",
-            "counter",
+            Kind::Counter,
             "Times the shard was restarted after dying.",
             |t, _| t.slot.restarts() as f64,
         ),
         (
             "coinbit_shard_up",
-            "gauge",
+            Kind::Gauge,
             "1 while the shard runs and reports.",
             |_, f| f64::from(u8::from(f.state == ShardState::Running && !f.stale)),
         ),
     ];
     for (metric, kind, help, value) in per_shard {
-        let name = family(out, metric, kind, help);
+        w.family(metric, kind, help);
         for (track, fact) in state.shards.iter().zip(facts) {
-            let _ = writeln!(
-                out,
-                "{name}{{shard=\"{}\",cpu=\"{}\"}} {}",
-                track.slot.id,
-                track.slot.cpu,
-                value(track, fact)
-            );
+            let labels: Labels<'_> = &[("shard", &track.slot.id), ("cpu", &track.slot.cpu)];
+            w.sample(labels, value(track, fact));
         }
     }
-    let name = family(
-        out,
+    w.family(
         "coinbit_shard_heartbeat_age_seconds",
-        "gauge",
+        Kind::Gauge,
         "Time since the shard's last report.",
     );
     for (track, fact) in state.shards.iter().zip(facts) {
         if let Some(age) = fact.heartbeat_age {
-            let _ = writeln!(
-                out,
-                "{name}{{shard=\"{}\"}} {}",
-                track.slot.id,
-                age.as_secs_f64()
-            );
+            w.sample(&[("shard", &track.slot.id)], age.as_secs_f64());
         }
     }
-    let name = family(
-        out,
-        "coinbit_health_status",
-        "gauge",
-        "0 pass, 1 warn, 2 fail.",
-    );
-    let _ = writeln!(out, "{name} {}", status as u8);
-    let name = family(
-        out,
-        "coinbit_uptime_seconds",
-        "gauge",
-        "Seconds since start.",
-    );
-    let _ = writeln!(out, "{name} {}", uptime.as_secs_f64());
-    let name = family(out, "coinbit_build_info", "gauge", "Version and engine.");
-    let _ = writeln!(
-        out,
-        "{name}{{version=\"{VERSION}\",engine=\"{}\"}} 1",
-        identity.engine
-    );
-    std::mem::take(out)
 }
 
 /// The monitoring families: health score, firing alerts, CPU and memory, recovery actions.
-fn monitoring_prometheus(
-    out: &mut String,
-    watch: &Watch,
-    latest: &super::sample::Sample,
-    firing: &[&&super::alerts::Alert],
+fn monitoring_families(
+    w: &mut PromWriter,
+    evaluator: &Evaluator,
+    latest: &Sample,
+    firing: &[&Alert],
 ) {
-    let name = family(out, "coinbit_health_score", "gauge", "Health score, 0-100.");
-    let _ = writeln!(out, "{name} {}", watch.score);
-    let name = family(
-        out,
+    w.family("coinbit_health_score", Kind::Gauge, "Health score, 0-100.");
+    w.sample(&[], evaluator.score);
+    w.family(
         "coinbit_alerts_firing",
-        "gauge",
+        Kind::Gauge,
         "Alerts firing, by severity.",
     );
-    use super::alerts::Severity;
     for (label, severity) in [
         ("warning", Severity::Warning),
         ("critical", Severity::Critical),
     ] {
         let n = firing.iter().filter(|a| a.severity == severity).count();
-        let _ = writeln!(out, "{name}{{severity=\"{label}\"}} {n}");
+        w.sample(&[("severity", &label)], n);
     }
-    let name = family(
-        out,
+    w.family(
         "coinbit_shard_cpu_percent",
-        "gauge",
+        Kind::Gauge,
         "CPU of each shard's thread over the last sample, % of one CPU.",
     );
     for (id, cpu) in latest.shard_cpu.iter().enumerate() {
-        let _ = writeln!(out, "{name}{{shard=\"{id}\"}} {cpu}");
+        w.sample(&[("shard", &id)], cpu);
     }
     let gauges = [
         (
@@ -631,47 +729,324 @@ fn monitoring_prometheus(
         (
             "coinbit_active_shards",
             "Shards active (not parked by auto-scaling).",
-            watch.active_shards as f64,
+            evaluator.active_shards as f64,
         ),
     ];
     for (metric, help, value) in gauges {
-        let name = family(out, metric, "gauge", help);
-        let _ = writeln!(out, "{name} {value}");
+        w.family(metric, Kind::Gauge, help);
+        w.sample(&[], value);
     }
-    let name = family(
-        out,
+    w.family(
         "coinbit_recovery_actions_total",
-        "counter",
+        Kind::Counter,
         "Automatic recovery actions taken.",
     );
-    for action in &watch.actions {
-        let _ = writeln!(out, "{name}{{action=\"{}\"}} {}", action.name, action.taken);
+    for action in &evaluator.actions {
+        w.sample(&[("action", &action.name)], action.taken);
     }
-    let name = family(
-        out,
+    w.family(
         "coinbit_recovery_action_active",
-        "gauge",
+        Kind::Gauge,
         "1 while a recovery action is in force.",
     );
-    for action in &watch.actions {
-        let _ = writeln!(
-            out,
-            "{name}{{action=\"{}\"}} {}",
-            action.name,
-            u8::from(action.active)
-        );
+    for action in &evaluator.actions {
+        w.sample(&[("action", &action.name)], u8::from(action.active));
     }
-}
-
-/// Writes a metric family's HELP and TYPE lines and returns its name.
-fn family<'a>(out: &mut String, name: &'a str, kind: &str, help: &str) -> &'a str {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    name
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Cli, LagLimit, NodeSpec};
+    use crate::db::{availability, Database, Node};
+    use crate::metrics::ShardMetrics;
+    use crate::queue::QueueReport;
+    use crate::shard::ShardSlot;
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+
+    fn node(name: &str, is_primary: bool) -> Arc<Node> {
+        let spec = NodeSpec {
+            name: name.into(),
+            variable: "DATABASE_URL".into(),
+            display_url: format!("postgres://coinbit@{name}/coinbit"),
+            weight: 3,
+            pg: postgres::Config::new(),
+        };
+        let policy = availability::Policy {
+            ejection_time: Duration::from_secs(30),
+            breaker_failures: 5,
+            max_lag: LagLimit {
+                bytes: None,
+                time: None,
+            },
+        };
+        let (requests, _) = crossbeam::channel::bounded(4);
+        Node::new(spec, is_primary, requests, 4, 2, policy)
+    }
+
+    /// Two shards (one running and reporting, one never heard from), a queue report, a
+    /// database of two nodes, a sample and a recovery action taken: every family and body
+    /// section has something to say.
+    fn fixture() -> (ClusterState, Identity, Control, Evaluator, Instant) {
+        let argv = ["coinbit", "--min-workers", "1", "--max-workers", "2"];
+        let config = Cli::parse_from(argv, &[]).unwrap().config;
+        let (settings, _) = super::super::evaluation::EvaluationSettings::from_config(&config, 2);
+        let slots = vec![
+            Arc::new(ShardSlot::new(0, 3)),
+            Arc::new(ShardSlot::new(1, 5)),
+        ];
+        slots[0].set_state(ShardState::Running);
+        let mut state = ClusterState::new(slots, &["health", "trades"], Duration::from_secs(1));
+        let control = Control::default();
+        let reported_at = control.started_at + Duration::from_secs(2);
+        let mut metrics = ShardMetrics::new(2);
+        metrics.count_route(0, 200);
+        metrics.count_route(1, 201);
+        metrics.count_route(1, 503);
+        metrics.count_unrouted(400);
+        metrics.record_latency(3, Duration::from_micros(1_500));
+        metrics.connections.open = 2;
+        metrics.connections.accepted = 9;
+        let mut report = metrics.report(0, 1, 77, reported_at);
+        let mut queues = QueueReport::default();
+        queues.classes[0].size = 3;
+        queues.classes[0].counters.processed = 4;
+        queues.classes[0].wait.record(2_000).unwrap();
+        queues.classes[0].run.record(40_000).unwrap();
+        queues.retained_payload_bytes = 512;
+        report.queues = Some(queues);
+        state.absorb(report);
+        let database = Database {
+            nodes: vec![node("primary", true), node("replica1", false)],
+            strategy: crate::config::ReplicaStrategy::RoundRobin,
+            read_your_writes_wait: Duration::from_millis(50),
+            check_interval: Duration::from_secs(1),
+            group_commit: 8,
+            read_answer_limit: Duration::from_secs(3),
+        };
+        database.nodes[1].lag_bytes.store(4096, Relaxed);
+        database.nodes[1].lag_ms.store(250, Relaxed);
+        database.nodes[0].requests.store(12, Relaxed);
+        let identity = Identity {
+            engine: "glommio",
+            monitor_cpu: 7,
+            monitor_shares_core: false,
+            min_workers: 1,
+            max_workers: 2,
+            queue_size_warning: 1000,
+            queue_size_critical: 5000,
+            database: Some(Arc::new(database)),
+        };
+        let mut evaluator = Evaluator::new(settings, 2, None);
+        evaluator.history.push_back(super::super::sample::Sample {
+            at_ms: 1_700_000_000_000,
+            process_cpu: 12.5,
+            shard_cpu: vec![20.25, 0.0],
+            monitor_cpu: 1.5,
+            cpu: 10.125,
+            memory: 3.75,
+            queued_jobs: 3,
+            ..Default::default()
+        });
+        evaluator.actions[0].taken = 2;
+        let now = reported_at + Duration::from_millis(500);
+        (state, identity, control, evaluator, now)
+    }
+
+    /// Every body and the Prometheus text, byte for byte, as rendered before the renderer was
+    /// split: a change to any of them fails here.
+    #[test]
+    fn bodies_are_unchanged() {
+        let (state, identity, control, evaluator, now) = fixture();
+        let published = publish(&state, &identity, &control, &evaluator, now);
+        let pid = format!("\"pid\":{},", std::process::id());
+        let cluster_status = String::from_utf8_lossy(&published.cluster_status).replace(&pid, "");
+        let bodies = [
+            (
+                "health",
+                String::from_utf8_lossy(&published.health).into_owned(),
+            ),
+            ("cluster_status", cluster_status),
+            (
+                "metrics",
+                String::from_utf8_lossy(&published.metrics).into_owned(),
+            ),
+            (
+                "queues_status",
+                String::from_utf8_lossy(&published.queues_status).into_owned(),
+            ),
+            (
+                "alerts",
+                String::from_utf8_lossy(&published.alerts).into_owned(),
+            ),
+            (
+                "prometheus",
+                String::from_utf8_lossy(&published.prometheus).into_owned(),
+            ),
+        ];
+        let mut rendered = String::new();
+        for (name, body) in bodies {
+            let _ = writeln!(rendered, "== {name}\n{body}");
+        }
+        // The version moves with every release: the golden file says VERSION.
+        let rendered = rendered
+            .replace(
+                &format!("\"version\":\"{VERSION}\""),
+                "\"version\":\"VERSION\"",
+            )
+            .replace(&format!("version=\"{VERSION}\""), "version=\"VERSION\"");
+        // `WRITE_GOLDEN=1 cargo test --lib bodies_are_unchanged` rewrites the file after an
+        // intended change; review its diff.
+        if std::env::var_os("WRITE_GOLDEN").is_some() {
+            std::fs::write("src/monitor/testdata/bodies.golden", &rendered).unwrap();
+        }
+        assert_eq!(rendered, include_str!("testdata/bodies.golden"));
+    }
+
+    /// Every line of `/metrics` parses as the text format says: a family's HELP then its TYPE,
+    /// once, and samples named after the open family (histograms with their suffixes), each
+    /// with a number. The golden file pins the bytes; this pins the shape whatever they are.
+    #[test]
+    fn every_prometheus_line_parses() {
+        let (state, identity, control, evaluator, now) = fixture();
+        let published = publish(&state, &identity, &control, &evaluator, now);
+        let text = std::str::from_utf8(&published.prometheus).unwrap();
+        let mut families: Vec<&str> = Vec::new();
+        let mut kind = "";
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(!families.contains(&name), "{name} opened twice");
+                families.push(name);
+                let type_line = lines.next().unwrap_or_default();
+                let rest = type_line.strip_prefix("# TYPE ").expect(type_line);
+                let (typed, k) = rest.split_once(' ').expect(type_line);
+                assert_eq!(typed, name, "{type_line}");
+                assert!(
+                    ["counter", "gauge", "histogram"].contains(&k),
+                    "{type_line}"
+                );
+                kind = k;
+                continue;
+            }
+            let family = *families.last().expect("a sample before any family");
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let name = series.split('{').next().unwrap();
+            let suffixes: &[&str] = if kind == "histogram" {
+                &["_bucket", "_sum", "_count"]
+            } else {
+                &[""]
+            };
+            assert!(
+                suffixes.iter().any(|s| name == format!("{family}{s}")),
+                "{line} is not of {family}"
+            );
+            if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+                let labels = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
+                for label in labels.expect(line).split("\",") {
+                    let (key, quoted) = label.trim_end_matches('"').split_once("=\"").expect(line);
+                    assert!(!key.is_empty() && !quoted.contains('"'), "{line}");
+                }
+            }
+        }
+        assert!(families.len() > 50, "{} families", families.len());
+    }
+
+    #[test]
+    fn overall_status_table() {
+        use HealthStatus::*;
+        let all_well = StatusInputs {
+            shards: 4,
+            running: 4,
+            parked: 0,
+            stale: 0,
+            active_shards: 4,
+            shutting_down: false,
+            score: Pass,
+            queues: Pass,
+            database_degraded: false,
+        };
+        let verdict = |shards, overall| Verdict { shards, overall };
+        let cases = [
+            ("all well", all_well, verdict(Pass, Pass)),
+            (
+                "parked by auto-scaling are not missing",
+                StatusInputs {
+                    running: 2,
+                    parked: 2,
+                    active_shards: 2,
+                    ..all_well
+                },
+                verdict(Pass, Pass),
+            ),
+            (
+                "parked beyond what auto-scaling wants are missing",
+                StatusInputs {
+                    running: 2,
+                    parked: 2,
+                    active_shards: 3,
+                    ..all_well
+                },
+                verdict(Warn, Warn),
+            ),
+            (
+                "a stale shard",
+                StatusInputs {
+                    stale: 1,
+                    ..all_well
+                },
+                verdict(Warn, Warn),
+            ),
+            (
+                "none running",
+                StatusInputs {
+                    running: 0,
+                    ..all_well
+                },
+                verdict(Fail, Fail),
+            ),
+            (
+                "a critical score",
+                StatusInputs {
+                    score: Fail,
+                    ..all_well
+                },
+                verdict(Pass, Fail),
+            ),
+            (
+                "queues past the warning",
+                StatusInputs {
+                    queues: Warn,
+                    ..all_well
+                },
+                verdict(Pass, Warn),
+            ),
+            (
+                "a database in trouble degrades",
+                StatusInputs {
+                    database_degraded: true,
+                    ..all_well
+                },
+                verdict(Pass, Warn),
+            ),
+            (
+                "a database in trouble never makes it worse than it is",
+                StatusInputs {
+                    database_degraded: true,
+                    queues: Fail,
+                    ..all_well
+                },
+                verdict(Pass, Fail),
+            ),
+        ];
+        for (case, inputs, expected) in cases {
+            assert_eq!(overall_status(inputs), expected, "{case}");
+        }
+    }
 
     #[test]
     fn health_table() {

@@ -27,7 +27,7 @@ pub enum ProgressMode {
 }
 
 /// HTTP/1.1 load generator with HDR latency reports: closed (virtual users) or open
-/// (fixed-rate, coordinated-omission corrected) model, one pinned worker per CPU.
+/// (fixed-rate, coordinated-omission corrected) model, one pinned client thread per CPU.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "loadgen", version, max_term_width = 100)]
 pub struct Args {
@@ -64,12 +64,12 @@ pub struct Args {
     #[arg(long)]
     pub stages: Option<String>,
 
-    /// Worker threads, each pinned to one CPU (default: one per CPU of --cpus or of the
+    /// Client threads, each pinned to one CPU (default: one per CPU of --cpus or of the
     /// process's affinity mask).
     #[arg(short, long)]
     pub threads: Option<usize>,
 
-    /// CPUs to pin workers to, e.g. 1 or 2-5 or 0,2,4 (default: the affinity mask, so
+    /// CPUs to pin client threads to, e.g. 1 or 2-5 or 0,2,4 (default: the affinity mask, so
     /// `taskset -c 1 loadgen` pins to CPU 1).
     #[arg(long)]
     pub cpus: Option<String>,
@@ -145,7 +145,7 @@ pub struct Config {
     pub headers: Vec<(String, String)>,
     pub load: Load,
     pub threads: usize,
-    /// CPU of each worker (None: unpinned).
+    /// CPU of each client thread (None: unpinned).
     pub cpus: Vec<Option<usize>>,
     pub pipeline: usize,
     pub timeout: Duration,
@@ -311,7 +311,7 @@ impl Args {
             let peak = profile.peak();
             if peak < threads as f64 {
                 return Err(format!(
-                    "--rate {peak} is below the {threads} worker threads: each worker needs at least 1 req/s \
+                    "--rate {peak} is below the {threads} client threads: each client thread needs at least 1 req/s \
                      (lower --threads)"
                 ));
             }
@@ -350,7 +350,7 @@ impl Args {
             .collect();
         if threads > cpu_list.len() && !cpu_list.is_empty() {
             warnings.push(format!(
-                "{threads} threads on {} CPUs: workers share cores and may fall behind",
+                "{threads} threads on {} CPUs: client threads share cores and may fall behind",
                 cpu_list.len()
             ));
         }
@@ -396,10 +396,10 @@ impl Config {
             Load::Open { connections, .. } => *connections as u64,
             Load::Closed { users, .. } => {
                 let peak = users.peak().round() as u64;
-                // Users are split per worker, then packed `pipeline` to a connection.
+                // Users are split per client thread, then packed `pipeline` to a connection.
                 (0..self.threads)
                     .map(|w| {
-                        crate::schedule::users_for_worker(peak as usize, self.threads, w)
+                        crate::schedule::users_for_client(peak as usize, self.threads, w)
                             .div_ceil(self.pipeline) as u64
                     })
                     .sum()
@@ -466,7 +466,7 @@ mod tests {
     #[test]
     fn guardrails() {
         let refused: &[(&[&str], &str)] = &[
-            (&["-R", "1", "-t", "2"], "below the 2 worker threads"),
+            (&["-R", "1", "-t", "2"], "below the 2 client threads"),
             (&["-d", "0s"], "--duration must be more than zero"),
             (
                 &["-R", "100", "-d", "0s"],

@@ -1,5 +1,5 @@
-//! Merges the workers' interval snapshots in interval order: into the run totals, the
-//! timeline, and the interval log. An interval completes once every worker has sent it.
+//! Merges the client threads' interval snapshots in interval order: into the run totals, the
+//! timeline, and the interval log. An interval completes once every client thread has sent it.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +15,7 @@ struct Partial {
 }
 
 pub struct Aggregator {
-    workers: usize,
+    threads: usize,
     interval: f64,
     names: Vec<String>,
     pending: BTreeMap<u64, Partial>,
@@ -29,9 +29,9 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn new(workers: usize, interval: f64, names: Vec<String>, log: IntervalLog) -> Aggregator {
+    pub fn new(threads: usize, interval: f64, names: Vec<String>, log: IntervalLog) -> Aggregator {
         Aggregator {
-            workers,
+            threads,
             interval,
             totals: names.iter().map(|_| EndpointStats::default()).collect(),
             names,
@@ -64,7 +64,7 @@ impl Aggregator {
         while self
             .pending
             .get(&self.next_index)
-            .is_some_and(|p| p.seen >= self.workers)
+            .is_some_and(|p| p.seen >= self.threads)
         {
             if let Some(p) = self.pending.remove(&self.next_index) {
                 done.push(self.complete(self.next_index, p));
@@ -126,13 +126,13 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
 
-    fn snap(worker: usize, index: u64, cut_at: f64, latencies: &[u64]) -> Snapshot {
+    fn snap(thread: usize, index: u64, cut_at: f64, latencies: &[u64]) -> Snapshot {
         let mut e = EndpointStats::default();
         for &l in latencies {
             e.record_response(200, true, l, l);
         }
         Snapshot {
-            worker,
+            thread,
             index,
             cut_at,
             endpoints: vec![e],
@@ -153,7 +153,7 @@ mod tests {
         assert!(a.add(snap(0, 0, 1.0, &[1_000_000])).is_empty());
         assert!(
             a.add(snap(0, 1, 2.0, &[2_000_000])).is_empty(),
-            "interval 1 waits for worker 1"
+            "interval 1 waits for client thread 1"
         );
         let done = a.add(snap(1, 0, 1.001, &[3_000_000]));
         assert_eq!(done.len(), 1);
@@ -161,7 +161,7 @@ mod tests {
             (done[0].t, done[0].rps, done[0].open_conns, done[0].users),
             (0.0, 2.0, 4, 6)
         );
-        // Worker 1 ends early with a partial interval 1; finish() completes it.
+        // Client thread 1 ends early with a partial interval 1; finish() completes it.
         assert!(a.add(snap(1, 1, 1.5, &[])).len() == 1);
         a.add(snap(0, 2, 2.25, &[4_000_000]));
         let rest = a.finish();

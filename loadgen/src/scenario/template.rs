@@ -3,7 +3,7 @@
 //! Variables:
 //! - `{{user_id}}`: a random user id in `1..=user_ids` (scenario setting, default 10,000)
 //! - `{{vu}}`: the virtual user (closed model) or connection (open model) sending the request
-//! - `{{seq}}`: a per-worker request counter
+//! - `{{seq}}`: a per-thread request counter
 //! - `{{rand:A:B}}`: a random integer in `A..=B`
 //! - `{{choice:a|b|c}}`: one of the listed words, uniformly
 //! - `{{uuid}}`: a random version-4 UUID

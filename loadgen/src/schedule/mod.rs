@@ -136,19 +136,19 @@ impl Profile {
     }
 }
 
-/// How many of the `total` users (global index `j`, owned by worker `j % workers`) worker `w`
-/// runs when `total` are wanted overall.
-pub fn users_for_worker(total: usize, workers: usize, w: usize) -> usize {
+/// How many of the `total` users (global index `j`, owned by client thread `j % threads`)
+/// client thread `w` runs when `total` are wanted overall.
+pub fn users_for_client(total: usize, threads: usize, w: usize) -> usize {
     if total <= w {
         0
     } else {
-        (total - w).div_ceil(workers)
+        (total - w).div_ceil(threads)
     }
 }
 
-/// Splits `total` things (connections) over `workers` as evenly as possible.
-pub fn share(total: usize, workers: usize, w: usize) -> usize {
-    total / workers + usize::from(w < total % workers)
+/// Splits `total` things (connections) over `client threads` as evenly as possible.
+pub fn share(total: usize, threads: usize, w: usize) -> usize {
+    total / threads + usize::from(w < total % threads)
 }
 
 #[cfg(test)]
@@ -261,20 +261,20 @@ mod tests {
 
     #[test]
     fn splitting_users_and_connections() {
-        // (total, workers) -> per-worker counts
+        // (total, client threads) -> per-thread counts
         let cases: &[(usize, usize, &[usize])] = &[
             (10, 3, &[4, 3, 3]),
             (2, 3, &[1, 1, 0]),
             (0, 2, &[0, 0]),
             (1100, 2, &[550, 550]),
         ];
-        for (total, workers, want) in cases {
-            let users: Vec<_> = (0..*workers)
-                .map(|w| users_for_worker(*total, *workers, w))
+        for (total, threads, want) in cases {
+            let users: Vec<_> = (0..*threads)
+                .map(|w| users_for_client(*total, *threads, w))
                 .collect();
-            let conns: Vec<_> = (0..*workers).map(|w| share(*total, *workers, w)).collect();
-            assert_eq!(&users, want, "users {total}/{workers}");
-            assert_eq!(&conns, want, "share {total}/{workers}");
+            let conns: Vec<_> = (0..*threads).map(|w| share(*total, *threads, w)).collect();
+            assert_eq!(&users, want, "users {total}/{threads}");
+            assert_eq!(&conns, want, "share {total}/{threads}");
         }
     }
 }

@@ -1,12 +1,12 @@
 //! Replica choice: a pure decision over what the nodes published (routable, weight, in flight).
 //!
-//! Each shard owns one [`Router`]: its round-robin position and smooth-weighted counters are its
-//! own, so picking a replica takes no lock and touches no other shard's memory. Every shard
-//! keeps the weights' proportions on its own, so their sum does too.
+//! Each shard owns one [`ReplicaChooser`]: its round-robin position and smooth-weighted counters
+//! are its own, so picking a replica takes no lock and touches no other shard's memory. Every
+//! shard keeps the weights' proportions on its own, so their sum does too.
 
 use crate::config::ReplicaStrategy;
 
-/// What the router knows of one replica when it picks.
+/// What the chooser knows of one replica when it picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     pub routable: bool,
@@ -16,7 +16,7 @@ pub struct Candidate {
 
 /// One shard's replica picker.
 #[derive(Debug, Clone)]
-pub struct Router {
+pub struct ReplicaChooser {
     strategy: ReplicaStrategy,
     /// Where round-robin (and least-connections' tie-break) starts next.
     next: usize,
@@ -24,9 +24,9 @@ pub struct Router {
     current: Vec<i64>,
 }
 
-impl Router {
-    pub fn new(strategy: ReplicaStrategy, replicas: usize) -> Router {
-        Router {
+impl ReplicaChooser {
+    pub fn new(strategy: ReplicaStrategy, replicas: usize) -> ReplicaChooser {
+        ReplicaChooser {
             strategy,
             next: 0,
             current: vec![0; replicas],
@@ -97,9 +97,9 @@ mod tests {
     }
 
     fn picks(strategy: ReplicaStrategy, candidates: &[Candidate], times: usize) -> Vec<usize> {
-        let mut router = Router::new(strategy, candidates.len());
+        let mut chooser = ReplicaChooser::new(strategy, candidates.len());
         (0..times)
-            .map(|_| router.pick(candidates).expect("a replica"))
+            .map(|_| chooser.pick(candidates).expect("a replica"))
             .collect()
     }
 
@@ -158,9 +158,9 @@ mod tests {
             ReplicaStrategy::LeastConnections,
             ReplicaStrategy::Weighted,
         ] {
-            let mut router = Router::new(strategy, 2);
-            assert_eq!(router.pick(&[down(1), down(2)]), None, "{strategy:?}");
-            assert_eq!(router.pick(&[]), None, "{strategy:?}");
+            let mut chooser = ReplicaChooser::new(strategy, 2);
+            assert_eq!(chooser.pick(&[down(1), down(2)]), None, "{strategy:?}");
+            assert_eq!(chooser.pick(&[]), None, "{strategy:?}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! A timerfd registered in the worker's poll: wake-ups with microsecond precision, where
+//! A timerfd registered in the client thread's poll: wake-ups with microsecond precision, where
 //! `epoll_wait`'s own timeout only counts whole milliseconds. The open model's fixed schedule
 //! needs this: a request meant for t+300us should not leave at t+1ms.
 

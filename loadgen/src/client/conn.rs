@@ -47,7 +47,7 @@ pub enum State {
     Open,
 }
 
-/// A finished response, handed back to the worker.
+/// A finished response, handed back to the client thread.
 #[derive(Clone, Copy, Debug)]
 pub struct Completion {
     pub req: InFlight,
@@ -94,11 +94,11 @@ pub struct Conn {
     pub pending: VecDeque<Pending>,
     /// When the connection last gained room for another request.
     pub free_since: Instant,
-    /// Listed in the worker's free-connection stack (open model).
+    /// Listed in the client thread's free-connection stack (open model).
     pub in_free_list: bool,
     /// The connection should be kept open (it has had users or it serves the open model).
     pub wanted: bool,
-    /// Listed in the worker's to-flush list.
+    /// Listed in the client thread's to-flush list.
     pub dirty: bool,
     /// Next reconnect delay after a failed connect.
     backoff: Duration,

@@ -14,9 +14,9 @@ use super::webhook::Webhook;
 use crate::config::Config;
 use crate::shard::{Control, ShardState};
 
-/// Settings of the watch, from the configuration.
+/// Settings of the evaluation, from the configuration.
 #[derive(Debug, Clone)]
-pub struct WatchSettings {
+pub struct EvaluationSettings {
     pub thresholds: Thresholds,
     pub interval: Duration,
     pub trend_window: Duration,
@@ -29,10 +29,10 @@ pub struct WatchSettings {
     pub stale_after: Duration,
 }
 
-impl WatchSettings {
+impl EvaluationSettings {
     /// From the configuration and the number of shards placed; also returns the start-up note
     /// when the scaling bounds were clamped to the CPUs.
-    pub fn from_config(config: &Config, shards: usize) -> (WatchSettings, Option<String>) {
+    pub fn from_config(config: &Config, shards: usize) -> (EvaluationSettings, Option<String>) {
         let m = &config.monitoring;
         let c = &config.cluster;
         let (policy, note) = ScalePolicy::clamped(
@@ -43,7 +43,7 @@ impl WatchSettings {
             c.scale_down_threshold.into(),
             Duration::from_millis(c.scale_cooldown_ms),
         );
-        let settings = WatchSettings {
+        let settings = EvaluationSettings {
             thresholds: Thresholds::from_config(m),
             interval: Duration::from_millis(m.metrics_interval_ms),
             trend_window: Duration::from_millis(m.trend_window_ms),
@@ -116,8 +116,8 @@ pub const RESTART_SHARD: &str = "restart_shard";
 const SCALE_EVENTS: usize = 50;
 
 /// The monitor's evaluation state.
-pub struct Watch {
-    pub settings: WatchSettings,
+pub struct Evaluator {
+    pub settings: EvaluationSettings,
     meter: CpuMeter,
     pub history: VecDeque<Sample>,
     pub book: AlertBook,
@@ -134,10 +134,10 @@ pub struct Watch {
     last_sample_at: Instant,
 }
 
-impl Watch {
-    pub fn new(settings: WatchSettings, shards: usize, webhook: Option<Webhook>) -> Self {
+impl Evaluator {
+    pub fn new(settings: EvaluationSettings, shards: usize, webhook: Option<Webhook>) -> Self {
         let now = Instant::now();
-        Watch {
+        Evaluator {
             meter: CpuMeter::new(
                 core_affinity::get_core_ids()
                     .map(|c| c.len())
@@ -481,16 +481,16 @@ mod tests {
     use crate::shard::ShardSlot;
     use std::sync::Arc;
 
-    fn setup(args: &[&str], shards: usize) -> (Watch, ClusterState, Control) {
+    fn setup(args: &[&str], shards: usize) -> (Evaluator, ClusterState, Control) {
         let argv = std::iter::once("coinbit").chain(args.iter().copied());
         let config = Cli::parse_from(argv, &[]).unwrap().config;
-        let (settings, _) = WatchSettings::from_config(&config, shards);
+        let (settings, _) = EvaluationSettings::from_config(&config, shards);
         let slots = (0..shards)
             .map(|id| Arc::new(ShardSlot::new(id, 0)))
             .collect();
         let state = ClusterState::new(slots, &["health"], Duration::from_secs(1));
         (
-            Watch::new(settings, shards, None),
+            Evaluator::new(settings, shards, None),
             state,
             Control::default(),
         )
@@ -498,17 +498,17 @@ mod tests {
 
     #[test]
     fn memory_critical_refuses_connections_until_it_clears() {
-        let (mut watch, mut state, control) =
+        let (mut evaluator, mut state, control) =
             setup(&["--memory-warning", "0", "--memory-critical", "0"], 1);
-        watch.step(&mut state, &control, Instant::now());
+        evaluator.step(&mut state, &control, Instant::now());
         assert!(control.refuse_new_connections());
-        let action = &watch.actions[1];
+        let action = &evaluator.actions[1];
         assert_eq!(
             (action.name, action.active, action.taken),
             (REFUSE_NEW_CONNECTIONS, true, 1)
         );
         assert_eq!(
-            watch
+            evaluator
                 .book
                 .get("memory_usage/critical")
                 .unwrap()
@@ -516,16 +516,16 @@ mod tests {
                 .as_deref(),
             Some(REFUSE_NEW_CONNECTIONS)
         );
-        assert_eq!(watch.grade, Grade::Critical);
+        assert_eq!(evaluator.grade, Grade::Critical);
 
         // The levels move back above this process's memory: the condition clears, so does the
         // action.
-        watch.settings.thresholds.0[Metric::MemoryUsage as usize] = (80.0, 95.0);
-        watch.step(&mut state, &control, Instant::now());
+        evaluator.settings.thresholds.0[Metric::MemoryUsage as usize] = (80.0, 95.0);
+        evaluator.step(&mut state, &control, Instant::now());
         assert!(!control.refuse_new_connections());
-        assert!(!watch.actions[1].active);
-        assert_eq!(watch.actions[1].taken, 1);
-        assert!(!watch.book.is_active("memory_usage/critical"));
+        assert!(!evaluator.actions[1].active);
+        assert_eq!(evaluator.actions[1].taken, 1);
+        assert!(!evaluator.book.is_active("memory_usage/critical"));
     }
 
     /// The monitor itself stalled: the shards' reports of that time wait in the channel and it
@@ -533,29 +533,29 @@ mod tests {
     /// a round later.
     #[test]
     fn a_monitor_that_ran_late_replaces_no_shard_for_the_reports_it_has_not_read() {
-        let (mut watch, mut state, control) = setup(&["--heartbeat-timeout", "10000"], 1);
+        let (mut evaluator, mut state, control) = setup(&["--heartbeat-timeout", "10000"], 1);
         state.shards[0]
             .slot
             .set_state(crate::shard::ShardState::Running);
         let mut metrics = crate::metrics::ShardMetrics::new(1);
         let t0 = Instant::now();
-        watch.last_sample_at = t0;
+        evaluator.last_sample_at = t0;
         state.absorb(metrics.report(0, 1, 7, t0));
         // Eleven seconds later, with the reports of that time still queued.
         let late = t0 + Duration::from_secs(11);
-        watch.step(&mut state, &control, late);
+        evaluator.step(&mut state, &control, late);
         assert!(!state.shards[0].slot.is_superseded(1));
-        assert_eq!(watch.actions[2].taken, 0);
+        assert_eq!(evaluator.actions[2].taken, 0);
         // On time again and still nothing from the shard: now it is replaced.
-        watch.step(&mut state, &control, late + Duration::from_secs(1));
+        evaluator.step(&mut state, &control, late + Duration::from_secs(1));
         assert!(state.shards[0].slot.is_superseded(1));
-        assert_eq!(watch.actions[2].taken, 1);
+        assert_eq!(evaluator.actions[2].taken, 1);
     }
 
     #[test]
     fn more_shards_than_the_maximum_are_parked_at_the_first_sample() {
         // A long cooldown: the correction does not wait for it.
-        let (mut watch, mut state, control) = setup(
+        let (mut evaluator, mut state, control) = setup(
             &[
                 "--min-workers",
                 "1",
@@ -567,17 +567,17 @@ mod tests {
             2,
         );
         assert!(control.is_active(1));
-        watch.step(&mut state, &control, Instant::now());
-        assert_eq!(watch.active_shards, 1);
+        evaluator.step(&mut state, &control, Instant::now());
+        assert_eq!(evaluator.active_shards, 1);
         assert!(control.is_active(0) && !control.is_active(1));
-        let event = watch.scale_events.back().unwrap();
+        let event = evaluator.scale_events.back().unwrap();
         assert_eq!((event.from, event.to), (2, 1));
         assert!(
             event.reason.contains("CLUSTER_MAX_WORKERS=1"),
             "{}",
             event.reason
         );
-        watch.step(&mut state, &control, Instant::now());
-        assert_eq!(watch.scale_events.len(), 1, "then it stays");
+        evaluator.step(&mut state, &control, Instant::now());
+        assert_eq!(evaluator.scale_events.len(), 1, "then it stays");
     }
 }

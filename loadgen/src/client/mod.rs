@@ -1,10 +1,10 @@
-//! One pinned worker thread: its own poll (epoll), connections, schedule and histograms.
+//! One pinned client thread: its own poll (epoll), connections, schedule and histograms.
 //!
 //! The loop: wake on socket readiness or the timerfd, read and split responses, record them,
 //! hand freed capacity to the next request (the virtual user's next iteration in the closed
 //! model, the next due slot of the fixed schedule in the open model), write, and every
 //! reporting interval ship a [`Snapshot`] to the runner. Nothing here is shared with other
-//! workers; the start signal and stop requests arrive over a channel.
+//! client threads; the start signal and stop requests arrive over a channel.
 
 pub mod conn;
 pub mod parser;
@@ -23,8 +23,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::scenario::{Ctx, RequestBuilder, Scenario};
-use crate::schedule::{users_for_worker, Profile, Think};
-use crate::stats::{EndpointStats, ErrorKind, Gauges, Msg, Snapshot, WorkerTotals};
+use crate::schedule::{users_for_client, Profile, Think};
+use crate::stats::{ClientTotals, EndpointStats, ErrorKind, Gauges, Msg, Snapshot};
 use conn::{Completion, Conn, InFlight, Pending, State};
 use timer::Timer;
 
@@ -32,17 +32,17 @@ const TIMER: Token = Token(usize::MAX);
 /// How often timeouts, reconnects, ramps and the control channel are looked at.
 const HOUSEKEEPING: Duration = Duration::from_millis(10);
 
-/// The load model of one worker.
+/// The load model of one client thread.
 #[derive(Clone, Debug)]
 pub enum Model {
-    /// Fixed schedule: the rate profile is global; this worker sends global requests
-    /// `id, id + workers, ...` below `total`, over `connections` connections.
+    /// Fixed schedule: the rate profile is global; this client thread sends global requests
+    /// `id, id + threads, ...` below `total`, over `connections` connections.
     Open {
         rate: Profile,
         total: u64,
         connections: usize,
     },
-    /// Virtual users: the user profile is global; this worker runs at most `users` of them.
+    /// Virtual users: the user profile is global; this client thread runs at most `users` of them.
     Closed {
         users_profile: Profile,
         users: usize,
@@ -50,10 +50,10 @@ pub enum Model {
     },
 }
 
-/// Everything a worker needs, decided by the runner.
+/// Everything a client thread needs, decided by the runner.
 pub struct Plan {
     pub id: usize,
-    pub workers: usize,
+    pub threads: usize,
     pub core: Option<core_affinity::CoreId>,
     pub target: SocketAddr,
     pub binds: Vec<IpAddr>,
@@ -70,15 +70,15 @@ pub struct Plan {
     pub seed: u64,
 }
 
-/// Runner-to-worker control.
+/// Runner-to-client-thread control.
 #[derive(Debug)]
 pub enum Ctl {
-    /// Start at this instant (shared by all workers, the zero of every timestamp).
+    /// Start at this instant (shared by all client threads, the zero of every timestamp).
     Start(Instant),
     Stop,
 }
 
-/// Starts a worker thread.
+/// Starts a client thread.
 pub fn spawn(plan: Plan, tx: Sender<Msg>, ctl: Receiver<Ctl>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("loadgen-w{}", plan.id))
@@ -86,14 +86,14 @@ pub fn spawn(plan: Plan, tx: Sender<Msg>, ctl: Receiver<Ctl>) -> std::io::Result
             let id = plan.id;
             if let Some(core) = plan.core {
                 if !core_affinity::set_for_current(core) {
-                    log::warn!("worker {id}: could not pin to CPU {}", core.id);
+                    log::warn!("client thread {id}: could not pin to CPU {}", core.id);
                 }
             }
-            match Worker::new(plan, tx.clone(), ctl) {
+            match ClientThread::new(plan, tx.clone(), ctl) {
                 Ok(w) => w.run(),
                 Err(e) => {
                     let _ = tx.send(Msg::Failed {
-                        worker: id,
+                        thread: id,
                         error: e.to_string(),
                     });
                 }
@@ -108,7 +108,7 @@ struct User {
     busy: bool,
 }
 
-struct Worker {
+struct ClientThread {
     plan: Plan,
     poll: Poll,
     timer: Timer,
@@ -119,7 +119,7 @@ struct Worker {
     heads: Vec<bool>,
     stats: Vec<EndpointStats>,
     gauges: Gauges,
-    totals: WorkerTotals,
+    totals: ClientTotals,
     t0: Instant,
     end: Instant,
     running: bool,
@@ -140,8 +140,8 @@ struct Worker {
     thinking: BinaryHeap<Reverse<(Instant, u32)>>,
 }
 
-impl Worker {
-    fn new(plan: Plan, tx: Sender<Msg>, ctl: Receiver<Ctl>) -> std::io::Result<Worker> {
+impl ClientThread {
+    fn new(plan: Plan, tx: Sender<Msg>, ctl: Receiver<Ctl>) -> std::io::Result<ClientThread> {
         let poll = Poll::new()?;
         let timer = Timer::new()?;
         poll.registry()
@@ -153,18 +153,18 @@ impl Worker {
             } => (
                 *connections,
                 0,
-                users_for_worker(*total as usize, plan.workers, plan.id) as u64,
+                users_for_client(*total as usize, plan.threads, plan.id) as u64,
             ),
             Model::Closed { users, .. } => (users.div_ceil(plan.pipeline), *users, 0),
         };
         let bind_of = |c: usize| -> Option<IpAddr> {
-            // Spread source addresses over all connections of all workers.
+            // Spread source addresses over all connections of all client threads.
             let n = plan.binds.len();
-            (n > 0).then(|| plan.binds[(c * plan.workers + plan.id) % n])
+            (n > 0).then(|| plan.binds[(c * plan.threads + plan.id) % n])
         };
         let conns = (0..n_conns).map(|c| Conn::new(bind_of(c), now)).collect();
         let n_ep = plan.scenario.endpoints.len();
-        Ok(Worker {
+        Ok(ClientThread {
             heads: plan
                 .scenario
                 .endpoints
@@ -175,7 +175,7 @@ impl Worker {
             rng: fastrand::Rng::with_seed(
                 plan.seed ^ (plan.id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             ),
-            totals: WorkerTotals::new(plan.id),
+            totals: ClientTotals::new(plan.id),
             poll,
             timer,
             tx,
@@ -206,7 +206,7 @@ impl Worker {
         let asked = self.connect_initial();
         let connected = self.conns.iter().filter(|c| c.is_open()).count() as u64;
         let _ = self.tx.send(Msg::Ready {
-            worker: self.plan.id,
+            thread: self.plan.id,
             connected,
             asked,
         });
@@ -228,7 +228,7 @@ impl Worker {
                 .iter()
                 .map(|c| c.pending.len() as u64)
                 .sum::<u64>();
-        let totals = std::mem::replace(&mut self.totals, WorkerTotals::new(self.plan.id));
+        let totals = std::mem::replace(&mut self.totals, ClientTotals::new(self.plan.id));
         let _ = self.tx.send(Msg::Done(Box::new(totals)));
     }
 
@@ -244,7 +244,7 @@ impl Worker {
                 ..
             } => {
                 let at0 = users_profile.value_at(0.0).round() as usize;
-                users_for_worker(at0, self.plan.workers, self.plan.id)
+                users_for_client(at0, self.plan.threads, self.plan.id)
                     .min(*users)
                     .div_ceil(self.plan.pipeline)
             }
@@ -353,7 +353,7 @@ impl Worker {
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
-                    log::error!("worker {}: poll failed: {e}", self.plan.id);
+                    log::error!("client thread {}: poll failed: {e}", self.plan.id);
                     return;
                 }
             }
@@ -429,7 +429,7 @@ impl Worker {
         };
         let t = now.saturating_duration_since(self.t0).as_secs_f64();
         let global = users_profile.value_at(t).round() as usize;
-        let want = users_for_worker(global, self.plan.workers, self.plan.id).min(self.users.len());
+        let want = users_for_client(global, self.plan.threads, self.plan.id).min(self.users.len());
         while self.active_users < want {
             let u = self.active_users;
             self.users[u].active = true;
@@ -518,7 +518,7 @@ impl Worker {
         }
     }
 
-    /// When this worker's `k`-th open-model request is meant to leave.
+    /// When this client thread's `k`-th open-model request is meant to leave.
     fn intended_of(&mut self, k: u64) -> Option<Instant> {
         if k >= self.my_total {
             return None;
@@ -526,7 +526,7 @@ impl Worker {
         let Model::Open { rate, .. } = &self.plan.model else {
             return None;
         };
-        let global = self.plan.id as u64 + k * self.plan.workers as u64;
+        let global = self.plan.id as u64 + k * self.plan.threads as u64;
         rate.time_of_from(global as f64, &mut self.cursor)
             .map(|s| self.t0 + Duration::from_secs_f64(s))
     }
@@ -584,8 +584,8 @@ impl Worker {
         let mut ctx = Ctx {
             rng: &mut self.rng,
             user_ids: self.plan.scenario.user_ids,
-            vu: u64::from(user) * self.plan.workers as u64 + self.plan.id as u64,
-            seq: self.seq * self.plan.workers as u64 + self.plan.id as u64,
+            vu: u64::from(user) * self.plan.threads as u64 + self.plan.id as u64,
+            seq: self.seq * self.plan.threads as u64 + self.plan.id as u64,
         };
         self.seq += 1;
         self.plan.builders[usize::from(endpoint)].write(&mut ctx, conn.wbuf(), &mut self.scratch);
@@ -704,7 +704,7 @@ impl Worker {
                     }
                 }
                 Err(f) => {
-                    log::debug!("worker {} conn {c}: {}", self.plan.id, f.detail);
+                    log::debug!("client thread {} conn {c}: {}", self.plan.id, f.detail);
                     self.fail_conn(c, f.kind, now);
                 }
             }
@@ -816,7 +816,7 @@ impl Worker {
         let mut gauges = self.gauges;
         gauges.active_users = self.active_users as u64;
         let _ = self.tx.send(Msg::Interval(Snapshot {
-            worker: self.plan.id,
+            thread: self.plan.id,
             index,
             cut_at: now.saturating_duration_since(self.t0).as_secs_f64(),
             endpoints,
