@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::app::routes::ROUTE_NAMES;
+use crate::app::AppFactory;
 use crate::config::{Config, EngineKind};
 use crate::engine::{self, Engine, ShardContext};
 use crate::monitor::watch::{Watch, WatchSettings};
@@ -163,7 +164,13 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         })
         .expect("spawning the monitor thread");
 
-    let mesh = crate::queue::Mesh::new(slots.len());
+    let apps = Arc::new(AppFactory {
+        config: config.clone(),
+        published: published.clone(),
+        mesh: crate::queue::Mesh::new(slots.len()),
+        database: database.clone(),
+        control: control.clone(),
+    });
     let supervisors = slots
         .iter()
         .map(|slot| {
@@ -174,9 +181,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
                 listen_addr: addr,
                 control: control.clone(),
                 reports: reports.clone(),
-                published: published.clone(),
-                mesh: mesh.clone(),
-                database: database.clone(),
+                apps: apps.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("supervisor-{}", slot.id))

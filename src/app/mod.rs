@@ -1,15 +1,20 @@
 //! The application: routes and handlers, engine-agnostic.
 //!
-//! Each shard builds its own [`ShardApp`] (the factory is [`ShardApp::new`]) and drives it
-//! through the codec's [`Service`] trait. The app knows requests and responses, its own
-//! metrics, and the monitor's published snapshot; it knows no engine, socket or timer.
+//! Each shard builds its own [`ShardApp`] through the [`AppFactory`] and drives it through the
+//! codec's [`Service`] trait; the engine also asks it whether to serve a connection it accepted
+//! and for the shard's metrics report. The app knows requests and responses, its own metrics,
+//! and the monitor's published snapshot; it knows no engine, socket or timer.
 //!
 //! # Layout
 //! - [`routes`]: the route table, method checks and route names used in metrics.
 //! - [`handlers`]: one function per endpoint.
 //! - [`jobs`]: the job endpoints over the shard's queues.
 //! - [`users`]: the users API, the first endpoints on the database tier.
+//! - [`factory`]: [`AppFactory`], which builds each shard's app.
+//! - [`accept`]: whether an accepted connection is served, and connection timeout counts.
 
+pub mod accept;
+pub mod factory;
 pub mod handlers;
 pub mod jobs;
 pub mod routes;
@@ -17,16 +22,19 @@ pub mod users;
 
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+
+pub use accept::AcceptDecision;
+pub use factory::AppFactory;
 
 use crate::db::DbClient;
 use crate::http::AdmissionWait;
 use crate::http::{
     quote_input, HttpDate, HttpError, Reply, Request, Response, Service, StatusCode,
 };
-use crate::metrics::ShardMetrics;
+use crate::metrics::{ShardMetrics, ShardReport};
 use crate::monitor::Published;
 use crate::queue::{Priority, RequestGate, RouteClasses, ShardQueues};
 use routes::{Match, Route};
@@ -149,6 +157,22 @@ impl ShardApp {
                     .into()
             }
         }
+    }
+
+    /// The shard's metrics report for the monitor, with the request gate's counts in its
+    /// queues' classes.
+    pub fn report(&mut self, generation: u64, tid: i32, now: Instant) -> ShardReport {
+        let mut report = self.metrics.report(self.shard, generation, tid, now);
+        let mut queues = self.queues.report();
+        if let Some(gate) = &self.gate {
+            let counts = gate.counts();
+            for (i, class) in queues.classes.iter_mut().enumerate() {
+                class.counters.requests_passed = counts.passed[i];
+                class.counters.requests_waited = counts.waited[i];
+            }
+        }
+        report.queues = Some(queues);
+        report
     }
 }
 
