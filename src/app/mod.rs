@@ -23,8 +23,9 @@ pub mod jobs;
 pub mod routes;
 pub mod users;
 
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -62,9 +63,9 @@ pub struct ShardApp {
     /// This shard's way to the database; `None` when none is configured.
     db: Option<DbClient>,
     /// (route, status) of answers given later (database replies), counted at the next tick.
-    /// A mutex, not a `RefCell`: under the may engine the app moves between worker threads.
-    /// Uncontended: the shard's tick and its own replies take it one at a time.
-    late: Arc<Mutex<Vec<(usize, u16)>>>,
+    /// No lock: a later reply's future is polled and dropped only where the app is, on the
+    /// shard's thread under glommio and under the shard's own lock under may.
+    late: Rc<RefCell<Vec<(usize, u16)>>>,
 }
 
 impl ShardApp {
@@ -91,7 +92,7 @@ impl ShardApp {
             gate: None,
             admitted_route: None,
             db: None,
-            late: Arc::default(),
+            late: Rc::default(),
         }
     }
 
@@ -105,7 +106,7 @@ impl ShardApp {
     pub fn tick(&mut self, now: SystemTime) {
         self.date.refresh(now);
         self.queues.refresh_weights();
-        let late = std::mem::take(&mut *self.late.lock().unwrap_or_else(|e| e.into_inner()));
+        let late = self.late.take();
         for (route, status) in late {
             self.metrics.count_route(route, status);
         }
@@ -212,9 +213,7 @@ impl Service for ShardApp {
                 let late = self.late.clone();
                 Reply::Later(Box::pin(async move {
                     let response = pending.await;
-                    late.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((route_index, response.status.0));
+                    late.borrow_mut().push((route_index, response.status.0));
                     response
                 }))
             }
