@@ -80,16 +80,16 @@ impl ConnShared {
 /// or, for a connection refused, one that writes the refusal (a 503) and closes.
 pub(crate) fn spawn(shard: &Arc<Shard>, stream: TcpStream, decision: AcceptDecision) {
     let id = shard.next_connection_id.fetch_add(1, Ordering::Relaxed);
-    let admitted = decision == AcceptDecision::Serve;
+    let served = decision == AcceptDecision::Serve;
     let shared = Arc::new(ConnShared::new(stream.waker()));
-    if admitted {
+    if served {
         shard.with_app(|app| app.metrics.connections.open += 1);
     }
     lock(&shard.connections).insert(id, shared.clone());
     let registration = Registration {
         shard: shard.clone(),
         id,
-        counted: admitted,
+        counted: served,
     };
     let owner = shard.clone();
     let spawned = workers::spawn_on(shard.worker, move || {
