@@ -11,7 +11,8 @@
 //! # Layout
 //! - [`config`]: flags and the seed's environment variables, validated in one place.
 //! - [`http`]: the sans-I/O HTTP/1.1 codec every engine drives.
-//! - [`app`]: the router and handlers (engine-agnostic).
+//! - [`app`]: the route table and handlers, the debug hooks, and the factory that builds each
+//!   shard's app (engine-agnostic).
 //! - [`db`]: the PostgreSQL tier: pools on DB I/O threads, replica routing, health, migrations.
 //! - [`engine`]: event loops that move bytes and time (`glommio`, `may`), the choice between
 //!   them, and start-up checks.

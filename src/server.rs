@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::app::routes::ROUTE_NAMES;
+use crate::app::AppFactory;
 use crate::config::{Config, EngineKind};
 use crate::engine::{self, Engine, ShardContext};
 use crate::metrics::ShardReport;
@@ -103,6 +104,13 @@ pub fn start(config: Config) -> Result<Server, StartError> {
     // Bounded: a monitor that falls behind makes shards drop reports, never block.
     let (reports, report_rx) = crossbeam::channel::bounded(1024);
     let monitor_thread = spawn_monitor(monitor, report_rx, placement.monitor_cpu);
+    let apps = Arc::new(AppFactory {
+        config: config.clone(),
+        published: published.clone(),
+        mesh: crate::queue::Mesh::new(slots.len()),
+        database: database.clone(),
+        control: control.clone(),
+    });
     let context = ShardContext {
         slot: slots[0].clone(),
         generation: 0,
@@ -110,9 +118,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         listen_addr: addr,
         control: control.clone(),
         reports,
-        published: published.clone(),
-        mesh: crate::queue::Mesh::new(slots.len()),
-        database,
+        apps,
     };
     let supervisors = spawn_supervisors(chosen, &slots, context);
     let server = Server {

@@ -1,11 +1,9 @@
-//! One function per endpoint. Status bodies come pre-rendered from the monitor's snapshot.
-
-use std::time::Duration;
+//! One function per production endpoint (the debug ones are in [`super::debug`]). Status bodies
+//! come pre-rendered from the monitor's snapshot.
 
 use bytes::Bytes;
 
-use crate::http::conn::EscalatePanic;
-use crate::http::{clip_parser_message, Reply, Request, Response, StatusCode};
+use crate::http::{clip_parser_message, Response, StatusCode};
 use crate::monitor::{HealthStatus, Published};
 
 const HEALTH_JSON: &str = "application/health+json";
@@ -13,8 +11,6 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The live dashboard: one self-contained page (inline script and SVG, nothing fetched from
 /// elsewhere) that polls the status endpoints.
 const DASHBOARD_HTML: &str = include_str!("../monitor/dashboard.html");
-/// Longest sleep the debug route accepts.
-const MAX_DEBUG_SLEEP: Duration = Duration::from_secs(60);
 
 /// `GET /health`: 200 for pass and warn, 503 for fail (RFC draft health+json semantics).
 pub fn health(published: &Published) -> Response {
@@ -72,71 +68,6 @@ pub fn dashboard() -> Response {
         "text/html; charset=utf-8",
         Bytes::from_static(DASHBOARD_HTML.as_bytes()),
     )
-}
-
-/// `POST /debug/stall-shard?ms=N`: blocks this shard's thread for N ms, as a stuck handler
-/// would: it stops sending heartbeats, and the monitor replaces it.
-pub fn debug_stall_shard(shard: usize, request: &Request<'_>) -> Response {
-    let duration = match debug_duration(request) {
-        Ok(duration) => duration,
-        Err(bad) => return bad,
-    };
-    log::warn!("shard {shard}: stalling for {duration:?} through the debug route");
-    std::thread::sleep(duration);
-    Response::json(
-        StatusCode::OK,
-        format!(
-            r#"{{"shard":{shard},"stalled_ms":{}}}"#,
-            duration.as_millis()
-        ),
-    )
-}
-
-/// `POST /debug/crash-shard`: takes this shard down so the supervisor restarts it.
-pub fn debug_crash_shard(shard: usize) -> Reply {
-    log::warn!("shard {shard}: crash requested through the debug route");
-    std::panic::panic_any(EscalatePanic("crash requested through /debug/crash-shard"))
-}
-
-/// `GET /debug/shard`: which shard owns this connection.
-pub fn debug_shard(shard: usize) -> Response {
-    Response::json(StatusCode::OK, format!(r#"{{"shard":{shard}}}"#))
-}
-
-/// `GET /debug/sleep?ms=N`: answers after N ms without holding the event loop (a request in
-/// flight for shutdown tests). The wait runs on a helper thread so the app needs no engine timer.
-pub fn debug_sleep(request: &Request<'_>) -> Reply {
-    let duration = match debug_duration(request) {
-        Ok(duration) => duration,
-        Err(bad) => return bad.into(),
-    };
-    let (done, wait) = flume::bounded::<()>(1);
-    std::thread::spawn(move || {
-        std::thread::sleep(duration);
-        let _ = done.send(());
-    });
-    Reply::Later(Box::pin(async move {
-        let _ = wait.recv_async().await;
-        Response::json(
-            StatusCode::OK,
-            format!(r#"{{"slept_ms":{}}}"#, duration.as_millis()),
-        )
-    }))
-}
-
-/// The `?ms=N` of the debug routes, capped at [`MAX_DEBUG_SLEEP`]; a 400 when it is missing.
-fn debug_duration(request: &Request<'_>) -> Result<Duration, Response> {
-    let ms = request
-        .query_param("ms")
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| {
-            Response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "expected ?ms=<milliseconds>",
-            )
-        })?;
-    Ok(Duration::from_millis(ms).min(MAX_DEBUG_SLEEP))
 }
 
 /// Deepest nesting of `[` and `{` a JSON request body may have. A deeper body is refused before

@@ -1,35 +1,47 @@
 //! The application: routes and handlers, engine-agnostic.
 //!
-//! Each shard builds its own [`ShardApp`] (the factory is [`ShardApp::new`]) and drives it
-//! through the codec's [`Service`] trait. The app knows requests and responses, its own
-//! metrics, and the monitor's published snapshot; it knows no engine, socket or timer.
+//! Each shard builds its own [`ShardApp`] through the [`AppFactory`] and drives it through the
+//! codec's [`Service`] trait; the engine also asks it whether to serve a connection it accepted
+//! and for the shard's metrics report. The app knows requests and responses, its own metrics,
+//! and the monitor's published snapshot; it knows no engine, socket or timer.
 //!
 //! # Layout
-//! - [`routes`]: the route table, method checks and route names used in metrics.
-//! - [`handlers`]: one function per endpoint.
+//! - [`routes`]: the route table: each route's method, path, name (its metrics label), class
+//!   and handler, declared once; the router.
+//! - [`handlers`]: one function per production endpoint.
 //! - [`jobs`]: the job endpoints over the shard's queues.
 //! - [`users`]: the users API, the first endpoints on the database tier.
+//! - [`debug`]: the debug routes and hooks, on with `--debug-routes`.
+//! - [`factory`]: [`AppFactory`], which builds each shard's app.
+//! - [`accept`]: whether an accepted connection is served, and connection timeout counts.
 
+pub mod accept;
+pub mod debug;
+pub mod factory;
 pub mod handlers;
 pub mod jobs;
 pub mod routes;
 pub mod users;
 
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+
+pub use accept::AcceptDecision;
+pub use factory::AppFactory;
 
 use crate::db::DbClient;
 use crate::http::AdmissionWait;
 use crate::http::{
     quote_input, HttpDate, HttpError, Reply, Request, Response, Service, StatusCode,
 };
-use crate::metrics::ShardMetrics;
+use crate::metrics::{ShardMetrics, ShardReport};
 use crate::monitor::Published;
 use crate::queue::{Priority, RequestGate, RouteClasses, ShardQueues};
-use routes::{Match, Route};
+use routes::Match;
 
 /// One shard's application state. Owned by the shard; never shared with another.
 pub struct ShardApp {
@@ -51,9 +63,9 @@ pub struct ShardApp {
     /// This shard's way to the database; `None` when none is configured.
     db: Option<DbClient>,
     /// (route, status) of answers given later (database replies), counted at the next tick.
-    /// A mutex, not a `RefCell`: under the may engine the app moves between worker threads.
-    /// Uncontended: the shard's tick and its own replies take it one at a time.
-    late: Arc<Mutex<Vec<(usize, u16)>>>,
+    /// No lock: a later reply's future is polled and dropped only where the app is, on the
+    /// shard's thread under glommio and under the shard's own lock under may.
+    late: Rc<RefCell<Vec<(usize, u16)>>>,
 }
 
 impl ShardApp {
@@ -80,7 +92,7 @@ impl ShardApp {
             gate: None,
             admitted_route: None,
             db: None,
-            late: Arc::default(),
+            late: Rc::default(),
         }
     }
 
@@ -94,7 +106,7 @@ impl ShardApp {
     pub fn tick(&mut self, now: SystemTime) {
         self.date.refresh(now);
         self.queues.refresh_weights();
-        let late = std::mem::take(&mut *self.late.lock().unwrap_or_else(|e| e.into_inner()));
+        let late = self.late.take();
         for (route, status) in late {
             self.metrics.count_route(route, status);
         }
@@ -119,36 +131,25 @@ impl ShardApp {
         self.draining = true;
     }
 
-    fn dispatch(&mut self, route: Route, request: &Request<'_>) -> Reply {
-        let (shard, draining) = (self.shard, self.draining);
-        let published = self.published.load();
-        match route {
-            Route::Health => handlers::health(published).into(),
-            Route::Livez => handlers::livez().into(),
-            Route::Readyz => handlers::readyz(published, draining).into(),
-            Route::ClusterStatus => {
-                handlers::json_snapshot(published.cluster_status.clone()).into()
-            }
-            Route::Metrics => handlers::json_snapshot(published.metrics.clone()).into(),
-            Route::Prometheus => handlers::prometheus(published.prometheus.clone()).into(),
-            Route::DebugCrashShard => handlers::debug_crash_shard(shard),
-            Route::DebugSleep => handlers::debug_sleep(request),
-            Route::DebugShard => handlers::debug_shard(shard).into(),
-            Route::CreateUser => users::create(self.db.as_mut(), request),
-            Route::GetUser => users::get(self.db.as_mut(), request),
-            Route::Alerts => handlers::json_snapshot(published.alerts.clone()).into(),
-            Route::Dashboard => handlers::dashboard().into(),
-            Route::DebugStallShard => handlers::debug_stall_shard(shard, request).into(),
-            Route::QueuesStatus => handlers::json_snapshot(published.queues_status.clone()).into(),
-            Route::JobEnqueue => jobs::enqueue(&self.queues, self.db.as_mut(), request),
-            Route::JobStatus => jobs::status(&self.queues, request),
-            Route::DeadLetters => jobs::dead_letters(&self.queues),
-            Route::DeadLetterReplay => jobs::replay(&self.queues, request),
-            Route::DebugEffects => {
-                handlers::json_snapshot(crate::queue::kinds::debug_effects().to_string().into())
-                    .into()
+    /// The monitor's latest snapshot.
+    fn published(&mut self) -> &Published {
+        self.published.load()
+    }
+
+    /// The shard's metrics report for the monitor, with the request gate's counts in its
+    /// queues' classes.
+    pub fn report(&mut self, generation: u64, tid: i32, now: Instant) -> ShardReport {
+        let mut report = self.metrics.report(self.shard, generation, tid, now);
+        let mut queues = self.queues.report();
+        if let Some(gate) = &self.gate {
+            let counts = gate.counts();
+            for (i, class) in queues.classes.iter_mut().enumerate() {
+                class.counters.requests_passed = counts.passed[i];
+                class.counters.requests_waited = counts.waited[i];
             }
         }
+        report.queues = Some(queues);
+        report
     }
 }
 
@@ -157,7 +158,7 @@ impl Service for ShardApp {
         let gate = self.gate.as_ref()?;
         let matched = routes::match_route(request.method, request.path, self.debug_routes);
         let class = match matched {
-            Match::Found(route) => self.route_classes[route as usize],
+            Match::Found(route) => self.route_classes[route.index()],
             _ => None,
         };
         let wait = class.and_then(|class| gate.admit(class, std::time::Instant::now()));
@@ -172,7 +173,7 @@ impl Service for ShardApp {
             routes::match_route(request.method, request.path, self.debug_routes)
         });
         let (route_index, reply) = match matched {
-            Match::Found(route) => (route as usize, self.dispatch(route, request)),
+            Match::Found(route) => (route.index(), (route.spec().handler)(self, request)),
             Match::MethodNotAllowed(allow) => (
                 routes::METHOD_NOT_ALLOWED_INDEX,
                 Response::error(
@@ -204,7 +205,7 @@ impl Service for ShardApp {
             }
             // The debug sleep always succeeds and is counted when it starts (tests watch for it
             // in flight); the others are counted with their real status once it is known.
-            Reply::Later(pending) if route_index == Route::DebugSleep as usize => {
+            Reply::Later(pending) if route_index == debug::SLEEP.index() => {
                 self.metrics.count_route(route_index, 200);
                 Reply::Later(pending)
             }
@@ -212,9 +213,7 @@ impl Service for ShardApp {
                 let late = self.late.clone();
                 Reply::Later(Box::pin(async move {
                     let response = pending.await;
-                    late.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((route_index, response.status.0));
+                    late.borrow_mut().push((route_index, response.status.0));
                     response
                 }))
             }
@@ -231,5 +230,158 @@ impl Service for ShardApp {
 
     fn responded(&mut self, count: u64, latency: Duration) {
         self.metrics.record_latency(count, latency);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use bytes::Bytes;
+    use futures_lite::future::BoxedLocal;
+
+    use super::*;
+    use crate::http::Method;
+    use crate::monitor::HealthStatus;
+    use crate::queue::{Mesh, QueueRuntime, QueueSettings};
+
+    /// Queue tasks that never run: the routes under test answer without them.
+    struct NoTasks;
+
+    impl QueueRuntime for NoTasks {
+        fn spawn(&self, _class: Priority, _task: BoxedLocal<()>) {}
+        fn sleep(&self, _duration: Duration) -> BoxedLocal<()> {
+            Box::pin(futures_lite::future::pending())
+        }
+        fn set_weight(&self, _class: Priority, _weight: u32) {}
+    }
+
+    /// A shard's app with debug routes on, whose published bodies name the field they are in.
+    fn test_app() -> ShardApp {
+        let config = crate::config::Cli::parse_from(["coinbit", "--debug-routes"], &[])
+            .unwrap()
+            .config;
+        let published = Published {
+            health_status: HealthStatus::Pass,
+            health: Bytes::from_static(b"health"),
+            cluster_status: Bytes::from_static(b"cluster_status"),
+            metrics: Bytes::from_static(b"metrics"),
+            prometheus: Bytes::from_static(b"prometheus"),
+            queues_status: Bytes::from_static(b"queues_status"),
+            alerts: Bytes::from_static(b"alerts"),
+            running_shards: 1,
+        };
+        let queues = ShardQueues::new(
+            0,
+            0,
+            QueueSettings::from_config(&config.queues, true),
+            Rc::new(NoTasks),
+            Mesh::new(1),
+            Arc::default(),
+        );
+        ShardApp::new(
+            0,
+            Arc::new(ArcSwap::from_pointee(published)),
+            true,
+            queues,
+            None,
+        )
+    }
+
+    /// Answers one request on a fresh app: the response, and the names of the routes the
+    /// metrics counted it under.
+    fn answer(method: Method, path: &str) -> (Response, Vec<&'static str>) {
+        let mut app = test_app();
+        let request = Request {
+            method,
+            path,
+            query: None,
+            headers: &[],
+            body: b"",
+            keep_alive: true,
+        };
+        let response = match app.call(&request) {
+            Reply::Ready(response) => response,
+            Reply::Later(pending) => futures_lite::future::block_on(pending),
+        };
+        app.tick(SystemTime::now());
+        let report = app.report(0, 0, Instant::now());
+        let counted = report
+            .counts
+            .by_route
+            .iter()
+            .enumerate()
+            .filter(|(_, counts)| counts.iter().any(|n| *n > 0))
+            .map(|(index, _)| routes::ROUTE_NAMES[index])
+            .collect();
+        (response, counted)
+    }
+
+    /// A request to each route's path lands on the handler declared with it and is counted under
+    /// the name declared with it: a name or handler moved to another route fails here.
+    #[test]
+    fn each_path_lands_on_its_own_handler_and_name() {
+        use Method::{Get, Post};
+        let cases = [
+            (Get, "/health", "health", Some("health")),
+            (Get, "/livez", "livez", Some(r#"{"status":"pass"}"#)),
+            (Get, "/readyz", "readyz", Some(r#"{"status":"pass"}"#)),
+            (
+                Get,
+                "/api/enterprise/cluster/status",
+                "cluster_status",
+                Some("cluster_status"),
+            ),
+            (Get, "/api/enterprise/metrics", "metrics", Some("metrics")),
+            (Get, "/metrics", "prometheus", Some("prometheus")),
+            (
+                Get,
+                "/api/enterprise/queues/status",
+                "queues_status",
+                Some("queues_status"),
+            ),
+            (Get, "/api/enterprise/alerts", "alerts", Some("alerts")),
+            (Get, "/dashboard", "dashboard", None),
+            (Post, "/api/enterprise/jobs", "jobs_enqueue", None),
+            (
+                Get,
+                "/api/enterprise/jobs/dead",
+                "jobs_dead",
+                Some(r#"{"count":0,"jobs":[]}"#),
+            ),
+            (
+                Post,
+                "/api/enterprise/jobs/dead/0.0.1/replay",
+                "jobs_dead_replay",
+                None,
+            ),
+            (Get, "/api/enterprise/jobs/0.0.1", "job_status", None),
+            (Post, "/api/users", "create_user", None),
+            (Get, "/api/users/42", "get_user", None),
+            (Get, "/debug/sleep", "debug_sleep", None),
+            (Get, "/debug/shard", "debug_shard", Some(r#"{"shard":0}"#)),
+            (Post, "/debug/stall-shard", "debug_stall_shard", None),
+            (Get, "/debug/effects", "debug_effects", None),
+            (Get, "/api/users", "method_not_allowed", None),
+            (Get, "/nope", "not_found", None),
+        ];
+        for (method, path, name, body) in cases {
+            let (response, counted) = answer(method, path);
+            assert_eq!(counted, [name], "{method:?} {path}");
+            if let Some(body) = body {
+                assert_eq!(response.body, body.as_bytes(), "{method:?} {path}");
+            }
+        }
+        assert!(answer(Get, "/dashboard").0.body.starts_with(b"<!"));
+        // The one route left out above takes the shard down.
+        let crash = std::panic::catch_unwind(|| answer(Post, "/debug/crash-shard"));
+        assert!(crash.is_err(), "/debug/crash-shard answered");
+        let covered: BTreeSet<&str> = cases
+            .iter()
+            .map(|case| case.2)
+            .chain(["debug_crash_shard"])
+            .collect();
+        let all: BTreeSet<&str> = routes::ROUTE_NAMES.iter().copied().collect();
+        assert_eq!(covered, all, "every route has a case");
     }
 }

@@ -8,15 +8,18 @@
 //! of the shard's request gate once per pass of its event loop ([`crate::queue::gate`]) and
 //! awaits a request's turn ([`crate::http::Step::Admit`]).
 //!
-//! What both engines need (the choice of engine, the connection settings, admission and its
-//! 503s, a generation's thread and its end, metrics reports, timer periods) lives here; what a
-//! generation does at each tick is decided once in [`crate::shard::lifecycle`]; each engine's
-//! folder holds only what is its own.
+//! What both engines need (the choice of engine, the connection settings, a generation's thread
+//! and its end, sending metrics reports, timer periods) lives here; what a generation does at each
+//! tick is decided once in [`crate::shard::lifecycle`]; each engine's folder holds only what is
+//! its own. The app is built, decides on each accepted connection and assembles its reports
+//! itself ([`crate::app::AppFactory`], [`ShardApp::accept_or_refuse`], [`ShardApp::report`]); an
+//! engine only calls it.
 //!
 //! What every engine must also do for the monitor:
 //! - obey [`crate::shard::Control::is_active`] every tick (close the listener, let connections
 //!   finish and park; bind again when reactivated) and
-//!   [`crate::shard::Control::refuse_new_connections`] at accept (503 + `Retry-After`);
+//!   [`crate::shard::Control::refuse_new_connections`] at accept (503 + `Retry-After`, through
+//!   [`ShardApp::accept_or_refuse`]);
 //! - hand the slot a duplicate of its listener's descriptor ([`ShardSlot::set_listener`]), run
 //!   its shard on a thread whose end is reported through a channel to
 //!   [`crate::shard::await_exit`], and end a generation that [`ShardSlot::is_superseded`]
@@ -37,16 +40,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
-use crate::app::ShardApp;
+use crate::app::{AppFactory, ShardApp};
 use crate::config::{Config, EngineKind};
-use crate::http::conn::TimeoutKind;
-use crate::http::{ConnectionHeader, Limits, Response, Service, StatusCode, Timeouts};
+use crate::http::{Limits, Timeouts};
 use crate::metrics::ShardReport;
-use crate::monitor::Published;
-use crate::queue::{QueueRuntime, QueueSettings, ShardQueues};
 use crate::shard::{Control, ShardError, ShardExit, ShardFailure, ShardOperation, ShardSlot};
 use preflight::PreflightError;
 
@@ -74,7 +73,7 @@ impl Engine {
     /// During shutdown no generation follows: the shard's job inbox is closed, so that another
     /// shard still draining answers a request for it at once instead of waiting for it.
     pub fn run_shard(self, ctx: ShardContext) -> ShardExit {
-        let (id, mesh, control) = (ctx.slot.id, ctx.mesh.clone(), ctx.control.clone());
+        let (id, mesh, control) = (ctx.slot.id, ctx.apps.mesh.clone(), ctx.control.clone());
         let exit = match self {
             Engine::Glommio => glommio::run_shard(ctx),
             Engine::May => may::run_shard(ctx),
@@ -149,43 +148,6 @@ impl ConnectionSettings {
     }
 }
 
-/// What an engine does with a connection it has just accepted.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Admission {
-    Serve,
-    /// Write these bytes (a 503 with `Retry-After`), then close.
-    Refuse(Vec<u8>),
-}
-
-/// Counts a connection accepted and decides whether it is served: past the shard's cap, or
-/// while the monitor has [`Control::refuse_new_connections`] on (memory critical), it gets a
-/// 503 and is counted as refused. Open connections are not affected.
-pub fn admit(app: &mut ShardApp, cap: usize, control: &Control) -> Admission {
-    app.metrics.connections.accepted += 1;
-    let response = if app.metrics.connections.open as usize >= cap {
-        app.metrics.connections.rejected_at_cap += 1;
-        Response::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "this server is at its connection limit; retry later",
-        )
-        .with_header("Retry-After", "1")
-    } else if control.refuse_new_connections() {
-        app.metrics.connections.rejected_overload += 1;
-        Response::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "memory is critical on this server; retry later",
-        )
-        .with_header("Retry-After", "5")
-    } else {
-        return Admission::Serve;
-    };
-    let mut out = Vec::with_capacity(256);
-    response.encode(&mut out, app.date(), false, ConnectionHeader::Close);
-    Admission::Refuse(out)
-}
-
 /// What an accept loop does after a failed accept.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AcceptFailed {
@@ -252,28 +214,10 @@ pub fn run_generation(
     crate::shard::await_exit(&ctx.slot, ctx.generation, &exited)
 }
 
-/// Counts a connection closed by its read deadline.
-pub fn count_timeout(app: &mut ShardApp, kind: TimeoutKind) {
-    match kind {
-        TimeoutKind::RequestRead => app.metrics.connections.request_timeouts += 1,
-        TimeoutKind::Idle => app.metrics.connections.idle_timeouts += 1,
-    }
-}
-
 /// Sends the shard's metrics to the monitor. A full channel means the monitor is behind; the
 /// next report carries the counters anyway.
 pub fn send_report(app: &mut ShardApp, ctx: &ShardContext, now: Instant) {
-    let slot = &ctx.slot;
-    let mut report = app.metrics.report(slot.id, ctx.generation, slot.tid(), now);
-    let mut queues = app.queues.report();
-    if let Some(gate) = app.request_gate() {
-        let counts = gate.counts();
-        for (i, class) in queues.classes.iter_mut().enumerate() {
-            class.counters.requests_passed = counts.passed[i];
-            class.counters.requests_waited = counts.waited[i];
-        }
-    }
-    report.queues = Some(queues);
+    let report = app.report(ctx.generation, ctx.slot.tid(), now);
     let _ = ctx.reports.try_send(report);
 }
 
@@ -302,48 +246,14 @@ pub struct ShardContext {
     pub listen_addr: SocketAddr,
     pub control: Arc<Control>,
     pub reports: Sender<ShardReport>,
-    pub published: Arc<ArcSwap<Published>>,
-    /// The queues' channels between shards (kept across shard restarts).
-    pub mesh: Arc<crate::queue::Mesh>,
-    /// The database tier, when configured; each shard takes its own client from it.
-    pub database: Option<Arc<crate::db::Database>>,
+    /// Builds the shard's app (the queues' mesh in it is kept across shard restarts).
+    pub apps: Arc<AppFactory>,
 }
 
 impl ShardContext {
     /// This generation's failure while doing `operation`.
     pub fn error(&self, operation: ShardOperation, cause: ShardFailure) -> ShardError {
         ShardError::new(self.slot.id, self.generation, operation, cause)
-    }
-
-    /// The shard's application, built once per shard run (the factory every engine calls).
-    /// Its queues' tasks run on `runtime`; their workers start here.
-    pub fn new_app(&self, runtime: std::rc::Rc<dyn QueueRuntime>) -> crate::app::ShardApp {
-        let queues = ShardQueues::new(
-            self.slot.id,
-            self.generation,
-            QueueSettings::from_config(&self.config.queues, self.config.server.debug_routes),
-            runtime,
-            self.mesh.clone(),
-            self.control.clone(),
-        );
-        crate::queue::worker::start(&queues);
-        let poll_ms = self.config.database.durable_poll_interval_ms;
-        if let Some(db) = self.database.as_ref().filter(|_| poll_ms > 0) {
-            crate::queue::durable::start(
-                &queues,
-                db,
-                std::time::Duration::from_millis(poll_ms),
-                format!("{}/{}", std::process::id(), self.slot.id),
-            );
-        }
-        crate::app::ShardApp::new(
-            self.slot.id,
-            self.published.clone(),
-            self.config.server.debug_routes,
-            queues,
-            self.config.queues.route_classes.as_ref(),
-        )
-        .with_database(self.database.as_ref().map(|db| db.client()))
     }
 }
 

@@ -1,9 +1,7 @@
 //! Job kinds: the seed's side jobs (commissions, notifications, analytics) and, behind
 //! `--debug-routes`, kinds that let tests sleep, fail and burn CPU on purpose.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_lite::future::BoxedLocal;
@@ -203,15 +201,6 @@ fn run_analytics(input: JobInput) -> BoxedLocal<Result<Value, String>> {
 /// Longest sleep and spin the debug kinds accept (ms).
 const MAX_DEBUG_MS: u64 = 600_000;
 
-/// Side effects of debug jobs, by tag, process-wide (test hook behind `--debug-routes`).
-static EFFECTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
-
-/// `GET /debug/effects`: how many times each tag's side effect happened.
-pub fn debug_effects() -> Value {
-    let effects = EFFECTS.lock().unwrap_or_else(|e| e.into_inner());
-    json!(*effects)
-}
-
 fn validate_debug_sleep(p: &Value) -> Result<(), String> {
     whole(p, "ms", MAX_DEBUG_MS)?;
     match p.get("effect") {
@@ -227,8 +216,7 @@ fn run_debug_sleep(input: JobInput) -> BoxedLocal<Result<Value, String>> {
         let ms = whole(&input.payload, "ms", MAX_DEBUG_MS)?;
         input.runtime.sleep(Duration::from_millis(ms)).await;
         if let Some(tag) = input.payload.get("effect").and_then(Value::as_str) {
-            let mut effects = EFFECTS.lock().unwrap_or_else(|e| e.into_inner());
-            *effects.entry(tag.to_string()).or_default() += 1;
+            crate::app::debug::record_effect(tag);
         }
         Ok(json!({ "slept_ms": ms, "attempt": input.attempt }))
     })

@@ -143,6 +143,6 @@ fn expire_deadlines(shard: &GlommioShard, now: Instant) {
         // Expire once: the task is gone by the next tick, but clear the deadline regardless.
         connection.shared.deadline.set(None);
         connection.cancel();
-        engine::count_timeout(&mut shard.app.borrow_mut(), kind);
+        shard.app.borrow_mut().count_timeout(kind);
     }
 }

@@ -27,7 +27,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::{ConnectionSettings, ShardContext};
-use crate::app::ShardApp;
+use crate::app::{AcceptDecision, ShardApp};
 use crate::shard::lifecycle;
 use crate::shard::{ShardError, ShardExit, ShardFailure, ShardOperation, ShardState};
 use classes::GlommioClasses;
@@ -135,7 +135,7 @@ async fn shard_main(ctx: ShardContext) -> Result<(), ShardError> {
     ctx.slot.set_current_thread();
     let classes = GlommioClasses::new();
     let shard = Rc::new(GlommioShard {
-        app: RefCell::new(ctx.new_app(classes)),
+        app: RefCell::new(ctx.apps.new_shard_app(ctx.slot.id, ctx.generation, classes)),
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),
         settings: ConnectionSettings::from_config(&ctx.config),
@@ -252,8 +252,11 @@ async fn accept_loop(shard: Rc<GlommioShard>, listener: TcpListener) {
         };
         backoff.accepted();
         let _ = stream.set_nodelay(true);
-        let admission = super::admit(&mut shard.app.borrow_mut(), cap, &shard.ctx.control);
-        if let super::Admission::Refuse(out) = admission {
+        let decision = shard
+            .app
+            .borrow_mut()
+            .accept_or_refuse(cap, &shard.ctx.control);
+        if let AcceptDecision::Refuse(out) = decision {
             glommio::spawn_local(refuse(shard.clone(), stream, out)).detach();
             continue;
         }

@@ -18,7 +18,8 @@ use may::io::{WaitIo, WaitIoWaker};
 use may::net::TcpStream;
 
 use super::{carriers, guarded, lock, to_ticks, MayShard};
-use crate::engine::{self, Admission, LINGER_BYTES, LINGER_TIME};
+use crate::app::AcceptDecision;
+use crate::engine::{LINGER_BYTES, LINGER_TIME};
 use crate::http::{Connection, Step};
 
 /// What housekeeping reads of a connection, the flags it sets, and how it wakes the coroutine.
@@ -77,24 +78,24 @@ impl ConnShared {
 
 /// Registers a connection and starts its coroutine on the generation's carrier: one that serves it,
 /// or, for a connection refused, one that writes the refusal (a 503) and closes.
-pub(crate) fn spawn(shard: &Arc<MayShard>, stream: TcpStream, admission: Admission) {
+pub(crate) fn spawn(shard: &Arc<MayShard>, stream: TcpStream, decision: AcceptDecision) {
     let id = shard.next_connection_id.fetch_add(1, Ordering::Relaxed);
-    let admitted = admission == Admission::Serve;
+    let served = decision == AcceptDecision::Serve;
     let shared = Arc::new(ConnShared::new(stream.waker()));
-    if admitted {
+    if served {
         shard.with_app(|app| app.metrics.connections.open += 1);
     }
     lock(&shard.connections).insert(id, shared.clone());
     let registration = Registration {
         shard: shard.clone(),
         id,
-        counted: admitted,
+        counted: served,
     };
     let owner = shard.clone();
     let spawned = carriers::spawn_on(shard.carrier, move || {
-        guarded(&owner, move || match admission {
-            Admission::Serve => serve(registration, stream, shared),
-            Admission::Refuse(out) => refuse(registration, stream, shared, &out),
+        guarded(&owner, move || match decision {
+            AcceptDecision::Serve => serve(registration, stream, shared),
+            AcceptDecision::Refuse(out) => refuse(registration, stream, shared, &out),
         })
     });
     if let Err(e) = spawned {
@@ -226,7 +227,7 @@ fn read_some(
         // wait at the deadline published below): no clock read on the first pass.
         if let (true, Some((at, kind))) = (woken, deadline) {
             if Instant::now() >= at {
-                shard.with_app(|app| engine::count_timeout(app, kind));
+                shard.with_app(|app| app.count_timeout(kind));
                 return None;
             }
         }

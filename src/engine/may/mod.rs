@@ -268,7 +268,9 @@ pub(crate) struct MayShard {
 impl MayShard {
     fn new(ctx: ShardContext, carrier: usize) -> MayShard {
         let classes = MayClasses::new();
-        let mut app = ctx.new_app(classes.clone());
+        let mut app = ctx
+            .apps
+            .new_shard_app(ctx.slot.id, ctx.generation, classes.clone());
         let gate_fd = if app.has_route_classes() {
             match gate::new_gate(carrier) {
                 Ok((gate, fd)) => {
@@ -398,10 +400,10 @@ fn accept_loop(shard: &Arc<MayShard>, listener: &TcpListener, stop: &AtomicBool)
         let fd = carriers::place_fd(stream.into_raw_fd(), shard.carrier, carriers);
         // SAFETY: `fd` is the accepted socket's one descriptor; may takes it over.
         let stream = unsafe { TcpStream::from_raw_fd(fd) };
-        let admission = shard.with_app(|app| super::admit(app, cap, &shard.ctx.control));
+        let decision = shard.with_app(|app| app.accept_or_refuse(cap, &shard.ctx.control));
         // One accepted as the listener closes is answered with `Connection: close`, as the
         // others that are finishing (housekeeping marks it at its next tick).
-        connection::spawn(shard, stream, admission);
+        connection::spawn(shard, stream, decision);
     }
     // The listener closes as the caller drops it.
 }

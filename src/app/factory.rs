@@ -1,0 +1,68 @@
+//! The factory every engine calls to build a shard's app, once per shard run.
+//!
+//! Built once at start-up from what every shard's app shares (the config, the monitor's
+//! published snapshot, the queues' mesh, the database tier); the engine hands it the shard,
+//! the generation and the runtime its queue tasks run on, and gets a ready [`ShardApp`].
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::ShardApp;
+use crate::config::Config;
+use crate::db::Database;
+use crate::monitor::Published;
+use crate::queue::{Mesh, QueueRuntime, QueueSettings, ShardQueues};
+use crate::shard::Control;
+
+/// What every shard's app is built from.
+pub struct AppFactory {
+    pub config: Arc<Config>,
+    pub published: Arc<ArcSwap<Published>>,
+    /// The queues' channels between shards (kept across shard restarts).
+    pub mesh: Arc<Mesh>,
+    /// The database tier, when configured; each shard takes its own client from it.
+    pub database: Option<Arc<Database>>,
+    pub control: Arc<Control>,
+}
+
+impl AppFactory {
+    /// Shard `shard`'s application for its generation `generation`. Its queues' tasks run on
+    /// `runtime`; their workers (and the durable jobs' dispatcher) start here.
+    pub fn new_shard_app(
+        &self,
+        shard: usize,
+        generation: u64,
+        runtime: Rc<dyn QueueRuntime>,
+    ) -> ShardApp {
+        let config = &self.config;
+        let queues = ShardQueues::new(
+            shard,
+            generation,
+            QueueSettings::from_config(&config.queues, config.server.debug_routes),
+            runtime,
+            self.mesh.clone(),
+            self.control.clone(),
+        );
+        crate::queue::worker::start(&queues);
+        let poll_ms = config.database.durable_poll_interval_ms;
+        if let Some(db) = self.database.as_ref().filter(|_| poll_ms > 0) {
+            crate::queue::durable::start(
+                &queues,
+                db,
+                Duration::from_millis(poll_ms),
+                format!("{}/{shard}", std::process::id()),
+            );
+        }
+        ShardApp::new(
+            shard,
+            self.published.clone(),
+            config.server.debug_routes,
+            queues,
+            config.queues.route_classes.as_ref(),
+        )
+        .with_database(self.database.as_ref().map(|db| db.client()))
+    }
+}
