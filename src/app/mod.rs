@@ -145,7 +145,7 @@ impl ShardApp {
             Route::DeadLetters => jobs::dead_letters(&self.queues),
             Route::DeadLetterReplay => jobs::replay(&self.queues, request),
             Route::DebugEffects => {
-                handlers::json_snapshot(crate::queue::kinds::debug_effects().to_string().into())
+                handlers::json_snapshot(crate::queue::job_kinds::debug_effects().to_string().into())
                     .into()
             }
         }
@@ -160,7 +160,7 @@ impl Service for ShardApp {
             Match::Found(route) => self.route_classes[route as usize],
             _ => None,
         };
-        let wait = class.and_then(|class| gate.admit(class, std::time::Instant::now()));
+        let wait = class.and_then(|class| gate.wait_for_turn(class, std::time::Instant::now()));
         if wait.is_none() {
             self.admitted_route = Some(matched);
         }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::worker::{self, Answer};
-use super::{kinds, JobSpec, Priority, ShardQueues};
+use super::{job_kinds, JobSpec, Priority, ShardQueues};
 use crate::db::{Database, DbClient, DbConn, DbError};
 
 /// How long a claim holds before another process may take the job.
@@ -251,7 +251,7 @@ async fn run(
             job.claims
         )));
     }
-    let kind = match kinds::find(&job.kind, queues.settings.debug_kinds) {
+    let kind = match job_kinds::find(&job.kind, queues.settings.debug_kinds) {
         Some(kind) => kind,
         None => return Some(Err(format!("unknown job kind {:?}", job.kind))),
     };

@@ -10,9 +10,9 @@ use futures_lite::FutureExt;
 use serde_json::Value;
 
 use super::job::{JobId, JobSpec, Outcome};
-use super::kinds::{self, JobInput};
-use super::local::ShardQueues;
+use super::job_kinds::{self, JobInput};
 use super::mesh::{key_home, pick_target, Enqueued, Message, Overrides, Rejected, ReplayError};
+use super::shard_queues::ShardQueues;
 use super::Priority;
 
 /// Starts the workers of every class and the inbox.
@@ -61,8 +61,12 @@ async fn work(queues: Rc<ShardQueues>, class: Priority) {
 
 /// Runs one attempt under its timeout. When the timer wins, the handler's future is dropped:
 /// whatever it had not done yet never happens.
-async fn attempt(queues: &ShardQueues, kind: &str, ticket: &super::local::Ticket) -> Outcome {
-    let Some(kind) = kinds::find(kind, queues.settings.debug_kinds) else {
+async fn attempt(
+    queues: &ShardQueues,
+    kind: &str,
+    ticket: &super::shard_queues::Ticket,
+) -> Outcome {
+    let Some(kind) = job_kinds::find(kind, queues.settings.debug_kinds) else {
         return Outcome::Failed(format!("unknown job kind {kind:?}"));
     };
     let run = (kind.run)(JobInput {
