@@ -6,6 +6,8 @@
 //! deadline order and runs what they wake after each. Runnable tasks take turns by class
 //! weight ([`Turns`], adjusted by [`QueueRuntime::set_weight`]), as the trait asks of an engine
 //! without weighted scheduling; with one class runnable, its tasks run in the order they woke.
+//! A dropped sleep's timer is not disarmed: at its deadline it wakes its task once more, a
+//! spurious wake-up that every future must take in its stride anyway.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
