@@ -12,7 +12,7 @@ use crate::http::{quote_input, Reply, Request, Response, StatusCode};
 use crate::queue::job::json_size;
 use crate::queue::mesh::{Enqueued, Overrides, Rejected, ReplayError};
 use crate::queue::worker::{self, Answer};
-use crate::queue::{durable, kinds, JobId, JobSpec, Priority, ShardQueues};
+use crate::queue::{durable, job_kinds, JobId, JobSpec, Priority, ShardQueues};
 
 const ACCEPTED: StatusCode = StatusCode(202);
 const CONFLICT: StatusCode = StatusCode(409);
@@ -121,7 +121,7 @@ pub fn check_replay_body(body: &[u8]) -> Result<(), Response> {
 /// An enqueue body that passed every check, its kind and class resolved.
 struct CheckedEnqueue {
     body: EnqueueBody,
-    kind: &'static kinds::Kind,
+    kind: &'static job_kinds::Kind,
     class: Priority,
     key: Option<String>,
     /// The payload's size as compact JSON.
@@ -137,11 +137,11 @@ fn checked_enqueue(
     max_payload_bytes: usize,
 ) -> Result<CheckedEnqueue, Response> {
     let mut body: EnqueueBody = parse_json(body)?;
-    let kind = kinds::find(&body.kind, debug).ok_or_else(|| {
+    let kind = job_kinds::find(&body.kind, debug).ok_or_else(|| {
         bad_request(&format!(
             "unknown job kind {}; kinds: {}",
             quote_input(&body.kind),
-            kinds::names(debug).join(", ")
+            job_kinds::names(debug).join(", ")
         ))
     })?;
     let class = match body.class.as_deref() {

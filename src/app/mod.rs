@@ -161,7 +161,7 @@ impl Service for ShardApp {
             Match::Found(route) => self.route_classes[route.index()],
             _ => None,
         };
-        let wait = class.and_then(|class| gate.admit(class, std::time::Instant::now()));
+        let wait = class.and_then(|class| gate.wait_for_turn(class, std::time::Instant::now()));
         if wait.is_none() {
             self.admitted_route = Some(matched);
         }

@@ -8,18 +8,23 @@
 //! row whose lease expired (its process died) is claimed again: at-least-once, and a lost lease
 //! writes no effect, so each job's effect lands once. A shard holds at most
 //! [`MAX_IN_FLIGHT`] claims, so a backlog spreads over the shards and processes that poll.
+//!
+//! The decisions between the SQL are plain functions, tested without a database: what a
+//! claimed row runs as (`job_spec`), how many rows to claim (`claim_room`), when a followed
+//! job has ended (`settled`), and which of a job's outcomes is written (`one_per_job`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::worker::{self, Answer};
-use super::{kinds, JobSpec, Priority, ShardQueues};
+use super::{job_kinds, JobSpec, Priority, QueueSettings, ShardQueues};
 use crate::db::{Database, DbClient, DbConn, DbError};
 
 /// How long a claim holds before another process may take the job.
@@ -133,10 +138,8 @@ pub fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, poll: Duration,
             let outcomes = Recorder::start(&queues, &database, owner.clone());
             loop {
                 in_flight.free().await;
-                let room = MAX_IN_FLIGHT
-                    .saturating_sub(in_flight.held.get())
-                    .min(BATCH as usize);
-                let (owner_claim, limit) = (owner.clone(), room as i64);
+                let limit = claim_room(in_flight.held.get()) as i64;
+                let owner_claim = owner.clone();
                 let claimed = db
                     .write(move |conn| {
                         let rows =
@@ -177,6 +180,11 @@ pub fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, poll: Duration,
             }
         }),
     );
+}
+
+/// Rows the next claim may take while `held` claims are in flight.
+fn claim_room(held: usize) -> usize {
+    MAX_IN_FLIGHT.saturating_sub(held).min(BATCH as usize)
 }
 
 /// The dispatcher's claims in flight, and its wait for one to end when it holds
@@ -235,6 +243,38 @@ where
     }
 }
 
+/// The job a claimed row asks for, as the queues take it; `Err` when it cannot run and goes
+/// dead at once: claimed too often, an unknown kind, or a payload that is not valid for it.
+fn job_spec(job: &Claimed, settings: &QueueSettings) -> Result<JobSpec, String> {
+    if job.claims > MAX_CLAIMS {
+        return Err(format!("claimed {} times without finishing", job.claims));
+    }
+    let kind = job_kinds::find(&job.kind, settings.debug_kinds)
+        .ok_or_else(|| format!("unknown job kind {:?}", job.kind))?;
+    let payload: Value = serde_json::from_str(&job.payload).map_err(|e| e.to_string())?;
+    (kind.validate)(&payload)?;
+    let class = job
+        .class
+        .as_deref()
+        .and_then(Priority::parse)
+        .unwrap_or(kind.class);
+    Ok(JobSpec {
+        kind: kind.name.to_string(),
+        class,
+        payload,
+        payload_bytes: job.payload.len(),
+        key: Some(format!("durable:{}", job.id)),
+        max_attempts: job
+            .max_attempts
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(settings.max_attempts),
+        timeout: job
+            .timeout_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map_or(settings.timeouts[class.index()], Duration::from_millis),
+    })
+}
+
 /// Runs the job through the queues and waits for its end: `Ok(result)` when done, `Err` when
 /// dead (the queues already retried it) or when it cannot run; `None` to leave it for a later
 /// claim.
@@ -245,74 +285,64 @@ async fn run(
     job: &Claimed,
     poll: Duration,
 ) -> Option<Result<Value, String>> {
-    if job.claims > MAX_CLAIMS {
-        return Some(Err(format!(
-            "claimed {} times without finishing",
-            job.claims
-        )));
-    }
-    let kind = match kinds::find(&job.kind, queues.settings.debug_kinds) {
-        Some(kind) => kind,
-        None => return Some(Err(format!("unknown job kind {:?}", job.kind))),
+    let spec = match job_spec(job, &queues.settings) {
+        Ok(spec) => spec,
+        Err(e) => return Some(Err(e)),
     };
-    let payload: Value = match serde_json::from_str(&job.payload) {
-        Ok(payload) => payload,
-        Err(e) => return Some(Err(e.to_string())),
-    };
-    if let Err(e) = (kind.validate)(&payload) {
-        return Some(Err(e));
-    }
-    let class = job
-        .class
-        .as_deref()
-        .and_then(Priority::parse)
-        .unwrap_or(kind.class);
-    let spec = JobSpec {
-        kind: kind.name.to_string(),
-        class,
-        payload,
-        payload_bytes: job.payload.len(),
-        key: Some(format!("durable:{}", job.id)),
-        max_attempts: job
-            .max_attempts
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(queues.settings.max_attempts),
-        timeout: job
-            .timeout_ms
-            .and_then(|ms| u64::try_from(ms).ok())
-            .map_or(queues.timeout(class), Duration::from_millis),
-    };
-    let id = match now(worker::submit(queues, spec)).await {
-        Ok(enqueued) => enqueued.view["id"].as_str()?.parse().ok()?,
-        // Full or unreachable: the lease runs out and a later claim tries again.
-        Err(_) => return None,
-    };
-    let mut renewed = Instant::now();
-    let mut look_after = FIRST_LOOK.min(poll);
-    loop {
-        queues.runtime.sleep(look_after).await;
-        look_after = (look_after * 2).min(poll);
-        let view = now(worker::status(queues, id)).await?;
-        match view["state"].as_str() {
-            Some("done") => return Some(Ok(view["result"].clone())),
-            Some("dead") => {
-                return Some(Err(view["last_error"]
-                    .as_str()
-                    .unwrap_or("dead")
-                    .to_string()))
-            }
-            _ => {}
-        }
-        if renewed.elapsed() >= LEASE / 2 {
-            renewed = Instant::now();
-            let (owner, job_id) = (owner.to_string(), job.id);
-            let renew =
-                db.write(move |conn| conn.query(RENEW, &[&job_id, &owner, &LEASE.as_secs_f64()]));
+    let (owner, job_id) = (owner.to_string(), job.id);
+    let renew_lease = || {
+        let owner = owner.clone();
+        let renew =
+            db.write(move |conn| conn.query(RENEW, &[&job_id, &owner, &LEASE.as_secs_f64()]));
+        async move {
             // A lost lease is found at the finish, which then records nothing.
             if let Err(e) = renew.await {
                 log::debug!("durable jobs: lease renewal failed: {e}");
             }
         }
+    };
+    follow(queues, spec, poll, renew_lease).await
+}
+
+/// Submits `spec` to the queues and looks at its state until it ends (see [`settled`]),
+/// calling `renew_lease` each half lease meanwhile. `None` when the queues did not take it
+/// (full or unreachable: the lease runs out and a later claim tries again) or lost it.
+async fn follow<Renewal: Future<Output = ()>>(
+    queues: &Rc<ShardQueues>,
+    spec: JobSpec,
+    poll: Duration,
+    mut renew_lease: impl FnMut() -> Renewal,
+) -> Option<Result<Value, String>> {
+    let id = match now(worker::submit(queues, spec)).await {
+        Ok(enqueued) => enqueued.view["id"].as_str()?.parse().ok()?,
+        Err(_) => return None,
+    };
+    let mut renewed = queues.runtime.now();
+    let mut look_after = FIRST_LOOK.min(poll);
+    loop {
+        queues.runtime.sleep(look_after).await;
+        look_after = (look_after * 2).min(poll);
+        let view = now(worker::status(queues, id)).await?;
+        if let Some(end) = settled(&view) {
+            return Some(end);
+        }
+        if queues.runtime.now().saturating_duration_since(renewed) >= LEASE / 2 {
+            renewed = queues.runtime.now();
+            renew_lease().await;
+        }
+    }
+}
+
+/// A job's end as its view tells it: `Ok(result)` when done, `Err(last error)` when dead,
+/// `None` while it may still run.
+fn settled(view: &Value) -> Option<Result<Value, String>> {
+    match view["state"].as_str() {
+        Some("done") => Some(Ok(view["result"].clone())),
+        Some("dead") => Some(Err(view["last_error"]
+            .as_str()
+            .unwrap_or("dead")
+            .to_string())),
+        _ => None,
     }
 }
 
@@ -336,11 +366,15 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, owner: String) -> Rc<Recorder> {
-        let recorder = Rc::new(Recorder {
+    fn new() -> Rc<Recorder> {
+        Rc::new(Recorder {
             pending: RefCell::default(),
             waiting: Cell::default(),
-        });
+        })
+    }
+
+    fn start(queues: &Rc<ShardQueues>, database: &Arc<Database>, owner: String) -> Rc<Recorder> {
+        let recorder = Recorder::new();
         let (this, mut db) = (recorder.clone(), database.client());
         queues.runtime.spawn(
             Priority::Background,
@@ -409,10 +443,9 @@ async fn record(db: &mut DbClient, owner: &str, batch: &[Outcome]) -> Result<(),
     }
 }
 
-async fn write_outcomes(db: &mut DbClient, owner: &str, batch: &[Outcome]) -> Result<(), DbError> {
-    let owner = owner.to_string();
-    // One outcome per job: a job claimed again by this dispatcher (its lease ran out while its
-    // outcome waited) may have two; the one that ends it wins.
+/// One outcome per job: a job claimed again by this dispatcher (its lease ran out while its
+/// outcome waited) may have two; the first that ends it wins over a give-back.
+fn one_per_job(batch: &[Outcome]) -> HashMap<i64, &Outcome> {
     let mut by_id: HashMap<i64, &Outcome> = HashMap::with_capacity(batch.len());
     for outcome in batch {
         let kept = by_id.entry(outcome.id).or_insert(outcome);
@@ -420,6 +453,12 @@ async fn write_outcomes(db: &mut DbClient, owner: &str, batch: &[Outcome]) -> Re
             *kept = outcome;
         }
     }
+    by_id
+}
+
+async fn write_outcomes(db: &mut DbClient, owner: &str, batch: &[Outcome]) -> Result<(), DbError> {
+    let owner = owner.to_string();
+    let by_id = one_per_job(batch);
     let ids: Vec<i64> = by_id.keys().copied().collect();
     let statuses: Vec<&'static str> = ids.iter().map(|id| by_id[id].status).collect();
     let errors: Vec<Option<String>> = ids.iter().map(|id| by_id[id].error.clone()).collect();
@@ -446,4 +485,321 @@ async fn write_outcomes(db: &mut DbClient, owner: &str, batch: &[Outcome]) -> Re
     })
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::queue::runtime::fake::{counters, lone_shard, small_settings, FakeRuntime};
+    use crate::queue::QueueRuntime;
+
+    fn claimed(kind: &str, payload: &str) -> Claimed {
+        Claimed {
+            id: 42,
+            kind: kind.to_string(),
+            payload: payload.to_string(),
+            claims: 1,
+            class: None,
+            max_attempts: None,
+            timeout_ms: None,
+        }
+    }
+
+    const COMMISSION: &str = r#"{"user_id":"u1","amount":10}"#;
+
+    #[test]
+    fn a_claimed_row_runs_with_its_own_options_or_else_its_kind_s_and_the_defaults() {
+        let settings = small_settings();
+        let row = claimed("commission", COMMISSION);
+        assert_eq!(
+            job_spec(&row, &settings),
+            Ok(JobSpec {
+                kind: "commission".into(),
+                class: Priority::Medium,
+                payload: json!({"user_id": "u1", "amount": 10}),
+                payload_bytes: COMMISSION.len(),
+                key: Some("durable:42".into()),
+                max_attempts: 3,
+                timeout: Duration::from_secs(10),
+            })
+        );
+        let secs = Duration::from_secs;
+        // (class, max_attempts, timeout_ms) of the row -> what the job gets.
+        let cases = [
+            (
+                (Some("high"), Some(7), Some(250)),
+                (Priority::High, 7, Duration::from_millis(250)),
+            ),
+            // A class of its own takes that class's timeout.
+            (
+                (Some("background"), None, None),
+                (Priority::Background, 3, secs(60)),
+            ),
+            // Options that make no sense fall back to the kind's and the server's.
+            (
+                (Some("urgent"), Some(-1), Some(-5)),
+                (Priority::Medium, 3, secs(10)),
+            ),
+        ];
+        for ((class, max_attempts, timeout_ms), expected) in cases {
+            let row = Claimed {
+                class: class.map(String::from),
+                max_attempts,
+                timeout_ms,
+                ..claimed("commission", COMMISSION)
+            };
+            let spec = job_spec(&row, &settings).expect("runs");
+            assert_eq!(
+                (spec.class, spec.max_attempts, spec.timeout),
+                expected,
+                "{class:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_row_that_cannot_run_is_dead_at_once() {
+        let settings = small_settings();
+        let without_debug = QueueSettings {
+            debug_kinds: false,
+            ..small_settings()
+        };
+        let cases = [
+            (claimed("commission", COMMISSION), &settings, None),
+            (
+                Claimed {
+                    claims: MAX_CLAIMS,
+                    ..claimed("commission", COMMISSION)
+                },
+                &settings,
+                None,
+            ),
+            (
+                Claimed {
+                    claims: MAX_CLAIMS + 1,
+                    ..claimed("commission", COMMISSION)
+                },
+                &settings,
+                Some("claimed 6 times without finishing"),
+            ),
+            (
+                claimed("refund", COMMISSION),
+                &settings,
+                Some("unknown job kind \"refund\""),
+            ),
+            (claimed("debug.fail", r#"{"times":1}"#), &settings, None),
+            (
+                claimed("debug.fail", r#"{"times":1}"#),
+                &without_debug,
+                Some("unknown job kind \"debug.fail\""),
+            ),
+            (
+                claimed("commission", "{"),
+                &settings,
+                Some("EOF while parsing an object"),
+            ),
+            (
+                claimed("commission", r#"{"user_id":"u1"}"#),
+                &settings,
+                Some("payload.amount is required"),
+            ),
+        ];
+        for (row, settings, error) in cases {
+            let got = job_spec(&row, settings).err();
+            match error {
+                None => assert_eq!(got, None, "{} {}", row.kind, row.payload),
+                Some(error) => {
+                    let got = got.expect("dead");
+                    assert!(got.contains(error), "{} {}: {got}", row.kind, row.payload);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_claim_takes_at_most_a_batch_and_never_past_the_in_flight_limit() {
+        let cases = [
+            (0, BATCH as usize),
+            (MAX_IN_FLIGHT - BATCH as usize, BATCH as usize),
+            (MAX_IN_FLIGHT - 10, 10),
+            (MAX_IN_FLIGHT, 0),
+            (MAX_IN_FLIGHT + 1, 0),
+        ];
+        for (held, room) in cases {
+            assert_eq!(claim_room(held), room, "{held} held");
+        }
+    }
+
+    #[test]
+    fn the_dispatcher_holding_the_most_claims_waits_until_one_is_released() {
+        let runtime = FakeRuntime::new();
+        let slots = Rc::new(Slots::default());
+        let mut held: Vec<InFlight> = (0..MAX_IN_FLIGHT).map(|_| InFlight::new(&slots)).collect();
+        let freed = Rc::new(Cell::new(false));
+        let (waiter, flag) = (slots.clone(), freed.clone());
+        runtime.spawn(
+            Priority::Background,
+            Box::pin(async move {
+                waiter.free().await;
+                flag.set(true);
+            }),
+        );
+        runtime.run();
+        assert!(!freed.get(), "all {MAX_IN_FLIGHT} slots held");
+        held.pop();
+        runtime.run();
+        assert!(freed.get());
+        assert_eq!(slots.held.get(), MAX_IN_FLIGHT - 1);
+    }
+
+    #[test]
+    fn outcomes_that_come_while_a_write_is_on_its_way_gather_for_the_next() {
+        let runtime = FakeRuntime::new();
+        let (recorder, slots) = (Recorder::new(), Rc::new(Slots::default()));
+        let written = Rc::new(RefCell::new(Vec::new()));
+        let (writer, log) = (recorder.clone(), written.clone());
+        runtime.spawn(
+            Priority::Background,
+            Box::pin(async move {
+                loop {
+                    let batch = writer.next_batch().await;
+                    let rows = batch
+                        .iter()
+                        .map(|o| (o.id, o.status, o.error.clone(), o.result.clone()));
+                    log.borrow_mut().push(rows.collect::<Vec<_>>());
+                }
+            }),
+        );
+        runtime.run();
+        recorder.push(1, Some(Ok(json!({"commission": 1}))), InFlight::new(&slots));
+        recorder.push(2, Some(Err("boom".into())), InFlight::new(&slots));
+        recorder.push(3, None, InFlight::new(&slots));
+        assert_eq!(slots.held.get(), 3, "held until written");
+        runtime.run();
+        recorder.push(4, None, InFlight::new(&slots));
+        runtime.run();
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            *written.borrow(),
+            [
+                vec![
+                    (1, "done", None, some(r#"{"commission":1}"#)),
+                    (2, "dead", some("boom"), None),
+                    (3, "pending", None, None),
+                ],
+                vec![(4, "pending", None, None)],
+            ]
+        );
+        assert_eq!(slots.held.get(), 0, "a written batch releases its slots");
+    }
+
+    #[test]
+    fn of_two_outcomes_of_one_job_the_first_that_ends_it_wins() {
+        let slots = Rc::new(Slots::default());
+        let outcome = |id, status| Outcome {
+            id,
+            status,
+            error: None,
+            result: None,
+            _held: InFlight::new(&slots),
+        };
+        let batch = [
+            outcome(1, "pending"),
+            outcome(1, "done"),
+            outcome(2, "done"),
+            outcome(2, "pending"),
+            outcome(3, "dead"),
+            outcome(3, "done"),
+            outcome(4, "pending"),
+        ];
+        let kept = one_per_job(&batch);
+        let mut statuses: Vec<(i64, &str)> = kept.iter().map(|(id, o)| (*id, o.status)).collect();
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [(1, "done"), (2, "done"), (3, "dead"), (4, "pending")]
+        );
+    }
+
+    /// Where a followed job's end lands: `None` until [`follow`] returns.
+    type FollowEnd = Rc<RefCell<Option<Option<Result<Value, String>>>>>;
+
+    /// Follows `spec` on `queues` in a task; its end lands in the returned slot, and each lease
+    /// renewal counts in the returned cell.
+    fn follow_in_task(
+        runtime: &FakeRuntime,
+        queues: &Rc<ShardQueues>,
+        spec: JobSpec,
+    ) -> (FollowEnd, Rc<Cell<u32>>) {
+        let (end, renewals) = (Rc::new(RefCell::new(None)), Rc::new(Cell::new(0)));
+        let (slot, count, queues) = (end.clone(), renewals.clone(), queues.clone());
+        runtime.spawn(
+            Priority::Background,
+            Box::pin(async move {
+                let renew = || {
+                    count.set(count.get() + 1);
+                    std::future::ready(())
+                };
+                *slot.borrow_mut() =
+                    Some(follow(&queues, spec, Duration::from_secs(1), renew).await);
+            }),
+        );
+        (end, renewals)
+    }
+
+    #[test]
+    fn a_followed_job_ends_done_once_however_often_it_is_claimed_and_renews_its_lease() {
+        let (runtime, queues, _) = lone_shard(small_settings());
+        worker::start(&queues);
+        let spec = job_spec(&claimed("debug.sleep", r#"{"ms":4000}"#), &queues.settings).unwrap();
+        let (first, renewals) = follow_in_task(&runtime, &queues, spec.clone());
+        runtime.advance(Duration::from_secs(1));
+        // Claimed again (its lease ran out): the key finds the job already running.
+        let (second, _) = follow_in_task(&runtime, &queues, spec);
+        runtime.advance(Duration::from_millis(2_500));
+        assert_eq!(*first.borrow(), None, "still running");
+        assert_eq!(renewals.get(), 1, "once after half a lease");
+        runtime.advance(Duration::from_secs(1));
+        let done = Some(Some(Ok(json!({"slept_ms": 4000, "attempt": 1}))));
+        assert_eq!(*first.borrow(), done);
+        assert_eq!(*second.borrow(), done);
+        assert_eq!(renewals.get(), 1);
+        let counters = counters(&queues, Priority::Medium);
+        assert_eq!((counters.processed, counters.duplicates), (1, 1));
+    }
+
+    #[test]
+    fn a_followed_job_ends_dead_with_its_last_error_or_is_given_back_when_refused() {
+        let (runtime, queues, _) = lone_shard(small_settings());
+        let failing = Claimed {
+            max_attempts: Some(1),
+            ..claimed("debug.fail", r#"{"times":5}"#)
+        };
+        let spec = job_spec(&failing, &queues.settings).unwrap();
+        // No worker yet, and the class full: the job is refused and given back.
+        for _ in 0..queues.settings.max_size {
+            queues
+                .enqueue(
+                    JobSpec {
+                        key: None,
+                        ..spec.clone()
+                    },
+                    None,
+                )
+                .unwrap();
+        }
+        let (refused, _) = follow_in_task(&runtime, &queues, spec.clone());
+        runtime.run();
+        assert_eq!(*refused.borrow(), Some(None));
+        worker::start(&queues);
+        let (dead, renewals) = follow_in_task(&runtime, &queues, spec);
+        runtime.advance(Duration::from_millis(100));
+        assert_eq!(
+            *dead.borrow(),
+            Some(Some(Err("planned failure 1 of 5".into())))
+        );
+        assert_eq!(renewals.get(), 0);
+    }
 }

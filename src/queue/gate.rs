@@ -83,7 +83,7 @@ impl RequestGate {
 
     /// `None`: a request of `class`, arriving `now`, runs at once. Otherwise the future ends
     /// when its turn comes.
-    pub fn admit(&self, class: Priority, now: Instant) -> Option<AdmissionWait> {
+    pub fn wait_for_turn(&self, class: Priority, now: Instant) -> Option<AdmissionWait> {
         let mut state = self.state.borrow_mut();
         let index = class.index();
         state.last_seen[index] = Some(now);
@@ -172,9 +172,12 @@ mod tests {
 
     /// A high request arrives, then `class` spends the turn's budget, every one at once.
     fn engage_and_spend(gate: &RequestGate, class: Priority, now: Instant) {
-        assert!(gate.admit(Priority::High, now).is_none());
+        assert!(gate.wait_for_turn(Priority::High, now).is_none());
         for _ in 0..TURN_BUDGET {
-            assert!(gate.admit(class, now).is_none(), "within the budget");
+            assert!(
+                gate.wait_for_turn(class, now).is_none(),
+                "within the budget"
+            );
         }
     }
 
@@ -188,11 +191,15 @@ mod tests {
         let (gate, kicks) = gate();
         let now = Instant::now();
         engage_and_spend(&gate, Priority::Low, now);
-        let mut first = gate.admit(Priority::Low, now).expect("budget spent: waits");
-        let mut second = gate.admit(Priority::Background, now).expect("waits");
+        let mut first = gate
+            .wait_for_turn(Priority::Low, now)
+            .expect("budget spent: waits");
+        let mut second = gate
+            .wait_for_turn(Priority::Background, now)
+            .expect("waits");
         assert_eq!(kicks.get(), 1, "one turn asked for, not one per waiter");
         // High never waits, even with the budget spent and others in line.
-        assert!(gate.admit(Priority::High, now).is_none());
+        assert!(gate.wait_for_turn(Priority::High, now).is_none());
         assert!(!granted(&mut first));
         assert!(!gate.turn(), "both fit in one turn's budget");
         assert!(granted(&mut first) && granted(&mut second));
@@ -208,23 +215,23 @@ mod tests {
         let start = Instant::now();
         // Nothing above background has come: a flood of reports never waits.
         for _ in 0..10 * TURN_BUDGET {
-            assert!(gate.admit(Priority::Background, start).is_none());
+            assert!(gate.wait_for_turn(Priority::Background, start).is_none());
         }
         // Low has come now: background gives way to it once the budget is spent...
-        assert!(gate.admit(Priority::Low, start).is_none());
+        assert!(gate.wait_for_turn(Priority::Low, start).is_none());
         for _ in 0..TURN_BUDGET {
-            assert!(gate.admit(Priority::Background, start).is_none());
+            assert!(gate.wait_for_turn(Priority::Background, start).is_none());
         }
-        assert!(gate.admit(Priority::Background, start).is_some());
+        assert!(gate.wait_for_turn(Priority::Background, start).is_some());
         assert!(!gate.turn());
         // ...but low itself has nothing above it, and never waits.
         for _ in 0..10 * TURN_BUDGET {
-            assert!(gate.admit(Priority::Low, start).is_none());
+            assert!(gate.wait_for_turn(Priority::Low, start).is_none());
         }
         // Once low has been quiet for the hold, background runs freely again.
         let later = start + PRIORITY_HOLD;
         for _ in 0..10 * TURN_BUDGET {
-            assert!(gate.admit(Priority::Background, later).is_none());
+            assert!(gate.wait_for_turn(Priority::Background, later).is_none());
         }
         assert_eq!(kicks.get(), 1);
     }
@@ -237,7 +244,7 @@ mod tests {
         let mut waits: Vec<(Priority, AdmissionWait)> = Vec::new();
         for _ in 0..40 {
             for class in [Priority::Medium, Priority::Low, Priority::Background] {
-                waits.push((class, gate.admit(class, now).expect("waits")));
+                waits.push((class, gate.wait_for_turn(class, now).expect("waits")));
             }
         }
         assert!(gate.turn(), "120 waiters outlast one turn");
@@ -271,9 +278,9 @@ mod tests {
         let (gate, _) = gate();
         let now = Instant::now();
         engage_and_spend(&gate, Priority::Medium, now);
-        drop(gate.admit(Priority::Medium, now).expect("waits"));
+        drop(gate.wait_for_turn(Priority::Medium, now).expect("waits"));
         let mut kept: Vec<_> = (0..TURN_BUDGET)
-            .map(|_| gate.admit(Priority::Medium, now).expect("waits"))
+            .map(|_| gate.wait_for_turn(Priority::Medium, now).expect("waits"))
             .collect();
         assert!(!gate.turn(), "the dropped one did not use a place");
         assert!(kept.iter_mut().all(granted));

@@ -1,8 +1,9 @@
 //! Jobs: identity, what was asked, where a job stands.
 //!
-//! A job record is the unit a durable tier will persist: everything needed to run it again
-//! (kind, class, payload, key, limits, attempts) is in [`JobSpec`] and the attempt counter, and
-//! nothing in it refers to the shard's memory.
+//! Everything needed to run a job again (kind, class, payload, key, limits) is in its
+//! [`JobSpec`], and nothing in it refers to the shard's memory: a spec can travel to another
+//! shard, and a durable job's outbox row (`super::durable`) carries the same fields, from which
+//! its dispatcher builds the spec again on each claim.
 
 use std::fmt;
 use std::rc::Rc;
@@ -57,8 +58,6 @@ pub struct JobSpec {
     pub key: Option<String>,
     pub max_attempts: u32,
     pub timeout: Duration,
-    // A durable tier adds `durable: bool` here and an outbox row id; the record's fields already
-    // carry all a re-run needs.
 }
 
 /// The size of `value` written as compact JSON, counted without building the text.

@@ -9,18 +9,19 @@
 //! turns at the shard's [`gate`]: high ones run at once, the others a bounded number per pass of
 //! the event loop.
 //!
-//! Jobs live in the shard's memory. A durable tier (PostgreSQL outbox) will add a `durable` flag
-//! to [`JobSpec`], write the job in the transaction that caused it, and feed it through
-//! [`worker::submit`]; the record already carries everything a re-run needs.
+//! Jobs live in the shard's memory. Jobs that must survive a crash are durable ([`durable`]):
+//! rows of a PostgreSQL outbox, written in the transaction that caused them, which each shard's
+//! dispatcher claims under a lease and feeds through [`worker::submit`] like any other job.
 //!
 //! # Layout
 //! - [`class`]: the classes, their weights, aging, and the route-to-class mapping.
 //! - [`gate`]: request classes: which HTTP requests run now and which wait for a turn.
 //! - [`job`]: job ids, specs, states and records.
-//! - [`local`]: one shard's queues: admission, taking, finishing, dead letters, replay.
+//! - [`shard_queues`]: one shard's queues: enqueueing, taking, finishing, dead letters, replay.
 //! - [`worker`]: the worker, retry and inbox tasks, and submission across shards.
+//! - [`durable`]: the outbox of durable jobs and each shard's dispatcher of it.
 //! - [`mesh`]: channels and published queue lengths between shards; where a job goes.
-//! - [`kinds`]: registered job kinds (the seed's side jobs, debug kinds for tests).
+//! - [`job_kinds`]: registered job kinds (the seed's side jobs, debug kinds for tests).
 //! - [`retry`]: backoff with jitter.
 //! - [`report`]: what the queues send to the monitor.
 //! - [`runtime`]: the engine seam.
@@ -29,18 +30,18 @@ pub mod class;
 pub mod durable;
 pub mod gate;
 pub mod job;
-pub mod kinds;
-pub mod local;
+pub mod job_kinds;
 pub mod mesh;
 pub mod report;
 pub mod retry;
 pub mod runtime;
+pub mod shard_queues;
 pub mod worker;
 
 pub use class::{aged_weight, Priority, RouteClasses, Turns};
 pub use gate::RequestGate;
 pub use job::{JobId, JobSpec};
-pub use local::{QueueSettings, ShardQueues};
 pub use mesh::Mesh;
 pub use report::QueueReport;
 pub use runtime::QueueRuntime;
+pub use shard_queues::{QueueSettings, ShardQueues};

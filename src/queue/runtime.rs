@@ -1,10 +1,14 @@
 //! What the queues need from an engine: the only seam between the queue core and an event loop.
+//! Unit tests run the queues on `fake` (test builds only): one thread, a manual clock.
 
 use std::time::{Duration, Instant};
 
 use futures_lite::future::BoxedLocal;
 
 use super::Priority;
+
+#[cfg(test)]
+pub mod fake;
 
 /// The engine side of a shard's queues. Everything runs on the shard's one thread, so nothing
 /// here is `Send`.

@@ -528,3 +528,356 @@ impl Future for WorkAvailable<'_> {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::queue::runtime::fake::{counters, job, lone_shard, small_settings};
+
+    fn state(queues: &ShardQueues, id: JobId) -> Value {
+        queues.view(id).expect("a known job")["state"].clone()
+    }
+
+    fn keyed(class: Priority, key: &str) -> JobSpec {
+        JobSpec {
+            key: Some(key.to_string()),
+            ..job("debug.fail", class, json!({"times": 0}))
+        }
+    }
+
+    /// Takes the job of `class` and ends its attempt with `outcome`.
+    fn attempt(queues: &ShardQueues, class: Priority, outcome: Outcome) -> Option<Duration> {
+        let ticket = queues.take(class).expect("a job waits");
+        queues.finish(ticket.id, outcome, Duration::from_millis(1))
+    }
+
+    /// Enqueues a job of `class` with `payload_bytes` and fails it until it is dead.
+    fn dead_letter(queues: &ShardQueues, class: Priority, payload_bytes: usize) -> JobId {
+        let spec = JobSpec {
+            max_attempts: 1,
+            payload_bytes,
+            ..job("debug.fail", class, json!({"times": 9}))
+        };
+        let id = queues.enqueue(spec, None).expect("room").id;
+        assert_eq!(attempt(queues, class, Outcome::Failed("no".into())), None);
+        id
+    }
+
+    #[test]
+    fn a_class_gives_its_jobs_out_in_arrival_order_and_only_its_own() {
+        let (_, queues, _) = lone_shard(small_settings());
+        let spec = |class| job("debug.fail", class, json!({"times": 0}));
+        let first = queues.enqueue(spec(Priority::Low), None).unwrap().id;
+        let high = queues.enqueue(spec(Priority::High), None).unwrap().id;
+        let second = queues.enqueue(spec(Priority::Low), None).unwrap().id;
+        assert_eq!(queues.take(Priority::Medium).map(|t| t.id), None);
+        assert_eq!(queues.take(Priority::Low).map(|t| t.id), Some(first));
+        assert_eq!(queues.take(Priority::High).map(|t| t.id), Some(high));
+        let ticket = queues.take(Priority::Low).expect("the second low job");
+        assert_eq!((ticket.id, ticket.attempt), (second, 1));
+        assert_eq!(queues.take(Priority::Low).map(|t| t.id), None);
+        assert_eq!(queues.view(first).unwrap()["start_seq"], 0);
+        assert_eq!(queues.view(second).unwrap()["start_seq"], 2);
+        assert_eq!(queues.mesh.lengths(Priority::Low), [0]);
+    }
+
+    #[test]
+    fn a_full_class_refuses_new_jobs_and_counts_the_refusals_it_answers() {
+        let (_, queues, _) = lone_shard(small_settings());
+        let spec = || job("debug.fail", Priority::Medium, json!({"times": 0}));
+        for _ in 0..3 {
+            assert!(queues.enqueue(spec(), None).is_ok());
+        }
+        assert_eq!(queues.mesh.lengths(Priority::Medium), [3]);
+        assert_eq!(queues.enqueue(spec(), None).err(), Some(Rejected::Full));
+        // A refused hand-off is counted by the shard that keeps or refuses it.
+        assert_eq!(queues.enqueue(spec(), Some(1)).err(), Some(Rejected::Full));
+        // Another class has its own room.
+        let low = job("debug.fail", Priority::Low, json!({"times": 0}));
+        assert!(queues.enqueue(low, None).is_ok());
+        // A taken job makes room: running jobs do not count against the size.
+        assert!(queues.take(Priority::Medium).is_some());
+        assert!(queues.enqueue(spec(), Some(1)).is_ok());
+        let counters = counters(&queues, Priority::Medium);
+        assert_eq!(
+            (counters.enqueued, counters.rejected, counters.handed_in),
+            (4, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_key_answers_with_its_first_job_while_that_job_is_remembered() {
+        let (_, queues, _) = lone_shard(small_settings());
+        let first = queues.enqueue(keyed(Priority::High, "k"), None).unwrap();
+        assert!(!first.duplicate);
+        let again = queues.enqueue(keyed(Priority::High, "k"), None).unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.id, first.id);
+        assert_eq!(again.view["state"], "queued");
+        // Done, the job still answers for its key.
+        attempt(&queues, Priority::High, Outcome::Succeeded(json!(1)));
+        let done = queues.enqueue(keyed(Priority::High, "k"), None).unwrap();
+        assert_eq!((done.id, done.duplicate), (first.id, true));
+        assert_eq!(done.view["state"], "done");
+        let counters = counters(&queues, Priority::High);
+        assert_eq!((counters.enqueued, counters.duplicates), (1, 2));
+        // Another key is another job.
+        let other = queues.enqueue(keyed(Priority::High, "k2"), None).unwrap();
+        assert!(!other.duplicate && other.id != first.id);
+    }
+
+    #[test]
+    fn failed_attempts_back_off_longer_each_time_then_the_job_is_dead() {
+        let (_, queues, _) = lone_shard(small_settings());
+        let id = queues
+            .enqueue(job("debug.fail", Priority::Low, json!({"times": 9})), None)
+            .unwrap()
+            .id;
+        let ms = Duration::from_millis;
+        // retry_base 200 ms: half of 200 << (attempt - 1) plus up to as much again of jitter.
+        for (attempt_no, low, high) in [(1, ms(100), ms(200)), (2, ms(200), ms(400))] {
+            let delay = attempt(&queues, Priority::Low, Outcome::Failed("no".into()))
+                .expect("attempts left: retried");
+            assert!(
+                low <= delay && delay <= high,
+                "attempt {attempt_no}: {delay:?}"
+            );
+            assert_eq!(state(&queues, id), "retrying");
+            assert!(
+                queues.take(Priority::Low).is_none(),
+                "not before its backoff"
+            );
+            assert!(!queues.is_idle(), "a job waiting for its retry is work");
+            queues.requeue(id);
+            assert_eq!(state(&queues, id), "queued");
+        }
+        assert_eq!(attempt(&queues, Priority::Low, Outcome::TimedOut), None);
+        let view = queues.view(id).unwrap();
+        assert_eq!(
+            (view["state"].clone(), view["attempts"].clone()),
+            (json!("dead"), json!(3))
+        );
+        assert_eq!(
+            view["last_error"],
+            "timed out after 1000 ms and was cancelled"
+        );
+        assert_eq!(queues.dead_letters().len(), 1);
+        assert!(queues.is_idle());
+        let counters = counters(&queues, Priority::Low);
+        assert_eq!(
+            (
+                counters.failed,
+                counters.timed_out,
+                counters.retried,
+                counters.dead
+            ),
+            (2, 1, 2, 1)
+        );
+    }
+
+    #[test]
+    fn past_the_dead_letter_maximum_the_oldest_is_forgotten_with_its_key() {
+        let (_, queues, _) = lone_shard(small_settings());
+        let keyed_dead = JobSpec {
+            max_attempts: 1,
+            ..keyed(Priority::Medium, "old")
+        };
+        let oldest = queues.enqueue(keyed_dead, None).unwrap().id;
+        attempt(&queues, Priority::Medium, Outcome::Failed("no".into()));
+        let second = dead_letter(&queues, Priority::Medium, 10);
+        let third = dead_letter(&queues, Priority::Medium, 10);
+        let listed: Vec<Value> = queues
+            .dead_letters()
+            .iter()
+            .map(|v| v["id"].clone())
+            .collect();
+        assert_eq!(
+            listed,
+            [json!(second.to_string()), json!(third.to_string())]
+        );
+        assert_eq!(queues.view(oldest), None);
+        let counters = counters(&queues, Priority::Medium);
+        assert_eq!((counters.dead, counters.dead_dropped), (3, 1));
+        // Its key is free again: the same key makes a new job.
+        let fresh = queues
+            .enqueue(keyed(Priority::Medium, "old"), None)
+            .unwrap();
+        assert!(!fresh.duplicate);
+    }
+
+    #[test]
+    fn dead_letters_keep_their_payloads_up_to_a_byte_limit_but_always_the_newest() {
+        let (_, queues, _) = lone_shard(small_settings());
+        let big = DEAD_LETTER_MAX_PAYLOAD_BYTES * 2 / 3;
+        let first = dead_letter(&queues, Priority::Low, big);
+        assert_eq!(queues.report().retained_payload_bytes, big);
+        let second = dead_letter(&queues, Priority::Low, big);
+        assert_eq!(queues.view(first), None, "two would pass the byte limit");
+        assert!(queues.view(second).is_some());
+        assert_eq!(queues.report().retained_payload_bytes, big);
+        let huge = dead_letter(&queues, Priority::Low, DEAD_LETTER_MAX_PAYLOAD_BYTES + 1);
+        assert_eq!(queues.view(second), None);
+        assert!(
+            queues.view(huge).is_some(),
+            "the newest stays even alone past it"
+        );
+        let report = queues.report();
+        assert_eq!(report.dead_letters, 1);
+        assert_eq!(
+            report.retained_payload_bytes,
+            DEAD_LETTER_MAX_PAYLOAD_BYTES + 1
+        );
+        assert_eq!(
+            report.classes[Priority::Low.index()].counters.dead_dropped,
+            2
+        );
+    }
+
+    #[test]
+    fn a_done_job_keeps_its_result_and_drops_its_payload() {
+        let (_, queues, _) = lone_shard(small_settings());
+        let spec = job(
+            "debug.fail",
+            Priority::High,
+            json!({"times": 0, "pad": "x".repeat(100)}),
+        );
+        let bytes = spec.payload_bytes;
+        let id = queues.enqueue(spec, None).unwrap().id;
+        assert_eq!(queues.report().retained_payload_bytes, bytes);
+        let ticket = queues.take(Priority::High).unwrap();
+        assert_eq!(ticket.spec.payload["pad"].as_str().map(str::len), Some(100));
+        assert_eq!(
+            queues.finish(id, Outcome::Succeeded(json!({"ok": true})), Duration::ZERO),
+            None
+        );
+        assert_eq!(queues.report().retained_payload_bytes, 0);
+        let view = queues.view(id).unwrap();
+        assert_eq!(
+            (view["state"].clone(), view["result"].clone()),
+            (json!("done"), json!({"ok": true}))
+        );
+        assert_eq!(view["finish_seq"], 0);
+        assert_eq!(counters(&queues, Priority::High).processed, 1);
+        // The running attempt's ticket still holds the payload it started with; the record not.
+        let state = queues.state.borrow();
+        assert_eq!(state.jobs[&id].spec.payload, Value::Null);
+    }
+
+    #[test]
+    fn a_replay_puts_a_dead_letter_back_with_fresh_attempts_and_its_overrides() {
+        let (_, queues, _) = lone_shard(small_settings());
+        let unknown = JobId {
+            shard: 0,
+            generation: 1,
+            seq: 99,
+        };
+        assert_eq!(
+            queues.replay(unknown, Overrides::default()),
+            Err(ReplayError::NotFound)
+        );
+        let id = dead_letter(&queues, Priority::Medium, 7);
+        let overrides = Overrides {
+            timeout_ms: Some(250),
+            max_attempts: Some(4),
+        };
+        // A full class takes no replay.
+        let filler = || job("debug.fail", Priority::Medium, json!({"times": 0}));
+        for _ in 0..3 {
+            queues.enqueue(filler(), None).unwrap();
+        }
+        assert_eq!(queues.replay(id, overrides), Err(ReplayError::Full));
+        for _ in 0..3 {
+            attempt(&queues, Priority::Medium, Outcome::Succeeded(json!(0)));
+        }
+        let view = queues.replay(id, overrides).expect("replayed");
+        assert_eq!(
+            [
+                &view["state"],
+                &view["attempts"],
+                &view["replays"],
+                &view["max_attempts"],
+                &view["timeout_ms"]
+            ],
+            [
+                &json!("queued"),
+                &json!(0),
+                &json!(1),
+                &json!(4),
+                &json!(250)
+            ]
+        );
+        assert_eq!(queues.replay(id, overrides), Err(ReplayError::NotDead));
+        assert!(queues.dead_letters().is_empty());
+        assert_eq!(
+            queues.report().retained_payload_bytes,
+            7,
+            "queued again, still its payload"
+        );
+        let ticket = queues.take(Priority::Medium).expect("waits again");
+        assert_eq!((ticket.id, ticket.attempt), (id, 1));
+        let counters = counters(&queues, Priority::Medium);
+        assert_eq!((counters.replayed, counters.rejected), (1, 1));
+    }
+
+    #[test]
+    fn the_report_gives_gauges_and_the_interval_s_waits() {
+        let (runtime, queues, _) = lone_shard(small_settings());
+        let spec = || job("debug.fail", Priority::Background, json!({"times": 0}));
+        queues.enqueue(spec(), None).unwrap();
+        queues.enqueue(spec(), None).unwrap();
+        runtime.advance(Duration::from_millis(250));
+        queues.take(Priority::Background).unwrap();
+        let report = queues.report();
+        let background = &report.classes[Priority::Background.index()];
+        assert_eq!(
+            (background.size, background.in_flight, background.retrying),
+            (1, 1, 0)
+        );
+        assert_eq!(report.queued(), 1);
+        assert_eq!(background.wait.len(), 1);
+        let waited = background.wait.max();
+        assert!((247_000..=253_000).contains(&waited), "{waited} µs");
+        assert!(
+            queues.report().classes[Priority::Background.index()]
+                .wait
+                .is_empty(),
+            "a new interval"
+        );
+    }
+
+    #[test]
+    fn a_class_whose_oldest_job_waits_gets_more_weight_until_it_is_taken() {
+        let (runtime, queues, _) = lone_shard(small_settings());
+        queues
+            .enqueue(
+                job("debug.fail", Priority::Background, json!({"times": 0})),
+                None,
+            )
+            .unwrap();
+        queues.refresh_weights();
+        assert_eq!(runtime.weights(), [8, 4, 2, 1], "no wait yet");
+        runtime.advance(Duration::from_secs(2));
+        queues.refresh_weights();
+        assert_eq!(runtime.weights(), [8, 4, 2, 3], "two aging steps");
+        assert_eq!(
+            queues.report().classes[Priority::Background.index()].weight,
+            3
+        );
+        queues.take(Priority::Background).unwrap();
+        queues.refresh_weights();
+        assert_eq!(runtime.weights(), [8, 4, 2, 1]);
+    }
+
+    #[test]
+    fn shedding_pauses_low_and_background_until_a_shutdown_drains_them() {
+        let (_, queues, control) = lone_shard(small_settings());
+        let paused = || Priority::ALL.map(|class| queues.shedding(class));
+        assert_eq!(paused(), [false; 4]);
+        control.set_shed_low_priority(true);
+        assert_eq!(paused(), [false, false, true, true]);
+        control.begin_shutdown();
+        assert_eq!(paused(), [false; 4]);
+    }
+}
