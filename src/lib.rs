@@ -5,8 +5,9 @@
 //! connection's life. A monitor thread on its own core (or a shared one on small hosts) merges the
 //! shards' metric reports and publishes the status bodies. Shards talk to the rest only over
 //! lock-free channels and immutable published snapshots. Under glommio no lock sits on the
-//! request path; under may, whose coroutines can resume on another worker, one per-shard lock
-//! (uncontended: only the shard's own worker takes it in the steady state) guards the app.
+//! request path; under may, whose coroutines can resume on another of the shard's carrier
+//! threads, one per-shard lock (uncontended: only the shard's serving carrier takes it in the
+//! steady state) guards the app.
 //!
 //! # Layout
 //! - [`config`]: flags and the seed's environment variables, validated in one place.
@@ -22,7 +23,8 @@
 //! - [`monitor`]: the monitor core: merging, sampling, the evaluation round (alerts, trends,
 //!   health score, auto-recovery, auto-scaling), the webhook, rendering of status bodies, the
 //!   Prometheus text and the dashboard.
-//! - [`queue`]: per-core priority queues: classes, workers, retries, dead letters, hand-off.
+//! - [`queue`]: per-core priority queues: classes, the request gate's turns, queue workers,
+//!   retries, dead letters, hand-off between shards, the durable (PostgreSQL) job tier.
 //! - [`server`]: start-up and graceful shutdown.
 
 pub mod app;

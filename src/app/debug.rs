@@ -2,7 +2,7 @@
 //!
 //! Compiled in and switched on by `--debug-routes`: the router matches [`ROUTES`] only then
 //! ([`super::routes::match_route`]), and the queues register their debug job kinds only then
-//! ([`crate::queue::kinds`]); those record their side effects here ([`record_effect`]), which
+//! ([`crate::queue::job_kinds`]); those record their side effects here ([`record_effect`]), which
 //! `GET /debug/effects` shows. The production table lists none of this.
 
 use std::collections::BTreeMap;

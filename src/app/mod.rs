@@ -34,7 +34,7 @@ pub use accept::AcceptDecision;
 pub use factory::AppFactory;
 
 use crate::db::DbClient;
-use crate::http::AdmissionWait;
+use crate::http::TurnWait;
 use crate::http::{
     quote_input, HttpDate, HttpError, Reply, Request, Response, Service, StatusCode,
 };
@@ -58,8 +58,8 @@ pub struct ShardApp {
     route_classes: Vec<Option<Priority>>,
     /// Where classed requests take turns; `None` when no route has a class.
     gate: Option<Rc<RequestGate>>,
-    /// The route [`Service::admit`] found, so that `call` does not match it again.
-    admitted_route: Option<Match>,
+    /// The route [`Service::turn_wait`] found, so that `call` does not match it again.
+    route_awaiting_turn: Option<Match>,
     /// This shard's way to the database; `None` when none is configured.
     db: Option<DbClient>,
     /// (route, status) of answers given later (database replies), counted at the next tick.
@@ -90,7 +90,7 @@ impl ShardApp {
                 &routes::default_classes(),
             ),
             gate: None,
-            admitted_route: None,
+            route_awaiting_turn: None,
             db: None,
             late: Rc::default(),
         }
@@ -154,7 +154,7 @@ impl ShardApp {
 }
 
 impl Service for ShardApp {
-    fn admit(&mut self, request: &Request<'_>) -> Option<AdmissionWait> {
+    fn turn_wait(&mut self, request: &Request<'_>) -> Option<TurnWait> {
         let gate = self.gate.as_ref()?;
         let matched = routes::match_route(request.method, request.path, self.debug_routes);
         let class = match matched {
@@ -163,13 +163,13 @@ impl Service for ShardApp {
         };
         let wait = class.and_then(|class| gate.wait_for_turn(class, std::time::Instant::now()));
         if wait.is_none() {
-            self.admitted_route = Some(matched);
+            self.route_awaiting_turn = Some(matched);
         }
         wait
     }
 
     fn call(&mut self, request: &Request<'_>) -> Reply {
-        let matched = self.admitted_route.take().unwrap_or_else(|| {
+        let matched = self.route_awaiting_turn.take().unwrap_or_else(|| {
             routes::match_route(request.method, request.path, self.debug_routes)
         });
         let (route_index, reply) = match matched {

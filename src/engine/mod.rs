@@ -6,7 +6,7 @@
 //! For the shard's priority queues an engine also implements [`crate::queue::QueueRuntime`]
 //! (a task per class with its CPU share, timers), and, when a route has a class, takes the turns
 //! of the shard's request gate once per pass of its event loop ([`crate::queue::gate`]) and
-//! awaits a request's turn ([`crate::http::Step::Admit`]).
+//! awaits a request's turn ([`crate::http::Step::AwaitTurn`]).
 //!
 //! What both engines need (the choice of engine, the connection settings, a generation's thread
 //! and its end, sending metrics reports, timer periods) lives here; what a generation does at each

@@ -7,7 +7,7 @@
 //!         Step::Read => { write conn.output(); read into conn.read_buf(); conn.filled(n, now) }
 //!         Step::Flush => write conn.output(),
 //!         Step::Await(future) => { write conn.output(); conn.resume(future.await, ..) }
-//!         Step::Admit(turn) => { write conn.output(); turn.await; conn.admitted(..) }
+//!         Step::AwaitTurn(turn) => { write conn.output(); turn.await; conn.turn_came(..) }
 //!         Step::Close => { write conn.output(); close }
 //!     }
 //! }
@@ -52,14 +52,14 @@ pub trait Service {
     /// `count` responses became ready `latency` after their requests arrived.
     fn responded(&mut self, count: u64, latency: Duration);
     /// Asked before [`Service::call`]: `None` lets the request run now; a future makes it wait
-    /// for its class's turn ([`Step::Admit`]), after which it is called without asking again.
-    fn admit(&mut self, _request: &Request<'_>) -> Option<AdmissionWait> {
+    /// for its class's turn ([`Step::AwaitTurn`]), after which it is called without asking again.
+    fn turn_wait(&mut self, _request: &Request<'_>) -> Option<TurnWait> {
         None
     }
 }
 
-/// A request's wait for its turn to run (see [`Service::admit`]).
-pub type AdmissionWait = Pin<Box<dyn Future<Output = ()>>>;
+/// A request's wait for its turn to run (see [`Service::turn_wait`]).
+pub type TurnWait = Pin<Box<dyn Future<Output = ()>>>;
 
 /// A panic payload that is not contained to one request: it takes the whole shard down, so the
 /// supervisor restarts it. Only the debug routes raise it.
@@ -74,8 +74,8 @@ pub enum Step {
     Flush,
     /// Write [`Connection::output`], await the future, and hand its response to `resume`.
     Await(PendingResponse),
-    /// Write [`Connection::output`], await the request's turn, then call `admitted`.
-    Admit(AdmissionWait),
+    /// Write [`Connection::output`], await the request's turn, then call `turn_came`.
+    AwaitTurn(TurnWait),
     /// Write [`Connection::output`], then close the connection.
     Close,
 }
@@ -142,10 +142,10 @@ pub struct Connection {
     awaiting: Option<Awaiting>,
     /// Responses encoded in this `advance` call, recorded together when it returns.
     batch: u64,
-    /// The buffered request waits for its turn ([`Step::Admit`]); when its bytes were read.
-    admitting: Option<Instant>,
+    /// The buffered request waits for its turn ([`Step::AwaitTurn`]); when its bytes were read.
+    awaiting_turn_since: Option<Instant>,
     /// The buffered request's turn came: it runs without asking again.
-    admitted: bool,
+    had_its_turn: bool,
 }
 
 impl Connection {
@@ -164,8 +164,8 @@ impl Connection {
             continue_sent: false,
             awaiting: None,
             batch: 0,
-            admitting: None,
-            admitted: false,
+            awaiting_turn_since: None,
+            had_its_turn: false,
         }
     }
 
@@ -207,7 +207,7 @@ impl Connection {
     /// When the connection must be closed if nothing changes, and why; `None` while a handler
     /// is still working on a response.
     pub fn deadline(&self) -> Option<(Instant, TimeoutKind)> {
-        if self.awaiting.is_some() || self.admitting.is_some() {
+        if self.awaiting.is_some() || self.awaiting_turn_since.is_some() {
             return None;
         }
         Some(match self.request_started {
@@ -261,14 +261,14 @@ impl Connection {
         self.advance(service, now)
     }
 
-    /// The turn awaited by a [`Step::Admit`] came: runs the request, then goes on like `advance`.
+    /// The turn awaited by a [`Step::AwaitTurn`] came: runs the request, then goes on like `advance`.
     /// Its latency runs from when its bytes were read: the wait is part of it.
-    pub fn admitted<S: Service>(&mut self, service: &mut S, now: Instant) -> Step {
+    pub fn turn_came<S: Service>(&mut self, service: &mut S, now: Instant) -> Step {
         let read_at = self
-            .admitting
+            .awaiting_turn_since
             .take()
-            .expect("admitted without a request waiting");
-        self.admitted = true;
+            .expect("a turn came without a request waiting");
+        self.had_its_turn = true;
         self.advance_from(service, now, read_at)
     }
 
@@ -299,9 +299,9 @@ impl Connection {
                 Next::NeedBytes => return Step::Read,
                 Next::Answered => {}
                 Next::Await(future) => return Step::Await(future),
-                Next::Admit(turn) => {
-                    self.admitting = Some(now);
-                    return Step::Admit(turn);
+                Next::AwaitTurn(turn) => {
+                    self.awaiting_turn_since = Some(now);
+                    return Step::AwaitTurn(turn);
                 }
             }
         }
@@ -349,10 +349,10 @@ impl Connection {
             keep_alive: request.keep_alive,
             http10: head.http10,
         };
-        if !std::mem::take(&mut self.admitted) {
-            if let Some(turn) = service.admit(&request) {
+        if !std::mem::take(&mut self.had_its_turn) {
+            if let Some(turn) = service.turn_wait(&request) {
                 // The request stays buffered, parsed again when its turn comes.
-                return Next::Admit(turn);
+                return Next::AwaitTurn(turn);
             }
         }
         let reply = catch_unwind(AssertUnwindSafe(|| service.call(&request)));
@@ -417,7 +417,7 @@ enum Next {
     NeedBytes,
     Answered,
     Await(PendingResponse),
-    Admit(AdmissionWait),
+    AwaitTurn(TurnWait),
 }
 
 /// The message of a panic payload, for logs.

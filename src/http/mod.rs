@@ -20,7 +20,7 @@ pub mod parse;
 pub mod request;
 pub mod response;
 
-pub use conn::{AdmissionWait, Connection, Limits, Service, Step, Timeouts};
+pub use conn::{Connection, Limits, Service, Step, Timeouts, TurnWait};
 pub use date::HttpDate;
 pub use error::{clip_parser_message, quote_input, HttpError};
 pub use request::{Method, Request};

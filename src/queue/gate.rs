@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::{Priority, Turns};
-use crate::http::AdmissionWait;
+use crate::http::TurnWait;
 
 /// Classed requests (below high) that may run per turn of the event loop. At a few
 /// microseconds each this keeps a pass of the loop, and so the wait of a high request that
@@ -83,7 +83,7 @@ impl RequestGate {
 
     /// `None`: a request of `class`, arriving `now`, runs at once. Otherwise the future ends
     /// when its turn comes.
-    pub fn wait_for_turn(&self, class: Priority, now: Instant) -> Option<AdmissionWait> {
+    pub fn wait_for_turn(&self, class: Priority, now: Instant) -> Option<TurnWait> {
         let mut state = self.state.borrow_mut();
         let index = class.index();
         state.last_seen[index] = Some(now);
@@ -104,7 +104,7 @@ impl RequestGate {
             drop(state);
             (self.kick)();
         }
-        Some(Box::pin(TurnWait(waiter)))
+        Some(Box::pin(WaitingForTurn(waiter)))
     }
 
     /// One turn of the event loop: refills the budget and lets waiting requests go by class
@@ -145,9 +145,9 @@ impl RequestGate {
     }
 }
 
-struct TurnWait(Rc<Waiter>);
+struct WaitingForTurn(Rc<Waiter>);
 
-impl Future for TurnWait {
+impl Future for WaitingForTurn {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -181,7 +181,7 @@ mod tests {
         }
     }
 
-    fn granted(wait: &mut AdmissionWait) -> bool {
+    fn granted(wait: &mut TurnWait) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         wait.as_mut().poll(&mut cx).is_ready()
     }
@@ -241,7 +241,7 @@ mod tests {
         let (gate, _) = gate();
         let now = Instant::now();
         engage_and_spend(&gate, Priority::Low, now);
-        let mut waits: Vec<(Priority, AdmissionWait)> = Vec::new();
+        let mut waits: Vec<(Priority, TurnWait)> = Vec::new();
         for _ in 0..40 {
             for class in [Priority::Medium, Priority::Low, Priority::Background] {
                 waits.push((class, gate.wait_for_turn(class, now).expect("waits")));

@@ -127,11 +127,11 @@ async fn serve(mut s: Serving) {
                 s.conn
                     .resume(response, &mut *shard.app.borrow_mut(), Instant::now())
             }
-            Step::Admit(turn) => {
+            Step::AwaitTurn(turn) => {
                 s.shared.deadline.set(None);
                 turn.await;
                 s.conn
-                    .admitted(&mut *shard.app.borrow_mut(), Instant::now())
+                    .turn_came(&mut *shard.app.borrow_mut(), Instant::now())
             }
         };
     }

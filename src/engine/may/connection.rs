@@ -181,13 +181,13 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
                 }
                 shard.with_app(|app| conn.resume(response, app, Instant::now()))
             }
-            Step::Admit(turn) => {
+            Step::AwaitTurn(turn) => {
                 let Some(((), socket_woke)) = await_future(&shard, turn, &stream, &shared, &waker)
                 else {
                     return;
                 };
                 drained &= !socket_woke;
-                shard.with_app(|app| conn.admitted(app, Instant::now()))
+                shard.with_app(|app| conn.turn_came(app, Instant::now()))
             }
         };
     }

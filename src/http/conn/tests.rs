@@ -337,12 +337,12 @@ impl Service for Gated {
         self.echo.responded(count, latency);
         self.latencies.push(latency);
     }
-    fn admit(&mut self, request: &Request<'_>) -> Option<AdmissionWait> {
+    fn turn_wait(&mut self, request: &Request<'_>) -> Option<TurnWait> {
         self.asked.push(request.path.to_string());
         request
             .path
             .starts_with("/wait")
-            .then(|| Box::pin(async {}) as AdmissionWait)
+            .then(|| Box::pin(async {}) as TurnWait)
     }
 }
 
@@ -356,7 +356,7 @@ fn a_request_that_waits_for_its_turn_keeps_its_place_and_its_latency() {
         b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /wait HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n",
         read_at,
     );
-    let Step::Admit(_turn) = conn.advance(&mut gated, read_at) else {
+    let Step::AwaitTurn(_turn) = conn.advance(&mut gated, read_at) else {
         panic!("the second request waits for its turn");
     };
     assert_eq!(bodies(conn.output()), ["/a:0"], "the first is answered");
@@ -364,14 +364,14 @@ fn a_request_that_waits_for_its_turn_keeps_its_place_and_its_latency() {
     assert!(!conn.is_idle());
     conn.clear_output();
     std::thread::sleep(Duration::from_millis(20));
-    let step = conn.admitted(&mut gated, Instant::now());
+    let step = conn.turn_came(&mut gated, Instant::now());
     assert!(matches!(step, Step::Read));
     assert_eq!(
         bodies(conn.output()),
         ["/wait:0", "/b:0"],
         "in order, after its turn"
     );
-    // Asked once each: the admitted request is not asked again.
+    // Asked once each: a request that had its turn is not asked again.
     assert_eq!(gated.asked, ["/a", "/wait", "/b"]);
     assert_eq!(gated.echo.responded, 3);
     let waited = *gated.latencies.last().unwrap();
