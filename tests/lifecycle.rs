@@ -71,6 +71,74 @@ fn a_crashed_shard_restarts_on_its_core_and_the_others_keep_serving() {
     });
 }
 
+/// CPUs in a `Cpus_allowed_list` value (`0-3,6`).
+fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// A field of `/proc/<path>/status`, e.g. `Cpus_allowed_list`.
+fn proc_status_field(path: &str, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{path}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{path}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{path}/status"))
+        .trim()
+        .to_string()
+}
+
+/// What the kernel says, not the `cpu` the server reports: each shard's thread may run on its
+/// one CPU only, and no two shards share one. The thread is the one whose id the status
+/// reports, checked to be a thread of the process (and on glommio, to carry the shard's name;
+/// may's worker threads carry none).
+#[test]
+fn each_shard_thread_is_pinned_to_a_cpu_of_its_own() {
+    let allowed = parse_cpu_list(&proc_status_field("self", "Cpus_allowed_list"));
+    let cpus: Vec<usize> = allowed.into_iter().take(2).collect();
+    assert_eq!(cpus.len(), 2, "this test needs two CPUs");
+    let cpu_list = format!("{},{}", cpus[0], cpus[1]);
+    each_engine(|engine| {
+        let server = Server::start(engine, &["--shards", "2", "--shard-cpus", &cpu_list]);
+        let status = server.wait_for_status("every shard's thread id", |s| {
+            s["shards"]
+                .as_array()
+                .is_some_and(|shards| shards.iter().all(|shard| shard["tid"].as_i64() > Some(0)))
+        });
+        let pid = server.child.id();
+        let mut pinned_to = Vec::new();
+        for shard in status["shards"].as_array().unwrap() {
+            let id = shard["id"].as_u64().unwrap();
+            let tid = shard["tid"].as_i64().unwrap();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .unwrap_or_else(|e| panic!("shard {id}'s thread {tid} is not ours: {e}"));
+            if engine == "glommio" {
+                // glommio names an executor's thread `<name>-<executor id>`.
+                assert!(
+                    comm.starts_with(&format!("shard-{id}-")),
+                    "thread {tid}: {comm}"
+                );
+            }
+            assert_ne!(tid, i64::from(pid), "shard {id} reports the main thread");
+            let list = proc_status_field(&format!("{pid}/task/{tid}"), "Cpus_allowed_list");
+            let allowed = parse_cpu_list(&list);
+            assert_eq!(
+                allowed.len(),
+                1,
+                "shard {id} (thread {tid}) may run on {list}"
+            );
+            pinned_to.push(allowed[0]);
+        }
+        pinned_to.sort_unstable();
+        assert_eq!(pinned_to, cpus, "the shards' CPUs, read from /proc");
+    });
+}
+
 /// Signals go only once the shard has taken the `/debug/sleep` request (the route counts it
 /// when the handler starts), so the request is in flight rather than unread.
 fn wait_until_sleep_in_flight(server: &Server) {
