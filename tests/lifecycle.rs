@@ -556,23 +556,69 @@ fn a_second_server_on_a_served_port_is_refused_unless_a_handover_is_asked_for() 
 /// A credential in a database URL, in each form it can take.
 const SECRET: &str = "s3cr3t-value";
 
+/// Every exit path that shows a database URL, with the credential in each form it can take:
+/// the primary refusing connections (exit 1, `serve` and `migrate`) and settings refused at
+/// start-up (exit 2, the primary's and a replica's).
 #[test]
 fn database_url_credentials_appear_in_no_exit_message() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unused.local_addr().unwrap().port();
+    let refused = unused.local_addr().unwrap().port();
     drop(unused);
-    let unreachable =
-        format!("postgres://u:{SECRET}@127.0.0.1:{port}/db?password={SECRET}&sslmode=disable");
-    let refused_option = format!("postgres://u@127.0.0.1:{port}/db?sslpassword={SECRET}");
-    for (url, code) in [(unreachable, 1), (refused_option, 2)] {
-        let (exit, stderr) = run_to_exit(
-            &["--connect-timeout", "500"],
-            &[("DATABASE_URL", &url)],
-            None,
+    let every_form = |port: u16| {
+        format!("postgres://u:{SECRET}@127.0.0.1:{port}/db?password={SECRET}&sslmode=disable")
+    };
+    let refused_url = every_form(refused);
+    let option = |name: &str| format!("postgres://u@127.0.0.1:{refused}/db?{name}={SECRET}");
+    let replica = format!("postgres://u:{SECRET}@127.0.0.1:{refused}/db?weight=0");
+    // (subcommand, variables, exit code, the variable the message names)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, i32, &'a str);
+    let mut cases: Vec<Case> = vec![
+        (
+            "serve",
+            vec![("DATABASE_URL", refused_url.clone())],
+            1,
+            "DATABASE_URL",
+        ),
+        (
+            "migrate",
+            vec![("DATABASE_URL", refused_url)],
+            1,
+            "DATABASE_URL",
+        ),
+        (
+            "serve",
+            vec![
+                ("DATABASE_URL", format!("postgres://127.0.0.1:{refused}/db")),
+                ("DB_READ_REPLICA_1", replica),
+            ],
+            2,
+            "DB_READ_REPLICA_1",
+        ),
+    ];
+    for name in ["sslpassword", "passwd", "client_secret", "api_token"] {
+        for subcommand in ["serve", "migrate"] {
+            cases.push((
+                subcommand,
+                vec![("DATABASE_URL", option(name))],
+                2,
+                "DATABASE_URL",
+            ));
+        }
+    }
+    for (subcommand, env, code, variable) in cases {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (exit, stderr) = run_to_exit(&["--connect-timeout", "500", subcommand], &env, None);
+        let case = format!("{subcommand} {env:?}");
+        assert_eq!(exit, code, "{case}: {stderr}");
+        assert!(stderr.contains(variable), "{case}: {stderr}");
+        assert!(
+            stderr.contains("***"),
+            "{case}: the URL is not shown: {stderr}"
         );
-        assert_eq!(exit, code, "{stderr}");
-        assert!(stderr.contains("DATABASE_URL"), "{stderr}");
-        assert!(!stderr.contains(SECRET), "credential leaked: {stderr}");
+        assert!(
+            !stderr.contains(SECRET),
+            "{case}: credential leaked: {stderr}"
+        );
     }
 }
 
