@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{each_engine, wait_for, Client, Server};
 use serde_json::{json, Value};
@@ -730,6 +730,51 @@ fn request_classes_take_turns_at_the_gate_and_lose_nothing() {
         }
         assert!(answered > 0, "nothing answered before the stop");
         assert!(server.wait_exit(PATIENCE).success());
+    });
+}
+
+/// "A graceful shutdown runs the queued ones (within `SHUTDOWN_TIMEOUT`)": jobs still queued in
+/// a shard's memory at SIGTERM run before the process exits. One background worker runs them
+/// one after another, so the exit cannot come before the queued jobs' sleeps add up, and a
+/// shard that stopped with jobs unfinished says so in the log.
+#[test]
+fn sigterm_runs_the_jobs_still_queued_before_exiting() {
+    const JOB_MS: u64 = 400;
+    each_engine(|engine| {
+        let mut server = Server::start_with(
+            engine,
+            &[
+                "--shards",
+                "1",
+                "--debug-routes",
+                "--shutdown-timeout",
+                "15000",
+            ],
+            &[("QUEUE_BACKGROUND_WORKERS", "1")],
+        );
+        let body = json!({"kind": "debug.sleep", "class": "background", "payload": {"ms": JOB_MS}});
+        let ids = enqueue_batch(&mut server.connect(), &vec![body; 6]);
+        // A job the status shows not done now was not done at `checked` either; at most one of
+        // them had started, so at least `pending - 1` whole sleeps remained then.
+        let checked = Instant::now();
+        let pending = ids
+            .iter()
+            .filter(|id| job(&server, id)["state"] != "done")
+            .count() as u64;
+        assert!(
+            pending >= 2,
+            "the jobs ran before the test could stop the server"
+        );
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_exit(Duration::from_secs(30)).success());
+        let took = checked.elapsed();
+        assert!(
+            took >= Duration::from_millis((pending - 1) * JOB_MS),
+            "exited {took:?} after {pending} jobs of {JOB_MS} ms were still queued"
+        );
+        let log = server.log_lines().join("\n");
+        assert!(!log.contains("unfinished"), "{log}");
+        assert!(log.contains("stopped in"), "{log}");
     });
 }
 
