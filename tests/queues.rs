@@ -581,35 +581,42 @@ fn low_and_background_workers_pause_while_low_priority_work_is_shed() {
                 })
             })
             .collect();
-        wait_for("shed_low_priority to be raised", PATIENCE, || {
-            shedding(&server).then_some(())
-        });
         let mut client = server.connect();
         let sleep_job =
             |class: &str| json!({"kind": "debug.sleep", "class": class, "payload": {"ms": 1}});
-        let held: Vec<String> = ["low", "background", "low", "background"]
-            .iter()
-            .map(|class| enqueue_ok(&mut client, &sleep_job(class)))
-            .collect();
-        let high: Vec<String> = (0..4)
-            .map(|_| enqueue_ok(&mut client, &sleep_job("high")))
-            .collect();
-        for id in &high {
-            wait_for_state(&server, id, "done");
+        // The alert can clear for a moment on a loaded host: a round where it did proves
+        // nothing and is run again, but one round must see the pause.
+        let mut held: Vec<String> = Vec::new();
+        let mut paused = false;
+        for _ in 0..5 {
+            wait_for("shed_low_priority to be raised", PATIENCE, || {
+                shedding(&server).then_some(())
+            });
+            held = ["low", "background", "low", "background"]
+                .iter()
+                .map(|class| enqueue_ok(&mut client, &sleep_job(class)))
+                .collect();
+            let high: Vec<String> = (0..4)
+                .map(|_| enqueue_ok(&mut client, &sleep_job("high")))
+                .collect();
+            for id in &high {
+                wait_for_state(&server, id, "done");
+            }
+            // Observed between two looks that both see the shedding: the pause, not a race.
+            let states: Vec<Value> = held
+                .iter()
+                .map(|id| job(&server, id)["state"].clone())
+                .collect();
+            if shedding(&server) {
+                assert!(states.iter().all(|s| s == "queued"), "{states:?}");
+                paused = true;
+                break;
+            }
+            eprintln!("the alert cleared while looking; held jobs: {states:?}; again");
         }
-        // Observed between two looks that both see the shedding: the pause, not a race.
-        let states: Vec<Value> = held
-            .iter()
-            .map(|id| job(&server, id)["state"].clone())
-            .collect();
-        let still_shedding = shedding(&server);
+        assert!(paused, "the alert never held through a round");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         flood.into_iter().for_each(|t| t.join().unwrap());
-        if still_shedding {
-            assert!(states.iter().all(|s| s == "queued"), "{states:?}");
-        } else {
-            eprintln!("the alert cleared while looking; held jobs: {states:?}");
-        }
         wait_for("shed_low_priority to be lowered", PATIENCE, || {
             (!shedding(&server)).then_some(())
         });
