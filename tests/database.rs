@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
+use common::users::{create_user, write_then_read_own_write};
 use common::{each_engine, Client, Server};
 
 fn start_server(
@@ -35,16 +36,6 @@ fn start_server(
     ];
     base.extend_from_slice(args);
     Server::start_with(engine, &base, &all)
-}
-
-fn create_user(client: &mut Client, name: &str, email: &str) -> common::Response {
-    let body = serde_json::json!({ "name": name, "email": email }).to_string();
-    client.request(
-        "POST",
-        "/api/users",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
 }
 
 /// A write's `X-Commit-LSN` as a number.
@@ -165,35 +156,39 @@ fn read_your_writes_never_returns_stale_data() {
     let cluster = PgCluster::shared();
     each_engine(|engine| {
         let db = cluster.create_database(&format!("ryw_{engine}"));
-        let server = start_server(engine, cluster, &db, &[], &[]);
+        // A replica on this host replays a commit within milliseconds; the long wait keeps a
+        // slow moment of the host from sending a read to the primary.
+        let server = start_server(
+            engine,
+            cluster,
+            &db,
+            &["--read-your-writes-wait", "5000"],
+            &[],
+        );
         let before = node_requests(&server);
         let mut client = server.connect();
-        for i in 0..1_000 {
-            let email = format!("ryw{i}@example.com");
-            let created = create_user(&mut client, "Ryw", &email);
-            assert_eq!(created.status, 201, "{}", created.text());
-            let lsn = created
-                .header("X-Commit-LSN")
-                .expect("X-Commit-LSN")
-                .to_string();
-            let id = created.json()["id"].as_i64().unwrap();
-            let read = client.request(
-                "GET",
-                &format!("/api/users/{id}"),
-                &[("X-Min-LSN", &lsn)],
-                b"",
-            );
-            assert_eq!(read.status, 200, "pair {i}: stale read: {}", read.text());
-            assert_eq!(read.json()["email"], email.as_str(), "pair {i}");
+        const PAIRS: u64 = 1_000;
+        for i in 0..PAIRS {
+            write_then_read_own_write(&mut client, "Ryw", &format!("ryw{i}@example.com"));
         }
-        let after = node_requests(&server);
-        let replica_reads: u64 = (1..=3)
-            .map(|i| {
-                let name = format!("replica{i}");
-                after[&name] - before[&name]
-            })
-            .sum();
-        assert!(replica_reads > 0, "replicas served none of the reads");
+        let delta = |status: &serde_json::Value, name: &str| {
+            let nodes = status["database"]["nodes"].as_array().unwrap();
+            let node = nodes.iter().find(|n| n["name"] == name).unwrap();
+            node["requests"].as_u64().unwrap() - before[name]
+        };
+        let nodes = ["primary", "replica1", "replica2", "replica3"];
+        let after = server.wait_for_status("every write and read counted", |status| {
+            nodes.iter().map(|n| delta(status, n)).sum::<u64>() >= 2 * PAIRS
+        });
+        // Reads go to a replica that has replayed the write (it waits for it), the primary
+        // only when none could: with the wait above, (almost) never.
+        let replica_reads: u64 = nodes[1..].iter().map(|n| delta(&after, n)).sum();
+        let share = replica_reads as f64 / PAIRS as f64;
+        assert!(
+            share >= 0.98,
+            "replicas served {replica_reads} of {PAIRS} reads; the primary {}",
+            delta(&after, "primary")
+        );
         // A bad position is refused with a clear error.
         let bad = client.request("GET", "/api/users/1", &[("X-Min-LSN", "yesterday")], b"");
         assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_lsn"));

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
+use common::users::{create_user, write_then_read_own_write};
 use common::{each_engine, Client, Server};
 
 fn start_server(engine: &str, cluster: &PgCluster, db: &str, args: &[&str]) -> Server {
@@ -36,11 +37,6 @@ fn wait_for_every_node_up(server: &Server) {
             .iter()
             .all(|n| n["state"] == "up")
     });
-}
-
-fn create_user(client: &mut Client, email: &str) -> common::Response {
-    let body = serde_json::json!({ "name": "Fail", "email": email }).to_string();
-    client.request("POST", "/api/users", &[], body.as_bytes())
 }
 
 fn node<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -116,7 +112,7 @@ fn a_stopped_replica_is_ejected_without_failing_a_read_and_returns() {
             &db,
             &["--replica-strategy", "round-robin"],
         );
-        let created = create_user(&mut server.connect(), "seen@example.com");
+        let created = create_user(&mut server.connect(), "Fail", "seen@example.com");
         assert_eq!(created.status, 201, "{}", created.text());
         let id = created.json()["id"].as_i64().unwrap();
         std::thread::sleep(Duration::from_millis(300));
@@ -238,7 +234,7 @@ fn with_the_primary_stopped_writes_fail_fast_and_reads_go_on() {
         let db = cluster.create_database(&format!("failover_{engine}"));
         let server = start_server(engine, &cluster, &db, &[]);
         let mut client = server.connect();
-        let created = create_user(&mut client, "before@example.com");
+        let created = create_user(&mut client, "Fail", "before@example.com");
         assert_eq!(created.status, 201, "{}", created.text());
         let id = created.json()["id"].as_i64().unwrap();
         std::thread::sleep(Duration::from_millis(300));
@@ -246,7 +242,7 @@ fn with_the_primary_stopped_writes_fail_fast_and_reads_go_on() {
         cluster.stop("primary");
         for i in 0..20 {
             let started = Instant::now();
-            let write = create_user(&mut client, &format!("down{i}@example.com"));
+            let write = create_user(&mut client, "Fail", &format!("down{i}@example.com"));
             let took = started.elapsed();
             assert_eq!(write.status, 503, "write {i}: {}", write.text());
             assert!(
@@ -271,7 +267,7 @@ fn with_the_primary_stopped_writes_fail_fast_and_reads_go_on() {
         );
         // Shut out: a write now fails without waiting on the network.
         let started = Instant::now();
-        let write = create_user(&mut client, "fast@example.com");
+        let write = create_user(&mut client, "Fail", "fast@example.com");
         assert_eq!(
             (write.status, write.error_code().as_str()),
             (503, "database_unavailable")
@@ -286,6 +282,7 @@ fn with_the_primary_stopped_writes_fail_fast_and_reads_go_on() {
         common::wait_for("writes to succeed again", Duration::from_secs(15), || {
             let write = create_user(
                 &mut Client::connect(server.addr),
+                "Fail",
                 &format!("back{}@example.com", rand_suffix()),
             );
             (write.status == 201).then_some(())
@@ -338,19 +335,7 @@ fn a_read_waiting_for_replay_looks_a_few_times_then_reads_the_primary() {
         }
         let mut client = server.connect();
         for i in 0..READS {
-            let email = format!("wait{i}@example.com");
-            let created = create_user(&mut client, &email);
-            assert_eq!(created.status, 201, "{}", created.text());
-            let lsn = created.header("X-Commit-LSN").unwrap().to_string();
-            let id = created.json()["id"].as_i64().unwrap();
-            let read = client.request(
-                "GET",
-                &format!("/api/users/{id}"),
-                &[("X-Min-LSN", &lsn)],
-                b"",
-            );
-            assert_eq!(read.status, 200, "read {i}: {}", read.text());
-            assert_eq!(read.json()["email"], email.as_str(), "read {i}");
+            write_then_read_own_write(&mut client, "Fail", &format!("wait{i}@example.com"));
         }
         let looks = replay_checks(&server.cluster_status()) - before;
         for replica in replicas {
@@ -432,7 +417,7 @@ fn a_replica_that_hangs_is_ejected_without_stalling_a_shard_or_failing_a_read() 
                 "4000",
             ],
         );
-        let created = create_user(&mut server.connect(), "hang@example.com");
+        let created = create_user(&mut server.connect(), "Fail", "hang@example.com");
         assert_eq!(created.status, 201, "{}", created.text());
         let id = created.json()["id"].as_i64().unwrap();
         wait_for_every_node_up(&server);
