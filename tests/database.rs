@@ -214,6 +214,62 @@ fn read_your_writes_never_returns_stale_data() {
     });
 }
 
+/// With no replica routable (the only one refuses connections, so its checks eject it), reads
+/// go to the primary and answer as before.
+#[test]
+fn reads_go_to_the_primary_when_no_replica_is_routable() {
+    let cluster = PgCluster::shared();
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = unused.local_addr().unwrap().port();
+    drop(unused);
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("no_replica_{engine}"));
+        let dead_replica = format!("postgres://postgres@127.0.0.1:{refused}/{db}");
+        let server = Server::start_with(
+            engine,
+            &[
+                "--replica-health-check-interval",
+                "200",
+                "--connect-timeout",
+                "500",
+                "--durable-jobs-poll-interval",
+                "0",
+            ],
+            &[
+                ("DATABASE_URL", &cluster.url("primary", &db)),
+                ("DB_READ_REPLICA_1", &dead_replica),
+            ],
+        );
+        server.wait_for_status("the replica taken out", |s| {
+            s["database"]["nodes"][1]["state"]
+                .as_str()
+                .is_some_and(|state| state != "up")
+        });
+        let mut client = server.connect();
+        let created = create_user(&mut client, "Solo", "solo@example.com");
+        assert_eq!(created.status, 201, "{}", created.text());
+        let id = created.json()["id"].as_i64().unwrap();
+        let before = server.wait_for_status("the write counted", |s| {
+            s["database"]["nodes"][0]["requests"].as_u64() >= Some(1)
+        });
+        const READS: u64 = 50;
+        for _ in 0..READS {
+            let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+            assert_eq!(read.status, 200, "{}", read.text());
+            assert_eq!(read.json()["email"], "solo@example.com");
+        }
+        let primary_requests =
+            |s: &serde_json::Value| s["database"]["nodes"][0]["requests"].as_u64();
+        let first = primary_requests(&before).unwrap();
+        let after = server.wait_for_status("the reads counted on the primary", |s| {
+            primary_requests(s) >= Some(first + READS)
+        });
+        let replica = &after["database"]["nodes"][1];
+        assert_eq!(replica["name"], "replica1");
+        assert_eq!(replica["requests"], 0, "{replica}");
+    });
+}
+
 #[test]
 fn users_api_answers_and_validates() {
     let cluster = PgCluster::shared();
