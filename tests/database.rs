@@ -707,6 +707,8 @@ fn reads_queued_together_each_get_their_own_row() {
             &["--pool-size", "1", "--durable-jobs-poll-interval", "0"],
             &env,
         );
+        // The statements each replica runs for this database, counted by PostgreSQL itself.
+        cluster.psql("primary", &db, "CREATE EXTENSION pg_stat_statements");
         let mut client = server.connect();
         let users: Vec<(i64, String)> = (0..8)
             .map(|i| {
@@ -749,5 +751,31 @@ fn reads_queued_together_each_get_their_own_row() {
                 });
             }
         });
+        // Fewer lookups ran than reads were answered: batches, each one `= ANY($1)` statement.
+        let (mut alone, mut batched) = (0, 0);
+        for i in 1..=3 {
+            let calls = |statement: &str| -> u64 {
+                let sql = format!(
+                    "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s \
+                     JOIN pg_database d ON d.oid = s.dbid \
+                     WHERE d.datname = current_database() AND s.query LIKE 'SELECT id, name, email,%FROM users WHERE {statement}'"
+                );
+                cluster
+                    .psql(&format!("replica{i}"), &db, &sql)
+                    .parse()
+                    .unwrap()
+            };
+            alone += calls("id = $1");
+            batched += calls("id = ANY($1)");
+        }
+        const READS: u64 = 16 * 200;
+        assert!(
+            batched > 0,
+            "no batched statement ran ({alone} lookups alone)"
+        );
+        assert!(
+            alone + batched < READS,
+            "{alone} lookups alone and {batched} batched for {READS} reads"
+        );
     });
 }
