@@ -166,6 +166,49 @@ fn two_servers_on_one_database_never_run_a_job_twice() {
     });
 }
 
+/// A job that runs past the 5 s lease keeps it (the dispatcher renews it while the job runs):
+/// the second server on the database, polling all along, never claims it, so it is claimed
+/// once, runs once (one side effect across both servers) and is done once.
+#[test]
+fn a_job_running_past_its_lease_keeps_it_and_runs_once() {
+    let cluster = PgCluster::shared();
+    each_engine(|engine| {
+        let db = cluster.create_database(&format!("durable_lease_{engine}"));
+        let first = start(engine, cluster, &db);
+        let second = start(engine, cluster, &db);
+        let tag = format!("long-{engine}");
+        let body = serde_json::json!({
+            "kind": "debug.sleep",
+            "class": "high",
+            "timeout_ms": 30_000,
+            "payload": { "ms": 7_000, "effect": tag },
+            "durable": true,
+        })
+        .to_string();
+        let enqueued =
+            first
+                .connect()
+                .request("POST", "/api/enterprise/jobs", &[], body.as_bytes());
+        assert_eq!(enqueued.status, 202, "{}", enqueued.text());
+        assert_each_done_once(cluster, &db, 1, Duration::from_secs(60));
+        assert_eq!(
+            cluster.psql("primary", &db, "SELECT attempts FROM job_outbox"),
+            "1",
+            "{}",
+            outbox_summary(cluster, &db)
+        );
+        let ran: u64 = [&first, &second]
+            .iter()
+            .map(|server| {
+                server.get("/debug/effects").json()[&tag]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert_eq!(ran, 1, "the job's side effect ran {ran} times");
+    });
+}
+
 /// A backlog larger than what a shard may hold is claimed a part at a time: at no moment does
 /// the server hold more than 128 claims per shard, and every job still finishes once.
 #[test]
