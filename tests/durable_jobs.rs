@@ -145,18 +145,39 @@ fn durable_jobs_survive_kill_9_and_run_once_after_restart() {
     });
 }
 
+/// Both servers run some of the jobs by construction, not by timing: a server holds at most 256
+/// claims (128 per shard, two shards) and its jobs sleep 2 s each, so of 300 jobs enqueued at
+/// once it cannot hold them all, and the rest wait for the other server's next poll (every
+/// 100 ms) rather than for the first to finish one.
 #[test]
 fn two_servers_on_one_database_never_run_a_job_twice() {
+    const CLAIMS_PER_SERVER: usize = 2 * 128;
+    const JOBS: usize = CLAIMS_PER_SERVER + 44;
     let cluster = PgCluster::shared();
     each_engine(|engine| {
         let db = cluster.create_database(&format!("durable_two_{engine}"));
-        let first = start(engine, cluster, &db);
-        let second = start(engine, cluster, &db);
-        let mut a = first.connect();
-        let mut b = second.connect();
-        let mut jobs = enqueue_sleeps(&mut a, 100, 10);
-        jobs.extend(enqueue_sleeps(&mut b, 100, 10));
-        assert_each_done_once(cluster, &db, 200, Duration::from_secs(60));
+        // Enough workers that every job a server holds runs at once.
+        let workers = CLAIMS_PER_SERVER.to_string();
+        let mut env = cluster.env(&db);
+        env.push(("QUEUE_MEDIUM_WORKERS".into(), workers.clone()));
+        env.push(("QUEUE_HIGH_WORKERS".into(), workers.clone()));
+        env.push(("QUEUE_LOW_WORKERS".into(), workers.clone()));
+        env.push(("QUEUE_BACKGROUND_WORKERS".into(), workers));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let args = ["--shards", "2", "--debug-routes", "--pool-size", "4"];
+        let _first = Server::start_with(engine, &args, &env);
+        let _second = Server::start_with(engine, &args, &env);
+        // Written straight to the outbox, in one transaction: both servers find them at once.
+        cluster.psql(
+            "primary",
+            &db,
+            &format!(
+                "INSERT INTO job_outbox (kind, payload) SELECT 'debug.sleep', \
+                 jsonb_build_object('ms', 2000, 'effect', 'two-' || i) \
+                 FROM generate_series(1, {JOBS}) i"
+            ),
+        );
+        assert_each_done_once(cluster, &db, JOBS, Duration::from_secs(120));
         let pids = count(
             cluster,
             &db,
