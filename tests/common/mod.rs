@@ -11,16 +11,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Engines every HTTP test runs against.
-pub const ENGINES: &[&str] = &["glommio", "may"];
-
-/// Runs `case` once per engine.
-pub fn each_engine(case: impl Fn(&str)) {
-    for engine in ENGINES {
-        eprintln!("--- engine {engine}");
-        case(engine);
-    }
-}
+// The tests that run on both engines are written once with two rstest cases,
+// `#[case::glommio("glommio")]` and `#[case::may("may")]`: each engine's run is a test of its
+// own, named after it (`name::case_1_glommio`).
 
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_coinbit"));
