@@ -6,8 +6,9 @@ mod common;
 use std::time::Duration;
 
 use rstest::rstest;
+use rstest_reuse::{self, apply};
 
-use common::{wait_for, Server};
+use common::{engines, wait_for, Server};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -34,9 +35,7 @@ fn wait_next_sample(server: &Server, since: &Value) -> Value {
     })
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_burst_of_malformed_requests_leaves_the_server_healthy_and_counts_as_client_errors(
     #[case] engine: &str,
 ) {
@@ -75,9 +74,7 @@ fn a_burst_of_malformed_requests_leaves_the_server_healthy_and_counts_as_client_
     assert_eq!(client_errors, bursts as u64, "{prometheus}");
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_server_error_still_counts_in_the_error_rate(#[case] engine: &str) {
     let server = Server::start(engine, &["--metrics-interval", "200"]);
     // No database is configured: the users route fails on the server's side.

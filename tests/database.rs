@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use common::pg::PgCluster;
 use common::users::{create_user, write_then_read_own_write};
 use rstest::rstest;
+use rstest_reuse::{self, apply};
 
-use common::{Client, Server};
+use common::{engines, Client, Server};
 
 fn start_server(
     engine: &str,
@@ -83,9 +84,7 @@ fn read_many(server: &Server, id: i64, total: usize, threads: usize) {
     });
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn reads_follow_each_strategy_over_10k_reads(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("strategies_{engine}"));
@@ -153,9 +152,7 @@ fn reads_follow_each_strategy_over_10k_reads(#[case] engine: &str) {
     }
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn read_your_writes_never_returns_stale_data(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("ryw_{engine}"));
@@ -218,9 +215,7 @@ fn read_your_writes_never_returns_stale_data(#[case] engine: &str) {
 
 /// With no replica routable (the only one refuses connections, so its checks eject it), reads
 /// go to the primary and answer as before.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn reads_go_to_the_primary_when_no_replica_is_routable(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -271,9 +266,7 @@ fn reads_go_to_the_primary_when_no_replica_is_routable(#[case] engine: &str) {
     assert_eq!(replica["requests"], 0, "{replica}");
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn users_api_answers_and_validates(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("users_api_{engine}"));
@@ -384,9 +377,7 @@ impl Drop for TableLock {
     }
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_full_pool_answers_503_and_slow_statements_time_out(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("busy_{engine}"));
@@ -490,9 +481,7 @@ fn migrations_are_safe_when_servers_start_at_once() {
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn without_a_database_the_server_runs_and_database_routes_answer_503(#[case] engine: &str) {
     let server = Server::start(engine, &[]);
     let health = server.get("/health").json();
@@ -570,9 +559,7 @@ fn a_bad_database_url_stops_start_up_with_a_clear_message() {
     }
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("group_commit_{engine}"));
@@ -638,9 +625,7 @@ fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone(#[case] engine
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_primary_in_recovery_gets_no_writes(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("standby_primary_{engine}"));
@@ -703,9 +688,7 @@ fn a_standby_as_primary_without_the_schema_stops_start_up() {
     assert!(stderr.contains("in recovery"), "{stderr}");
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn reads_queued_together_each_get_their_own_row(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("batched_{engine}"));

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use common::pg::PgCluster;
 use common::users::{create_user, write_then_read_own_write};
 use rstest::rstest;
+use rstest_reuse::{self, apply};
 
-use common::{Client, Server};
+use common::{engines, Client, Server};
 
 fn start_server(engine: &str, cluster: &PgCluster, db: &str, args: &[&str]) -> Server {
     let env = cluster.env(db);
@@ -103,9 +104,7 @@ impl Readers {
     }
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_stopped_replica_is_ejected_without_failing_a_read_and_returns(#[case] engine: &str) {
     let cluster = PgCluster::start(3);
     let db = cluster.create_database(&format!("failover_{engine}"));
@@ -158,9 +157,7 @@ fn a_stopped_replica_is_ejected_without_failing_a_read_and_returns(#[case] engin
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn lag_past_the_limit_ejects_but_never_the_last_replica(#[case] engine: &str) {
     let cluster = PgCluster::start(3);
     let db = cluster.create_database(&format!("failover_{engine}"));
@@ -228,9 +225,7 @@ fn lag_past_the_limit_ejects_but_never_the_last_replica(#[case] engine: &str) {
     });
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn with_the_primary_stopped_writes_fail_fast_and_reads_go_on(#[case] engine: &str) {
     let cluster = PgCluster::start(2);
     let db = cluster.create_database(&format!("failover_{engine}"));
@@ -301,9 +296,7 @@ fn rand_suffix() -> u128 {
 /// A read that presents a commit its replica has not replayed waits up to
 /// `--read-your-writes-wait` with a handful of looks at the replay position (not one every
 /// half millisecond), then reads the primary: still the fresh row.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_read_waiting_for_replay_looks_a_few_times_then_reads_the_primary(#[case] engine: &str) {
     const READS: u64 = 5;
     let cluster = PgCluster::start(3);
@@ -400,9 +393,7 @@ fn children_of(parent: i32) -> Vec<i32> {
 
 /// A replica that hangs (takes connections, answers nothing) costs no read, stalls no shard and
 /// no health check: it is ejected, the reads go on elsewhere, and no shard misses a heartbeat.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_replica_that_hangs_is_ejected_without_stalling_a_shard_or_failing_a_read(
     #[case] engine: &str,
 ) {

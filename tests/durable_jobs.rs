@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use common::pg::PgCluster;
 use rstest::rstest;
+use rstest_reuse::{self, apply};
 
-use common::{Client, Server};
+use common::{engines, Client, Server};
 
 fn start(engine: &str, cluster: &PgCluster, database: &str) -> Server {
     let env = cluster.env(database);
@@ -111,9 +112,7 @@ fn assert_each_done_once(cluster: &PgCluster, database: &str, jobs: usize, limit
     }
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn durable_jobs_survive_kill_9_and_run_once_after_restart(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("durable_kill_{engine}"));
@@ -165,9 +164,7 @@ fn durable_jobs_survive_kill_9_and_run_once_after_restart(#[case] engine: &str) 
 /// claims (128 per shard, two shards) and its jobs sleep 2 s each, so of 300 jobs enqueued at
 /// once it cannot hold them all, and the rest wait for the other server's next poll (every
 /// 100 ms) rather than for the first to finish one.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn two_servers_on_one_database_never_run_a_job_twice(#[case] engine: &str) {
     const CLAIMS_PER_SERVER: usize = 2 * 128;
     const JOBS: usize = CLAIMS_PER_SERVER + 44;
@@ -198,9 +195,7 @@ fn two_servers_on_one_database_never_run_a_job_twice(#[case] engine: &str) {
 /// A job that runs past the 5 s lease keeps it (the dispatcher renews it while the job runs):
 /// the second server on the database, polling all along, never claims it, so it is claimed
 /// once, runs once (one side effect across both servers) and is done once.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_job_running_past_its_lease_keeps_it_and_runs_once(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("durable_lease_{engine}"));
@@ -239,9 +234,7 @@ fn a_job_running_past_its_lease_keeps_it_and_runs_once(#[case] engine: &str) {
 
 /// A backlog larger than what a shard may hold is claimed a part at a time: at no moment does
 /// the server hold more than 128 claims per shard, and every job still finishes once.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_backlog_is_claimed_a_part_at_a_time(#[case] engine: &str) {
     const PER_SHARD: usize = 128;
     let cluster = PgCluster::shared();
@@ -286,9 +279,7 @@ fn a_backlog_is_claimed_a_part_at_a_time(#[case] engine: &str) {
 
 /// A user and its welcome job's outbox row commit together even when the write runs alone (no
 /// other write to group it with): while the outbox refuses rows, no user is created either.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_user_is_not_created_when_its_welcome_job_cannot_be_written(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("durable_atomic_{engine}"));
@@ -338,9 +329,7 @@ fn a_user_is_not_created_when_its_welcome_job_cannot_be_written(#[case] engine: 
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn without_a_database_a_durable_enqueue_answers_503(#[case] engine: &str) {
     let server = Server::start(engine, &["--shards", "1"]);
     let body = r#"{"kind": "analytics", "payload": {"event": "login"}, "durable": true}"#;
@@ -358,9 +347,7 @@ fn without_a_database_a_durable_enqueue_answers_503(#[case] engine: &str) {
 /// too late) is claimed again; the new claim finds the run already in the queues under the
 /// job's key and waits for it instead of starting a second one: the job ends done, with one
 /// effect, once that run ends.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_job_claimed_again_while_it_still_runs_finishes_once(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("durable_reclaim_{engine}"));
@@ -412,9 +399,7 @@ fn enqueue_durable(
     )
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_durable_job_keeps_its_key_class_attempts_and_timeout(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("durable_options_{engine}"));
@@ -486,9 +471,7 @@ fn a_durable_job_keeps_its_key_class_attempts_and_timeout(#[case] engine: &str) 
 /// running or being recorded, and the queue loops are busy throughout. The backlog still drains,
 /// each job done once. (On may, beside `stress-ng --cpu 2`, this stalled a shard's queue loop for
 /// good when may lost the timer of one of its parks: see `Wakeups::park`.)
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_backlog_drains_when_its_leases_run_out_again_and_again(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("durable_lost_leases_{engine}"));

@@ -5,12 +5,11 @@ mod common;
 use std::time::Duration;
 
 use rstest::rstest;
+use rstest_reuse::{self, apply};
 
-use common::Server;
+use common::{engines, Server};
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn status_endpoints_answer_with_their_formats(#[case] engine: &str) {
     let server = Server::start(engine, &["--shards", "2"]);
 
@@ -95,9 +94,7 @@ fn status_endpoints_answer_with_their_formats(#[case] engine: &str) {
     }
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn keep_alive_serves_many_requests_on_one_connection_and_head_has_no_body(#[case] engine: &str) {
     let server = Server::start(engine, &[]);
     let mut client = server.connect();
@@ -121,9 +118,7 @@ fn keep_alive_serves_many_requests_on_one_connection_and_head_has_no_body(#[case
     assert_eq!(client.request("GET", "/livez", &[], b"").status, 200);
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_hundred_pipelined_requests_are_answered_in_order(#[case] engine: &str) {
     let server = Server::start(engine, &[]);
     let mut client = server.connect();
@@ -145,9 +140,7 @@ fn a_hundred_pipelined_requests_are_answered_in_order(#[case] engine: &str) {
 
 /// A request that arrives while the one before it waits for a later reply is read once that
 /// reply is out (the engine's wait for the reply also sees the socket's readiness).
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_request_sent_while_a_reply_is_pending_is_answered_after_it(#[case] engine: &str) {
     let server = Server::start(engine, &["--debug-routes"]);
     let mut client = server.connect();
@@ -165,9 +158,7 @@ fn a_request_sent_while_a_reply_is_pending_is_answered_after_it(#[case] engine: 
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn routing_errors_are_json_and_keep_the_connection(#[case] engine: &str) {
     let server = Server::start(engine, &[]);
     let mut client = server.connect();
@@ -199,9 +190,7 @@ fn refused_then_closed(server: &Server, raw: &[u8], status: u16, code: &str) {
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn limits_and_malformed_requests_get_their_status_then_close(#[case] engine: &str) {
     let server = Server::start(engine, &["--max-body-bytes", "1024"]);
     let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
@@ -247,9 +236,7 @@ fn limits_and_malformed_requests_get_their_status_then_close(#[case] engine: &st
     });
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn http11_needs_exactly_one_host_and_http10_may_leave_it_out(#[case] engine: &str) {
     let server = Server::start(engine, &[]);
     refused_then_closed(&server, b"GET /livez HTTP/1.1\r\n\r\n", 400, "bad_request");
@@ -264,9 +251,7 @@ fn http11_needs_exactly_one_host_and_http10_may_leave_it_out(#[case] engine: &st
     assert_eq!(client.read_response(false).status, 200);
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn request_bodies_are_read_by_content_length_on_keep_alive(#[case] engine: &str) {
     let server = Server::start(engine, &[]);
     let mut client = server.connect();
@@ -278,9 +263,7 @@ fn request_bodies_are_read_by_content_length_on_keep_alive(#[case] engine: &str)
     assert_eq!(client.request("GET", "/livez", &[], b"").status, 200);
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn slow_and_idle_clients_are_closed(#[case] engine: &str) {
     let server = Server::start(
         engine,
@@ -331,9 +314,7 @@ fn slow_and_idle_clients_are_closed(#[case] engine: &str) {
     });
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn connections_past_the_per_shard_cap_get_503(#[case] engine: &str) {
     let server = Server::start(
         engine,
@@ -361,9 +342,7 @@ fn connections_past_the_per_shard_cap_get_503(#[case] engine: &str) {
     });
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn expect_100_continue_gets_the_interim_response_before_the_body(#[case] engine: &str) {
     let server = Server::start(engine, &[]);
     let mut client = server.connect();
@@ -378,9 +357,7 @@ fn expect_100_continue_gets_the_interim_response_before_the_body(#[case] engine:
     assert_eq!(client.request("GET", "/livez", &[], b"").status, 200);
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn http10_keep_alive_is_honoured_and_announced(#[case] engine: &str) {
     let server = Server::start(engine, &[]);
     let mut client = server.connect();
@@ -398,9 +375,7 @@ fn http10_keep_alive_is_honoured_and_announced(#[case] engine: &str) {
     assert!(client.is_closed_by_server(Duration::from_secs(3)));
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_client_that_stops_reading_is_closed_by_the_send_timeout(#[case] engine: &str) {
     let server = Server::start(engine, &["--send-timeout", "1000"]);
     let mut client = server.connect();

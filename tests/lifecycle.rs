@@ -6,8 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use rstest::rstest;
+use rstest_reuse::{self, apply};
 
-use common::Server;
+use common::{engines, Server};
 
 fn shard_of(client: &mut common::Client) -> u64 {
     client.request("GET", "/debug/shard", &[], b"").json()["shard"]
@@ -15,9 +16,7 @@ fn shard_of(client: &mut common::Client) -> u64 {
         .unwrap()
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_crashed_shard_restarts_on_its_core_and_the_others_keep_serving(#[case] engine: &str) {
     let server = Server::start(engine, &["--shards", "2", "--debug-routes"]);
     // Open connections until both shards hold some (SO_REUSEPORT spreads them by hash).
@@ -99,9 +98,7 @@ fn proc_status_field(path: &str, field: &str) -> String {
 /// one CPU only, and no two shards share one. The thread is the one whose id the status
 /// reports, checked to be a thread of the process (and on glommio, to carry the shard's name;
 /// may's worker threads carry none).
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn each_shard_thread_is_pinned_to_a_cpu_of_its_own(#[case] engine: &str) {
     let allowed = parse_cpu_list(&proc_status_field("self", "Cpus_allowed_list"));
     let cpus: Vec<usize> = allowed.into_iter().take(2).collect();
@@ -154,9 +151,7 @@ fn wait_until_sleep_in_flight(server: &Server) {
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn sigterm_lets_the_request_in_flight_finish_then_exits_zero(#[case] engine: &str) {
     let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "5000"]);
     let mut busy = server.connect();
@@ -194,9 +189,7 @@ fn key_home(key: &str, shards: u64) -> u64 {
     hash % shards
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_keyed_job_for_a_shard_already_stopped_gets_503_at_once_during_shutdown(#[case] engine: &str) {
     let mut server = Server::start(
         engine,
@@ -252,9 +245,7 @@ fn a_keyed_job_for_a_shard_already_stopped_gets_503_at_once_during_shutdown(#[ca
     assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline(#[case] engine: &str) {
     let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "300"]);
     let mut busy = server.connect();
@@ -271,9 +262,7 @@ fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline(#[ca
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_second_signal_exits_130_without_waiting(#[case] engine: &str) {
     let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "10000"]);
     let mut busy = server.connect();
@@ -515,9 +504,7 @@ fn auto_falls_back_to_may_where_glommio_cannot_run_and_says_why() {
     }
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_port_in_use_by_a_non_reuseport_socket_is_a_clear_error(#[case] engine: &str) {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
@@ -529,9 +516,7 @@ fn a_port_in_use_by_a_non_reuseport_socket_is_a_clear_error(#[case] engine: &str
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_second_server_on_a_served_port_is_refused_unless_a_handover_is_asked_for(
     #[case] engine: &str,
 ) {

@@ -12,8 +12,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rstest::rstest;
+use rstest_reuse::{self, apply};
 
-use common::{wait_for, Client, Server};
+use common::{engines, wait_for, Client, Server};
 use serde_json::Value;
 
 /// The monitor's own tests run once, on the engine `auto` picks (may, `engine::AUTO_PREFERS`);
@@ -420,9 +421,7 @@ fn cpu_load_fires_the_cpu_critical_which_sheds_low_priority_work_until_it_clears
     assert!(logged(&server, "shed_low_priority on"));
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn critical_memory_answers_new_connections_with_503_and_retry_after(#[case] engine: &str) {
     // Levels of 0 %: memory is critical from the first sample.
     let server = Server::start(
@@ -508,9 +507,7 @@ fn a_trend_alert_fires_before_the_threshold_is_reached() {
     assert!(find(&body, "active", "concurrent_users/critical").is_none());
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_stalled_shard_is_replaced_and_the_others_keep_serving(#[case] engine: &str) {
     let server = Server::start(
         engine,
@@ -721,9 +718,7 @@ fn on_may_a_replacement_serves_while_two_predecessors_are_still_stuck_on_their_w
     drop(stalled);
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn scaling_parks_a_shard_when_idle_and_wakes_it_under_load_without_failing_a_request(
     #[case] engine: &str,
 ) {

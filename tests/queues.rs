@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rstest::rstest;
+use rstest_reuse::{self, apply};
 
-use common::{wait_for, Client, Server};
+use common::{engines, wait_for, Client, Server};
 use serde_json::{json, Value};
 
 /// Waits long enough for a loaded machine (other builds and tests share its two cores).
@@ -85,9 +86,7 @@ fn effects(server: &Server) -> Value {
     server.get("/debug/effects").json()
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_job_past_its_timeout_is_cancelled_retried_dead_lettered_and_replayed(#[case] engine: &str) {
     let server = Server::start(engine, &["--shards", "2", "--debug-routes"]);
     let mut client = server.connect();
@@ -151,9 +150,7 @@ fn a_job_past_its_timeout_is_cancelled_retried_dead_lettered_and_replayed(#[case
     assert_eq!(listed["count"], 0, "{listed}");
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn failing_jobs_are_retried_until_they_succeed_and_bad_input_is_refused(#[case] engine: &str) {
     let server = Server::start(
         engine,
@@ -222,9 +219,7 @@ fn failing_jobs_are_retried_until_they_succeed_and_bad_input_is_refused(#[case] 
     assert_eq!(replay.status, 404);
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn an_idempotency_key_returns_the_first_job_from_any_shard(#[case] engine: &str) {
     let server = Server::start(engine, &["--shards", "2", "--debug-routes"]);
     let body = json!({"kind": "analytics", "key": "signup-42", "payload": {"event": "signup"}});
@@ -257,9 +252,7 @@ fn an_idempotency_key_returns_the_first_job_from_any_shard(#[case] engine: &str)
 
 /// Spin jobs (CPU work) in every class on one shard with one worker each: the classes share the
 /// core 8:4:2:1, so high finishes first and background last, shown by finish order.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn classes_share_the_core_by_priority_under_contention(#[case] engine: &str) {
     let server = Server::start_with(
         engine,
@@ -314,9 +307,7 @@ fn classes_share_the_core_by_priority_under_contention(#[case] engine: &str) {
 }
 
 /// A flood of high-priority CPU work does not starve background jobs.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn background_jobs_complete_under_a_flood_of_high(#[case] engine: &str) {
     let server = Server::start(engine, &["--shards", "1", "--debug-routes"]);
     let spin = |class: &str| json!({"kind": "debug.spin", "class": class, "payload": {"ms": 20}});
@@ -352,9 +343,7 @@ fn background_jobs_complete_under_a_flood_of_high(#[case] engine: &str) {
 }
 
 /// While background jobs wait behind a high flood, aging raises the background class's weight.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn aging_raises_the_weight_of_a_class_whose_jobs_wait(#[case] engine: &str) {
     let server = Server::start(engine, &["--shards", "1", "--debug-routes"]);
     let spin = |class: &str| json!({"kind": "debug.spin", "class": class, "payload": {"ms": 20}});
@@ -377,9 +366,7 @@ fn aging_raises_the_weight_of_a_class_whose_jobs_wait(#[case] engine: &str) {
 }
 
 /// On one shard, and on two where the first hands its overflow to the second until both are full.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_full_queue_answers_429_and_loses_no_accepted_job(#[case] engine: &str) {
     for shards in ["1", "2"] {
         let server = Server::start_with(
@@ -427,9 +414,7 @@ fn a_full_queue_answers_429_and_loses_no_accepted_job(#[case] engine: &str) {
     }
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn a_shard_past_its_watermark_hands_jobs_to_the_least_loaded_shard(#[case] engine: &str) {
     let server = Server::start_with(
         engine,
@@ -479,9 +464,7 @@ fn a_shard_past_its_watermark_hands_jobs_to_the_least_loaded_shard(#[case] engin
     );
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn health_warns_and_fails_on_queued_jobs(#[case] engine: &str) {
     let server = Server::start_with(
         engine,
@@ -538,9 +521,7 @@ fn health_warns_and_fails_on_queued_jobs(#[case] engine: &str) {
 /// While the monitor sheds low-priority work (CPU critical under a request flood), low and
 /// background workers take no new job and high ones go on; the held jobs stay queued and all
 /// run once the alert clears.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn low_and_background_workers_pause_while_low_priority_work_is_shed(#[case] engine: &str) {
     let server = Server::start(
         engine,
@@ -630,9 +611,7 @@ fn low_and_background_workers_pause_while_low_priority_work_is_shed(#[case] engi
 /// request is answered in order, the high-class route never waits, a client that leaves with
 /// requests waiting costs nothing, and the server still stops cleanly. Without anything above
 /// it, the same flood never waits.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn request_classes_take_turns_at_the_gate_and_lose_nothing(#[case] engine: &str) {
     let mut server = Server::start_with(
         engine,
@@ -743,9 +722,7 @@ fn request_classes_take_turns_at_the_gate_and_lose_nothing(#[case] engine: &str)
 /// a shard's memory at SIGTERM run before the process exits. One background worker runs them
 /// one after another, so the exit cannot come before the queued jobs' sleeps add up, and a
 /// shard that stopped with jobs unfinished says so in the log.
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn sigterm_runs_the_jobs_still_queued_before_exiting(#[case] engine: &str) {
     const JOB_MS: u64 = 400;
     let mut server = Server::start_with(
@@ -795,9 +772,7 @@ fn nested_job_body(depth: usize) -> String {
     )
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn json_bodies_are_refused_cleanly_when_too_deep_duplicated_or_badly_keyed(#[case] engine: &str) {
     let server = Server::start(engine, &["--shards", "1", "--debug-routes"]);
     let mut client = server.connect();
@@ -878,9 +853,7 @@ fn json_bodies_are_refused_cleanly_when_too_deep_duplicated_or_badly_keyed(#[cas
     }
 }
 
-#[rstest]
-#[case::glommio("glommio")]
-#[case::may("may")]
+#[apply(engines)]
 fn payloads_are_limited_and_finished_jobs_keep_none(#[case] engine: &str) {
     let server = Server::start(
         engine,
