@@ -625,17 +625,22 @@ fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone(#[case] engine
     );
 }
 
+/// Applies the schema to `db` on the primary with `coinbit migrate`.
+fn migrate(cluster: &PgCluster, db: &str) {
+    let migrated = common::binary()
+        .arg("migrate")
+        .env("DATABASE_URL", cluster.url("primary", db))
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{migrated:?}");
+}
+
 #[apply(engines)]
 fn a_primary_in_recovery_gets_no_writes(#[case] engine: &str) {
     let cluster = PgCluster::shared();
     let db = cluster.create_database(&format!("standby_primary_{engine}"));
     // The schema comes from the real primary; then a replica poses as the primary.
-    let migrated = common::binary()
-        .arg("migrate")
-        .env("DATABASE_URL", cluster.url("primary", &db))
-        .output()
-        .unwrap();
-    assert!(migrated.status.success(), "{migrated:?}");
+    migrate(cluster, &db);
     let applied = "SELECT count(*) FROM schema_migrations";
     let migrations = cluster.psql("primary", &db, applied);
     common::wait_for("the schema on replica1", Duration::from_secs(10), || {
@@ -688,6 +693,59 @@ fn a_standby_as_primary_without_the_schema_stops_start_up() {
     assert!(stderr.contains("in recovery"), "{stderr}");
 }
 
+/// Creates eight users (`<tag><n>@example.com`) and waits until every replica has them.
+fn eight_users_on_every_replica(
+    server: &Server,
+    cluster: &PgCluster,
+    db: &str,
+    tag: &str,
+) -> Vec<(i64, String)> {
+    let mut client = server.connect();
+    let users: Vec<(i64, String)> = (0..8)
+        .map(|i| {
+            let email = format!("{tag}{i}@example.com");
+            let created = create_user(&mut client, "Batch", &email);
+            assert_eq!(created.status, 201, "{}", created.text());
+            (created.json()["id"].as_i64().unwrap(), email)
+        })
+        .collect();
+    let last = users.last().unwrap().0;
+    let sql = format!("SELECT count(*) FROM users WHERE id = {last}");
+    common::wait_for(
+        "the users on every replica",
+        Duration::from_secs(10),
+        || {
+            (1..=3)
+                .all(|i| cluster.psql(&format!("replica{i}"), db, &sql) == "1")
+                .then_some(())
+        },
+    );
+    users
+}
+
+/// The sum over the replicas of a number `sql` reads in `db`.
+fn on_replicas(cluster: &PgCluster, db: &str, sql: &str) -> u64 {
+    (1..=3)
+        .map(|i| {
+            cluster
+                .psql(&format!("replica{i}"), db, sql)
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// How many user lookups `WHERE <condition>` (`id = $1`, `id = ANY($1)`) the replicas completed
+/// for `db`, counted by PostgreSQL (pg_stat_statements).
+fn lookups_completed(cluster: &PgCluster, db: &str, condition: &str) -> u64 {
+    let sql = format!(
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s \
+         JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database() \
+         AND s.query LIKE 'SELECT id, name, email,%FROM users WHERE {condition}'"
+    );
+    on_replicas(cluster, db, &sql)
+}
+
 #[apply(engines)]
 fn reads_queued_together_each_get_their_own_row(#[case] engine: &str) {
     let cluster = PgCluster::shared();
@@ -703,28 +761,7 @@ fn reads_queued_together_each_get_their_own_row(#[case] engine: &str) {
     );
     // The statements each replica runs for this database, counted by PostgreSQL itself.
     cluster.psql("primary", &db, "CREATE EXTENSION pg_stat_statements");
-    let mut client = server.connect();
-    let users: Vec<(i64, String)> = (0..8)
-        .map(|i| {
-            let email = format!("batch{i}@example.com");
-            let created = create_user(&mut client, "Batch", &email);
-            assert_eq!(created.status, 201, "{}", created.text());
-            (created.json()["id"].as_i64().unwrap(), email)
-        })
-        .collect();
-    let last = users.last().unwrap().0;
-    common::wait_for(
-        "the users on every replica",
-        Duration::from_secs(10),
-        || {
-            (1..=3)
-                .all(|i| {
-                    let sql = format!("SELECT count(*) FROM users WHERE id = {last}");
-                    cluster.psql(&format!("replica{i}"), &db, &sql) == "1"
-                })
-                .then_some(())
-        },
-    );
+    let users = eight_users_on_every_replica(&server, cluster, &db, "batch");
     std::thread::scope(|scope| {
         for t in 0..16 {
             let (addr, users) = (server.addr, &users);
@@ -746,22 +783,8 @@ fn reads_queued_together_each_get_their_own_row(#[case] engine: &str) {
         }
     });
     // Fewer lookups ran than reads were answered: batches, each one `= ANY($1)` statement.
-    let (mut alone, mut batched) = (0, 0);
-    for i in 1..=3 {
-        let calls = |statement: &str| -> u64 {
-            let sql = format!(
-                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s \
-                 JOIN pg_database d ON d.oid = s.dbid \
-                 WHERE d.datname = current_database() AND s.query LIKE 'SELECT id, name, email,%FROM users WHERE {statement}'"
-            );
-            cluster
-                .psql(&format!("replica{i}"), &db, &sql)
-                .parse()
-                .unwrap()
-        };
-        alone += calls("id = $1");
-        batched += calls("id = ANY($1)");
-    }
+    let alone = lookups_completed(cluster, &db, "id = $1");
+    let batched = lookups_completed(cluster, &db, "id = ANY($1)");
     const READS: u64 = 16 * 200;
     assert!(
         batched > 0,
@@ -770,5 +793,81 @@ fn reads_queued_together_each_get_their_own_row(#[case] engine: &str) {
     assert!(
         alone + batched < READS,
         "{alone} lookups alone and {batched} batched for {READS} reads"
+    );
+}
+
+/// A batched lookup that fails on a live connection is run again one read at a time, so only
+/// a read that must fail does. Here every batched statement fails: the replicas are read by a
+/// role of their own under a row policy that refuses any statement with `= ANY($1)`, so each
+/// batch is rolled back (PostgreSQL counts the rollbacks) and every read is still answered, by a
+/// lookup of its own.
+#[apply(engines)]
+fn a_failed_batch_falls_back_to_one_lookup_per_read(#[case] engine: &str) {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database(&format!("batch_fallback_{engine}"));
+    let role = format!("reader_{engine}");
+    cluster.psql("primary", &db, &format!("CREATE ROLE {role} LOGIN"));
+    migrate(cluster, &db);
+    for sql in [
+        format!("GRANT SELECT ON users TO {role}"),
+        "CREATE FUNCTION refuse_batches() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+         IF current_query() LIKE '%= ANY($1)%' THEN RAISE EXCEPTION 'batched lookup refused'; \
+         END IF; RETURN true; END $$"
+            .to_string(),
+        "ALTER TABLE users ENABLE ROW LEVEL SECURITY".to_string(),
+        "ALTER TABLE users FORCE ROW LEVEL SECURITY".to_string(),
+        "CREATE POLICY no_batches ON users FOR SELECT USING (refuse_batches())".to_string(),
+        "CREATE EXTENSION pg_stat_statements".to_string(),
+    ] {
+        cluster.psql("primary", &db, &sql);
+    }
+    let mut env = vec![("DATABASE_URL".to_string(), cluster.url("primary", &db))];
+    for i in 1..=3 {
+        let url = cluster.url(&format!("replica{i}"), &db);
+        let url = url.replacen("postgres@", &format!("{role}@"), 1);
+        env.push((format!("DB_READ_REPLICA_{i}"), url));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = Server::start_with(
+        engine,
+        &["--pool-size", "1", "--durable-jobs-poll-interval", "0"],
+        &env,
+    );
+    let users = eight_users_on_every_replica(&server, cluster, &db, "fallback");
+    common::wait_for(
+        "the policy on every replica",
+        Duration::from_secs(10),
+        || {
+            let sql = "SELECT count(*) FROM pg_policy WHERE polname = 'no_batches'";
+            (on_replicas(cluster, &db, sql) == 3).then_some(())
+        },
+    );
+    const READS: u64 = 16 * 100;
+    std::thread::scope(|scope| {
+        for t in 0..16 {
+            let (addr, users) = (server.addr, &users);
+            scope.spawn(move || {
+                let mut client = Client::connect(addr);
+                for n in 0..READS as usize / 16 {
+                    let (id, email) = &users[(t * 3 + n) % users.len()];
+                    let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+                    assert_eq!(read.status, 200, "{}", read.text());
+                    assert_eq!(read.json()["email"], email.as_str(), "user {id}");
+                }
+            });
+        }
+    });
+    // Every read was answered by a lookup of its own, after batches that failed.
+    let alone = lookups_completed(cluster, &db, "id = $1");
+    assert!(alone >= READS, "{alone} lookups alone for {READS} reads");
+    common::wait_for(
+        "the failed batches counted",
+        Duration::from_secs(15),
+        || {
+            let sql =
+                "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()";
+            let rollbacks = on_replicas(cluster, &db, sql);
+            (rollbacks > 0).then_some(())
+        },
     );
 }
