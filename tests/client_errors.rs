@@ -5,7 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{each_engine, wait_for, Server};
+use rstest::rstest;
+use rstest_reuse::{self, apply};
+
+use common::{engines, wait_for, Server};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -32,72 +35,70 @@ fn wait_next_sample(server: &Server, since: &Value) -> Value {
     })
 }
 
-#[test]
-fn a_burst_of_malformed_requests_leaves_the_server_healthy_and_counts_as_client_errors() {
-    each_engine(|engine| {
-        let server = Server::start(engine, &["--metrics-interval", "200"]);
-        let bursts = 21;
-        for raw in MALFORMED.iter().cycle().take(bursts) {
-            let mut client = server.connect();
-            client.send(raw);
-            let response = client.read_response(false);
-            assert!(response.status >= 400, "{}", response.text());
-        }
-        let counted = wait_for("the client errors counted", PATIENCE, || {
-            metrics(&server)
-                .filter(|m| m["merged"]["client_errors_total"].as_u64() == Some(bursts as u64))
-        });
-        // A sample taken after the refusals reached the monitor has seen them.
-        let body = wait_next_sample(&server, &counted);
-        assert_eq!(body["merged"]["server_errors_total"], 0, "{body}");
-        assert_eq!(body["merged"]["error_rate"], 0.0, "{body}");
-        for sample in body["monitoring"]["history"].as_array().unwrap() {
-            assert_eq!(sample["error_rate"], 0.0, "{sample}");
-        }
-        let health = server.get("/health");
-        assert_eq!(health.status, 200, "{}", health.text());
-        // The score's own verdict: the overall status may also say warn for a shard whose
-        // heartbeat is late on a loaded host, which is no concern of this test.
-        let score = &health.json()["checks"]["monitor:health-score"][0];
-        assert_eq!(score["status"], "pass", "{score}");
-        assert_eq!(server.get("/readyz").status, 200);
-        let prometheus = server.get("/metrics").text();
-        let client_errors: u64 = prometheus
-            .lines()
-            .filter(|l| l.starts_with("coinbit_http_client_errors_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        assert_eq!(client_errors, bursts as u64, "{prometheus}");
+#[apply(engines)]
+fn a_burst_of_malformed_requests_leaves_the_server_healthy_and_counts_as_client_errors(
+    #[case] engine: &str,
+) {
+    let server = Server::start(engine, &["--metrics-interval", "200"]);
+    let bursts = 21;
+    for raw in MALFORMED.iter().cycle().take(bursts) {
+        let mut client = server.connect();
+        client.send(raw);
+        let response = client.read_response(false);
+        assert!(response.status >= 400, "{}", response.text());
+    }
+    let counted = wait_for("the client errors counted", PATIENCE, || {
+        metrics(&server)
+            .filter(|m| m["merged"]["client_errors_total"].as_u64() == Some(bursts as u64))
     });
+    // A sample taken after the refusals reached the monitor has seen them.
+    let body = wait_next_sample(&server, &counted);
+    assert_eq!(body["merged"]["server_errors_total"], 0, "{body}");
+    assert_eq!(body["merged"]["error_rate"], 0.0, "{body}");
+    for sample in body["monitoring"]["history"].as_array().unwrap() {
+        assert_eq!(sample["error_rate"], 0.0, "{sample}");
+    }
+    let health = server.get("/health");
+    assert_eq!(health.status, 200, "{}", health.text());
+    // The score's own verdict: the overall status may also say warn for a shard whose
+    // heartbeat is late on a loaded host, which is no concern of this test.
+    let score = &health.json()["checks"]["monitor:health-score"][0];
+    assert_eq!(score["status"], "pass", "{score}");
+    assert_eq!(server.get("/readyz").status, 200);
+    let prometheus = server.get("/metrics").text();
+    let client_errors: u64 = prometheus
+        .lines()
+        .filter(|l| l.starts_with("coinbit_http_client_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(client_errors, bursts as u64, "{prometheus}");
 }
 
-#[test]
-fn a_server_error_still_counts_in_the_error_rate() {
-    each_engine(|engine| {
-        let server = Server::start(engine, &["--metrics-interval", "200"]);
-        // No database is configured: the users route fails on the server's side.
-        let response = server.connect().request(
-            "POST",
-            "/api/users",
-            &[("Content-Type", "application/json")],
-            br#"{"name":"a","email":"a@example.com"}"#,
-        );
-        assert_eq!(response.status, 503, "{}", response.text());
-        assert_eq!(response.error_code(), "database_not_configured");
-        wait_for(
-            "the server error in the sampled error rate",
-            PATIENCE,
-            || {
-                metrics(&server).filter(|m| {
-                    m["merged"]["server_errors_total"] == 1
-                        && m["merged"]["client_errors_total"] == 0
-                        && m["monitoring"]["history"]
-                            .as_array()
-                            .is_some_and(|h| h.iter().any(|s| s["error_rate"].as_f64() > Some(0.0)))
-                })
-            },
-        );
-    });
+#[apply(engines)]
+fn a_server_error_still_counts_in_the_error_rate(#[case] engine: &str) {
+    let server = Server::start(engine, &["--metrics-interval", "200"]);
+    // No database is configured: the users route fails on the server's side.
+    let response = server.connect().request(
+        "POST",
+        "/api/users",
+        &[("Content-Type", "application/json")],
+        br#"{"name":"a","email":"a@example.com"}"#,
+    );
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.error_code(), "database_not_configured");
+    wait_for(
+        "the server error in the sampled error rate",
+        PATIENCE,
+        || {
+            metrics(&server).filter(|m| {
+                m["merged"]["server_errors_total"] == 1
+                    && m["merged"]["client_errors_total"] == 0
+                    && m["monitoring"]["history"]
+                        .as_array()
+                        .is_some_and(|h| h.iter().any(|s| s["error_rate"].as_f64() > Some(0.0)))
+            })
+        },
+    );
 }
 
 #[test]

@@ -9,7 +9,10 @@ mod common;
 use std::time::Duration;
 
 use common::pg::PgCluster;
-use common::{each_engine, Client, Server};
+use rstest::rstest;
+use rstest_reuse::{self, apply};
+
+use common::{engines, Client, Server};
 
 fn start(engine: &str, cluster: &PgCluster, database: &str) -> Server {
     let env = cluster.env(database);
@@ -43,6 +46,20 @@ fn enqueue_sleeps(client: &mut Client, count: usize, ms: u64) -> Vec<i64> {
             job["id"].as_i64().expect("an outbox id")
         })
         .collect()
+}
+
+/// Writes `count` durable sleeps of `ms` straight to the outbox in one statement, so that they
+/// land at once whatever the speed of the host; their effects are tagged `<tag>-<n>`.
+fn insert_sleeps(cluster: &PgCluster, database: &str, count: usize, ms: u64, tag: &str) {
+    cluster.psql(
+        "primary",
+        database,
+        &format!(
+            "INSERT INTO job_outbox (kind, payload) SELECT 'debug.sleep', \
+             jsonb_build_object('ms', {ms}, 'effect', '{tag}-' || g) \
+             FROM generate_series(1, {count}) g"
+        ),
+    );
 }
 
 fn count(cluster: &PgCluster, database: &str, sql: &str) -> usize {
@@ -95,242 +112,274 @@ fn assert_each_done_once(cluster: &PgCluster, database: &str, jobs: usize, limit
     }
 }
 
-#[test]
-fn durable_jobs_survive_kill_9_and_run_once_after_restart() {
+#[apply(engines)]
+fn durable_jobs_survive_kill_9_and_run_once_after_restart(#[case] engine: &str) {
     let cluster = PgCluster::shared();
-    each_engine(|engine| {
-        let db = cluster.create_database(&format!("durable_kill_{engine}"));
-        let mut server = start(engine, cluster, &db);
-        let mut client = server.connect();
-        let ids = enqueue_sleeps(&mut client, 40, 100);
-        assert_eq!(ids.len(), 40);
-        // A user's welcome notification is an outbox row of the user's own transaction.
-        let body = serde_json::json!({ "name": "Ana", "email": "ana@example.com" }).to_string();
-        let created = client.request(
-            "POST",
-            "/api/users",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(created.status, 201, "{}", created.text());
-        common::wait_for("a claimed job", Duration::from_secs(10), || {
-            let claimed = count(
-                cluster,
-                &db,
-                "SELECT count(*) FROM job_outbox WHERE status = 'claimed'",
-            );
-            (claimed > 0).then_some(())
-        });
-        server.signal(9);
-        server.wait_exit(Duration::from_secs(10));
-        let unfinished = count(
+    let db = cluster.create_database(&format!("durable_kill_{engine}"));
+    let mut server = start(engine, cluster, &db);
+    let mut client = server.connect();
+    let ids = enqueue_sleeps(&mut client, 40, 100);
+    assert_eq!(ids.len(), 40);
+    // A user's welcome notification is an outbox row of the user's own transaction.
+    let body = serde_json::json!({ "name": "Ana", "email": "ana@example.com" }).to_string();
+    let created = client.request(
+        "POST",
+        "/api/users",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    common::wait_for("a claimed job", Duration::from_secs(10), || {
+        let claimed = count(
             cluster,
             &db,
-            "SELECT count(*) FROM job_outbox WHERE status <> 'done'",
+            "SELECT count(*) FROM job_outbox WHERE status = 'claimed'",
         );
-        assert!(unfinished > 0, "the kill left every job finished");
-
-        let _restarted = start(engine, cluster, &db);
-        // Claims of the killed process hold until their lease expires, then run again.
-        assert_each_done_once(cluster, &db, 41, Duration::from_secs(60));
-        assert_eq!(
-            cluster.psql(
-                "primary",
-                &db,
-                "SELECT e.result->>'channel' FROM job_effects e JOIN job_outbox o ON o.id = e.job_id \
-                 WHERE o.kind = 'notification'"
-            ),
-            "email"
-        );
+        (claimed > 0).then_some(())
     });
+    server.signal(9);
+    server.wait_exit(Duration::from_secs(10));
+    let unfinished = count(
+        cluster,
+        &db,
+        "SELECT count(*) FROM job_outbox WHERE status <> 'done'",
+    );
+    assert!(unfinished > 0, "the kill left every job finished");
+
+    let _restarted = start(engine, cluster, &db);
+    // Claims of the killed process hold until their lease expires, then run again.
+    assert_each_done_once(cluster, &db, 41, Duration::from_secs(60));
+    assert_eq!(
+        cluster.psql(
+            "primary",
+            &db,
+            "SELECT e.result->>'channel' FROM job_effects e JOIN job_outbox o ON o.id = e.job_id \
+             WHERE o.kind = 'notification'"
+        ),
+        "email"
+    );
 }
 
-#[test]
-fn two_servers_on_one_database_never_run_a_job_twice() {
+/// Both servers run some of the jobs by construction, not by timing: a server holds at most 256
+/// claims (128 per shard, two shards) and its jobs sleep 2 s each, so of 300 jobs enqueued at
+/// once it cannot hold them all, and the rest wait for the other server's next poll (every
+/// 100 ms) rather than for the first to finish one.
+#[apply(engines)]
+fn two_servers_on_one_database_never_run_a_job_twice(#[case] engine: &str) {
+    const CLAIMS_PER_SERVER: usize = 2 * 128;
+    const JOBS: usize = CLAIMS_PER_SERVER + 44;
     let cluster = PgCluster::shared();
-    each_engine(|engine| {
-        let db = cluster.create_database(&format!("durable_two_{engine}"));
-        let first = start(engine, cluster, &db);
-        let second = start(engine, cluster, &db);
-        let mut a = first.connect();
-        let mut b = second.connect();
-        let mut jobs = enqueue_sleeps(&mut a, 100, 10);
-        jobs.extend(enqueue_sleeps(&mut b, 100, 10));
-        assert_each_done_once(cluster, &db, 200, Duration::from_secs(60));
-        let pids = count(
-            cluster,
-            &db,
-            "SELECT count(DISTINCT split_part(claimed_by, '/', 1)) FROM job_effects",
-        );
-        assert_eq!(pids, 2, "both servers ran durable jobs");
-    });
+    let db = cluster.create_database(&format!("durable_two_{engine}"));
+    // Enough workers that every job a server holds runs at once.
+    let workers = CLAIMS_PER_SERVER.to_string();
+    let mut env = cluster.env(&db);
+    env.push(("QUEUE_MEDIUM_WORKERS".into(), workers.clone()));
+    env.push(("QUEUE_HIGH_WORKERS".into(), workers.clone()));
+    env.push(("QUEUE_LOW_WORKERS".into(), workers.clone()));
+    env.push(("QUEUE_BACKGROUND_WORKERS".into(), workers));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let args = ["--shards", "2", "--debug-routes", "--pool-size", "4"];
+    let _first = Server::start_with(engine, &args, &env);
+    let _second = Server::start_with(engine, &args, &env);
+    // Written straight to the outbox, in one transaction: both servers find them at once.
+    insert_sleeps(cluster, &db, JOBS, 2000, "two");
+    assert_each_done_once(cluster, &db, JOBS, Duration::from_secs(120));
+    let pids = count(
+        cluster,
+        &db,
+        "SELECT count(DISTINCT split_part(claimed_by, '/', 1)) FROM job_effects",
+    );
+    assert_eq!(pids, 2, "both servers ran durable jobs");
+}
+
+/// A job that runs past the 5 s lease keeps it (the dispatcher renews it while the job runs):
+/// the second server on the database, polling all along, never claims it, so it is claimed
+/// once, runs once (one side effect across both servers) and is done once.
+#[apply(engines)]
+fn a_job_running_past_its_lease_keeps_it_and_runs_once(#[case] engine: &str) {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database(&format!("durable_lease_{engine}"));
+    let first = start(engine, cluster, &db);
+    let second = start(engine, cluster, &db);
+    let tag = format!("long-{engine}");
+    let body = serde_json::json!({
+        "kind": "debug.sleep",
+        "class": "high",
+        "timeout_ms": 30_000,
+        "payload": { "ms": 7_000, "effect": tag },
+        "durable": true,
+    })
+    .to_string();
+    let enqueued = first
+        .connect()
+        .request("POST", "/api/enterprise/jobs", &[], body.as_bytes());
+    assert_eq!(enqueued.status, 202, "{}", enqueued.text());
+    assert_each_done_once(cluster, &db, 1, Duration::from_secs(60));
+    assert_eq!(
+        cluster.psql("primary", &db, "SELECT attempts FROM job_outbox"),
+        "1",
+        "{}",
+        outbox_summary(cluster, &db)
+    );
+    let ran: u64 = [&first, &second]
+        .iter()
+        .map(|server| {
+            server.get("/debug/effects").json()[&tag]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(ran, 1, "the job's side effect ran {ran} times");
 }
 
 /// A backlog larger than what a shard may hold is claimed a part at a time: at no moment does
 /// the server hold more than 128 claims per shard, and every job still finishes once.
-#[test]
-fn a_backlog_is_claimed_a_part_at_a_time() {
+#[apply(engines)]
+fn a_backlog_is_claimed_a_part_at_a_time(#[case] engine: &str) {
     const PER_SHARD: usize = 128;
     let cluster = PgCluster::shared();
-    each_engine(|engine| {
-        let db = cluster.create_database(&format!("durable_backlog_{engine}"));
-        let _server = start(engine, cluster, &db);
-        let jobs = 600;
-        // The backlog lands at once (one statement), so the claims meet the cap whatever the
-        // speed of the host.
-        cluster.psql(
+    let db = cluster.create_database(&format!("durable_backlog_{engine}"));
+    let _server = start(engine, cluster, &db);
+    let jobs = 600;
+    // The backlog lands at once (one statement), so the claims meet the cap whatever the
+    // speed of the host.
+    insert_sleeps(cluster, &db, jobs, 40, "backlog");
+    let mut most_claimed = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let row = cluster.psql(
             "primary",
             &db,
-            &format!(
-                "INSERT INTO job_outbox (kind, payload) SELECT 'debug.sleep', \
-                 jsonb_build_object('ms', 40, 'effect', 'backlog-' || g) \
-                 FROM generate_series(1, {jobs}) g"
-            ),
+            "SELECT count(*) FILTER (WHERE status = 'claimed') || ',' || \
+             count(*) FILTER (WHERE status = 'done') FROM job_outbox",
         );
-        let mut most_claimed = 0;
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let row = cluster.psql(
-                "primary",
-                &db,
-                "SELECT count(*) FILTER (WHERE status = 'claimed') || ',' || \
-                 count(*) FILTER (WHERE status = 'done') FROM job_outbox",
-            );
-            let (claimed, done) = row.split_once(',').expect("two counts");
-            let (claimed, done): (usize, usize) = (claimed.parse().unwrap(), done.parse().unwrap());
-            most_claimed = most_claimed.max(claimed);
-            if done == jobs {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{done} of {jobs} done after 120 s: {}",
-                outbox_summary(cluster, &db)
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let (claimed, done) = row.split_once(',').expect("two counts");
+        let (claimed, done): (usize, usize) = (claimed.parse().unwrap(), done.parse().unwrap());
+        most_claimed = most_claimed.max(claimed);
+        if done == jobs {
+            break;
         }
         assert!(
-            most_claimed >= PER_SHARD,
-            "the backlog never filled a shard's claims ({most_claimed} at most)"
+            std::time::Instant::now() < deadline,
+            "{done} of {jobs} done after 120 s: {}",
+            outbox_summary(cluster, &db)
         );
-        assert!(
-            most_claimed <= 2 * PER_SHARD,
-            "{most_claimed} claims held at once by 2 shards"
-        );
-        assert_each_done_once(cluster, &db, jobs, Duration::from_secs(10));
-    });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        most_claimed >= PER_SHARD,
+        "the backlog never filled a shard's claims ({most_claimed} at most)"
+    );
+    assert!(
+        most_claimed <= 2 * PER_SHARD,
+        "{most_claimed} claims held at once by 2 shards"
+    );
+    assert_each_done_once(cluster, &db, jobs, Duration::from_secs(10));
 }
 
 /// A user and its welcome job's outbox row commit together even when the write runs alone (no
 /// other write to group it with): while the outbox refuses rows, no user is created either.
-#[test]
-fn a_user_is_not_created_when_its_welcome_job_cannot_be_written() {
+#[apply(engines)]
+fn a_user_is_not_created_when_its_welcome_job_cannot_be_written(#[case] engine: &str) {
     let cluster = PgCluster::shared();
-    each_engine(|engine| {
-        let db = cluster.create_database(&format!("durable_atomic_{engine}"));
-        let server = start(engine, cluster, &db);
-        let create = |email: &str| {
-            let body = serde_json::json!({ "name": "Lone", "email": email }).to_string();
-            server.connect().request(
-                "POST",
-                "/api/users",
-                &[("Content-Type", "application/json")],
-                body.as_bytes(),
-            )
-        };
-        cluster.psql(
-            "primary",
-            &db,
-            "ALTER TABLE job_outbox ADD CONSTRAINT refuse_new_jobs CHECK (false) NOT VALID",
-        );
-        let refused = create("lone@example.com");
-        assert!(
-            refused.status >= 500,
-            "{} {}",
-            refused.status,
-            refused.text()
-        );
-        let users = "SELECT count(*) FROM users WHERE email = 'lone@example.com'";
-        assert_eq!(
-            count(cluster, &db, users),
-            0,
-            "the user committed without its job"
-        );
-        cluster.psql(
-            "primary",
-            &db,
-            "ALTER TABLE job_outbox DROP CONSTRAINT refuse_new_jobs",
-        );
-        let created = create("lone@example.com");
-        assert_eq!(created.status, 201, "{}", created.text());
-        assert_eq!(count(cluster, &db, users), 1);
-        assert_eq!(
-            count(
-                cluster,
-                &db,
-                "SELECT count(*) FROM job_outbox WHERE kind = 'notification'"
-            ),
-            1
-        );
-    });
-}
-
-#[test]
-fn without_a_database_a_durable_enqueue_answers_503() {
-    each_engine(|engine| {
-        let server = Server::start(engine, &["--shards", "1"]);
-        let body = r#"{"kind": "analytics", "payload": {"event": "login"}, "durable": true}"#;
-        let response = server.connect().request(
+    let db = cluster.create_database(&format!("durable_atomic_{engine}"));
+    let server = start(engine, cluster, &db);
+    let create = |email: &str| {
+        let body = serde_json::json!({ "name": "Lone", "email": email }).to_string();
+        server.connect().request(
             "POST",
-            "/api/enterprise/jobs",
+            "/api/users",
             &[("Content-Type", "application/json")],
             body.as_bytes(),
-        );
-        assert_eq!(response.status, 503, "{}", response.text());
-        assert_eq!(response.error_code(), "durable_jobs_need_a_database");
-    });
+        )
+    };
+    cluster.psql(
+        "primary",
+        &db,
+        "ALTER TABLE job_outbox ADD CONSTRAINT refuse_new_jobs CHECK (false) NOT VALID",
+    );
+    let refused = create("lone@example.com");
+    assert!(
+        refused.status >= 500,
+        "{} {}",
+        refused.status,
+        refused.text()
+    );
+    let users = "SELECT count(*) FROM users WHERE email = 'lone@example.com'";
+    assert_eq!(
+        count(cluster, &db, users),
+        0,
+        "the user committed without its job"
+    );
+    cluster.psql(
+        "primary",
+        &db,
+        "ALTER TABLE job_outbox DROP CONSTRAINT refuse_new_jobs",
+    );
+    let created = create("lone@example.com");
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(count(cluster, &db, users), 1);
+    assert_eq!(
+        count(
+            cluster,
+            &db,
+            "SELECT count(*) FROM job_outbox WHERE kind = 'notification'"
+        ),
+        1
+    );
+}
+
+#[apply(engines)]
+fn without_a_database_a_durable_enqueue_answers_503(#[case] engine: &str) {
+    let server = Server::start(engine, &["--shards", "1"]);
+    let body = r#"{"kind": "analytics", "payload": {"event": "login"}, "durable": true}"#;
+    let response = server.connect().request(
+        "POST",
+        "/api/enterprise/jobs",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.error_code(), "durable_jobs_need_a_database");
 }
 
 /// A claim lost while its job still runs (its lease taken over, as when a loaded shard renews
 /// too late) is claimed again; the new claim finds the run already in the queues under the
 /// job's key and waits for it instead of starting a second one: the job ends done, with one
 /// effect, once that run ends.
-#[test]
-fn a_job_claimed_again_while_it_still_runs_finishes_once() {
+#[apply(engines)]
+fn a_job_claimed_again_while_it_still_runs_finishes_once(#[case] engine: &str) {
     let cluster = PgCluster::shared();
-    each_engine(|engine| {
-        let db = cluster.create_database(&format!("durable_reclaim_{engine}"));
-        let server = start(engine, cluster, &db);
-        let id = enqueue_sleeps(&mut server.connect(), 1, 4_000)[0];
-        let claimed =
-            format!("SELECT count(*) FROM job_outbox WHERE id = {id} AND status = 'claimed'");
-        common::wait_for("the job claimed", Duration::from_secs(15), || {
-            (count(cluster, &db, &claimed) == 1).then_some(())
-        });
-        // Another owner's lease, already out: the running claim has lost it, and the next
-        // poll claims the job again.
-        cluster.psql(
-            "primary",
-            &db,
-            &format!(
-                "UPDATE job_outbox SET claimed_by = 'elsewhere/0', lease_until = now() - interval '1 s' \
-                 WHERE id = {id}"
-            ),
-        );
-        let reclaimed = format!("SELECT count(*) FROM job_outbox WHERE id = {id} AND attempts = 2");
-        common::wait_for("the job claimed again", Duration::from_secs(15), || {
-            (count(cluster, &db, &reclaimed) == 1).then_some(())
-        });
-        assert_each_done_once(cluster, &db, 1, Duration::from_secs(30));
-        let effects = server
-            .connect()
-            .request("GET", "/debug/effects", &[], b"")
-            .json();
-        assert_eq!(
-            effects["durable-0"], 1,
-            "the job ran once in memory: {effects}"
-        );
+    let db = cluster.create_database(&format!("durable_reclaim_{engine}"));
+    let server = start(engine, cluster, &db);
+    let id = enqueue_sleeps(&mut server.connect(), 1, 4_000)[0];
+    let claimed = format!("SELECT count(*) FROM job_outbox WHERE id = {id} AND status = 'claimed'");
+    common::wait_for("the job claimed", Duration::from_secs(15), || {
+        (count(cluster, &db, &claimed) == 1).then_some(())
     });
+    // Another owner's lease, already out: the running claim has lost it, and the next
+    // poll claims the job again.
+    cluster.psql(
+        "primary",
+        &db,
+        &format!(
+            "UPDATE job_outbox SET claimed_by = 'elsewhere/0', lease_until = now() - interval '1 s' \
+             WHERE id = {id}"
+        ),
+    );
+    let reclaimed = format!("SELECT count(*) FROM job_outbox WHERE id = {id} AND attempts = 2");
+    common::wait_for("the job claimed again", Duration::from_secs(15), || {
+        (count(cluster, &db, &reclaimed) == 1).then_some(())
+    });
+    assert_each_done_once(cluster, &db, 1, Duration::from_secs(30));
+    let effects = server
+        .connect()
+        .request("GET", "/debug/effects", &[], b"")
+        .json();
+    assert_eq!(
+        effects["durable-0"], 1,
+        "the job ran once in memory: {effects}"
+    );
 }
 
 fn enqueue_durable(
@@ -350,72 +399,71 @@ fn enqueue_durable(
     )
 }
 
-#[test]
-fn a_durable_job_keeps_its_key_class_attempts_and_timeout() {
+#[apply(engines)]
+fn a_durable_job_keeps_its_key_class_attempts_and_timeout(#[case] engine: &str) {
     let cluster = PgCluster::shared();
-    each_engine(|engine| {
-        let db = cluster.create_database(&format!("durable_options_{engine}"));
-        let server = start(engine, cluster, &db);
-        let mut client = server.connect();
+    let db = cluster.create_database(&format!("durable_options_{engine}"));
+    let server = start(engine, cluster, &db);
+    let mut client = server.connect();
 
-        // A key is deduplicated in the database: the second enqueue answers 200 with the first
-        // job, whether the key comes in the body or the header.
-        let keyed = serde_json::json!({
-            "kind": "debug.sleep", "payload": {"ms": 1, "effect": "keyed"},
-            "durable": true, "key": "order-7",
-        });
-        let first = enqueue_durable(&mut client, &keyed, None);
-        assert_eq!(first.status, 202, "{}", first.text());
-        let id = first.json()["job"]["id"].clone();
-        let mut unkeyed = keyed.clone();
-        unkeyed.as_object_mut().unwrap().remove("key");
-        for again in [
-            enqueue_durable(&mut client, &keyed, None),
-            enqueue_durable(&mut client, &unkeyed, Some("order-7")),
-        ] {
-            assert_eq!(again.status, 200, "{}", again.text());
-            assert_eq!(
-                (&again.json()["job"]["id"], &again.json()["duplicate"]),
-                (&id, &serde_json::json!(true))
-            );
-        }
-        let rows = "SELECT count(*) FROM job_outbox WHERE kind = 'debug.sleep' AND payload->>'effect' = 'keyed'";
-        assert_eq!(count(cluster, &db, rows), 1);
-
-        // Its own class, attempts and timeout: one attempt of 200 ms at most, in high.
-        let limited = serde_json::json!({
-            "kind": "debug.sleep", "payload": {"ms": 5000, "effect": "limited"},
-            "durable": true, "class": "high", "max_attempts": 1, "timeout_ms": 200,
-        });
-        let response = enqueue_durable(&mut client, &limited, None);
-        assert_eq!(response.status, 202, "{}", response.text());
-        let dead = "SELECT count(*) FROM job_outbox WHERE payload->>'effect' = 'limited' \
-                    AND status = 'dead' AND last_error LIKE '%200 ms%'";
-        common::wait_for(
-            "the limited job to die at its timeout",
-            Duration::from_secs(30),
-            || (count(cluster, &db, dead) == 1).then_some(()),
-        );
-        common::wait_for(
-            "the high class to count the timeout",
-            Duration::from_secs(10),
-            || {
-                let high =
-                    server.get("/api/enterprise/queues/status").json()["classes"]["high"].clone();
-                (high["timed_out"] == 1 && high["retried"] == 0).then_some(())
-            },
-        );
-
-        // jsonb has no NUL: a 400, not a database error.
-        let nul = serde_json::json!({"kind": "analytics", "payload": {"event": "a\u{0}b"}, "durable": true});
-        let response = enqueue_durable(&mut client, &nul, None);
-        assert_eq!(
-            (response.status, response.error_code().as_str()),
-            (400, "bad_request"),
-            "{}",
-            response.text()
-        );
+    // A key is deduplicated in the database: the second enqueue answers 200 with the first
+    // job, whether the key comes in the body or the header.
+    let keyed = serde_json::json!({
+        "kind": "debug.sleep", "payload": {"ms": 1, "effect": "keyed"},
+        "durable": true, "key": "order-7",
     });
+    let first = enqueue_durable(&mut client, &keyed, None);
+    assert_eq!(first.status, 202, "{}", first.text());
+    let id = first.json()["job"]["id"].clone();
+    let mut unkeyed = keyed.clone();
+    unkeyed.as_object_mut().unwrap().remove("key");
+    for again in [
+        enqueue_durable(&mut client, &keyed, None),
+        enqueue_durable(&mut client, &unkeyed, Some("order-7")),
+    ] {
+        assert_eq!(again.status, 200, "{}", again.text());
+        assert_eq!(
+            (&again.json()["job"]["id"], &again.json()["duplicate"]),
+            (&id, &serde_json::json!(true))
+        );
+    }
+    let rows = "SELECT count(*) FROM job_outbox WHERE kind = 'debug.sleep' AND payload->>'effect' = 'keyed'";
+    assert_eq!(count(cluster, &db, rows), 1);
+
+    // Its own class, attempts and timeout: one attempt of 200 ms at most, in high.
+    let limited = serde_json::json!({
+        "kind": "debug.sleep", "payload": {"ms": 5000, "effect": "limited"},
+        "durable": true, "class": "high", "max_attempts": 1, "timeout_ms": 200,
+    });
+    let response = enqueue_durable(&mut client, &limited, None);
+    assert_eq!(response.status, 202, "{}", response.text());
+    let dead = "SELECT count(*) FROM job_outbox WHERE payload->>'effect' = 'limited' \
+                AND status = 'dead' AND last_error LIKE '%200 ms%'";
+    common::wait_for(
+        "the limited job to die at its timeout",
+        Duration::from_secs(30),
+        || (count(cluster, &db, dead) == 1).then_some(()),
+    );
+    common::wait_for(
+        "the high class to count the timeout",
+        Duration::from_secs(10),
+        || {
+            let high =
+                server.get("/api/enterprise/queues/status").json()["classes"]["high"].clone();
+            (high["timed_out"] == 1 && high["retried"] == 0).then_some(())
+        },
+    );
+
+    // jsonb has no NUL: a 400, not a database error.
+    let nul =
+        serde_json::json!({"kind": "analytics", "payload": {"event": "a\u{0}b"}, "durable": true});
+    let response = enqueue_durable(&mut client, &nul, None);
+    assert_eq!(
+        (response.status, response.error_code().as_str()),
+        (400, "bad_request"),
+        "{}",
+        response.text()
+    );
 }
 
 /// Leases that run out in the middle of a backlog (as when renewals queue behind other writes
@@ -423,38 +471,27 @@ fn a_durable_job_keeps_its_key_class_attempts_and_timeout() {
 /// running or being recorded, and the queue loops are busy throughout. The backlog still drains,
 /// each job done once. (On may, beside `stress-ng --cpu 2`, this stalled a shard's queue loop for
 /// good when may lost the timer of one of its parks: see `Wakeups::park`.)
-#[test]
-fn a_backlog_drains_when_its_leases_run_out_again_and_again() {
+#[apply(engines)]
+fn a_backlog_drains_when_its_leases_run_out_again_and_again(#[case] engine: &str) {
     let cluster = PgCluster::shared();
-    each_engine(|engine| {
-        let db = cluster.create_database(&format!("durable_lost_leases_{engine}"));
-        let _server = start(engine, cluster, &db);
-        let jobs = 400;
+    let db = cluster.create_database(&format!("durable_lost_leases_{engine}"));
+    let _server = start(engine, cluster, &db);
+    let jobs = 400;
+    insert_sleeps(cluster, &db, jobs, 40, "lost-lease");
+    let claimed = "SELECT count(*) FROM job_outbox WHERE status = 'claimed'";
+    let done = "SELECT count(*) FROM job_outbox WHERE status = 'done'";
+    // Four times, so that no job passes its claims (five) and is marked dead.
+    for _ in 0..4 {
+        common::wait_for("some jobs claimed", Duration::from_secs(30), || {
+            (count(cluster, &db, claimed) > 0 || count(cluster, &db, done) == jobs).then_some(())
+        });
         cluster.psql(
             "primary",
             &db,
-            &format!(
-                "INSERT INTO job_outbox (kind, payload) SELECT 'debug.sleep', \
-                 jsonb_build_object('ms', 40, 'effect', 'lost-lease-' || g) \
-                 FROM generate_series(1, {jobs}) g"
-            ),
+            "UPDATE job_outbox SET lease_until = now() - interval '1 s' \
+             WHERE status = 'claimed'",
         );
-        let claimed = "SELECT count(*) FROM job_outbox WHERE status = 'claimed'";
-        let done = "SELECT count(*) FROM job_outbox WHERE status = 'done'";
-        // Four times, so that no job passes its claims (five) and is marked dead.
-        for _ in 0..4 {
-            common::wait_for("some jobs claimed", Duration::from_secs(30), || {
-                (count(cluster, &db, claimed) > 0 || count(cluster, &db, done) == jobs)
-                    .then_some(())
-            });
-            cluster.psql(
-                "primary",
-                &db,
-                "UPDATE job_outbox SET lease_until = now() - interval '1 s' \
-                 WHERE status = 'claimed'",
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        assert_each_done_once(cluster, &db, jobs, Duration::from_secs(60));
-    });
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_each_done_once(cluster, &db, jobs, Duration::from_secs(60));
 }

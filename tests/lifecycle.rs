@@ -5,7 +5,10 @@ mod common;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use common::{each_engine, Server};
+use rstest::rstest;
+use rstest_reuse::{self, apply};
+
+use common::{engines, Server};
 
 fn shard_of(client: &mut common::Client) -> u64 {
     client.request("GET", "/debug/shard", &[], b"").json()["shard"]
@@ -13,62 +16,126 @@ fn shard_of(client: &mut common::Client) -> u64 {
         .unwrap()
 }
 
-#[test]
-fn a_crashed_shard_restarts_on_its_core_and_the_others_keep_serving() {
-    each_engine(|engine| {
-        let server = Server::start(engine, &["--shards", "2", "--debug-routes"]);
-        // Open connections until both shards hold some (SO_REUSEPORT spreads them by hash).
-        let mut by_shard: [Vec<common::Client>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..200 {
-            if by_shard.iter().all(|c| c.len() >= 2) {
-                break;
-            }
-            let mut client = server.connect();
-            let shard = shard_of(&mut client) as usize;
-            by_shard[shard].push(client);
+#[apply(engines)]
+fn a_crashed_shard_restarts_on_its_core_and_the_others_keep_serving(#[case] engine: &str) {
+    let server = Server::start(engine, &["--shards", "2", "--debug-routes"]);
+    // Open connections until both shards hold some (SO_REUSEPORT spreads them by hash).
+    let mut by_shard: [Vec<common::Client>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..200 {
+        if by_shard.iter().all(|c| c.len() >= 2) {
+            break;
         }
-        assert!(
-            by_shard.iter().all(|c| c.len() >= 2),
-            "connections did not reach both shards"
-        );
-        let before = server.cluster_status();
-        let victim_cpu = before["shards"][0]["cpu"].clone();
-        let [victims, survivors] = &mut by_shard;
+        let mut client = server.connect();
+        let shard = shard_of(&mut client) as usize;
+        by_shard[shard].push(client);
+    }
+    assert!(
+        by_shard.iter().all(|c| c.len() >= 2),
+        "connections did not reach both shards"
+    );
+    let before = server.cluster_status();
+    let victim_cpu = before["shards"][0]["cpu"].clone();
+    let [victims, survivors] = &mut by_shard;
 
-        let crash = victims[0].try_request("POST", "/debug/crash-shard", &[], b"");
-        assert!(
-            crash.is_none(),
-            "the crashing shard should not answer: {crash:?}"
-        );
-        let status = server.wait_for_status("shard 0 restarted", |s| {
-            s["shards"][0]["restarts"] == 1
-                && s["shards"][0]["state"] == "running"
-                && s["shards"][0]["generation"] == 2
-        });
-        assert_eq!(
-            status["shards"][0]["cpu"], victim_cpu,
-            "restarted on the same core"
-        );
-        assert_eq!(status["shards"][1]["restarts"], 0);
-
-        // The other shard's connections never noticed.
-        for client in survivors.iter_mut() {
-            assert_eq!(shard_of(client), 1);
-        }
-        // The dead shard's other connections are gone; new connections are served again.
-        assert!(victims[1].try_request("GET", "/livez", &[], b"").is_none());
-        for _ in 0..20 {
-            assert_eq!(server.get("/livez").status, 200);
-        }
-        let prometheus = server.get("/metrics").text();
-        assert!(
-            prometheus.contains("coinbit_shard_restarts_total{shard=\"0\",cpu="),
-            "{prometheus}"
-        );
-        assert!(prometheus.lines().any(|l| l
-            .starts_with("coinbit_shard_restarts_total{shard=\"0\"")
-            && l.ends_with(" 1")));
+    let crash = victims[0].try_request("POST", "/debug/crash-shard", &[], b"");
+    assert!(
+        crash.is_none(),
+        "the crashing shard should not answer: {crash:?}"
+    );
+    let status = server.wait_for_status("shard 0 restarted", |s| {
+        s["shards"][0]["restarts"] == 1
+            && s["shards"][0]["state"] == "running"
+            && s["shards"][0]["generation"] == 2
     });
+    assert_eq!(
+        status["shards"][0]["cpu"], victim_cpu,
+        "restarted on the same core"
+    );
+    assert_eq!(status["shards"][1]["restarts"], 0);
+
+    // The other shard's connections never noticed.
+    for client in survivors.iter_mut() {
+        assert_eq!(shard_of(client), 1);
+    }
+    // The dead shard's other connections are gone; new connections are served again.
+    assert!(victims[1].try_request("GET", "/livez", &[], b"").is_none());
+    for _ in 0..20 {
+        assert_eq!(server.get("/livez").status, 200);
+    }
+    let prometheus = server.get("/metrics").text();
+    assert!(
+        prometheus.contains("coinbit_shard_restarts_total{shard=\"0\",cpu="),
+        "{prometheus}"
+    );
+    assert!(prometheus
+        .lines()
+        .any(|l| l.starts_with("coinbit_shard_restarts_total{shard=\"0\"") && l.ends_with(" 1")));
+}
+
+/// CPUs in a `Cpus_allowed_list` value (`0-3,6`).
+fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// A field of `/proc/<path>/status`, e.g. `Cpus_allowed_list`.
+fn proc_status_field(path: &str, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{path}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{path}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{path}/status"))
+        .trim()
+        .to_string()
+}
+
+/// What the kernel says, not the `cpu` the server reports: each shard's thread may run on its
+/// one CPU only, and no two shards share one. The thread is the one whose id the status
+/// reports, checked to be a thread of the process (and on glommio, to carry the shard's name;
+/// may's worker threads carry none).
+#[apply(engines)]
+fn each_shard_thread_is_pinned_to_a_cpu_of_its_own(#[case] engine: &str) {
+    let allowed = parse_cpu_list(&proc_status_field("self", "Cpus_allowed_list"));
+    let cpus: Vec<usize> = allowed.into_iter().take(2).collect();
+    assert_eq!(cpus.len(), 2, "this test needs two CPUs");
+    let cpu_list = format!("{},{}", cpus[0], cpus[1]);
+    let server = Server::start(engine, &["--shards", "2", "--shard-cpus", &cpu_list]);
+    let status = server.wait_for_status("every shard's thread id", |s| {
+        s["shards"]
+            .as_array()
+            .is_some_and(|shards| shards.iter().all(|shard| shard["tid"].as_i64() > Some(0)))
+    });
+    let pid = server.child.id();
+    let mut pinned_to = Vec::new();
+    for shard in status["shards"].as_array().unwrap() {
+        let id = shard["id"].as_u64().unwrap();
+        let tid = shard["tid"].as_i64().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .unwrap_or_else(|e| panic!("shard {id}'s thread {tid} is not ours: {e}"));
+        if engine == "glommio" {
+            // glommio names an executor's thread `<name>-<executor id>`.
+            assert!(
+                comm.starts_with(&format!("shard-{id}-")),
+                "thread {tid}: {comm}"
+            );
+        }
+        assert_ne!(tid, i64::from(pid), "shard {id} reports the main thread");
+        let list = proc_status_field(&format!("{pid}/task/{tid}"), "Cpus_allowed_list");
+        let allowed = parse_cpu_list(&list);
+        assert_eq!(
+            allowed.len(),
+            1,
+            "shard {id} (thread {tid}) may run on {list}"
+        );
+        pinned_to.push(allowed[0]);
+    }
+    pinned_to.sort_unstable();
+    assert_eq!(pinned_to, cpus, "the shards' CPUs, read from /proc");
 }
 
 /// Signals go only once the shard has taken the `/debug/sleep` request (the route counts it
@@ -84,36 +151,34 @@ fn wait_until_sleep_in_flight(server: &Server) {
     );
 }
 
-#[test]
-fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
-    each_engine(|engine| {
-        let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "5000"]);
-        let mut busy = server.connect();
-        let idle = server.connect();
-        busy.send(b"GET /debug/sleep?ms=800 HTTP/1.1\r\nHost: t\r\n\r\n");
-        wait_until_sleep_in_flight(&server);
-        let signalled = Instant::now();
-        server.signal(libc::SIGTERM);
-        let response = busy.read_response(false);
-        assert_eq!(response.status, 200, "{}", response.text());
-        assert_eq!(response.json()["slept_ms"], 800);
-        assert_eq!(
-            response.header("connection"),
-            Some("close"),
-            "draining answers close"
-        );
-        let status = server.wait_exit(Duration::from_secs(10));
-        assert_eq!(status.code(), Some(0));
-        assert!(
-            signalled.elapsed() < Duration::from_secs(5),
-            "waited for the deadline instead of the last request"
-        );
-        drop(idle);
-        assert!(
-            std::net::TcpStream::connect(server.addr).is_err(),
-            "still accepting after exit"
-        );
-    });
+#[apply(engines)]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_zero(#[case] engine: &str) {
+    let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "5000"]);
+    let mut busy = server.connect();
+    let idle = server.connect();
+    busy.send(b"GET /debug/sleep?ms=800 HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until_sleep_in_flight(&server);
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    let response = busy.read_response(false);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["slept_ms"], 800);
+    assert_eq!(
+        response.header("connection"),
+        Some("close"),
+        "draining answers close"
+    );
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "waited for the deadline instead of the last request"
+    );
+    drop(idle);
+    assert!(
+        std::net::TcpStream::connect(server.addr).is_err(),
+        "still accepting after exit"
+    );
 }
 
 /// The home shard of an idempotency key among `shards` (FNV-1a, as the server's mesh).
@@ -124,104 +189,98 @@ fn key_home(key: &str, shards: u64) -> u64 {
     hash % shards
 }
 
-#[test]
-fn a_keyed_job_for_a_shard_already_stopped_gets_503_at_once_during_shutdown() {
-    each_engine(|engine| {
-        let mut server = Server::start(
-            engine,
-            &[
-                "--debug-routes",
-                "--shards",
-                "2",
-                "--shutdown-timeout",
-                "10000",
-            ],
-        );
-        let mut client = server.connect();
-        let arrived_on = shard_of(&mut client);
-        let key = (0..)
-            .map(|i| format!("order-{i}"))
-            .find(|key| key_home(key, 2) != arrived_on)
-            .unwrap();
-        let home = 1 - arrived_on;
-        let body = format!(r#"{{"kind":"debug.sleep","payload":{{"ms":1}},"key":"{key}"}}"#);
-        // The head now, the body once the key's home has stopped: the request is in progress,
-        // so the shard it arrived on keeps draining for it.
-        client.send(
-            format!(
-                "POST /api/enterprise/jobs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        server.signal(libc::SIGTERM);
-        let stopped = format!("shard {home} stopped");
-        let mut seen = Vec::new();
-        common::wait_for(
-            "the key's home shard to stop",
-            Duration::from_secs(10),
-            || {
-                seen.extend(server.log_lines());
-                seen.iter().any(|l| l.contains(&stopped)).then_some(())
-            },
-        );
-        client.send(body.as_bytes());
-        let sent = Instant::now();
-        client
-            .stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let response = client
-            .try_read_response(false)
-            .expect("no answer before the shutdown deadline");
-        assert_eq!(response.status, 503, "{}", response.text());
-        assert_eq!(response.header("retry-after"), Some("1"));
-        assert_eq!(response.error_code(), "shard_unavailable");
-        assert!(sent.elapsed() < Duration::from_secs(5));
-        assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
-    });
+#[apply(engines)]
+fn a_keyed_job_for_a_shard_already_stopped_gets_503_at_once_during_shutdown(#[case] engine: &str) {
+    let mut server = Server::start(
+        engine,
+        &[
+            "--debug-routes",
+            "--shards",
+            "2",
+            "--shutdown-timeout",
+            "10000",
+        ],
+    );
+    let mut client = server.connect();
+    let arrived_on = shard_of(&mut client);
+    let key = (0..)
+        .map(|i| format!("order-{i}"))
+        .find(|key| key_home(key, 2) != arrived_on)
+        .unwrap();
+    let home = 1 - arrived_on;
+    let body = format!(r#"{{"kind":"debug.sleep","payload":{{"ms":1}},"key":"{key}"}}"#);
+    // The head now, the body once the key's home has stopped: the request is in progress,
+    // so the shard it arrived on keeps draining for it.
+    client.send(
+        format!(
+            "POST /api/enterprise/jobs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    server.signal(libc::SIGTERM);
+    let stopped = format!("shard {home} stopped");
+    let mut seen = Vec::new();
+    common::wait_for(
+        "the key's home shard to stop",
+        Duration::from_secs(10),
+        || {
+            seen.extend(server.log_lines());
+            seen.iter().any(|l| l.contains(&stopped)).then_some(())
+        },
+    );
+    client.send(body.as_bytes());
+    let sent = Instant::now();
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let response = client
+        .try_read_response(false)
+        .expect("no answer before the shutdown deadline");
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(response.error_code(), "shard_unavailable");
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
 }
 
-#[test]
-fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline() {
-    each_engine(|engine| {
-        let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "300"]);
-        let mut busy = server.connect();
-        busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n");
-        wait_until_sleep_in_flight(&server);
-        let signalled = Instant::now();
-        server.signal(libc::SIGINT);
-        assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
-        let took = signalled.elapsed();
-        assert!(took < Duration::from_secs(3), "took {took:?}");
-        assert!(
-            busy.try_read_response(false).is_none(),
-            "the request past the deadline is cut"
-        );
-    });
+#[apply(engines)]
+fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline(#[case] engine: &str) {
+    let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "300"]);
+    let mut busy = server.connect();
+    busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until_sleep_in_flight(&server);
+    let signalled = Instant::now();
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        busy.try_read_response(false).is_none(),
+        "the request past the deadline is cut"
+    );
 }
 
-#[test]
-fn a_second_signal_exits_130_without_waiting() {
-    each_engine(|engine| {
-        let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "10000"]);
-        let mut busy = server.connect();
-        busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n");
-        wait_until_sleep_in_flight(&server);
-        let signalled = Instant::now();
-        server.signal(libc::SIGTERM);
-        // The first signal is being handled (draining) before the second comes.
-        common::wait_for("draining", Duration::from_secs(5), || {
-            server
-                .log_lines()
-                .iter()
-                .any(|l| l.contains("draining connections"))
-                .then_some(())
-        });
-        server.signal(libc::SIGINT);
-        assert_eq!(server.wait_exit(Duration::from_secs(5)).code(), Some(130));
-        assert!(signalled.elapsed() < Duration::from_secs(3));
+#[apply(engines)]
+fn a_second_signal_exits_130_without_waiting(#[case] engine: &str) {
+    let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "10000"]);
+    let mut busy = server.connect();
+    busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until_sleep_in_flight(&server);
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    // The first signal is being handled (draining) before the second comes.
+    common::wait_for("draining", Duration::from_secs(5), || {
+        server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("draining connections"))
+            .then_some(())
     });
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit(Duration::from_secs(5)).code(), Some(130));
+    assert!(signalled.elapsed() < Duration::from_secs(3));
 }
 
 /// Runs the binary with `args` and `env` (on top of `PORT=0`) until it exits, at most 20 s;
@@ -445,66 +504,110 @@ fn auto_falls_back_to_may_where_glommio_cannot_run_and_says_why() {
     }
 }
 
-#[test]
-fn a_port_in_use_by_a_non_reuseport_socket_is_a_clear_error() {
-    each_engine(|engine| {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = taken.local_addr().unwrap().port().to_string();
-        let (code, stderr) = run_to_exit(&["--port", &port, "--engine", engine], &[], None);
-        assert_eq!(code, 1, "{stderr}");
-        assert!(
-            stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"),
-            "{stderr}"
-        );
-    });
+#[apply(engines)]
+fn a_port_in_use_by_a_non_reuseport_socket_is_a_clear_error(#[case] engine: &str) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, stderr) = run_to_exit(&["--port", &port, "--engine", engine], &[], None);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
 }
 
-#[test]
-fn a_second_server_on_a_served_port_is_refused_unless_a_handover_is_asked_for() {
-    each_engine(|engine| {
-        let first = Server::start(engine, &[]);
-        let port = first.addr.port().to_string();
-        let args = ["--port", &port, "--engine", engine];
-        let (code, stderr) = run_to_exit(&args, &[], None);
-        assert_eq!(code, 1, "{stderr}");
-        assert!(
-            stderr.contains(&format!("127.0.0.1:{port} is in use"))
-                && stderr.contains("REUSE_PORT_HANDOVER"),
-            "{stderr}"
-        );
+#[apply(engines)]
+fn a_second_server_on_a_served_port_is_refused_unless_a_handover_is_asked_for(
+    #[case] engine: &str,
+) {
+    let first = Server::start(engine, &[]);
+    let port = first.addr.port().to_string();
+    let args = ["--port", &port, "--engine", engine];
+    let (code, stderr) = run_to_exit(&args, &[], None);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port} is in use"))
+            && stderr.contains("REUSE_PORT_HANDOVER"),
+        "{stderr}"
+    );
 
-        let mut handover = common::binary();
-        handover
-            .args(["--bind-address", "127.0.0.1", "--snapshot-interval", "100"])
-            .args(args)
-            .env("REUSE_PORT_HANDOVER", "1")
-            .env("RUST_LOG", "info");
-        let second = Server::spawn(handover);
-        assert_eq!(second.addr, first.addr);
-        assert_eq!(first.get("/livez").status, 200);
-    });
+    let mut handover = common::binary();
+    handover
+        .args(["--bind-address", "127.0.0.1", "--snapshot-interval", "100"])
+        .args(args)
+        .env("REUSE_PORT_HANDOVER", "1")
+        .env("RUST_LOG", "info");
+    let second = Server::spawn(handover);
+    assert_eq!(second.addr, first.addr);
+    assert_eq!(first.get("/livez").status, 200);
 }
 
 /// A credential in a database URL, in each form it can take.
 const SECRET: &str = "s3cr3t-value";
 
+/// Every exit path that shows a database URL, with the credential in each form it can take:
+/// the primary refusing connections (exit 1, `serve` and `migrate`) and settings refused at
+/// start-up (exit 2, the primary's and a replica's).
 #[test]
 fn database_url_credentials_appear_in_no_exit_message() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unused.local_addr().unwrap().port();
+    let refused = unused.local_addr().unwrap().port();
     drop(unused);
-    let unreachable =
-        format!("postgres://u:{SECRET}@127.0.0.1:{port}/db?password={SECRET}&sslmode=disable");
-    let refused_option = format!("postgres://u@127.0.0.1:{port}/db?sslpassword={SECRET}");
-    for (url, code) in [(unreachable, 1), (refused_option, 2)] {
-        let (exit, stderr) = run_to_exit(
-            &["--connect-timeout", "500"],
-            &[("DATABASE_URL", &url)],
-            None,
+    let every_form = |port: u16| {
+        format!("postgres://u:{SECRET}@127.0.0.1:{port}/db?password={SECRET}&sslmode=disable")
+    };
+    let refused_url = every_form(refused);
+    let option = |name: &str| format!("postgres://u@127.0.0.1:{refused}/db?{name}={SECRET}");
+    let replica = format!("postgres://u:{SECRET}@127.0.0.1:{refused}/db?weight=0");
+    // (subcommand, variables, exit code, the variable the message names)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, i32, &'a str);
+    let mut cases: Vec<Case> = vec![
+        (
+            "serve",
+            vec![("DATABASE_URL", refused_url.clone())],
+            1,
+            "DATABASE_URL",
+        ),
+        (
+            "migrate",
+            vec![("DATABASE_URL", refused_url)],
+            1,
+            "DATABASE_URL",
+        ),
+        (
+            "serve",
+            vec![
+                ("DATABASE_URL", format!("postgres://127.0.0.1:{refused}/db")),
+                ("DB_READ_REPLICA_1", replica),
+            ],
+            2,
+            "DB_READ_REPLICA_1",
+        ),
+    ];
+    for name in ["sslpassword", "passwd", "client_secret", "api_token"] {
+        for subcommand in ["serve", "migrate"] {
+            cases.push((
+                subcommand,
+                vec![("DATABASE_URL", option(name))],
+                2,
+                "DATABASE_URL",
+            ));
+        }
+    }
+    for (subcommand, env, code, variable) in cases {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (exit, stderr) = run_to_exit(&["--connect-timeout", "500", subcommand], &env, None);
+        let case = format!("{subcommand} {env:?}");
+        assert_eq!(exit, code, "{case}: {stderr}");
+        assert!(stderr.contains(variable), "{case}: {stderr}");
+        assert!(
+            stderr.contains("***"),
+            "{case}: the URL is not shown: {stderr}"
         );
-        assert_eq!(exit, code, "{stderr}");
-        assert!(stderr.contains("DATABASE_URL"), "{stderr}");
-        assert!(!stderr.contains(SECRET), "credential leaked: {stderr}");
+        assert!(
+            !stderr.contains(SECRET),
+            "{case}: credential leaked: {stderr}"
+        );
     }
 }
 

@@ -11,7 +11,10 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{each_engine, wait_for, Client, Server};
+use rstest::rstest;
+use rstest_reuse::{self, apply};
+
+use common::{engines, wait_for, Client, Server};
 use serde_json::Value;
 
 /// The monitor's own tests run once, on the engine `auto` picks (may, `engine::AUTO_PREFERS`);
@@ -385,10 +388,9 @@ fn cpu_load_fires_the_cpu_critical_which_sheds_low_priority_work_until_it_clears
     assert_eq!(critical["state"], "firing");
     assert_eq!(critical["action"], "shed_low_priority");
     assert!(critical["value"].as_f64().unwrap() >= 18.0, "{critical}");
-    // Its own warning is inhibited while it fires.
-    if let Some(warning) = find(&body, "active", "cpu_usage/warning") {
-        assert_eq!(warning["state"], "inhibited");
-    }
+    // Its own warning (the same sample passes both levels) is inhibited while it fires.
+    let warning = find(&body, "active", "cpu_usage/warning").expect("the CPU warning");
+    assert_eq!(warning["state"], "inhibited", "{body}");
     let shed = &body["actions"][0];
     assert_eq!(
         (shed["name"].as_str(), shed["active"].as_bool()),
@@ -419,47 +421,45 @@ fn cpu_load_fires_the_cpu_critical_which_sheds_low_priority_work_until_it_clears
     assert!(logged(&server, "shed_low_priority on"));
 }
 
-#[test]
-fn critical_memory_answers_new_connections_with_503_and_retry_after() {
-    each_engine(|engine| {
-        // Levels of 0 %: memory is critical from the first sample.
-        let server = Server::start(
-            engine,
-            &[
-                "--metrics-interval",
-                "1000",
-                "--memory-warning",
-                "0",
-                "--memory-critical",
-                "0",
-            ],
-        );
-        // A connection opened before the first sample keeps working.
-        let mut kept = server.connect();
-        assert_eq!(kept.request("GET", "/livez", &[], b"").status, 200);
-        let refused = wait_for("a refused connection", PATIENCE, || {
-            try_get(&server, "/livez").filter(|r| r.status == 503)
-        });
-        assert_eq!(refused.error_code(), "overloaded");
-        assert_eq!(refused.header("retry-after"), Some("5"));
-        // The refusal starts within the monitor's round, just before the round is published.
-        let (body, critical) = wait_for("the memory alert published", PATIENCE, || {
-            let body = kept
-                .request("GET", "/api/enterprise/alerts", &[], b"")
-                .json();
-            find(&body, "active", "memory_usage/critical").map(|c| (body, c))
-        });
-        assert_eq!(critical["action"], "refuse_new_connections");
-        assert_eq!(body["actions"][1]["active"], true);
-        let health = kept.request("GET", "/health", &[], b"");
-        assert_eq!(health.status, 503, "{}", health.text());
-        wait_for("the refusal counted", PATIENCE, || {
-            let metrics = kept
-                .request("GET", "/api/enterprise/metrics", &[], b"")
-                .json();
-            (metrics["merged"]["connections"]["rejected_overload_total"].as_u64() >= Some(1))
-                .then_some(())
-        });
+#[apply(engines)]
+fn critical_memory_answers_new_connections_with_503_and_retry_after(#[case] engine: &str) {
+    // Levels of 0 %: memory is critical from the first sample.
+    let server = Server::start(
+        engine,
+        &[
+            "--metrics-interval",
+            "1000",
+            "--memory-warning",
+            "0",
+            "--memory-critical",
+            "0",
+        ],
+    );
+    // A connection opened before the first sample keeps working.
+    let mut kept = server.connect();
+    assert_eq!(kept.request("GET", "/livez", &[], b"").status, 200);
+    let refused = wait_for("a refused connection", PATIENCE, || {
+        try_get(&server, "/livez").filter(|r| r.status == 503)
+    });
+    assert_eq!(refused.error_code(), "overloaded");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    // The refusal starts within the monitor's round, just before the round is published.
+    let (body, critical) = wait_for("the memory alert published", PATIENCE, || {
+        let body = kept
+            .request("GET", "/api/enterprise/alerts", &[], b"")
+            .json();
+        find(&body, "active", "memory_usage/critical").map(|c| (body, c))
+    });
+    assert_eq!(critical["action"], "refuse_new_connections");
+    assert_eq!(body["actions"][1]["active"], true);
+    let health = kept.request("GET", "/health", &[], b"");
+    assert_eq!(health.status, 503, "{}", health.text());
+    wait_for("the refusal counted", PATIENCE, || {
+        let metrics = kept
+            .request("GET", "/api/enterprise/metrics", &[], b"")
+            .json();
+        (metrics["merged"]["connections"]["rejected_overload_total"].as_u64() >= Some(1))
+            .then_some(())
     });
 }
 
@@ -507,115 +507,111 @@ fn a_trend_alert_fires_before_the_threshold_is_reached() {
     assert!(find(&body, "active", "concurrent_users/critical").is_none());
 }
 
-#[test]
-fn a_stalled_shard_is_replaced_and_the_others_keep_serving() {
-    each_engine(|engine| {
-        let server = Server::start(
-            engine,
-            &[
-                "--debug-routes",
-                "--shards",
-                "2",
-                "--metrics-interval",
-                "200",
-                // Twice the stall detection's need: on a loaded host a healthy shard can be
-                // starved for a second, and its replacement would be a second restart.
-                "--heartbeat-timeout",
-                "2000",
-            ],
-        );
-        let mut victim = server.connect();
-        let shard = victim.request("GET", "/debug/shard", &[], b"").json()["shard"]
-            .as_u64()
-            .unwrap();
-        // Blocks that shard's thread for 6 s; the answer is not awaited.
-        victim.send(
-            b"POST /debug/stall-shard?ms=6000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
-        );
-        let stalled_at = Instant::now();
-        let stalled_at_ms = unix_ms();
-        let id = shard as usize;
-        let status = wait_for("the stalled shard to be replaced", PATIENCE, || {
-            quick_get(&server, "/api/enterprise/cluster/status").filter(|s| {
-                let sh = &s["shards"][id];
-                sh["restarts"] == 1 && sh["generation"] == 2 && sh["state"] == "running"
-            })
-        });
-        assert_eq!(status["shards"][1 - id]["restarts"], 0);
-        // Looked at first, while the stall lasts; the alert and the action are read afterwards.
-        // Both shards serve, the replacement already while its predecessor is stuck (on may,
-        // it runs on another of the shard's workers): a request that reached a shard unable to serve
-        // would be answered only after the stall.
-        let mut by_shard = [0u32; 2];
-        let mut replacement_served_during_stall = false;
-        let mut answers = 0;
-        let probing_from = stalled_at.elapsed();
-        // Short reads again, so that one connection the kernel queued on the stalled
-        // generation's listener does not hold the loop until the stall is over.
-        while answers < 40 && stalled_at.elapsed() < Duration::from_secs(12) {
-            let Some(body) = quick_get(&server, "/debug/shard") else {
-                continue;
-            };
-            answers += 1;
-            let answered_by = body["shard"].as_u64().unwrap() as usize;
-            by_shard[answered_by] += 1;
-            replacement_served_during_stall |=
-                answered_by == id && stalled_at.elapsed() < Duration::from_secs(6);
-        }
-        assert!(
-            by_shard.iter().all(|&n| n > 0),
-            "answers by shard: {by_shard:?}"
-        );
-        assert!(
-            replacement_served_during_stall,
-            "the replacement served only after the stall ({by_shard:?}; probing began \
-             {probing_from:?} into the 6 s stall)"
-        );
-        let body = wait_alert(&server, "the heartbeat alert", |b| {
-            let name = format!("shard_{id}_heartbeat/critical");
-            find(b, "active", &name)
-                .or_else(|| find(b, "recent", &name))
-                .map(|_| b.clone())
-        });
-        let restart = &body["actions"][2];
-        assert_eq!(
-            (restart["name"].as_str(), restart["taken"].as_u64()),
-            (Some("restart_shard"), Some(1)),
-            "{restart}"
-        );
-        // Replaced while its thread was still stuck: the monitor did not wait for it. (Silence is
-        // counted from the shard's last report, up to one 100 ms snapshot interval before the stall.)
-        let replaced_after = restart["since_ms"].as_u64().unwrap() as i64 - stalled_at_ms as i64;
-        assert!(
-            (1800..6000).contains(&replaced_after),
-            "replaced {replaced_after} ms into a 6000 ms stall (heartbeat timeout 2000 ms)"
-        );
-        // The old thread wakes up, finds itself replaced and ends: no second restart.
-        std::thread::sleep(
-            Duration::from_secs(6).saturating_sub(stalled_at.elapsed())
-                + Duration::from_millis(800),
-        );
-        let status = server.cluster_status();
-        assert_eq!(
-            (
-                status["shards"][id]["restarts"].as_u64(),
-                status["shards"][id]["generation"].as_u64()
-            ),
-            (Some(1), Some(2))
-        );
-        // The old generation's listener was shut under it: its accept loop ends instead of
-        // logging a failed accept over and over (counted over a second more of its life).
-        std::thread::sleep(Duration::from_secs(1));
-        let lines = server.log_lines();
-        assert!(lines
-            .iter()
-            .any(|l| l.contains("stopped sending heartbeats")));
-        let accept_failures = lines.iter().filter(|l| l.contains("accept failed")).count();
-        assert_eq!(
-            accept_failures, 0,
-            "{accept_failures} failed accepts logged"
-        );
+#[apply(engines)]
+fn a_stalled_shard_is_replaced_and_the_others_keep_serving(#[case] engine: &str) {
+    let server = Server::start(
+        engine,
+        &[
+            "--debug-routes",
+            "--shards",
+            "2",
+            "--metrics-interval",
+            "200",
+            // Twice the stall detection's need: on a loaded host a healthy shard can be
+            // starved for a second, and its replacement would be a second restart.
+            "--heartbeat-timeout",
+            "2000",
+        ],
+    );
+    let mut victim = server.connect();
+    let shard = victim.request("GET", "/debug/shard", &[], b"").json()["shard"]
+        .as_u64()
+        .unwrap();
+    // Blocks that shard's thread for 6 s; the answer is not awaited.
+    victim
+        .send(b"POST /debug/stall-shard?ms=6000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let stalled_at = Instant::now();
+    let stalled_at_ms = unix_ms();
+    let id = shard as usize;
+    let status = wait_for("the stalled shard to be replaced", PATIENCE, || {
+        quick_get(&server, "/api/enterprise/cluster/status").filter(|s| {
+            let sh = &s["shards"][id];
+            sh["restarts"] == 1 && sh["generation"] == 2 && sh["state"] == "running"
+        })
     });
+    assert_eq!(status["shards"][1 - id]["restarts"], 0);
+    // Looked at first, while the stall lasts; the alert and the action are read afterwards.
+    // Both shards serve, the replacement already while its predecessor is stuck (on may,
+    // it runs on another of the shard's workers): a request that reached a shard unable to serve
+    // would be answered only after the stall.
+    let mut by_shard = [0u32; 2];
+    let mut replacement_served_during_stall = false;
+    let mut answers = 0;
+    let probing_from = stalled_at.elapsed();
+    // Short reads again, so that one connection the kernel queued on the stalled
+    // generation's listener does not hold the loop until the stall is over.
+    while answers < 40 && stalled_at.elapsed() < Duration::from_secs(12) {
+        let Some(body) = quick_get(&server, "/debug/shard") else {
+            continue;
+        };
+        answers += 1;
+        let answered_by = body["shard"].as_u64().unwrap() as usize;
+        by_shard[answered_by] += 1;
+        replacement_served_during_stall |=
+            answered_by == id && stalled_at.elapsed() < Duration::from_secs(6);
+    }
+    assert!(
+        by_shard.iter().all(|&n| n > 0),
+        "answers by shard: {by_shard:?}"
+    );
+    assert!(
+        replacement_served_during_stall,
+        "the replacement served only after the stall ({by_shard:?}; probing began \
+         {probing_from:?} into the 6 s stall)"
+    );
+    let body = wait_alert(&server, "the heartbeat alert", |b| {
+        let name = format!("shard_{id}_heartbeat/critical");
+        find(b, "active", &name)
+            .or_else(|| find(b, "recent", &name))
+            .map(|_| b.clone())
+    });
+    let restart = &body["actions"][2];
+    assert_eq!(
+        (restart["name"].as_str(), restart["taken"].as_u64()),
+        (Some("restart_shard"), Some(1)),
+        "{restart}"
+    );
+    // Replaced while its thread was still stuck: the monitor did not wait for it. (Silence is
+    // counted from the shard's last report, up to one 100 ms snapshot interval before the stall.)
+    let replaced_after = restart["since_ms"].as_u64().unwrap() as i64 - stalled_at_ms as i64;
+    assert!(
+        (1800..6000).contains(&replaced_after),
+        "replaced {replaced_after} ms into a 6000 ms stall (heartbeat timeout 2000 ms)"
+    );
+    // The old thread wakes up, finds itself replaced and ends: no second restart.
+    std::thread::sleep(
+        Duration::from_secs(6).saturating_sub(stalled_at.elapsed()) + Duration::from_millis(800),
+    );
+    let status = server.cluster_status();
+    assert_eq!(
+        (
+            status["shards"][id]["restarts"].as_u64(),
+            status["shards"][id]["generation"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    // The old generation's listener was shut under it: its accept loop ends instead of
+    // logging a failed accept over and over (counted over a second more of its life).
+    std::thread::sleep(Duration::from_secs(1));
+    let lines = server.log_lines();
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("stopped sending heartbeats")));
+    let accept_failures = lines.iter().filter(|l| l.contains("accept failed")).count();
+    assert_eq!(
+        accept_failures, 0,
+        "{accept_failures} failed accepts logged"
+    );
 }
 
 /// A GET on a fresh connection with short reads: a connection the kernel queued on a stuck
@@ -722,88 +718,88 @@ fn on_may_a_replacement_serves_while_two_predecessors_are_still_stuck_on_their_w
     drop(stalled);
 }
 
-#[test]
-fn scaling_parks_a_shard_when_idle_and_wakes_it_under_load_without_failing_a_request() {
-    each_engine(|engine| {
-        let cooldown_ms = 2000;
-        let server = Server::start(
-            engine,
-            &[
-                "--shards",
-                "2",
-                "--min-workers",
-                "1",
-                "--max-workers",
-                "2",
-                "--metrics-interval",
-                "500",
-                "--scale-up-threshold",
-                "15",
-                "--scale-down-threshold",
-                "4",
-                "--scale-cooldown",
-                &cooldown_ms.to_string(),
-                // CPU alerts would turn /health red under load; this test is about scaling.
-                "--cpu-warning",
-                "100",
-                "--cpu-critical",
-                "100",
-            ],
-        );
-        // A light client runs throughout: scaling must not fail one of its requests.
-        let light = Load::start(server.addr, 1, "/livez", Duration::from_millis(50), 5, 200);
-        let wait = |what: &str, check: &dyn Fn(&Value) -> bool| {
-            wait_for(what, Duration::from_secs(60), || {
-                try_get(&server, "/api/enterprise/cluster/status")
-                    .map(|r| r.json())
-                    .filter(|s| check(s))
-            })
-        };
-        let parked = wait("scale-down when idle", &|s| {
-            s["cluster"]["active_shards"] == 1 && s["shards"][1]["state"] == "parked"
-        });
-        assert_eq!(parked["shards"][1]["active"], false);
-        let heavy = Load::start(server.addr, 3, "/livez", Duration::ZERO, 200, 200);
-        let woken = wait("scale-up under load", &|s| {
-            s["cluster"]["active_shards"] == 2 && s["shards"][1]["state"] == "running"
-        });
-        let served_before = woken["shards"][1]["requests_served"].as_u64().unwrap();
-        wait("the woken shard to serve", &|s| {
-            s["shards"][1]["requests_served"].as_u64().unwrap() > served_before + 100
-        });
-        let (heavy_ok, heavy_failed) = heavy.finish();
-        let status = wait("scale-down when idle again", &|s| {
-            s["cluster"]["active_shards"] == 1 && s["shards"][1]["state"] == "parked"
-        });
-        let (light_ok, light_failed) = light.finish();
-        assert_eq!(
-            (heavy_failed, light_failed),
-            (0, 0),
-            "{heavy_ok} + {light_ok} answered"
-        );
-        assert!(heavy_ok > 1000 && light_ok > 20);
-
-        let events = status["cluster"]["scaling"]["events"].as_array().unwrap();
-        let moves: Vec<(u64, u64)> = events
-            .iter()
-            .map(|e| (e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap()))
-            .collect();
-        assert_eq!(moves, [(2, 1), (1, 2), (2, 1)], "{events:?}");
-        for pair in events.windows(2) {
-            let gap = pair[1]["at_ms"].as_u64().unwrap() - pair[0]["at_ms"].as_u64().unwrap();
-            assert!(
-                gap >= cooldown_ms,
-                "scaling actions {gap} ms apart, cooldown {cooldown_ms} ms"
-            );
-        }
-        let log = server.log_lines();
-        assert!(log
-            .iter()
-            .any(|l| l.contains("auto-scaling: 2 -> 1 active shards")));
-        assert!(log
-            .iter()
-            .any(|l| l.contains("shard 1: activated, listening again")));
+#[apply(engines)]
+fn scaling_parks_a_shard_when_idle_and_wakes_it_under_load_without_failing_a_request(
+    #[case] engine: &str,
+) {
+    let cooldown_ms = 2000;
+    let server = Server::start(
+        engine,
+        &[
+            "--shards",
+            "2",
+            "--min-workers",
+            "1",
+            "--max-workers",
+            "2",
+            "--metrics-interval",
+            "500",
+            "--scale-up-threshold",
+            "15",
+            "--scale-down-threshold",
+            "4",
+            "--scale-cooldown",
+            &cooldown_ms.to_string(),
+            // CPU alerts would turn /health red under load; this test is about scaling.
+            "--cpu-warning",
+            "100",
+            "--cpu-critical",
+            "100",
+        ],
+    );
+    // A light client runs throughout: scaling must not fail one of its requests.
+    let light = Load::start(server.addr, 1, "/livez", Duration::from_millis(50), 5, 200);
+    let wait = |what: &str, check: &dyn Fn(&Value) -> bool| {
+        wait_for(what, Duration::from_secs(60), || {
+            try_get(&server, "/api/enterprise/cluster/status")
+                .map(|r| r.json())
+                .filter(|s| check(s))
+        })
+    };
+    let parked = wait("scale-down when idle", &|s| {
+        s["cluster"]["active_shards"] == 1 && s["shards"][1]["state"] == "parked"
     });
+    assert_eq!(parked["shards"][1]["active"], false);
+    let heavy = Load::start(server.addr, 3, "/livez", Duration::ZERO, 200, 200);
+    let woken = wait("scale-up under load", &|s| {
+        s["cluster"]["active_shards"] == 2 && s["shards"][1]["state"] == "running"
+    });
+    let served_before = woken["shards"][1]["requests_served"].as_u64().unwrap();
+    wait("the woken shard to serve", &|s| {
+        s["shards"][1]["requests_served"].as_u64().unwrap() > served_before + 100
+    });
+    let (heavy_ok, heavy_failed) = heavy.finish();
+    let status = wait("scale-down when idle again", &|s| {
+        s["cluster"]["active_shards"] == 1 && s["shards"][1]["state"] == "parked"
+    });
+    let (light_ok, light_failed) = light.finish();
+    assert_eq!(
+        (heavy_failed, light_failed),
+        (0, 0),
+        "{heavy_ok} + {light_ok} answered"
+    );
+    assert!(heavy_ok > 1000 && light_ok > 20);
+
+    let events = status["cluster"]["scaling"]["events"].as_array().unwrap();
+    let moves: Vec<(u64, u64)> = events
+        .iter()
+        .map(|e| (e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(moves, [(2, 1), (1, 2), (2, 1)], "{events:?}");
+    for pair in events.windows(2) {
+        let gap = pair[1]["at_ms"].as_u64().unwrap() - pair[0]["at_ms"].as_u64().unwrap();
+        assert!(
+            gap >= cooldown_ms,
+            "scaling actions {gap} ms apart, cooldown {cooldown_ms} ms"
+        );
+    }
+    let log = server.log_lines();
+    assert!(log
+        .iter()
+        .any(|l| l.contains("auto-scaling: 2 -> 1 active shards")));
+    assert!(log
+        .iter()
+        .any(|l| l.contains("shard 1: activated, listening again")));
 }
 
 #[test]

@@ -17,6 +17,11 @@ trap 'rm -f "$log"' EXIT
 status=0
 # --no-fail-fast: a failing binary does not keep the ones after it from running, so one run
 # reports every failure; cargo still exits non-zero when any test or binary failed.
+# PostgreSQL clusters never run two at a time: cargo runs the test binaries one after another,
+# and inside a binary tests/common/pg.rs lets one cluster run at a time (tests/database.rs and
+# tests/durable_jobs.rs share one for all their tests; tests/database_failover.rs's tests, which
+# stop nodes, take turns with one each), so four postmasters at most share the two cores with
+# the servers under test instead of starving each other into timeouts.
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one result line per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }

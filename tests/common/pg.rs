@@ -2,10 +2,16 @@
 //! `tests/pg/cluster.sh`, on ports chosen at run time (other suites run on this machine at the
 //! same time). A cluster is stopped and deleted when its handle drops, when the test binary
 //! exits (shared clusters) and, should a run be killed, by the next run (stale-cluster sweep).
+//!
+//! One cluster runs at a time in a test binary: a primary and three replicas are four
+//! postmasters, and two such clusters starting beside the server on a two-core host starve each
+//! other into timeouts. A binary's tests either share one cluster ([`PgCluster::shared`]) or
+//! take turns with one of their own ([`PgCluster::start`] waits for the one before to drop).
+//! Cargo runs the test binaries one after another, so no two binaries' clusters overlap either.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/cluster.sh");
 /// Data directories are named `<prefix><pid>-<port>`, so a sweep knows which run owns one.
@@ -15,6 +21,34 @@ pub struct PgCluster {
     pub dir: PathBuf,
     pub port: u16,
     pub replicas: usize,
+    /// This binary's turn to run a cluster, given back when the cluster drops.
+    _turn: ClusterTurn,
+}
+
+/// Whether a cluster of this binary is running, and the tests waiting for their turn.
+static CLUSTER_RUNNING: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// The one cluster of this test binary that may run now.
+struct ClusterTurn;
+
+impl ClusterTurn {
+    fn take() -> ClusterTurn {
+        let (running, ended) = &CLUSTER_RUNNING;
+        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running {
+            running = ended.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running = true;
+        ClusterTurn
+    }
+}
+
+impl Drop for ClusterTurn {
+    fn drop(&mut self) {
+        let (running, ended) = &CLUSTER_RUNNING;
+        *running.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        ended.notify_one();
+    }
 }
 
 /// Clusters to stop at exit (shared ones live in statics, whose destructors never run).
@@ -90,10 +124,12 @@ fn ports_free(base: u16, count: u16) -> bool {
 }
 
 impl PgCluster {
-    /// A primary and `replicas` streaming replicas on free ports below 32768.
+    /// A primary and `replicas` streaming replicas on free ports below 32768, once the
+    /// binary's previous cluster has dropped.
     pub fn start(replicas: usize) -> PgCluster {
         static SWEPT: OnceLock<()> = OnceLock::new();
         SWEPT.get_or_init(sweep_stale);
+        let mut turn = Some(ClusterTurn::take());
         let mut last_error = String::new();
         for _ in 0..8 {
             let base = 20_000 + fastrand_u16(12_000);
@@ -109,6 +145,7 @@ impl PgCluster {
                 dir,
                 port: base,
                 replicas,
+                _turn: turn.take().expect("a turn per attempt"),
             };
             let out = cluster.run(&["up"]);
             if out.status.success() {
@@ -116,13 +153,15 @@ impl PgCluster {
             }
             // Most likely a port taken meanwhile by another suite: try elsewhere.
             last_error = String::from_utf8_lossy(&out.stderr).into_owned();
-            drop(cluster); // stops what did start, and deletes it
+            drop(cluster); // stops what did start, deletes it, and gives the turn back
+            turn = Some(ClusterTurn::take());
             eprintln!("cluster on {base} failed, retrying elsewhere: {last_error}");
         }
         panic!("could not start a PostgreSQL cluster: {last_error}");
     }
 
-    /// The shared cluster of this test binary (one primary, three replicas).
+    /// The shared cluster of this test binary (one primary, three replicas), which keeps the
+    /// binary's turn: a binary that uses it starts no other.
     pub fn shared() -> &'static PgCluster {
         static SHARED: OnceLock<PgCluster> = OnceLock::new();
         SHARED.get_or_init(|| PgCluster::start(3))

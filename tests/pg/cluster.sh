@@ -104,6 +104,8 @@ max_replication_slots = $((REPLICAS + 5))
 hot_standby = on
 max_connections = 200
 cluster_name = 'primary'
+# The tests count the statements each node ran (tests/database.rs, batched reads).
+shared_preload_libraries = 'pg_stat_statements'
 EOF
     cat >"$data/pg_hba.conf" <<EOF
 local all all trust
