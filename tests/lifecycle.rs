@@ -546,8 +546,9 @@ fn a_second_server_on_a_served_port_is_refused_unless_a_handover_is_asked_for(
 const SECRET: &str = "s3cr3t-value";
 
 /// Every exit path that shows a database URL, with the credential in each form it can take:
-/// the primary refusing connections (exit 1, `serve` and `migrate`) and settings refused at
-/// start-up (exit 2, the primary's and a replica's).
+/// the primary refusing connections or accepting them and never answering (exit 1, `serve` and
+/// `migrate`, each within its bound) and settings refused at start-up (exit 2, the primary's
+/// and a replica's).
 #[test]
 fn database_url_credentials_appear_in_no_exit_message() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -557,6 +558,10 @@ fn database_url_credentials_appear_in_no_exit_message() {
         format!("postgres://u:{SECRET}@127.0.0.1:{port}/db?password={SECRET}&sslmode=disable")
     };
     let refused_url = every_form(refused);
+    // A port that accepts connections and never answers: a hung server, or something else
+    // holding the port. The listener's backlog takes the connections; nothing reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = every_form(silent.local_addr().unwrap().port());
     let option = |name: &str| format!("postgres://u@127.0.0.1:{refused}/db?{name}={SECRET}");
     let replica = format!("postgres://u:{SECRET}@127.0.0.1:{refused}/db?weight=0");
     // (subcommand, variables, exit code, the variable the message names)
@@ -571,6 +576,18 @@ fn database_url_credentials_appear_in_no_exit_message() {
         (
             "migrate",
             vec![("DATABASE_URL", refused_url)],
+            1,
+            "DATABASE_URL",
+        ),
+        (
+            "serve",
+            vec![("DATABASE_URL", silent_url.clone())],
+            1,
+            "DATABASE_URL",
+        ),
+        (
+            "migrate",
+            vec![("DATABASE_URL", silent_url)],
             1,
             "DATABASE_URL",
         ),

@@ -33,11 +33,7 @@ pub fn apply(config: &Config, connect_timeout: Duration) -> Result<Vec<i32>, Str
     config
         .connect_timeout(connect_timeout)
         .application_name("coinbit-migrate");
-    let mut client = config.connect(NoTls).map_err(|e| describe(&e))?;
-    let in_recovery: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .map_err(|e| describe(&e))?
-        .get(0);
+    let (mut client, in_recovery) = greet(config, connect_timeout)?;
     if in_recovery {
         return check_standby(&mut client);
     }
@@ -73,6 +69,31 @@ pub fn apply(config: &Config, connect_timeout: Duration) -> Result<Vec<i32>, Str
     let applied = run(&mut tx).map_err(|e| describe(&e))?;
     tx.commit().map_err(|e| describe(&e))?;
     Ok(applied)
+}
+
+/// Connects and asks whether the node is in recovery, within `2 * connect_timeout`: the
+/// driver's timeout bounds only the TCP connect, and a node that accepts connections but never
+/// answers (a hung server, a port held by something else) would hold start-up forever. On time
+/// out the connecting thread is left behind; the caller exits.
+fn greet(config: Config, connect_timeout: Duration) -> Result<(postgres::Client, bool), String> {
+    let limit = connect_timeout * 2;
+    let (answer, answered) = crossbeam::channel::bounded(1);
+    std::thread::Builder::new()
+        .name("db-migrate-connect".into())
+        .spawn(move || {
+            let greeting = config.connect(NoTls).and_then(|mut client| {
+                let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+                Ok((client, in_recovery))
+            });
+            let _ = answer.send(greeting.map_err(|e| describe(&e)));
+        })
+        .map_err(|e| format!("cannot start the connecting thread: {e}"))?;
+    answered.recv_timeout(limit).unwrap_or_else(|_| {
+        Err(format!(
+            "no answer within {} ms: the server accepted the connection but did not answer",
+            limit.as_millis()
+        ))
+    })
 }
 
 /// A "primary" in recovery takes no DDL: it may serve (reads; writes answer 503) only if its
