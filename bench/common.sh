@@ -106,6 +106,19 @@ print(", ".join(problems))
 PY
 }
 
+# json FILE EXPR: a value from a JSON file (EXPR in Python over `d`); n/a when the file is not
+# a finished report (a loadgen that failed), which is said on stderr.
+json() {
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null ||
+        { echo "$(basename "$0"): no result in $1" >&2; echo n/a; }
+}
+
+# p99 FILE: the corrected p99 (ms) of a loadgen report.
+p99() { json "$1" "d['overall']['latency_ms']['p99']"; }
+
+# ok_rps FILE: answers with an expected status per second in a loadgen report.
+ok_rps() { json "$1" "round(d['overall']['ok'] / d['duration_s'])"; }
+
 # run_loadgen FILE COMMAND...: runs COMMAND (loadgen and its arguments, maybe behind chrt) with
 # its JSON report in FILE and its stderr in FILE.err. A run that fails leaves no report, which
 # loadgen_problems calls "no result"; the failure is said on stderr, and the script goes on.

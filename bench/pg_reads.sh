@@ -11,14 +11,18 @@
 #   4. the same, with the server's database pool at PG_POOL2 connections per node;
 #   5. with BEFORE=path/to/an/older/coinbit, steps 3 and 4 on that binary too (before/after in
 #      one run);
-# and prints a markdown table with each one's rate relative to pgbench -S. Then what group commit
-# buys: loadgen POST /api/users with DB_GROUP_COMMIT=1 (one transaction per write) and 16.
+# then what group commit buys: loadgen POST /api/users with DB_GROUP_COMMIT=1 (one transaction
+# per write) and 16; all of it ROUNDS times. It prints a markdown table of each run's rate
+# (medians over the rounds) relative to pgbench -S and to pgbench on the endpoint's own query
+# (the like-for-like figure), and one of the writes. A run with errors (loadgen answers other
+# than the expected status, socket errors, pgbench's failed transactions) is INVALID and the
+# script exits 2 after its tables (bench/common.sh, "valid cells").
 # On a small host everything (clients, server, four PostgreSQL instances) shares the CPUs:
 # the ratio, not the absolute rate, is the figure to compare.
 #
 # Usage: bench/pg_reads.sh
 # Environment (all optional):
-#   CLIENTS=32  DURATION=15  PORT=18300  PG_PORT=25600  POOL=2  PG_POOL2=8  BUILD=1
+#   ROUNDS=3  CLIENTS=32  DURATION=15  PORT=18300  PG_PORT=25600  POOL=2  PG_POOL2=8  BUILD=1
 #   COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen  BEFORE=(unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +30,7 @@ cd "$(dirname "$0")/.."
 
 CLIENTS=${CLIENTS:-32}
 DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-18300}
 POOL=${POOL:-2}
 PG_POOL2=${PG_POOL2:-8}
@@ -112,72 +117,127 @@ pg_ticks() {
 }
 client_ticks() { awk '{printf "%d", ($1 + $2) * 100}' "$tmp/client.time"; }
 
-pgbench_tps() {
-    /usr/bin/time -f "%U %S" -o "$tmp/client.time" \
-        "$bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" >"$tmp/pgbench.out" 2>&1 ||
-        { echo "pgbench failed:" >&2; cat "$tmp/pgbench.out" >&2; exit 1; }
-    awk '/^tps/ {print int($3)}' "$tmp/pgbench.out"
-}
-# Prints "errors req/s p99_ms" of one loadgen run of scenario $1.
-loadgen_rps() {
-    /usr/bin/time -f "%U %S" -o "$tmp/client.time" \
-        "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/$1.toml" --json "http://127.0.0.1:$PORT" 2>/dev/null |
-        awk -F'[:,]' '/"overall"/ {o = 1} o && /"errors":/ && !s {s = 1; e = $2 + 0}
-                      o && /"rps":/ && !r {r = $2} o && /"p99":/ && !p {p = $2} END {printf "%d %d %s\n", e, r, p + 0}'
-}
+# Every run of every round, by "case|round": its rate, CPU per 1k requests (client, coinbit,
+# PostgreSQL), a note, and what makes it invalid (bench/common.sh, "valid cells").
+declare -A RATE=() CPU_CLIENT=() CPU_SERVER=() CPU_PG=() NOTE_OF=() PROBLEMS_OF=()
+CASES=() # case names in the order they first ran
+round=1
 
-ROWS=()
-ref=""
-# row NAME REQ_PER_S CLIENT_TICKS SERVER_TICKS PG_TICKS NOTES
-row() {
-    local cpu
-    cpu=$(awk -v r="$2" -v d="$DURATION" -v c="$3" -v s="$4" -v p="$5" \
-        'BEGIN { n = r * d / 1000; printf "%.0f | %.0f | %.0f | %.0f", c * 10 / n, s * 10 / n, p * 10 / n, (c + s + p) * 10 / n }')
-    ROWS+=("| $1 | $2 | $(awk "BEGIN {printf \"%.2fx\", $2 / $ref}") | $cpu | $6 |")
+# record NAME RATE CLIENT_TICKS SERVER_TICKS PG_TICKS NOTE PROBLEMS
+record() {
+    local key="$1|$round" n
+    [[ " ${CASES[*]} " == *" $1 "* ]] || CASES+=("$1")
+    RATE[$key]=$2
+    n=$(awk -v r="$2" -v d="$DURATION" 'BEGIN { print (r > 0 ? r * d / 1000 : 1) }')
+    CPU_CLIENT[$key]=$(awk -v c="$3" -v n="$n" 'BEGIN { printf "%.0f", c * 10 / n }')
+    CPU_SERVER[$key]=$(awk -v c="$4" -v n="$n" 'BEGIN { printf "%.0f", c * 10 / n }')
+    CPU_PG[$key]=$(awk -v c="$5" -v n="$n" 'BEGIN { printf "%.0f", c * 10 / n }')
+    NOTE_OF[$key]=$6
+    PROBLEMS_OF[$key]=$7
+    refuse_cell "$1, round $round" "$7" || true
 }
 
 # pgbench on replica1: "$1" names the run, the rest are pgbench's arguments.
 pgbench_case() {
-    local name=$1 before tps; shift
+    local name=$1 before tps failed; shift
     before=$(pg_ticks)
-    tps=$(pgbench_tps "$@" "$replica1")
+    /usr/bin/time -f "%U %S" -o "$tmp/client.time" \
+        "$bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" "$replica1" >"$tmp/pgbench.out" 2>&1 ||
+        { echo "pgbench failed:" >&2; cat "$tmp/pgbench.out" >&2; exit 1; }
+    tps=$(awk '/^tps/ {print int($3)}' "$tmp/pgbench.out")
+    failed=$(awk '/^number of failed transactions:/ {print $5}' "$tmp/pgbench.out")
     sleep 0.5 # the backends exit and are reaped
-    ref=${ref:-$tps}
-    row "$name" "$tps" "$(client_ticks)" 0 $(($(pg_ticks) - before)) "${NOTE:-}"
+    record "$name" "${tps:-0}" "$(client_ticks)" 0 $(($(pg_ticks) - before)) "${NOTE:-}" \
+        "$([ -z "$tps" ] && echo "no result")$([ "${failed:-0}" != 0 ] && echo "$failed failed transactions")"
 }
 
-# coinbit with a pool of $2 per node and group commit $3, loadgen on scenario $4.
+# coinbit with a pool of $2 per node and group commit $3, loadgen on scenario $4; the rate
+# counts only answers with the status the scenario expects.
 http_case() {
-    local name=$1 before server_cpu errors rps p99
+    local name=$1 before server_cpu report=$tmp/loadgen-$round.json
     before=$(pg_ticks)
     start_server "$2" "$3"
-    read -r errors rps p99 < <(loadgen_rps "$4")
+    run_loadgen "$report" /usr/bin/time -f "%U %S" -o "$tmp/client.time" \
+        "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/$4.toml" "http://127.0.0.1:$PORT"
     server_cpu=$(ticks "$server")
     stop_server
     sleep 0.5
-    ref=${ref:-$rps}
-    row "$name" "$rps" "$(client_ticks)" "$server_cpu" $(($(pg_ticks) - before)) "p99 $p99 ms, $errors errors"
+    record "$name" "$(ok_rps "$report")" "$(client_ticks)" "$server_cpu" $(($(pg_ticks) - before)) \
+        "p99 $(printf '%.1f' "$(p99 "$report")") ms" "$(loadgen_problems "$report")"
 }
 
-echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $CLIENTS clients, ${DURATION}s each"
-echo
-NOTE="simple protocol" pgbench_case "pgbench -S, replica1" -S
-NOTE="prepared" pgbench_case "pgbench, the endpoint's query, replica1" -M prepared -f "$tmp/users.sql"
-http_case "loadgen GET /api/users/{id}, coinbit pool $POOL/node, 3 replicas" "$POOL" 16 users
-http_case "loadgen GET /api/users/{id}, coinbit pool $PG_POOL2/node, 3 replicas" "$PG_POOL2" 16 users
-if [ -n "$BEFORE" ]; then
-    BINARY=$BEFORE http_case "the same, pool $POOL/node, on BEFORE ($BEFORE)" "$POOL" 16 users
-    BINARY=$BEFORE http_case "the same, pool $PG_POOL2/node, on BEFORE ($BEFORE)" "$PG_POOL2" 16 users
-fi
-echo "| run | req/s (tps) | vs pgbench -S | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |"
-echo "|---|---:|---:|---:|---:|---:|---:|---|"
-printf '%s\n' "${ROWS[@]}"
+# per_round MAP NAME: NAME's values in MAP, one per round.
+per_round() {
+    local -n map=$1
+    local r
+    for ((r = 1; r <= ROUNDS; r++)); do echo "${map["$2|$r"]:-}"; done
+}
 
-ROWS=()
-ref=""
-http_case "POST /api/users, DB_GROUP_COMMIT=1" "$POOL" 1 writes
-http_case "POST /api/users, DB_GROUP_COMMIT=16" "$POOL" 16 writes
+# ratio_vs NAME REFERENCE: the median over rounds of NAME's rate / REFERENCE's rate.
+ratio_vs() {
+    local r ratios=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+        ratios+=("$(awk -v a="${RATE["$1|$r"]:-0}" -v b="${RATE["$2|$r"]:-0}" 'BEGIN { if (b > 0) printf "%.3f", a / b }')")
+    done
+    printf '%.2fx' "$(median "${ratios[@]}")"
+}
+
+# table HEADER REFERENCE... then the cases: one row per case, medians over the rounds, a ratio
+# column per reference (invalid rows: no figures).
+table() {
+    local header=$1 name problems r ratios rates notes; shift
+    local refs=("$@")
+    echo "$header"
+    printf '|---|---:|%s---:|---:|---:|---:|---|\n' "$(printf -- '---:|%.0s' "${refs[@]}")"
+    for name in "${TABLE_CASES[@]}"; do
+        problems=""; rates=""; notes=""
+        for ((r = 1; r <= ROUNDS; r++)); do
+            [ -n "${PROBLEMS_OF["$name|$r"]:-}" ] && problems+="${problems:+; }round $r: ${PROBLEMS_OF["$name|$r"]}"
+            rates+="${rates:+ / }${RATE["$name|$r"]:-}"
+            # A note the same every round (the protocol) is said once.
+            [[ -n ${NOTE_OF["$name|$r"]:-} && "; $notes;" != *"; ${NOTE_OF["$name|$r"]};"* ]] &&
+                notes+="${notes:+; }${NOTE_OF["$name|$r"]}"
+        done
+        if [ -n "$problems" ]; then
+            printf '| %s | %s |%s\n' "$name" "$(cell_figure "" "$problems")" \
+                "$(printf ' |%.0s' "${refs[@]}") | | | | per round: $rates |"
+            continue
+        fi
+        ratios=""
+        for ref in "${refs[@]}"; do ratios+=" $(ratio_vs "$name" "$ref") |"; done
+        local c s p
+        c=$(median $(per_round CPU_CLIENT "$name"))
+        s=$(median $(per_round CPU_SERVER "$name"))
+        p=$(median $(per_round CPU_PG "$name"))
+        printf '| %s | %.0f |%s %.0f | %.0f | %.0f | %.0f | per round: %s; %s |\n' "$name" \
+            "$(median $(per_round RATE "$name"))" "$ratios" "$c" "$s" "$p" "$(awk "BEGIN {print $c + $s + $p}")" \
+            "$rates" "$notes"
+    done
+}
+
+S_REF="pgbench -S, replica1"
+Q_REF="pgbench, the endpoint's query, replica1"
+echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $CLIENTS clients, ${DURATION}s each, $ROUNDS rounds (figures: medians over the rounds; a ratio is the median of the per-round ratios)"
 echo
-echo "| writes | req/s | vs one transaction per write | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |"
-echo "|---|---:|---:|---:|---:|---:|---:|---|"
-printf '%s\n' "${ROWS[@]}"
+for ((round = 1; round <= ROUNDS; round++)); do
+    echo "pg_reads: round $round of $ROUNDS" >&2
+    NOTE="simple protocol" pgbench_case "$S_REF" -S
+    NOTE="prepared" pgbench_case "$Q_REF" -M prepared -f "$tmp/users.sql"
+    http_case "loadgen GET /api/users/{id}, coinbit pool $POOL/node, 3 replicas" "$POOL" 16 users
+    http_case "loadgen GET /api/users/{id}, coinbit pool $PG_POOL2/node, 3 replicas" "$PG_POOL2" 16 users
+    if [ -n "$BEFORE" ]; then
+        BINARY=$BEFORE http_case "the same, pool $POOL/node, on BEFORE ($BEFORE)" "$POOL" 16 users
+        BINARY=$BEFORE http_case "the same, pool $PG_POOL2/node, on BEFORE ($BEFORE)" "$PG_POOL2" 16 users
+    fi
+    http_case "POST /api/users, DB_GROUP_COMMIT=1" "$POOL" 1 writes
+    http_case "POST /api/users, DB_GROUP_COMMIT=16" "$POOL" 16 writes
+done
+TABLE_CASES=()
+for name in "${CASES[@]}"; do [[ $name == POST* ]] || TABLE_CASES+=("$name"); done
+table "| run | req/s (tps) | vs pgbench -S | vs pgbench, the same query | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |" \
+    "$S_REF" "$Q_REF"
+echo
+TABLE_CASES=("POST /api/users, DB_GROUP_COMMIT=1" "POST /api/users, DB_GROUP_COMMIT=16")
+table "| writes | req/s | vs one transaction per write | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |" \
+    "POST /api/users, DB_GROUP_COMMIT=1"
+exit_if_invalid pg_reads

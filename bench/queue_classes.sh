@@ -94,13 +94,6 @@ flood_stop() {
     flood_pids=()
 }
 
-# json FILE EXPR: a value from a JSON file (EXPR in Python over `d`); n/a when the file is not
-# a finished report (a loadgen that failed), which is said on stderr.
-json() {
-    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null ||
-        { echo "queue_classes: no result in $1" >&2; echo n/a; }
-}
-
 # probe FILE: GET /livez at PROBE_RATE, its report in FILE. Real-time priority so the flood's
 # client does not delay it, and no busy-polling so it cannot starve the flood's client either;
 # enough connections that a slow answer does not leave the next request without one.
@@ -108,12 +101,6 @@ probe() {
     run_loadgen "$1" "${probe_priority[@]}" "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -R "$PROBE_RATE" \
         -c 64 --spin 0us -d "$DURATION" "$URL/livez"
 }
-
-# p99 FILE: the corrected p99 (ms) of a loadgen report.
-p99() { json "$1" "d['overall']['latency_ms']['p99']"; }
-
-# ok_rps FILE: answers with an expected status per second in a loadgen report.
-ok_rps() { json "$1" "round(d['overall']['ok'] / d['duration_s'])"; }
 
 # cell_check LABEL FILE...: the problems of every loadgen report FILE of one cell, recorded with
 # refuse_cell under LABEL; sets cell_problems ("" for a valid cell). In this shell, not in $(...).
