@@ -17,7 +17,8 @@
 # Usage: bench/durable_jobs.sh        (wrap in `flock /work/bench.lock` on a shared machine)
 # Environment: COINBIT LOADGEN SERVER_CPU=0 CLIENT_CPU=1 DURATION=5s USERS=32 PORT=18400
 #              PG_PORT=25432 PG_REPLICAS=1 DB_POOL_SIZE=4 BUILD=0 SORTS="memory durable"
-#              WAIT_LIMIT=60 (seconds after the enqueues end)
+#              WAIT_LIMIT=60 (seconds after the enqueues end) ROUNDS=3 (each sort once a round,
+#              alternating; medians over the rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -32,6 +33,7 @@ PORT=${PORT:-18400}
 BUILD=${BUILD:-0}
 SORTS=${SORTS:-memory durable}
 WAIT_LIMIT=${WAIT_LIMIT:-60}
+ROUNDS=${ROUNDS:-3}
 export PG_PORT=${PG_PORT:-25432} PG_REPLICAS=${PG_REPLICAS:-1}
 export DB_POOL_SIZE=${DB_POOL_SIZE:-4}
 URL="http://127.0.0.1:$PORT"
@@ -84,9 +86,10 @@ print(c['processed'], c['dead'])" 2>/dev/null || echo "0 0"
 echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "server: 1 shard on CPU $SERVER_CPU, $DB_POOL_SIZE connections per node; loadgen on CPU $CLIENT_CPU, $USERS connections, $DURATION of enqueues"
 echo
-echo "| jobs | enqueued | enqueue req/s | done | dead | last job finished after (s) | jobs done/s end to end |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
-declare -A rate
+echo "| jobs | round | enqueued | enqueue req/s | done | dead | last job finished after (s) | jobs done/s end to end |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+declare -A rate # "sort|round" -> jobs done/s end to end; empty for an invalid run
+for ((round = 1; round <= ROUNDS; round++)); do
 for sort in $SORTS; do
     durable=false
     [ "$sort" = durable ] && durable=true
@@ -122,12 +125,25 @@ print(d['overall']['ok'], round(d['overall']['ok'] / d['duration_s']))" "$out/en
     unfinished=$((enqueued - done_count - dead_count))
     [ "$unfinished" -gt 0 ] && problems+="${problems:+, }$unfinished jobs unfinished after ${WAIT_LIMIT} s"
     seconds=$(awk "BEGIN {printf \"%.2f\", $finished - $began}")
-    rate[$sort]=$(awk "BEGIN {printf \"%d\", $done_count / ($finished - $began)}")
-    refuse_cell "$sort jobs" "$problems" || rate[$sort]=""
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$sort" "$enqueued" "$enqueue_rps" "$done_count" "$dead_count" \
-        "$seconds" "$(cell_figure "${rate[$sort]}" "$problems")"
+    key="$sort|$round"
+    rate[$key]=$(awk "BEGIN {printf \"%d\", $done_count / ($finished - $began)}")
+    refuse_cell "$sort jobs, round $round" "$problems" || rate[$key]=""
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$sort" "$round" "$enqueued" "$enqueue_rps" "$done_count" \
+        "$dead_count" "$seconds" "$(cell_figure "${rate[$key]}" "$problems")"
 done
-if [ -n "${rate[memory]:-}" ] && [ -n "${rate[durable]:-}" ]; then
-    printf '\ndurable / memory, jobs done/s end to end: %.3fx\n' "$(awk "BEGIN {print ${rate[durable]} / ${rate[memory]}}")"
-fi
+done
+# Medians over the valid rounds; the ratio is the median of the per-round ratios (rounds where
+# both sorts were valid).
+echo
+for sort in $SORTS; do
+    values=(); for ((r = 1; r <= ROUNDS; r++)); do values+=("${rate["$sort|$r"]:-}"); done
+    printf '%s: median %s jobs done/s end to end (rounds: %s)\n' "$sort" "$(median "${values[@]}")" "${values[*]}"
+done
+ratios=()
+for ((r = 1; r <= ROUNDS; r++)); do
+    [ -n "${rate["memory|$r"]:-}" ] && [ -n "${rate["durable|$r"]:-}" ] &&
+        ratios+=("$(awk "BEGIN {printf \"%.3f\", ${rate["durable|$r"]} / ${rate["memory|$r"]}}")")
+done
+[ "${#ratios[@]}" -gt 0 ] &&
+    printf 'durable / memory, jobs done/s end to end: median %sx (rounds: %s)\n' "$(median "${ratios[@]}")" "${ratios[*]}"
 exit_if_invalid durable_jobs
