@@ -21,7 +21,10 @@
 # Quick check of the script itself: DURATION=1s WARMUP=0 CONNS=8 PIPELINE_DEPTH=0 BUILD=0 bench/http_peers.sh
 # Environment (all optional):
 #   SERVERS="coinbit-glommio coinbit-may may-hello nginx"  servers to run, in this order
-#                     (coinbit-ENGINE is coinbit with --engine ENGINE)
+#                     (coinbit-ENGINE is coinbit with --engine ENGINE; baseline-ENGINE is the
+#                     binary COINBIT_BASELINE names, e.g. an earlier build, with --engine ENGINE:
+#                     a before/after pair in one run, with an ENGINE/baseline ratio column)
+#   COINBIT_BASELINE  the coinbit binary the baseline-* servers run
 #   DURATION=10s      wrk duration of each cell     WARMUP=2s  unrecorded wrk run before each cell (0 = none)
 #   MONITORING_CONCURRENT_USERS_WARNING / _CRITICAL   coinbit's users alerts (default 2x / 4x
 #                     the most connections; see above)
@@ -83,7 +86,12 @@ die() { log "error: $*"; exit 1; }
 [[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE + 3 < 32768)) \
     || die "PORT_BASE must be within 1024..32764 (below the ephemeral range), got '$PORT_BASE'"
 for s in $SERVERS; do
-    case $s in coinbit-glommio|coinbit-may|may-hello|nginx) ;; *) die "unknown server '$s' in SERVERS (coinbit-glommio, coinbit-may, may-hello, nginx)";; esac
+    case $s in
+        coinbit-glommio|coinbit-may|may-hello|nginx) ;;
+        baseline-glommio|baseline-may)
+            [[ -x ${COINBIT_BASELINE:-} ]] || die "$s needs COINBIT_BASELINE, the coinbit binary to compare against (got '${COINBIT_BASELINE:-}')";;
+        *) die "unknown server '$s' in SERVERS (coinbit-glommio, coinbit-may, baseline-glommio, baseline-may, may-hello, nginx)";;
+    esac
 done
 
 declare -A PORT=()   # server -> port it listens on (chosen when it first starts)
@@ -91,6 +99,7 @@ preferred_port() {
     case $1 in
         coinbit-glommio) echo $((PORT_BASE));; may-hello) echo $((PORT_BASE + 1));;
         nginx) echo $((PORT_BASE + 2));; coinbit-may) echo $((PORT_BASE + 3));;
+        baseline-glommio) echo $((PORT_BASE + 4));; baseline-may) echo $((PORT_BASE + 5));;
     esac
 }
 port_of() { echo "${PORT[$1]:-$(preferred_port "$1")}"; }
@@ -116,7 +125,7 @@ NGINX=$(find_nginx)
 
 # ---------------------------------------------------------------- build
 declare -A SKIP=()   # server -> reason it is not measured
-package_of() { case $1 in coinbit-*) echo coinbit;; nginx) ;; *) echo "$1";; esac; }
+package_of() { case $1 in coinbit-*) echo coinbit;; nginx|baseline-*) ;; *) echo "$1";; esac; }
 declare -A BUILT=()   # package -> "ok" or why not
 for s in $SERVERS; do
     p=$(package_of "$s")
@@ -176,7 +185,7 @@ start_server() { # name -> sets SERVER_PID, returns non-zero if it does not come
     log_file=$RAW_DIR/$name.server.log
     if port_busy "$port"; then
         # Shared machine: someone else may sit on the port. Take the next free one above.
-        local p=$((PORT_BASE + 4))
+        local p=$((PORT_BASE + 6))
         while port_busy "$p" && ((p < port + 200 && p < 32767)); do p=$((p + 1)); done
         port_busy "$p" && { log "no free port near $port for $name"; return 1; }
         log "port $port is in use by another process: $name uses port $p"
@@ -184,8 +193,10 @@ start_server() { # name -> sets SERVER_PID, returns non-zero if it does not come
     fi
     PORT[$name]=$port
     case $name in
-        coinbit-*)
-            taskset -c "$SERVER_CPU" "$TARGET_DIR/release/coinbit" --port "$port" --engine "${name#coinbit-}" \
+        coinbit-* | baseline-*)
+            local binary=$TARGET_DIR/release/coinbit
+            [[ $name == baseline-* ]] && binary=$COINBIT_BASELINE
+            taskset -c "$SERVER_CPU" "$binary" --port "$port" --engine "${name#*-}" \
                 --shard-cpus "$SERVER_CPU" --monitor-core "$SERVER_CPU" >>"$log_file" 2>&1 &
             ;;
         may-hello)
@@ -369,7 +380,7 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
     [[ -n $sizes ]] && echo "- Response body of GET $BENCH_PATH: $sizes"
     has coinbit-glommio || has coinbit-may && echo "- coinbit's $(bench_alert_levels), so that /health does not answer 503 for the bench's own connections"
     echo "- A cell with any non-2xx response or socket error is INVALID: no figure, no ratio; the script exits $INVALID_EXIT"
-    echo "- Command: \`SERVERS=\"$SERVERS\" DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS bench/http_peers.sh\`"
+    echo "- Command: \`${COINBIT_BASELINE:+COINBIT_BASELINE=$COINBIT_BASELINE }SERVERS=\"$SERVERS\" DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS PEER_BODY_BYTES=$PEER_BODY_BYTES bench/http_peers.sh\`"
     echo "- p99: wrk's, corrected for coordinated omission as wrk does.$( ((PIPELINE_DEPTH > 0)) && echo " Pipelined: per batch of ${PIPELINE_DEPTH} (send → last response), recovered by bench/peers/pipeline.lua because wrk's own pipelined percentiles are wrong")"
     for s in "${!SKIP[@]}"; do echo "- **$s not measured**: ${SKIP[$s]}"; done
     for s in "${!FAILED[@]}"; do echo "- **$s**: ${FAILED[$s]}"; done
@@ -378,6 +389,7 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
     for s in "${ORDER[@]}"; do header+=" $s req/s | $s p99 |"; sep+="---:|---:|"; done
     COINBITS=(); for s in "${ORDER[@]}"; do [[ $s == coinbit-* ]] && COINBITS+=("$s"); done
     for c in "${COINBITS[@]}"; do
+        has "baseline-${c#coinbit-}" && { header+=" ${c#coinbit-}/baseline |"; sep+="---:|"; }
         has nginx && { header+=" ${c#coinbit-}/nginx |"; sep+="---:|"; }
         has may-hello && { header+=" ${c#coinbit-}/may-hello |"; sep+="---:|"; }
     done
@@ -390,6 +402,7 @@ ratio() { # a b scenario -> median over rounds of req/s(a)/req/s(b), both taken 
             row+=" $(cell_figure "$(fmt_rps "$(median $(vals RPS "$s" "$sc"))")" "$problems") | $(cell_figure "$(fmt_p99 "$(median $(vals P99 "$s" "$sc"))")" "${problems:+see req/s}") |"
         done
         for c in "${COINBITS[@]}"; do
+            has "baseline-${c#coinbit-}" && row+=" $(ratio "$c" "baseline-${c#coinbit-}" "$sc") |"
             has nginx && row+=" $(ratio "$c" nginx "$sc") |"
             has may-hello && row+=" $(ratio "$c" may-hello "$sc") |"
         done
