@@ -45,6 +45,11 @@ pub enum StartError {
         cpu: usize,
         reason: String,
     },
+    #[error("cannot serve the agent check (AGENT_PORT) on {addr}: {source}")]
+    Agent {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
@@ -72,6 +77,8 @@ pub struct Server {
     control: Arc<Control>,
     supervisors: Vec<JoinHandle<()>>,
     monitor: Option<JoinHandle<()>>,
+    /// The HAProxy agent check's thread, when `AGENT_PORT` is set.
+    agent: Option<JoinHandle<()>>,
     /// Holds the port while no shard listens (port 0 and restarts); never accepts.
     _port_reservation: socket2::Socket,
 }
@@ -121,16 +128,31 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         apps,
     };
     let supervisors = spawn_supervisors(chosen, &slots, context);
-    let server = Server {
+    let mut server = Server {
         addr,
         control,
         supervisors,
         monitor: Some(monitor_thread),
+        agent: None,
         _port_reservation: reservation,
     };
     if let Err(e) = wait_until_running(&slots, &published) {
         server.stop();
         return Err(e);
+    }
+    if let Some(port) = config.server.agent_port {
+        let agent_addr = SocketAddr::new(config.server.bind_address, port);
+        match shard::agent::start(agent_addr, server.control.clone(), slots.clone()) {
+            Ok(agent) => server.agent = Some(agent),
+            Err(source) => {
+                server.stop();
+                return Err(StartError::Agent {
+                    addr: agent_addr,
+                    source,
+                });
+            }
+        }
+        log::info!("agent check on {agent_addr}");
     }
     log::info!(
         "listening on http://{addr} with {} {} shards on CPUs {:?}; monitor on CPU {}{}",
@@ -276,6 +298,12 @@ fn spawn_supervisors(
 }
 
 impl Server {
+    /// Announces that the process will stop: every shard keeps accepting and serving, but
+    /// `/readyz` answers 503 and the agent check says `drain`, so balancers take it out.
+    pub fn begin_leaving(&self) {
+        self.control.begin_leaving();
+    }
+
     /// Begins a graceful shutdown and waits for the shards (each bounded by the shutdown
     /// timeout) and the monitor to finish.
     pub fn stop(mut self) {
@@ -287,17 +315,25 @@ impl Server {
         if let Some(monitor) = self.monitor.take() {
             let _ = monitor.join();
         }
+        if let Some(agent) = self.agent.take() {
+            let _ = agent.join();
+        }
     }
 }
 
-/// Serves until SIGINT or SIGTERM, then shuts down gracefully. A second signal exits at once.
+/// Serves until SIGINT or SIGTERM, then leaves: not ready (and serving) for the drain delay,
+/// then shuts down gracefully. A second signal exits at once.
 pub fn run(config: Config) -> Result<(), StartError> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(StartError::Signals)?;
+    let drain_delay = config.drain_delay();
     let server = start(config)?;
     // The line tests and scripts wait for: the bound address (useful with --port 0).
     println!("coinbit listening on http://{}", server.addr);
     if let Some(signal) = signals.forever().next() {
-        log::info!("signal {signal} received: draining connections, then exiting");
+        log::info!(
+            "signal {signal} received: not ready, serving on for {drain_delay:?}, then draining \
+             connections and exiting"
+        );
     }
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
@@ -305,6 +341,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
             std::process::exit(130);
         }
     });
+    server.begin_leaving();
+    std::thread::sleep(drain_delay);
     let started = Instant::now();
     server.stop();
     log::info!("stopped in {:?}", started.elapsed());

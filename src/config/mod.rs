@@ -147,6 +147,13 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGINT/SIGTERM before the process exits (ms).
     #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
     pub shutdown_timeout_ms: u64,
+    /// After SIGTERM, how long `/readyz` answers 503 while the server still accepts and serves, so that a load balancer's health checks take it out first (ms); 0 shuts down at once. Behind a balancer: a few of its check intervals, e.g. 2000 with HAProxy's 500 ms checks (deploy/haproxy.cfg)
+    #[arg(long = "drain-delay", env = "DRAIN_DELAY", default_value_t = 0, value_parser = millis_from(0))]
+    pub drain_delay_ms: u64,
+    /// TCP port of the HAProxy agent check: each connection reads one line, `up ready`, `drain` or `down`, then closes; unset runs no agent
+    #[arg(long, env = "AGENT_PORT",
+          value_parser = clap::builder::RangedU64ValueParser::<u16>::new().range(1..=65_535))]
+    pub agent_port: Option<u16>,
     /// How often shards send their metrics to the monitor, which doubles as their heartbeat (ms).
     #[arg(long = "snapshot-interval", env = "SNAPSHOT_INTERVAL", default_value_t = 1_000, value_parser = millis())]
     pub snapshot_interval_ms: u64,
@@ -579,6 +586,10 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.server.drain_delay_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -179,7 +179,7 @@ fn readme_configuration_table_matches_the_flags() {
 fn sizes_counts_and_times_have_upper_bounds() {
     let u64_max = u64::MAX.to_string();
     // (variable, highest value accepted); set through its flag, which reads the same parser
-    let cases: [(&str, u64); 14] = [
+    let cases: [(&str, u64); 16] = [
         ("MAX_REQUEST_LINE_BYTES", MAX_HEAD_LIMIT_BYTES),
         ("MAX_HEADER_BYTES", MAX_HEAD_LIMIT_BYTES),
         ("MAX_BODY_BYTES", MAX_BODY_LIMIT_BYTES),
@@ -194,6 +194,8 @@ fn sizes_counts_and_times_have_upper_bounds() {
         ("MONITORING_QUEUE_SIZE_CRITICAL", MAX_COUNT),
         ("KEEP_ALIVE_TIMEOUT", MAX_MILLIS),
         ("DURABLE_JOBS_POLL_INTERVAL", MAX_MILLIS),
+        ("DRAIN_DELAY", MAX_MILLIS),
+        ("AGENT_PORT", 65_535),
     ];
     let command = Cli::command();
     let flag_of = |name: &str| -> String {
