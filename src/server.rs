@@ -111,12 +111,15 @@ pub fn start(config: Config) -> Result<Server, StartError> {
     // Bounded: a monitor that falls behind makes shards drop reports, never block.
     let (reports, report_rx) = crossbeam::channel::bounded(1024);
     let monitor_thread = spawn_monitor(monitor, report_rx, placement.monitor_cpu);
+    let instance = format!("{}/{}", config.instance_id(), start_nonce());
+    log::info!("instance {instance}: the name of this start in durable job claims");
     let apps = Arc::new(AppFactory {
         config: config.clone(),
         published: published.clone(),
         mesh: crate::queue::Mesh::new(slots.len()),
         database: database.clone(),
         control: control.clone(),
+        instance,
     });
     let context = ShardContext {
         slot: slots[0].clone(),
@@ -167,6 +170,23 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         }
     );
     Ok(server)
+}
+
+/// Tells this start apart from every other: 12 hex digits from the kernel's random source,
+/// else from the clock and the pid.
+fn start_nonce() -> String {
+    let mut bytes = [0u8; 6];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let mixed = clock ^ (u64::from(std::process::id()) << 32);
+        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The engine asked for, or may where glommio cannot run here.

@@ -71,6 +71,20 @@ fn millis() -> clap::builder::RangedU64ValueParser<u64> {
     millis_from(1)
 }
 
+/// Longest `INSTANCE_ID`: a host name label's length.
+const MAX_INSTANCE_ID: usize = 63;
+
+/// An instance name: it goes into claims split at `/`, so only a host name's characters.
+fn instance_id(value: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if value.is_empty() || value.len() > MAX_INSTANCE_ID || !value.chars().all(allowed) {
+        return Err(format!(
+            "1 to {MAX_INSTANCE_ID} letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(value.to_string())
+}
+
 /// CoinBitClub Enterprise API server: one pinned event-loop shard per CPU.
 ///
 /// Every flag can also be set by the environment variable shown beside it; a flag given on the
@@ -154,6 +168,9 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENT_PORT",
           value_parser = clap::builder::RangedU64ValueParser::<u16>::new().range(1..=65_535))]
     pub agent_port: Option<u16>,
+    /// This instance's name in durable job claims (`INSTANCE_ID/<per-start nonce>/<shard>`): letters, digits, `.`, `_` and `-`, at most 63; default the host name
+    #[arg(long, env = "INSTANCE_ID", value_parser = instance_id)]
+    pub instance_id: Option<String>,
     /// How often shards send their metrics to the monitor, which doubles as their heartbeat (ms).
     #[arg(long = "snapshot-interval", env = "SNAPSHOT_INTERVAL", default_value_t = 1_000, value_parser = millis())]
     pub snapshot_interval_ms: u64,
@@ -586,6 +603,22 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `INSTANCE_ID`, else the host name (kept to `INSTANCE_ID`'s characters), else `coinbit`.
+    pub fn instance_id(&self) -> String {
+        if let Some(id) = &self.server.instance_id {
+            return id.clone();
+        }
+        let mut name = [0u8; 256];
+        // SAFETY: gethostname writes at most `name.len()` bytes into the buffer.
+        let got = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) };
+        let host = std::ffi::CStr::from_bytes_until_nul(&name)
+            .ok()
+            .filter(|_| got == 0)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or_default();
+        instance_id(host).unwrap_or_else(|_| "coinbit".into())
     }
 
     pub fn drain_delay(&self) -> Duration {

@@ -217,3 +217,21 @@ fn sizes_counts_and_times_have_upper_bounds() {
         }
     }
 }
+
+#[test]
+fn an_instance_id_is_a_host_name_and_defaults_to_this_one() {
+    for good in ["api-1", "node.eu_west", &"x".repeat(63)] {
+        let cli = parse(&["--instance-id", good]).unwrap();
+        assert_eq!(cli.config.instance_id(), good);
+    }
+    for bad in ["", "a/b", "two words", &"x".repeat(64)] {
+        let err = parse(&["--instance-id", bad]).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+    }
+    let default = parse(&[]).unwrap().config.instance_id();
+    assert!(instance_id(&default).is_ok(), "{default:?}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if instance_id(host.trim()).is_ok() {
+        assert_eq!(default, host.trim());
+    }
+}
