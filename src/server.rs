@@ -208,12 +208,22 @@ fn place_shards(config: &Config) -> Result<shard::Placement, StartError> {
         .into_iter()
         .map(|c| c.id)
         .collect();
+    let cpu_quota = crate::config::own_cpu_quota();
     let placement = shard::place(
         &available,
+        cpu_quota,
         config.server.shards,
         config.server.shard_cpus.as_ref().map(|c| c.ids()),
         config.server.monitor_core,
     )?;
+    if let Some(quota) = cpu_quota {
+        log::info!(
+            "cgroup CPU quota: {quota} CPUs (cpu.max, rounded up) of the {} this process may \
+             use; {} shards",
+            available.len(),
+            placement.shard_cpus.len()
+        );
+    }
     if placement.shard_cpus.len() > available.len() {
         log::warn!(
             "{} shards on {} CPUs: some CPUs run two shards",

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-pub use cpus::CpuList;
+pub use cpus::{own_cpu_quota, CpuList};
 pub use database::{redact, LagLimit, NodeSpec, ReplicaStrategy};
 pub use error::ConfigError;
 
@@ -145,7 +145,7 @@ pub struct ServerConfig {
     /// io_uring and locked memory at start-up and logs which it chose and why.
     #[arg(long, env = "ENGINE", value_enum, default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
-    /// Number of shards; default one per CPU (less the monitor core with 4 or more CPUs).
+    /// Number of shards; default one per CPU (less the monitor core with 4 or more CPUs), at most the cgroup CPU quota (`cpu.max`, rounded up).
     #[arg(long, env = "SHARDS", value_parser = shard_count())]
     pub shards: Option<usize>,
     /// CPUs the shards are pinned to, e.g. `0-3,6`; default every CPU the process may use.
