@@ -161,7 +161,7 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGINT/SIGTERM before the process exits (ms).
     #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
     pub shutdown_timeout_ms: u64,
-    /// After SIGTERM, how long `/readyz` answers 503 while the server still accepts and serves, so that a load balancer's health checks take it out first (ms); 0 shuts down at once. Behind a balancer: a few of its check intervals, e.g. 2000 with HAProxy's 500 ms checks (deploy/haproxy.cfg)
+    /// After SIGTERM, how long `/readyz` answers 503 while the server still accepts and serves, so that a load balancer's health checks take it out first (ms); 0 shuts down at once, behind a balancer use a few of its check intervals (2000 with deploy/haproxy.cfg's 500 ms checks)
     #[arg(long = "drain-delay", env = "DRAIN_DELAY", default_value_t = 0, value_parser = millis_from(0))]
     pub drain_delay_ms: u64,
     /// TCP port of the HAProxy agent check: each connection reads one line, `up ready`, `drain` or `down`, then closes; unset runs no agent
