@@ -17,15 +17,16 @@
 //! - [`db`]: the PostgreSQL tier: pools on DB I/O threads, replica routing, health, migrations.
 //! - [`engine`]: event loops that move bytes and time (`glommio`, `may`), the choice between
 //!   them, and start-up checks.
-//! - [`shard`]: placement on CPUs, shard lifecycle, supervision and restarts, and the
-//!   engine-neutral commands every engine obeys (activate/deactivate, shed, refuse).
+//! - [`shard`]: placement on CPUs (within the cgroup's CPU quota), shard lifecycle, supervision
+//!   and restarts, the engine-neutral commands every engine obeys (activate/deactivate, shed,
+//!   refuse, leave), and the HAProxy agent check.
 //! - [`metrics`]: per-shard counters and HDR histograms.
 //! - [`monitor`]: the monitor core: merging, sampling, the evaluation round (alerts, trends,
 //!   health score, auto-recovery, auto-scaling), the webhook, rendering of status bodies, the
 //!   Prometheus text and the dashboard.
 //! - [`queue`]: per-core priority queues: classes, the request gate's turns, queue workers,
 //!   retries, dead letters, hand-off between shards, the durable (PostgreSQL) job tier.
-//! - [`server`]: start-up and graceful shutdown.
+//! - [`server`]: start-up and graceful shutdown (after the drain delay a balancer needs).
 
 pub mod app;
 pub mod config;

@@ -45,6 +45,11 @@ pub enum StartError {
         cpu: usize,
         reason: String,
     },
+    #[error("cannot serve the agent check (AGENT_PORT) on {addr}: {source}")]
+    Agent {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
@@ -72,6 +77,8 @@ pub struct Server {
     control: Arc<Control>,
     supervisors: Vec<JoinHandle<()>>,
     monitor: Option<JoinHandle<()>>,
+    /// The HAProxy agent check's thread, when `AGENT_PORT` is set.
+    agent: Option<JoinHandle<()>>,
     /// Holds the port while no shard listens (port 0 and restarts); never accepts.
     _port_reservation: socket2::Socket,
 }
@@ -104,12 +111,15 @@ pub fn start(config: Config) -> Result<Server, StartError> {
     // Bounded: a monitor that falls behind makes shards drop reports, never block.
     let (reports, report_rx) = crossbeam::channel::bounded(1024);
     let monitor_thread = spawn_monitor(monitor, report_rx, placement.monitor_cpu);
+    let instance = format!("{}/{}", config.instance_id(), start_nonce());
+    log::info!("instance {instance}: the name of this start in durable job claims");
     let apps = Arc::new(AppFactory {
         config: config.clone(),
         published: published.clone(),
         mesh: crate::queue::Mesh::new(slots.len()),
         database: database.clone(),
         control: control.clone(),
+        instance,
     });
     let context = ShardContext {
         slot: slots[0].clone(),
@@ -121,16 +131,31 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         apps,
     };
     let supervisors = spawn_supervisors(chosen, &slots, context);
-    let server = Server {
+    let mut server = Server {
         addr,
         control,
         supervisors,
         monitor: Some(monitor_thread),
+        agent: None,
         _port_reservation: reservation,
     };
     if let Err(e) = wait_until_running(&slots, &published) {
         server.stop();
         return Err(e);
+    }
+    if let Some(port) = config.server.agent_port {
+        let agent_addr = SocketAddr::new(config.server.bind_address, port);
+        match shard::agent::start(agent_addr, server.control.clone(), slots.clone()) {
+            Ok(agent) => server.agent = Some(agent),
+            Err(source) => {
+                server.stop();
+                return Err(StartError::Agent {
+                    addr: agent_addr,
+                    source,
+                });
+            }
+        }
+        log::info!("agent check on {agent_addr}");
     }
     log::info!(
         "listening on http://{addr} with {} {} shards on CPUs {:?}; monitor on CPU {}{}",
@@ -145,6 +170,23 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         }
     );
     Ok(server)
+}
+
+/// Tells this start apart from every other: 12 hex digits from the kernel's random source,
+/// else from the clock and the pid.
+fn start_nonce() -> String {
+    let mut bytes = [0u8; 6];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let mixed = clock ^ (u64::from(std::process::id()) << 32);
+        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The engine asked for, or may where glommio cannot run here.
@@ -166,12 +208,22 @@ fn place_shards(config: &Config) -> Result<shard::Placement, StartError> {
         .into_iter()
         .map(|c| c.id)
         .collect();
+    let cpu_quota = crate::config::own_cpu_quota();
     let placement = shard::place(
         &available,
+        cpu_quota,
         config.server.shards,
         config.server.shard_cpus.as_ref().map(|c| c.ids()),
         config.server.monitor_core,
     )?;
+    if let Some(quota) = cpu_quota {
+        log::info!(
+            "cgroup CPU quota: {quota} CPUs (cpu.max, rounded up) of the {} this process may \
+             use; {} shards",
+            available.len(),
+            placement.shard_cpus.len()
+        );
+    }
     if placement.shard_cpus.len() > available.len() {
         log::warn!(
             "{} shards on {} CPUs: some CPUs run two shards",
@@ -276,6 +328,12 @@ fn spawn_supervisors(
 }
 
 impl Server {
+    /// Announces that the process will stop: every shard keeps accepting and serving, but
+    /// `/readyz` answers 503 and the agent check says `drain`, so balancers take it out.
+    pub fn begin_leaving(&self) {
+        self.control.begin_leaving();
+    }
+
     /// Begins a graceful shutdown and waits for the shards (each bounded by the shutdown
     /// timeout) and the monitor to finish.
     pub fn stop(mut self) {
@@ -287,17 +345,25 @@ impl Server {
         if let Some(monitor) = self.monitor.take() {
             let _ = monitor.join();
         }
+        if let Some(agent) = self.agent.take() {
+            let _ = agent.join();
+        }
     }
 }
 
-/// Serves until SIGINT or SIGTERM, then shuts down gracefully. A second signal exits at once.
+/// Serves until SIGINT or SIGTERM, then leaves: not ready (and serving) for the drain delay,
+/// then shuts down gracefully. A second signal exits at once.
 pub fn run(config: Config) -> Result<(), StartError> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(StartError::Signals)?;
+    let drain_delay = config.drain_delay();
     let server = start(config)?;
     // The line tests and scripts wait for: the bound address (useful with --port 0).
     println!("coinbit listening on http://{}", server.addr);
     if let Some(signal) = signals.forever().next() {
-        log::info!("signal {signal} received: draining connections, then exiting");
+        log::info!(
+            "signal {signal} received: not ready, serving on for {drain_delay:?}, then draining \
+             connections and exiting"
+        );
     }
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
@@ -305,6 +371,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
             std::process::exit(130);
         }
     });
+    server.begin_leaving();
+    std::thread::sleep(drain_delay);
     let started = Instant::now();
     server.stop();
     log::info!("stopped in {:?}", started.elapsed());

@@ -1,8 +1,8 @@
 //! Durable jobs on a real primary (three replicas, shared with nothing else in this file's runs):
 //! jobs written to the outbox survive a `kill -9` of the server and finish exactly once after a
-//! restart; two servers on one database never run the same job twice; a backlog is claimed a
-//! part at a time; a user's welcome notification commits with the user; without a database a
-//! durable enqueue answers 503.
+//! restart; two servers on one database (under one `INSTANCE_ID`) never run the same job twice;
+//! a backlog is claimed a part at a time; a user's welcome notification commits with the user;
+//! without a database a durable enqueue answers 503.
 
 mod common;
 
@@ -163,7 +163,7 @@ fn durable_jobs_survive_kill_9_and_run_once_after_restart(#[case] engine: &str) 
 /// Both servers run some of the jobs by construction, not by timing: a server holds at most 256
 /// claims (128 per shard, two shards) and its jobs sleep 2 s each, so of 300 jobs enqueued at
 /// once it cannot hold them all, and the rest wait for the other server's next poll (every
-/// 100 ms) rather than for the first to finish one.
+/// 100 ms) rather than for the first to finish one. Both have the same `INSTANCE_ID`.
 #[apply(engines)]
 fn two_servers_on_one_database_never_run_a_job_twice(#[case] engine: &str) {
     const CLAIMS_PER_SERVER: usize = 2 * 128;
@@ -177,19 +177,24 @@ fn two_servers_on_one_database_never_run_a_job_twice(#[case] engine: &str) {
     env.push(("QUEUE_HIGH_WORKERS".into(), workers.clone()));
     env.push(("QUEUE_LOW_WORKERS".into(), workers.clone()));
     env.push(("QUEUE_BACKGROUND_WORKERS".into(), workers));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let args = ["--shards", "2", "--debug-routes", "--pool-size", "4"];
+    // One name for both, as two replicas of one container image may have: each start's own
+    // nonce still tells their claims apart.
+    env.push(("INSTANCE_ID", "replica"));
     let _first = Server::start_with(engine, &args, &env);
     let _second = Server::start_with(engine, &args, &env);
     // Written straight to the outbox, in one transaction: both servers find them at once.
     insert_sleeps(cluster, &db, JOBS, 2000, "two");
     assert_each_done_once(cluster, &db, JOBS, Duration::from_secs(120));
-    let pids = count(
+    let starts = count(
         cluster,
         &db,
-        "SELECT count(DISTINCT split_part(claimed_by, '/', 1)) FROM job_effects",
+        // A claim is `instance/nonce/shard`: one start is all but the shard.
+        "SELECT count(DISTINCT regexp_replace(claimed_by, '/[^/]*$', '')) FROM job_effects \
+         WHERE claimed_by LIKE 'replica/%/%'",
     );
-    assert_eq!(pids, 2, "both servers ran durable jobs");
+    assert_eq!(starts, 2, "both servers ran durable jobs");
 }
 
 /// A job that runs past the 5 s lease keeps it (the dispatcher renews it while the job runs):

@@ -334,7 +334,8 @@ fn the_health_score_moves_and_health_turns_warn_then_fail() {
     let score = body["health_score"].as_u64().unwrap();
     assert!((45..75).contains(&score), "{score}");
 
-    // A critical (1 s against 700 ms): critical, fail, 503; /readyz 503 too.
+    // A critical (1 s against 700 ms): critical, fail, 503; /readyz still 200: readiness is
+    // about the process, not its health grade.
     let slower = Load::start(
         server.addr,
         6,
@@ -351,7 +352,7 @@ fn the_health_score_moves_and_health_turns_warn_then_fail() {
     assert_eq!(status, 503);
     assert_eq!(body["grade"], "critical");
     assert!(body["health_score"].as_u64().unwrap() < 45);
-    assert_eq!(readyz, 503);
+    assert_eq!(readyz, 200);
 
     // Fast requests again: back to pass.
     wait_for("health pass again", PATIENCE, || {

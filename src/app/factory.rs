@@ -26,6 +26,9 @@ pub struct AppFactory {
     /// The database tier, when configured; each shard takes its own client from it.
     pub database: Option<Arc<Database>>,
     pub control: Arc<Control>,
+    /// This start's name in durable job claims, `INSTANCE_ID/<nonce>`: unique across
+    /// instances and restarts even where containers share a host name or a pid.
+    pub instance: String,
 }
 
 impl AppFactory {
@@ -53,7 +56,7 @@ impl AppFactory {
                 &queues,
                 db,
                 Duration::from_millis(poll_ms),
-                format!("{}/{shard}", std::process::id()),
+                format!("{}/{shard}", self.instance),
             );
         }
         ShardApp::new(

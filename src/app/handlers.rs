@@ -30,19 +30,15 @@ pub fn livez() -> Response {
     )
 }
 
-/// `GET /readyz`: 503 while this shard drains or the server fails its health check.
-pub fn readyz(published: &Published, draining: bool) -> Response {
+/// `GET /readyz`: whether a balancer should send this process traffic: 200 while it serves
+/// (this shard answers), 503 once it drains or is leaving. The database's state and the health
+/// grade are `/health`'s: a database failover must not pull every instance out at once.
+pub fn readyz(draining: bool) -> Response {
     if draining {
         Response::new(
             StatusCode::SERVICE_UNAVAILABLE,
             HEALTH_JSON,
             Bytes::from_static(br#"{"status":"fail","output":"shutting down"}"#),
-        )
-    } else if published.health_status == HealthStatus::Fail {
-        Response::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            HEALTH_JSON,
-            Bytes::from_static(br#"{"status":"fail","output":"health check failing"}"#),
         )
     } else {
         Response::new(

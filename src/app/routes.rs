@@ -112,8 +112,7 @@ pub const ROUTES: &[RouteSpec] = &[
     }),
     get("livez", Exact("/livez"), |_, _| handlers::livez().into()),
     get("readyz", Exact("/readyz"), |app, _| {
-        let draining = app.draining;
-        handlers::readyz(app.published(), draining).into()
+        handlers::readyz(app.draining).into()
     }),
     report(
         "cluster_status",

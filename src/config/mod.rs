@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-pub use cpus::CpuList;
+pub use cpus::{own_cpu_quota, CpuList};
 pub use database::{redact, LagLimit, NodeSpec, ReplicaStrategy};
 pub use error::ConfigError;
 
@@ -69,6 +69,20 @@ fn millis_from(low: u64) -> clap::builder::RangedU64ValueParser<u64> {
 /// Duration in milliseconds from a whole number, 1 ms at the least.
 fn millis() -> clap::builder::RangedU64ValueParser<u64> {
     millis_from(1)
+}
+
+/// Longest `INSTANCE_ID`: a host name label's length.
+const MAX_INSTANCE_ID: usize = 63;
+
+/// An instance name: it goes into claims split at `/`, so only a host name's characters.
+fn instance_id(value: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if value.is_empty() || value.len() > MAX_INSTANCE_ID || !value.chars().all(allowed) {
+        return Err(format!(
+            "1 to {MAX_INSTANCE_ID} letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(value.to_string())
 }
 
 /// CoinBitClub Enterprise API server: one pinned event-loop shard per CPU.
@@ -131,7 +145,7 @@ pub struct ServerConfig {
     /// io_uring and locked memory at start-up and logs which it chose and why.
     #[arg(long, env = "ENGINE", value_enum, default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
-    /// Number of shards; default one per CPU (less the monitor core with 4 or more CPUs).
+    /// Number of shards; default one per CPU (less the monitor core with 4 or more CPUs), at most the cgroup CPU quota (`cpu.max`, rounded up).
     #[arg(long, env = "SHARDS", value_parser = shard_count())]
     pub shards: Option<usize>,
     /// CPUs the shards are pinned to, e.g. `0-3,6`; default every CPU the process may use.
@@ -147,6 +161,16 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGINT/SIGTERM before the process exits (ms).
     #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", default_value_t = 10_000, value_parser = millis())]
     pub shutdown_timeout_ms: u64,
+    /// After SIGTERM, how long `/readyz` answers 503 while the server still accepts and serves, so that a load balancer's health checks take it out first (ms); 0 shuts down at once, behind a balancer use a few of its check intervals (2000 with deploy/haproxy.cfg's 500 ms checks)
+    #[arg(long = "drain-delay", env = "DRAIN_DELAY", default_value_t = 0, value_parser = millis_from(0))]
+    pub drain_delay_ms: u64,
+    /// TCP port of the HAProxy agent check: each connection reads one line, `up ready`, `drain` or `down`, then closes; unset runs no agent
+    #[arg(long, env = "AGENT_PORT",
+          value_parser = clap::builder::RangedU64ValueParser::<u16>::new().range(1..=65_535))]
+    pub agent_port: Option<u16>,
+    /// This instance's name in durable job claims (`INSTANCE_ID/<per-start nonce>/<shard>`): letters, digits, `.`, `_` and `-`, at most 63; default the host name
+    #[arg(long, env = "INSTANCE_ID", value_parser = instance_id)]
+    pub instance_id: Option<String>,
     /// How often shards send their metrics to the monitor, which doubles as their heartbeat (ms).
     #[arg(long = "snapshot-interval", env = "SNAPSHOT_INTERVAL", default_value_t = 1_000, value_parser = millis())]
     pub snapshot_interval_ms: u64,
@@ -579,6 +603,26 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `INSTANCE_ID`, else the host name (kept to `INSTANCE_ID`'s characters), else `coinbit`.
+    pub fn instance_id(&self) -> String {
+        if let Some(id) = &self.server.instance_id {
+            return id.clone();
+        }
+        let mut name = [0u8; 256];
+        // SAFETY: gethostname writes at most `name.len()` bytes into the buffer.
+        let got = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) };
+        let host = std::ffi::CStr::from_bytes_until_nul(&name)
+            .ok()
+            .filter(|_| got == 0)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or_default();
+        instance_id(host).unwrap_or_else(|_| "coinbit".into())
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.server.drain_delay_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -179,7 +179,7 @@ fn readme_configuration_table_matches_the_flags() {
 fn sizes_counts_and_times_have_upper_bounds() {
     let u64_max = u64::MAX.to_string();
     // (variable, highest value accepted); set through its flag, which reads the same parser
-    let cases: [(&str, u64); 14] = [
+    let cases: [(&str, u64); 16] = [
         ("MAX_REQUEST_LINE_BYTES", MAX_HEAD_LIMIT_BYTES),
         ("MAX_HEADER_BYTES", MAX_HEAD_LIMIT_BYTES),
         ("MAX_BODY_BYTES", MAX_BODY_LIMIT_BYTES),
@@ -194,6 +194,8 @@ fn sizes_counts_and_times_have_upper_bounds() {
         ("MONITORING_QUEUE_SIZE_CRITICAL", MAX_COUNT),
         ("KEEP_ALIVE_TIMEOUT", MAX_MILLIS),
         ("DURABLE_JOBS_POLL_INTERVAL", MAX_MILLIS),
+        ("DRAIN_DELAY", MAX_MILLIS),
+        ("AGENT_PORT", 65_535),
     ];
     let command = Cli::command();
     let flag_of = |name: &str| -> String {
@@ -213,5 +215,23 @@ fn sizes_counts_and_times_have_upper_bounds() {
             assert_eq!(err.exit_code(), 2, "{text}");
             assert!(text.contains(&flag) && text.contains(&over), "{text}");
         }
+    }
+}
+
+#[test]
+fn an_instance_id_is_a_host_name_and_defaults_to_this_one() {
+    for good in ["api-1", "node.eu_west", &"x".repeat(63)] {
+        let cli = parse(&["--instance-id", good]).unwrap();
+        assert_eq!(cli.config.instance_id(), good);
+    }
+    for bad in ["", "a/b", "two words", &"x".repeat(64)] {
+        let err = parse(&["--instance-id", bad]).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+    }
+    let default = parse(&[]).unwrap().config.instance_id();
+    assert!(instance_id(&default).is_ok(), "{default:?}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if instance_id(host.trim()).is_ok() {
+        assert_eq!(default, host.trim());
     }
 }

@@ -14,7 +14,8 @@
 //! sending heartbeats. Words: excellent ≥ 90, good ≥ 75, degraded ≥ 45, critical below. So one
 //! metric at its warning makes the server degraded, one at its critical makes it critical, and
 //! a metric approaching its warning costs at most a grade. `/health` says pass for excellent
-//! and good, warn for degraded, fail (503, and `/readyz` 503) for critical.
+//! and good, warn for degraded, fail (503) for critical; `/readyz` stays
+//! about the process alone (not its grade).
 
 use super::HealthStatus;
 

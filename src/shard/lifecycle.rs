@@ -47,6 +47,8 @@ pub struct Observation {
     /// The monitor replaced this generation ([`ShardSlot::is_superseded`]).
     pub superseded: bool,
     pub shutting_down: bool,
+    /// The process is leaving ([`Control::is_leaving`]): serve on, but not ready.
+    pub leaving: bool,
     /// The monitor's command for this shard ([`Control::is_active`]).
     pub active: bool,
     /// The shard has a listener and an accept loop.
@@ -63,6 +65,9 @@ pub struct Observation {
 pub enum Action {
     /// Nothing changes.
     KeepServing,
+    /// The process is leaving: keep accepting and serving, and tell the app (again: telling it
+    /// is idempotent, and a generation started meanwhile learns it too) so `/readyz` says 503.
+    ServeWhileLeaving,
     /// Active without a listener: bind again and accept; `Running`.
     ListenAgain,
     /// Inactive with a listener: close it, and let every connection close after its next
@@ -116,12 +121,18 @@ fn serving(seen: &Observation) -> Action {
     if seen.shutting_down {
         return Action::BeginDrain;
     }
-    match (seen.active, seen.listening) {
+    let scaling = match (seen.active, seen.listening) {
         (true, false) => Action::ListenAgain,
         (false, true) => Action::StopListening,
         (false, false) if seen.open == 0 && seen.state == ShardState::Draining => Action::Park,
         (false, false) if seen.open > 0 => Action::FinishConnections,
         _ => Action::KeepServing,
+    };
+    // Leaving changes nothing of how the shard serves, only what its app says of readiness.
+    if scaling == Action::KeepServing && seen.leaving {
+        Action::ServeWhileLeaving
+    } else {
+        scaling
     }
 }
 
@@ -163,6 +174,7 @@ pub fn carried_out(slot: &ShardSlot, action: Action, open: usize, done: io::Resu
             "shard {id}: shutdown deadline passed with {open} connections open or jobs unfinished"
         ),
         Action::KeepServing
+        | Action::ServeWhileLeaving
         | Action::FinishConnections
         | Action::Die(_)
         | Action::WaitForDrain
@@ -183,7 +195,8 @@ pub(crate) trait Housekeeper {
     async fn stop_listening(&self);
     /// Every connection closes after its next response (`Connection: close`).
     fn finish_connections(&self);
-    /// Tells the app that draining began; returns the shutdown deadline.
+    /// Tells the app that draining began (its `/readyz` answers 503; idempotent); returns the
+    /// shutdown deadline counted from now.
     fn begin_draining(&self) -> Instant;
     /// Closes every connection now.
     fn close_connections(&self);
@@ -214,6 +227,11 @@ pub(crate) async fn live(keeper: &impl Housekeeper) -> Result<(), ShardError> {
             }
             Action::FinishConnections => {
                 keeper.finish_connections();
+                Ok(())
+            }
+            Action::ServeWhileLeaving => {
+                // The deadline only counts once shutdown begins.
+                let _ = keeper.begin_draining();
                 Ok(())
             }
             Action::BeginDrain => {
@@ -282,12 +300,17 @@ mod tests {
                 crashed,
                 superseded,
                 shutting_down,
+                leaving: false,
                 active,
                 listening,
                 state,
                 open,
                 jobs_idle,
             }
+        };
+        let leaving = |seen| Observation {
+            leaving: true,
+            ..seen
         };
         #[rustfmt::skip]
         let cases = [
@@ -314,6 +337,15 @@ mod tests {
             (seen(past_deadline, [f, f, t, t, f], Draining, 0, f), AbortConnections),
             // Draining ignores crashes and replacements: the generation is ending anyway.
             (seen(before_deadline, [t, t, t, t, f], Draining, 1, t), WaitForDrain),
+            // Leaving: serve on, not ready, until shutdown begins,
+            (leaving(seen(serving, [f, f, f, t, t], Running, 3, t)), ServeWhileLeaving),
+            (leaving(seen(serving, [f, f, f, f, f], Parked, 0, t)), ServeWhileLeaving),
+            // still following auto-scaling,
+            (leaving(seen(serving, [f, f, f, t, f], Parked, 0, t)), ListenAgain),
+            (leaving(seen(serving, [f, f, f, f, t], Running, 2, t)), StopListening),
+            // and shutdown or a crash come first.
+            (leaving(seen(serving, [f, f, t, t, t], Running, 2, t)), BeginDrain),
+            (leaving(seen(serving, [t, f, f, t, t], Running, 2, t)), Die(Death::Crashed)),
         ];
         for (i, (observation, expected)) in cases.into_iter().enumerate() {
             assert_eq!(decide(&observation), expected, "row {i}: {observation:?}");

@@ -8,11 +8,14 @@
 //! # Layout
 //! - [`lifecycle`]: a generation's life: one loop that every engine's housekeeping runs, around
 //!   one pure decision per tick.
+//! - [`agent`]: the HAProxy agent check: a TCP port that says whether this process is up,
+//!   draining or down.
 //! - [`error`]: why a generation failed to start or died, with its shard, generation and
 //!   operation.
 //! - `placement`: which CPU each shard runs on.
 //! - `supervisor`: runs a shard's generations, restarting one that dies.
 
+pub mod agent;
 pub mod error;
 pub mod lifecycle;
 mod placement;
@@ -202,6 +205,9 @@ pub fn await_exit(slot: &ShardSlot, generation: u64, exit: &Receiver<ShardExit>)
 /// them as documented on each method.
 #[derive(Debug)]
 pub struct Control {
+    /// The process is leaving (SIGTERM received, the drain delay running): shards keep serving
+    /// but `/readyz` answers 503 so that balancers stop sending new work.
+    leaving: AtomicBool,
     shutting_down: AtomicBool,
     /// Every shard has stopped: the monitor ends too.
     shards_stopped: AtomicBool,
@@ -215,6 +221,7 @@ pub struct Control {
 impl Default for Control {
     fn default() -> Self {
         Control {
+            leaving: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             shards_stopped: AtomicBool::new(false),
             started_at: Instant::now(),
@@ -226,6 +233,16 @@ impl Default for Control {
 }
 
 impl Control {
+    /// What every engine does once this is set, checked at least every tick: keep accepting and
+    /// serving, and tell its app, whose `/readyz` answers 503 from then on.
+    pub fn begin_leaving(&self) {
+        self.leaving.store(true, Ordering::Release);
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }

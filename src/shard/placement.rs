@@ -25,10 +25,13 @@ pub enum PlacementError {
 /// With this many CPUs or more, the monitor gets a core of its own.
 pub const DEDICATED_MONITOR_MIN_CPUS: usize = 4;
 
-/// Decides placement from the CPUs the process may use and the operator's overrides. Shards
-/// beyond the chosen CPUs wrap around (two shards on a CPU), which is allowed but logged.
+/// Decides placement from the CPUs the process may use, its cgroup's CPU quota (in whole CPUs)
+/// and the operator's overrides. Without `SHARDS`, one shard per chosen CPU, but no more than
+/// the quota: a shard beyond it would only take time slices from the others. Shards beyond the
+/// chosen CPUs wrap around (two shards on a CPU), which is allowed but logged.
 pub fn place(
     available: &[usize],
+    cpu_quota: Option<usize>,
     shards: Option<usize>,
     shard_cpus: Option<&[usize]>,
     monitor_core: Option<usize>,
@@ -64,7 +67,7 @@ pub fn place(
             monitor: monitor_cpu,
         });
     }
-    let count = shards.unwrap_or(candidates.len());
+    let count = shards.unwrap_or(candidates.len().min(cpu_quota.unwrap_or(usize::MAX)).max(1));
     let shard_cpus: Vec<usize> = (0..count)
         .map(|i| candidates[i % candidates.len()])
         .collect();
@@ -141,11 +144,41 @@ mod tests {
             (&[], None, None, None, Err(PlacementError::NoCpus)),
         ];
         for (available, shards, cpus, monitor, expected) in cases {
-            let got = place(available, shards, cpus, monitor)
+            let got = place(available, None, shards, cpus, monitor)
                 .map(|p| (p.shard_cpus, p.monitor_cpu, p.monitor_shares_core));
             assert_eq!(
                 got, expected,
                 "available {available:?} shards {shards:?} cpus {cpus:?} monitor {monitor:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cpu_quota_caps_the_default_shard_count() {
+        let sixteen: Vec<usize> = (0..16).collect();
+        // available, quota, SHARDS, SHARD_CPUS -> shard CPUs
+        type Case<'a> = (
+            &'a [usize],
+            Option<usize>,
+            Option<usize>,
+            Option<&'a [usize]>,
+            &'a [usize],
+        );
+        let cases: [Case; 7] = [
+            (&sixteen, Some(2), None, None, &[0, 1]),
+            (&sixteen, Some(1), None, None, &[0]),
+            (&sixteen, Some(64), None, None, &sixteen[..15]),
+            (&[0, 1], Some(1), None, None, &[0]),
+            (&[0, 1, 2, 3], Some(1), None, Some(&[2, 3]), &[2]),
+            // SHARDS is the operator's word: the quota does not override it.
+            (&sixteen, Some(2), Some(4), None, &[0, 1, 2, 3]),
+            (&[0, 1], None, None, None, &[0, 1]),
+        ];
+        for (available, quota, shards, cpus, expected) in cases {
+            let got = place(available, quota, shards, cpus, None).unwrap();
+            assert_eq!(
+                got.shard_cpus, expected,
+                "quota {quota:?} shards {shards:?}"
             );
         }
     }

@@ -53,6 +53,7 @@ impl Housekeeper for Keeper<'_> {
             crashed: shard.crash.borrow().is_some(),
             superseded: ctx.slot.is_superseded(ctx.generation),
             shutting_down: ctx.control.is_shutting_down(),
+            leaving: ctx.control.is_leaving(),
             active: ctx.control.is_active(ctx.slot.id),
             listening: shard.listening.borrow().is_some(),
             state: ctx.slot.state(),

@@ -47,6 +47,7 @@ impl Housekeeper for Arc<MayShard> {
             crashed: self.crashed().is_some(),
             superseded: ctx.slot.is_superseded(ctx.generation),
             shutting_down: ctx.control.is_shutting_down(),
+            leaving: ctx.control.is_leaving(),
             active: ctx.control.is_active(ctx.slot.id),
             listening: lock(&self.listening).is_some(),
             state: ctx.slot.state(),
