@@ -110,6 +110,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         mesh: crate::queue::Mesh::new(slots.len()),
         database: database.clone(),
         control: control.clone(),
+        accounts: Default::default(),
     });
     let context = ShardContext {
         slot: slots[0].clone(),

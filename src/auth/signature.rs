@@ -72,24 +72,25 @@ impl SignatureError {
     }
 }
 
-/// The signed headers of a request, parsed.
+/// The signed headers of a request, parsed (owned: a request whose key is looked up in the
+/// database is checked after the lookup).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedHeaders<'a> {
-    pub key_id: &'a str,
+pub struct SignedHeaders {
+    pub key_id: String,
     /// As sent: it is part of what was signed.
-    pub timestamp_text: &'a str,
+    pub timestamp_text: String,
     pub timestamp_ms: u64,
     pub recv_window_ms: u64,
     pub signature: [u8; 32],
 }
 
 /// Parses the four headers (`api_key` is present: the caller found it).
-pub fn parse_headers<'a>(
-    api_key: &'a [u8],
-    timestamp: Option<&'a [u8]>,
+pub fn parse_headers(
+    api_key: &[u8],
+    timestamp: Option<&[u8]>,
     recv_window: Option<&[u8]>,
     signature: Option<&[u8]>,
-) -> Result<SignedHeaders<'a>, SignatureError> {
+) -> Result<SignedHeaders, SignatureError> {
     use SignatureError::Malformed;
     let key_id = std::str::from_utf8(api_key)
         .ok()
@@ -125,8 +126,8 @@ pub fn parse_headers<'a>(
             "X-CBC-SIGNATURE must be a hex HMAC-SHA256 (64 hex digits)",
         ))?;
     Ok(SignedHeaders {
-        key_id,
-        timestamp_text,
+        key_id: key_id.to_string(),
+        timestamp_text: timestamp_text.to_string(),
         timestamp_ms,
         recv_window_ms,
         signature,
@@ -207,7 +208,7 @@ impl ReplaySet {
     pub fn check_and_record(
         &mut self,
         now_ms: u64,
-        headers: &SignedHeaders<'_>,
+        headers: &SignedHeaders,
     ) -> Result<(), SignatureError> {
         let expires = headers.timestamp_ms.saturating_add(headers.recv_window_ms);
         if self
@@ -339,7 +340,7 @@ mod tests {
                 .recv_window_ms,
             60_000
         );
-        let malformed = |r: Result<SignedHeaders<'_>, SignatureError>| {
+        let malformed = |r: Result<SignedHeaders, SignatureError>| {
             matches!(r, Err(SignatureError::Malformed(_)))
         };
         assert!(malformed(parse(b"short", Some(b"1"), None)));
