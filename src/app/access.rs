@@ -445,6 +445,12 @@ const SELECT_KEY: &str = "SELECT k.user_id, u.role, u.status = 'active', k.secre
      FROM api_keys k JOIN users u ON u.id = k.user_id \
      WHERE k.key_id = $1 AND k.revoked_at IS NULL";
 
+/// What a lookup found for a request's credentials (`None`: no live such session or key).
+enum LookedUp {
+    Session([u8; 32], Option<SessionRecord>),
+    Key(SignedHeaders, Option<KeyRecord>),
+}
+
 /// A key's row before its secret is opened (that happens on the shard, with the key).
 struct KeyRow {
     user_id: i64,
@@ -502,21 +508,21 @@ impl Accounts {
         let accounts = self.clone();
         let lookup = self.look_up(credentials);
         Reply::Later(Box::pin(async move {
-            let admitted = lookup.await;
             let request = owned.request();
-            let admitted = admitted.and_then(|credentials| {
+            let admitted = lookup.await.and_then(|found| {
                 let now_ms = unix_millis(SystemTime::now());
-                let now = Instant::now();
-                let cache = accounts.cache.borrow();
-                match &credentials {
-                    Credentials::Bearer { digest } => {
-                        let record = cache.session(digest, now).flatten();
+                match &found {
+                    LookedUp::Session(digest, record) => {
                         admit_session(record.as_ref(), *digest, access, now_ms)
                     }
-                    Credentials::Signed(headers) => {
-                        let record = cache.key(&headers.key_id, now).flatten();
-                        accounts.admit_key(record.as_ref(), headers, &request, access, now_ms, now)
-                    }
+                    LookedUp::Key(headers, record) => accounts.admit_key(
+                        record.as_ref(),
+                        headers,
+                        &request,
+                        access,
+                        now_ms,
+                        Instant::now(),
+                    ),
                 }
             });
             match admitted {
@@ -543,11 +549,11 @@ impl Accounts {
         admit_signed(record, headers, &signed, access, &mut guards, now_ms, now)
     }
 
-    /// Looks the credentials up on the primary and caches what it finds; gives them back.
+    /// Looks the credentials up on the primary and caches what it finds.
     fn look_up(
         &self,
         credentials: Credentials,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Credentials, Refusal>>>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<LookedUp, Refusal>>>> {
         let cache = self.cache.clone();
         match credentials {
             Credentials::Bearer { digest } => {
@@ -574,8 +580,8 @@ impl Accounts {
                     });
                     cache
                         .borrow_mut()
-                        .store_session(digest, record, Instant::now());
-                    Ok(Credentials::Bearer { digest })
+                        .store_session(digest, record.clone(), Instant::now());
+                    Ok(LookedUp::Session(digest, record))
                 })
             }
             Credentials::Signed(headers) => {
@@ -601,10 +607,12 @@ impl Accounts {
                 Box::pin(async move {
                     let row = pending.await.map_err(Refusal::Database)?.value;
                     let record = row.and_then(|row| open_key(&secrets_key, &headers.key_id, row));
-                    cache
-                        .borrow_mut()
-                        .store_key(headers.key_id.clone(), record, Instant::now());
-                    Ok(Credentials::Signed(headers))
+                    cache.borrow_mut().store_key(
+                        headers.key_id.clone(),
+                        record.clone(),
+                        Instant::now(),
+                    );
+                    Ok(LookedUp::Key(headers, record))
                 })
             }
         }
