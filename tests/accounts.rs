@@ -411,3 +411,16 @@ fn revocation_reaches_every_shard_within_the_cache_bound(#[case] engine: &str) {
         );
     }
 }
+
+#[test]
+fn a_malformed_secrets_key_stops_start_up_without_printing_it() {
+    let out = common::binary()
+        .args(["--port", "0", "--bind-address", "127.0.0.1"])
+        .env("SECRETS_KEY", "1:0a0b0c0d")
+        .output()
+        .expect("run coinbit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("SECRETS_KEY"), "{stderr}");
+    assert!(!stderr.contains("0a0b0c0d"), "prints the key: {stderr}");
+}
