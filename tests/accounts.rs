@@ -27,6 +27,10 @@ fn cluster() -> &'static PgCluster {
 }
 
 fn start(engine: &str, test: &str) -> Server {
+    start_with(engine, test, &[])
+}
+
+fn start_with(engine: &str, test: &str, extra: &[&str]) -> Server {
     let cluster = cluster();
     let db = cluster.create_database(&format!("{test}_{engine}"));
     let env = cluster.env(&db);
@@ -43,6 +47,7 @@ fn start(engine: &str, test: &str) -> Server {
         "--login-max-failures",
         "3",
     ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     Server::start_with(engine, &args, &all)
 }
 
@@ -423,4 +428,44 @@ fn a_malformed_secrets_key_stops_start_up_without_printing_it() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("SECRETS_KEY"), "{stderr}");
     assert!(!stderr.contains("0a0b0c0d"), "prints the key: {stderr}");
+}
+
+/// A registration flood past the password pool's queue is refused at once with 503, and the
+/// shards keep answering meanwhile.
+#[apply(engines)]
+fn a_full_password_pool_answers_503(#[case] engine: &str) {
+    let server = start_with(
+        engine,
+        "pool_full",
+        &["--password-hash-threads", "1", "--password-hash-queue", "1"],
+    );
+    let addr = server.addr;
+    let flood: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let email = format!("user{i}@example.com");
+                let answer = register(&mut client, "User", &email, "correct horse");
+                (
+                    answer.status,
+                    answer.error_code(),
+                    answer.header("Retry-After").map(String::from),
+                )
+            })
+        })
+        .collect();
+    let health = server.get("/health");
+    assert!(
+        health.status == 200 || health.status == 503,
+        "{}",
+        health.status
+    );
+    let answers: Vec<_> = flood.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(answers.iter().any(|a| a.0 == 201), "{answers:?}");
+    let busy = (503, "password_pool_busy".to_string(), Some("1".to_string()));
+    assert!(answers.contains(&busy), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.0 == 201 || *a == busy),
+        "{answers:?}"
+    );
 }
