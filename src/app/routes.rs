@@ -7,6 +7,10 @@
 //! are matched only with `--debug-routes`; their paths are under `/debug/`, apart from every
 //! production path.
 //!
+//! A route's [`Access`] says who may call it: an open route's handler sees the shard's app; any
+//! other route has a guarded handler, which [`super::access`] runs only once the caller passed
+//! (the accounts routes are the first; the others stay open in this release).
+//!
 //! Classes follow the endpoints' business: trading high, financial medium, affiliate low, reports
 //! background. The reports (cluster status, metrics, queues, alerts, the dashboard) are
 //! background here; `QUEUE_ROUTE_CLASSES` changes any route's class. Requests of a class below
