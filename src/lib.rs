@@ -14,6 +14,8 @@
 //! - [`http`]: the sans-I/O HTTP/1.1 codec every engine drives.
 //! - [`app`]: the route table and handlers, the debug hooks, and the factory that builds each
 //!   shard's app (engine-agnostic).
+//! - [`auth`]: accounts and access: tokens, signed requests, replay and rate limits, API
+//!   secrets at rest, and Argon2id on its own threads.
 //! - [`db`]: the PostgreSQL tier: pools on DB I/O threads, replica routing, health, migrations.
 //! - [`engine`]: event loops that move bytes and time (`glommio`, `may`), the choice between
 //!   them, and start-up checks.
@@ -29,6 +31,7 @@
 //! - [`server`]: start-up and graceful shutdown (after the drain delay a balancer needs).
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod engine;

@@ -120,6 +120,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         database: database.clone(),
         control: control.clone(),
         instance,
+        accounts: Default::default(),
     });
     let context = ShardContext {
         slot: slots[0].clone(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::access::{Accounts, AccountsShared, SharedAccountsCell};
 use super::ShardApp;
 use crate::config::Config;
 use crate::db::Database;
@@ -29,6 +30,9 @@ pub struct AppFactory {
     /// This start's name in durable job claims, `INSTANCE_ID/<nonce>`: unique across
     /// instances and restarts even where containers share a host name or a pid.
     pub instance: String,
+    /// What every shard's accounts share (the password pool above all), started by the first
+    /// shard built with a database.
+    pub accounts: SharedAccountsCell,
 }
 
 impl AppFactory {
@@ -67,5 +71,12 @@ impl AppFactory {
             config.queues.route_classes.as_ref(),
         )
         .with_database(self.database.as_ref().map(|db| db.client()))
+        .with_accounts(self.database.as_ref().map(|db| {
+            let shared = self.accounts.get_or_init(|| {
+                // Two threads at start-up: a host that cannot start them cannot serve.
+                Arc::new(AccountsShared::start(config).expect("start the password hashing threads"))
+            });
+            Accounts::new(shared.clone(), db.client())
+        }))
     }
 }

@@ -11,11 +11,16 @@
 //! - [`handlers`]: one function per production endpoint.
 //! - [`jobs`]: the job endpoints over the shard's queues.
 //! - [`users`]: the users API, the first endpoints on the database tier.
+//! - [`access`]: who calls: each route's [`routes::Access`], credentials, the per-shard cache
+//!   of sessions and API keys, and the check before a guarded handler.
+//! - [`accounts`]: registration, login, logout, `me` and API keys.
 //! - [`debug`]: the debug routes and hooks, on with `--debug-routes`.
 //! - [`factory`]: [`AppFactory`], which builds each shard's app.
 //! - [`accept`]: whether an accepted connection is served, and connection timeout counts.
 
 pub mod accept;
+pub mod access;
+pub mod accounts;
 pub mod debug;
 pub mod factory;
 pub mod handlers;
@@ -62,6 +67,8 @@ pub struct ShardApp {
     route_awaiting_turn: Option<Match>,
     /// This shard's way to the database; `None` when none is configured.
     db: Option<DbClient>,
+    /// Accounts and access (they need the database): `None` without one.
+    accounts: Option<access::Accounts>,
     /// (route, status) of answers given later (database replies), counted at the next tick.
     /// No lock: a later reply's future is polled and dropped only where the app is, on the
     /// shard's thread under glommio and under the shard's own lock under may.
@@ -92,6 +99,7 @@ impl ShardApp {
             gate: None,
             route_awaiting_turn: None,
             db: None,
+            accounts: None,
             late: Rc::default(),
         }
     }
@@ -100,6 +108,27 @@ impl ShardApp {
     pub fn with_database(mut self, db: Option<DbClient>) -> Self {
         self.db = db;
         self
+    }
+
+    /// Gives the shard its accounts (the account routes answer 503 without them).
+    pub fn with_accounts(mut self, accounts: Option<access::Accounts>) -> Self {
+        self.accounts = accounts;
+        self
+    }
+
+    /// Answers a request to `route`: an open route at once; a guarded one once its caller
+    /// passed the route's access.
+    fn answer(&mut self, route: routes::RouteId, request: &Request<'_>) -> Reply {
+        let spec = route.spec();
+        match (spec.handler, &self.accounts) {
+            (routes::Handler::Open(handler), _) => handler(self, request),
+            (routes::Handler::Guarded(handler), Some(accounts)) => {
+                accounts.guard(request, spec.access, handler)
+            }
+            (routes::Handler::Guarded(_), None) => {
+                users::db_error(&crate::db::DbError::NotConfigured).into()
+            }
+        }
     }
 
     /// Called by the engine about once a second.
@@ -173,7 +202,7 @@ impl Service for ShardApp {
             routes::match_route(request.method, request.path, self.debug_routes)
         });
         let (route_index, reply) = match matched {
-            Match::Found(route) => (route.index(), (route.spec().handler)(self, request)),
+            Match::Found(route) => (route.index(), self.answer(route, request)),
             Match::MethodNotAllowed(allow) => (
                 routes::METHOD_NOT_ALLOWED_INDEX,
                 Response::error(
@@ -358,6 +387,18 @@ mod tests {
             (Get, "/api/enterprise/jobs/0.0.1", "job_status", None),
             (Post, "/api/users", "create_user", None),
             (Get, "/api/users/42", "get_user", None),
+            (Post, "/api/auth/register", "auth_register", None),
+            (Post, "/api/auth/login", "auth_login", None),
+            (Post, "/api/auth/logout", "auth_logout", None),
+            (Get, "/api/auth/me", "auth_me", None),
+            (Get, "/api/auth/api-keys", "api_keys_list", None),
+            (Post, "/api/auth/api-keys", "api_keys_create", None),
+            (
+                Method::Delete,
+                "/api/auth/api-keys/0123456789abcdef0123456789abcdef",
+                "api_keys_delete",
+                None,
+            ),
             (Get, "/debug/sleep", "debug_sleep", None),
             (Get, "/debug/shard", "debug_shard", Some(r#"{"shard":0}"#)),
             (Post, "/debug/stall-shard", "debug_stall_shard", None),

@@ -7,19 +7,34 @@
 //! are matched only with `--debug-routes`; their paths are under `/debug/`, apart from every
 //! production path.
 //!
+//! A route's [`Access`] says who may call it: an open route's handler sees the shard's app; any
+//! other route has a guarded handler, which [`super::access`] runs only once the caller passed
+//! (the accounts routes are the first; the others stay open in this release).
+//!
 //! Classes follow the endpoints' business: trading high, financial medium, affiliate low, reports
 //! background. The reports (cluster status, metrics, queues, alerts, the dashboard) are
 //! background here; `QUEUE_ROUTE_CLASSES` changes any route's class. Requests of a class below
 //! high take turns at the shard's gate ([`crate::queue::gate`]); high ones and routes without a
 //! class (the probes, `/health`, the users and job APIs) run at once.
 
-use super::{debug, handlers, jobs, users, ShardApp};
+pub use super::access::Access;
+use super::access::GuardedHandler;
+use super::{accounts, debug, handlers, jobs, users, ShardApp};
+use crate::auth::role::Scope;
 use crate::http::{Method, Reply, Request};
 use crate::queue::Priority;
 use PathPattern::{Exact, Prefix, WithId};
 
-/// What answers a route's requests.
-pub type Handler = for<'r> fn(&mut ShardApp, &Request<'r>) -> Reply;
+/// What answers an open route's requests.
+pub type OpenHandler = for<'r> fn(&mut ShardApp, &Request<'r>) -> Reply;
+
+/// What answers a route's requests: an open route's handler sees the shard's app; a guarded
+/// one's runs once the caller passed the route's [`Access`] and sees who it is.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    Open(OpenHandler),
+    Guarded(GuardedHandler),
+}
 
 /// The paths a route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,13 +62,6 @@ impl PathPattern {
     }
 }
 
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone.
-    Public,
-}
-
 /// One route: everything about it is declared here.
 #[derive(Clone, Copy)]
 pub struct RouteSpec {
@@ -61,11 +69,12 @@ pub struct RouteSpec {
     pub name: &'static str,
     /// The method it answers; a GET route answers HEAD too.
     pub method: Method,
-    /// The `Allow` header of a 405 on its path.
+    /// The `Allow` header of a 405 on its path: every method the routes of that path answer.
     pub allow: &'static str,
     pub path: PathPattern,
     /// The class its requests run in unless `QUEUE_ROUTE_CLASSES` says otherwise; `None`: at once.
     pub class: Option<Priority>,
+    /// Who may call it; any but [`Access::Public`] goes with a [`Handler::Guarded`].
     pub access: Access,
     pub handler: Handler,
 }
@@ -77,7 +86,7 @@ impl RouteSpec {
     }
 }
 
-pub(super) const fn get(name: &'static str, path: PathPattern, handler: Handler) -> RouteSpec {
+pub(super) const fn get(name: &'static str, path: PathPattern, handler: OpenHandler) -> RouteSpec {
     RouteSpec {
         name,
         method: Method::Get,
@@ -85,11 +94,11 @@ pub(super) const fn get(name: &'static str, path: PathPattern, handler: Handler)
         path,
         class: None,
         access: Access::Public,
-        handler,
+        handler: Handler::Open(handler),
     }
 }
 
-pub(super) const fn post(name: &'static str, path: PathPattern, handler: Handler) -> RouteSpec {
+pub(super) const fn post(name: &'static str, path: PathPattern, handler: OpenHandler) -> RouteSpec {
     RouteSpec {
         method: Method::Post,
         allow: "POST",
@@ -97,8 +106,31 @@ pub(super) const fn post(name: &'static str, path: PathPattern, handler: Handler
     }
 }
 
+/// A route only callers that pass `access` reach.
+const fn guarded(
+    name: &'static str,
+    (method, allow): (Method, &'static str),
+    path: PathPattern,
+    access: Access,
+    handler: GuardedHandler,
+) -> RouteSpec {
+    RouteSpec {
+        name,
+        method,
+        allow,
+        path,
+        class: None,
+        access,
+        handler: Handler::Guarded(handler),
+    }
+}
+
+/// `GET` and `POST` on `/api/auth/api-keys`: one `Allow` for both.
+const API_KEYS_GET: (Method, &str) = (Method::Get, "GET, HEAD, POST");
+const API_KEYS_POST: (Method, &str) = (Method::Post, "GET, HEAD, POST");
+
 /// A report: read by dashboards and scrapers, never in a hurry.
-const fn report(name: &'static str, path: PathPattern, handler: Handler) -> RouteSpec {
+const fn report(name: &'static str, path: PathPattern, handler: OpenHandler) -> RouteSpec {
     RouteSpec {
         class: Some(Priority::Background),
         ..get(name, path, handler)
@@ -160,6 +192,49 @@ pub const ROUTES: &[RouteSpec] = &[
     report("dashboard", Exact("/dashboard"), |_, _| {
         handlers::dashboard().into()
     }),
+    post(
+        "auth_register",
+        Exact("/api/auth/register"),
+        |app, request| accounts::register(app.accounts.as_ref(), request),
+    ),
+    post("auth_login", Exact("/api/auth/login"), |app, request| {
+        accounts::login(app.accounts.as_ref(), request)
+    }),
+    guarded(
+        "auth_logout",
+        (Method::Post, "POST"),
+        Exact("/api/auth/logout"),
+        Access::Session,
+        accounts::logout,
+    ),
+    guarded(
+        "auth_me",
+        (Method::Get, "GET, HEAD"),
+        Exact("/api/auth/me"),
+        Access::Scoped(Scope::Read),
+        accounts::me,
+    ),
+    guarded(
+        "api_keys_list",
+        API_KEYS_GET,
+        Exact("/api/auth/api-keys"),
+        Access::Session,
+        accounts::list_keys,
+    ),
+    guarded(
+        "api_keys_create",
+        API_KEYS_POST,
+        Exact("/api/auth/api-keys"),
+        Access::Session,
+        accounts::create_key,
+    ),
+    guarded(
+        "api_keys_delete",
+        (Method::Delete, "DELETE"),
+        WithId("/api/auth/api-keys/"),
+        Access::Session,
+        accounts::delete_key,
+    ),
 ];
 
 /// How many routes there are, debug ones included.
@@ -260,22 +335,30 @@ pub enum Match {
     NotFound,
 }
 
-/// The first route whose path matches decides: found, or 405 with its `Allow`.
+/// The first route whose path matches decides: found, or another method's route declared with
+/// the same path, or 405 with its `Allow`.
 pub fn match_route(method: Method, path: &str, debug_routes: bool) -> Match {
     // The debug table is not even looked at unless it is switched on.
     let found = match position(ROUTES, path) {
-        Some(index) => Some((&ROUTES[index], RouteId(index))),
-        None if debug_routes => position(debug::ROUTES, path)
-            .map(|index| (&debug::ROUTES[index], RouteId(ROUTES.len() + index))),
+        Some(index) => Some((ROUTES, index, 0)),
+        None if debug_routes => {
+            position(debug::ROUTES, path).map(|index| (debug::ROUTES, index, ROUTES.len()))
+        }
         None => None,
     };
-    let Some((spec, id)) = found else {
+    let Some((routes, index, offset)) = found else {
         return Match::NotFound;
     };
+    let spec = &routes[index];
     if spec.answers(method) {
-        Match::Found(id)
-    } else {
-        Match::MethodNotAllowed(spec.allow)
+        return Match::Found(RouteId(offset + index));
+    }
+    let same_path = routes[index + 1..]
+        .iter()
+        .position(|other| other.path == spec.path && other.answers(method));
+    match same_path {
+        Some(next) => Match::Found(RouteId(offset + index + 1 + next)),
+        None => Match::MethodNotAllowed(spec.allow),
     }
 }
 
@@ -362,6 +445,37 @@ mod tests {
             ),
             (Method::Get, "/debug/sleep", true, found("debug_sleep")),
             (Method::Get, "/debug/effects", true, found("debug_effects")),
+            (
+                Method::Get,
+                "/api/auth/api-keys",
+                false,
+                found("api_keys_list"),
+            ),
+            (
+                Method::Post,
+                "/api/auth/api-keys",
+                false,
+                found("api_keys_create"),
+            ),
+            (
+                Method::Delete,
+                "/api/auth/api-keys",
+                false,
+                Match::MethodNotAllowed("GET, HEAD, POST"),
+            ),
+            (
+                Method::Delete,
+                "/api/auth/api-keys/0123456789abcdef0123456789abcdef",
+                false,
+                found("api_keys_delete"),
+            ),
+            (Method::Get, "/api/auth/me", false, found("auth_me")),
+            (
+                Method::Get,
+                "/api/auth/login",
+                false,
+                Match::MethodNotAllowed("POST"),
+            ),
         ];
         for (method, path, debug, expected) in cases {
             assert_eq!(
@@ -431,11 +545,19 @@ mod tests {
             assert_eq!(id_of(spec.name), id, "{} is named twice", spec.name);
             assert_eq!(ROUTE_NAMES[index], spec.name);
             assert_eq!(classes[index], spec.class, "{}", spec.name);
-            let allow = match spec.method {
-                Method::Get => "GET, HEAD",
-                other => other.as_str(),
-            };
-            assert_eq!(spec.allow, allow, "{}", spec.name);
+            // Allow lists every method declared on the route's path, in table order.
+            let allow: Vec<&str> = TABLE
+                .iter()
+                .filter(|other| other.path == spec.path)
+                .flat_map(|other| match other.method {
+                    Method::Get => vec!["GET", "HEAD"],
+                    method => vec![method.as_str()],
+                })
+                .collect();
+            assert_eq!(spec.allow, allow.join(", "), "{}", spec.name);
+            // A route open to all has an open handler; any other is guarded.
+            let guarded = matches!(spec.handler, Handler::Guarded(_));
+            assert_eq!(guarded, spec.access != Access::Public, "{}", spec.name);
             // Debug routes live under /debug/, where no production path reaches.
             let (PathPattern::Exact(path) | PathPattern::Prefix(path) | PathPattern::WithId(path)) =
                 spec.path;

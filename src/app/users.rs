@@ -60,18 +60,23 @@ fn invalid(message: &str) -> Response {
 
 /// Checks a new user; the message says what to fix.
 fn validate(user: &NewUser) -> Result<(), &'static str> {
-    let name = user.name.trim();
+    check_name_and_email(&user.name, &user.email)
+}
+
+/// Checks a user's name and email (as they will be trimmed); the message says what to fix.
+pub(super) fn check_name_and_email(name: &str, email: &str) -> Result<(), &'static str> {
+    let name = name.trim();
     // PostgreSQL's text has no NUL character.
     if name.contains('\0') {
         return Err("name must not contain the NUL character");
     }
-    if user.email.contains('\0') {
+    if email.contains('\0') {
         return Err("email must not contain the NUL character");
     }
     if name.is_empty() || name.chars().count() > 100 {
         return Err("name must be 1 to 100 characters");
     }
-    let email = user.email.trim();
+    let email = email.trim();
     let well_formed = email
         .split_once('@')
         .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));

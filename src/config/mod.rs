@@ -5,6 +5,7 @@
 //! checks what one flag alone cannot (min against max). Any bad value becomes a [`ConfigError`]
 //! that names the variable (or flag) and the value; `main` prints it and exits with code 2.
 
+mod auth;
 mod cpus;
 mod database;
 mod error;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+pub use auth::{AuthConfig, SecretText};
 pub use cpus::{own_cpu_quota, CpuList};
 pub use database::{redact, LagLimit, NodeSpec, ReplicaStrategy};
 pub use error::ConfigError;
@@ -128,6 +130,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub monitoring: MonitoringConfig,
+    #[command(flatten)]
+    pub auth: AuthConfig,
 }
 
 /// Listener, shards and lifecycle.
@@ -595,6 +599,7 @@ impl Config {
         if let Some(url) = &self.monitoring.webhook_url {
             check_webhook_url(url)?;
         }
+        self.auth.secrets_key(self.server.debug_routes)?;
         if self.server.listen_backlog < 1 {
             return Err(ConfigError::invalid(
                 "LISTEN_BACKLOG",

@@ -235,3 +235,49 @@ fn an_instance_id_is_a_host_name_and_defaults_to_this_one() {
         assert_eq!(default, host.trim());
     }
 }
+
+#[test]
+fn secrets_key_is_checked_and_never_echoed() {
+    let key = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let cli = parse(&["--secrets-key", key]).unwrap();
+    let sealed_with = cli.config.auth.secrets_key(false).unwrap().unwrap();
+    assert_eq!(sealed_with.version, 1);
+    assert!(!format!("{:?}", cli.config).contains("0a0b0c"));
+    // Unset: no key in production (API keys off), the public development key with debug routes.
+    assert_eq!(
+        parse(&[]).unwrap().config.auth.secrets_key(false).unwrap(),
+        None
+    );
+    let debug = parse(&["--debug-routes"]).unwrap();
+    assert_eq!(
+        debug.config.auth.secrets_key(true).unwrap(),
+        Some(crate::auth::secrets::SecretsKey::development())
+    );
+    for bad in [
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        "1:0a0b0c",
+        "0:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+    ] {
+        let error = parse(&["--secrets-key", bad]).unwrap_err();
+        let text = error.to_string();
+        assert_eq!(error.exit_code(), 2, "{text}");
+        assert!(text.contains("SECRETS_KEY"), "{text}");
+        assert!(!text.contains("0a0b0c"), "echoes the key: {text}");
+    }
+}
+
+#[test]
+fn auth_defaults() {
+    let auth = parse(&[]).unwrap().config.auth;
+    assert_eq!(auth.session_ttl_ms, 86_400_000);
+    assert_eq!(auth.auth_cache_ttl_ms, 2_000);
+    assert_eq!(
+        (auth.password_hash_threads, auth.password_hash_queue),
+        (2, 64)
+    );
+    assert_eq!(
+        (auth.login_max_failures, auth.login_lockout_window_ms),
+        (5, 900_000)
+    );
+    assert!(parse(&["--password-hash-threads", "0"]).is_err());
+}

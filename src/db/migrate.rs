@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "job_outbox_options",
         include_str!("migrations/0003_job_outbox_options.sql"),
     ),
+    (4, "accounts", include_str!("migrations/0004_accounts.sql")),
 ];
 
 /// The advisory lock's key: "coinbit" in ASCII.

@@ -1,0 +1,941 @@
+//! Who calls: authentication per request, before the handler, from the route's [`Access`].
+//!
+//! A request proves who it is with `Authorization: Bearer <session token>` or with a signed
+//! request (`X-CBC-APIKEY`, `X-CBC-TIMESTAMP`, `X-CBC-RECV-WINDOW`, `X-CBC-SIGNATURE`; see
+//! [`crate::auth::signature`]). Refused with 401 when the credentials are missing, malformed,
+//! unknown, expired or revoked, or the signature, window or replay check fails; 403 when the
+//! caller lacks the route's scope or role (or the account is not active); 429 with
+//! `Retry-After` when an API key is over its rate.
+//!
+//! Speed: each shard keeps the sessions and API keys it looked up in its own cache (no lock),
+//! and trusts an entry for `AUTH_CACHE_TTL` (2 s by default); only a miss or a stale entry
+//! costs a database round trip (on the primary). So a revoked session or key is refused by the
+//! shard that revoked it at once, and by every other shard within `AUTH_CACHE_TTL`: that is the
+//! documented bound. Unknown credentials are cached too, so a flood of bad tokens costs one
+//! lookup per token and shard per period.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::auth::bucket::{retry_after_secs, Buckets};
+use crate::auth::password::PasswordPool;
+use crate::auth::role::{Role, Scope, Scopes};
+use crate::auth::secrets::{Sealed, SecretsKey};
+use crate::auth::signature::{self, ReplaySet, SignatureError, Signed, SignedHeaders};
+use crate::auth::{token, unix_millis};
+use crate::config::Config;
+use crate::db::{DbClient, DbError};
+use crate::http::{Reply, Request, Response, StatusCode};
+
+use super::users::db_error;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// A person logged in: a session token, never an API key (managing keys, logging out).
+    Session,
+    /// A session, or an API key holding this scope.
+    Scoped(Scope),
+    /// A session of a user whose role is this one or above (operator < manager < admin).
+    Staff(Role),
+}
+
+/// What answers a guarded route, once its caller is known.
+pub type GuardedHandler = for<'r> fn(&Accounts, &Principal, &Request<'r>) -> Reply;
+
+/// How the caller proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A session: its token's SHA-256.
+    Session { digest: [u8; 32] },
+    /// A signed request with this API key.
+    ApiKey { key_id: String },
+}
+
+/// The caller of a request that passed its route's [`Access`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: i64,
+    pub role: Role,
+    pub via: Via,
+}
+
+/// Why a request is refused; [`Refusal::response`] is its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401.
+    Unauthenticated(&'static str, &'static str),
+    /// 403.
+    Forbidden(&'static str, &'static str),
+    /// 429 after this wait.
+    RateLimited(Duration),
+    /// The database could not say (503 and the like).
+    Database(DbError),
+}
+
+impl From<SignatureError> for Refusal {
+    fn from(error: SignatureError) -> Self {
+        let (code, message) = error.describe();
+        Refusal::Unauthenticated(code, message)
+    }
+}
+
+impl Refusal {
+    pub fn response(&self) -> Response {
+        match self {
+            Refusal::Unauthenticated(code, message) => {
+                Response::error(StatusCode(401), code, message)
+                    .with_header("WWW-Authenticate", "Bearer")
+            }
+            Refusal::Forbidden(code, message) => Response::error(StatusCode(403), code, message),
+            Refusal::RateLimited(wait) => Response::error(
+                StatusCode(429),
+                "rate_limited",
+                "this API key is over its rate; retry after the time in Retry-After",
+            )
+            .with_header("Retry-After", retry_after_secs(*wait).to_string()),
+            Refusal::Database(error) => db_error(error),
+        }
+    }
+}
+
+const INVALID_SESSION: Refusal = Refusal::Unauthenticated(
+    "invalid_session",
+    "the session token is unknown, expired or revoked; log in again",
+);
+const INVALID_KEY: Refusal =
+    Refusal::Unauthenticated("invalid_api_key", "the API key is unknown or revoked");
+
+/// The credentials a request carries, parsed; the window of a signed one already checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Bearer { digest: [u8; 32] },
+    Signed(SignedHeaders),
+}
+
+/// Reads a request's credentials: a bearer token, or signed headers inside their window at
+/// `now_ms`. Both at once is refused: which one counts would be a guess.
+pub fn credentials(request: &Request<'_>, now_ms: u64) -> Result<Credentials, Refusal> {
+    let bearer = request.header("Authorization");
+    let api_key = request.header(signature::API_KEY_HEADER);
+    match (bearer, api_key) {
+        (None, None) => Err(Refusal::Unauthenticated(
+            "missing_credentials",
+            "send Authorization: Bearer <session token>, or a signed request (X-CBC-APIKEY, X-CBC-TIMESTAMP, X-CBC-SIGNATURE)",
+        )),
+        (Some(_), Some(_)) => Err(Refusal::Unauthenticated(
+            "ambiguous_credentials",
+            "send either a bearer token or a signed request, not both",
+        )),
+        (Some(value), None) => {
+            let token = value
+                .strip_prefix(b"Bearer ")
+                .ok_or(Refusal::Unauthenticated(
+                    "bad_authorization",
+                    "Authorization must be `Bearer ` and a session token",
+                ))?;
+            let digest = token::token_digest(token).ok_or(Refusal::Unauthenticated(
+                "bad_authorization",
+                "a session token is 64 hex digits",
+            ))?;
+            Ok(Credentials::Bearer { digest })
+        }
+        (None, Some(api_key)) => {
+            let headers = signature::parse_headers(
+                api_key,
+                request.header(signature::TIMESTAMP_HEADER),
+                request.header(signature::RECV_WINDOW_HEADER),
+                request.header(signature::SIGNATURE_HEADER),
+            )?;
+            signature::check_window(now_ms, headers.timestamp_ms, headers.recv_window_ms)?;
+            Ok(Credentials::Signed(headers))
+        }
+    }
+}
+
+/// A session as the database knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub user_id: i64,
+    pub role: Role,
+    pub active: bool,
+    pub expires_at_ms: u64,
+}
+
+/// An API key as the database knows it, its secret opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub user_id: i64,
+    pub role: Role,
+    pub active: bool,
+    pub scopes: Scopes,
+    pub rate_per_second: u32,
+    pub secret: Rc<[u8]>,
+}
+
+/// Whether a caller of `role` through `via` (with `scopes` for a key) may call a route of
+/// `access`.
+pub fn check_access(access: Access, role: Role, via: &Via, scopes: Scopes) -> Result<(), Refusal> {
+    let is_session = matches!(via, Via::Session { .. });
+    match access {
+        Access::Public => Ok(()),
+        Access::Session if is_session => Ok(()),
+        Access::Session => Err(Refusal::Forbidden(
+            "session_required",
+            "this route needs a login session; an API key cannot call it",
+        )),
+        Access::Scoped(_) if is_session => Ok(()),
+        Access::Scoped(scope) if scopes.contains(scope) => Ok(()),
+        Access::Scoped(_) => Err(Refusal::Forbidden(
+            "missing_scope",
+            "this API key lacks the scope this route needs",
+        )),
+        Access::Staff(least) if is_session && role >= least => Ok(()),
+        Access::Staff(_) => Err(Refusal::Forbidden(
+            "forbidden",
+            "this route needs an operator, manager or admin session",
+        )),
+    }
+}
+
+const INACTIVE: Refusal =
+    Refusal::Forbidden("account_inactive", "this account is suspended or closed");
+
+/// Admits a bearer session: the record (`None`: unknown or revoked) must be live at `now_ms`.
+pub fn admit_session(
+    record: Option<&SessionRecord>,
+    digest: [u8; 32],
+    access: Access,
+    now_ms: u64,
+) -> Result<Principal, Refusal> {
+    let record = record
+        .filter(|r| r.expires_at_ms > now_ms)
+        .ok_or(INVALID_SESSION)?;
+    if !record.active {
+        return Err(INACTIVE);
+    }
+    let via = Via::Session { digest };
+    check_access(access, record.role, &via, Scopes::ALL)?;
+    Ok(Principal {
+        user_id: record.user_id,
+        role: record.role,
+        via,
+    })
+}
+
+/// This shard's guards on signed requests.
+#[derive(Debug, Default)]
+pub struct ShardGuards {
+    replay: ReplaySet,
+    buckets: Buckets,
+}
+
+/// Admits a signed request: signature, then replay, then scope, then rate.
+pub fn admit_signed(
+    record: Option<&KeyRecord>,
+    headers: &SignedHeaders,
+    signed: &Signed<'_>,
+    access: Access,
+    guards: &mut ShardGuards,
+    now_ms: u64,
+    now: Instant,
+) -> Result<Principal, Refusal> {
+    let record = record.ok_or(INVALID_KEY)?;
+    signature::verify(&record.secret, signed, &headers.signature)?;
+    guards.replay.check_and_record(now_ms, headers)?;
+    if !record.active {
+        return Err(INACTIVE);
+    }
+    let via = Via::ApiKey {
+        key_id: headers.key_id.clone(),
+    };
+    check_access(access, record.role, &via, record.scopes)?;
+    guards
+        .buckets
+        .take(&headers.key_id, record.rate_per_second, now)
+        .map_err(Refusal::RateLimited)?;
+    Ok(Principal {
+        user_id: record.user_id,
+        role: record.role,
+        via,
+    })
+}
+
+/// A looked-up record (`None`: none such) and when it was looked up.
+#[derive(Debug, Clone)]
+struct Cached<T> {
+    record: Option<T>,
+    fetched_at: Instant,
+}
+
+/// Entries of each kind a shard keeps; past it the stale ones go, then all.
+const MAX_CACHED: usize = 100_000;
+
+/// This shard's sessions and keys, each trusted for `ttl` after its lookup.
+#[derive(Debug)]
+pub struct CredentialCache {
+    ttl: Duration,
+    sessions: HashMap<[u8; 32], Cached<SessionRecord>>,
+    keys: HashMap<String, Cached<KeyRecord>>,
+}
+
+fn fresh<T: Clone>(entry: Option<&Cached<T>>, ttl: Duration, now: Instant) -> Option<Option<T>> {
+    entry
+        .filter(|e| now.saturating_duration_since(e.fetched_at) < ttl)
+        .map(|e| e.record.clone())
+}
+
+fn store<K: std::hash::Hash + Eq, T>(
+    map: &mut HashMap<K, Cached<T>>,
+    key: K,
+    record: Option<T>,
+    ttl: Duration,
+    now: Instant,
+) {
+    if map.len() >= MAX_CACHED {
+        map.retain(|_, e| now.saturating_duration_since(e.fetched_at) < ttl);
+        if map.len() >= MAX_CACHED {
+            map.clear();
+        }
+    }
+    map.insert(
+        key,
+        Cached {
+            record,
+            fetched_at: now,
+        },
+    );
+}
+
+impl CredentialCache {
+    pub fn new(ttl: Duration) -> Self {
+        CredentialCache {
+            ttl,
+            sessions: HashMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    /// The session, if looked up less than `ttl` ago (`Some(None)`: known not to exist).
+    pub fn session(&self, digest: &[u8; 32], now: Instant) -> Option<Option<SessionRecord>> {
+        fresh(self.sessions.get(digest), self.ttl, now)
+    }
+
+    pub fn key(&self, key_id: &str, now: Instant) -> Option<Option<KeyRecord>> {
+        fresh(self.keys.get(key_id), self.ttl, now)
+    }
+
+    pub fn store_session(&mut self, digest: [u8; 32], record: Option<SessionRecord>, now: Instant) {
+        store(&mut self.sessions, digest, record, self.ttl, now);
+    }
+
+    pub fn store_key(&mut self, key_id: String, record: Option<KeyRecord>, now: Instant) {
+        store(&mut self.keys, key_id, record, self.ttl, now);
+    }
+
+    /// Forgets a session or key revoked on this shard: refused here from now on.
+    pub fn revoke(&mut self, via: &Via, now: Instant) {
+        match via {
+            Via::Session { digest } => self.store_session(*digest, None, now),
+            Via::ApiKey { key_id } => self.store_key(key_id.clone(), None, now),
+        }
+    }
+
+    pub fn revoke_key(&mut self, key_id: &str, now: Instant) {
+        self.store_key(key_id.to_string(), None, now);
+    }
+}
+
+/// What every shard's accounts share: the password pool, the key that seals API secrets and
+/// the settings.
+pub struct AccountsShared {
+    pub passwords: PasswordPool,
+    /// `None`: API keys are off (no `SECRETS_KEY`).
+    pub secrets_key: Option<SecretsKey>,
+    pub session_ttl: Duration,
+    pub cache_ttl: Duration,
+    pub login_max_failures: u32,
+    pub login_lockout_window: Duration,
+}
+
+impl AccountsShared {
+    /// Starts the password pool. The config was validated, so its key parses.
+    pub fn start(config: &Config) -> std::io::Result<AccountsShared> {
+        let auth = &config.auth;
+        Ok(AccountsShared {
+            passwords: PasswordPool::new(auth.password_hash_threads, auth.password_hash_queue)?,
+            secrets_key: auth
+                .secrets_key(config.server.debug_routes)
+                .unwrap_or_else(|e| panic!("validated at start-up: {e}")),
+            session_ttl: Duration::from_millis(auth.session_ttl_ms),
+            cache_ttl: Duration::from_millis(auth.auth_cache_ttl_ms),
+            login_max_failures: auth.login_max_failures,
+            login_lockout_window: Duration::from_millis(auth.login_lockout_window_ms),
+        })
+    }
+}
+
+/// Built by the first shard that needs it, then shared by all (the factory keeps it).
+pub type SharedAccountsCell = OnceLock<Arc<AccountsShared>>;
+
+/// One shard's accounts: its way to the database, its cache and guards. Clones share them (the
+/// futures of later replies hold one); all on the shard's thread.
+#[derive(Clone)]
+pub struct Accounts {
+    pub shared: Arc<AccountsShared>,
+    db: Rc<RefCell<DbClient>>,
+    pub cache: Rc<RefCell<CredentialCache>>,
+    guards: Rc<RefCell<ShardGuards>>,
+}
+
+/// A request's parts a handler reads, kept for after a lookup.
+struct OwnedRequest {
+    method: crate::http::Method,
+    path: String,
+    query: Option<String>,
+    body: Vec<u8>,
+    keep_alive: bool,
+}
+
+impl OwnedRequest {
+    fn of(request: &Request<'_>) -> Self {
+        OwnedRequest {
+            method: request.method,
+            path: request.path.to_string(),
+            query: request.query.map(str::to_string),
+            body: request.body.to_vec(),
+            keep_alive: request.keep_alive,
+        }
+    }
+
+    /// The request again, without its headers: guarded handlers read none.
+    fn request(&self) -> Request<'_> {
+        Request {
+            method: self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: &[],
+            body: &self.body,
+            keep_alive: self.keep_alive,
+        }
+    }
+}
+
+fn signed_parts<'a>(headers: &'a SignedHeaders, request: &Request<'a>) -> Signed<'a> {
+    Signed {
+        timestamp: &headers.timestamp_text,
+        method: request.method.as_str(),
+        path: request.path,
+        query: request.query.unwrap_or(""),
+        body: request.body,
+    }
+}
+
+const SELECT_SESSION: &str = "SELECT s.user_id, u.role, u.status = 'active', \
+     (extract(epoch FROM s.expires_at) * 1000)::bigint \
+     FROM sessions s JOIN users u ON u.id = s.user_id \
+     WHERE s.token_sha256 = $1 AND s.revoked_at IS NULL";
+const SELECT_KEY: &str = "SELECT k.user_id, u.role, u.status = 'active', k.secret_ciphertext, \
+     k.secret_nonce, k.key_version, k.scopes, k.rate_per_second \
+     FROM api_keys k JOIN users u ON u.id = k.user_id \
+     WHERE k.key_id = $1 AND k.revoked_at IS NULL";
+
+/// What a lookup found for a request's credentials (`None`: no live such session or key).
+enum LookedUp {
+    Session([u8; 32], Option<SessionRecord>),
+    Key(SignedHeaders, Option<KeyRecord>),
+}
+
+/// A key's row before its secret is opened (that happens on the shard, with the key).
+struct KeyRow {
+    user_id: i64,
+    role: String,
+    active: bool,
+    sealed: Sealed,
+    scopes: Vec<String>,
+    rate_per_second: i32,
+}
+
+impl Accounts {
+    pub fn new(shared: Arc<AccountsShared>, db: DbClient) -> Self {
+        let cache = CredentialCache::new(shared.cache_ttl);
+        Accounts {
+            shared,
+            db: Rc::new(RefCell::new(db)),
+            cache: Rc::new(RefCell::new(cache)),
+            guards: Rc::default(),
+        }
+    }
+
+    /// The shard's database client, for one synchronous call (never held across an await).
+    pub fn db(&self) -> std::cell::RefMut<'_, DbClient> {
+        self.db.borrow_mut()
+    }
+
+    /// Authenticates `request` for `access`, then answers it with `handler`; or answers the
+    /// refusal. A cached caller is answered at once; else after one lookup.
+    pub fn guard(&self, request: &Request<'_>, access: Access, handler: GuardedHandler) -> Reply {
+        let now_ms = unix_millis(SystemTime::now());
+        let now = Instant::now();
+        let credentials = match credentials(request, now_ms) {
+            Ok(credentials) => credentials,
+            Err(refusal) => return refusal.response().into(),
+        };
+        let cached = match &credentials {
+            Credentials::Bearer { digest } => self
+                .cache
+                .borrow()
+                .session(digest, now)
+                .map(|record| admit_session(record.as_ref(), *digest, access, now_ms)),
+            Credentials::Signed(headers) => {
+                self.cache.borrow().key(&headers.key_id, now).map(|record| {
+                    self.admit_key(record.as_ref(), headers, request, access, now_ms, now)
+                })
+            }
+        };
+        if let Some(admitted) = cached {
+            return match admitted {
+                Ok(principal) => handler(self, &principal, request),
+                Err(refusal) => refusal.response().into(),
+            };
+        }
+        let owned = OwnedRequest::of(request);
+        let accounts = self.clone();
+        let lookup = self.look_up(credentials);
+        Reply::Later(Box::pin(async move {
+            let request = owned.request();
+            let admitted = lookup.await.and_then(|found| {
+                let now_ms = unix_millis(SystemTime::now());
+                match &found {
+                    LookedUp::Session(digest, record) => {
+                        admit_session(record.as_ref(), *digest, access, now_ms)
+                    }
+                    LookedUp::Key(headers, record) => accounts.admit_key(
+                        record.as_ref(),
+                        headers,
+                        &request,
+                        access,
+                        now_ms,
+                        Instant::now(),
+                    ),
+                }
+            });
+            match admitted {
+                Ok(principal) => match handler(&accounts, &principal, &request) {
+                    Reply::Ready(response) => response,
+                    Reply::Later(pending) => pending.await,
+                },
+                Err(refusal) => refusal.response(),
+            }
+        }))
+    }
+
+    fn admit_key(
+        &self,
+        record: Option<&KeyRecord>,
+        headers: &SignedHeaders,
+        request: &Request<'_>,
+        access: Access,
+        now_ms: u64,
+        now: Instant,
+    ) -> Result<Principal, Refusal> {
+        let signed = signed_parts(headers, request);
+        let mut guards = self.guards.borrow_mut();
+        admit_signed(record, headers, &signed, access, &mut guards, now_ms, now)
+    }
+
+    /// Looks the credentials up on the primary and caches what it finds.
+    fn look_up(
+        &self,
+        credentials: Credentials,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<LookedUp, Refusal>>>> {
+        let cache = self.cache.clone();
+        match credentials {
+            Credentials::Bearer { digest } => {
+                let pending = self.db().write(move |conn| {
+                    let row = conn.query_opt(SELECT_SESSION, &[&&digest[..]])?;
+                    Ok(row.map(|row| {
+                        (
+                            row.get::<_, i64>(0),
+                            row.get::<_, String>(1),
+                            row.get::<_, bool>(2),
+                            row.get::<_, i64>(3),
+                        )
+                    }))
+                });
+                Box::pin(async move {
+                    let row = pending.await.map_err(Refusal::Database)?.value;
+                    let record = row.and_then(|(user_id, role, active, expires_at_ms)| {
+                        Some(SessionRecord {
+                            user_id,
+                            role: Role::parse(&role)?,
+                            active,
+                            expires_at_ms: u64::try_from(expires_at_ms).unwrap_or(0),
+                        })
+                    });
+                    cache
+                        .borrow_mut()
+                        .store_session(digest, record.clone(), Instant::now());
+                    Ok(LookedUp::Session(digest, record))
+                })
+            }
+            Credentials::Signed(headers) => {
+                let Some(secrets_key) = self.shared.secrets_key.clone() else {
+                    return Box::pin(std::future::ready(Err(API_KEYS_OFF)));
+                };
+                let key_id = headers.key_id.clone();
+                let pending = self.db().write(move |conn| {
+                    let row = conn.query_opt(SELECT_KEY, &[&key_id])?;
+                    Ok(row.map(|row| KeyRow {
+                        user_id: row.get(0),
+                        role: row.get(1),
+                        active: row.get(2),
+                        sealed: Sealed {
+                            ciphertext: row.get(3),
+                            nonce: row.get::<_, Vec<u8>>(4).try_into().unwrap_or_default(),
+                            key_version: row.get::<_, i32>(5).try_into().unwrap_or(0),
+                        },
+                        scopes: row.get(6),
+                        rate_per_second: row.get(7),
+                    }))
+                });
+                Box::pin(async move {
+                    let row = pending.await.map_err(Refusal::Database)?.value;
+                    let record = row.and_then(|row| open_key(&secrets_key, &headers.key_id, row));
+                    cache.borrow_mut().store_key(
+                        headers.key_id.clone(),
+                        record.clone(),
+                        Instant::now(),
+                    );
+                    Ok(LookedUp::Key(headers, record))
+                })
+            }
+        }
+    }
+}
+
+/// Signed requests while no `SECRETS_KEY` is set.
+pub const API_KEYS_OFF: Refusal = Refusal::Unauthenticated(
+    "api_keys_disabled",
+    "this server has no SECRETS_KEY: API keys are off",
+);
+
+fn open_key(secrets_key: &SecretsKey, key_id: &str, row: KeyRow) -> Option<KeyRecord> {
+    let Some(secret) = secrets_key.open(key_id, &row.sealed) else {
+        log::warn!(
+            "API key {key_id}: its secret does not open under SECRETS_KEY version {} (sealed under version {})",
+            secrets_key.version,
+            row.sealed.key_version
+        );
+        return None;
+    };
+    Some(KeyRecord {
+        user_id: row.user_id,
+        role: Role::parse(&row.role)?,
+        active: row.active,
+        scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        rate_per_second: u32::try_from(row.rate_per_second).unwrap_or(1).max(1),
+        secret: secret.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<'a>(headers: &'a [httparse::Header<'a>]) -> Request<'a> {
+        Request {
+            method: crate::http::Method::Get,
+            path: "/api/auth/me",
+            query: None,
+            headers,
+            body: b"",
+            keep_alive: true,
+        }
+    }
+
+    fn header<'a>(name: &'a str, value: &'a [u8]) -> httparse::Header<'a> {
+        httparse::Header { name, value }
+    }
+
+    #[test]
+    fn credentials_are_read_from_either_form_and_refused_when_unclear() {
+        let token = token::new_token();
+        let bearer = format!("Bearer {token}");
+        let now = 1_700_000_000_000;
+        let cases: Vec<(Vec<httparse::Header<'_>>, Result<&str, &str>)> = vec![
+            (vec![], Err("missing_credentials")),
+            (
+                vec![header("authorization", bearer.as_bytes())],
+                Ok("bearer"),
+            ),
+            (
+                vec![header("Authorization", b"Basic abc")],
+                Err("bad_authorization"),
+            ),
+            (
+                vec![header("Authorization", b"Bearer 1234")],
+                Err("bad_authorization"),
+            ),
+            (
+                vec![
+                    header("Authorization", bearer.as_bytes()),
+                    header("X-CBC-APIKEY", b"0123456789abcdef0123456789abcdef"),
+                ],
+                Err("ambiguous_credentials"),
+            ),
+            (
+                vec![header("X-CBC-APIKEY", b"0123456789abcdef0123456789abcdef")],
+                Err("bad_signed_headers"),
+            ),
+            (
+                vec![
+                    header("X-CBC-APIKEY", b"0123456789abcdef0123456789abcdef"),
+                    header("X-CBC-TIMESTAMP", b"1700000000000"),
+                    header("X-CBC-SIGNATURE", &[b'a'; 64]),
+                ],
+                Ok("signed"),
+            ),
+            (
+                vec![
+                    header("X-CBC-APIKEY", b"0123456789abcdef0123456789abcdef"),
+                    header("X-CBC-TIMESTAMP", b"1700000001001"),
+                    header("X-CBC-SIGNATURE", &[b'a'; 64]),
+                ],
+                Err("timestamp_in_future"),
+            ),
+        ];
+        for (headers, expected) in cases {
+            let got = match credentials(&request(&headers), now) {
+                Ok(Credentials::Bearer { .. }) => Ok("bearer"),
+                Ok(Credentials::Signed(_)) => Ok("signed"),
+                Err(Refusal::Unauthenticated(code, _)) => Err(code),
+                Err(other) => panic!("{other:?}"),
+            };
+            assert_eq!(got, expected, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn access_by_route_role_and_scope() {
+        let session = Via::Session { digest: [0; 32] };
+        let key = Via::ApiKey { key_id: "k".into() };
+        let read: Scopes = [Scope::Read].into_iter().collect();
+        let code = |r: Result<(), Refusal>| match r {
+            Ok(()) => "ok",
+            Err(Refusal::Forbidden(code, _)) => code,
+            Err(other) => panic!("{other:?}"),
+        };
+        let cases = [
+            (Access::Public, Role::User, &key, Scopes::default(), "ok"),
+            (Access::Session, Role::User, &session, Scopes::ALL, "ok"),
+            (
+                Access::Session,
+                Role::Admin,
+                &key,
+                Scopes::ALL,
+                "session_required",
+            ),
+            (
+                Access::Scoped(Scope::Read),
+                Role::User,
+                &session,
+                Scopes::ALL,
+                "ok",
+            ),
+            (Access::Scoped(Scope::Read), Role::User, &key, read, "ok"),
+            (
+                Access::Scoped(Scope::Trade),
+                Role::User,
+                &key,
+                read,
+                "missing_scope",
+            ),
+            (
+                Access::Staff(Role::Operator),
+                Role::Operator,
+                &session,
+                Scopes::ALL,
+                "ok",
+            ),
+            (
+                Access::Staff(Role::Operator),
+                Role::Admin,
+                &session,
+                Scopes::ALL,
+                "ok",
+            ),
+            (
+                Access::Staff(Role::Operator),
+                Role::AffiliateVip,
+                &session,
+                Scopes::ALL,
+                "forbidden",
+            ),
+            (
+                Access::Staff(Role::Operator),
+                Role::Admin,
+                &key,
+                Scopes::ALL,
+                "forbidden",
+            ),
+            (
+                Access::Staff(Role::Admin),
+                Role::Manager,
+                &session,
+                Scopes::ALL,
+                "forbidden",
+            ),
+        ];
+        for (access, role, via, scopes, expected) in cases {
+            assert_eq!(
+                code(check_access(access, role, via, scopes)),
+                expected,
+                "{access:?} {role:?} {via:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sessions_must_be_known_live_and_active() {
+        let now = 1_000_000;
+        let live = SessionRecord {
+            user_id: 7,
+            role: Role::User,
+            active: true,
+            expires_at_ms: now + 1,
+        };
+        let admitted = admit_session(Some(&live), [1; 32], Access::Session, now).unwrap();
+        assert_eq!(admitted.user_id, 7);
+        let expired = SessionRecord {
+            expires_at_ms: now,
+            ..live.clone()
+        };
+        assert_eq!(
+            admit_session(Some(&expired), [1; 32], Access::Session, now),
+            Err(INVALID_SESSION)
+        );
+        assert_eq!(
+            admit_session(None, [1; 32], Access::Session, now),
+            Err(INVALID_SESSION)
+        );
+        let suspended = SessionRecord {
+            active: false,
+            ..live
+        };
+        assert_eq!(
+            admit_session(Some(&suspended), [1; 32], Access::Session, now),
+            Err(INACTIVE)
+        );
+    }
+
+    #[test]
+    fn signed_requests_are_checked_for_signature_replay_scope_and_rate() {
+        let secret: Rc<[u8]> = Rc::from(&b"secret"[..]);
+        let record = KeyRecord {
+            user_id: 3,
+            role: Role::User,
+            active: true,
+            scopes: [Scope::Read].into_iter().collect(),
+            rate_per_second: 2,
+            secret: secret.clone(),
+        };
+        let now_ms = 1_700_000_000_000;
+        let now = Instant::now();
+        let mut guards = ShardGuards::default();
+        let sign = |timestamp: &str, body: &'static [u8]| {
+            let signed = Signed {
+                timestamp,
+                method: "GET",
+                path: "/api/auth/me",
+                query: "",
+                body,
+            };
+            crate::auth::hex::encode(&signature::sign(&secret, &signed))
+        };
+        let mut attempt =
+            |timestamp: &str, body: &'static [u8], signature: &str, access: Access| {
+                let headers = signature::parse_headers(
+                    b"0123456789abcdef0123456789abcdef",
+                    Some(timestamp.as_bytes()),
+                    None,
+                    Some(signature.as_bytes()),
+                )
+                .unwrap();
+                let signed = Signed {
+                    timestamp,
+                    method: "GET",
+                    path: "/api/auth/me",
+                    query: "",
+                    body,
+                };
+                admit_signed(
+                    Some(&record),
+                    &headers,
+                    &signed,
+                    access,
+                    &mut guards,
+                    now_ms,
+                    now,
+                )
+            };
+        let read = Access::Scoped(Scope::Read);
+        let first = sign("1700000000000", b"");
+        assert_eq!(
+            attempt("1700000000000", b"", &first, read).unwrap().user_id,
+            3
+        );
+        assert_eq!(
+            attempt("1700000000000", b"", &first, read),
+            Err(SignatureError::Replayed.into())
+        );
+        assert_eq!(
+            attempt("1700000000001", b"", &first, read),
+            Err(SignatureError::BadSignature.into())
+        );
+        let altered = sign("1700000000002", b"");
+        assert_eq!(
+            attempt("1700000000002", b"{}", &altered, read),
+            Err(SignatureError::BadSignature.into())
+        );
+        let trade = sign("1700000000003", b"");
+        assert!(matches!(
+            attempt("1700000000003", b"", &trade, Access::Scoped(Scope::Trade)),
+            Err(Refusal::Forbidden("missing_scope", _))
+        ));
+        // Rate 2 a second: one taken above, one more, then 429.
+        let second = sign("1700000000004", b"");
+        assert!(attempt("1700000000004", b"", &second, read).is_ok());
+        let third = sign("1700000000005", b"");
+        assert!(matches!(
+            attempt("1700000000005", b"", &third, read),
+            Err(Refusal::RateLimited(_))
+        ));
+    }
+
+    #[test]
+    fn cache_entries_expire_after_the_ttl_and_revocation_is_immediate_here() {
+        let mut cache = CredentialCache::new(Duration::from_millis(100));
+        let now = Instant::now();
+        let record = SessionRecord {
+            user_id: 1,
+            role: Role::User,
+            active: true,
+            expires_at_ms: u64::MAX,
+        };
+        assert_eq!(cache.session(&[1; 32], now), None);
+        cache.store_session([1; 32], Some(record.clone()), now);
+        assert_eq!(cache.session(&[1; 32], now), Some(Some(record)));
+        assert_eq!(
+            cache.session(&[1; 32], now + Duration::from_millis(100)),
+            None
+        );
+        cache.revoke(&Via::Session { digest: [1; 32] }, now);
+        assert_eq!(cache.session(&[1; 32], now), Some(None));
+    }
+}

@@ -1,0 +1,471 @@
+//! Accounts and access on a real database, on both engines: registration, login, `me`,
+//! logout, lockout, API keys and signed requests (bad signature, altered body, a timestamp
+//! from the future, replay, missing scope, rate, revocation within the cache's bound), and
+//! one user never seeing another's keys.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coinbit::auth::hex;
+use coinbit::auth::signature::{sign, Signed};
+use common::pg::PgCluster;
+use rstest::rstest;
+use rstest_reuse::{self, apply};
+
+use common::{engines, Client, Response, Server};
+
+const SECRETS_KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// How long a shard trusts a cached session or key here: the revocation bound under test.
+const CACHE_TTL_MS: u64 = 300;
+
+/// One primary, no replica: every accounts query runs on the primary.
+fn cluster() -> &'static PgCluster {
+    static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| PgCluster::start(0))
+}
+
+fn start(engine: &str, test: &str) -> Server {
+    start_with(engine, test, &[])
+}
+
+fn start_with(engine: &str, test: &str, extra: &[&str]) -> Server {
+    let cluster = cluster();
+    let db = cluster.create_database(&format!("{test}_{engine}"));
+    let env = cluster.env(&db);
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    all.push(("SECRETS_KEY", SECRETS_KEY));
+    let ttl = CACHE_TTL_MS.to_string();
+    let args = [
+        "--shards",
+        "2",
+        "--durable-jobs-poll-interval",
+        "0",
+        "--auth-cache-ttl",
+        &ttl,
+        "--login-max-failures",
+        "3",
+    ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+    Server::start_with(engine, &args, &all)
+}
+
+fn json_body(value: serde_json::Value) -> Vec<u8> {
+    value.to_string().into_bytes()
+}
+
+fn register(client: &mut Client, name: &str, email: &str, password: &str) -> Response {
+    let body = json_body(serde_json::json!({"name": name, "email": email, "password": password}));
+    client.request("POST", "/api/auth/register", &[], &body)
+}
+
+fn login(client: &mut Client, email: &str, password: &str) -> Response {
+    let body = json_body(serde_json::json!({"email": email, "password": password}));
+    client.request("POST", "/api/auth/login", &[], &body)
+}
+
+/// Registers and logs in; the session token.
+fn session(client: &mut Client, name: &str, email: &str) -> String {
+    assert_eq!(register(client, name, email, "correct horse").status, 201);
+    let logged_in = login(client, email, "correct horse");
+    assert_eq!(logged_in.status, 200, "{}", logged_in.text());
+    logged_in.json()["token"].as_str().unwrap().to_string()
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A key of the user with `token`: (key id, secret).
+fn new_key(client: &mut Client, token: &str, scopes: &[&str], rate: u32) -> (String, String) {
+    let body = json_body(serde_json::json!({"scopes": scopes, "rate_per_second": rate}));
+    let auth = bearer(token);
+    let created = client.request(
+        "POST",
+        "/api/auth/api-keys",
+        &[("Authorization", &auth)],
+        &body,
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let key = created.json();
+    (
+        key["key_id"].as_str().unwrap().to_string(),
+        key["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A request signed with `key` at `timestamp`, over `signed_body`, sending `body`.
+fn signed_request(
+    client: &mut Client,
+    (method, path): (&str, &str),
+    key: &(String, String),
+    timestamp: u64,
+    signed_body: &[u8],
+    body: &[u8],
+) -> Response {
+    let timestamp = timestamp.to_string();
+    let signature = sign(
+        key.1.as_bytes(),
+        &Signed {
+            timestamp: &timestamp,
+            method,
+            path,
+            query: "",
+            body: signed_body,
+        },
+    );
+    let signature = hex::encode(&signature);
+    client.request(
+        method,
+        path,
+        &[
+            ("X-CBC-APIKEY", &key.0),
+            ("X-CBC-TIMESTAMP", &timestamp),
+            ("X-CBC-SIGNATURE", &signature),
+        ],
+        body,
+    )
+}
+
+fn status_and_code(response: &Response) -> (u16, String) {
+    (response.status, response.error_code())
+}
+
+#[apply(engines)]
+fn register_login_me_logout(#[case] engine: &str) {
+    let server = start(engine, "sessions");
+    let mut client = server.connect();
+    let body = json_body(serde_json::json!({
+        "name": "Ana", "email": "Ana@Example.com", "password": "correct horse", "country": "BR"
+    }));
+    let created = client.request("POST", "/api/auth/register", &[], &body);
+    assert_eq!(created.status, 201, "{}", created.text());
+    let user = &created.json()["user"];
+    assert_eq!(
+        (
+            &user["email"],
+            &user["role"],
+            &user["currency"],
+            &user["country"]
+        ),
+        (
+            &"ana@example.com".into(),
+            &"user".into(),
+            &"BRL".into(),
+            &"BR".into()
+        )
+    );
+    assert!(created.header("X-Commit-LSN").is_some());
+    let again = register(&mut client, "Ana", "ana@example.com", "another one");
+    assert_eq!(status_and_code(&again), (409, "email_taken".into()));
+    // A role in the body is refused, never taken.
+    let escalation = json_body(serde_json::json!({
+        "name": "Eve", "email": "eve@example.com", "password": "correct horse", "role": "admin"
+    }));
+    let refused = client.request("POST", "/api/auth/register", &[], &escalation);
+    assert_eq!(status_and_code(&refused), (422, "field_not_allowed".into()));
+    let short = register(&mut client, "Bo", "bo@example.com", "short");
+    assert_eq!(status_and_code(&short), (422, "invalid_password".into()));
+
+    // A wrong password and an unknown email answer alike.
+    let wrong = login(&mut client, "ana@example.com", "wrong horse");
+    let unknown = login(&mut client, "nobody@example.com", "wrong horse");
+    assert_eq!(status_and_code(&wrong), (401, "invalid_credentials".into()));
+    assert_eq!(
+        (wrong.status, wrong.body.clone()),
+        (unknown.status, unknown.body.clone())
+    );
+
+    let logged_in = login(&mut client, "ANA@example.com", "correct horse");
+    assert_eq!(logged_in.status, 200, "{}", logged_in.text());
+    let token = logged_in.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 64);
+    let auth = bearer(&token);
+    let me = client.request("GET", "/api/auth/me", &[("Authorization", &auth)], b"");
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()["email"], "ana@example.com");
+    assert_eq!(me.json()["authenticated_by"], "session");
+
+    let anonymous = client.request("GET", "/api/auth/me", &[], b"");
+    assert_eq!(
+        status_and_code(&anonymous),
+        (401, "missing_credentials".into())
+    );
+    let forged = bearer(&"0".repeat(64));
+    let forged = client.request("GET", "/api/auth/me", &[("Authorization", &forged)], b"");
+    assert_eq!(status_and_code(&forged), (401, "invalid_session".into()));
+    let malformed = client.request("GET", "/api/auth/me", &[("Authorization", "Bearer x")], b"");
+    assert_eq!(
+        status_and_code(&malformed),
+        (401, "bad_authorization".into())
+    );
+
+    let out = client.request("POST", "/api/auth/logout", &[("Authorization", &auth)], b"");
+    assert_eq!(out.status, 204, "{}", out.text());
+    let after = client.request("GET", "/api/auth/me", &[("Authorization", &auth)], b"");
+    assert_eq!(status_and_code(&after), (401, "invalid_session".into()));
+}
+
+#[apply(engines)]
+fn repeated_failed_logins_lock_the_email_out(#[case] engine: &str) {
+    let server = start(engine, "lockout");
+    let mut client = server.connect();
+    assert_eq!(
+        register(&mut client, "Ana", "ana@example.com", "correct horse").status,
+        201
+    );
+    for _ in 0..3 {
+        let wrong = login(&mut client, "ana@example.com", "wrong horse");
+        assert_eq!(wrong.status, 401);
+    }
+    // Locked: even the right password is not checked, and Retry-After says for how long.
+    for password in ["wrong horse", "correct horse"] {
+        let locked = login(&mut client, "ana@example.com", password);
+        assert_eq!(
+            status_and_code(&locked),
+            (429, "too_many_failed_logins".into())
+        );
+        let retry: u64 = locked.header("Retry-After").unwrap().parse().unwrap();
+        assert!((1..=900).contains(&retry), "{retry}");
+    }
+    // Another email is not locked with it.
+    assert_eq!(
+        register(&mut client, "Bo", "bo@example.com", "correct horse").status,
+        201
+    );
+    assert_eq!(
+        login(&mut client, "bo@example.com", "correct horse").status,
+        200
+    );
+}
+
+#[apply(engines)]
+fn api_keys_belong_to_their_user(#[case] engine: &str) {
+    let server = start(engine, "key_owners");
+    let mut client = server.connect();
+    let ana = session(&mut client, "Ana", "ana@example.com");
+    let bo = session(&mut client, "Bo", "bo@example.com");
+    let (ana_key, _) = new_key(&mut client, &ana, &["read"], 10);
+    let list = |client: &mut Client, token: &str| {
+        let auth = bearer(token);
+        let listed = client.request(
+            "GET",
+            "/api/auth/api-keys",
+            &[("Authorization", &auth)],
+            b"",
+        );
+        assert_eq!(listed.status, 200, "{}", listed.text());
+        listed.json()["keys"].as_array().unwrap().clone()
+    };
+    let ana_keys = list(&mut client, &ana);
+    assert_eq!(ana_keys.len(), 1);
+    assert_eq!(ana_keys[0]["key_id"], ana_key.as_str());
+    assert!(ana_keys[0].get("secret").is_none(), "{ana_keys:?}");
+    assert!(list(&mut client, &bo).is_empty());
+    // Bo cannot revoke Ana's key, and learns nothing of it: a 404 like a key that never was.
+    let path = format!("/api/auth/api-keys/{ana_key}");
+    let bo_auth = bearer(&bo);
+    let refused = client.request("DELETE", &path, &[("Authorization", &bo_auth)], b"");
+    assert_eq!(status_and_code(&refused), (404, "api_key_not_found".into()));
+    let absent = format!("/api/auth/api-keys/{}", "f".repeat(32));
+    let absent = client.request("DELETE", &absent, &[("Authorization", &bo_auth)], b"");
+    assert_eq!(refused.body, absent.body);
+    assert_eq!(list(&mut client, &ana).len(), 1);
+    let bad_scope = json_body(serde_json::json!({"scopes": ["admin"]}));
+    let ana_auth = bearer(&ana);
+    let bad = client.request(
+        "POST",
+        "/api/auth/api-keys",
+        &[("Authorization", &ana_auth)],
+        &bad_scope,
+    );
+    assert_eq!(status_and_code(&bad), (422, "invalid_scope".into()));
+}
+
+#[apply(engines)]
+fn signed_requests_are_checked(#[case] engine: &str) {
+    let server = start(engine, "signed");
+    let mut client = server.connect();
+    let token = session(&mut client, "Ana", "ana@example.com");
+    let key = new_key(&mut client, &token, &["read"], 100);
+    let me = ("GET", "/api/auth/me");
+
+    let ok = signed_request(&mut client, me, &key, now_ms(), b"", b"");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["authenticated_by"], "api_key");
+    assert_eq!(ok.json()["email"], "ana@example.com");
+
+    let bad_secret = (key.0.clone(), "not the secret".to_string());
+    let forged = signed_request(&mut client, me, &bad_secret, now_ms(), b"", b"");
+    assert_eq!(status_and_code(&forged), (401, "bad_signature".into()));
+
+    // A body changed after signing.
+    let create = ("POST", "/api/auth/api-keys");
+    let signed_body = br#"{"scopes":["read"]}"#;
+    let altered = signed_request(
+        &mut client,
+        create,
+        &key,
+        now_ms(),
+        signed_body,
+        br#"{"scopes":["withdraw"]}"#,
+    );
+    assert_eq!(status_and_code(&altered), (401, "bad_signature".into()));
+    // Signed right, but keys are managed from a login session only.
+    let by_key = signed_request(
+        &mut client,
+        create,
+        &key,
+        now_ms(),
+        signed_body,
+        signed_body,
+    );
+    assert_eq!(status_and_code(&by_key), (403, "session_required".into()));
+
+    let future = signed_request(&mut client, me, &key, now_ms() + 5_000, b"", b"");
+    assert_eq!(
+        status_and_code(&future),
+        (401, "timestamp_in_future".into())
+    );
+    let stale = signed_request(&mut client, me, &key, now_ms() - 6_000, b"", b"");
+    assert_eq!(status_and_code(&stale), (401, "timestamp_expired".into()));
+
+    // The same signed request twice: the copy is refused.
+    let timestamp = now_ms();
+    let first = signed_request(&mut client, me, &key, timestamp, b"", b"");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let replayed = signed_request(&mut client, me, &key, timestamp, b"", b"");
+    assert_eq!(
+        status_and_code(&replayed),
+        (401, "signature_replayed".into())
+    );
+
+    let unknown = (("0".repeat(32)), key.1.clone());
+    let unknown = signed_request(&mut client, me, &unknown, now_ms(), b"", b"");
+    assert_eq!(status_and_code(&unknown), (401, "invalid_api_key".into()));
+
+    // A key without the route's scope.
+    let trade_only = new_key(&mut client, &token, &["trade"], 100);
+    let no_scope = signed_request(&mut client, me, &trade_only, now_ms(), b"", b"");
+    assert_eq!(status_and_code(&no_scope), (403, "missing_scope".into()));
+}
+
+#[apply(engines)]
+fn a_key_over_its_rate_gets_429(#[case] engine: &str) {
+    let server = start(engine, "rate");
+    let mut client = server.connect();
+    let token = session(&mut client, "Ana", "ana@example.com");
+    let key = new_key(&mut client, &token, &["read"], 2);
+    let me = ("GET", "/api/auth/me");
+    let statuses: Vec<u16> = (0..4u64)
+        .map(|i| signed_request(&mut client, me, &key, now_ms() + i, b"", b"").status)
+        .collect();
+    assert_eq!(&statuses[..2], [200, 200], "{statuses:?}");
+    let limited = signed_request(&mut client, me, &key, now_ms() + 10, b"", b"");
+    assert_eq!(status_and_code(&limited), (429, "rate_limited".into()));
+    assert_eq!(limited.header("Retry-After"), Some("1"));
+}
+
+/// A revoked key and a logged-out session are refused on every connection (so every shard)
+/// once the cache's bound has passed.
+#[apply(engines)]
+fn revocation_reaches_every_shard_within_the_cache_bound(#[case] engine: &str) {
+    let server = start(engine, "revocation");
+    let mut owner = server.connect();
+    let token = session(&mut owner, "Ana", "ana@example.com");
+    let key = new_key(&mut owner, &token, &["read"], 1_000);
+    let me = ("GET", "/api/auth/me");
+    let auth = bearer(&token);
+    // Many connections, spread over both shards, each with the key and session cached.
+    let mut clients: Vec<Client> = (0..8).map(|_| server.connect()).collect();
+    for client in &mut clients {
+        assert_eq!(
+            signed_request(client, me, &key, now_ms(), b"", b"").status,
+            200
+        );
+        let by_session = client.request("GET", "/api/auth/me", &[("Authorization", &auth)], b"");
+        assert_eq!(by_session.status, 200);
+    }
+    // Cached on the revoking connection's shard too.
+    let cached = signed_request(&mut owner, me, &key, now_ms(), b"", b"");
+    assert_eq!(cached.status, 200);
+    let path = format!("/api/auth/api-keys/{}", key.0);
+    let revoked = owner.request("DELETE", &path, &[("Authorization", &auth)], b"");
+    assert_eq!(revoked.status, 204, "{}", revoked.text());
+    // At once on the revoking connection's shard.
+    let here = signed_request(&mut owner, me, &key, now_ms(), b"", b"");
+    assert_eq!(status_and_code(&here), (401, "invalid_api_key".into()));
+    let out = owner.request("POST", "/api/auth/logout", &[("Authorization", &auth)], b"");
+    assert_eq!(out.status, 204);
+    std::thread::sleep(Duration::from_millis(CACHE_TTL_MS + 100));
+    for client in &mut clients {
+        let keyed = signed_request(client, me, &key, now_ms(), b"", b"");
+        assert_eq!(status_and_code(&keyed), (401, "invalid_api_key".into()));
+        let by_session = client.request("GET", "/api/auth/me", &[("Authorization", &auth)], b"");
+        assert_eq!(
+            status_and_code(&by_session),
+            (401, "invalid_session".into())
+        );
+    }
+}
+
+#[test]
+fn a_malformed_secrets_key_stops_start_up_without_printing_it() {
+    let out = common::binary()
+        .args(["--port", "0", "--bind-address", "127.0.0.1"])
+        .env("SECRETS_KEY", "1:0a0b0c0d")
+        .output()
+        .expect("run coinbit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("SECRETS_KEY"), "{stderr}");
+    assert!(!stderr.contains("0a0b0c0d"), "prints the key: {stderr}");
+}
+
+/// A registration flood past the password pool's queue is refused at once with 503, and the
+/// shards keep answering meanwhile.
+#[apply(engines)]
+fn a_full_password_pool_answers_503(#[case] engine: &str) {
+    let server = start_with(
+        engine,
+        "pool_full",
+        &["--password-hash-threads", "1", "--password-hash-queue", "1"],
+    );
+    let addr = server.addr;
+    let flood: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let email = format!("user{i}@example.com");
+                let answer = register(&mut client, "User", &email, "correct horse");
+                (
+                    answer.status,
+                    answer.error_code(),
+                    answer.header("Retry-After").map(String::from),
+                )
+            })
+        })
+        .collect();
+    let health = server.get("/health");
+    assert!(
+        health.status == 200 || health.status == 503,
+        "{}",
+        health.status
+    );
+    let answers: Vec<_> = flood.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(answers.iter().any(|a| a.0 == 201), "{answers:?}");
+    let busy = (503, "password_pool_busy".to_string(), Some("1".to_string()));
+    assert!(answers.contains(&busy), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.0 == 201 || *a == busy),
+        "{answers:?}"
+    );
+}
