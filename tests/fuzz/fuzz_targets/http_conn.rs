@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use coinbit::http::{
-    AdmissionWait, Connection, HttpError, Limits, Method, Reply, Request, Response, Service,
+    TurnWait, Connection, HttpError, Limits, Method, Reply, Request, Response, Service,
     StatusCode, Step, Timeouts,
 };
 use libfuzzer_sys::fuzz_target;
@@ -71,11 +71,11 @@ impl Service for Numbering {
     fn responded(&mut self, count: u64, _latency: Duration) {
         self.responded += count;
     }
-    fn admit(&mut self, request: &Request<'_>) -> Option<AdmissionWait> {
+    fn turn_wait(&mut self, request: &Request<'_>) -> Option<TurnWait> {
         request
             .path
             .starts_with("/admit")
-            .then(|| Box::pin(async {}) as AdmissionWait)
+            .then(|| Box::pin(async {}) as TurnWait)
     }
 }
 
@@ -140,9 +140,9 @@ fn run(stream: &[u8], cuts: &[usize]) -> Transcript {
                     Step::Read => break,
                     Step::Flush => conn.advance(&mut service, now),
                     Step::Await(pending) => conn.resume(ready(pending), &mut service, now),
-                    Step::Admit(turn) => {
+                    Step::AwaitTurn(turn) => {
                         ready(turn);
-                        conn.admitted(&mut service, now)
+                        conn.turn_came(&mut service, now)
                     }
                     Step::Close => break 'pieces,
                 };
