@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use super::access::{Accounts, Principal, Via};
 use super::handlers::parse_json_body;
-use super::users::{check_name_and_email, db_error, COMMIT_LSN_HEADER};
+use super::users::{check_name_and_email, db_error, write_failed, COMMIT_LSN_HEADER};
 use crate::auth::role::{Scope, Scopes};
 use crate::auth::{hex, token};
 use crate::db::{DbError, Row};
@@ -202,16 +202,7 @@ pub fn register(accounts: Option<&Accounts>, request: &Request<'_>) -> Reply {
                     .with_header("Location", "/api/auth/me")
                     .with_header(COMMIT_LSN_HEADER, written.commit_position.to_string())
             }
-            Err(DbError::Conflict { constraint })
-                if constraint.as_deref() == Some("users_email_key") =>
-            {
-                Response::error(
-                    StatusCode(409),
-                    "email_taken",
-                    "a user with this email already exists",
-                )
-            }
-            Err(e) => db_error(&e),
+            Err(e) => write_failed(&e),
         }
     }))
 }

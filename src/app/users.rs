@@ -130,16 +130,7 @@ pub fn create(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
                     .with_header("Location", format!("/api/users/{}", user.id))
                     .with_header(COMMIT_LSN_HEADER, written.commit_position.to_string())
             }
-            Err(DbError::Conflict { constraint })
-                if constraint.as_deref() == Some("users_email_key") =>
-            {
-                Response::error(
-                    StatusCode(409),
-                    "email_taken",
-                    "a user with this email already exists",
-                )
-            }
-            Err(e) => db_error(&e),
+            Err(e) => write_failed(&e),
         }
     }))
 }
@@ -246,6 +237,21 @@ pub fn db_error(error: &DbError) -> Response {
         response.with_header("Retry-After", "1")
     } else {
         response
+    }
+}
+
+/// The answer to a user row's failed insert: a taken email is the client's 409, anything else
+/// the database's error. Shared by `POST /api/users` and registration.
+pub(super) fn write_failed(error: &DbError) -> Response {
+    match error {
+        DbError::Conflict { constraint } if constraint.as_deref() == Some("users_email_key") => {
+            Response::error(
+                StatusCode(409),
+                "email_taken",
+                "a user with this email already exists",
+            )
+        }
+        other => db_error(other),
     }
 }
 
