@@ -105,7 +105,7 @@ TOML
     start
     began=$(date +%s.%N)
     run_loadgen "$out/enqueue.json" "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c "$USERS" -d "$DURATION" \
-        -s "$out/jobs.toml" "$URL"
+        -H "$OPERATOR_HEADER" -s "$out/jobs.toml" "$URL"
     problems=$(loadgen_problems "$out/enqueue.json")
     read -r enqueued enqueue_rps < <(python3 -c "import json,sys
 d = json.load(open(sys.argv[1]))

@@ -11,8 +11,14 @@
 #   4. the same, with the server's database pool at PG_POOL2 connections per node;
 #   5. with BEFORE=path/to/an/older/coinbit, steps 3 and 4 on that binary too (before/after in
 #      one run);
-# then what group commit buys: loadgen POST /api/users with DB_GROUP_COMMIT=1 (one transaction
-# per write) and 16; all of it ROUNDS times. It prints a markdown table of each run's rate
+#   6. step 3 on glommio (threads), then with DB_READ_DRIVER=wire (glommio only): each shard
+#      reads over its own connections on its event loop (src/db/wire) instead of the DB I/O
+#      threads (threads vs wire vs pgbench in one run, on the same engine);
+# then what group commit buys: loadgen POST /api/enterprise/jobs (a durable job: one row into the
+# outbox on the primary) with DB_GROUP_COMMIT=1 (one transaction per write) and 16; all of it
+# ROUNDS times. (Until 2026-12-06 the write was POST /api/users; that is now registration, whose
+# Argon2id hash on the password threads, not the commit, bounds its rate. The server runs with
+# its durable-job dispatcher off, so the jobs written are not also run.) It prints a markdown table of each run's rate
 # (medians over the rounds) relative to pgbench -S and to pgbench on the endpoint's own query
 # (the like-for-like figure), and one of the writes. A run with errors (loadgen answers other
 # than the expected status, socket errors, pgbench's failed transactions) is INVALID and the
@@ -24,48 +30,28 @@
 # Environment (all optional):
 #   ROUNDS=3  CLIENTS=32  DURATION=15  PORT=18300  PG_PORT=25600  POOL=2  PG_POOL2=8  BUILD=1
 #   COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen  BEFORE=(unset)
+#   WRITES=1 (0: the reads alone, no group-commit runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
 
-CLIENTS=${CLIENTS:-32}
-DURATION=${DURATION:-15}
-ROUNDS=${ROUNDS:-3}
-PORT=${PORT:-18300}
-POOL=${POOL:-2}
+pgbench_bench_settings 18300 2 25600 3
 PG_POOL2=${PG_POOL2:-8}
-BUILD=${BUILD:-1}
-COINBIT=${COINBIT:-target/release/coinbit}
-LOADGEN=${LOADGEN:-target/release/loadgen}
 BEFORE=${BEFORE:-}
-export PG_PORT=${PG_PORT:-25600} PG_REPLICAS=3
-export PG_DIR=${PG_DIR:-/tmp/coinbit-pg-$PG_PORT}
-cluster=tests/pg/cluster.sh
+WRITES=${WRITES:-1}
 
 [ "$BUILD" = 1 ] && cargo build --release -q -p coinbit -p loadgen
-bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-[ -x "$bin/pgbench" ] || { echo "pg_reads: pgbench not found; apt-get install -y postgresql" >&2; exit 1; }
-tmp=$(mktemp -d /tmp/pg-reads.XXXXXX)
-server=""
-cleanup() {
-    [ -n "$server" ] && { kill -INT "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; }
-    "$cluster" down --purge >/dev/null 2>&1 || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-"$cluster" down --purge >/dev/null 2>&1 || true
-"$cluster" up >&2
-eval "$("$cluster" env | sed 's/^/export /')"
+fresh_pg_cluster pg-reads
 replica1=postgres://postgres@127.0.0.1:$((PG_PORT + 1))/coinbit
 
 start_server() {
-    "${BINARY:-$COINBIT}" --bind-address 127.0.0.1 --port "$PORT" --pool-size "$1" --group-commit "${2:-16}" \
+    DB_READ_DRIVER=${DRIVER:-threads} "${BINARY:-$COINBIT}" --bind-address 127.0.0.1 --port "$PORT" --pool-size "$1" --group-commit "${2:-16}" \
+        --engine "${ENGINE:-auto}" \
+        --durable-jobs-poll-interval 0 \
         >"$tmp/server.log" 2>&1 &
-    server=$!
-    wait_for_listening "$tmp/server.log" "$server"
+    server_pid=$!
+    wait_for_listening "$tmp/server.log" "$server_pid"
 }
-stop_server() { kill -INT "$server"; wait "$server" || true; server=""; }
 
 # The schema comes from the server's migrations; pgbench's tables from pgbench -i.
 start_server "$POOL"
@@ -74,7 +60,7 @@ stop_server
     SELECT g, 'User ' || g, 'user' || g || '@seed.example.com' FROM generate_series(1, 10000) g
     ON CONFLICT DO NOTHING;
     SELECT setval('users_id_seq', 10000)" >/dev/null
-"$bin/pgbench" -q -i -s 1 "$DATABASE_URL" >/dev/null 2>&1
+"$pg_bin/pgbench" -q -i -s 1 "$DATABASE_URL" >/dev/null 2>&1
 # pgbench runs on replica1 and coinbit on all three: wait until each has replayed the load.
 for i in 1 2 3; do
     for _ in $(seq 300); do
@@ -87,21 +73,26 @@ cat >"$tmp/users.sql" <<'EOF'
 \set id random(1, 10000)
 SELECT id, name, email, created_at FROM users WHERE id = :id;
 EOF
-cat >"$tmp/users.toml" <<'EOF'
+# GET /api/users/{id} answers the user or staff: the reads go as staff, with the operator token
+# (one digest compared on the shard, no session lookup).
+cat >"$tmp/users.toml" <<EOF
 user_ids = 10000
+headers = { authorization = "Bearer $OPERATOR_TOKEN" }
 [[requests]]
 name = "get_user"
 path = "/api/users/{{user_id}}"
 expect = 200
 EOF
 
-cat >"$tmp/writes.toml" <<'EOF'
+# Job enqueues are an operator's: the server inherits OPERATOR_TOKEN from bench/common.sh.
+cat >"$tmp/writes.toml" <<EOF
 [[requests]]
-name = "create_user"
+name = "durable_job"
 method = "POST"
-path = "/api/users"
-body = '{"name":"Bench {{seq}}","email":"{{uuid}}@bench.example.com"}'
-expect = 201
+path = "/api/enterprise/jobs"
+headers = { content-type = "application/json", authorization = "Bearer $OPERATOR_TOKEN" }
+body = '{"kind":"notification","durable":true,"payload":{"user_id":{{user_id}},"channel":"email","message":"bench {{seq}}"}}'
+expect = 202
 EOF
 
 # CPU, in clock ticks (1/100 s): a client from /usr/bin/time; coinbit from /proc (all its
@@ -142,7 +133,7 @@ pgbench_case() {
     local name=$1 before tps failed; shift
     before=$(pg_ticks)
     /usr/bin/time -f "%U %S" -o "$tmp/client.time" \
-        "$bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" "$replica1" >"$tmp/pgbench.out" 2>&1 ||
+        "$pg_bin/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" "$replica1" >"$tmp/pgbench.out" 2>&1 ||
         { echo "pgbench failed:" >&2; cat "$tmp/pgbench.out" >&2; exit 1; }
     tps=$(awk '/^tps/ {print int($3)}' "$tmp/pgbench.out")
     failed=$(awk '/^number of failed transactions:/ {print $5}' "$tmp/pgbench.out")
@@ -159,7 +150,7 @@ http_case() {
     start_server "$2" "$3"
     run_loadgen "$report" /usr/bin/time -f "%U %S" -o "$tmp/client.time" \
         "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/$4.toml" "http://127.0.0.1:$PORT"
-    server_cpu=$(ticks "$server")
+    server_cpu=$(ticks "$server_pid")
     stop_server
     sleep 0.5
     record "$name" "$(ok_rps "$report")" "$(client_ticks)" "$server_cpu" $(($(pg_ticks) - before)) \
@@ -225,19 +216,24 @@ for ((round = 1; round <= ROUNDS; round++)); do
     NOTE="prepared" pgbench_case "$Q_REF" -M prepared -f "$tmp/users.sql"
     http_case "loadgen GET /api/users/{id}, coinbit pool $POOL/node, 3 replicas" "$POOL" 16 users
     http_case "loadgen GET /api/users/{id}, coinbit pool $PG_POOL2/node, 3 replicas" "$PG_POOL2" 16 users
+    ENGINE=glommio http_case "loadgen GET /api/users/{id}, coinbit pool $POOL/node, glommio, 3 replicas" "$POOL" 16 users
+    ENGINE=glommio DRIVER=wire http_case "loadgen GET /api/users/{id}, coinbit DB_READ_DRIVER=wire, 3 replicas" "$POOL" 16 users
     if [ -n "$BEFORE" ]; then
         BINARY=$BEFORE http_case "the same, pool $POOL/node, on BEFORE ($BEFORE)" "$POOL" 16 users
         BINARY=$BEFORE http_case "the same, pool $PG_POOL2/node, on BEFORE ($BEFORE)" "$PG_POOL2" 16 users
     fi
-    http_case "POST /api/users, DB_GROUP_COMMIT=1" "$POOL" 1 writes
-    http_case "POST /api/users, DB_GROUP_COMMIT=16" "$POOL" 16 writes
+    [ "$WRITES" = 1 ] || continue
+    http_case "POST /api/enterprise/jobs durable, DB_GROUP_COMMIT=1" "$POOL" 1 writes
+    http_case "POST /api/enterprise/jobs durable, DB_GROUP_COMMIT=16" "$POOL" 16 writes
 done
 TABLE_CASES=()
 for name in "${CASES[@]}"; do [[ $name == POST* ]] || TABLE_CASES+=("$name"); done
 table "| run | req/s (tps) | vs pgbench -S | vs pgbench, the same query | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |" \
     "$S_REF" "$Q_REF"
-echo
-TABLE_CASES=("POST /api/users, DB_GROUP_COMMIT=1" "POST /api/users, DB_GROUP_COMMIT=16")
-table "| writes | req/s | vs one transaction per write | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |" \
-    "POST /api/users, DB_GROUP_COMMIT=1"
+if [ "$WRITES" = 1 ]; then
+    echo
+    TABLE_CASES=("POST /api/enterprise/jobs durable, DB_GROUP_COMMIT=1" "POST /api/enterprise/jobs durable, DB_GROUP_COMMIT=16")
+    table "| writes | req/s | vs one transaction per write | client CPU ms / 1k req | coinbit | PostgreSQL | total | notes |" \
+        "POST /api/enterprise/jobs durable, DB_GROUP_COMMIT=1"
+fi
 exit_if_invalid pg_reads

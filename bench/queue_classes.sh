@@ -221,7 +221,7 @@ for condition in alone flood; do
     reports=("$out/jobs.json")
     [ "$condition" = flood ] && { flood_start; reports+=("$out/floodreadyz.json" "$out/floodstatus.json"); }
     run_loadgen "$out/jobs.json" "${probe_priority[@]}" "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 \
-        -R "$JOB_RATE" -c 64 --spin 0us -d "$DURATION" -s "$out/jobs.toml" "$URL"
+        -R "$JOB_RATE" -c 64 --spin 0us -d "$DURATION" -H "$OPERATOR_HEADER" -s "$out/jobs.toml" "$URL"
     flood_stop
     sleep 0.5
     curl -s -m 5 "$URL/api/enterprise/queues/status" >"$out/queues.json" || true
@@ -242,7 +242,7 @@ echo "### 3. Jobs per second on one core ($JOB_USERS connections enqueueing, clo
 echo
 start "$COINBIT" "$CLASSES"
 run_loadgen "$out/enqueue.json" "$LOADGEN" --cpus "$CLIENT_CPU" -t 1 -c "$JOB_USERS" -d "$DURATION" \
-    -s "$out/jobs.toml" "$URL"
+    -H "$OPERATOR_HEADER" -s "$out/jobs.toml" "$URL"
 sleep 1
 curl -s -m 5 "$URL/api/enterprise/queues/status" >"$out/queues.json" || true
 stop_server

@@ -22,22 +22,31 @@
 //! - [`shard`]: placement on CPUs (within the cgroup's CPU quota), shard lifecycle, supervision
 //!   and restarts, the engine-neutral commands every engine obeys (activate/deactivate, shed,
 //!   refuse, leave), and the HAProxy agent check.
+//! - [`exchange`]: the one interface to exchanges, its Binance-style client over HTTP on a
+//!   bounded I/O pool, and the exchange simulator (`exchange-sim`).
+//! - [`ledger`]: the money: double-entry accounts and transfers, holds, idempotent money
+//!   requests, the payment webhook's signature, the ledger check.
 //! - [`metrics`]: per-shard counters and HDR histograms.
 //! - [`monitor`]: the monitor core: merging, sampling, the evaluation round (alerts, trends,
 //!   health score, auto-recovery, auto-scaling), the webhook, rendering of status bodies, the
 //!   Prometheus text and the dashboard.
 //! - [`queue`]: per-core priority queues: classes, the request gate's turns, queue workers,
-//!   retries, dead letters, hand-off between shards, the durable (PostgreSQL) job tier.
+//!   retries, dead letters, hand-off between shards, the durable (PostgreSQL) job tier, and the
+//!   periodic sweeps.
 //! - [`server`]: start-up and graceful shutdown (after the drain delay a balancer needs).
 
+pub mod affiliate;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod engine;
+pub mod exchange;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod monitor;
 pub mod queue;
 pub mod server;
 pub mod shard;
+pub mod trading;

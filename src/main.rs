@@ -1,4 +1,5 @@
-//! `coinbit`: serves the API; `coinbit doctor` checks the host.
+//! `coinbit`: serves the API; `coinbit migrate` and `coinbit grant-role` change the database;
+//! `coinbit doctor` checks the host.
 
 use coinbit::config::{Cli, Command};
 
@@ -36,6 +37,9 @@ fn main() {
     match cli.command {
         None | Some(Command::Serve) => {}
         Some(Command::Migrate) => std::process::exit(coinbit::db::migrate::main(&cli.config)),
+        Some(Command::GrantRole { email, role }) => std::process::exit(
+            coinbit::db::admin::grant_role_main(&cli.config, &email, role),
+        ),
         // `coinbit --port 1 doctor ...`: flags before the subcommand.
         Some(Command::Doctor { args }) => {
             std::process::exit(coinbit_tuning::doctor::main_with_args(&args))

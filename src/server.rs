@@ -54,6 +54,12 @@ pub enum StartError {
     Signals(std::io::Error),
     #[error(transparent)]
     Database(#[from] crate::db::DbStartError),
+    #[error(
+        "DB_READ_DRIVER=wire needs the glommio engine, and this server runs on may \
+         (--engine may, or glommio cannot run here): set DB_READ_DRIVER=threads, or run \
+         where glommio can"
+    )]
+    WireOnMay,
     #[error("{0}")]
     Webhook(String),
 }
@@ -87,6 +93,9 @@ pub struct Server {
 /// serves.
 pub fn start(config: Config) -> Result<Server, StartError> {
     let chosen = choose_engine(&config)?;
+    if chosen == Engine::May && config.database.read_driver == crate::config::ReadDriver::Wire {
+        return Err(StartError::WireOnMay);
+    }
     let placement = place_shards(&config)?;
     let (reservation, addr) = bind_port(&config)?;
     let database = crate::db::Database::start(&config.database, Some(placement.monitor_cpu))?;
@@ -197,7 +206,15 @@ fn choose_engine(config: &Config) -> Result<Engine, StartError> {
         EngineKind::May => Ok(()),
         _ => engine::preflight::check_glommio(),
     };
-    let (chosen, why) = engine::choose(config.server.engine, preflight)?;
+    let wire = config.database.read_driver == crate::config::ReadDriver::Wire;
+    let (chosen, why) = match config.server.engine {
+        // The wire driver runs on glommio only: `auto` takes glommio for it where it runs.
+        EngineKind::Auto if wire && preflight.is_ok() => (
+            Engine::Glommio,
+            "auto: DB_READ_DRIVER=wire runs on glommio only".to_string(),
+        ),
+        asked => engine::choose(asked, preflight)?,
+    };
     log::info!("engine: {} ({why})", chosen.name());
     Ok(chosen)
 }

@@ -55,6 +55,20 @@ fn json_body(value: serde_json::Value) -> Vec<u8> {
     value.to_string().into_bytes()
 }
 
+/// Ana's registration from Brazil, her email in mixed case.
+fn ana_from_brazil() -> serde_json::Value {
+    serde_json::json!({
+        "name": "Ana", "email": "Ana@Example.com", "password": "correct horse", "country": "BR"
+    })
+}
+
+/// A registration that asks for the admin role (refused, never taken).
+fn eve_asking_for_admin() -> serde_json::Value {
+    serde_json::json!({
+        "name": "Eve", "email": "eve@example.com", "password": "correct horse", "role": "admin"
+    })
+}
+
 fn register(client: &mut Client, name: &str, email: &str, password: &str) -> Response {
     let body = json_body(serde_json::json!({"name": name, "email": email, "password": password}));
     client.request("POST", "/api/auth/register", &[], &body)
@@ -143,10 +157,12 @@ fn status_and_code(response: &Response) -> (u16, String) {
 fn register_login_me_logout(#[case] engine: &str) {
     let server = start(engine, "sessions");
     let mut client = server.connect();
-    let body = json_body(serde_json::json!({
-        "name": "Ana", "email": "Ana@Example.com", "password": "correct horse", "country": "BR"
-    }));
-    let created = client.request("POST", "/api/auth/register", &[], &body);
+    let created = client.request(
+        "POST",
+        "/api/auth/register",
+        &[],
+        &json_body(ana_from_brazil()),
+    );
     assert_eq!(created.status, 201, "{}", created.text());
     let user = &created.json()["user"];
     assert_eq!(
@@ -167,9 +183,7 @@ fn register_login_me_logout(#[case] engine: &str) {
     let again = register(&mut client, "Ana", "ana@example.com", "another one");
     assert_eq!(status_and_code(&again), (409, "email_taken".into()));
     // A role in the body is refused, never taken.
-    let escalation = json_body(serde_json::json!({
-        "name": "Eve", "email": "eve@example.com", "password": "correct horse", "role": "admin"
-    }));
+    let escalation = json_body(eve_asking_for_admin());
     let refused = client.request("POST", "/api/auth/register", &[], &escalation);
     assert_eq!(status_and_code(&refused), (422, "field_not_allowed".into()));
     let short = register(&mut client, "Bo", "bo@example.com", "short");
@@ -214,6 +228,76 @@ fn register_login_me_logout(#[case] engine: &str) {
     assert_eq!(status_and_code(&after), (401, "invalid_session".into()));
 }
 
+/// `POST /api/users` is registration: the same checks and answer as `POST /api/auth/register`,
+/// a password required, the welcome job written with the user, and read-your-writes through
+/// `GET /api/users/{id}` with the answer's `X-Commit-LSN`.
+#[apply(engines)]
+fn the_users_route_is_registration(#[case] engine: &str) {
+    let server = start(engine, "users_route");
+    let mut client = server.connect();
+    let post_users = |client: &mut Client, body: serde_json::Value| {
+        client.request("POST", "/api/users", &[], &json_body(body))
+    };
+    let without_password = post_users(
+        &mut client,
+        serde_json::json!({"name": "Ana", "email": "ana@example.com"}),
+    );
+    assert_eq!(status_and_code(&without_password), (400, "bad_json".into()));
+    let escalation = post_users(&mut client, eve_asking_for_admin());
+    assert_eq!(
+        status_and_code(&escalation),
+        (422, "field_not_allowed".into())
+    );
+    let created = post_users(&mut client, ana_from_brazil());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let user = created.json()["user"].clone();
+    let id = user["id"].as_i64().unwrap();
+    assert_eq!(
+        created.header("Location"),
+        Some(format!("/api/users/{id}").as_str())
+    );
+    let lsn = created.header("X-Commit-LSN").expect("X-Commit-LSN");
+    let read = client.request(
+        "GET",
+        &format!("/api/users/{id}"),
+        &[("X-Min-LSN", lsn), common::OPERATOR],
+        b"",
+    );
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["email"], "ana@example.com");
+    // The same answer as the other path's: the same fields, the same rules.
+    let other = register(&mut client, "Bo", "bo@example.com", "correct horse");
+    assert_eq!(other.status, 201, "{}", other.text());
+    let fields = |user: &serde_json::Value| {
+        let mut keys: Vec<String> = user.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(fields(&user), fields(&other.json()["user"]));
+    assert_eq!(
+        (&user["currency"], &user["role"]),
+        (&"BRL".into(), &"user".into())
+    );
+    let taken = register(&mut client, "Ana", "ana@example.com", "another one");
+    assert_eq!(status_and_code(&taken), (409, "email_taken".into()));
+    assert_eq!(
+        login(&mut client, "ana@example.com", "correct horse").status,
+        200
+    );
+    // Each registration wrote its welcome job; the refused ones wrote nothing.
+    let db = format!("users_route_{engine}");
+    let welcomes = cluster().psql(
+        "primary",
+        &db,
+        "SELECT string_agg(payload->>'user_id', ',' ORDER BY id) FROM job_outbox \
+         WHERE kind = 'notification'",
+    );
+    let bo = other.json()["user"]["id"].as_i64().unwrap();
+    assert_eq!(welcomes, format!("{id},{bo}"));
+    let users = cluster().psql("primary", &db, "SELECT count(*) FROM users");
+    assert_eq!(users, "2");
+}
+
 #[apply(engines)]
 fn repeated_failed_logins_lock_the_email_out(#[case] engine: &str) {
     let server = start(engine, "lockout");
@@ -245,6 +329,99 @@ fn repeated_failed_logins_lock_the_email_out(#[case] engine: &str) {
         login(&mut client, "bo@example.com", "correct horse").status,
         200
     );
+}
+
+/// A login from `client` (as a trusted proxy writes it in `X-Forwarded-For`).
+fn login_from(client: &mut Client, from: &str, email: &str, password: &str) -> Response {
+    let body = json_body(serde_json::json!({"email": email, "password": password}));
+    // What the client wrote first, then what the proxy appended: only the last counts.
+    let forwarded = format!("198.51.100.99, {from}");
+    client.request(
+        "POST",
+        "/api/auth/login",
+        &[("X-Forwarded-For", &forwarded)],
+        &body,
+    )
+}
+
+/// Failed logins across many emails from one client lock that client out (429 with
+/// `Retry-After`), whether the emails exist or not, and the locked-out attempts change nothing;
+/// another client is not locked with it. Without `TRUST_FORWARDED_FOR` the header is not
+/// believed and the same run only locks each email.
+#[apply(engines)]
+fn failed_logins_from_one_client_lock_the_client_out(#[case] engine: &str) {
+    let server = start_with(
+        engine,
+        "client_lockout",
+        &["--trust-forwarded-for", "--login-max-client-failures", "5"],
+    );
+    let mut client = server.connect();
+    assert_eq!(
+        register(&mut client, "Ana", "ana@example.com", "correct horse").status,
+        201
+    );
+    let attacker = "203.0.113.7";
+    // Five failures, each on another email (one of them real): under the per-email limit.
+    for n in 0..5 {
+        let email = if n == 2 {
+            "ana@example.com".to_string()
+        } else {
+            format!("guess{n}@example.com")
+        };
+        let wrong = login_from(&mut client, attacker, &email, "wrong horse");
+        assert_eq!(status_and_code(&wrong), (401, "invalid_credentials".into()));
+    }
+    // From now on every login from that client is refused unchecked, a real email with its
+    // right password included, and an unknown email answers the same.
+    let mut answers = Vec::new();
+    for n in 5..200 {
+        let (email, password) = match n {
+            7 => ("ana@example.com".to_string(), "correct horse"),
+            _ => (format!("guess{n}@example.com"), "wrong horse"),
+        };
+        let locked = login_from(&mut client, attacker, &email, password);
+        assert_eq!(
+            status_and_code(&locked),
+            (429, "too_many_failed_logins".into()),
+            "attempt {n}"
+        );
+        let retry: u64 = locked.header("Retry-After").unwrap().parse().unwrap();
+        assert!((1..=900).contains(&retry), "{retry}");
+        answers.push(locked.body.clone());
+    }
+    assert!(answers.windows(2).all(|pair| pair[0] == pair[1]));
+    // The locked-out attempts were not recorded: nothing changed.
+    let db = format!("client_lockout_{engine}");
+    let recorded = cluster().psql("primary", &db, "SELECT count(*) FROM login_attempts");
+    assert_eq!(recorded, "5");
+    // Another client logs in; the attacker's header value before the proxy's is not its own.
+    let other = login_from(
+        &mut client,
+        "203.0.113.8",
+        "ana@example.com",
+        "correct horse",
+    );
+    assert_eq!(other.status, 200, "{}", other.text());
+    let spoofed = client.request(
+        "POST",
+        "/api/auth/login",
+        &[("X-Forwarded-For", "203.0.113.7, 203.0.113.9")],
+        &json_body(serde_json::json!({"email": "ana@example.com", "password": "correct horse"})),
+    );
+    assert_eq!(spoofed.status, 200, "{}", spoofed.text());
+
+    // Without trust, the header is not believed: no client is known, so only each email counts.
+    let untrusting = start_with(
+        engine,
+        "client_lockout_off",
+        &["--login-max-client-failures", "5"],
+    );
+    let mut client = untrusting.connect();
+    for n in 0..20 {
+        let email = format!("guess{n}@example.com");
+        let wrong = login_from(&mut client, attacker, &email, "wrong horse");
+        assert_eq!(status_and_code(&wrong), (401, "invalid_credentials".into()));
+    }
 }
 
 #[apply(engines)]
@@ -288,6 +465,108 @@ fn api_keys_belong_to_their_user(#[case] engine: &str) {
         &bad_scope,
     );
     assert_eq!(status_and_code(&bad), (422, "invalid_scope".into()));
+}
+
+/// A user's data answers to that user (a session, or an API key with `read`) and to staff (a
+/// staff session, the operator token); anyone else gets the 404 of an id that does not exist.
+#[apply(engines)]
+fn a_user_is_read_only_by_that_user_or_staff(#[case] engine: &str) {
+    let server = start(engine, "user_owners");
+    let mut client = server.connect();
+    let ana = session(&mut client, "Ana", "ana@example.com");
+    let bo = session(&mut client, "Bo", "bo@example.com");
+    // An operator: registered, made staff in the database, then logged in.
+    assert_eq!(
+        register(&mut client, "Op", "op@example.com", "correct horse").status,
+        201
+    );
+    let db = format!("user_owners_{engine}");
+    cluster().psql(
+        "primary",
+        &db,
+        "UPDATE users SET role = 'operator' WHERE email = 'op@example.com'",
+    );
+    let op = login(&mut client, "op@example.com", "correct horse");
+    assert_eq!(op.status, 200, "{}", op.text());
+    let op = op.json()["token"].as_str().unwrap().to_string();
+    let id_of = |email: &str| -> i64 {
+        let sql = format!("SELECT id FROM users WHERE email = '{email}'");
+        cluster().psql("primary", &db, &sql).parse().unwrap()
+    };
+    let (ana_id, bo_id) = (id_of("ana@example.com"), id_of("bo@example.com"));
+    let missing_id = bo_id + 1000;
+    let get = |client: &mut Client, id: i64, auth: &str| {
+        let path = format!("/api/users/{id}");
+        match auth {
+            "" => client.request("GET", &path, &[], b""),
+            auth => client.request("GET", &path, &[("Authorization", auth)], b""),
+        }
+    };
+    // The answer with the id taken out: a refusal must equal a missing id's answer.
+    let not_found = |response: &Response, id: i64| {
+        assert_eq!(status_and_code(response), (404, "user_not_found".into()));
+        response.text().replace(&id.to_string(), "{id}")
+    };
+    let (ana_auth, bo_auth, op_auth) = (bearer(&ana), bearer(&bo), bearer(&op));
+    let operator = common::OPERATOR.1;
+
+    let own = get(&mut client, ana_id, &ana_auth);
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert_eq!(own.json()["email"], "ana@example.com");
+    // Ana asks for Bo: the answer of an id no one has (as the database gives it to staff).
+    let missing = not_found(&get(&mut client, missing_id, operator), missing_id);
+    assert_eq!(
+        not_found(&get(&mut client, bo_id, &ana_auth), bo_id),
+        missing
+    );
+    assert_eq!(
+        not_found(&get(&mut client, ana_id, &bo_auth), ana_id),
+        missing
+    );
+    assert_eq!(
+        not_found(&get(&mut client, missing_id, &ana_auth), missing_id),
+        missing
+    );
+    // Staff read anyone: the operator token and an operator's session.
+    for auth in [operator, op_auth.as_str()] {
+        let read = get(&mut client, bo_id, auth);
+        assert_eq!(read.status, 200, "{}", read.text());
+        assert_eq!(read.json()["email"], "bo@example.com");
+    }
+    // No credentials, or a token that is neither a session nor the operator token: 401.
+    assert_eq!(
+        status_and_code(&get(&mut client, bo_id, "")),
+        (401, "missing_credentials".into())
+    );
+    let unknown = bearer(&"0".repeat(64));
+    assert_eq!(
+        status_and_code(&get(&mut client, bo_id, &unknown)),
+        (401, "invalid_session".into())
+    );
+    // An API key with `read` reads its own user only; one without it is refused.
+    let read_key = new_key(&mut client, &ana, &["read"], 100);
+    let signed_get = |client: &mut Client, key: &(String, String), id: i64| {
+        let path = format!("/api/users/{id}");
+        signed_request(client, ("GET", &path), key, now_ms(), b"", b"")
+    };
+    let own = signed_get(&mut client, &read_key, ana_id);
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert_eq!(own.json()["email"], "ana@example.com");
+    assert_eq!(
+        not_found(&signed_get(&mut client, &read_key, bo_id), bo_id),
+        missing
+    );
+    let trade_key = new_key(&mut client, &ana, &["trade"], 100);
+    assert_eq!(
+        status_and_code(&signed_get(&mut client, &trade_key, ana_id)),
+        (403, "missing_scope".into())
+    );
+    // A staff user's API key is no staff credential: its own user only.
+    let op_key = new_key(&mut client, &op, &["read"], 100);
+    assert_eq!(
+        not_found(&signed_get(&mut client, &op_key, bo_id), bo_id),
+        missing
+    );
 }
 
 #[apply(engines)]
@@ -356,6 +635,60 @@ fn signed_requests_are_checked(#[case] engine: &str) {
     let trade_only = new_key(&mut client, &token, &["trade"], 100);
     let no_scope = signed_request(&mut client, me, &trade_only, now_ms(), b"", b"");
     assert_eq!(status_and_code(&no_scope), (403, "missing_scope".into()));
+}
+
+/// loadgen logs each virtual user in once and sends its credentials: a bearer token, or
+/// requests signed with its own key (a query included), every one accepted by the server.
+#[apply(engines)]
+fn loadgen_logs_in_and_signs_as_the_server_checks(#[case] engine: &str) {
+    let server = start(engine, "loadgen_login");
+    let dir = std::env::temp_dir().join(format!(
+        "coinbit-loadgen-login-{engine}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (credentials, users) in [("session", 3), ("api_key", 4)] {
+        let scenario = dir.join(format!("{credentials}.toml"));
+        std::fs::write(
+            &scenario,
+            format!(
+                "[[requests]]\nname = \"me\"\npath = \"/api/auth/me?probe={{{{seq}}}}\"\nexpect = 200\n\n\
+                 [login]\ncredentials = \"{credentials}\"\nemail = \"{credentials}-{{vu}}@loadgen.example.com\"\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(common::loadgen_binary())
+            .args(["-s", scenario.to_str().unwrap(), "-u", &users.to_string()])
+            .args(["-t", "1", "-d", "1s", "--progress", "never", "--json"])
+            .arg(format!("http://{}", server.addr))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{credentials}: {stderr}");
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{credentials}: {e}: {stderr}"));
+        let overall = &summary["overall"];
+        assert_eq!(overall["errors"], 0, "{credentials}: {overall}");
+        assert!(overall["ok"].as_u64().unwrap() > 0, "{overall}");
+        assert_eq!(
+            overall["statuses"].as_object().unwrap().len(),
+            1,
+            "{overall}"
+        );
+    }
+    // One account per virtual user, and a key for each signing one.
+    let db = format!("loadgen_login_{engine}");
+    let count = |sql: &str| cluster().psql("primary", &db, sql);
+    assert_eq!(
+        count("SELECT count(*) FROM users WHERE email LIKE 'session-%'"),
+        "3"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM users WHERE email LIKE 'api_key-%'"),
+        "4"
+    );
+    assert_eq!(count("SELECT count(*) FROM api_keys"), "4");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[apply(engines)]

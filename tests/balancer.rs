@@ -161,7 +161,8 @@ impl Instance {
             .args(["--bind-address", "127.0.0.1", "--port", &port])
             .args(["--engine", &self.engine, "--shards", "1", "--debug-routes"])
             .args(["--drain-delay", DRAIN_DELAY_MS, "--agent-port", &agent])
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .env("OPERATOR_TOKEN", common::OPERATOR_TOKEN);
         self.server = Some(Server::spawn(command));
     }
 
@@ -289,7 +290,8 @@ impl Load {
                 std::thread::spawn(move || {
                     let mut client = Client::connect(addr);
                     while !stop.load(Ordering::Relaxed) {
-                        let response = client.try_request("GET", LOAD_PATH, &[], b"");
+                        let response =
+                            client.try_request("GET", LOAD_PATH, &[common::OPERATOR], b"");
                         let fine = response.as_ref().is_some_and(|r| r.status == 200);
                         let counter = if fine { &answered } else { &failed };
                         counter.fetch_add(1, Ordering::Relaxed);

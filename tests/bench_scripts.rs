@@ -7,6 +7,8 @@
 //! - `bench/http_peers.sh` against the real coinbit, one 1 s cell, with a stand-in `wrk` first on
 //!   PATH (wrk is not part of the build): it asks the URL once and, as wrk does, reports
 //!   "Non-2xx or 3xx responses" when the answer is 4xx or 5xx.
+//! - `bench/auth.sh`, section 1, one round of 1 s, against the tiny server through its `URL`
+//!   (a server already running): the cells that must log in and the open one are refused.
 //!
 //! They need bash, curl, python3, taskset and the loadgen binary (`cargo test --workspace`
 //! builds it); no PostgreSQL, no wrk, no nginx.
@@ -226,4 +228,68 @@ fn http_peers_refuses_a_cell_with_non_2xx_answers() {
 fn http_peers_accepts_a_clean_cell() {
     let cell = http_peers_row("/health", "hp-200", 18_590, 0);
     assert_eq!(cell, "| keep-alive, 8 conns | 1000 | 0.80 ms |");
+}
+
+/// bench/auth.sh, section 1, one round of 1 s, against the tiny server (through URL: no
+/// PostgreSQL, no coinbit) answering 503: the logged-in cells cannot log in (loadgen leaves no
+/// report) and the open cell is answered 503; every cell and ratio must read invalid and the
+/// script exit 2.
+#[test]
+fn auth_refuses_cells_it_could_not_measure() {
+    let port = tiny_server("503 Service Unavailable");
+    let output = Command::new(Path::new(ROOT).join("bench/auth.sh"))
+        .env("URL", format!("http://127.0.0.1:{port}"))
+        .env("LOADGEN", loadgen())
+        .env("SECTIONS", "1")
+        .env("ROUNDS", "1")
+        .env("DURATION", "1s")
+        .env("USERS", "1")
+        .env("CLIENT_CPU", "0")
+        .output()
+        .expect("bench/auth.sh runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    for (cell, why) in [
+        ("session", "no result"),
+        ("signed", "no result"),
+        ("open", "HTTP 503"),
+    ] {
+        let line = row(&stdout, &format!("1 | {cell}"))
+            .unwrap_or_else(|| panic!("no {cell} row: {}", describe(&output)));
+        assert!(line.contains("INVALID (") && line.contains(why), "{line}");
+        let summary = row(&stdout, cell).unwrap_or_else(|| panic!("no {cell} summary"));
+        if cell != "open" {
+            assert!(summary.contains("| invalid |"), "{summary}");
+        }
+    }
+}
+
+/// bench/idle_connections.sh end to end on both engines with 50 connections (the test's own
+/// coinbit binary): one row per server with a figure per connection, and N checked first.
+#[test]
+fn idle_connections_reports_memory_per_connection_and_checks_its_argument() {
+    let script = Path::new(ROOT).join("bench/idle_connections.sh");
+    let refused = Command::new(&script)
+        .arg("lots")
+        .output()
+        .expect("the script runs");
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("positive number"));
+    let dir = temp_dir("idle-connections");
+    let output = Command::new(&script)
+        .arg("50")
+        .env("COINBIT", env!("CARGO_BIN_EXE_coinbit"))
+        .env("SERVERS", "coinbit-glommio coinbit-may")
+        .env("OUT_DIR", &dir)
+        .env("SETTLE_S", "0.3")
+        .env("PORT", "18670")
+        .output()
+        .expect("the script runs");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for server in ["coinbit-glommio", "coinbit-may"] {
+        let line = row(&stdout, server).unwrap_or_else(|| panic!("no {server} row: {stdout}"));
+        let per_connection: f64 = line.split('|').nth(4).unwrap().trim().parse().unwrap();
+        assert!(per_connection.is_finite(), "{line}");
+    }
 }

@@ -82,7 +82,7 @@ fn a_server_error_still_counts_in_the_error_rate(#[case] engine: &str) {
         "POST",
         "/api/users",
         &[("Content-Type", "application/json")],
-        br#"{"name":"a","email":"a@example.com"}"#,
+        br#"{"name":"a","email":"a@example.com","password":"12345678"}"#,
     );
     assert_eq!(response.status, 503, "{}", response.text());
     assert_eq!(response.error_code(), "database_not_configured");
@@ -125,9 +125,10 @@ fn error_messages_quote_only_a_short_prefix_of_the_input() {
         ),
     ];
     for (method, target, body, status) in cases {
-        let response = server
-            .connect()
-            .request(method, &target, &[], body.as_bytes());
+        let response =
+            server
+                .connect()
+                .request(method, &target, &[common::OPERATOR], body.as_bytes());
         assert_eq!(response.status, status, "{:.300}", response.text());
         let message = response.json()["error"]["message"]
             .as_str()

@@ -21,7 +21,7 @@ fn the_dashboard_draws_its_charts_in_chromium() {
         } else {
             "/livez"
         };
-        assert_eq!(server.get(path).status, 200);
+        assert_eq!(server.operator_get(path).status, 200);
     }
     wait_for("a few samples", Duration::from_secs(20), || {
         let metrics = server.get("/api/enterprise/metrics").json();

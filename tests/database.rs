@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
-use common::users::{create_user, write_then_read_own_write};
+use common::users::{create_user, user_id, write_then_read_own_write};
 use rstest::rstest;
 use rstest_reuse::{self, apply};
 
-use common::{engines, Client, Server};
+use common::{engines, Client, Server, OPERATOR};
 
 fn start_server(
     engine: &str,
@@ -92,7 +92,7 @@ fn read_many(server: &Server, id: i64, total: usize, threads: usize) {
                 let mut client = Client::connect(addr);
                 let path = format!("/api/users/{id}");
                 while done.fetch_add(1, Ordering::Relaxed) < total {
-                    let response = client.request("GET", &path, &[], b"");
+                    let response = client.request("GET", &path, &[OPERATOR], b"");
                     assert_eq!(response.status, 200, "{}", response.text());
                 }
             });
@@ -118,7 +118,7 @@ fn reads_follow_each_strategy_over_10k_reads(#[case] engine: &str) {
             &format!("dist-{strategy}@example.com"),
         );
         assert_eq!(created.status, 201, "{}", created.text());
-        let id = created.json()["id"].as_i64().unwrap();
+        let id = user_id(&created);
         // Wait until the user is on every replica and every replica is routable.
         common::wait_for("the user on every replica", Duration::from_secs(10), || {
             (1..=3)
@@ -210,7 +210,12 @@ fn read_your_writes_never_returns_stale_data(#[case] engine: &str) {
         delta(&after, "primary")
     );
     // A bad position is refused with a clear error.
-    let bad = client.request("GET", "/api/users/1", &[("X-Min-LSN", "yesterday")], b"");
+    let bad = client.request(
+        "GET",
+        "/api/users/1",
+        &[("X-Min-LSN", "yesterday"), OPERATOR],
+        b"",
+    );
     assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_lsn"));
     // So is one past the primary's WAL position (no write returned it), without naming a
     // node: just past
@@ -218,7 +223,12 @@ fn read_your_writes_never_returns_stale_data(#[case] engine: &str) {
     let last = lsn_of(&create_user(&mut client, "Ryw", "ryw-last@example.com"));
     for ahead in [last + (16 << 20), u64::MAX] {
         let ahead = format!("{:X}/{:X}", ahead >> 32, ahead & 0xFFFF_FFFF);
-        let refused = client.request("GET", "/api/users/1", &[("X-Min-LSN", &ahead)], b"");
+        let refused = client.request(
+            "GET",
+            "/api/users/1",
+            &[("X-Min-LSN", &ahead), OPERATOR],
+            b"",
+        );
         assert_eq!(
             (refused.status, refused.error_code().as_str()),
             (400, "lsn_ahead"),
@@ -266,13 +276,13 @@ fn reads_go_to_the_primary_when_no_replica_is_routable(#[case] engine: &str) {
     let mut client = server.connect();
     let created = create_user(&mut client, "Solo", "solo@example.com");
     assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_i64().unwrap();
+    let id = user_id(&created);
     let before = server.wait_for_status("the write counted", |s| {
         s["database"]["nodes"][0]["requests"].as_u64() >= Some(1)
     });
     const READS: u64 = 50;
     for _ in 0..READS {
-        let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+        let read = client.request("GET", &format!("/api/users/{id}"), &[OPERATOR], b"");
         assert_eq!(read.status, 200, "{}", read.text());
         assert_eq!(read.json()["email"], "solo@example.com");
     }
@@ -294,7 +304,7 @@ fn users_api_answers_and_validates(#[case] engine: &str) {
     let mut client = server.connect();
     let created = create_user(&mut client, "Ana", "ana@example.com");
     assert_eq!(created.status, 201, "{}", created.text());
-    assert_eq!(created.json()["name"], "Ana");
+    assert_eq!(created.json()["user"]["name"], "Ana");
     let again = create_user(&mut client, "Ana", "ana@example.com");
     assert_eq!(
         (again.status, again.error_code().as_str()),
@@ -302,22 +312,42 @@ fn users_api_answers_and_validates(#[case] engine: &str) {
     );
     for (body, status, code) in [
         (&b"{"[..], 400, "bad_json"),
-        (br#"{"name":"","email":"a@b.co"}"#, 422, "invalid_user"),
-        (br#"{"name":"A","email":"nope"}"#, 422, "invalid_user"),
-        // PostgreSQL's text refuses NUL: a field error, not a database error.
+        // Registration: a password is required.
+        (br#"{"name":"A","email":"a@b.co"}"#, 400, "bad_json"),
         (
-            br#"{"name":"A\u0000","email":"nul@b.co"}"#,
+            br#"{"name":"A","email":"a@b.co","password":"short"}"#,
+            422,
+            "invalid_password",
+        ),
+        (
+            br#"{"name":"A","email":"a@b.co","password":"12345678","role":"admin"}"#,
+            422,
+            "field_not_allowed",
+        ),
+        (
+            br#"{"name":"","email":"a@b.co","password":"12345678"}"#,
             422,
             "invalid_user",
         ),
         (
-            br#"{"name":"A","email":"n\u0000l@b.co"}"#,
+            br#"{"name":"A","email":"nope","password":"12345678"}"#,
+            422,
+            "invalid_user",
+        ),
+        // PostgreSQL's text refuses NUL: a field error, not a database error.
+        (
+            br#"{"name":"A\u0000","email":"nul@b.co","password":"12345678"}"#,
+            422,
+            "invalid_user",
+        ),
+        (
+            br#"{"name":"A","email":"n\u0000l@b.co","password":"12345678"}"#,
             422,
             "invalid_user",
         ),
         (
             format!(
-                r#"{{"name":"A","email":"a@b.co","x":{}1{}}}"#,
+                r#"{{"name":"A","email":"a@b.co","password":"12345678","x":{}1{}}}"#,
                 "[".repeat(40),
                 "]".repeat(40)
             )
@@ -332,12 +362,12 @@ fn users_api_answers_and_validates(#[case] engine: &str) {
             (status, code)
         );
     }
-    let missing = client.request("GET", "/api/users/999999", &[], b"");
+    let missing = client.request("GET", "/api/users/999999", &[OPERATOR], b"");
     assert_eq!(
         (missing.status, missing.error_code().as_str()),
         (404, "user_not_found")
     );
-    let bad = client.request("GET", "/api/users/abc", &[], b"");
+    let bad = client.request("GET", "/api/users/abc", &[OPERATOR], b"");
     assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_id"));
     let metrics = server.get("/metrics").text();
     assert!(
@@ -349,13 +379,13 @@ fn users_api_answers_and_validates(#[case] engine: &str) {
         health["checks"]["database"][0]["status"], "pass",
         "{health}"
     );
-    // Answers given later are counted with their real status: the 201, the 409, the four 422
-    // and the two 400 for bad JSON (these six answered at once), the 404 and the 400.
+    // Answers given later are counted with their real status: the 201, the 409, the six 422
+    // and the three 400 for bad JSON (these nine answered at once), the 404 and the 400.
     common::wait_for("late answers counted", Duration::from_secs(5), || {
         let metrics = server.get("/api/enterprise/metrics").json();
         let routes = &metrics["routes"];
         let counted = routes["create_user"]["2xx"] == 1
-            && routes["create_user"]["4xx"] == 7
+            && routes["create_user"]["4xx"] == 10
             && routes["get_user"]["4xx"] == 2;
         counted.then_some(())
     });
@@ -602,6 +632,10 @@ fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone(#[case] engine
             "16",
             "--durable-jobs-poll-interval",
             "0",
+            // The first write waits on the lock until all 16 are queued: on a loaded host their
+            // registrations' password hashes (niced threads) take seconds to arrive.
+            "--statement-timeout",
+            "120000",
         ],
         &[("DATABASE_URL", &url)],
     );
@@ -609,7 +643,7 @@ fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone(#[case] engine
     assert_eq!(first.status, 201, "{}", first.text());
     // With the table locked, the one connection blocks on the first write and the rest queue.
     let lock = TableLock::take(cluster, &db);
-    let statuses: Vec<u16> = std::thread::scope(|scope| {
+    let (statuses, waiting): (Vec<u16>, serde_json::Value) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..16)
             .map(|i| {
                 let addr = server.addr;
@@ -619,16 +653,29 @@ fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone(#[case] engine
                     } else {
                         format!("group{i}@example.com")
                     };
-                    create_user(&mut Client::connect(addr), "Group", &email).status
+                    let mut client = Client::connect(addr);
+                    // Answered once the lock goes: after all 16 are queued, however long.
+                    let patient = Some(Duration::from_secs(120));
+                    client.stream.set_read_timeout(patient).unwrap();
+                    create_user(&mut client, "Group", &email).status
                 })
             })
             .collect();
-        server.wait_for_status("16 writes waiting", |s| {
-            s["database"]["nodes"][0]["in_flight"].as_u64() == Some(16)
-        });
+        // Each registration hashes its password first: slow on a loaded host.
+        let waiting =
+            server.wait_for_status_within("16 writes waiting", Duration::from_secs(90), |s| {
+                s["database"]["nodes"][0]["in_flight"].as_u64() == Some(16)
+            });
         drop(lock);
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let statuses = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (statuses, waiting)
     });
+    // What the node had counted before the 16 (the first user's writes, a welcome job...).
+    let counted = |s: &serde_json::Value, what: &str| s["database"]["nodes"][0][what].as_u64();
+    let (requests_before, commits_before) = (
+        counted(&waiting, "requests").unwrap(),
+        counted(&waiting, "commits").unwrap(),
+    );
     assert_eq!(
         statuses.iter().filter(|s| **s == 201).count(),
         15,
@@ -640,12 +687,12 @@ fn group_commit_joins_queued_writes_and_a_refused_row_fails_alone(#[case] engine
         "{statuses:?}"
     );
     let status = server.wait_for_status("every write counted", |s| {
-        s["database"]["nodes"][0]["requests"].as_u64() == Some(17)
+        counted(s, "requests").is_some_and(|r| r >= requests_before + 16)
     });
-    let commits = status["database"]["nodes"][0]["commits"].as_u64().unwrap();
+    let commits = counted(&status, "commits").unwrap() - commits_before;
     assert!(
         commits <= 4,
-        "17 writes took {commits} transactions: no grouping"
+        "16 writes took {commits} transactions: no grouping"
     );
     assert_eq!(
         cluster.psql("primary", &db, "SELECT count(*) FROM users"),
@@ -700,7 +747,7 @@ fn a_primary_in_recovery_gets_no_writes(#[case] engine: &str) {
         "{}",
         write.text()
     );
-    let read = server.get("/api/users/1");
+    let read = server.operator_get("/api/users/1");
     assert_eq!(read.status, 404, "reads still served: {}", read.text());
     // Refused at once: the write never reached the node's pool, which ran the read only.
     let after = server.wait_for_status("the read counted", |s| requests(s) >= Some(before + 1));
@@ -735,7 +782,7 @@ fn eight_users_on_every_replica(
             let email = format!("{tag}{i}@example.com");
             let created = create_user(&mut client, "Batch", &email);
             assert_eq!(created.status, 201, "{}", created.text());
-            (created.json()["id"].as_i64().unwrap(), email)
+            (user_id(&created), email)
         })
         .collect();
     let last = users.last().unwrap().0;
@@ -800,11 +847,11 @@ fn reads_queued_together_each_get_their_own_row(#[case] engine: &str) {
                     // Every ninth read asks for a user that does not exist.
                     let pick = (t * 7 + n) % 9;
                     let Some((id, email)) = users.get(pick) else {
-                        let missing = client.request("GET", "/api/users/999999", &[], b"");
+                        let missing = client.request("GET", "/api/users/999999", &[OPERATOR], b"");
                         assert_eq!(missing.status, 404, "{}", missing.text());
                         continue;
                     };
-                    let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+                    let read = client.request("GET", &format!("/api/users/{id}"), &[OPERATOR], b"");
                     assert_eq!(read.status, 200, "{}", read.text());
                     assert_eq!(read.json()["email"], email.as_str(), "user {id}");
                 }
@@ -879,7 +926,7 @@ fn a_failed_batch_falls_back_to_one_lookup_per_read(#[case] engine: &str) {
                 let mut client = Client::connect(addr);
                 for n in 0..READS as usize / 16 {
                     let (id, email) = &users[(t * 3 + n) % users.len()];
-                    let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+                    let read = client.request("GET", &format!("/api/users/{id}"), &[OPERATOR], b"");
                     assert_eq!(read.status, 200, "{}", read.text());
                     assert_eq!(read.json()["email"], email.as_str(), "user {id}");
                 }
@@ -899,4 +946,141 @@ fn a_failed_batch_falls_back_to_one_lookup_per_read(#[case] engine: &str) {
             (rollbacks > 0).then_some(())
         },
     );
+}
+
+/// Two writes that take two users' holds in opposite order, each in its own group on its own
+/// connection, deadlock: PostgreSQL rolls one back (40P01). The pool runs the loser again once
+/// the other's group committed, so both succeed, and the node's status counts the retry.
+#[test]
+fn a_write_that_loses_a_deadlock_is_retried_and_both_succeed() {
+    use coinbit::db::Database;
+    use coinbit::ledger::rules::{Currency, Kind};
+    use coinbit::ledger::store::{self, Account, NewTransfer};
+    use futures_lite::future::block_on;
+    use std::sync::mpsc;
+
+    let cluster = PgCluster::shared();
+    let name = cluster.create_database("deadlock_retry");
+    let url = cluster.url("primary", &name);
+    let cli = coinbit::config::Cli::parse_from(
+        ["coinbit", "--database-url", &url, "--pool-size", "4"],
+        &[],
+    )
+    .unwrap();
+    let database = Database::start(&cli.config.database, None)
+        .unwrap()
+        .unwrap();
+    let mut db = database.client();
+    let mut users = Vec::new();
+    for who in ["ana", "bia"] {
+        let id: i64 = cluster
+            .psql(
+                "primary",
+                &name,
+                &format!(
+                    "INSERT INTO users (name, email, country, currency) \
+                     VALUES ('{who}', '{who}@coinbit.test', 'BR', 'BRL') RETURNING id"
+                ),
+            )
+            .parse()
+            .unwrap();
+        users.push(id);
+    }
+    let (ana, bia) = (users[0], users[1]);
+    let (ana_id, bia_id) = (ana, bia);
+    let (ana, bia, out) = block_on(db.write(move |conn| {
+        let clearing = store::system_account(conn, Kind::PaymentClearing, Currency::Brl)?;
+        let mut reals = Vec::new();
+        for user in [ana, bia] {
+            let mine = store::open_user_accounts(conn, user, Currency::Brl)?;
+            let funded = store::transfer(
+                conn,
+                &NewTransfer {
+                    debit: clearing,
+                    credit: mine.real,
+                    amount: 100_000,
+                    code: "recharge",
+                    group: None,
+                    metadata: serde_json::json!({}),
+                },
+            )?;
+            assert!(funded.is_ok());
+            reals.push(mine.real);
+        }
+        let out = store::system_account(conn, Kind::WithdrawalsInFlight, Currency::Brl)?;
+        Ok((reals[0], reals[1], out))
+    }))
+    .unwrap()
+    .value;
+    let hold = move |conn: &mut coinbit::db::DbConn, from: Account| {
+        store::hold(
+            conn,
+            &NewTransfer {
+                debit: from,
+                credit: out,
+                amount: 1_000,
+                code: "withdrawal",
+                group: None,
+                metadata: serde_json::json!({}),
+            },
+        )
+        .map(|made| assert!(made.is_ok(), "{made:?}"))
+    };
+    // The first run of each write holds its first account, says so, waits (bounded) until the
+    // other holds its own, then asks for the other's: a lock cycle. Later runs just hold both.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let write =
+        move |first: Account, second: Account, locked: mpsc::Sender<()>, go: mpsc::Receiver<()>| {
+            let attempts = counter.clone();
+            let mut runs = 0;
+            move |conn: &mut coinbit::db::DbConn| {
+                runs += 1;
+                attempts.fetch_add(1, Ordering::SeqCst);
+                hold(conn, first)?;
+                if runs == 1 {
+                    let _ = locked.send(());
+                    let _ = go.recv_timeout(Duration::from_secs(30));
+                }
+                hold(conn, second)
+            }
+        };
+    let (a_locked, a_has) = mpsc::channel();
+    let (b_locked, b_has) = mpsc::channel();
+    let first = write(ana, bia, a_locked, b_has);
+    let mut other = database.client();
+    let first = std::thread::spawn(move || block_on(other.write(first)));
+    a_has
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first write holds Ana's account");
+    // The first write's connection is busy: the second runs on another, in a group of its own,
+    // and goes on to Ana's account at once (its "go" channel is closed).
+    let closed = mpsc::channel::<()>().1;
+    let second = block_on(db.write(write(bia, ana, b_locked, closed)));
+    let first = first.join().unwrap();
+    assert!(first.is_ok(), "the first write: {first:?}");
+    assert!(second.is_ok(), "the second write: {second:?}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3, "one of them ran twice");
+    assert_eq!(
+        database.primary().retries.load(Ordering::Relaxed),
+        1,
+        "the node counts the retry"
+    );
+    let balances = block_on(db.write(move |conn| {
+        Ok((
+            store::balances(conn, ana_id)?,
+            store::balances(conn, bia_id)?,
+        ))
+    }))
+    .unwrap()
+    .value;
+    for mine in [balances.0, balances.1] {
+        let real = mine.iter().find(|b| b.kind == Kind::Real).unwrap();
+        assert_eq!(
+            real.pending_out, 2_000,
+            "each write held once on each account"
+        );
+    }
+    let report = block_on(db.write(store::check)).unwrap().value;
+    assert!(report.ok, "{report:?}");
 }

@@ -4,33 +4,14 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
-use common::users::{create_user, write_then_read_own_write};
+use common::users::{create_user, user_id, write_then_read_own_write, Readers};
 use rstest::rstest;
 use rstest_reuse::{self, apply};
 
-use common::{engines, Client, Server};
-
-fn start_server(engine: &str, cluster: &PgCluster, db: &str, args: &[&str]) -> Server {
-    let env = cluster.env(db);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut all = vec![
-        "--pool-size",
-        "2",
-        "--replica-health-check-interval",
-        "200",
-        "--ejection-time",
-        "300",
-        "--connect-timeout",
-        "1000",
-    ];
-    all.extend_from_slice(args);
-    Server::start_with(engine, &all, &env)
-}
+use common::{engines, Client, Server, OPERATOR};
 
 fn wait_for_every_node_up(server: &Server) {
     server.wait_for_status("every node up", |s| {
@@ -51,74 +32,16 @@ fn node<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
         .unwrap()
 }
 
-/// Reads user `id` from `threads` connections until stopped; counts reads and failures.
-struct Readers {
-    stop: Arc<AtomicBool>,
-    reads: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Readers {
-    fn start(server: &Server, id: i64, threads: usize) -> Readers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let reads = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let handles = (0..threads)
-            .map(|_| {
-                let (stop, reads, failures, addr) =
-                    (stop.clone(), reads.clone(), failures.clone(), server.addr);
-                std::thread::spawn(move || {
-                    let mut client = Client::connect(addr);
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = client.request("GET", &format!("/api/users/{id}"), &[], b"");
-                        reads.fetch_add(1, Ordering::Relaxed);
-                        if r.status != 200 {
-                            failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("{} {}", r.status, r.text()));
-                        }
-                    }
-                })
-            })
-            .collect();
-        Readers {
-            stop,
-            reads,
-            failures,
-            threads: handles,
-        }
-    }
-
-    /// Stops the readers; the failures they saw.
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        (
-            self.reads.load(Ordering::Relaxed),
-            self.failures.lock().unwrap().clone(),
-        )
-    }
-}
-
 #[apply(engines)]
 fn a_stopped_replica_is_ejected_without_failing_a_read_and_returns(#[case] engine: &str) {
     let cluster = PgCluster::start(3);
     let db = cluster.create_database(&format!("failover_{engine}"));
-    let server = start_server(
-        engine,
-        &cluster,
-        &db,
-        &["--replica-strategy", "round-robin"],
-    );
+    let server = cluster.start_server(engine, &db, &[], &["--replica-strategy", "round-robin"]);
     let created = create_user(&mut server.connect(), "Fail", "seen@example.com");
     assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_i64().unwrap();
+    let id = user_id(&created);
     std::thread::sleep(Duration::from_millis(300));
-    let readers = Readers::start(&server, id, 4);
+    let readers = Readers::start(&server, &cluster, &db, id, 4);
     std::thread::sleep(Duration::from_millis(300));
     cluster.stop("replica2");
     // Out of rotation first by its breaker (failed reads) or its health check, whichever
@@ -147,21 +70,14 @@ fn a_stopped_replica_is_ejected_without_failing_a_read_and_returns(#[case] engin
     server.wait_for_status("replica2 serving again", |s| {
         node(s, "replica2")["requests"].as_u64().unwrap() > requests_back + 10
     });
-    let (reads, failures) = readers.finish();
-    assert!(reads > 100, "only {reads} reads");
-    assert!(
-        failures.is_empty(),
-        "{} of {reads} reads failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    readers.finish_without_failures();
 }
 
 #[apply(engines)]
 fn lag_past_the_limit_ejects_but_never_the_last_replica(#[case] engine: &str) {
     let cluster = PgCluster::start(3);
     let db = cluster.create_database(&format!("failover_{engine}"));
-    let server = start_server(engine, &cluster, &db, &["--max-replica-lag", "64kB"]);
+    let server = cluster.start_server(engine, &db, &[], &["--max-replica-lag", "64kB"]);
     // Writes from elsewhere make WAL the paused replicas cannot replay.
     let write_wal = || {
         cluster.psql(
@@ -229,11 +145,11 @@ fn lag_past_the_limit_ejects_but_never_the_last_replica(#[case] engine: &str) {
 fn with_the_primary_stopped_writes_fail_fast_and_reads_go_on(#[case] engine: &str) {
     let cluster = PgCluster::start(2);
     let db = cluster.create_database(&format!("failover_{engine}"));
-    let server = start_server(engine, &cluster, &db, &[]);
+    let server = cluster.start_server(engine, &db, &[], &[]);
     let mut client = server.connect();
     let created = create_user(&mut client, "Fail", "before@example.com");
     assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_i64().unwrap();
+    let id = user_id(&created);
     std::thread::sleep(Duration::from_millis(300));
 
     cluster.stop("primary");
@@ -242,11 +158,11 @@ fn with_the_primary_stopped_writes_fail_fast_and_reads_go_on(#[case] engine: &st
         let write = create_user(&mut client, "Fail", &format!("down{i}@example.com"));
         let took = started.elapsed();
         assert_eq!(write.status, 503, "write {i}: {}", write.text());
-        assert!(
-            took < Duration::from_millis(1_500),
-            "write {i} took {took:?}"
-        );
-        let read = client.request("GET", &format!("/api/users/{id}"), &[], b"");
+        // Refused, not hung: without the shut-out primary's fast 503 a write would wait on
+        // its node's reconnects; the bound leaves room for a loaded host (the registration's
+        // password hash runs first, on a niced thread).
+        assert!(took < Duration::from_secs(5), "write {i} took {took:?}");
+        let read = client.request("GET", &format!("/api/users/{id}"), &[OPERATOR], b"");
         assert_eq!(
             read.status,
             200,
@@ -256,18 +172,30 @@ fn with_the_primary_stopped_writes_fail_fast_and_reads_go_on(#[case] engine: &st
     }
     let status =
         server.wait_for_status("primary shut out", |s| node(s, "primary")["state"] != "up");
-    assert_eq!(status["status"], "warn", "{status}");
+    // Degraded, not passing: the database check warns (below); the 20 refused writes may also
+    // raise the error-rate alert, which makes the whole status fail.
+    assert!(
+        status["status"] == "warn" || status["status"] == "fail",
+        "{status}"
+    );
     let health = server.get("/health").json();
     assert_eq!(
         health["checks"]["database"][0]["status"], "warn",
         "{health}"
     );
-    // Shut out: a write now fails without waiting on the network.
+    // Shut out: a write now fails without waiting on the network, saying no primary is known.
+    // (A durable job, not a registration, whose password hash would come first.)
+    let job = br#"{"kind":"notification","durable":true,"payload":{"user_id":1,"channel":"email","message":"m"}}"#;
     let started = Instant::now();
-    let write = create_user(&mut client, "Fail", "fast@example.com");
+    let write = client.request(
+        "POST",
+        "/api/enterprise/jobs",
+        &[OPERATOR, ("Content-Type", "application/json")],
+        job,
+    );
     assert_eq!(
         (write.status, write.error_code().as_str()),
-        (503, "database_unavailable")
+        (503, "no_primary")
     );
     assert!(
         started.elapsed() < Duration::from_millis(200),
@@ -301,10 +229,10 @@ fn a_read_waiting_for_replay_looks_a_few_times_then_reads_the_primary(#[case] en
     const READS: u64 = 5;
     let cluster = PgCluster::start(3);
     let db = cluster.create_database(&format!("replay_wait_{engine}"));
-    let server = start_server(
+    let server = cluster.start_server(
         engine,
-        &cluster,
         &db,
+        &[],
         &[
             "--max-replica-lag",
             "1GB,3600s",
@@ -399,10 +327,10 @@ fn a_replica_that_hangs_is_ejected_without_stalling_a_shard_or_failing_a_read(
 ) {
     let cluster = PgCluster::start(3);
     let db = cluster.create_database(&format!("hang_{engine}"));
-    let server = start_server(
+    let server = cluster.start_server(
         engine,
-        &cluster,
         &db,
+        &[],
         &[
             "--replica-strategy",
             "round-robin",
@@ -414,9 +342,9 @@ fn a_replica_that_hangs_is_ejected_without_stalling_a_shard_or_failing_a_read(
     );
     let created = create_user(&mut server.connect(), "Fail", "hang@example.com");
     assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_i64().unwrap();
+    let id = user_id(&created);
     wait_for_every_node_up(&server);
-    let readers = Readers::start(&server, id, 4);
+    let readers = Readers::start(&server, &cluster, &db, id, 4);
     std::thread::sleep(Duration::from_millis(300));
     let frozen = Frozen::node(&cluster, "replica2");
     server.wait_for_status("the hung replica2 ejected", |s| {
@@ -440,4 +368,42 @@ fn a_replica_that_hangs_is_ejected_without_stalling_a_shard_or_failing_a_read(
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+}
+
+/// `GET /api/auth/me` reads the caller's row as `GET /api/users/{id}` does, from a replica; when
+/// the replicas have not replayed the registration yet, the primary answers: 200, never a 401
+/// for a user who exists.
+#[apply(engines)]
+fn me_reads_the_primary_when_the_replicas_lack_the_user(#[case] engine: &str) {
+    let cluster = PgCluster::start(3);
+    let db = cluster.create_database(&format!("me_behind_{engine}"));
+    let server = cluster.start_server(engine, &db, &[], &["--max-replica-lag", "1GB,3600s"]);
+    wait_for_every_node_up(&server);
+    // The server's migrations replayed first: paused before them, a replica lacks the table,
+    // not just the user, and the read fails instead of going to the primary.
+    cluster.wait_replicas_caught_up(&db);
+    let replicas = ["replica1", "replica2", "replica3"];
+    for replica in replicas {
+        cluster.psql(replica, &db, "SELECT pg_wal_replay_pause()");
+    }
+    let mut client = server.connect();
+    let created = create_user(&mut client, "Me", "me@example.com");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let body = serde_json::json!({"email": "me@example.com", "password": common::users::PASSWORD});
+    let login = client.request("POST", "/api/auth/login", &[], body.to_string().as_bytes());
+    assert_eq!(login.status, 200, "{}", login.text());
+    let auth = format!("Bearer {}", login.json()["token"].as_str().unwrap());
+    for _ in 0..6 {
+        let me = client.request("GET", "/api/auth/me", &[("Authorization", &auth)], b"");
+        assert_eq!(me.status, 200, "{}", me.text());
+        assert_eq!(me.json()["email"], "me@example.com");
+    }
+    for replica in replicas {
+        let seen = cluster.psql(replica, &db, "SELECT count(*) FROM users");
+        assert_eq!(
+            seen, "0",
+            "{replica} replayed the registration: the test saw no lag"
+        );
+        cluster.psql(replica, &db, "SELECT pg_wal_replay_resume()");
+    }
 }

@@ -37,13 +37,16 @@ fn enqueue_sleeps(client: &mut Client, count: usize, ms: u64) -> Vec<i64> {
             let response = client.request(
                 "POST",
                 "/api/enterprise/jobs",
-                &[("Content-Type", "application/json")],
+                &[("Content-Type", "application/json"), common::OPERATOR],
                 body.as_bytes(),
             );
             assert_eq!(response.status, 202, "{}", response.text());
             let job = response.json()["job"].clone();
             assert_eq!(job["durable"], true, "{job}");
-            job["id"].as_i64().expect("an outbox id")
+            // `<outbox id>-<32 hex digits of its random tag>`.
+            let (id, tag) = job["id"].as_str().unwrap().split_once('-').unwrap();
+            assert_eq!(tag.len(), 32, "{job}");
+            id.parse::<i64>().expect("an outbox id")
         })
         .collect()
 }
@@ -118,10 +121,9 @@ fn durable_jobs_survive_kill_9_and_run_once_after_restart(#[case] engine: &str) 
     let db = cluster.create_database(&format!("durable_kill_{engine}"));
     let mut server = start(engine, cluster, &db);
     let mut client = server.connect();
-    let ids = enqueue_sleeps(&mut client, 40, 100);
-    assert_eq!(ids.len(), 40);
-    // A user's welcome notification is an outbox row of the user's own transaction.
-    let body = serde_json::json!({ "name": "Ana", "email": "ana@example.com" }).to_string();
+    // A user's welcome notification is an outbox row of the user's own transaction. First:
+    // registration waits on a password hash, long enough for 40 short jobs to finish.
+    let body = common::users::registration("Ana", "ana@example.com");
     let created = client.request(
         "POST",
         "/api/users",
@@ -129,6 +131,8 @@ fn durable_jobs_survive_kill_9_and_run_once_after_restart(#[case] engine: &str) 
         body.as_bytes(),
     );
     assert_eq!(created.status, 201, "{}", created.text());
+    let ids = enqueue_sleeps(&mut client, 40, 100);
+    assert_eq!(ids.len(), 40);
     common::wait_for("a claimed job", Duration::from_secs(10), || {
         let claimed = count(
             cluster,
@@ -215,9 +219,12 @@ fn a_job_running_past_its_lease_keeps_it_and_runs_once(#[case] engine: &str) {
         "durable": true,
     })
     .to_string();
-    let enqueued = first
-        .connect()
-        .request("POST", "/api/enterprise/jobs", &[], body.as_bytes());
+    let enqueued = first.connect().request(
+        "POST",
+        "/api/enterprise/jobs",
+        &[common::OPERATOR],
+        body.as_bytes(),
+    );
     assert_eq!(enqueued.status, 202, "{}", enqueued.text());
     assert_each_done_once(cluster, &db, 1, Duration::from_secs(60));
     assert_eq!(
@@ -229,7 +236,7 @@ fn a_job_running_past_its_lease_keeps_it_and_runs_once(#[case] engine: &str) {
     let ran: u64 = [&first, &second]
         .iter()
         .map(|server| {
-            server.get("/debug/effects").json()[&tag]
+            server.operator_get("/debug/effects").json()[&tag]
                 .as_u64()
                 .unwrap_or(0)
         })
@@ -290,7 +297,7 @@ fn a_user_is_not_created_when_its_welcome_job_cannot_be_written(#[case] engine: 
     let db = cluster.create_database(&format!("durable_atomic_{engine}"));
     let server = start(engine, cluster, &db);
     let create = |email: &str| {
-        let body = serde_json::json!({ "name": "Lone", "email": email }).to_string();
+        let body = common::users::registration("Lone", email);
         server.connect().request(
             "POST",
             "/api/users",
@@ -341,7 +348,7 @@ fn without_a_database_a_durable_enqueue_answers_503(#[case] engine: &str) {
     let response = server.connect().request(
         "POST",
         "/api/enterprise/jobs",
-        &[("Content-Type", "application/json")],
+        &[("Content-Type", "application/json"), common::OPERATOR],
         body.as_bytes(),
     );
     assert_eq!(response.status, 503, "{}", response.text());
@@ -379,7 +386,7 @@ fn a_job_claimed_again_while_it_still_runs_finishes_once(#[case] engine: &str) {
     assert_each_done_once(cluster, &db, 1, Duration::from_secs(30));
     let effects = server
         .connect()
-        .request("GET", "/debug/effects", &[], b"")
+        .request("GET", "/debug/effects", &[common::OPERATOR], b"")
         .json();
     assert_eq!(
         effects["durable-0"], 1,
@@ -395,6 +402,7 @@ fn enqueue_durable(
     let headers: Vec<(&str, &str)> = key_header
         .map(|k| ("Idempotency-Key", k))
         .into_iter()
+        .chain([common::OPERATOR])
         .collect();
     client.request(
         "POST",
@@ -434,6 +442,32 @@ fn a_durable_job_keeps_its_key_class_attempts_and_timeout(#[case] engine: &str) 
     }
     let rows = "SELECT count(*) FROM job_outbox WHERE kind = 'debug.sleep' AND payload->>'effect' = 'keyed'";
     assert_eq!(count(cluster, &db, rows), 1);
+    // The id the API showed finds the job; the same outbox id with another tag, or alone, does
+    // not: no one reads a durable job by guessing its id.
+    let id = id.as_str().unwrap().to_string();
+    let found = server.operator_get(&format!("/api/enterprise/jobs/{id}"));
+    assert_eq!(found.status, 200, "{}", found.text());
+    assert_eq!(
+        found.json()["job"]["kind"],
+        "debug.sleep",
+        "{}",
+        found.text()
+    );
+    let (outbox_id, tag) = id.split_once('-').unwrap();
+    let other_tag: String = tag
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    let guessed = server.operator_get(&format!("/api/enterprise/jobs/{outbox_id}-{other_tag}"));
+    assert_eq!(
+        (guessed.status, guessed.error_code().as_str()),
+        (404, "job_not_found")
+    );
+    let bare = server.operator_get(&format!("/api/enterprise/jobs/{outbox_id}"));
+    assert_eq!(bare.status, 400, "{}", bare.text());
+    // Without the operator's credentials, not even the right id is found.
+    let anonymous = server.get(&format!("/api/enterprise/jobs/{id}"));
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
 
     // Its own class, attempts and timeout: one attempt of 200 ms at most, in high.
     let limited = serde_json::json!({

@@ -144,7 +144,7 @@ fn a_hundred_pipelined_requests_are_answered_in_order(#[case] engine: &str) {
 fn a_request_sent_while_a_reply_is_pending_is_answered_after_it(#[case] engine: &str) {
     let server = Server::start(engine, &["--debug-routes"]);
     let mut client = server.connect();
-    client.send(b"GET /debug/sleep?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.send(b"GET /debug/sleep?ms=300 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-operator-token-0123456789abcdef\r\n\r\n");
     std::thread::sleep(std::time::Duration::from_millis(100));
     client.send(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n");
     let slept = client.read_response(false);
@@ -417,4 +417,49 @@ fn a_client_that_stops_reading_is_closed_by_the_send_timeout(#[case] engine: &st
         Duration::from_secs(10),
         || (open_connections() == 1).then_some(()),
     );
+}
+
+/// A family's samples summed over the shards, from the Prometheus text of `/metrics`.
+fn prometheus_sum(server: &Server, family: &str) -> Option<u64> {
+    let text = server
+        .connect()
+        .try_request("GET", "/metrics", &[], b"")?
+        .text();
+    let prefix = format!("{family}{{");
+    let values: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Idle keep-alive connections hold no read buffer (nginx's way): the shard's gauge of lent
+/// read buffers counts only the connection that holds half a request, and goes back to 0 once
+/// that request is complete, while the hundred connections stay open.
+#[apply(engines)]
+fn idle_keep_alive_connections_hold_no_read_buffer(#[case] engine: &str) {
+    let server = Server::start(engine, &["--shards", "1"]);
+    let mut idle: Vec<_> = (0..100).map(|_| server.connect()).collect();
+    for client in &mut idle {
+        assert_eq!(client.request("GET", "/livez", &[], b"").status, 200);
+    }
+    let mut partial = server.connect();
+    partial.send(b"GET /livez HTTP/1.1\r\nHo");
+    let expect = |open: u64, buffers: u64, what: &str| {
+        common::wait_for(what, Duration::from_secs(10), || {
+            let now_open = prometheus_sum(&server, "coinbit_http_connections_open")?;
+            let lent = prometheus_sum(&server, "coinbit_http_read_buffers")?;
+            (now_open >= open && lent == buffers).then_some(())
+        })
+    };
+    expect(101, 1, "one read buffer, lent to the half-sent request");
+    partial.send(b"st: t\r\n\r\n");
+    assert_eq!(partial.read_response(false).status, 200);
+    expect(101, 0, "no read buffer lent while 101 connections are idle");
+    // The idle connections still serve.
+    for client in &mut idle {
+        assert_eq!(client.request("GET", "/livez", &[], b"").status, 200);
+    }
 }

@@ -11,7 +11,9 @@ use rstest_reuse::{self, apply};
 use common::{engines, Server};
 
 fn shard_of(client: &mut common::Client) -> u64 {
-    client.request("GET", "/debug/shard", &[], b"").json()["shard"]
+    client
+        .request("GET", "/debug/shard", &[common::OPERATOR], b"")
+        .json()["shard"]
         .as_u64()
         .unwrap()
 }
@@ -37,7 +39,7 @@ fn a_crashed_shard_restarts_on_its_core_and_the_others_keep_serving(#[case] engi
     let victim_cpu = before["shards"][0]["cpu"].clone();
     let [victims, survivors] = &mut by_shard;
 
-    let crash = victims[0].try_request("POST", "/debug/crash-shard", &[], b"");
+    let crash = victims[0].try_request("POST", "/debug/crash-shard", &[common::OPERATOR], b"");
     assert!(
         crash.is_none(),
         "the crashing shard should not answer: {crash:?}"
@@ -156,7 +158,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_zero(#[case] engine: &st
     let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "5000"]);
     let mut busy = server.connect();
     let idle = server.connect();
-    busy.send(b"GET /debug/sleep?ms=800 HTTP/1.1\r\nHost: t\r\n\r\n");
+    busy.send(b"GET /debug/sleep?ms=800 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-operator-token-0123456789abcdef\r\n\r\n");
     wait_until_sleep_in_flight(&server);
     let signalled = Instant::now();
     server.signal(libc::SIGTERM);
@@ -213,7 +215,7 @@ fn a_keyed_job_for_a_shard_already_stopped_gets_503_at_once_during_shutdown(#[ca
     // so the shard it arrived on keeps draining for it.
     client.send(
         format!(
-            "POST /api/enterprise/jobs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "POST /api/enterprise/jobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-operator-token-0123456789abcdef\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .as_bytes(),
@@ -249,7 +251,7 @@ fn a_keyed_job_for_a_shard_already_stopped_gets_503_at_once_during_shutdown(#[ca
 fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline(#[case] engine: &str) {
     let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "300"]);
     let mut busy = server.connect();
-    busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-operator-token-0123456789abcdef\r\n\r\n");
     wait_until_sleep_in_flight(&server);
     let signalled = Instant::now();
     server.signal(libc::SIGINT);
@@ -266,7 +268,7 @@ fn sigint_with_a_request_past_the_deadline_still_exits_zero_at_the_deadline(#[ca
 fn a_second_signal_exits_130_without_waiting(#[case] engine: &str) {
     let mut server = Server::start(engine, &["--debug-routes", "--shutdown-timeout", "10000"]);
     let mut busy = server.connect();
-    busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    busy.send(b"GET /debug/sleep?ms=5000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-operator-token-0123456789abcdef\r\n\r\n");
     wait_until_sleep_in_flight(&server);
     let signalled = Instant::now();
     server.signal(libc::SIGTERM);

@@ -98,9 +98,9 @@ impl Load {
                         on_this += 1;
                         let last = on_this >= per_connection;
                         let headers: &[(&str, &str)] = if last {
-                            &[("Connection", "close")]
+                            &[("Connection", "close"), common::OPERATOR]
                         } else {
-                            &[]
+                            &[common::OPERATOR]
                         };
                         match client.try_request("GET", &path, headers, b"") {
                             Some(r) if r.status == expect => {
@@ -525,12 +525,14 @@ fn a_stalled_shard_is_replaced_and_the_others_keep_serving(#[case] engine: &str)
         ],
     );
     let mut victim = server.connect();
-    let shard = victim.request("GET", "/debug/shard", &[], b"").json()["shard"]
+    let shard = victim
+        .request("GET", "/debug/shard", &[common::OPERATOR], b"")
+        .json()["shard"]
         .as_u64()
         .unwrap();
     // Blocks that shard's thread for 6 s; the answer is not awaited.
     victim
-        .send(b"POST /debug/stall-shard?ms=6000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+        .send(b"POST /debug/stall-shard?ms=6000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-operator-token-0123456789abcdef\r\nContent-Length: 0\r\n\r\n");
     let stalled_at = Instant::now();
     let stalled_at_ms = unix_ms();
     let id = shard as usize;
@@ -623,7 +625,9 @@ fn quick_get(server: &Server, path: &str) -> Option<Value> {
         .stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    client.try_request("GET", path, &[], b"").map(|r| r.json())
+    client
+        .try_request("GET", path, &[common::OPERATOR], b"")
+        .map(|r| r.json())
 }
 
 /// A connection that shard `shard` answered (SO_REUSEPORT spreads new ones over the shards).
@@ -634,7 +638,9 @@ fn connect_to_shard(server: &Server, shard: u64) -> Client {
             .stream
             .set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
-        let body = client.try_request("GET", "/debug/shard", &[], b"")?.json();
+        let body = client
+            .try_request("GET", "/debug/shard", &[common::OPERATOR], b"")?
+            .json();
         (body["shard"].as_u64() == Some(shard)).then_some(client)
     })
 }
@@ -656,8 +662,14 @@ fn on_may_a_replacement_serves_while_two_predecessors_are_still_stuck_on_their_w
             "4000",
         ],
     );
-    let shard = server.get("/debug/shard").json()["shard"].as_u64().unwrap();
+    let shard = server.operator_get("/debug/shard").json()["shard"]
+        .as_u64()
+        .unwrap();
     let id = shard as usize;
+    // /health is watched on a kept-alive connection to the other shard: a fresh connection
+    // lands on the wedged shard about half the time and waits out its read timeout, and a few
+    // of those in a row on a loaded host let the stale window pass unseen.
+    let mut watcher = connect_to_shard(&server, 1 - shard);
     let began = Instant::now();
     // Open, so that nothing ends the stalls early.
     let mut stalled = Vec::new();
@@ -665,7 +677,7 @@ fn on_may_a_replacement_serves_while_two_predecessors_are_still_stuck_on_their_w
         // Wedges the worker that serves this generation's connections for a minute.
         let mut victim = connect_to_shard(&server, shard);
         victim.send(
-            b"POST /debug/stall-shard?ms=60000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+            b"POST /debug/stall-shard?ms=60000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-operator-token-0123456789abcdef\r\nContent-Length: 0\r\n\r\n",
         );
         stalled.push(victim);
         // Its heartbeats stop: /health (from the other shard) stops passing this shard within
@@ -674,10 +686,16 @@ fn on_may_a_replacement_serves_while_two_predecessors_are_still_stuck_on_their_w
             "/health to see the wedged shard",
             HEARTBEAT_TIMEOUT + Duration::from_secs(2),
             || {
-                quick_get(&server, "/health").filter(|h| {
-                    h["checks"]["shards:heartbeat"][0]["status"] != "pass"
-                        || h["checks"]["shards:running"][0]["observedValue"] != 2
-                })
+                let Some(answer) = watcher.try_request("GET", "/health", &[common::OPERATOR], b"")
+                else {
+                    // Timed out: a late answer would be read as the next one's.
+                    watcher = connect_to_shard(&server, 1 - shard);
+                    return None;
+                };
+                let health = answer.json();
+                let passing = health["checks"]["shards:heartbeat"][0]["status"] == "pass"
+                    && health["checks"]["shards:running"][0]["observedValue"] == 2;
+                (!passing).then_some(health)
             },
         );
         wait_for(

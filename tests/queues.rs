@@ -20,7 +20,7 @@ fn enqueue(client: &mut Client, body: &Value) -> common::Response {
     client.request(
         "POST",
         "/api/enterprise/jobs",
-        &[],
+        &[common::OPERATOR],
         body.to_string().as_bytes(),
     )
 }
@@ -40,7 +40,7 @@ fn enqueue_batch(client: &mut Client, bodies: &[Value]) -> Vec<String> {
         let body = body.to_string();
         bytes.extend_from_slice(
             format!(
-                "POST /api/enterprise/jobs HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}",
+                "POST /api/enterprise/jobs HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer test-operator-token-0123456789abcdef\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
             .as_bytes(),
@@ -58,7 +58,7 @@ fn enqueue_batch(client: &mut Client, bodies: &[Value]) -> Vec<String> {
 }
 
 fn job(server: &Server, id: &str) -> Value {
-    let response = server.get(&format!("/api/enterprise/jobs/{id}"));
+    let response = server.operator_get(&format!("/api/enterprise/jobs/{id}"));
     assert_eq!(response.status, 200, "{}", response.text());
     response.json()["job"].clone()
 }
@@ -83,7 +83,7 @@ fn wait_for_queues(server: &Server, what: &str, check: impl Fn(&Value) -> bool) 
 }
 
 fn effects(server: &Server) -> Value {
-    server.get("/debug/effects").json()
+    server.operator_get("/debug/effects").json()
 }
 
 #[apply(engines)]
@@ -108,7 +108,7 @@ fn a_job_past_its_timeout_is_cancelled_retried_dead_lettered_and_replayed(#[case
     std::thread::sleep(Duration::from_millis(2000));
     assert!(effects(&server).get(&tag).is_none(), "{}", effects(&server));
 
-    let listed = server.get("/api/enterprise/jobs/dead").json();
+    let listed = server.operator_get("/api/enterprise/jobs/dead").json();
     assert!(
         listed["jobs"]
             .as_array()
@@ -126,7 +126,7 @@ fn a_job_past_its_timeout_is_cancelled_retried_dead_lettered_and_replayed(#[case
     let replay = client.request(
         "POST",
         &format!("/api/enterprise/jobs/dead/{id}/replay"),
-        &[],
+        &[common::OPERATOR],
         br#"{"timeout_ms": 20000}"#,
     );
     assert_eq!(replay.status, 202, "{}", replay.text());
@@ -139,14 +139,14 @@ fn a_job_past_its_timeout_is_cancelled_retried_dead_lettered_and_replayed(#[case
     let again = client.request(
         "POST",
         &format!("/api/enterprise/jobs/dead/{id}/replay"),
-        &[],
+        &[common::OPERATOR],
         b"",
     );
     assert_eq!(
         (again.status, again.error_code().as_str()),
         (409, "job_not_dead")
     );
-    let listed = server.get("/api/enterprise/jobs/dead").json();
+    let listed = server.operator_get("/api/enterprise/jobs/dead").json();
     assert_eq!(listed["count"], 0, "{listed}");
 }
 
@@ -205,7 +205,7 @@ fn failing_jobs_are_retried_until_they_succeed_and_bad_input_is_refused(#[case] 
         ),
     ];
     for (body, message) in cases {
-        let response = client.request("POST", "/api/enterprise/jobs", &[], body);
+        let response = client.request("POST", "/api/enterprise/jobs", &[common::OPERATOR], body);
         assert_eq!(response.status, 400, "{}", response.text());
         assert!(
             response.text().contains(message),
@@ -213,9 +213,24 @@ fn failing_jobs_are_retried_until_they_succeed_and_bad_input_is_refused(#[case] 
             response.text()
         );
     }
-    assert_eq!(server.get("/api/enterprise/jobs/0.9.99").status, 404);
-    assert_eq!(server.get("/api/enterprise/jobs/x").status, 400);
-    let replay = client.request("POST", "/api/enterprise/jobs/dead/1.9.9/replay", &[], b"");
+    assert_eq!(
+        server
+            .operator_get("/api/enterprise/jobs/0.9.99-00000000000000000000000000000000")
+            .status,
+        404
+    );
+    assert_eq!(server.operator_get("/api/enterprise/jobs/x").status, 400);
+    // An id without its random tag is no id at all.
+    assert_eq!(
+        server.operator_get("/api/enterprise/jobs/0.9.99").status,
+        400
+    );
+    let replay = client.request(
+        "POST",
+        "/api/enterprise/jobs/dead/1.9.9-00000000000000000000000000000000/replay",
+        &[common::OPERATOR],
+        b"",
+    );
     assert_eq!(replay.status, 404);
 }
 
@@ -241,7 +256,7 @@ fn an_idempotency_key_returns_the_first_job_from_any_shard(#[case] engine: &str)
     let header = server.connect().request(
         "POST",
         "/api/enterprise/jobs",
-        &[("Idempotency-Key", "signup-42")],
+        &[("Idempotency-Key", "signup-42"), common::OPERATOR],
         br#"{"kind": "analytics", "payload": {"event": "signup"}}"#,
     );
     assert_eq!(
@@ -781,13 +796,18 @@ fn json_bodies_are_refused_cleanly_when_too_deep_duplicated_or_badly_keyed(#[cas
     let ok = client.request(
         "POST",
         "/api/enterprise/jobs",
-        &[],
+        &[common::OPERATOR],
         nested_job_body(32).as_bytes(),
     );
     assert_eq!(ok.status, 202, "{}", ok.text());
     for depth in [33, 70, 5000] {
         let body = nested_job_body(depth);
-        let response = client.request("POST", "/api/enterprise/jobs", &[], body.as_bytes());
+        let response = client.request(
+            "POST",
+            "/api/enterprise/jobs",
+            &[common::OPERATOR],
+            body.as_bytes(),
+        );
         assert_eq!(
             (response.status, response.error_code().as_str()),
             (400, "json_too_deep"),
@@ -797,8 +817,8 @@ fn json_bodies_are_refused_cleanly_when_too_deep_duplicated_or_badly_keyed(#[cas
     let deep_replay = format!(r#"{{"timeout_ms": {}1{}}}"#, "[".repeat(70), "]".repeat(70));
     let response = client.request(
         "POST",
-        "/api/enterprise/jobs/dead/0.0.0/replay",
-        &[],
+        "/api/enterprise/jobs/dead/0.0.0-00000000000000000000000000000000/replay",
+        &[common::OPERATOR],
         deep_replay.as_bytes(),
     );
     assert_eq!(
@@ -813,7 +833,12 @@ fn json_bodies_are_refused_cleanly_when_too_deep_duplicated_or_badly_keyed(#[cas
         r#"{"kind": "analytics", "payload": {"event": "e", "event": "f"}}"#,
         r#"{"kind": "analytics", "payload": {"event": "e", "x": [{"a": 1, "a": 2}]}}"#,
     ] {
-        let response = client.request("POST", "/api/enterprise/jobs", &[], body.as_bytes());
+        let response = client.request(
+            "POST",
+            "/api/enterprise/jobs",
+            &[common::OPERATOR],
+            body.as_bytes(),
+        );
         assert_eq!(response.status, 400, "{body}: {}", response.text());
         assert!(response.text().contains("duplicate"), "{}", response.text());
     }
@@ -828,7 +853,7 @@ fn json_bodies_are_refused_cleanly_when_too_deep_duplicated_or_badly_keyed(#[cas
         b"tab\there",
     ] {
         let mut head =
-            b"POST /api/enterprise/jobs HTTP/1.1\r\nHost: test\r\nIdempotency-Key: ".to_vec();
+            b"POST /api/enterprise/jobs HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer test-operator-token-0123456789abcdef\r\nIdempotency-Key: ".to_vec();
         head.extend_from_slice(bad);
         head.extend_from_slice(format!("\r\nContent-Length: {}\r\n\r\n", job.len()).as_bytes());
         head.extend_from_slice(job);
@@ -921,7 +946,7 @@ fn payloads_are_limited_and_finished_jobs_keep_none(#[case] engine: &str) {
     let replay = client.request(
         "POST",
         &format!("/api/enterprise/jobs/dead/{dead}/replay"),
-        &[],
+        &[common::OPERATOR],
         br#"{"max_attempts": 2}"#,
     );
     assert_eq!(replay.status, 202, "{}", replay.text());

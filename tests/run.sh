@@ -25,6 +25,13 @@ status=0
 # stop nodes, take turns with one each), so four postmasters at most share the two cores with
 # the servers under test instead of starving each other into timeouts.
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+# The failures again, at the end where a truncated log still shows them: each panic's test and
+# the first lines of its message (the whole of it is above, in its binary's output).
+if [ "$status" -ne 0 ]; then
+  echo "--- failed tests"
+  awk '/^thread .* panicked at / { n = 8 } /^stack backtrace:/ { n = 0 } n > 0 { print; n-- }' "$log"
+  grep -E '^    `-p .* --test |^error: [0-9]+ targets? failed' "$log" || true
+fi
 # One closing line over every test binary (cargo prints one result line per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

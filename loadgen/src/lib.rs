@@ -22,12 +22,15 @@
 //! - [`stats`]: what client threads record and the messages they send.
 //! - [`runner`]: starts the client threads, merges intervals, builds the summary, writes the files.
 //! - [`report`]: summary table, `.hgrm`, interval log, `summary.json`, `report.html`, progress.
+//! - [`login`]: logged-in load: an account per virtual user before the run, and its session
+//!   token or signed-request headers on each of its requests.
 //! - [`slo`]: `--slo` parsing and evaluation.
 //! - [`units`]: durations and number formatting.
 
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod login;
 pub mod report;
 pub mod runner;
 pub mod scenario;

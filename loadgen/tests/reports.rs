@@ -199,8 +199,7 @@ fn summary_json_has_the_documented_fields() {
             "livez",
             "readyz",
             "metrics",
-            "get_user",
-            "create_user"
+            "get_user"
         ]
     );
     for e in s["endpoints"]

@@ -7,6 +7,10 @@
 //! caller lacks the route's scope or role (or the account is not active); 429 with
 //! `Retry-After` when an API key is over its rate.
 //!
+//! The operator routes (jobs, dead letters, debug routes; the reports when `METRICS_ACCESS` is
+//! `operator`) also take the bootstrap operator token ([`crate::auth::operator`]), which the
+//! shard's app checks before it asks for a session ([`Accounts::admit_then`]).
+//!
 //! Speed: each shard keeps the sessions and API keys it looked up in its own cache (no lock),
 //! and trusts an entry for `AUTH_CACHE_TTL` (2 s by default); only a miss or a stale entry
 //! costs a database round trip (on the primary). So a revoked session or key is refused by the
@@ -41,8 +45,44 @@ pub enum Access {
     Session,
     /// A session, or an API key holding this scope.
     Scoped(Scope),
-    /// A session of a user whose role is this one or above (operator < manager < admin).
+    /// A session of a user whose role is this one or above (operator < manager < admin), or
+    /// the operator token (`OPERATOR_TOKEN`, role operator).
     Staff(Role),
+    /// A report: open to all, or `Staff(Operator)` with `METRICS_ACCESS=operator`; the shard
+    /// resolves it to one of those before it checks a caller.
+    Reports,
+    /// A user's own resource (the user the path names): that user's session or API key with
+    /// `read`, or staff (an operator, manager or admin session, or the operator token). The
+    /// guard admits any session or key with `read`; the handler compares ids through
+    /// [`Reader`], and anyone else gets the answer of a resource that does not exist.
+    OwnerOrStaff,
+}
+
+/// Whose data the caller of an [`Access::OwnerOrStaff`] route may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// Staff: anyone's.
+    Staff,
+    /// This user's only.
+    User(i64),
+}
+
+impl Reader {
+    /// A staff session reads anyone's data; an API key only its own user's, whatever the
+    /// user's role (as [`Access::Staff`] takes no API key).
+    pub fn of(principal: &Principal) -> Reader {
+        match principal.via {
+            Via::Session { .. } if principal.role >= Role::Operator => Reader::Staff,
+            _ => Reader::User(principal.user_id),
+        }
+    }
+
+    pub fn may_read(self, user_id: i64) -> bool {
+        match self {
+            Reader::Staff => true,
+            Reader::User(own) => own == user_id,
+        }
+    }
 }
 
 /// What answers a guarded route, once its caller is known.
@@ -189,14 +229,17 @@ pub fn check_access(access: Access, role: Role, via: &Via, scopes: Scopes) -> Re
             "session_required",
             "this route needs a login session; an API key cannot call it",
         )),
-        Access::Scoped(_) if is_session => Ok(()),
+        Access::Scoped(_) | Access::OwnerOrStaff if is_session => Ok(()),
         Access::Scoped(scope) if scopes.contains(scope) => Ok(()),
-        Access::Scoped(_) => Err(Refusal::Forbidden(
+        Access::OwnerOrStaff if scopes.contains(Scope::Read) => Ok(()),
+        Access::Scoped(_) | Access::OwnerOrStaff => Err(Refusal::Forbidden(
             "missing_scope",
             "this API key lacks the scope this route needs",
         )),
         Access::Staff(least) if is_session && role >= least => Ok(()),
-        Access::Staff(_) => Err(Refusal::Forbidden(
+        // Unresolved, a report is as locked as it can be.
+        Access::Reports if is_session && role >= Role::Operator => Ok(()),
+        Access::Staff(_) | Access::Reports => Err(Refusal::Forbidden(
             "forbidden",
             "this route needs an operator, manager or admin session",
         )),
@@ -361,6 +404,18 @@ pub struct AccountsShared {
     pub cache_ttl: Duration,
     pub login_max_failures: u32,
     pub login_lockout_window: Duration,
+    pub login_max_client_failures: u32,
+    pub trust_forwarded_for: bool,
+    /// The financial rules' settings (withdrawals, coupons).
+    pub money_rules: super::financial_rules::MoneyRules,
+    /// The affiliate settings (shares, hold, conversion bonus, landing page).
+    pub affiliate: crate::affiliate::Settings,
+    /// The money figures (recharge minimum, bonus...).
+    pub figures: crate::ledger::Figures,
+    /// The payment webhook's secret; `None`: the webhook answers 503.
+    pub payment_webhook_secret: Option<Vec<u8>>,
+    /// Trading's exchange client, I/O pool and figures.
+    pub trading: Arc<crate::trading::TradingShared>,
 }
 
 impl AccountsShared {
@@ -376,6 +431,13 @@ impl AccountsShared {
             cache_ttl: Duration::from_millis(auth.auth_cache_ttl_ms),
             login_max_failures: auth.login_max_failures,
             login_lockout_window: Duration::from_millis(auth.login_lockout_window_ms),
+            login_max_client_failures: auth.login_max_client_failures,
+            trust_forwarded_for: auth.trust_forwarded_for,
+            money_rules: super::financial_rules::MoneyRules::from_config(config),
+            affiliate: crate::affiliate::Settings::from_config(config),
+            figures: config.money.figures(),
+            payment_webhook_secret: config.money.webhook_secret(),
+            trading: Arc::new(crate::trading::TradingShared::start(config)?),
         })
     }
 }
@@ -398,8 +460,16 @@ struct OwnedRequest {
     method: crate::http::Method,
     path: String,
     query: Option<String>,
+    /// Its headers but the credentials (a job's `Idempotency-Key` is read after a lookup).
+    headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
     keep_alive: bool,
+}
+
+/// Whether a header carries credentials: those stay behind when a request is kept.
+fn is_credential(name: &str) -> bool {
+    name.eq_ignore_ascii_case("Authorization")
+        || name.eq_ignore_ascii_case(signature::SIGNATURE_HEADER)
 }
 
 impl OwnedRequest {
@@ -408,18 +478,32 @@ impl OwnedRequest {
             method: request.method,
             path: request.path.to_string(),
             query: request.query.map(str::to_string),
+            headers: request
+                .headers
+                .iter()
+                .filter(|h| !is_credential(h.name))
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect(),
             body: request.body.to_vec(),
             keep_alive: request.keep_alive,
         }
     }
 
-    /// The request again, without its headers: guarded handlers read none.
-    fn request(&self) -> Request<'_> {
+    /// Its headers, as a request holds them.
+    fn headers(&self) -> Vec<httparse::Header<'_>> {
+        self.headers
+            .iter()
+            .map(|(name, value)| httparse::Header { name, value })
+            .collect()
+    }
+
+    /// The request again, with `headers` (from [`OwnedRequest::headers`]).
+    fn request<'a>(&'a self, headers: &'a [httparse::Header<'a>]) -> Request<'a> {
         Request {
             method: self.method,
             path: &self.path,
             query: self.query.as_deref(),
-            headers: &[],
+            headers,
             body: &self.body,
             keep_alive: self.keep_alive,
         }
@@ -480,6 +564,15 @@ impl Accounts {
     /// Authenticates `request` for `access`, then answers it with `handler`; or answers the
     /// refusal. A cached caller is answered at once; else after one lookup.
     pub fn guard(&self, request: &Request<'_>, access: Access, handler: GuardedHandler) -> Reply {
+        self.admit_then(request, access, handler)
+    }
+
+    /// Authenticates `request` for `access`, then answers it with `then`; or answers the
+    /// refusal. A cached caller is answered at once; else after one lookup.
+    pub fn admit_then<F>(&self, request: &Request<'_>, access: Access, then: F) -> Reply
+    where
+        F: for<'r> FnOnce(&Accounts, &Principal, &Request<'r>) -> Reply + 'static,
+    {
         let now_ms = unix_millis(SystemTime::now());
         let now = Instant::now();
         let credentials = match credentials(request, now_ms) {
@@ -500,7 +593,7 @@ impl Accounts {
         };
         if let Some(admitted) = cached {
             return match admitted {
-                Ok(principal) => handler(self, &principal, request),
+                Ok(principal) => then(self, &principal, request),
                 Err(refusal) => refusal.response().into(),
             };
         }
@@ -508,7 +601,8 @@ impl Accounts {
         let accounts = self.clone();
         let lookup = self.look_up(credentials);
         Reply::Later(Box::pin(async move {
-            let request = owned.request();
+            let headers = owned.headers();
+            let request = owned.request(&headers);
             let admitted = lookup.await.and_then(|found| {
                 let now_ms = unix_millis(SystemTime::now());
                 match &found {
@@ -526,7 +620,7 @@ impl Accounts {
                 }
             });
             match admitted {
-                Ok(principal) => match handler(&accounts, &principal, &request) {
+                Ok(principal) => match then(&accounts, &principal, &request) {
                     Reply::Ready(response) => response,
                     Reply::Later(pending) => pending.await,
                 },
@@ -664,6 +758,22 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_request_keeps_its_headers_but_the_credentials() {
+        let headers = [
+            header("Authorization", b"Bearer secret"),
+            header("Idempotency-Key", b"order-7"),
+            header("x-cbc-signature", b"00"),
+        ];
+        let owned = OwnedRequest::of(&request(&headers));
+        let kept = owned.headers();
+        let again = owned.request(&kept);
+        assert_eq!(again.header("Idempotency-Key"), Some(&b"order-7"[..]));
+        assert_eq!(again.header("Authorization"), None);
+        assert_eq!(again.header("X-CBC-SIGNATURE"), None);
+        assert_eq!(again.path, "/api/auth/me");
+    }
+
+    #[test]
     fn credentials_are_read_from_either_form_and_refused_when_unclear() {
         let token = token::new_token();
         let bearer = format!("Bearer {token}");
@@ -791,6 +901,21 @@ mod tests {
                 Scopes::ALL,
                 "forbidden",
             ),
+            (
+                Access::OwnerOrStaff,
+                Role::User,
+                &session,
+                Scopes::ALL,
+                "ok",
+            ),
+            (Access::OwnerOrStaff, Role::User, &key, read, "ok"),
+            (
+                Access::OwnerOrStaff,
+                Role::Admin,
+                &key,
+                [Scope::Trade].into_iter().collect(),
+                "missing_scope",
+            ),
         ];
         for (access, role, via, scopes, expected) in cases {
             assert_eq!(
@@ -799,6 +924,27 @@ mod tests {
                 "{access:?} {role:?} {via:?}"
             );
         }
+    }
+
+    #[test]
+    fn owners_read_their_own_data_and_staff_sessions_anyones() {
+        let principal = |role, via| Principal {
+            user_id: 7,
+            role,
+            via,
+        };
+        let session = || Via::Session { digest: [0; 32] };
+        let key = || Via::ApiKey { key_id: "k".into() };
+        let user = Reader::of(&principal(Role::AffiliateVip, session()));
+        assert_eq!(user, Reader::User(7));
+        assert!(user.may_read(7));
+        assert!(!user.may_read(8));
+        for role in [Role::Operator, Role::Manager, Role::Admin] {
+            assert_eq!(Reader::of(&principal(role, session())), Reader::Staff);
+            // A staff user's API key reads only its own user, as staff routes take no key.
+            assert_eq!(Reader::of(&principal(role, key())), Reader::User(7));
+        }
+        assert!(Reader::Staff.may_read(8));
     }
 
     #[test]

@@ -1,21 +1,29 @@
 //! The accounts API: registration, login and logout, who am I, and API keys.
 //!
-//! - `POST /api/auth/register` `{name, email, password, country?}`: 201 with the user; 409 when
-//!   the email is taken; 422 for a bad field, or a `role`/`status`/`currency` in the body (a
-//!   role is never chosen by the person registering).
+//! - `POST /api/auth/register` and `POST /api/users` (the same handler)
+//!   `{name, email, password, country?}`: 201 with `{"user": ...}`, `Location: /api/users/{id}`
+//!   and `X-Commit-LSN` (a `GET /api/users/{id}` that sends it back as `X-Min-LSN` reads the
+//!   new row); 409 when the email is taken; 422 for a bad field, or a `role`/`status`/`currency`
+//!   in the body (a role is never chosen by the person registering). The user's welcome
+//!   notification is a durable job written in the user's own transaction: both or neither.
 //! - `POST /api/auth/login` `{email, password}`: 200 with a session token; 401 for a wrong
 //!   email or password alike (the answer never says whether the email exists, and an unknown
 //!   email costs the same Argon2id check); 429 with `Retry-After` once `LOGIN_MAX_FAILURES`
-//!   failures for that email fall inside `LOGIN_LOCKOUT_WINDOW` since its last success. A
-//!   locked-out attempt is not checked nor counted.
+//!   failures for that email fall inside `LOGIN_LOCKOUT_WINDOW` since its last success, or
+//!   `LOGIN_MAX_CLIENT_FAILURES` failures from that client, whatever the emails, fall inside the
+//!   window (a success does not reset the client's count: one's own account would otherwise
+//!   unlock a guessing run). A locked-out attempt is not checked nor counted. The client is
+//!   known only with `TRUST_FORWARDED_FOR` (see [`client_of`]).
 //! - `POST /api/auth/logout` (a session): 204; the token is refused from then on.
 //! - `GET /api/auth/me` (a session, or a key with `read`): the caller's user.
 //! - `POST /api/auth/api-keys` (a session) `{scopes, label?, rate_per_second?}`: 201 with the
 //!   key id and the secret, shown this once; `GET` lists the caller's keys without secrets;
 //!   `DELETE /api/auth/api-keys/{key_id}`: 204, or 404 for a key that is not the caller's.
 //!
-//! Every query of this API runs on the primary: a user, session or key just written reads
-//! back at once, whatever the replicas' lag.
+//! Every query of this API runs on the primary (a user, session or key just written reads back
+//! at once, whatever the replicas' lag) but `me`'s read of the caller's row, which is
+//! `GET /api/users/{id}`'s read: a replica by the strategy, batched with the reads queued with
+//! it, and the primary when that replica does not have the row yet.
 
 use std::time::Instant;
 
@@ -27,7 +35,7 @@ use super::handlers::parse_json_body;
 use super::users::{check_name_and_email, db_error, write_failed, COMMIT_LSN_HEADER};
 use crate::auth::role::{Scope, Scopes};
 use crate::auth::{hex, token};
-use crate::db::{DbError, Row};
+use crate::db::{DbError, Lookup, Row};
 use crate::http::{Reply, Request, Response, StatusCode};
 
 /// Most characters of a password (Argon2id takes any length; this bounds the work).
@@ -47,6 +55,11 @@ const INSERT_ACCOUNT: &str = concat!(
     user_columns!()
 );
 const SELECT_ACCOUNT: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+/// The same read as `GET /api/users/{id}`'s: alone, or batched with others queued with it.
+static LOOKUP_ACCOUNT: Lookup = Lookup {
+    one: SELECT_ACCOUNT,
+    many: concat!("SELECT ", user_columns!(), " FROM users WHERE id = ANY($1)"),
+};
 
 fn user_json(row: &Row) -> Value {
     json!({
@@ -164,7 +177,13 @@ fn parse_registration(body: &[u8]) -> Result<NewAccount, Response> {
     })
 }
 
-/// `POST /api/auth/register`.
+/// Checks a registration body as the route does, without a database or a hash: the 400 or 422
+/// it would answer, if any. An entry point of the body fuzz target (tests/fuzz).
+pub fn check_registration_body(body: &[u8]) -> Result<(), Response> {
+    parse_registration(body).map(drop)
+}
+
+/// `POST /api/auth/register` and `POST /api/users`.
 pub fn register(accounts: Option<&Accounts>, request: &Request<'_>) -> Reply {
     let Some(accounts) = accounts else {
         return no_accounts();
@@ -193,13 +212,22 @@ pub fn register(accounts: Option<&Accounts>, request: &Request<'_>) -> Reply {
                     &currency,
                 ],
             )?;
-            Ok(user_json(&row))
+            let user = user_json(&row);
+            // The welcome notification is durable: it commits with the user or not at all.
+            let welcome = json!({
+                "user_id": user["id"],
+                "channel": "email",
+                "message": format!("Welcome, {}!", account.name),
+            });
+            crate::queue::durable::insert(conn, "notification", &welcome)?;
+            Ok(user)
         });
         match pending.await {
             Ok(written) => {
                 let user = written.value;
+                let location = format!("/api/users/{}", user["id"]);
                 Response::json(StatusCode(201), json!({ "user": user }).to_string())
-                    .with_header("Location", "/api/auth/me")
+                    .with_header("Location", location)
                     .with_header(COMMIT_LSN_HEADER, written.commit_position.to_string())
             }
             Err(e) => write_failed(&e),
@@ -212,6 +240,27 @@ pub fn register(accounts: Option<&Accounts>, request: &Request<'_>) -> Reply {
 struct Credentials {
     email: String,
     password: String,
+}
+
+/// Parses a login body: the credentials to check, or the 400 (not JSON of that shape) or the
+/// 401 (a field longer than any account's, answered as a wrong password) to answer at once.
+fn parse_credentials(body: &[u8]) -> Result<Credentials, Response> {
+    let form: Credentials = parse_json_body(body).map_err(|e| {
+        e.response(
+            "bad_json",
+            "expected {\"email\": string, \"password\": string}",
+        )
+    })?;
+    if form.password.chars().count() > MAX_PASSWORD_CHARS || form.email.len() > 254 {
+        return Err(wrong_credentials());
+    }
+    Ok(form)
+}
+
+/// Checks a login body as the route does before any database work: the answer it would give
+/// at once, if any. An entry point of the auth fuzz target (tests/fuzz).
+pub fn check_login_body(body: &[u8]) -> Result<(), Response> {
+    parse_credentials(body).map(drop)
 }
 
 /// The failure that, once it leaves the lockout window, lets logins in again: the
@@ -233,10 +282,26 @@ const INSERT_SESSION: &str = "INSERT INTO sessions (user_id, token_sha256, expir
      VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond') \
      RETURNING to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
+/// The same for a client: its `LOGIN_MAX_CLIENT_FAILURES`-th newest failure inside the window,
+/// whatever the emails.
+const CLIENT_LOCKED_FOR: &str = "SELECT greatest(0, (extract(epoch FROM \
+         (attempted_at + $2::bigint * interval '1 millisecond' - now())) * 1000)::bigint) \
+     FROM login_attempts \
+     WHERE client = $1 AND NOT succeeded \
+       AND attempted_at > now() - $2::bigint * interval '1 millisecond' \
+     ORDER BY attempted_at DESC OFFSET $3 LIMIT 1";
+
+/// Whose failures locked a login out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockedBy {
+    Email,
+    Client,
+}
+
 /// What the login's first look at the database found.
 enum LoginLookup {
     /// Locked out for this many more ms.
-    Locked(i64),
+    Locked(LockedBy, i64),
     /// The user's id and password hash, if there is such an active user with a password.
     Found(Option<(i64, String)>),
 }
@@ -249,28 +314,42 @@ fn wrong_credentials() -> Response {
     )
 }
 
-fn locked_out(retry_after_ms: i64) -> Response {
+fn locked_out(by: LockedBy, retry_after_ms: i64) -> Response {
     let secs = (u64::try_from(retry_after_ms).unwrap_or(0))
         .div_ceil(1_000)
         .max(1);
-    Response::error(
-        StatusCode(429),
-        "too_many_failed_logins",
-        "too many failed logins for this email; retry after the time in Retry-After",
-    )
-    .with_header("Retry-After", secs.to_string())
+    let message = match by {
+        LockedBy::Email => {
+            "too many failed logins for this email; retry after the time in Retry-After"
+        }
+        LockedBy::Client => {
+            "too many failed logins from this client; retry after the time in Retry-After"
+        }
+    };
+    Response::error(StatusCode(429), "too_many_failed_logins", message)
+        .with_header("Retry-After", secs.to_string())
 }
 
-/// Where the attempt came from, as far as the request says (kept with the attempt for
-/// audit; the lockout counts by email).
-fn client_of(request: &Request<'_>) -> String {
-    let forwarded = request.header("X-Forwarded-For").unwrap_or_default();
-    let first = forwarded.split(|b| *b == b',').next().unwrap_or_default();
-    String::from_utf8_lossy(first)
-        .trim()
-        .chars()
-        .take(64)
-        .collect()
+/// The login's client address, or "" when unknown. Requests do not carry the connection's
+/// peer address (the engines do not hand it to the request), so the client is known only
+/// behind a proxy trusted to write `X-Forwarded-For` (`TRUST_FORWARDED_FOR`): its last
+/// address, the one that proxy appended (the ones before it are whatever the client sent).
+/// Without that setting, no header is believed and only the per-email lockout applies.
+fn client_of(request: &Request<'_>, trust_forwarded_for: bool) -> String {
+    if !trust_forwarded_for {
+        return String::new();
+    }
+    let last_header = request
+        .headers
+        .iter()
+        .rev()
+        .find(|h| h.name.eq_ignore_ascii_case("X-Forwarded-For"));
+    last_header
+        .and_then(|h| h.value.rsplit(|b| *b == b',').next())
+        .and_then(|last| std::str::from_utf8(last).ok())
+        .and_then(|last| last.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| ip.to_string())
+        .unwrap_or_default()
 }
 
 /// `POST /api/auth/login`.
@@ -278,30 +357,28 @@ pub fn login(accounts: Option<&Accounts>, request: &Request<'_>) -> Reply {
     let Some(accounts) = accounts else {
         return no_accounts();
     };
-    let form: Credentials = match parse_json_body(request.body) {
+    let form = match parse_credentials(request.body) {
         Ok(form) => form,
-        Err(e) => {
-            return e
-                .response(
-                    "bad_json",
-                    "expected {\"email\": string, \"password\": string}",
-                )
-                .into()
-        }
+        Err(response) => return response.into(),
     };
-    if form.password.chars().count() > MAX_PASSWORD_CHARS || form.email.len() > 254 {
-        return wrong_credentials().into();
-    }
     let email = form.email.trim().to_lowercase();
-    let client = client_of(request);
     let shared = accounts.shared.clone();
+    let client = client_of(request, shared.trust_forwarded_for);
     let window_ms = i64::try_from(shared.login_lockout_window.as_millis()).unwrap_or(i64::MAX);
     let skip = i64::from(shared.login_max_failures) - 1;
+    let client_skip = i64::from(shared.login_max_client_failures) - 1;
     let lookup = {
-        let email = email.clone();
+        let (email, client) = (email.clone(), client.clone());
         accounts.db().write(move |conn| {
+            if !client.is_empty() {
+                let locked =
+                    conn.query_opt(CLIENT_LOCKED_FOR, &[&client, &window_ms, &client_skip])?;
+                if let Some(row) = locked {
+                    return Ok(LoginLookup::Locked(LockedBy::Client, row.get(0)));
+                }
+            }
             if let Some(row) = conn.query_opt(LOCKED_FOR, &[&email, &window_ms, &skip])? {
-                return Ok(LoginLookup::Locked(row.get(0)));
+                return Ok(LoginLookup::Locked(LockedBy::Email, row.get(0)));
             }
             let user = conn.query_opt(SELECT_LOGIN, &[&email])?;
             Ok(LoginLookup::Found(user.and_then(|row| {
@@ -313,7 +390,7 @@ pub fn login(accounts: Option<&Accounts>, request: &Request<'_>) -> Reply {
     Reply::Later(Box::pin(async move {
         let user = match lookup.await {
             Ok(written) => match written.value {
-                LoginLookup::Locked(ms) => return locked_out(ms),
+                LoginLookup::Locked(by, ms) => return locked_out(by, ms),
                 LoginLookup::Found(user) => user,
             },
             Err(e) => return db_error(&e),
@@ -390,25 +467,35 @@ pub fn me(accounts: &Accounts, caller: &Principal, _: &Request<'_>) -> Reply {
         Via::Session { .. } => "session",
         Via::ApiKey { .. } => "api_key",
     };
-    let pending = accounts.db().write(move |conn| {
-        Ok(conn
-            .query_opt(SELECT_ACCOUNT, &[&user_id])?
-            .map(|row| user_json(&row)))
-    });
+    let read = accounts
+        .db()
+        .lookup(None, &LOOKUP_ACCOUNT, user_id, user_json);
+    let accounts = accounts.clone();
     Reply::Later(Box::pin(async move {
-        match pending.await {
-            Ok(written) => match written.value {
-                Some(mut user) => {
-                    user["authenticated_by"] = via.into();
-                    Response::json(StatusCode::OK, user.to_string())
-                }
-                // Deleted since its session was cached: as if the session were gone.
-                None => Response::error(
-                    StatusCode(401),
-                    "invalid_session",
-                    "the session token is unknown, expired or revoked; log in again",
-                ),
-            },
+        let found = match read.await {
+            Ok(Some(user)) => Ok(Some(user)),
+            // A replica behind the user's registration: the primary has the row.
+            Ok(None) => {
+                let primary = accounts.db().write(move |conn| {
+                    Ok(conn
+                        .query_opt(SELECT_ACCOUNT, &[&user_id])?
+                        .map(|row| user_json(&row)))
+                });
+                primary.await.map(|written| written.value)
+            }
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(Some(mut user)) => {
+                user["authenticated_by"] = via.into();
+                Response::json(StatusCode::OK, user.to_string())
+            }
+            // Deleted since its session was cached: as if the session were gone.
+            Ok(None) => Response::error(
+                StatusCode(401),
+                "invalid_session",
+                "the session token is unknown, expired or revoked; log in again",
+            ),
             Err(e) => db_error(&e),
         }
     }))
@@ -460,6 +547,12 @@ fn parse_new_key(body: &[u8]) -> Result<(Scopes, String, i32), Response> {
         ));
     }
     Ok((scopes, form.label, form.rate_per_second as i32))
+}
+
+/// Checks a new key's body as the route does: the 400 or 422 it would answer, if any. An entry
+/// point of the auth fuzz target (tests/fuzz).
+pub fn check_new_key_body(body: &[u8]) -> Result<(), Response> {
+    parse_new_key(body).map(drop)
 }
 
 /// `POST /api/auth/api-keys`: a new key; its secret is in this answer and nowhere else.
@@ -687,6 +780,37 @@ mod tests {
             "x".repeat(129)
         );
         assert_eq!(code(long.as_bytes()).1, "invalid_password");
+    }
+
+    #[test]
+    fn the_client_is_the_trusted_proxys_last_address() {
+        let client = |values: &[&str], trust: bool| {
+            let headers: Vec<httparse::Header<'_>> = values
+                .iter()
+                .map(|v| httparse::Header {
+                    name: "x-forwarded-for",
+                    value: v.as_bytes(),
+                })
+                .collect();
+            let request = Request {
+                method: crate::http::Method::Post,
+                path: "/api/auth/login",
+                query: None,
+                headers: &headers,
+                body: b"",
+                keep_alive: true,
+            };
+            client_of(&request, trust)
+        };
+        assert_eq!(client(&["203.0.113.7"], false), "");
+        assert_eq!(client(&[], true), "");
+        assert_eq!(client(&["203.0.113.7"], true), "203.0.113.7");
+        assert_eq!(client(&["1.1.1.1, 203.0.113.7 "], true), "203.0.113.7");
+        assert_eq!(
+            client(&["1.1.1.1", "10.0.0.1,2001:db8::1"], true),
+            "2001:db8::1"
+        );
+        assert_eq!(client(&["203.0.113.7, not an address"], true), "");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Compiled in and switched on by `--debug-routes`: the router matches [`ROUTES`] only then
 //! ([`super::routes::match_route`]), and the queues register their debug job kinds only then
 //! ([`crate::queue::job_kinds`]); those record their side effects here ([`record_effect`]), which
-//! `GET /debug/effects` shows. The production table lists none of this.
+//! `GET /debug/effects` shows. The production table lists none of this. Like the job routes,
+//! they answer only the operator token or a staff session.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -12,30 +13,32 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::handlers;
-use super::routes::{get, id_of, post, PathPattern::Exact, RouteId, RouteSpec};
+use super::routes::{id_of, operator, PathPattern::Exact, RouteId, RouteSpec, GET, POST};
 use crate::http::conn::EscalatePanic;
 use crate::http::{Reply, Request, Response, StatusCode};
 
 const SLEEP_NAME: &str = "debug_sleep";
 
-/// The debug routes, matched after the production ones.
+/// The debug routes, matched after the production ones; operators only, like the jobs.
 pub const ROUTES: &[RouteSpec] = &[
-    post(
+    operator(
         "debug_crash_shard",
+        POST,
         Exact("/debug/crash-shard"),
         |app, _| crash_shard(app.shard),
     ),
-    get(SLEEP_NAME, Exact("/debug/sleep"), |_, request| {
+    operator(SLEEP_NAME, GET, Exact("/debug/sleep"), |_, request| {
         sleep(request)
     }),
-    get("debug_shard", Exact("/debug/shard"), |app, _| {
+    operator("debug_shard", GET, Exact("/debug/shard"), |app, _| {
         shard(app.shard).into()
     }),
-    get("debug_effects", Exact("/debug/effects"), |_, _| {
+    operator("debug_effects", GET, Exact("/debug/effects"), |_, _| {
         handlers::json_snapshot(effects().to_string().into()).into()
     }),
-    post(
+    operator(
         "debug_stall_shard",
+        POST,
         Exact("/debug/stall-shard"),
         |app, request| stall_shard(app.shard, request).into(),
     ),

@@ -63,12 +63,53 @@ impl AppFactory {
                 format!("{}/{shard}", self.instance),
             );
         }
+        if let Some(db) = self.database.as_ref().filter(|_| shard == 0) {
+            let ms = Duration::from_millis;
+            crate::queue::sweeps::start(
+                &queues,
+                db,
+                vec![
+                    crate::ledger::idempotency::purge_sweep(ms(config
+                        .money
+                        .idempotency_purge_interval_ms)),
+                    super::financial_rules::money_sweep(ms(config
+                        .money_rules
+                        .money_sweep_interval_ms)),
+                    super::affiliate::release_sweep(
+                        crate::affiliate::Settings::from_config(config).hold,
+                        ms(config.affiliate.affiliate_sweep_interval_ms),
+                    ),
+                ],
+            );
+        }
+        let trading_ms = config.trading.trading_poll_interval_ms;
+        if let Some(db) = self.database.as_ref().filter(|_| trading_ms > 0) {
+            let shared = self.accounts.get_or_init(|| {
+                Arc::new(AccountsShared::start(config).expect("start the password hashing threads"))
+            });
+            if shared.trading.executes {
+                crate::trading::execute::start(
+                    &queues,
+                    db,
+                    shared.trading.clone(),
+                    shared.secrets_key.clone(),
+                    Duration::from_millis(trading_ms),
+                );
+            }
+        }
         ShardApp::new(
             shard,
             self.published.clone(),
             config.server.debug_routes,
             queues,
             config.queues.route_classes.as_ref(),
+        )
+        .with_access(
+            config
+                .auth
+                .operator_token()
+                .unwrap_or_else(|e| panic!("validated at start-up: {e}")),
+            config.auth.metrics_access,
         )
         .with_database(self.database.as_ref().map(|db| db.client()))
         .with_accounts(self.database.as_ref().map(|db| {

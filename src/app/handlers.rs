@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::http::{clip_parser_message, Response, StatusCode};
+use crate::http::{clip_parser_message, Reply, Response, StatusCode};
 use crate::monitor::{HealthStatus, Published};
 
 const HEALTH_JSON: &str = "application/health+json";
@@ -107,6 +107,15 @@ pub fn parse_json_body<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<
     }
     serde_json::from_slice(body)
         .map_err(|e| JsonBodyError::Invalid(clip_parser_message(&e.to_string())))
+}
+
+/// Parses a handler's JSON form: the body as `T`, or the 400 `bad_json` answer that says what
+/// was `expected` (`json_too_deep` past the nesting limit).
+pub fn parse_form<'a, T: serde::Deserialize<'a>>(
+    body: &'a [u8],
+    expected: &str,
+) -> Result<T, Reply> {
+    parse_json_body(body).map_err(|e| e.response("bad_json", expected).into())
 }
 
 /// Whether `[` and `{` outside strings nest deeper than `limit`: a byte scan, no recursion.
@@ -251,6 +260,39 @@ mod tests {
         assert_eq!(
             parse_json_body::<serde_json::Value>(deep(33).as_bytes()),
             Err(JsonBodyError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn a_form_that_does_not_parse_answers_400_with_what_was_expected() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Form {
+            code: String,
+        }
+        let answer = |body: &[u8]| match parse_form::<Form>(body, "expected {\"code\"}") {
+            Err(Reply::Ready(response)) => (
+                response.status,
+                String::from_utf8(response.body.to_vec()).unwrap(),
+            ),
+            Err(Reply::Later(_)) => panic!("a refusal is answered at once"),
+            Ok(form) => panic!("parsed: {form:?}"),
+        };
+        let (status, body) = answer(br#"{"code": 1}"#);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            r#"{"error":{"code":"bad_json","message":"expected {\"code\"}: invalid type: integer `1`, expected a string at line 1 column 10"}}"#
+        );
+        let deep = format!("{}{}", "[".repeat(33), "]".repeat(33));
+        let (status, body) = answer(deep.as_bytes());
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains(r#""code":"json_too_deep""#), "{body}");
+        assert_eq!(
+            parse_form::<Form>(br#"{"code": "A"}"#, "")
+                .map(|f| f.code)
+                .ok(),
+            Some("A".to_string())
         );
     }
 

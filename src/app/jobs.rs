@@ -1,4 +1,9 @@
-//! The job endpoints: enqueue, status by id, dead letters and their replay.
+//! The job endpoints: enqueue, status by id, dead letters and their replay. Operators only
+//! (the route table says so).
+//!
+//! A job's id carries 128 random bits (in memory, `shard.generation.seq-tag`) or 122 (durable,
+//! `outbox id-tag`): a well-formed id that names no job, a guessed one above all, answers 404.
+//! Jobs carry no owner: only operators enqueue and read them.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -285,7 +290,11 @@ fn enqueue_durable(db: Option<&mut DbClient>, spec: JobSpec) -> Reply {
                         ACCEPTED
                     },
                     json!({
-                        "job": { "id": job.id, "durable": true, "state": job.status },
+                        "job": {
+                            "id": format!("{}-{}", job.id, job.tag),
+                            "durable": true,
+                            "state": job.status,
+                        },
                         "duplicate": job.duplicate,
                     })
                     .to_string(),
@@ -296,13 +305,30 @@ fn enqueue_durable(db: Option<&mut DbClient>, spec: JobSpec) -> Reply {
     }))
 }
 
+const ID_SHAPES: &str =
+    "ids look like 0.1.42-<32 hex digits> (in memory) or 42-<32 hex digits> (durable)";
+
 fn job_id(text: &str) -> Result<JobId, Response> {
     text.parse().map_err(|()| {
         bad_request(&format!(
-            "invalid job id {}; ids look like 0.1.42",
+            "invalid job id {}; {ID_SHAPES}",
             quote_input(text)
         ))
     })
+}
+
+/// A durable job's id, `outbox id-tag`: the outbox id and the tag's 32 hex digits.
+fn durable_id(text: &str) -> Option<(i64, String)> {
+    let (id, tag) = text.split_once('-')?;
+    if tag.len() != 32 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    // Digits only, as the API writes them (no sign, no leading zero).
+    let id = id
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0 && n.to_string() == id)?;
+    Some((id, tag.to_ascii_lowercase()))
 }
 
 fn not_found(id: &str) -> Response {
@@ -313,9 +339,13 @@ fn not_found(id: &str) -> Response {
     )
 }
 
-/// `GET /api/enterprise/jobs/{id}`.
-pub fn status(queues: &Rc<ShardQueues>, request: &Request<'_>) -> Reply {
+/// `GET /api/enterprise/jobs/{id}`: a job in memory, or a durable one from the outbox (on the
+/// primary).
+pub fn status(queues: &Rc<ShardQueues>, db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
     let text = request.path.trim_start_matches("/api/enterprise/jobs/");
+    if let Some((id, tag)) = durable_id(text) {
+        return durable_status(db, id, tag);
+    }
     let id = match job_id(text) {
         Ok(id) => id,
         Err(response) => return response.into(),
@@ -324,6 +354,36 @@ pub fn status(queues: &Rc<ShardQueues>, request: &Request<'_>) -> Reply {
         Some(view) => Response::json(StatusCode::OK, json!({ "job": view }).to_string()),
         None => not_found("with that id"),
     })
+}
+
+fn durable_status(db: Option<&mut DbClient>, id: i64, tag: String) -> Reply {
+    let Some(db) = db else {
+        return not_found("with that id").into();
+    };
+    let public_id = format!("{id}-{tag}");
+    let pending = db.write(move |conn| durable::find(conn, id, &tag));
+    Reply::Later(Box::pin(async move {
+        match pending.await {
+            Ok(written) => match written.value {
+                Some(job) => Response::json(
+                    StatusCode::OK,
+                    json!({
+                        "job": {
+                            "id": public_id,
+                            "durable": true,
+                            "kind": job.kind,
+                            "state": job.status,
+                            "attempts": job.attempts,
+                            "last_error": job.last_error,
+                        }
+                    })
+                    .to_string(),
+                ),
+                None => not_found("with that id"),
+            },
+            Err(e) => crate::app::users::db_error(&e),
+        }
+    }))
 }
 
 /// `GET /api/enterprise/jobs/dead`: every shard's dead letters.

@@ -14,6 +14,8 @@
 //! - [`access`]: who calls: each route's [`routes::Access`], credentials, the per-shard cache
 //!   of sessions and API keys, and the check before a guarded handler.
 //! - [`accounts`]: registration, login, logout, `me` and API keys.
+//! - [`financial_rules`]: withdrawals, coupons, plans and the commission charge.
+//! - [`affiliate`]: affiliate codes, attribution, campaign links, earnings and conversion.
 //! - [`debug`]: the debug routes and hooks, on with `--debug-routes`.
 //! - [`factory`]: [`AppFactory`], which builds each shard's app.
 //! - [`accept`]: whether an accepted connection is served, and connection timeout counts.
@@ -21,11 +23,15 @@
 pub mod accept;
 pub mod access;
 pub mod accounts;
+pub mod affiliate;
 pub mod debug;
 pub mod factory;
+pub mod financial;
+pub mod financial_rules;
 pub mod handlers;
 pub mod jobs;
 pub mod routes;
+pub mod trading;
 pub mod users;
 
 use std::cell::RefCell;
@@ -38,6 +44,9 @@ use arc_swap::ArcSwap;
 pub use accept::AcceptDecision;
 pub use factory::AppFactory;
 
+use crate::auth::operator::OperatorToken;
+use crate::auth::role::Role;
+use crate::config::MetricsAccess;
 use crate::db::DbClient;
 use crate::http::TurnWait;
 use crate::http::{
@@ -46,6 +55,7 @@ use crate::http::{
 use crate::metrics::{ShardMetrics, ShardReport};
 use crate::monitor::Published;
 use crate::queue::{Priority, RequestGate, RouteClasses, ShardQueues};
+use access::{Access, Refusal};
 use routes::Match;
 
 /// One shard's application state. Owned by the shard; never shared with another.
@@ -69,6 +79,10 @@ pub struct ShardApp {
     db: Option<DbClient>,
     /// Accounts and access (they need the database): `None` without one.
     accounts: Option<access::Accounts>,
+    /// The bootstrap operator credential (`OPERATOR_TOKEN`), if set.
+    operator_token: Option<OperatorToken>,
+    /// Whether the reports are open to all (`METRICS_ACCESS=open`).
+    reports_open: bool,
     /// (route, status) of answers given later (database replies), counted at the next tick.
     /// No lock: a later reply's future is polled and dropped only where the app is, on the
     /// shard's thread under glommio and under the shard's own lock under may.
@@ -100,6 +114,8 @@ impl ShardApp {
             route_awaiting_turn: None,
             db: None,
             accounts: None,
+            operator_token: None,
+            reports_open: true,
             late: Rc::default(),
         }
     }
@@ -116,19 +132,120 @@ impl ShardApp {
         self
     }
 
-    /// Answers a request to `route`: an open route at once; a guarded one once its caller
-    /// passed the route's access.
+    /// Who reaches the operator routes besides staff sessions (`OPERATOR_TOKEN`), and whether
+    /// the reports are open to all (`METRICS_ACCESS`).
+    pub fn with_access(
+        mut self,
+        operator_token: Option<OperatorToken>,
+        metrics_access: MetricsAccess,
+    ) -> Self {
+        self.operator_token = operator_token;
+        self.reports_open = metrics_access == MetricsAccess::Open;
+        self
+    }
+
+    /// Answers a request to `route`: an open route at once; a guarded or staff one once its
+    /// caller passed the route's access.
     fn answer(&mut self, route: routes::RouteId, request: &Request<'_>) -> Reply {
         let spec = route.spec();
+        let access = match spec.access {
+            Access::Reports if self.reports_open => Access::Public,
+            Access::Reports => Access::Staff(Role::Operator),
+            access => access,
+        };
         match (spec.handler, &self.accounts) {
             (routes::Handler::Open(handler), _) => handler(self, request),
+            (routes::Handler::Staff(handler), _) => self.answer_staff(access, handler, request),
             (routes::Handler::Guarded(handler), Some(accounts)) => {
-                accounts.guard(request, spec.access, handler)
+                accounts.guard(request, access, handler)
             }
             (routes::Handler::Guarded(_), None) => {
                 users::db_error(&crate::db::DbError::NotConfigured).into()
             }
+            (routes::Handler::Owned(handler), _) => self.answer_owned(access, handler, request),
         }
+    }
+
+    /// Answers a route of a user's own resource: at once for the operator token (staff) or a
+    /// cached caller, with whose data the caller may read; else after the caller's lookup.
+    fn answer_owned(
+        &mut self,
+        access: Access,
+        handler: routes::OwnedHandler,
+        request: &Request<'_>,
+    ) -> Reply {
+        let operator = match (self.operator_token, request.header("Authorization")) {
+            (Some(token), Some(value)) => token.matches(value),
+            _ => false,
+        };
+        if operator {
+            return handler(self.db.as_mut(), access::Reader::Staff, request);
+        }
+        let Some(accounts) = &self.accounts else {
+            return users::db_error(&crate::db::DbError::NotConfigured).into();
+        };
+        accounts.admit_then(request, access, move |accounts, caller, request| {
+            handler(
+                Some(&mut accounts.db()),
+                access::Reader::of(caller),
+                request,
+            )
+        })
+    }
+
+    /// Answers an operator route (or a report): at once for an open one or the operator token;
+    /// else once the caller's session passed `access`.
+    fn answer_staff(
+        &mut self,
+        access: Access,
+        handler: routes::StaffHandler,
+        request: &Request<'_>,
+    ) -> Reply {
+        let token = match (self.operator_token, request.header("Authorization")) {
+            (Some(token), Some(value)) if token.matches(value) => Some(Role::Operator),
+            _ => None,
+        };
+        let admitted =
+            match (access, token) {
+                (Access::Public, _) => true,
+                (Access::Staff(least), Some(role)) if role >= least => true,
+                (Access::Staff(_), Some(_)) => return Refusal::Forbidden(
+                    "forbidden",
+                    "the operator token is not enough for this route: it needs an admin session",
+                )
+                .response()
+                .into(),
+                _ => false,
+            };
+        if admitted {
+            let mut parts = routes::ShardParts {
+                shard: self.shard,
+                queues: &self.queues,
+                db: self.db.as_mut(),
+                published: self.published.load(),
+            };
+            return handler(&mut parts, request);
+        }
+        let Some(accounts) = &self.accounts else {
+            return no_operator_credentials(self.operator_token.is_some(), request)
+                .response()
+                .into();
+        };
+        let (shard, queues, published) = (
+            self.shard,
+            self.queues.clone(),
+            self.published.load().clone(),
+        );
+        accounts.admit_then(request, access, move |accounts, _caller, request| {
+            let mut db = accounts.db();
+            let mut parts = routes::ShardParts {
+                shard,
+                queues: &queues,
+                db: Some(&mut db),
+                published: &published,
+            };
+            handler(&mut parts, request)
+        })
     }
 
     /// Called by the engine about once a second.
@@ -179,6 +296,25 @@ impl ShardApp {
         }
         report.queues = Some(queues);
         report
+    }
+}
+
+/// Why an operator route refuses a caller on a server without a database (no sessions there):
+/// 401 without the operator token or with a wrong one, 403 where no token is set at all.
+fn no_operator_credentials(token_set: bool, request: &Request<'_>) -> Refusal {
+    match (token_set, request.header("Authorization")) {
+        (false, _) => Refusal::Forbidden(
+            "operator_access_off",
+            "operator routes need OPERATOR_TOKEN or a staff session; this server has neither (no OPERATOR_TOKEN, no DATABASE_URL)",
+        ),
+        (true, None) => Refusal::Unauthenticated(
+            "missing_credentials",
+            "send Authorization: Bearer <operator token>",
+        ),
+        (true, Some(_)) => Refusal::Unauthenticated(
+            "invalid_operator_token",
+            "the bearer token is not the operator token",
+        ),
     }
 }
 
@@ -315,17 +451,37 @@ mod tests {
             queues,
             None,
         )
+        .with_access(
+            Some(OperatorToken::parse(TEST_OPERATOR_TOKEN).unwrap()),
+            MetricsAccess::Open,
+        )
     }
+
+    const TEST_OPERATOR_TOKEN: &str = "test-operator-token-0123456789abcdef";
 
     /// Answers one request on a fresh app: the response, and the names of the routes the
     /// metrics counted it under.
     fn answer(method: Method, path: &str) -> (Response, Vec<&'static str>) {
-        let mut app = test_app();
+        let bearer = format!("Bearer {TEST_OPERATOR_TOKEN}");
+        let headers = [httparse::Header {
+            name: "Authorization",
+            value: bearer.as_bytes(),
+        }];
+        answer_as(test_app(), method, path, &headers)
+    }
+
+    /// Answers one request with `headers` on `app`.
+    fn answer_as(
+        mut app: ShardApp,
+        method: Method,
+        path: &str,
+        headers: &[httparse::Header<'_>],
+    ) -> (Response, Vec<&'static str>) {
         let request = Request {
             method,
             path,
             query: None,
-            headers: &[],
+            headers,
             body: b"",
             keep_alive: true,
         };
@@ -380,11 +536,16 @@ mod tests {
             ),
             (
                 Post,
-                "/api/enterprise/jobs/dead/0.0.1/replay",
+                "/api/enterprise/jobs/dead/0.0.1-00000000000000000000000000000001/replay",
                 "jobs_dead_replay",
                 None,
             ),
-            (Get, "/api/enterprise/jobs/0.0.1", "job_status", None),
+            (
+                Get,
+                "/api/enterprise/jobs/0.0.1-00000000000000000000000000000001",
+                "job_status",
+                None,
+            ),
             (Post, "/api/users", "create_user", None),
             (Get, "/api/users/42", "get_user", None),
             (Post, "/api/auth/register", "auth_register", None),
@@ -397,6 +558,229 @@ mod tests {
                 Method::Delete,
                 "/api/auth/api-keys/0123456789abcdef0123456789abcdef",
                 "api_keys_delete",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/financial/balances",
+                "financial_balances",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/financial/transactions",
+                "financial_transactions",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/financial/recharges",
+                "financial_recharge",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/financial/webhooks/payment",
+                "financial_payment_webhook",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/financial/ledger/check",
+                "financial_ledger_check",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/financial/withdrawals",
+                "withdrawals_list",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/financial/withdrawals",
+                "withdrawals_request",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/financial/admin/withdrawals",
+                "withdrawals_admin_list",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/financial/withdrawals/0123/approve",
+                "withdrawals_decide",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/financial/coupons",
+                "coupons_create",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/financial/coupons/redeem",
+                "coupons_redeem",
+                None,
+            ),
+            (Get, "/api/enterprise/financial/plans", "plans", None),
+            (
+                Post,
+                "/api/enterprise/financial/plans/subscribe",
+                "plans_subscribe",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/financial/commissions",
+                "commissions_charge",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/affiliate/apply",
+                "affiliate_apply",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/affiliate/admin/tier",
+                "affiliate_tier",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/affiliate/admin/clawbacks",
+                "affiliate_clawback",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/affiliate/attribute",
+                "affiliate_attribute",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/affiliate/dashboard",
+                "affiliate_dashboard",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/affiliate/earnings",
+                "affiliate_earnings",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/affiliate/referrals",
+                "affiliate_referrals",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/affiliate/code",
+                "affiliate_code",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/affiliate/campaigns",
+                "affiliate_campaigns_list",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/affiliate/campaigns",
+                "affiliate_campaigns_create",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/affiliate/conversions",
+                "affiliate_convert",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/affiliate/r/spring-promo",
+                "affiliate_click",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/affiliate/admin/report",
+                "affiliate_report",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/trading/exchange-accounts",
+                "trading_exchange_account_create",
+                None,
+            ),
+            (
+                Method::Delete,
+                "/api/enterprise/trading/exchange-accounts",
+                "trading_exchange_account_delete",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/trading/settings",
+                "trading_settings_get",
+                None,
+            ),
+            (
+                Method::Put,
+                "/api/enterprise/trading/settings",
+                "trading_settings_put",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/trading/webhooks/signal",
+                "trading_signal_webhook",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/trading/positions",
+                "trading_positions_list",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/trading/positions/7",
+                "trading_position_get",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/trading/positions/7/close",
+                "trading_position_close",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/trading/fx-rates",
+                "trading_fx_rate_record",
+                None,
+            ),
+            (
+                Post,
+                "/api/enterprise/trading/execute",
+                "trading_execute",
+                None,
+            ),
+            (
+                Get,
+                "/api/enterprise/trading/signals/7",
+                "trading_signal_get",
                 None,
             ),
             (Get, "/debug/sleep", "debug_sleep", None),
@@ -424,5 +808,96 @@ mod tests {
             .collect();
         let all: BTreeSet<&str> = routes::ROUTE_NAMES.iter().copied().collect();
         assert_eq!(covered, all, "every route has a case");
+    }
+
+    /// Without a database, the operator routes answer only the operator token: none, a wrong
+    /// one or a server without one is refused with the JSON envelope; the reports follow
+    /// `METRICS_ACCESS`; the probes stay open.
+    #[test]
+    fn operator_routes_need_the_operator_token_without_a_database() {
+        use Method::{Get, Post};
+        let wrong = [httparse::Header {
+            name: "Authorization",
+            value: b"Bearer not-the-operator-token-0123456789abcdef",
+        }];
+        let locked = |access| test_app().with_access(None, access);
+        type Case<'h> = (
+            ShardApp,
+            &'h [httparse::Header<'h>],
+            Method,
+            &'h str,
+            u16,
+            &'h str,
+        );
+        let cases: [Case<'_>; 8] = [
+            (
+                test_app(),
+                &[],
+                Post,
+                "/api/enterprise/jobs",
+                401,
+                "missing_credentials",
+            ),
+            (
+                test_app(),
+                &wrong,
+                Get,
+                "/api/enterprise/jobs/dead",
+                401,
+                "invalid_operator_token",
+            ),
+            (
+                test_app(),
+                &[],
+                Post,
+                "/debug/crash-shard",
+                401,
+                "missing_credentials",
+            ),
+            (
+                locked(MetricsAccess::Open),
+                &wrong,
+                Get,
+                "/debug/shard",
+                403,
+                "operator_access_off",
+            ),
+            (locked(MetricsAccess::Open), &[], Get, "/metrics", 200, ""),
+            (
+                locked(MetricsAccess::Operator),
+                &[],
+                Get,
+                "/metrics",
+                403,
+                "operator_access_off",
+            ),
+            (
+                test_app().with_access(
+                    Some(OperatorToken::parse(TEST_OPERATOR_TOKEN).unwrap()),
+                    MetricsAccess::Operator,
+                ),
+                &wrong,
+                Get,
+                "/api/enterprise/cluster/status",
+                401,
+                "invalid_operator_token",
+            ),
+            (
+                locked(MetricsAccess::Operator),
+                &[],
+                Get,
+                "/health",
+                200,
+                "",
+            ),
+        ];
+        for (app, headers, method, path, status, code) in cases {
+            let (response, _) = answer_as(app, method, path, headers);
+            assert_eq!(response.status.0, status, "{method:?} {path}");
+            if !code.is_empty() {
+                let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+                assert_eq!(body["error"]["code"], code, "{method:?} {path}");
+            }
+        }
     }
 }

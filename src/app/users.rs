@@ -1,16 +1,20 @@
-//! The users API: `POST /api/users` (a write, on the primary) and `GET /api/users/{id}` (a read,
-//! on a replica). The first endpoints on the database tier.
+//! The users API: `GET /api/users/{id}` (a read, on a replica), and the database answers the
+//! user routes share. A user is read by that user (a session, or an API key with `read`) or by
+//! staff (a staff session, the operator token); anyone else gets the 404 of an id that does
+//! not exist, so ids do not tell who has an account. `POST /api/users` is registration ([`super::accounts::register`]): one
+//! code path for both of its paths.
 //!
 //! Read-your-writes: a created user's response carries `X-Commit-LSN`, the WAL position its
 //! commit reached; a read that sends it back (as `X-Min-LSN`) is answered only by a replica
 //! that has replayed it, or else by the primary.
 
-use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::handlers::parse_json_body;
-use crate::db::{DbClient, DbError, Lookup, Lsn, Row};
+use crate::db::wire::{Statement, INT8};
+use crate::db::{DbClient, DbError, Lookup, Lsn, Row, WireLookup, WireRow};
 use crate::http::{quote_input, Reply, Request, Response, StatusCode};
+
+use super::access::Reader;
 
 /// Response header with a write's commit position.
 pub const COMMIT_LSN_HEADER: &str = "X-Commit-LSN";
@@ -24,9 +28,15 @@ static SELECT_USER: Lookup = Lookup {
     many: "SELECT id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
            FROM users WHERE id = ANY($1)",
 };
-const INSERT_USER: &str =
-    "INSERT INTO users (name, email) VALUES ($1, $2) \
-     RETURNING id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+/// [`SELECT_USER`]'s one-key statement for the shard's own connections (`DB_READ_DRIVER=wire`).
+static WIRE_SELECT_USER: WireLookup<User> = WireLookup {
+    statement: Statement {
+        name: "coinbit_select_user",
+        sql: SELECT_USER.one,
+        param_types: &[INT8],
+    },
+    map: User::from_wire,
+};
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct User {
@@ -45,22 +55,15 @@ impl User {
             created_at: row.get(3),
         }
     }
-}
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewUser {
-    name: String,
-    email: String,
-}
-
-fn invalid(message: &str) -> Response {
-    Response::error(StatusCode(422), "invalid_user", message)
-}
-
-/// Checks a new user; the message says what to fix.
-fn validate(user: &NewUser) -> Result<(), &'static str> {
-    check_name_and_email(&user.name, &user.email)
+    fn from_wire(row: &WireRow) -> Result<User, DbError> {
+        Ok(User {
+            id: row.int8(0)?,
+            name: row.text(1)?.to_string(),
+            email: row.text(2)?.to_string(),
+            created_at: row.text(3)?.to_string(),
+        })
+    }
 }
 
 /// Checks a user's name and email (as they will be trimmed); the message says what to fix.
@@ -86,57 +89,18 @@ pub(super) fn check_name_and_email(name: &str, email: &str) -> Result<(), &'stat
     Ok(())
 }
 
-/// Parses and checks a `POST /api/users` body: the user, or the 400 (not JSON of that shape) or
-/// 422 (a field out of bounds) to answer.
-fn parse_new_user(body: &[u8]) -> Result<NewUser, Response> {
-    let user: NewUser = parse_json_body(body)
-        .map_err(|e| e.response("bad_json", "expected {\"name\": string, \"email\": string}"))?;
-    validate(&user).map_err(invalid)?;
-    Ok(user)
+/// The answer to a user that does not exist, or that the caller may not read: the same bytes.
+fn user_not_found(id: i64) -> Response {
+    Response::error(
+        StatusCode::NOT_FOUND,
+        "user_not_found",
+        &format!("no user with id {id}"),
+    )
 }
 
-/// Checks a `POST /api/users` body as the route does, without a database: the 400 or 422 it
-/// would answer, if any. The entry point of the body fuzz target (tests/fuzz).
-pub fn check_new_user_body(body: &[u8]) -> Result<(), Response> {
-    parse_new_user(body).map(drop)
-}
-
-/// `POST /api/users` with `{"name": ..., "email": ...}`: 201 with the user and `X-Commit-LSN`.
-pub fn create(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
-    let Some(db) = db else {
-        return not_configured();
-    };
-    let user = match parse_new_user(request.body) {
-        Ok(user) => user,
-        Err(response) => return response.into(),
-    };
-    let (name, email) = (user.name.trim().to_string(), user.email.trim().to_string());
-    let pending = db.write(move |conn| {
-        let user = User::from_row(&conn.query_one(INSERT_USER, &[&name, &email])?);
-        // The welcome notification is durable: it commits with the user or not at all.
-        let welcome = json!({
-            "user_id": user.id,
-            "channel": "email",
-            "message": format!("Welcome, {}!", user.name),
-        });
-        crate::queue::durable::insert(conn, "notification", &welcome)?;
-        Ok(user)
-    });
-    Reply::Later(Box::pin(async move {
-        match pending.await {
-            Ok(written) => {
-                let user = written.value;
-                Response::json(StatusCode(201), json!(user).to_string())
-                    .with_header("Location", format!("/api/users/{}", user.id))
-                    .with_header(COMMIT_LSN_HEADER, written.commit_position.to_string())
-            }
-            Err(e) => write_failed(&e),
-        }
-    }))
-}
-
-/// `GET /api/users/{id}`: 200 with the user, 404 when there is none.
-pub fn get(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
+/// `GET /api/users/{id}`: 200 with the user; 404 when there is none, or when `reader` may not
+/// read it (answered without a query: a caller's own user always exists).
+pub fn get(db: Option<&mut DbClient>, reader: Reader, request: &Request<'_>) -> Reply {
     let Some(db) = db else {
         return not_configured();
     };
@@ -166,15 +130,20 @@ pub fn get(db: Option<&mut DbClient>, request: &Request<'_>) -> Reply {
             }
         },
     };
-    let pending = db.lookup(min_position, &SELECT_USER, id, User::from_row);
+    if !reader.may_read(id) {
+        return user_not_found(id).into();
+    }
+    let pending = db.lookup_wire(
+        min_position,
+        &SELECT_USER,
+        id,
+        User::from_row,
+        &WIRE_SELECT_USER,
+    );
     Reply::Later(Box::pin(async move {
         match pending.await {
             Ok(Some(user)) => Response::json(StatusCode::OK, json!(user).to_string()),
-            Ok(None) => Response::error(
-                StatusCode::NOT_FOUND,
-                "user_not_found",
-                &format!("no user with id {id}"),
-            ),
+            Ok(None) => user_not_found(id),
             Err(e) => db_error(&e),
         }
     }))
@@ -213,6 +182,21 @@ pub fn db_error(error: &DbError) -> Response {
             "database_timeout",
             "the database did not answer in time; retry later",
         ),
+        DbError::NoPrimary { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_primary",
+            "no primary database takes writes right now (a failover may be under way); retry later",
+        ),
+        DbError::OutcomeUnknown { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outcome_unknown",
+            "the database connection dropped during the commit: the change may or may not have been made; repeat the request with the same Idempotency-Key to learn which, or check before repeating",
+        ),
+        DbError::Contention { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_contention",
+            "the write met a conflicting one and was rolled back; retry (a money request with the same Idempotency-Key)",
+        ),
         DbError::PositionAhead => (
             StatusCode::BAD_REQUEST,
             "lsn_ahead",
@@ -229,7 +213,10 @@ pub fn db_error(error: &DbError) -> Response {
             "the database refused the request",
         ),
     };
-    if status.is_server_error() && !matches!(error, DbError::NotConfigured) {
+    // No primary: the node's state change is logged once, not every write it refuses.
+    if status.is_server_error()
+        && !matches!(error, DbError::NotConfigured | DbError::NoPrimary { .. })
+    {
         log::warn!("{error}");
     }
     let response = Response::error(status, code, message);
@@ -241,7 +228,7 @@ pub fn db_error(error: &DbError) -> Response {
 }
 
 /// The answer to a user row's failed insert: a taken email is the client's 409, anything else
-/// the database's error. Shared by `POST /api/users` and registration.
+/// the database's error.
 pub(super) fn write_failed(error: &DbError) -> Response {
     match error {
         DbError::Conflict { constraint } if constraint.as_deref() == Some("users_email_key") => {
@@ -261,10 +248,6 @@ mod tests {
 
     #[test]
     fn validation() {
-        let user = |name: &str, email: &str| NewUser {
-            name: name.into(),
-            email: email.into(),
-        };
         for (name, email, ok) in [
             ("Ana", "ana@example.com", true),
             ("", "ana@example.com", false),
@@ -275,7 +258,7 @@ mod tests {
             ("Ana", "a na@example.com", false),
         ] {
             assert_eq!(
-                validate(&user(name, email)).is_ok(),
+                check_name_and_email(name, email).is_ok(),
                 ok,
                 "{name:?} {email:?}"
             );
@@ -296,7 +279,15 @@ mod tests {
             ),
             (DbError::Busy { node: node() }, 503),
             (DbError::ReadOnly { node: node() }, 503),
+            (DbError::Contention { node: node() }, 503),
             (DbError::Timeout { node: node() }, 503),
+            (
+                DbError::NoPrimary {
+                    reason: "replica1 ECONNRESET".into(),
+                },
+                503,
+            ),
+            (DbError::OutcomeUnknown { node: node() }, 503),
             (
                 DbError::Conflict {
                     constraint: Some("dup".into()),

@@ -13,9 +13,11 @@
 //! - [`password`]: Argon2id hashing on a small bounded pool of threads off the shards; the
 //!   shard awaits the answer through a channel, and a full pool answers at once.
 //! - [`role`]: roles and API key scopes.
+//! - [`operator`]: the bootstrap operator token (`OPERATOR_TOKEN`), kept as its SHA-256.
 
 pub mod bucket;
 pub mod hex;
+pub mod operator;
 pub mod password;
 pub mod role;
 pub mod secrets;

@@ -47,6 +47,25 @@ pub struct PasswordPool {
     jobs: flume::Sender<Job>,
 }
 
+/// The hashing threads run at nice 10 (Linux sets it per thread): where they share a core with
+/// a shard, as on a 2-CPU host, the scheduler lets a shard's wake-up preempt a hash at once, so
+/// a login flood lengthens logins, not every other request of that shard. Best effort: a host
+/// that refuses leaves them at the process's priority.
+fn yield_to_shards() {
+    // SAFETY: gettid and setpriority take no pointers; PRIO_PROCESS with a thread id sets that
+    // thread's nice value on Linux.
+    let refused = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0
+    };
+    if refused {
+        log::debug!(
+            "password thread keeps the process's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 impl PasswordPool {
     /// Starts `threads` hashing threads behind a queue of `queue` jobs.
     pub fn new(threads: usize, queue: usize) -> std::io::Result<PasswordPool> {
@@ -56,6 +75,7 @@ impl PasswordPool {
             std::thread::Builder::new()
                 .name(format!("password-{index}"))
                 .spawn(move || {
+                    yield_to_shards();
                     for job in inbox.iter() {
                         let answer = run(job.work);
                         // The shard may have dropped the request meanwhile: nothing to tell.

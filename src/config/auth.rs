@@ -1,9 +1,10 @@
 //! The accounts and access settings: the key that seals API secrets, session lifetime, the
 //! per-shard credential cache, the password pool and login lockout.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::{millis, ConfigError};
+use crate::auth::operator::OperatorToken;
 use crate::auth::secrets::SecretsKey;
 
 /// A setting's text that must never be printed (`Debug` shows only whether it is set).
@@ -48,6 +49,29 @@ pub struct AuthConfig {
     /// The window failed logins are counted over, and the longest a lockout lasts (ms).
     #[arg(long = "login-lockout-window", env = "LOGIN_LOCKOUT_WINDOW", default_value_t = 900_000, value_parser = millis())]
     pub login_lockout_window_ms: u64,
+    /// Failed logins from one client (any emails) inside the lockout window after which that client's logins get 429. Counted only where the client is known: see TRUST_FORWARDED_FOR
+    #[arg(long, env = "LOGIN_MAX_CLIENT_FAILURES", default_value_t = 100,
+          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=1_000_000))]
+    pub login_max_client_failures: u32,
+    /// Take a login's client from the last address of X-Forwarded-For, as the proxy in front writes it. Only behind a proxy that sets that header: a client could otherwise name any address. Off: the client is unknown and only the per-email lockout applies
+    #[arg(long, env = "TRUST_FORWARDED_FOR", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub trust_forwarded_for: bool,
+    /// Bootstrap operator credential, sent as `Authorization: Bearer <token>`: reaches the operator routes (jobs, dead letters, debug routes, locked reports) as role `operator`, with or without a database. 32 to 512 visible ASCII characters (e.g. `openssl rand -hex 32`); only its SHA-256 is kept. Unset: only operator, manager and admin sessions reach them
+    #[arg(long, env = "OPERATOR_TOKEN", value_parser = secret_text, hide_env_values = true)]
+    pub operator_token: Option<SecretText>,
+    /// Who may read the reports (`/metrics`, `/api/enterprise/{metrics,cluster/status,queues/status,alerts}`): `open` to all (probes and scrapers), or `operator` (the operator token or an operator, manager or admin session). `/livez`, `/readyz`, `/health` and the `/dashboard` page (which holds no data) stay open
+    #[arg(long, env = "METRICS_ACCESS", value_enum, default_value_t = MetricsAccess::Open)]
+    pub metrics_access: MetricsAccess,
+}
+
+/// Who may read the reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsAccess {
+    /// Anyone.
+    Open,
+    /// Operators and above.
+    Operator,
 }
 
 impl AuthConfig {
@@ -62,5 +86,16 @@ impl AuthConfig {
             None if debug_routes => Ok(Some(SecretsKey::development())),
             None => Ok(None),
         }
+    }
+
+    /// `OPERATOR_TOKEN`, checked; a malformed token is an error that never repeats the value.
+    pub fn operator_token(&self) -> Result<Option<OperatorToken>, ConfigError> {
+        self.operator_token
+            .as_ref()
+            .map(|text| {
+                OperatorToken::parse(&text.0)
+                    .map_err(|why| ConfigError::invalid("OPERATOR_TOKEN", "<redacted>", &why))
+            })
+            .transpose()
     }
 }

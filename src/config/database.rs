@@ -27,6 +27,16 @@ impl ReplicaStrategy {
     }
 }
 
+/// What carries a shard's reads to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadDriver {
+    /// The DB I/O threads (a queue out, a channel back): every read and write.
+    Threads,
+    /// The shard's own connections, on its event loop (glommio only): the read of
+    /// `GET /api/users/{id}`; the rest stays on the threads.
+    Wire,
+}
+
 /// Replication lag past which a replica is ejected: WAL bytes not yet replayed, time behind the
 /// primary, or both (either one past its limit ejects).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +102,13 @@ fn default_weight(index: usize) -> u32 {
 
 impl DatabaseConfig {
     /// The primary (first) and the replicas, parsed; empty when no database is configured.
+    ///
+    /// `DATABASE_URL` may name several hosts (`postgres://h1:5432,h2:5432/db`, or libpq's
+    /// `host=h1,h2 port=5432,5432 dbname=db`): the primary is then whichever of them takes
+    /// writes (`target_session_attrs=read-write` is implied), found again after a failover.
+    /// With several hosts and no `DB_READ_REPLICA_n`, the read set is every host of the list,
+    /// each a node of its own: a standby serves reads, and a former primary that comes back as
+    /// a standby serves them again.
     pub fn nodes(&self) -> Result<Vec<NodeSpec>, ConfigError> {
         let Some(primary) = &self.database_url else {
             if let Some(url) = self.read_replicas.first() {
@@ -103,7 +120,19 @@ impl DatabaseConfig {
             }
             return Ok(Vec::new());
         };
-        let mut nodes = vec![parse_node("primary", "DATABASE_URL", primary, None)?];
+        let mut primary = parse_node("primary", "DATABASE_URL", primary, None)?;
+        let hosts = primary.pg.get_hosts().len();
+        if hosts > 1 {
+            primary
+                .pg
+                .target_session_attrs(postgres::config::TargetSessionAttrs::ReadWrite);
+        }
+        let mut nodes = vec![primary];
+        if self.read_replicas.is_empty() && hosts > 1 {
+            let each = each_host(&nodes[0]);
+            nodes.extend(each);
+            return Ok(nodes);
+        }
         for (index, url) in self.read_replicas.iter().enumerate() {
             nodes.push(parse_node(
                 &format!("replica{}", index + 1),
@@ -116,6 +145,66 @@ impl DatabaseConfig {
     }
 }
 
+/// Whether `text` is libpq's `key=value ...` form rather than a URL.
+fn is_settings(text: &str) -> bool {
+    !text.contains("://") && text.contains('=')
+}
+
+/// One read node per host of a several-host primary: the same credentials, database and
+/// options, one host each, whatever its role.
+fn each_host(primary: &NodeSpec) -> Vec<NodeSpec> {
+    let all = &primary.pg;
+    let ports = all.get_ports();
+    all.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let port = match ports {
+                [] => 5432,
+                [one] => *one,
+                many => many[index.min(many.len() - 1)],
+            };
+            let mut pg = postgres::Config::new();
+            let name = match host {
+                postgres::config::Host::Tcp(name) => {
+                    pg.host(name);
+                    name.clone()
+                }
+                #[cfg(unix)]
+                postgres::config::Host::Unix(path) => {
+                    pg.host_path(path);
+                    path.display().to_string()
+                }
+            };
+            pg.port(port).ssl_mode(all.get_ssl_mode());
+            if let Some(user) = all.get_user() {
+                pg.user(user);
+            }
+            if let Some(password) = all.get_password() {
+                pg.password(password);
+            }
+            if let Some(dbname) = all.get_dbname() {
+                pg.dbname(dbname);
+            }
+            if let Some(options) = all.get_options() {
+                pg.options(options);
+            }
+            if let Some(timeout) = all.get_connect_timeout() {
+                pg.connect_timeout(*timeout);
+            }
+            let user = all.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+            let db = all.get_dbname().unwrap_or_default();
+            NodeSpec {
+                name: format!("replica{}", index + 1),
+                variable: "DATABASE_URL".into(),
+                display_url: format!("postgres://{user}{name}:{port}/{db}"),
+                weight: default_weight(index),
+                pg,
+            }
+        })
+        .collect()
+}
+
 fn parse_node(
     name: &str,
     variable: &str,
@@ -123,13 +212,21 @@ fn parse_node(
     default_weight: Option<u32>,
 ) -> Result<NodeSpec, ConfigError> {
     let bad = |reason: &str| ConfigError::invalid(variable, &redact(url), reason);
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(bad("expected a postgres:// or postgresql:// URL"));
+    let settings = is_settings(url);
+    if !(settings || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(bad(
+            "expected a postgres:// or postgresql:// URL, or libpq's `host=... port=...` settings",
+        ));
     }
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (base, query, separator) = if settings {
+        ("", url, ' ')
+    } else {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        (base, query, '&')
+    };
     let mut weight = default_weight;
     let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+    for pair in query.split(separator).filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("weight", value)) => {
                 if default_weight.is_none() {
@@ -146,7 +243,9 @@ fn parse_node(
             _ => kept.push(pair),
         }
     }
-    let stripped = if kept.is_empty() {
+    let stripped = if settings {
+        kept.join(" ")
+    } else if kept.is_empty() {
         base.to_string()
     } else {
         format!("{base}?{}", kept.join("&"))
@@ -292,11 +391,89 @@ mod tests {
             ("postgres://h/db?weight=x", Some(3), "weight"),
             ("postgres://h/db?weight=2", None, "only read replicas"),
             ("mysql://h/db", None, "postgres://"),
+            ("h:5432", None, "postgres://"),
             ("postgres://u:pw@h/db?sslmode=bogus", None, "sslmode"),
         ] {
             let err = parse_node("n", "V", url, default).unwrap_err().to_string();
             assert!(err.contains(reason), "{url}: {err}");
             assert!(!err.contains("pw@"), "password leaked: {err}");
         }
+    }
+
+    fn config(url: &str, replicas: &[&str]) -> DatabaseConfig {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            database: DatabaseConfig,
+        }
+        let mut c = Only::parse_from(["coinbit"]).database;
+        c.database_url = Some(url.into());
+        c.read_replicas = replicas.iter().map(|r| r.to_string()).collect();
+        c
+    }
+
+    fn hosts(spec: &NodeSpec) -> Vec<String> {
+        let ports = spec.pg.get_ports();
+        spec.pg
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match h {
+                postgres::config::Host::Tcp(name) => {
+                    format!("{name}:{}", ports.get(i).or(ports.first()).unwrap_or(&5432))
+                }
+                #[cfg(unix)]
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn several_hosts_make_a_primary_that_must_take_writes_and_a_read_set_of_every_host() {
+        use postgres::config::TargetSessionAttrs;
+        for url in [
+            "postgres://u:pw@10.0.0.1:5433,10.0.0.2:5434/coinbit?sslmode=disable",
+            "host=10.0.0.1,10.0.0.2 port=5433,5434 user=u password=pw dbname=coinbit sslmode=disable",
+            "postgres://u:pw@10.0.0.1:5433,10.0.0.2:5434/coinbit?target_session_attrs=read-write",
+        ] {
+            let nodes = config(url, &[]).nodes().unwrap();
+            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+            assert_eq!(names, ["primary", "replica1", "replica2"], "{url}");
+            assert_eq!(
+                nodes[0].pg.get_target_session_attrs(),
+                TargetSessionAttrs::ReadWrite,
+                "{url}"
+            );
+            assert_eq!(hosts(&nodes[0]), ["10.0.0.1:5433", "10.0.0.2:5434"]);
+            assert_eq!(hosts(&nodes[1]), ["10.0.0.1:5433"]);
+            assert_eq!(hosts(&nodes[2]), ["10.0.0.2:5434"]);
+            for node in &nodes[1..] {
+                assert_eq!(node.pg.get_target_session_attrs(), TargetSessionAttrs::Any);
+                assert_eq!(node.pg.get_dbname(), Some("coinbit"));
+                assert_eq!(node.pg.get_user(), Some("u"));
+                assert_eq!(node.pg.get_password(), Some(&b"pw"[..]));
+                assert!(!node.display_url.contains("pw"), "{}", node.display_url);
+            }
+            assert!(!nodes[0].display_url.contains("pw"), "{}", nodes[0].display_url);
+        }
+        // Replicas given explicitly are the read set; one host keeps its old meaning.
+        let nodes = config(
+            "postgres://h1,h2/db",
+            &["postgres://r1/db", "host=r2 dbname=db weight=5"],
+        )
+        .nodes()
+        .unwrap();
+        assert_eq!(hosts(&nodes[1]), ["r1:5432"]);
+        assert_eq!(
+            (hosts(&nodes[2]), nodes[2].weight),
+            (vec!["r2:5432".into()], 5)
+        );
+        let nodes = config("postgres://h1/db", &[]).nodes().unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(
+            nodes[0].pg.get_target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
     }
 }

@@ -5,20 +5,28 @@
 //! checks what one flag alone cannot (min against max). Any bad value becomes a [`ConfigError`]
 //! that names the variable (or flag) and the value; `main` prints it and exits with code 2.
 
+mod affiliate;
 mod auth;
 mod cpus;
 mod database;
 mod error;
+mod money;
+mod money_rules;
+mod trading;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-pub use auth::{AuthConfig, SecretText};
+pub use affiliate::AffiliateConfig;
+pub use auth::{AuthConfig, MetricsAccess, SecretText};
 pub use cpus::{own_cpu_quota, CpuList};
-pub use database::{redact, LagLimit, NodeSpec, ReplicaStrategy};
+pub use database::{redact, LagLimit, NodeSpec, ReadDriver, ReplicaStrategy};
 pub use error::ConfigError;
+pub use money::MoneyConfig;
+pub use money_rules::{MoneyRulesConfig, PayoutDays};
+pub use trading::TradingConfig;
 
 /// Range accepted for percentage thresholds.
 fn percent() -> clap::builder::RangedU64ValueParser<u8> {
@@ -107,12 +115,27 @@ pub enum Command {
     Serve,
     /// Apply the embedded schema migrations to the primary (DATABASE_URL), then exit.
     Migrate,
+    /// Give a registered user a role (e.g. the first admin) on the primary (DATABASE_URL), then exit.
+    GrantRole {
+        /// The user's email, as registered.
+        #[arg(long)]
+        email: String,
+        /// The role: user, affiliate, affiliate_vip, operator, manager or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: crate::auth::role::Role,
+    },
     /// Check this host's tuning for the server (see tuning/README.md).
     Doctor {
         /// Arguments passed to the doctor (`coinbit doctor --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+fn parse_role(text: &str) -> Result<crate::auth::role::Role, String> {
+    crate::auth::role::Role::parse(text).ok_or_else(|| {
+        "one of user, affiliate, affiliate_vip, operator, manager, admin".to_string()
+    })
 }
 
 /// Everything the server reads at start-up.
@@ -132,6 +155,14 @@ pub struct Config {
     pub monitoring: MonitoringConfig,
     #[command(flatten)]
     pub auth: AuthConfig,
+    #[command(flatten)]
+    pub money: MoneyConfig,
+    #[command(flatten)]
+    pub money_rules: MoneyRulesConfig,
+    #[command(flatten)]
+    pub affiliate: AffiliateConfig,
+    #[command(flatten)]
+    pub trading: TradingConfig,
 }
 
 /// Listener, shards and lifecycle.
@@ -238,6 +269,16 @@ pub struct ClusterConfig {
     /// Time between two scaling actions (ms).
     #[arg(long = "scale-cooldown", env = "SCALE_COOLDOWN", default_value_t = 30_000, value_parser = millis())]
     pub scale_cooldown_ms: u64,
+    /// In-process shard scaling: `on` parks and wakes shards by CPU (the settings above); `off` keeps every shard active, for when an orchestrator scales the number of instances instead.
+    #[arg(long, env = "SHARD_SCALING", value_enum, default_value_t = Switch::On)]
+    pub shard_scaling: Switch,
+}
+
+/// A feature turned on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// The seed's message-queue settings, per shard.
@@ -347,6 +388,9 @@ pub struct DatabaseConfig {
     /// First ejection time of a failing or lagging replica; doubles on each repeat, up to 16x (ms).
     #[arg(long = "ejection-time", env = "DB_EJECTION_TIME", default_value_t = 10_000, value_parser = millis())]
     pub ejection_time_ms: u64,
+    /// While the primary is shut out (stopped, or a failover under way with a several-host DATABASE_URL), how often it is asked again which host takes writes (never less often than DB_EJECTION_TIME) (ms).
+    #[arg(long = "primary-retry", env = "DB_PRIMARY_RETRY", default_value_t = 500, value_parser = millis())]
+    pub primary_retry_ms: u64,
     /// Consecutive failed requests that open a node's circuit breaker.
     #[arg(long = "breaker-failures", env = "DB_BREAKER_FAILURES", default_value_t = 5,
           value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=MAX_COUNT))]
@@ -354,6 +398,9 @@ pub struct DatabaseConfig {
     /// Longest a read that presents a commit LSN waits for a replica to replay it before it reads the primary (ms).
     #[arg(long = "read-your-writes-wait", env = "DB_READ_YOUR_WRITES_WAIT", default_value_t = 100, value_parser = millis())]
     pub read_your_writes_wait_ms: u64,
+    /// What carries reads: `threads` (the DB I/O threads) or `wire` (each shard's own connections on its event loop, glommio only; today the read of `GET /api/users/{id}`).
+    #[arg(long = "db-read-driver", env = "DB_READ_DRIVER", value_enum, default_value_t = ReadDriver::Threads)]
+    pub read_driver: ReadDriver,
     /// Most writes one pooled connection commits in one transaction (group commit); 1 turns it off.
     #[arg(long = "group-commit", env = "DB_GROUP_COMMIT", default_value_t = 16,
           value_parser = at_least_one())]
@@ -600,6 +647,7 @@ impl Config {
             check_webhook_url(url)?;
         }
         self.auth.secrets_key(self.server.debug_routes)?;
+        self.auth.operator_token()?;
         if self.server.listen_backlog < 1 {
             return Err(ConfigError::invalid(
                 "LISTEN_BACKLOG",

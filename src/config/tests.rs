@@ -281,3 +281,28 @@ fn auth_defaults() {
     );
     assert!(parse(&["--password-hash-threads", "0"]).is_err());
 }
+
+#[test]
+fn operator_token_and_metrics_access() {
+    let token = "s3cret-operator-token-0123456789abcdef";
+    let cli = parse(&["--operator-token", token]).unwrap();
+    let parsed = cli.config.auth.operator_token().unwrap().unwrap();
+    assert!(parsed.matches(format!("Bearer {token}").as_bytes()));
+    assert!(!format!("{:?}", cli.config).contains("s3cret"));
+    let defaults = parse(&[]).unwrap().config.auth;
+    assert_eq!(defaults.operator_token().unwrap(), None);
+    assert_eq!(defaults.metrics_access, super::MetricsAccess::Open);
+    let locked = parse(&["--metrics-access", "operator"])
+        .unwrap()
+        .config
+        .auth;
+    assert_eq!(locked.metrics_access, super::MetricsAccess::Operator);
+    assert!(parse(&["--metrics-access", "closed"]).is_err());
+    for bad in ["s3cret-too-short", "s3cret with spaces 0123456789abcdef"] {
+        let error = parse(&["--operator-token", bad]).unwrap_err();
+        let text = error.to_string();
+        assert_eq!(error.exit_code(), 2, "{text}");
+        assert!(text.contains("OPERATOR_TOKEN"), "{text}");
+        assert!(!text.contains("s3cret"), "echoes the token: {text}");
+    }
+}

@@ -58,6 +58,9 @@ pub struct NodeHealth {
     pub reason: Option<String>,
     /// Repeats in a row; the ejection time doubles with each (up to 16x).
     streak: u32,
+    /// How many doublings the shut time takes at most: [`MAX_DOUBLINGS`], or 0 for a node
+    /// retried at a steady pace (the primary: writes have nowhere else to go).
+    max_doublings: u32,
     /// When it last became routable, to forget the streak after a calm period.
     routable_since: Instant,
 }
@@ -75,8 +78,15 @@ impl NodeHealth {
             breaker_opens: 0,
             reason: None,
             streak: 0,
+            max_doublings: MAX_DOUBLINGS,
             routable_since: now,
         }
+    }
+
+    /// Shut out for the same time at every repeat, never doubled.
+    pub fn steady(mut self) -> NodeHealth {
+        self.max_doublings = 0;
+        self
     }
 
     pub fn routable(&self) -> bool {
@@ -94,7 +104,7 @@ impl NodeHealth {
     }
 
     fn shut_time(&self, policy: &Policy) -> Duration {
-        policy.ejection_time * (1 << self.streak.min(MAX_DOUBLINGS))
+        policy.ejection_time * (1 << self.streak.min(self.max_doublings))
     }
 
     fn shut(&mut self, gate: fn(&mut NodeHealth) -> &mut Gate, policy: &Policy, now: Instant) {
@@ -312,5 +322,18 @@ mod tests {
         health.on_check(&lag(0, 0), &p, start + SEC * 4, false, false);
         assert!(health.routable(), "{health:?}");
         assert_eq!(health.failures, 0);
+    }
+
+    #[test]
+    fn a_steady_node_is_shut_out_for_the_same_time_at_every_repeat() {
+        let p = policy();
+        let start = Instant::now();
+        let mut h = NodeHealth::new(start).steady();
+        let mut now = start;
+        for _ in 0..6 {
+            h.on_check(&Check::Failed("down".into()), &p, now, false, false);
+            assert_eq!(h.ejection, Gate::ShutUntil(now + p.ejection_time));
+            now += p.ejection_time;
+        }
     }
 }

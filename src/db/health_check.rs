@@ -230,11 +230,16 @@ impl Checker {
 fn observe(
     node: &Node,
     settings: &PoolSettings,
-    client: &mut Option<Client>,
+    client: &mut Option<(Client, u64)>,
 ) -> Result<Observed, String> {
+    // A connection older than the node's generation goes too: the pool dropped its own to
+    // find the node's server again, and the check must look at the server the pool will use.
+    let generation = node.generation.load(Ordering::Acquire);
     let mut connected = match client.take() {
-        Some(open) if !open.is_closed() => open,
-        _ => pool::connect(node, settings, "coinbit-health").map_err(|e| e.to_string())?,
+        Some((open, of)) if !open.is_closed() && of == generation => open,
+        _ => {
+            pool::connect(node, settings, "coinbit-health").map_err(|e| super::error::reason(&e))?
+        }
     };
     let started = Instant::now();
     let row = connected
@@ -242,10 +247,11 @@ fn observe(
             "SELECT pg_is_in_recovery(),
                     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
                          ELSE pg_current_wal_lsn() END::text,
-                    COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8",
+                    COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8,
+                    COALESCE(inet_server_port(), 0)",
             &[],
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| super::error::reason(&e))?;
     node.rtt_us
         .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     let position = row
@@ -255,7 +261,10 @@ fn observe(
         node.saw_position(lsn);
     }
     let age: f64 = row.get(2);
-    *client = Some(connected);
+    let port: i32 = row.get(3);
+    node.server_port
+        .store(port.max(0) as u64, Ordering::Relaxed);
+    *client = Some((connected, generation));
     Ok(Observed {
         in_recovery: row.get(0),
         position,

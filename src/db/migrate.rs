@@ -23,6 +23,28 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0003_job_outbox_options.sql"),
     ),
     (4, "accounts", include_str!("migrations/0004_accounts.sql")),
+    (5, "ledger", include_str!("migrations/0005_ledger.sql")),
+    (
+        6,
+        "job_outbox_public_tag",
+        include_str!("migrations/0006_job_outbox_public_tag.sql"),
+    ),
+    (
+        7,
+        "money_rules",
+        include_str!("migrations/0007_money_rules.sql"),
+    ),
+    (8, "trading", include_str!("migrations/0008_trading.sql")),
+    (
+        9,
+        "affiliates",
+        include_str!("migrations/0009_affiliates.sql"),
+    ),
+    (
+        10,
+        "trading_closes",
+        include_str!("migrations/0010_trading_closes.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "coinbit" in ASCII.
@@ -76,7 +98,10 @@ pub fn apply(config: &Config, connect_timeout: Duration) -> Result<Vec<i32>, Str
 /// driver's timeout bounds only the TCP connect, and a node that accepts connections but never
 /// answers (a hung server, a port held by something else) would hold start-up forever. On time
 /// out the connecting thread is left behind; the caller exits.
-fn greet(config: Config, connect_timeout: Duration) -> Result<(postgres::Client, bool), String> {
+pub(crate) fn greet(
+    config: Config,
+    connect_timeout: Duration,
+) -> Result<(postgres::Client, bool), String> {
     let limit = connect_timeout * 2;
     let (answer, answered) = crossbeam::channel::bounded(1);
     std::thread::Builder::new()
@@ -120,7 +145,7 @@ fn check_standby(client: &mut postgres::Client) -> Result<Vec<i32>, String> {
 }
 
 /// A driver error in one line, with the server's own message when there is one.
-fn describe(error: &postgres::Error) -> String {
+pub(crate) fn describe(error: &postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => match std::error::Error::source(error) {

@@ -14,8 +14,11 @@
 //! - [`health_check`]: the health checks (role, lag, round-trip time), on the monitor core.
 //! - [`deadline`]: the bound on a read's wait for its node's answer.
 //! - [`migrate`]: the embedded schema migrations.
+//! - [`admin`]: one-off administration subcommands (`coinbit grant-role`).
+//! - [`wire`]: a shard's own connections, the wire protocol on its event loop (`DB_READ_DRIVER=wire`).
 //! - [`status`]: what `/health`, the cluster status and `/metrics` say about the nodes.
 
+pub mod admin;
 pub mod availability;
 mod deadline;
 pub mod error;
@@ -26,14 +29,16 @@ pub mod node;
 pub mod pool;
 pub mod replica_choice;
 pub mod status;
+pub mod wire;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{DatabaseConfig, ReplicaStrategy};
+use crate::config::{DatabaseConfig, ReadDriver, ReplicaStrategy};
 pub use error::DbError;
 pub use lsn::Lsn;
 pub use node::Node;
@@ -41,6 +46,8 @@ pub use pool::DbConn;
 use pool::{DbRequest, DbRequestKind, PoolSettings, Task};
 pub use postgres::Row;
 use replica_choice::{Candidate, ReplicaChooser};
+use wire::driver::WireSettings;
+pub use wire::WireRow;
 
 /// A future that a handler awaits inside `Reply::Later`.
 pub type DbFuture<T> = Pin<Box<dyn Future<Output = Result<T, DbError>>>>;
@@ -68,6 +75,8 @@ pub struct Database {
     /// a replica's read goes to the primary): the longest a pool thread can take on a node
     /// that answers, a connect, a wait for replay and a statement.
     pub read_answer_limit: Duration,
+    /// With `DB_READ_DRIVER=wire`, the settings of the shards' own connections ([`wire`]).
+    pub wire_reads: Option<WireSettings>,
 }
 
 impl Database {
@@ -107,6 +116,17 @@ impl Database {
             .enumerate()
             .map(|(index, spec)| {
                 let (sender, queue) = crossbeam::channel::bounded(config.queue_size);
+                // Writes have nowhere else to go: the primary is asked again sooner.
+                let policy = if index == 0 {
+                    availability::Policy {
+                        ejection_time: policy
+                            .ejection_time
+                            .min(Duration::from_millis(config.primary_retry_ms)),
+                        ..policy
+                    }
+                } else {
+                    policy
+                };
                 let node = Node::new(
                     spec,
                     index == 0,
@@ -128,6 +148,10 @@ impl Database {
             read_answer_limit: settings.connect_timeout
                 + Duration::from_millis(config.read_your_writes_wait_ms)
                 + settings.statement_timeout,
+            wire_reads: (config.read_driver == ReadDriver::Wire).then_some(WireSettings {
+                statement_timeout: settings.statement_timeout,
+                connect_timeout: settings.connect_timeout,
+            }),
         });
         health_check::spawn(database.clone(), settings, checker_cpu);
         log::info!(
@@ -172,7 +196,9 @@ pub struct DbClient {
 
 impl DbClient {
     /// Runs `query` on the primary (grouped with other writes into one transaction when they
-    /// arrive together). Fails at once when the primary is shut out or in recovery.
+    /// arrive together). Fails at once when the primary is shut out ([`DbError::NoPrimary`]) or
+    /// in recovery. A connection lost during the COMMIT answers [`DbError::OutcomeUnknown`]:
+    /// the write may have committed.
     pub fn write<T, F>(&mut self, query: F) -> DbFuture<Written<T>>
     where
         T: Send + 'static,
@@ -204,8 +230,9 @@ impl DbClient {
 
     /// Runs `query` on a replica picked by the strategy. With `min_position` (a commit position
     /// the client got from a write) only a replica that has replayed it answers, after a
-    /// bounded wait; else the primary does. A replica that fails is retried on the primary, so
-    /// a replica going down fails no read. With no routable replica, the primary reads.
+    /// bounded wait; else the primary does. A replica that fails is retried on the primary (and
+    /// when the primary is out too, on another routable replica), so a replica going down fails
+    /// no read. With no routable replica, the primary reads.
     pub fn read<T, F>(&mut self, min_position: Option<Lsn>, query: F) -> DbFuture<T>
     where
         T: Send + 'static,
@@ -218,6 +245,32 @@ impl DbClient {
                 reply,
             })
         })
+    }
+
+    /// Runs `query` as a read on the primary, outside any write group: for a read that must see
+    /// every commit but would delay the group's commit if it ran inside it (the ledger check).
+    /// Fails at once when the primary is shut out.
+    pub fn read_primary<T, F>(&mut self, query: F) -> DbFuture<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
+    {
+        let primary = self.db.primary().clone();
+        if !primary.routable() {
+            return Box::pin(std::future::ready(Err(shut_out(&primary))));
+        }
+        let (reply, answer) = read_reply(&primary, self.db.read_answer_limit);
+        let kind = DbRequestKind::Read {
+            min_position: None,
+            wait: Duration::ZERO,
+        };
+        let task = Box::new(Typed {
+            query,
+            value: None,
+            reply,
+        });
+        let pending = queue(&primary, DbRequest { kind, task }, answer);
+        Box::pin(async move { pending.await.map(|(value, _)| value) })
     }
 
     /// Like [`DbClient::read`] for the row of one key (an `int8`, in column 0), which `map`
@@ -234,47 +287,86 @@ impl DbClient {
     where
         T: Send + 'static,
     {
-        self.read_task(min_position, move |reply| {
-            Box::new(Keyed {
-                sql,
-                key,
-                map,
-                value: None,
-                reply,
+        self.read_task(min_position, keyed(sql, key, map))
+    }
+
+    /// Like [`DbClient::lookup`], over this shard's own connection ([`wire`]) when
+    /// `DB_READ_DRIVER=wire`; else as `lookup` does. Same node choice, same wait for a commit
+    /// position, same retries: only the transport differs (and no batching: the requests
+    /// pipeline on the connection instead).
+    pub fn lookup_wire<T>(
+        &mut self,
+        min_position: Option<Lsn>,
+        sql: &'static Lookup,
+        key: i64,
+        map: fn(&Row) -> T,
+        wire: &'static WireLookup<T>,
+    ) -> DbFuture<Option<T>>
+    where
+        T: Send + 'static,
+    {
+        let Some(settings) = self.db.wire_reads.clone() else {
+            return self.lookup(min_position, sql, key, map);
+        };
+        let limit = self.db.read_answer_limit;
+        self.route(min_position, move |node, min, wait| {
+            if node.finds_primary() {
+                // A several-host primary is found again by the pool's client after a failover.
+                return thread_read(node, min, wait, limit, keyed(sql, key, map));
+            }
+            node.in_flight.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight(node.clone());
+            let settings = settings.clone();
+            Box::pin(async move {
+                let node = &in_flight.0;
+                let rows = async {
+                    if let Some(min) = min {
+                        wire::driver::reach_position(node, &settings, min, wait, limit).await?;
+                    }
+                    let params = [wire::Param::Int8(key)];
+                    wire::driver::query(node, &settings, &wire.statement, &params, limit).await
+                }
+                .await;
+                node.request_done(rows.as_ref().is_err_and(DbError::is_node_failure));
+                drop(in_flight);
+                rows?.first().map(wire.map).transpose()
             })
         })
     }
 
-    /// The routing of every read: `task` builds the request for the node picked (and again for the
-    /// primary when that replica fails).
+    /// A read on the DB I/O threads: `task` builds the request for each node asked.
     fn read_task<T, M>(&mut self, min_position: Option<Lsn>, task: M) -> DbFuture<T>
     where
         T: Send + 'static,
         M: Fn(Reply<T>) -> Box<dyn Task> + 'static,
     {
+        let limit = self.db.read_answer_limit;
+        self.route(min_position, move |node, min, wait| {
+            thread_read(node, min, wait, limit, &task)
+        })
+    }
+
+    /// The routing of every read: `send` asks one node (with the commit position to wait
+    /// for, and how long a replica may wait for it); it is called again for the primary when
+    /// the replica picked fails, and for another replica when the primary fails too.
+    fn route<T, S>(&mut self, min_position: Option<Lsn>, send: S) -> DbFuture<T>
+    where
+        T: 'static,
+        S: Fn(&Arc<Node>, Option<Lsn>, Duration) -> DbFuture<T> + 'static,
+    {
         let primary = self.db.primary().clone();
         // A position past the primary's last known one came from no write this server saw:
         // no replica waits for it; the primary checks it and refuses it if it is ahead.
         let past_known = min_position.is_some_and(|min| min > primary.position());
-        let limit = self.db.read_answer_limit;
-        let read_primary = move |task: &M| -> DbFuture<T> {
-            if !primary.routable() {
-                return Box::pin(std::future::ready(Err(shut_out(&primary))));
+        let send = Rc::new(send);
+        let read_primary = {
+            let send = send.clone();
+            move || -> DbFuture<T> {
+                if !primary.routable() {
+                    return Box::pin(std::future::ready(Err(shut_out(&primary))));
+                }
+                send(&primary, min_position, Duration::ZERO)
             }
-            let (reply, answer) = read_reply(&primary, limit);
-            let kind = DbRequestKind::Read {
-                min_position,
-                wait: Duration::ZERO,
-            };
-            let pending = queue(
-                &primary,
-                DbRequest {
-                    kind,
-                    task: task(reply),
-                },
-                answer,
-            );
-            Box::pin(async move { pending.await.map(|(value, _)| value) })
         };
         let replica = if past_known {
             None
@@ -282,26 +374,31 @@ impl DbClient {
             self.pick_replica(min_position)
         };
         let Some(replica) = replica else {
-            return read_primary(&task);
+            return read_primary();
         };
-        let (reply, answer) = read_reply(&replica, limit);
-        let kind = DbRequestKind::Read {
-            min_position,
-            wait: self.db.read_your_writes_wait,
-        };
-        let first = queue(
-            &replica,
-            DbRequest {
-                kind,
-                task: task(reply),
-            },
-            answer,
-        );
+        let wait = self.db.read_your_writes_wait;
+        let first = send(&replica, min_position, wait);
+        let db = self.db.clone();
         Box::pin(async move {
             match first.await {
-                Ok((value, _)) => Ok(value),
+                Ok(value) => Ok(value),
                 Err(e) if matches!(e, DbError::NotCaughtUp { .. }) || e.is_node_failure() => {
-                    read_primary(&task).await
+                    match read_primary().await {
+                        // The primary is out too (a failover under way): another replica
+                        // that is routable answers, so that losing a host fails no read.
+                        Err(failed) if failed.is_node_failure() => {
+                            let Some(other) = db
+                                .replicas()
+                                .iter()
+                                .find(|r| !Arc::ptr_eq(r, &replica) && r.routable())
+                                .cloned()
+                            else {
+                                return Err(failed);
+                            };
+                            send(&other, min_position, wait).await
+                        }
+                        answered => answered,
+                    }
                 }
                 Err(e) => Err(e),
             }
@@ -336,6 +433,38 @@ impl DbClient {
     }
 }
 
+/// A read on `node`'s DB I/O threads, answered `Unavailable` past `limit`.
+fn thread_read<T, M>(
+    node: &Arc<Node>,
+    min_position: Option<Lsn>,
+    wait: Duration,
+    limit: Duration,
+    task: M,
+) -> DbFuture<T>
+where
+    T: Send + 'static,
+    M: FnOnce(Reply<T>) -> Box<dyn Task>,
+{
+    let (reply, answer) = read_reply(node, limit);
+    let kind = DbRequestKind::Read { min_position, wait };
+    let pending = queue(
+        node,
+        DbRequest {
+            kind,
+            task: task(reply),
+        },
+        answer,
+    );
+    Box::pin(async move { pending.await.map(|(value, _)| value) })
+}
+
+/// A lookup's statement and row mapping for the wire driver ([`DbClient::lookup_wire`]).
+pub struct WireLookup<T: 'static> {
+    /// The one-key statement (`$1` an `int8`), named.
+    pub statement: wire::Statement,
+    pub map: fn(&WireRow) -> Result<T, DbError>,
+}
+
 fn shut_out(node: &Node) -> DbError {
     let health = node.health_snapshot();
     DbError::Unavailable {
@@ -348,7 +477,12 @@ fn shut_out(node: &Node) -> DbError {
 
 fn writable(primary: &Node) -> Result<(), DbError> {
     if !primary.routable() {
-        return Err(shut_out(primary));
+        // Answered at once: no write waits for a primary to be found.
+        let reason = match shut_out(primary) {
+            DbError::Unavailable { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        return Err(DbError::NoPrimary { reason });
     }
     if primary.in_recovery.load(Ordering::Relaxed) {
         return Err(DbError::ReadOnly {
@@ -432,6 +566,23 @@ struct Keyed<T> {
     map: fn(&Row) -> T,
     value: Option<Option<T>>,
     reply: Reply<Option<T>>,
+}
+
+/// The requests of a lookup by key, for each node asked.
+fn keyed<T: Send + 'static>(
+    sql: &'static Lookup,
+    key: i64,
+    map: fn(&Row) -> T,
+) -> impl Fn(Reply<Option<T>>) -> Box<dyn Task> {
+    move |reply| {
+        Box::new(Keyed {
+            sql,
+            key,
+            map,
+            value: None,
+            reply,
+        })
+    }
 }
 
 impl<T: Send> Task for Keyed<T> {

@@ -42,7 +42,21 @@ pub struct Node {
     pub checks: AtomicU64,
     /// Times a read looked at this replica's replay position while waiting for a commit.
     pub replay_checks: AtomicU64,
+    /// Writes run again after losing a lock conflict (a deadlock, a serialization failure).
+    pub retries: AtomicU64,
     pub(crate) health: Mutex<NodeHealth>,
+    /// Bumped to drop every pooled connection of the node: a pool thread whose connection is
+    /// of an older generation reconnects (and, for a several-host primary, finds the primary
+    /// again) before its next request.
+    pub(crate) generation: AtomicU64,
+    /// The port of the server the health check reached last (0 while unknown): which host of
+    /// a several-host primary takes the writes now.
+    pub server_port: AtomicU64,
+    /// Times the node's connections were dropped to find its server again.
+    pub reconnects: AtomicU64,
+    /// Times the node came back into rotation: a pool thread waiting out its reconnection
+    /// backoff connects at once when this moved (the node answers again).
+    pub(crate) comebacks: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -84,7 +98,17 @@ impl Node {
             commits: AtomicU64::new(0),
             checks: AtomicU64::new(0),
             replay_checks: AtomicU64::new(0),
-            health: Mutex::new(NodeHealth::new(Instant::now())),
+            retries: AtomicU64::new(0),
+            // The primary is asked again at a steady pace: while it is out, writes fail.
+            health: Mutex::new(if is_primary {
+                NodeHealth::new(Instant::now()).steady()
+            } else {
+                NodeHealth::new(Instant::now())
+            }),
+            generation: AtomicU64::new(0),
+            server_port: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            comebacks: AtomicU64::new(0),
         })
     }
 
@@ -104,6 +128,33 @@ impl Node {
         self.position.fetch_max(lsn.0, Ordering::Relaxed);
     }
 
+    /// Whether the node is a list of hosts of which the one taking writes is used.
+    pub fn finds_primary(&self) -> bool {
+        self.is_primary && self.spec.pg.get_hosts().len() > 1
+    }
+
+    /// Drops every pooled connection of the node (each pool thread reconnects before its next
+    /// request), after a connection of `generation` was lost or found read-only. Connections
+    /// already replaced since are kept: one failover drops them once.
+    pub(crate) fn drop_connections(&self, generation: u64) {
+        if self
+            .generation
+            .compare_exchange(
+                generation,
+                generation + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "database node {}: dropping its connections to find its server again",
+                self.spec.name
+            );
+        }
+    }
+
     fn with_health<R>(&self, change: impl FnOnce(&mut NodeHealth, &Policy) -> R) -> R {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let was = health.routable();
@@ -113,6 +164,7 @@ impl Node {
         self.failing.store(health.failures > 0, Ordering::Relaxed);
         if was != now {
             if now {
+                self.comebacks.fetch_add(1, Ordering::Release);
                 log::info!("database node {} is back", self.spec.name);
             } else {
                 log::warn!(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement};
+use postgres::{Client, NoTls, Row, SimpleQueryMessage, Statement};
 
 use super::error::DbError;
 use super::lsn::Lsn;
@@ -26,7 +26,24 @@ use super::node::Node;
 const MAX_BATCH: usize = 128;
 /// The first pause of a read waiting for a replica to replay its commit: replay usually
 /// trails by well under a millisecond, so most reads look twice at most.
-const FIRST_REPLAY_LOOK: Duration = Duration::from_millis(1);
+pub(crate) const FIRST_REPLAY_LOOK: Duration = Duration::from_millis(1);
+/// How many times a write whose savepoint lost a lock conflict (a deadlock, a serialization
+/// failure) runs again, each time in a group of its own after the group it was in committed,
+/// before it answers [`DbError::Contention`]. The conflict's other side usually holds its locks
+/// only until its own group commits, so the first repeat nearly always passes.
+const CONTENTION_RETRIES: u32 = 2;
+
+/// The primary's WAL position now, as text: what a commit that just finished on this session
+/// reached or passed.
+pub(crate) const WAL_POSITION_SQL: &str = "SELECT pg_current_wal_insert_lsn()::text";
+/// What a read node holds, as text: a replica's replayed position; the primary's written one
+/// (a several-host DATABASE_URL reads from every host, the primary among them).
+pub(crate) const REPLAYED_SQL: &str =
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                         ELSE pg_current_wal_lsn() END::text";
+/// A committed group: each write's result, and the WAL position after the commit when it
+/// came back with it.
+type GroupOutcome = (Vec<Result<(), DbError>>, Option<Lsn>);
 
 /// Settings every pool thread reads.
 #[derive(Debug, Clone)]
@@ -70,7 +87,11 @@ pub(crate) trait Task: Send {
 pub struct DbConn {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+    /// See [`DbConn::remembered`].
+    remembered: HashMap<String, i64>,
     node: Arc<Node>,
+    /// The node's connection generation when this one opened (see [`Node::drop_connections`]).
+    generation: u64,
 }
 
 impl DbConn {
@@ -124,10 +145,43 @@ impl DbConn {
         self.client.batch_execute(sql).map_err(|e| self.error(e))
     }
 
+    /// Commits the open transaction and reads the WAL position right after, in one round
+    /// trip (the `SELECT` runs only once the `COMMIT` succeeded). `Ok(None)`: committed, but
+    /// the position did not come back.
+    fn commit(&mut self) -> Result<Option<Lsn>, DbError> {
+        let messages = self
+            .client
+            .simple_query("COMMIT; SELECT pg_current_wal_insert_lsn()::text")
+            .map_err(|e| self.error(e))?;
+        let lsn = messages.iter().find_map(|message| match message {
+            SimpleQueryMessage::Row(row) => row.get(0).and_then(|text| text.parse::<Lsn>().ok()),
+            _ => None,
+        });
+        if let Some(lsn) = lsn {
+            self.node.saw_position(lsn);
+        }
+        Ok(lsn)
+    }
+
+    /// A value that never changes once made (a platform account's id), found by `look` once
+    /// per connection and remembered under `key` (the database a connection reaches is fixed).
+    pub fn remembered(
+        &mut self,
+        key: String,
+        look: impl FnOnce(&mut DbConn) -> Result<i64, DbError>,
+    ) -> Result<i64, DbError> {
+        if let Some(&value) = self.remembered.get(&key) {
+            return Ok(value);
+        }
+        let value = look(self)?;
+        self.remembered.insert(key, value);
+        Ok(value)
+    }
+
     /// The primary's WAL position now: what a commit that just finished on this session
     /// reached or passed.
     fn wal_position(&mut self) -> Result<Lsn, DbError> {
-        let row = self.query_one("SELECT pg_current_wal_insert_lsn()::text", &[])?;
+        let row = self.query_one(WAL_POSITION_SQL, &[])?;
         let lsn: Lsn = row
             .get::<_, String>(0)
             .parse()
@@ -137,7 +191,7 @@ impl DbConn {
     }
 
     fn replayed(&mut self) -> Result<Option<Lsn>, DbError> {
-        let row = self.query_one("SELECT pg_last_wal_replay_lsn()::text", &[])?;
+        let row = self.query_one(REPLAYED_SQL, &[])?;
         let text: Option<String> = row.get(0);
         let lsn = text.and_then(|t| t.parse::<Lsn>().ok());
         if let Some(lsn) = lsn {
@@ -168,6 +222,8 @@ pub(crate) fn connect(
 struct Backoff {
     next_attempt: Instant,
     delay: Duration,
+    /// The node's [`Node::comebacks`] last seen.
+    comebacks: u64,
 }
 
 impl Backoff {
@@ -213,6 +269,7 @@ impl PoolThread {
             backoff: Backoff {
                 next_attempt: Instant::now(),
                 delay: Backoff::FIRST,
+                comebacks: 0,
             },
             stash: VecDeque::new(),
         }
@@ -229,6 +286,13 @@ impl PoolThread {
             };
             if let Err(e) = self.ensure_connected() {
                 self.node.request_done(true);
+                let e = match (&request.kind, e) {
+                    // A write with no connection to the primary: none is known right now.
+                    (DbRequestKind::Write, DbError::Unavailable { reason, .. }) => {
+                        DbError::NoPrimary { reason }
+                    }
+                    (_, e) => e,
+                };
                 request.task.finish(Err(e));
                 continue;
             }
@@ -262,13 +326,25 @@ impl PoolThread {
     }
 
     fn ensure_connected(&mut self) -> Result<(), DbError> {
-        if self.conn.as_ref().is_some_and(|c| !c.client.is_closed()) {
+        let generation = self.node.generation.load(Ordering::Acquire);
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| !c.client.is_closed() && c.generation == generation)
+        {
             return Ok(());
         }
         if self.conn.take().is_some() {
             self.node.connected.fetch_sub(1, Ordering::Relaxed);
         }
         let now = Instant::now();
+        let comebacks = self.node.comebacks.load(Ordering::Acquire);
+        if comebacks != self.backoff.comebacks {
+            // The node passed a health check since: no reason to wait out the backoff.
+            self.backoff.comebacks = comebacks;
+            self.backoff.next_attempt = now;
+            self.backoff.reset();
+        }
         if now < self.backoff.next_attempt {
             return Err(DbError::Unavailable {
                 node: self.node.name().to_string(),
@@ -282,7 +358,9 @@ impl PoolThread {
                 self.conn = Some(DbConn {
                     client,
                     statements: HashMap::new(),
+                    remembered: HashMap::new(),
                     node: self.node.clone(),
+                    generation,
                 });
                 Ok(())
             }
@@ -411,22 +489,79 @@ impl PoolThread {
         }
     }
 
-    fn write(&mut self, mut group: Vec<DbRequest>) {
+    /// Commits `group`; the writes that lost a lock conflict run again (up to
+    /// [`CONTENTION_RETRIES`] times) as the next group, once the others were answered.
+    fn write(&mut self, group: Vec<DbRequest>) {
+        let mut group = group;
+        let mut retries_left = CONTENTION_RETRIES;
+        loop {
+            let again = self.write_once(group, retries_left > 0);
+            if again.is_empty() {
+                return;
+            }
+            retries_left -= 1;
+            self.node
+                .retries
+                .fetch_add(again.len() as u64, Ordering::Relaxed);
+            if let Err(e) = self.ensure_connected() {
+                // The connection went with the group that committed: these fail as they
+                // would have (the conflict is the answer they had).
+                log::debug!("database node {}: no retry: {e}", self.node.name());
+                for request in again {
+                    request.task.finish(Err(DbError::Contention {
+                        node: self.node.name().to_string(),
+                    }));
+                }
+                return;
+            }
+            group = again;
+        }
+    }
+
+    /// One group: commits it and answers its writes, but hands back (unanswered) those whose
+    /// savepoint lost a lock conflict when `retry` allows it.
+    fn write_once(&mut self, mut group: Vec<DbRequest>, retry: bool) -> Vec<DbRequest> {
+        let mut again = Vec::new();
         let count = group.len() as u64;
+        let generation = self.conn().generation;
         let outcome = self.write_group(&mut group);
-        let outcome = outcome.and_then(|results| {
-            let position = self.conn().wal_position()?;
-            Ok((results, position))
+        let outcome = outcome.map(|(results, position)| {
+            // Committed: a connection lost now loses only the position, not the writes.
+            let position = position.map_or_else(|| self.conn().wal_position(), Ok);
+            let position = position.unwrap_or_else(|e| {
+                log::warn!(
+                    "database node {}: committed, but its WAL position is unknown: {e}",
+                    self.node.name()
+                );
+                self.node.position()
+            });
+            (results, position)
         });
         let node_failed = outcome.as_ref().is_err_and(DbError::is_node_failure);
         if let Err(DbError::ReadOnly { .. }) = &outcome {
             self.node.in_recovery.store(true, Ordering::Relaxed);
+        }
+        // A lost connection or a read-only answer: this node's connections all go, and the
+        // next request connects afresh (to the host that takes writes now, for a several-host
+        // primary).
+        let lost = match &outcome {
+            Err(e) => e.lost_the_node(),
+            Ok((results, _)) => results
+                .iter()
+                .any(|r| matches!(r, Err(DbError::ReadOnly { .. }))),
+        };
+        if lost {
+            self.node.drop_connections(generation);
         }
         match outcome {
             Ok((results, position)) => {
                 for (request, result) in group.into_iter().zip(results) {
                     if let Err(DbError::ReadOnly { .. }) = &result {
                         self.node.in_recovery.store(true, Ordering::Relaxed);
+                    }
+                    if retry && !lost && matches!(result, Err(DbError::Contention { .. })) {
+                        again.push(request);
+                        continue;
                     }
                     request.task.finish(result.map(|()| Some(position)));
                 }
@@ -441,15 +576,14 @@ impl PoolThread {
         self.node.request_done(node_failed);
         self.node.requests.fetch_add(count - 1, Ordering::Relaxed);
         self.node.commits.fetch_add(1, Ordering::Relaxed);
+        again
     }
 
     /// One transaction for the group, one savepoint per write: a row the database refuses
     /// fails alone; a lost connection fails them all. A write alone is a group of one: its
-    /// statements (a user and its welcome job's outbox row) commit whole or not at all.
-    fn write_group(
-        &mut self,
-        group: &mut [DbRequest],
-    ) -> Result<Vec<Result<(), DbError>>, DbError> {
+    /// statements (a user and its welcome job's outbox row) commit whole or not at all. With
+    /// the commit come the writes' results and the WAL position after it (when it came back).
+    fn write_group(&mut self, group: &mut [DbRequest]) -> Result<GroupOutcome, DbError> {
         let conn = self.conn.as_mut().expect("connected");
         let outcome = Self::run_group(conn, group);
         if outcome.is_err() {
@@ -459,29 +593,28 @@ impl PoolThread {
         outcome
     }
 
-    fn run_group(
-        conn: &mut DbConn,
-        group: &mut [DbRequest],
-    ) -> Result<Vec<Result<(), DbError>>, DbError> {
-        conn.simple("BEGIN")?;
+    /// The round trips of a group of n writes that all pass: n + 1. One savepoint `w` is open
+    /// while each write runs: a passed write releases it and opens the next in one round trip
+    /// (the last one's commits with the transaction); a refused write rolls back to it, which
+    /// leaves it open for the next.
+    fn run_group(conn: &mut DbConn, group: &mut [DbRequest]) -> Result<GroupOutcome, DbError> {
         // A write alone needs no savepoint: when it fails, the whole transaction goes.
         let alone = group.len() == 1;
+        conn.simple(if alone { "BEGIN" } else { "BEGIN; SAVEPOINT w" })?;
+        let last = group.len() - 1;
         let mut results = Vec::with_capacity(group.len());
-        for request in group.iter_mut() {
-            if !alone {
-                conn.simple("SAVEPOINT w")?;
-            }
+        for (i, request) in group.iter_mut().enumerate() {
             match request.task.run(conn) {
                 Ok(()) => {
-                    if !alone {
-                        conn.simple("RELEASE SAVEPOINT w")?;
+                    if i < last {
+                        conn.simple("RELEASE SAVEPOINT w; SAVEPOINT w")?;
                     }
                     results.push(Ok(()));
                 }
                 Err(e) if e.is_node_failure() => return Err(e),
                 Err(e) if alone => {
                     let _ = conn.simple("ROLLBACK");
-                    return Ok(vec![Err(e)]);
+                    return Ok((vec![Err(e)], None));
                 }
                 Err(e) => {
                     conn.simple("ROLLBACK TO SAVEPOINT w")?;
@@ -489,7 +622,11 @@ impl PoolThread {
                 }
             }
         }
-        conn.simple("COMMIT")?;
-        Ok(results)
+        let position = conn.commit().map_err(|e| match e {
+            // The connection dropped with the COMMIT sent or on its way: it may have committed.
+            DbError::Unavailable { node, .. } => DbError::OutcomeUnknown { node },
+            e => e,
+        })?;
+        Ok((results, position))
     }
 }

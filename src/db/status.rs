@@ -92,7 +92,10 @@ fn node_json(node: &Node) -> Value {
         "commits": node.commits.load(Ordering::Relaxed),
         "health_checks": node.checks.load(Ordering::Relaxed),
         "replay_checks": node.replay_checks.load(Ordering::Relaxed),
+        "retries": node.retries.load(Ordering::Relaxed),
         "ejections": health.ejections,
+        "server_port": match node.server_port.load(Ordering::Relaxed) { 0 => None, port => Some(port) },
+        "reconnects": node.reconnects.load(Ordering::Relaxed),
         "breaker": {
             "state": if health.breaker_open() { "open" } else { "closed" },
             "failures": health.failures,
@@ -186,6 +189,12 @@ const NODE_FAMILIES: &[NodeFamily] = &[
         Kind::Counter,
         "Write transactions committed (group commit joins writes)",
         |n| n.commits.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "coinbit_db_retries_total",
+        Kind::Counter,
+        "Writes run again after losing a lock conflict (deadlock, serialization failure)",
+        |n| n.retries.load(Ordering::Relaxed) as f64,
     ),
     (
         "coinbit_db_ejections_total",

@@ -44,7 +44,7 @@ use crossbeam::channel::Sender;
 
 use crate::app::{AppFactory, ShardApp};
 use crate::config::{Config, EngineKind};
-use crate::http::{Limits, Timeouts};
+use crate::http::{BufferPool, Limits, Timeouts};
 use crate::metrics::ShardReport;
 use crate::shard::{Control, ShardError, ShardExit, ShardFailure, ShardOperation, ShardSlot};
 use preflight::PreflightError;
@@ -214,11 +214,17 @@ pub fn run_generation(
     crate::shard::await_exit(&ctx.slot, ctx.generation, &exited)
 }
 
-/// Sends the shard's metrics to the monitor. A full channel means the monitor is behind; the
-/// next report carries the counters anyway.
-pub fn send_report(app: &mut ShardApp, ctx: &ShardContext, now: Instant) {
+/// Sends the shard's metrics to the monitor, with the read buffers its connections hold. A full
+/// channel means the monitor is behind; the next report carries the counters anyway. Then, when
+/// many connections closed or many buffers were freed since the last time, gives the freed
+/// memory back to the system ([`crate::http::pool::trim_allocator`]).
+pub fn send_report(app: &mut ShardApp, ctx: &ShardContext, now: Instant, buffers: &BufferPool) {
+    app.metrics.connections.read_buffers = buffers.read_lent();
     let report = app.report(ctx.generation, ctx.slot.tid(), now);
     let _ = ctx.reports.try_send(report);
+    if buffers.trim_due(app.metrics.connections.open) {
+        crate::http::pool::trim_allocator();
+    }
 }
 
 /// A TCP socket bound to `addr` in the port's SO_REUSEPORT group (not yet listening): every

@@ -17,10 +17,12 @@
 use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::HttpError;
 use super::parse::{header_slots, parse_head};
+use super::pool::BufferPool;
 use super::request::{Method, Request};
 use super::response::{ConnectionHeader, PendingResponse, Reply, Response, StatusCode};
 
@@ -91,11 +93,12 @@ pub enum TimeoutKind {
 
 /// Output is flushed once it passes this size even if more pipelined requests are buffered.
 const FLUSH_AT: usize = 64 * 1024;
-/// Space offered to each read.
+/// Space offered to each read (a pooled read buffer holds a request head and one such read).
 const MIN_READ: usize = 8 * 1024;
 /// A body is given at most this much more room per read than it has already filled.
 const BODY_GROWTH: usize = 64 * 1024;
-/// An idle connection whose buffer grew past this (a large body) goes back to the initial size.
+/// An idle connection whose buffer grew past this (a large body) frees it even when its engine
+/// keeps it between requests.
 const SHRINK_ABOVE: usize = 64 * 1024;
 const INTERIM_CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -125,12 +128,17 @@ struct Awaiting {
 pub struct Connection {
     limits: Limits,
     timeouts: Timeouts,
-    /// Read buffer; unparsed bytes are `buf[start..end]`. Always initialised; grows for large
-    /// requests and shrinks back once they are answered.
+    /// Where the buffers come from and go back to: the shard's.
+    pool: Arc<BufferPool>,
+    /// Read buffer, borrowed from the pool (empty while not held); unparsed bytes are
+    /// `buf[start..end]`. Always initialised; grows for large requests and is freed once they
+    /// are answered.
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Write buffer, borrowed from the pool while `holds_out`.
     out: Vec<u8>,
+    holds_out: bool,
     /// A response that ends the connection has been queued.
     closing: bool,
     /// The server is shutting down: the next response closes the connection.
@@ -149,14 +157,27 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A connection with a pool of its own (tests, fuzzing): engines use [`Connection::with_pool`].
     pub fn new(limits: Limits, timeouts: Timeouts, now: Instant) -> Self {
+        Self::with_pool(limits, timeouts, now, Arc::new(BufferPool::new()))
+    }
+
+    /// A connection that borrows its buffers from `pool` (the shard's) while it works.
+    pub fn with_pool(
+        limits: Limits,
+        timeouts: Timeouts,
+        now: Instant,
+        pool: Arc<BufferPool>,
+    ) -> Self {
         Connection {
             limits,
             timeouts,
-            buf: vec![0; MIN_READ * 2],
+            pool,
+            buf: Vec::new(),
             start: 0,
             end: 0,
-            out: Vec::with_capacity(4096),
+            out: Vec::new(),
+            holds_out: false,
             closing: false,
             draining: false,
             request_started: None,
@@ -169,10 +190,31 @@ impl Connection {
         }
     }
 
-    /// Free space to read into (at least 8 KiB).
+    /// Free space to read into (at least 8 KiB), in a buffer borrowed from the pool if none is
+    /// held.
     pub fn read_buf(&mut self) -> &mut [u8] {
         self.make_room(MIN_READ);
         &mut self.buf[self.end..]
+    }
+
+    /// Gives the buffers back to the pool when nothing is in them: the engine calls it before it
+    /// waits for the client, so that an idle keep-alive connection holds no buffer. Keeps the
+    /// read buffer while it holds part of a request, the write buffer while it holds output.
+    pub fn release_buffers(&mut self) {
+        if self.start == self.end && !self.buf.is_empty() {
+            self.start = 0;
+            self.end = 0;
+            self.pool.give_read(std::mem::take(&mut self.buf));
+        }
+        if self.holds_out && self.out.is_empty() && self.awaiting.is_none() {
+            self.holds_out = false;
+            self.pool.give_write(std::mem::take(&mut self.out));
+        }
+    }
+
+    /// Whether the connection holds a read buffer now.
+    pub fn holds_read_buffer(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     /// `n` bytes were read into [`Connection::read_buf`].
@@ -284,7 +326,7 @@ impl Connection {
                 self.start = 0;
                 self.end = 0;
                 if self.buf.len() > SHRINK_ABOVE {
-                    self.buf = vec![0; MIN_READ * 2];
+                    self.pool.give_read(std::mem::take(&mut self.buf));
                 }
                 self.request_started = None;
                 self.last_activity = now;
@@ -328,6 +370,7 @@ impl Connection {
         if data.len() < total {
             let expect_continue = head.expect_continue;
             if expect_continue && !self.continue_sent {
+                self.hold_out();
                 self.out.extend_from_slice(INTERIM_CONTINUE);
                 self.continue_sent = true;
             }
@@ -383,6 +426,7 @@ impl Connection {
     }
 
     fn queue(&mut self, response: &Response, date: &[u8], exchange: Exchange) {
+        self.hold_out();
         let close = !exchange.keep_alive || self.draining;
         let connection = match (close, exchange.http10) {
             (true, _) => ConnectionHeader::Close,
@@ -397,6 +441,9 @@ impl Connection {
     /// Ensures `buf` can hold `need` unparsed bytes (the request being received) plus a read of
     /// `MIN_READ`, moving the unparsed bytes to the front when that is enough.
     fn make_room(&mut self, need: usize) {
+        if self.buf.is_empty() {
+            self.buf = self.pool.take_read();
+        }
         let pending = self.end - self.start;
         let wanted = pending.max(need) + MIN_READ;
         if self.buf.len() - self.start >= wanted {
@@ -409,6 +456,27 @@ impl Connection {
         }
         if self.buf.len() < wanted {
             self.buf.resize(wanted.next_power_of_two(), 0);
+        }
+    }
+}
+
+impl Connection {
+    /// Borrows a write buffer unless one is held.
+    fn hold_out(&mut self) {
+        if !self.holds_out {
+            self.out = self.pool.take_write();
+            self.holds_out = true;
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            self.pool.give_read(std::mem::take(&mut self.buf));
+        }
+        if self.holds_out {
+            self.pool.give_write(std::mem::take(&mut self.out));
         }
     }
 }

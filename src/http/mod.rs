@@ -10,6 +10,7 @@
 //! - [`parse`]: the request head parser over `httparse`, with the size limits.
 //! - [`request`] / [`response`]: the engine-neutral request and response types.
 //! - [`conn`]: the per-connection state machine.
+//! - [`pool`]: the shard's connection buffers, lent while a connection works.
 //! - [`date`]: the cached `Date` header value.
 //! - [`error`]: protocol errors and their statuses.
 
@@ -17,11 +18,13 @@ pub mod conn;
 pub mod date;
 pub mod error;
 pub mod parse;
+pub mod pool;
 pub mod request;
 pub mod response;
 
 pub use conn::{Connection, Limits, Service, Step, Timeouts, TurnWait};
 pub use date::HttpDate;
 pub use error::{clip_parser_message, quote_input, HttpError};
+pub use pool::BufferPool;
 pub use request::{Method, Request};
 pub use response::{ConnectionHeader, Reply, Response, StatusCode};

@@ -46,6 +46,9 @@ pub struct ConnectionCounters {
     pub protocol_errors: u64,
     /// Refused with 503 while memory was critical (auto-recovery).
     pub rejected_overload: u64,
+    /// Read buffers lent to connections at the last report (a gauge): requests being received
+    /// or parsed; an idle keep-alive connection holds none.
+    pub read_buffers: u64,
 }
 
 /// Responses per route and status class, cumulative.

@@ -35,14 +35,28 @@ impl EvaluationSettings {
     pub fn from_config(config: &Config, shards: usize) -> (EvaluationSettings, Option<String>) {
         let m = &config.monitoring;
         let c = &config.cluster;
+        // With in-process scaling off, every shard placed stays active.
+        let scaling = c.shard_scaling == crate::config::Switch::On;
+        let (min, max) = if scaling {
+            (c.min_workers, c.max_workers)
+        } else {
+            (shards, shards)
+        };
         let (policy, note) = ScalePolicy::clamped(
-            c.min_workers,
-            c.max_workers,
+            min,
+            max,
             shards,
             c.scale_up_threshold.into(),
             c.scale_down_threshold.into(),
             Duration::from_millis(c.scale_cooldown_ms),
         );
+        let note = if scaling {
+            note
+        } else {
+            Some(format!(
+                "in-process shard scaling is off (SHARD_SCALING=off): all {shards} shards stay active"
+            ))
+        };
         let settings = EvaluationSettings {
             thresholds: Thresholds::from_config(m),
             interval: Duration::from_millis(m.metrics_interval_ms),
@@ -494,6 +508,25 @@ mod tests {
             state,
             Control::default(),
         )
+    }
+
+    #[test]
+    fn shard_scaling_off_keeps_every_shard_active() {
+        let scaling = |args: &[&str]| {
+            let argv = std::iter::once("coinbit").chain(args.iter().copied());
+            let config = Cli::parse_from(argv, &[]).unwrap().config;
+            EvaluationSettings::from_config(&config, 6)
+        };
+        let (on, _) = scaling(&["--min-workers", "2"]);
+        assert_eq!((on.policy.min, on.policy.max), (2, 6));
+        assert_eq!(on.policy.decide(6, 1.0, Duration::from_secs(60)), Some(5));
+        let (off, note) = scaling(&["--min-workers", "2", "--shard-scaling", "off"]);
+        assert_eq!((off.policy.min, off.policy.max), (6, 6));
+        assert!(note.unwrap().contains("SHARD_SCALING=off"));
+        // Idle or busy, nothing moves.
+        for cpu in [1.0, 99.0] {
+            assert_eq!(off.policy.decide(6, cpu, Duration::from_secs(60)), None);
+        }
     }
 
     #[test]

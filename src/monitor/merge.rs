@@ -35,6 +35,7 @@ impl Totals {
         c.idle_timeouts += o.idle_timeouts;
         c.protocol_errors += o.protocol_errors;
         c.rejected_overload += o.rejected_overload;
+        c.read_buffers += o.read_buffers;
         self.latency_sum_micros += other.latency_sum_micros;
     }
 
@@ -100,6 +101,7 @@ impl ShardTrack {
         totals.add(&self.current);
         // Open connections of dead generations are gone.
         totals.connections.open = self.current.connections.open;
+        totals.connections.read_buffers = self.current.connections.read_buffers;
         totals
     }
 

@@ -541,6 +541,7 @@ fn traffic(
             "idle_timeouts_total": totals.connections.idle_timeouts,
             "protocol_errors_total": totals.connections.protocol_errors,
             "rejected_overload_total": totals.connections.rejected_overload,
+            "read_buffers": totals.connections.read_buffers,
         },
     })
 }
@@ -613,7 +614,7 @@ fn traffic_families(w: &mut PromWriter, view: &View) {
 /// The per-shard families: connections, restarts, up, heartbeat age.
 fn shard_families(w: &mut PromWriter, state: &ClusterState, facts: &[ShardFacts]) {
     type Gauge = fn(&ShardTrack, &ShardFacts) -> f64;
-    let per_shard: [(&'static str, Kind, &str, Gauge); 7] = [
+    let per_shard: [(&'static str, Kind, &str, Gauge); 8] = [
         (
             "coinbit_http_connections_open",
             Kind::Gauge,
@@ -643,6 +644,12 @@ fn shard_families(w: &mut PromWriter, state: &ClusterState, facts: &[ShardFacts]
             Kind::Counter,
             "Keep-alive connections closed after the idle timeout.",
             |_, f| f.totals.connections.idle_timeouts as f64,
+        ),
+        (
+            "coinbit_http_read_buffers",
+            Kind::Gauge,
+            "Read buffers lent to connections (an idle keep-alive connection holds none).",
+            |_, f| f.totals.connections.read_buffers as f64,
         ),
         (
             "coinbit_shard_restarts_total",
@@ -825,6 +832,7 @@ mod tests {
             check_interval: Duration::from_secs(1),
             group_commit: 8,
             read_answer_limit: Duration::from_secs(3),
+            wire_reads: None,
         };
         database.nodes[1].lag_bytes.store(4096, Relaxed);
         database.nodes[1].lag_ms.store(250, Relaxed);

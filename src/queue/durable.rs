@@ -46,8 +46,13 @@ const INSERT: &str =
 const INSERT_WITH_OPTIONS: &str = "INSERT INTO job_outbox \
      (kind, payload, class, max_attempts, timeout_ms, idempotency_key) \
      VALUES ($1, $2::text::jsonb, $3, $4, $5, $6) \
-     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id";
-const BY_KEY: &str = "SELECT id, status FROM job_outbox WHERE idempotency_key = $1";
+     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+     RETURNING id, replace(public_tag::text, '-', '')";
+const BY_KEY: &str = "SELECT id, status, replace(public_tag::text, '-', '') \
+     FROM job_outbox WHERE idempotency_key = $1";
+/// A job by the id the API showed: its sequence id and its tag, both or nothing.
+const BY_PUBLIC_ID: &str = "SELECT status, kind, attempts, last_error FROM job_outbox \
+     WHERE id = $1 AND public_tag = $2::text::uuid";
 const CLAIM: &str = "UPDATE job_outbox SET status = 'claimed', claimed_by = $1, \
      lease_until = now() + make_interval(secs => $2), attempts = attempts + 1 \
      WHERE id IN (SELECT id FROM job_outbox \
@@ -77,6 +82,8 @@ pub fn insert(conn: &mut DbConn, kind: &str, payload: &Value) -> Result<i64, DbE
 /// A job's durable enqueue as written: the API's job with its options resolved.
 pub struct Inserted {
     pub id: i64,
+    /// Its public tag, 32 hex digits: the API shows the job as `{id}-{tag}`.
+    pub tag: String,
     /// `pending` for a new job; the first job's status for a known key.
     pub status: String,
     /// An earlier job had the key: nothing was written.
@@ -101,6 +108,7 @@ pub fn insert_spec(conn: &mut DbConn, spec: &JobSpec) -> Result<Inserted, DbErro
     if let Some(row) = conn.query_opt(INSERT_WITH_OPTIONS, &params)? {
         return Ok(Inserted {
             id: row.get(0),
+            tag: row.get(1),
             status: "pending".into(),
             duplicate: false,
         });
@@ -109,9 +117,31 @@ pub fn insert_spec(conn: &mut DbConn, spec: &JobSpec) -> Result<Inserted, DbErro
     let first = conn.query_one(BY_KEY, &[&spec.key])?;
     Ok(Inserted {
         id: first.get(0),
+        tag: first.get(2),
         status: first.get(1),
         duplicate: true,
     })
+}
+
+/// A durable job as `GET /api/enterprise/jobs/{id}-{tag}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub status: String,
+    pub kind: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+/// The durable job whose API id is `{id}-{tag}` (`tag`: 32 hex digits), if there is one.
+pub fn find(conn: &mut DbConn, id: i64, tag: &str) -> Result<Option<Found>, DbError> {
+    Ok(conn
+        .query_opt(BY_PUBLIC_ID, &[&id, &tag])?
+        .map(|row| Found {
+            status: row.get(0),
+            kind: row.get(1),
+            attempts: row.get(2),
+            last_error: row.get(3),
+        }))
 }
 
 struct Claimed {

@@ -14,35 +14,72 @@ use serde_json::{json, Value};
 use super::Priority;
 
 /// A job's identity: the shard that owns it, that shard's generation (a restarted shard starts
-/// its sequence again), and a sequence number. Written `shard.generation.seq`.
+/// its sequence again), a sequence number, and 128 random bits, so that no one finds a job by
+/// guessing its id. Written `shard.generation.seq-tag` (the tag as 32 hex digits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId {
     pub shard: usize,
     pub generation: u64,
     pub seq: u64,
+    pub tag: u128,
 }
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.shard, self.generation, self.seq)
+        write!(
+            f,
+            "{}.{}.{}-{:032x}",
+            self.shard, self.generation, self.seq, self.tag
+        )
     }
 }
 
 impl std::str::FromStr for JobId {
     type Err = ();
     fn from_str(text: &str) -> Result<JobId, ()> {
-        let mut parts = text.split('.');
+        let (numbers, tag) = text.split_once('-').ok_or(())?;
+        if tag.len() != 32 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(());
+        }
+        let mut parts = numbers.split('.');
         let mut next = || parts.next().and_then(|p| p.parse::<u64>().ok()).ok_or(());
         let id = JobId {
             shard: usize::try_from(next()?).map_err(|_| ())?,
             generation: next()?,
             seq: next()?,
+            tag: u128::from_str_radix(tag, 16).map_err(|_| ())?,
         };
         match parts.next() {
             None => Ok(id),
             Some(_) => Err(()),
         }
     }
+}
+
+/// Tags drawn from the OS at once, per thread.
+const TAGS_PER_DRAW: usize = 64;
+
+/// 128 random bits for a new job's id, from the OS's random source (drawn
+/// [`TAGS_PER_DRAW`] at a time, so an enqueue seldom costs a system call).
+pub fn random_tag() -> u128 {
+    thread_local! {
+        static TAGS: std::cell::RefCell<Vec<u128>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    TAGS.with(|tags| {
+        let mut tags = tags.borrow_mut();
+        if tags.is_empty() {
+            let mut bytes = [0u8; 16 * TAGS_PER_DRAW];
+            // Only fails where the OS has no random source at all, which nothing here can run
+            // without.
+            getrandom::getrandom(&mut bytes).expect("the OS random source failed");
+            tags.extend(
+                bytes
+                    .chunks_exact(16)
+                    .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes"))),
+            );
+        }
+        tags.pop().expect("just filled")
+    })
 }
 
 /// What was asked: `Send`, so it can travel to another shard.
@@ -188,11 +225,28 @@ mod tests {
             shard: 1,
             generation: 2,
             seq: 30,
+            tag: 0xab,
         };
-        assert_eq!(id.to_string(), "1.2.30");
-        assert_eq!("1.2.30".parse::<JobId>(), Ok(id));
-        for bad in ["", "1.2", "1.2.3.4", "a.b.c", "1.-2.3"] {
+        let text = "1.2.30-000000000000000000000000000000ab";
+        assert_eq!(id.to_string(), text);
+        assert_eq!(text.parse::<JobId>(), Ok(id));
+        for bad in [
+            "",
+            "1.2.30",
+            "1.2-000000000000000000000000000000ab",
+            "1.2.3.4-000000000000000000000000000000ab",
+            "a.b.c-000000000000000000000000000000ab",
+            "1.2.30-00000000000000000000000000000ab",
+            "1.2.30-+0000000000000000000000000000ab",
+            "1.2.30-000000000000000000000000000000ag",
+        ] {
             assert!(bad.parse::<JobId>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn job_tags_are_fresh() {
+        let tags: std::collections::HashSet<u128> = (0..1_000).map(|_| random_tag()).collect();
+        assert_eq!(tags.len(), 1_000);
     }
 }

@@ -198,6 +198,7 @@ mod tests {
             shard: 1,
             generation: 1,
             seq: 1,
+            tag: 0,
         };
         (Message::Status { id, reply }, answer)
     }

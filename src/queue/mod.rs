@@ -20,6 +20,7 @@
 //! - [`shard_queues`]: one shard's queues: enqueueing, taking, finishing, dead letters, replay.
 //! - [`worker`]: the worker, retry and inbox tasks, and submission across shards.
 //! - [`durable`]: the outbox of durable jobs and each shard's dispatcher of it.
+//! - [`sweeps`]: periodic housekeeping sweeps on the primary, one task for them all.
 //! - [`mesh`]: channels and published queue lengths between shards; where a job goes.
 //! - [`job_kinds`]: registered job kinds (the seed's side jobs, debug kinds for tests).
 //! - [`retry`]: backoff with jitter.
@@ -36,6 +37,7 @@ pub mod report;
 pub mod retry;
 pub mod runtime;
 pub mod shard_queues;
+pub mod sweeps;
 pub mod worker;
 
 pub use class::{aged_weight, Priority, RouteClasses, Turns};

@@ -215,6 +215,7 @@ impl ShardQueues {
             shard: self.shard,
             generation: self.generation,
             seq: state.next_seq,
+            tag: super::job::random_tag(),
         };
         state.next_seq += 1;
         queue.counters.enqueued += 1;
@@ -772,6 +773,7 @@ mod tests {
             shard: 0,
             generation: 1,
             seq: 99,
+            tag: 0,
         };
         assert_eq!(
             queues.replay(unknown, Overrides::default()),

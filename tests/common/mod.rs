@@ -2,7 +2,11 @@
 //! real sockets.
 #![allow(dead_code, unused_macros)]
 
+pub mod exchange;
+pub mod ledger;
+pub mod money;
 pub mod pg;
+pub mod trading;
 pub mod users;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,6 +27,16 @@ use rstest_reuse::template;
 #[case::may("may")]
 pub fn engines(#[case] engine: &str) {}
 
+/// The operator token every test server gets (`OPERATOR_TOKEN`, see [`Server::command`]).
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789abcdef";
+/// The header that shows it, for [`Client::request`]'s headers.
+pub const OPERATOR: (&str, &str) = (
+    "Authorization",
+    "Bearer test-operator-token-0123456789abcdef",
+);
+/// The same as a header line, for requests written by hand.
+pub const OPERATOR_LINE: &str = "Authorization: Bearer test-operator-token-0123456789abcdef\r\n";
+
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_coinbit"));
     // Tests set what they need: nothing leaks in from the caller's environment but these.
@@ -33,6 +47,18 @@ pub fn binary() -> Command {
         }
     }
     command
+}
+
+/// The loadgen binary of this build, beside the test's own folder (target/debug/loadgen).
+pub fn loadgen_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("loadgen");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p loadgen` (`cargo test --workspace` does)",
+        path.display()
+    );
+    path
 }
 
 /// A running server process, killed on drop.
@@ -54,8 +80,9 @@ impl Server {
         Server::spawn(command)
     }
 
-    /// The server's command on 127.0.0.1:0 with a fast snapshot interval, plus `args`, for
-    /// tests that adjust it further before [`Server::spawn`].
+    /// The server's command on 127.0.0.1:0 with a fast snapshot interval and the test
+    /// operator token ([`OPERATOR_TOKEN`]), plus `args`, for tests that adjust it further
+    /// before [`Server::spawn`].
     pub fn command(args: &[&str]) -> Command {
         let mut command = binary();
         command
@@ -68,7 +95,15 @@ impl Server {
                 "100",
             ])
             .args(args)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
+            // The background sweeps (idempotency purge, coupon credit, affiliate shares) write
+            // on the primary at times no test chooses, which tests that count the primary's
+            // requests would read as their own; a test of a sweep sets its interval (a flag
+            // wins over these).
+            .env("IDEMPOTENCY_PURGE_INTERVAL", "0")
+            .env("MONEY_SWEEP_INTERVAL", "0")
+            .env("AFFILIATE_SWEEP_INTERVAL", "0");
         command
     }
 
@@ -118,6 +153,11 @@ impl Server {
         self.connect().request("GET", path, &[], b"")
     }
 
+    /// One request on a fresh connection, as the operator (operator routes: jobs, debug).
+    pub fn operator_get(&self, path: &str) -> Response {
+        self.connect().request("GET", path, &[OPERATOR], b"")
+    }
+
     /// The cluster status, parsed.
     pub fn cluster_status(&self) -> serde_json::Value {
         self.get("/api/enterprise/cluster/status").json()
@@ -130,7 +170,17 @@ impl Server {
         what: &str,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        wait_for(what, Duration::from_secs(15), || {
+        self.wait_for_status_within(what, Duration::from_secs(15), check)
+    }
+
+    /// [`Server::wait_for_status`] with a limit of its own.
+    pub fn wait_for_status_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(what, limit, || {
             let response =
                 self.connect()
                     .try_request("GET", "/api/enterprise/cluster/status", &[], b"")?;
@@ -150,6 +200,50 @@ impl Server {
         })
     }
 
+    /// Runs a burst of `clients` threads, each on one connection of its own sending
+    /// `request(connection, client, i)` for `i` up to `per_client`, which answers what it sent
+    /// and whether the connection was cut (the client's last). Sends the server SIGKILL once
+    /// `answered` (which the requests count up) reaches `before_kill` (bounded: 2 min), waits
+    /// for it to exit, and returns what was sent, in client order, once every client has ended.
+    pub fn kill_9_during<T: Send>(
+        &mut self,
+        clients: usize,
+        per_client: usize,
+        answered: &std::sync::atomic::AtomicUsize,
+        before_kill: usize,
+        request: impl Fn(&mut Client, usize, usize) -> (T, bool) + Sync,
+    ) -> Vec<T> {
+        let addr = self.addr;
+        let done = std::thread::scope(|scope| {
+            let request = &request;
+            let one_client = move |c: usize| {
+                let mut connection = Client::connect(addr);
+                let mut sent = Vec::new();
+                for i in 0..per_client {
+                    let (what, cut) = request(&mut connection, c, i);
+                    sent.push(what);
+                    if cut {
+                        break;
+                    }
+                }
+                sent
+            };
+            let handles: Vec<_> = (0..clients)
+                .map(|c| scope.spawn(move || one_client(c)))
+                .collect();
+            wait_for("answers before the kill", Duration::from_secs(120), || {
+                (answered.load(std::sync::atomic::Ordering::Relaxed) >= before_kill).then_some(())
+            });
+            self.signal(libc::SIGKILL);
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        self.wait_exit(Duration::from_secs(10));
+        done
+    }
+
     /// Server log lines so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.stderr.try_iter().collect()
@@ -164,13 +258,20 @@ impl Drop for Server {
 }
 
 /// Polls `probe` every 20 ms until it returns `Some`, or panics after `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, limit: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    try_wait_for(limit, probe).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`; `None` after `limit`.
+pub fn try_wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = probe() {
-            return value;
+            return Some(value);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -240,7 +341,10 @@ impl Client {
         body: &[u8],
     ) -> Response {
         self.try_request(method, path, headers, body)
-            .expect("connection closed before a response")
+            .unwrap_or_else(|| {
+                let timeout = self.stream.read_timeout().ok().flatten();
+                panic!("{method} {path}: the connection closed, or no answer within {timeout:?}")
+            })
     }
 
     /// Like `request`, but `None` when the connection fails or closes first.

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Condvar, Mutex, OnceLock};
 
+use super::Server;
+
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/cluster.sh");
 /// Data directories are named `<prefix><pid>-<port>`, so a sweep knows which run owns one.
 const DIR_PREFIX: &str = "/tmp/coinbit-test-pg-";
@@ -243,16 +245,33 @@ impl PgCluster {
     /// A fresh database of its own for one test (replicated to every replica).
     pub fn create_database(&self, name: &str) -> String {
         self.psql("primary", "postgres", &format!("CREATE DATABASE {name}"));
+        self.wait_on_every_replica(
+            "the new database",
+            "postgres",
+            &format!("SELECT count(*) = 1 FROM pg_database WHERE datname = '{name}'"),
+        );
+        name.to_string()
+    }
+
+    /// Waits (bounded) until every replica has replayed all the primary had written when
+    /// called: what a test pauses or stops must already hold the schema and rows it reads.
+    pub fn wait_replicas_caught_up(&self, database: &str) {
+        let written = self.psql("primary", database, "SELECT pg_current_wal_lsn()");
+        let check = format!("SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn");
+        self.wait_on_every_replica(&format!("replay up to {written}"), database, &check);
+    }
+
+    /// Waits (bounded) until `check`, a query answering one boolean, is true on every replica:
+    /// what a test reads through replicas without read-your-writes must have been replayed.
+    pub fn wait_on_every_replica(&self, what: &str, database: &str, check: &str) {
         for i in 1..=self.replicas {
             let replica = format!("replica{i}");
-            let sql = format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'");
             super::wait_for(
-                "the new database on every replica",
-                std::time::Duration::from_secs(10),
-                || (self.psql(&replica, "postgres", &sql) == "1").then_some(()),
+                &format!("{what} on {replica}"),
+                std::time::Duration::from_secs(30),
+                || (self.psql(&replica, database, check) == "t").then_some(()),
             );
         }
-        name.to_string()
     }
 }
 
@@ -283,4 +302,107 @@ fn fastrand_u16(bound: u16) -> u16 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
     (h.finish() % u64::from(bound)) as u16
+}
+
+/// A server binary of the installed PostgreSQL (`pg_ctl`, ...), beside psql.
+pub fn pg_binary(name: &str) -> PathBuf {
+    psql_binary().with_file_name(name)
+}
+
+/// A PostgreSQL tool on this cluster's files, as the `postgres` user when the tests run as
+/// root (PostgreSQL refuses root).
+fn as_postgres(program: PathBuf) -> Command {
+    // SAFETY: reading this process's own user id.
+    if unsafe { libc::getuid() } == 0 {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+impl PgCluster {
+    /// One URL naming several nodes' hosts (`postgres://h1:p1,h2:p2/db`): the server finds
+    /// which one takes writes.
+    pub fn multi_host_url(&self, nodes: &[&str], database: &str) -> String {
+        let hosts: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", self.node_port(n)))
+            .collect();
+        format!("postgres://postgres@{}/{database}", hosts.join(","))
+    }
+
+    /// Promotes the standby `node` to a primary (`pg_ctl promote`, waiting until it is).
+    pub fn promote(&self, node: &str) {
+        let out = as_postgres(pg_binary("pg_ctl"))
+            .args(["promote", "-w", "-t", "60", "-D"])
+            .arg(self.dir.join(node))
+            .output()
+            .expect("run pg_ctl promote");
+        assert!(out.status.success(), "promote {node}: {out:?}");
+    }
+
+    /// Starts the stopped `node` again as a standby of `leader` (a former primary following
+    /// the one promoted in its place; after a clean shutdown it needs no rewind).
+    pub fn start_as_standby_of(&self, node: &str, leader: &str) {
+        let data = self.dir.join(node);
+        std::fs::write(data.join("standby.signal"), "").expect("standby.signal");
+        let mut auto = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.auto.conf"))
+            .expect("postgresql.auto.conf");
+        use std::io::Write;
+        writeln!(
+            auto,
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={node}'",
+            self.node_port(leader)
+        )
+        .expect("write postgresql.auto.conf");
+        self.start_node(node);
+    }
+
+    /// A server on `database` of this cluster (writes on the primary, reads on every replica),
+    /// `extra_env` beside, quick to notice a lost node ([`start_quick_to_fail_over`]).
+    pub fn start_server(
+        &self,
+        engine: &str,
+        database: &str,
+        extra_env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
+        let cluster_env = self.env(database);
+        let env: Vec<(&str, &str)> = cluster_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(extra_env.iter().copied())
+            .collect();
+        start_quick_to_fail_over(engine, &env, args)
+    }
+}
+
+/// A server on the database `env` names that notices a lost node within the tests' waits: two
+/// connections a pool, a health check every 200 ms, an ejection of 300 ms, connects given up
+/// after a second; then `args`.
+pub fn start_quick_to_fail_over(engine: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
+    let quick = [
+        "--pool-size",
+        "2",
+        "--replica-health-check-interval",
+        "200",
+        "--ejection-time",
+        "300",
+        "--connect-timeout",
+        "1000",
+    ];
+    let all: Vec<&str> = quick.iter().chain(args).copied().collect();
+    Server::start_with(engine, &all, env)
+}
+
+/// This binary's turn to run a database cluster, for tests that start one other than
+/// [`PgCluster`] (Patroni's, say): held, no `PgCluster` of this binary starts beside it.
+pub struct Turn(#[allow(dead_code)] ClusterTurn);
+
+pub fn take_turn() -> Turn {
+    Turn(ClusterTurn::take())
 }

@@ -15,7 +15,7 @@ export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
-targets=(http_conn json_bodies)
+targets=(http_conn json_bodies auth)
 # Built once, optimised, with AddressSanitizer (the codec's buffer handling is what it checks).
 cargo fuzz build --fuzz-dir . -O --sanitizer address
 for target in "${targets[@]}"; do

@@ -22,6 +22,7 @@ use hdrhistogram::Histogram;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::login::{Identities, Signer};
 use crate::scenario::{Ctx, RequestBuilder, Scenario};
 use crate::schedule::{users_for_client, Profile, Think};
 use crate::stats::{ClientTotals, EndpointStats, ErrorKind, Gauges, Msg, Snapshot};
@@ -67,6 +68,8 @@ pub struct Plan {
     pub spin: Duration,
     pub scenario: Arc<Scenario>,
     pub builders: Arc<Vec<RequestBuilder>>,
+    /// Each virtual user's credentials, when the scenario logs in.
+    pub identities: Option<Arc<Identities>>,
     pub seed: u64,
 }
 
@@ -126,6 +129,7 @@ struct ClientThread {
     seq: u64,
     dirty: Vec<usize>,
     scratch: Vec<u8>,
+    signer: Signer,
     completions: Vec<Completion>,
     // Open model.
     free: Vec<usize>,
@@ -188,6 +192,7 @@ impl ClientThread {
             seq: 0,
             dirty: Vec::new(),
             scratch: Vec::new(),
+            signer: Signer::default(),
             completions: Vec::new(),
             free: Vec::new(),
             retry: VecDeque::new(),
@@ -581,14 +586,19 @@ impl ClientThread {
         now: Instant,
     ) {
         let conn = &mut self.conns[c];
+        let vu = u64::from(user) * self.plan.threads as u64 + self.plan.id as u64;
         let mut ctx = Ctx {
             rng: &mut self.rng,
             user_ids: self.plan.scenario.user_ids,
-            vu: u64::from(user) * self.plan.threads as u64 + self.plan.id as u64,
+            vu,
             seq: self.seq * self.plan.threads as u64 + self.plan.id as u64,
         };
         self.seq += 1;
+        let start = conn.wbuf().len();
         self.plan.builders[usize::from(endpoint)].write(&mut ctx, conn.wbuf(), &mut self.scratch);
+        if let Some(identities) = &self.plan.identities {
+            identities.decorate(vu, conn.wbuf(), start, &mut self.signer);
+        }
         conn.inflight.push_back(InFlight {
             endpoint,
             user,

@@ -115,6 +115,22 @@ fn new_aggregator(cfg: &Config, started: SystemTime) -> Aggregator {
     )
 }
 
+/// With a scenario's `[login]`: an account for each virtual user, made before the run.
+fn log_in(cfg: &Config) -> Result<Option<Arc<crate::login::Identities>>, Error> {
+    let Some(spec) = &cfg.scenario.login else {
+        return Ok(None);
+    };
+    // Virtual users: the closed model's users, or the open model's connections.
+    let users = match &cfg.load {
+        Load::Closed { users, .. } => users.peak().round() as usize,
+        Load::Open { .. } => 0,
+    };
+    let count = users.max(cfg.peak_connections() as usize);
+    let identities =
+        crate::login::prepare(cfg.target, &cfg.host_header, spec, count).map_err(Error::Config)?;
+    Ok(Some(Arc::new(identities)))
+}
+
 /// The running client threads: a control channel to each, and their threads.
 struct ClientThreads {
     ctls: Vec<Sender<Ctl>>,
@@ -132,6 +148,7 @@ impl ClientThreads {
             .collect::<Result<_, _>>()
             .map_err(Error::Config)?;
         let builders = Arc::new(builders);
+        let identities = log_in(cfg)?;
         let scenario = Arc::new(cfg.scenario.clone());
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         let mut clients = ClientThreads {
@@ -160,6 +177,7 @@ impl ClientThreads {
                 spin: cfg.spin,
                 scenario: scenario.clone(),
                 builders: builders.clone(),
+                identities: identities.clone(),
                 seed: cfg.seed,
             };
             let (ctl_tx, ctl_rx) = unbounded();

@@ -16,6 +16,9 @@
 //! path = "/api/orders"
 //! headers = { content-type = "application/json" }
 //! body = '{"user":{{user_id}},"qty":{{rand:1:10}}}'
+//!
+//! [login]                               # optional: an account per virtual user (crate::login)
+//! credentials = "session"               # or "api_key" (signed requests)
 //! ```
 
 use std::collections::BTreeMap;
@@ -30,6 +33,8 @@ pub struct FileScenario {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub requests: Vec<FileRequest>,
+    /// Log each virtual user in (see [`crate::login`]).
+    pub login: Option<crate::login::LoginSpec>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,6 +46,8 @@ pub struct Scenario {
     pub endpoints: Vec<Endpoint>,
     /// Upper bound of `{{user_id}}`.
     pub user_ids: u64,
+    /// Each virtual user logs in before the run and sends its credentials ([`crate::login`]).
+    pub login: Option<crate::login::LoginSpec>,
     cumulative: Vec<u64>,
 }
 
@@ -85,6 +87,7 @@ impl Scenario {
             name,
             endpoints,
             user_ids,
+            login: None,
             cumulative,
         })
     }
@@ -134,6 +137,7 @@ impl Scenario {
             name: format!("GET {path}"),
             endpoints: vec![ep],
             user_ids: 10_000,
+            login: None,
             cumulative: vec![1],
         }
     }
@@ -177,8 +181,12 @@ impl Scenario {
             });
         }
         let name = f.name.unwrap_or_else(|| origin.to_string());
-        let sc = Scenario::new(name, endpoints, f.user_ids.unwrap_or(10_000))
+        let mut sc = Scenario::new(name, endpoints, f.user_ids.unwrap_or(10_000))
             .map_err(|e| format!("{origin}: {e}"))?;
+        if let Some(login) = f.login {
+            login.validate().map_err(|e| format!("{origin}: {e}"))?;
+            sc.login = Some(login);
+        }
         // Compile every template now so a typo stops the run before it starts.
         for e in &sc.endpoints {
             RequestBuilder::new(e, "check", &[]).map_err(|err| format!("{origin}: {err}"))?;

@@ -38,10 +38,11 @@ pub(crate) fn spawn(shard: &Rc<GlommioShard>, stream: TcpStream) {
         },
     );
     let serving = Serving {
-        conn: Connection::new(
+        conn: Connection::with_pool(
             shard.settings.limits,
             shard.settings.timeouts,
             Instant::now(),
+            shard.buffers.clone(),
         ),
         registration: Registration {
             shard: shard.clone(),
@@ -101,14 +102,16 @@ async fn serve(mut s: Serving) {
         let step = std::mem::replace(&mut s.step, Step::Read);
         s.step = match step {
             Step::Close => {
-                linger_close(&mut s.stream).await;
+                // Boxed: its 4 KiB sink would otherwise be part of every connection's task,
+                // idle ones included (a future is as large as its largest await point).
+                Box::pin(linger_close(&mut s.stream)).await;
                 return;
             }
             Step::Flush => s.conn.advance(&mut *shard.app.borrow_mut(), Instant::now()),
             Step::Read => {
                 s.shared.deadline.set(s.conn.deadline());
                 s.shared.idle.set(s.conn.is_idle());
-                let read = read_some(&mut s.stream, s.conn.read_buf(), wrote).await;
+                let read = read_some(&mut s.stream, &mut s.conn, wrote).await;
                 s.shared.idle.set(false);
                 let n = match read {
                     Ok(0) | Err(_) => return,
@@ -144,16 +147,19 @@ async fn serve(mut s: Serving) {
 /// task first lets the shard's other connections run (`yield_first`), then tries a plain
 /// non-blocking `recv`; only when that finds nothing does it fall back to glommio's read, which
 /// waits on a poll. (An io_uring `recv` peek instead contends for the socket lock with the
-/// sender's softirq: 10 % of the shard's time, pipelined.)
+/// sender's softirq: 10 % of the shard's time, pipelined.) Before that wait the connection
+/// gives its buffers back to the shard's pool when they are empty, as nginx does: an idle
+/// keep-alive connection holds no buffer, only its task and its pending 1-byte peek.
 async fn read_some(
     stream: &mut TcpStream,
-    buf: &mut [u8],
+    conn: &mut Connection,
     yield_first: bool,
 ) -> std::io::Result<usize> {
     if yield_first {
         futures_lite::future::yield_now().await;
     }
     loop {
+        let buf = conn.read_buf();
         // SAFETY: `buf` is valid for writes of its length; the descriptor is the stream's own.
         let n = unsafe {
             libc::recv(
@@ -170,6 +176,7 @@ async fn read_some(
         if error.kind() != std::io::ErrorKind::WouldBlock {
             return Err(error);
         }
+        conn.release_buffers();
         // Wait until at least a byte is there; the next pass reads it.
         if stream.peek(&mut [0u8; 1]).await? == 0 {
             return Ok(0);

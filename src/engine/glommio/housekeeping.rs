@@ -128,7 +128,7 @@ fn close_idle_connections(shard: &GlommioShard) {
 }
 
 fn send_report(shard: &GlommioShard, now: Instant) {
-    engine::send_report(&mut shard.app.borrow_mut(), &shard.ctx, now);
+    engine::send_report(&mut shard.app.borrow_mut(), &shard.ctx, now, &shard.buffers);
 }
 
 /// Cancels connections whose deadline passed; their tasks' guards unregister them.

@@ -21,6 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
@@ -28,6 +29,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::{ConnectionSettings, ShardContext};
 use crate::app::{AcceptDecision, ShardApp};
+use crate::http::BufferPool;
 use crate::shard::lifecycle;
 use crate::shard::{ShardError, ShardExit, ShardFailure, ShardOperation, ShardState};
 use classes::GlommioClasses;
@@ -76,6 +78,8 @@ pub(crate) struct GlommioShard {
     pub connections: RefCell<HashMap<u64, Tracked>>,
     pub next_connection_id: std::cell::Cell<u64>,
     pub settings: ConnectionSettings,
+    /// The buffers its connections borrow while they work.
+    pub buffers: Arc<BufferPool>,
     /// Set (to the panic's message) when a task panicked past its own containment: the shard
     /// tears down and restarts.
     pub crash: RefCell<Option<String>>,
@@ -139,6 +143,7 @@ async fn shard_main(ctx: ShardContext) -> Result<(), ShardError> {
         connections: RefCell::new(HashMap::new()),
         next_connection_id: std::cell::Cell::new(0),
         settings: ConnectionSettings::from_config(&ctx.config),
+        buffers: Arc::new(BufferPool::new()),
         crash: RefCell::new(None),
         stopping: std::cell::Cell::new(false),
         listening: RefCell::new(None),

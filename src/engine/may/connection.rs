@@ -129,7 +129,12 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
     // `with_app`, never held across the waits below.
     let shard = registration.shard.clone();
     let settings = shard.settings;
-    let mut conn = Connection::new(settings.limits, settings.timeouts, Instant::now());
+    let mut conn = Connection::with_pool(
+        settings.limits,
+        settings.timeouts,
+        Instant::now(),
+        shard.buffers.clone(),
+    );
     let mut step = Step::Read;
     // The last read left the socket empty: the next one would only say so.
     let mut drained = false;
@@ -236,6 +241,9 @@ fn read_some(
             return None;
         }
         shared.publish(deadline.map_or(0, |(at, _)| to_ticks(shard, at)), idle);
+        // Nothing to read now: the buffers go back to the shard's pool while the client is
+        // silent (kept when they hold part of a request).
+        conn.release_buffers();
         stream.wait_io();
         shared.publish(0, false);
         woken = true;

@@ -38,7 +38,7 @@ fn beat(shard: &MayShard, timer: &CoIo<OwnedFd>) {
     {
         let now = Instant::now();
         if now >= next_report {
-            shard.with_app(|app| engine::send_report(app, &shard.ctx, now));
+            shard.with_app(|app| engine::send_report(app, &shard.ctx, now, &shard.buffers));
             next_report = now + interval;
         }
         timer.wait_io();

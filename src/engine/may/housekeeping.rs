@@ -102,7 +102,7 @@ impl Housekeeper for Arc<MayShard> {
     }
 
     fn send_report(&self, now: Instant) {
-        self.with_app(|app| engine::send_report(app, &self.ctx, now));
+        self.with_app(|app| engine::send_report(app, &self.ctx, now, &self.buffers));
     }
 
     fn death(&self, death: Death) -> ShardError {

@@ -61,6 +61,7 @@ use may::net::{TcpListener, TcpStream};
 
 use super::{ConnectionSettings, ShardContext};
 use crate::app::ShardApp;
+use crate::http::BufferPool;
 use crate::shard::lifecycle;
 use crate::shard::{ShardError, ShardExit, ShardFailure, ShardOperation, ShardState};
 use classes::{MayClasses, Next, Wakeups};
@@ -254,6 +255,8 @@ pub(crate) struct MayShard {
     pub connections: Mutex<HashMap<u64, Arc<ConnShared>>>,
     next_connection_id: AtomicU64,
     pub settings: ConnectionSettings,
+    /// The buffers its connections borrow while they work.
+    pub buffers: Arc<BufferPool>,
     /// Deadlines are kept as nanoseconds since this instant (0: none).
     pub epoch: Instant,
     /// Set (to the panic's message) when a coroutine panicked past its own containment: the
@@ -297,6 +300,7 @@ impl MayShard {
             connections: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(0),
             settings: ConnectionSettings::from_config(&ctx.config),
+            buffers: Arc::new(BufferPool::new()),
             epoch: Instant::now(),
             crash: Mutex::new(None),
             listening: Mutex::new(None),

@@ -381,3 +381,64 @@ fn a_request_that_waits_for_its_turn_keeps_its_place_and_its_latency() {
     );
     assert!(conn.deadline().is_some());
 }
+
+#[test]
+fn an_idle_connection_gives_its_buffers_back_and_a_partial_request_keeps_its_own() {
+    let pool = Arc::new(BufferPool::new());
+    let now = Instant::now();
+    let mut conn = Connection::with_pool(limits(), timeouts(), now, pool.clone());
+    let mut echo = Echo::default();
+    // A new connection holds nothing until it reads.
+    assert_eq!((pool.read_lent(), pool.write_lent()), (0, 0));
+    feed(
+        &mut conn,
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HT",
+        now,
+    );
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    assert_eq!((pool.read_lent(), pool.write_lent()), (1, 1));
+    assert_eq!(bodies(conn.output()), vec!["/a:0"]);
+    conn.clear_output();
+    // Half of the next request is buffered: the read buffer stays, the write buffer goes.
+    conn.release_buffers();
+    assert!(conn.holds_read_buffer());
+    assert_eq!((pool.read_lent(), pool.write_lent()), (1, 0));
+    feed(&mut conn, b"TP/1.1\r\nHost: h\r\n\r\n", now);
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    assert_eq!(bodies(conn.output()), vec!["/b:0"]);
+    // Output not yet written is kept.
+    conn.release_buffers();
+    assert_eq!(pool.write_lent(), 1);
+    conn.clear_output();
+    conn.release_buffers();
+    assert!(!conn.holds_read_buffer());
+    assert_eq!((pool.read_lent(), pool.write_lent()), (0, 0));
+    // The next request borrows again, and a closed connection gives back what it held.
+    feed(&mut conn, b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n", now);
+    assert!(matches!(conn.advance(&mut echo, now), Step::Read));
+    assert_eq!(bodies(conn.output()), vec!["/c:0"]);
+    drop(conn);
+    assert_eq!((pool.read_lent(), pool.write_lent()), (0, 0));
+}
+
+#[test]
+fn a_connection_awaiting_a_reply_keeps_its_write_buffer() {
+    let pool = Arc::new(BufferPool::new());
+    let now = Instant::now();
+    let mut conn = Connection::with_pool(limits(), timeouts(), now, pool.clone());
+    let mut echo = Echo::default();
+    feed(
+        &mut conn,
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /later HTTP/1.1\r\nHost: h\r\n\r\n",
+        now,
+    );
+    let Step::Await(pending) = conn.advance(&mut echo, now) else {
+        panic!("expected an await");
+    };
+    conn.clear_output();
+    conn.release_buffers();
+    assert_eq!((pool.read_lent(), pool.write_lent()), (0, 1));
+    let response = futures_lite::future::block_on(pending);
+    assert!(matches!(conn.resume(response, &mut echo, now), Step::Read));
+    assert_eq!(bodies(conn.output()), vec!["later"]);
+}

@@ -95,6 +95,7 @@ pub fn serve_once(status_line: &'static str, body: String, chunked: bool) -> Str
         let mut buf = [0u8; 1024];
         while !request.windows(4).any(|w| w == b"\r\n\r\n") {
             match conn.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) | Err(_) => return,
                 Ok(n) => request.extend_from_slice(&buf[..n]),
             }
