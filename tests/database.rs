@@ -719,12 +719,11 @@ fn a_primary_in_recovery_gets_no_writes(#[case] engine: &str) {
     migrate(cluster, &db);
     let applied = "SELECT count(*) FROM schema_migrations";
     let migrations = cluster.psql("primary", &db, applied);
-    common::wait_for("the schema on replica1", Duration::from_secs(10), || {
-        let sql = "SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'";
-        (cluster.psql("replica1", &db, sql) == "1"
-            && cluster.psql("replica1", &db, applied) == migrations)
-            .then_some(())
-    });
+    cluster.wait_on_every_replica(
+        "the schema",
+        &db,
+        &format!("SELECT count(*) = {migrations} FROM schema_migrations"),
+    );
     let server = Server::start_with(
         engine,
         &[

@@ -24,7 +24,11 @@ status=0
 # tests/durable_jobs.rs share one for all their tests; tests/database_failover.rs's tests, which
 # stop nodes, take turns with one each), so four postmasters at most share the two cores with
 # the servers under test instead of starving each other into timeouts.
-cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+# Without bench/may-hello: its may_minihttp turns may's work stealing on for every crate built
+# with it (cargo unifies features across the packages of one build), and the server's may
+# engine, built without it (Cargo.toml), keeps each coroutine on its shard's pinned carrier;
+# the tests check the build that ships.
+cargo test --workspace --exclude may-hello --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # The failures again, at the end where a truncated log still shows them: each panic's test and
 # the first lines of its message (the whole of it is above, in its binary's output).
 if [ "$status" -ne 0 ]; then

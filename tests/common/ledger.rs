@@ -2,13 +2,12 @@
 //! webhook's secret, an admin, users registered and logged in, funds through a signed webhook
 //! delivery, and the ledger check, asserted when the [`Bank`] drops (after every test).
 
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::pg::{psql_binary, PgCluster};
+use super::pg::PgCluster;
 use super::{Client, Response, Server};
 
 pub const WEBHOOK_SECRET: &str = "whsec_coinbit_tests";
@@ -93,25 +92,7 @@ impl Bank {
 
     /// Runs SQL on the primary; the error text when the database refuses it.
     pub fn try_sql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new(psql_binary())
-            .args(["-X", "-q", "-At", "-h", "127.0.0.1", "-U", "postgres"])
-            .args([
-                "-p",
-                &self.cluster.node_port("primary").to_string(),
-                "-d",
-                &self.db,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("run psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        self.cluster.try_psql("primary", &self.db, sql)
     }
 
     /// Registers and logs in a user of `country` (BR: BRL; anything else: USD).

@@ -92,11 +92,10 @@ impl Money {
     /// Waits (bounded) until the replica holds `person`, for a read that presents no write's
     /// position (people are made straight in the database).
     pub fn replicated(&self, person: &Person) {
-        let sql = format!("SELECT count(*) FROM users WHERE id = {}", person.id);
-        super::wait_for(
-            "the user on the replica",
-            std::time::Duration::from_secs(10),
-            || (cluster().psql("replica1", &self.db, &sql) == "1").then_some(()),
+        cluster().wait_on_every_replica(
+            "the user",
+            &self.db,
+            &format!("SELECT count(*) = 1 FROM users WHERE id = {}", person.id),
         );
     }
 

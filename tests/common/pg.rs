@@ -222,6 +222,12 @@ impl PgCluster {
 
     /// Runs SQL on a node with psql; the output, trimmed. Panics on failure.
     pub fn psql(&self, node: &str, database: &str, sql: &str) -> String {
+        self.try_psql(node, database, sql)
+            .unwrap_or_else(|error| panic!("psql on {node}: {sql}: {error}"))
+    }
+
+    /// Runs SQL on a node with psql; the output, trimmed, or psql's error text.
+    pub fn try_psql(&self, node: &str, database: &str, sql: &str) -> Result<String, String> {
         let out = Command::new(psql_binary())
             .args(["-X", "-q", "-At", "-h", "127.0.0.1", "-U", "postgres"])
             .args([
@@ -229,17 +235,18 @@ impl PgCluster {
                 &self.node_port(node).to_string(),
                 "-d",
                 database,
+                "-v",
+                "ON_ERROR_STOP=1",
                 "-c",
                 sql,
             ])
             .output()
             .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql on {node}: {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
     }
 
     /// A fresh database of its own for one test (replicated to every replica).
@@ -266,10 +273,25 @@ impl PgCluster {
     pub fn wait_on_every_replica(&self, what: &str, database: &str, check: &str) {
         for i in 1..=self.replicas {
             let replica = format!("replica{i}");
-            super::wait_for(
-                &format!("{what} on {replica}"),
-                std::time::Duration::from_secs(30),
-                || (self.psql(&replica, database, check) == "t").then_some(()),
+            // A replica that has not replayed the migrations yet answers "relation does not
+            // exist": not there yet, like a false, until the bound.
+            let mut last = String::new();
+            let replayed = super::try_wait_for(std::time::Duration::from_secs(30), || {
+                match self.try_psql(&replica, database, check) {
+                    Ok(answer) if answer == "t" => Some(()),
+                    Ok(answer) => {
+                        last = answer;
+                        None
+                    }
+                    Err(error) => {
+                        last = error;
+                        None
+                    }
+                }
+            });
+            assert!(
+                replayed.is_some(),
+                "timed out waiting for {what} on {replica}: {check} last answered {last:?}"
             );
         }
     }
