@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(default_value = "http://127.0.0.1:3000")]
     pub url: String,
 
-    /// Scenario: builtin:coinbitclub (default), builtin:health, builtin:probes, or a TOML/JSON file.
+    /// Scenario: builtin:coinbitclub (default), builtin:health, builtin:probes, builtin:money, or a
+    /// TOML/JSON file.
     #[arg(short, long)]
     pub scenario: Option<String>,
 

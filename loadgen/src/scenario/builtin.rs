@@ -54,6 +54,10 @@ pub const HEALTH: &[Call] = &[get("health", "/health", 1)];
 /// `builtin:probes`: the orchestrator probes.
 pub const PROBES: &[Call] = &[get("livez", "/livez", 1), get("readyz", "/readyz", 1)];
 
+/// Built-in mixes written as scenario files (they need what a file gives: a `[login]`, per-request
+/// headers, several expected statuses), embedded so that `builtin:NAME` needs no path.
+pub const FILES: &[(&str, &str)] = &[("money", include_str!("../../scenarios/money.toml"))];
+
 /// Built-in mixes by name.
 pub const MIXES: &[(&str, &[Call])] = &[
     ("coinbitclub", COINBITCLUB),

@@ -92,15 +92,20 @@ impl Scenario {
         })
     }
 
-    /// A built-in mix by name (`coinbitclub`, `health`, `probes`).
+    /// A built-in mix by name (`coinbitclub`, `health`, `probes`, `money`).
     pub fn builtin(name: &str) -> Result<Scenario, String> {
+        if let Some((_, text)) = builtin::FILES.iter().find(|(n, _)| *n == name) {
+            return Scenario::from_text(text, false, &format!("builtin:{name}"));
+        }
         let (_, calls) = builtin::MIXES
             .iter()
             .find(|(n, _)| *n == name)
             .ok_or_else(|| {
                 let names: Vec<_> = builtin::MIXES
                     .iter()
-                    .map(|(n, _)| format!("builtin:{n}"))
+                    .map(|(n, _)| n)
+                    .chain(builtin::FILES.iter().map(|(n, _)| n))
+                    .map(|n| format!("builtin:{n}"))
                     .collect();
                 format!("no built-in scenario `{name}` (have {})", names.join(", "))
             })?;
@@ -370,6 +375,22 @@ mod tests {
             }
         }
         assert!(Scenario::builtin("nope").is_err());
+    }
+
+    #[test]
+    fn builtin_money_logs_in_and_keys_its_writes() {
+        let sc = Scenario::builtin("money").unwrap();
+        assert_eq!(sc.name, "builtin:money");
+        let login = sc.login.as_ref().expect("builtin:money logs its users in");
+        assert_eq!(login.credentials, crate::login::CredentialKind::Session);
+        let posts: Vec<_> = sc.endpoints.iter().filter(|e| e.method == "POST").collect();
+        assert_eq!(posts.len(), 3);
+        for e in posts {
+            let key = e.headers.iter().find(|(k, _)| k == "idempotency-key");
+            assert!(key.is_some(), "{} has no Idempotency-Key", e.name);
+        }
+        let unknown = Scenario::builtin("nope").unwrap_err();
+        assert!(unknown.contains("builtin:money"), "{unknown}");
     }
 
     #[test]
