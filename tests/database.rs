@@ -441,8 +441,11 @@ fn a_full_pool_answers_503_and_slow_statements_time_out(#[case] engine: &str) {
             "1",
             "--group-commit",
             "1",
+            // Long enough for the third request to arrive while the first still holds the
+            // one connection, on a host loaded enough to take seconds over it (each request
+            // is a registration, hashed first).
             "--statement-timeout",
-            "1500",
+            "5000",
             "--durable-jobs-poll-interval",
             "0",
         ],
