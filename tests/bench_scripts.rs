@@ -305,7 +305,8 @@ fn free_ports(count: u16) -> u16 {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let base = 20_000 + ((nanos ^ std::process::id() ^ attempt.wrapping_mul(7919)) % 12_000) as u16;
+        let base =
+            20_000 + ((nanos ^ std::process::id() ^ attempt.wrapping_mul(7919)) % 12_000) as u16;
         if (base..base + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
@@ -355,5 +356,9 @@ fn trading_fanout_measures_a_small_fan_out_and_checks_its_arguments() {
         .lines()
         .find(|line| line.starts_with("| 3 | met") || line.starts_with("| 3 | missed"))
         .unwrap_or_else(|| panic!("no goals row: {stdout}"));
-    assert_eq!(goals.matches(" met (").count() + goals.matches(" missed (").count(), 3, "{goals}");
+    assert_eq!(
+        goals.matches(" met (").count() + goals.matches(" missed (").count(),
+        3,
+        "{goals}"
+    );
 }
