@@ -9,9 +9,12 @@
 //!   "Non-2xx or 3xx responses" when the answer is 4xx or 5xx.
 //! - `bench/auth.sh`, section 1, one round of 1 s, against the tiny server through its `URL`
 //!   (a server already running): the cells that must log in and the open one are refused.
+//! - `bench/trading_fanout.sh` end to end on 3 subscribers, one round, with the test's own
+//!   coinbit and exchange-sim, on a PostgreSQL cluster of its own (the only one here that needs
+//!   PostgreSQL's server binaries and python3's cryptography).
 //!
 //! They need bash, curl, python3, taskset and the loadgen binary (`cargo test --workspace`
-//! builds it); no PostgreSQL, no wrk, no nginx.
+//! builds it); no wrk, no nginx.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -292,4 +295,70 @@ fn idle_connections_reports_memory_per_connection_and_checks_its_argument() {
         let per_connection: f64 = line.split('|').nth(4).unwrap().trim().parse().unwrap();
         assert!(per_connection.is_finite(), "{line}");
     }
+}
+
+/// `count` consecutive ports from 20000..32000 that nothing listens on now (a base from the
+/// clock; tests/common/pg.rs picks its clusters' ports in the same range the same way).
+fn free_ports(count: u16) -> u16 {
+    for attempt in 0..64u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let base =
+            20_000 + ((nanos ^ std::process::id() ^ attempt.wrapping_mul(7919)) % 12_000) as u16;
+        if (base..base + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {count} free consecutive ports in 20000..32000");
+}
+
+/// bench/trading_fanout.sh end to end with the test's own coinbit and exchange-sim (debug
+/// builds), 3 subscribers and one round on a PostgreSQL cluster of its own: a row for the open
+/// and one for the close, every order found on the simulator, exit 0; and SUBSCRIBERS checked
+/// before anything starts.
+#[test]
+fn trading_fanout_measures_a_small_fan_out_and_checks_its_arguments() {
+    let script = Path::new(ROOT).join("bench/trading_fanout.sh");
+    let refused = Command::new(&script)
+        .env("SUBSCRIBERS", "1000 none")
+        .output()
+        .expect("the script runs");
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("1 to 100000, got 'none'"));
+    let pg_port = free_ports(2);
+    let port = free_ports(2);
+    let output = Command::new(&script)
+        .env("BUILD", "0")
+        .env("COINBIT", env!("CARGO_BIN_EXE_coinbit"))
+        .env("EXCHANGE_SIM", env!("CARGO_BIN_EXE_exchange-sim"))
+        .env("SUBSCRIBERS", "3")
+        .env("ROUNDS", "1")
+        .env("SPACING_MS", "0")
+        .env("SETTLE_S", "60")
+        .env("PORT", port.to_string())
+        .env("SIM_PORT", (port + 1).to_string())
+        .env("PG_PORT", pg_port.to_string())
+        .env_remove("PG_DIR")
+        .output()
+        .expect("the script runs");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for kind in ["1 opens", "1 closes"] {
+        let line = row(&stdout, &format!("3 | {kind}"))
+            .unwrap_or_else(|| panic!("no {kind} row: {}", describe(&output)));
+        let placed: f64 = line.split('|').nth(5).unwrap().trim().parse().unwrap();
+        assert!(placed > 0.0 && placed < 60.0, "{line}");
+    }
+    // The goals' row: a verdict in each of its three cells.
+    let goals = stdout
+        .lines()
+        .find(|line| line.starts_with("| 3 | met") || line.starts_with("| 3 | missed"))
+        .unwrap_or_else(|| panic!("no goals row: {stdout}"));
+    assert_eq!(
+        goals.matches(" met (").count() + goals.matches(" missed (").count(),
+        3,
+        "{goals}"
+    );
 }

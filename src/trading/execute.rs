@@ -13,6 +13,7 @@
 //! it starts: the next attempt (after a timeout, a 5xx, a lost answer or a crash) first asks
 //! the exchange for the intent's client order id, and places nothing when it is there.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,8 +77,12 @@ const CLAIM: &str = "WITH due AS ( \
      RETURNING i.id, i.user_id, i.client_order_id, due.maybe_sent, \
        i.created_at < now() - $3::bigint * interval '1 millisecond', s.kind, s.symbol, s.price";
 
-const KEY: &str = "SELECT api_key, secret_ciphertext, secret_nonce, key_version \
-     FROM exchange_accounts WHERE user_id = $1 AND deleted_at IS NULL";
+/// The claimed intents' users' row locks, in id order: each user's checks and reservations
+/// run one transaction at a time.
+const LOCK_USERS: &str = "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+const KEYS: &str = "SELECT user_id, api_key, secret_ciphertext, secret_nonce, key_version \
+     FROM exchange_accounts WHERE user_id = ANY($1) AND deleted_at IS NULL";
 
 fn finish(
     conn: &mut DbConn,
@@ -109,6 +114,24 @@ fn claim(conn: &mut DbConn, figures: &Figures) -> Result<(usize, Vec<Job>), DbEr
     let rows = conn.query(CLAIM, &[&figures.claim_batch, &lease, &expiry])?;
     let claimed = rows.len();
     let mut jobs = Vec::new();
+    if rows.is_empty() {
+        return Ok((0, jobs));
+    }
+    // The batch's users at once (a query each, not three an intent): their locks, live keys
+    // and settings.
+    let mut users: Vec<i64> = rows.iter().map(|row| row.get(1)).collect();
+    users.sort_unstable();
+    users.dedup();
+    conn.query(LOCK_USERS, &[&users])?;
+    let keys: HashMap<i64, SealedKey> = conn
+        .query(KEYS, &[&users])?
+        .into_iter()
+        .map(|row| {
+            let key = SealedKey::from_parts(row.get(1), row.get(2), row.get(3), row.get(4));
+            (row.get(0), key)
+        })
+        .collect();
+    let user_settings = settings::load_many(conn, &users)?;
     for row in rows {
         let intent_id: i64 = row.get(0);
         let user_id: i64 = row.get(1);
@@ -130,19 +153,11 @@ fn claim(conn: &mut DbConn, figures: &Figures) -> Result<(usize, Vec<Job>), DbEr
         }
         let symbol: String = row.get(6);
         let price: i64 = row.get(7);
-        // The user's row lock orders this user's checks and reservations.
-        conn.query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])?;
-        let Some(key_row) = conn.query_opt(KEY, &[&user_id])? else {
+        let Some(key) = keys.get(&user_id).cloned() else {
             finish(conn, intent_id, "skipped", Some("no exchange account"))?;
             continue;
         };
-        let key = SealedKey::from_parts(
-            key_row.get(0),
-            key_row.get(1),
-            key_row.get(2),
-            key_row.get(3),
-        );
-        let settings = settings::load(conn, user_id)?;
+        let settings = user_settings.get(&user_id).copied().unwrap_or_default();
         let step = if kind.opens() {
             let held = conn.query_opt(
                 "SELECT stop_loss, take_profit FROM trading_positions WHERE intent_id = $1",

@@ -2,6 +2,8 @@
 //! the margin (2x to 5x), take-profit 3x (1x to 6x), size 30 % of the exchange balance (10 to
 //! 50 %). The bounds are database constraints too (migration 0008).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -108,6 +110,9 @@ impl Settings {
 const SELECT: &str =
     "SELECT leverage, stop_loss_multiplier, take_profit_multiplier, size_percent, enabled \
      FROM trading_settings WHERE user_id = $1";
+const SELECT_MANY: &str =
+    "SELECT user_id, leverage, stop_loss_multiplier, take_profit_multiplier, \
+     size_percent, enabled FROM trading_settings WHERE user_id = ANY($1)";
 const UPSERT: &str = "INSERT INTO trading_settings \
      (user_id, leverage, stop_loss_multiplier, take_profit_multiplier, size_percent, enabled) \
      VALUES ($1, $2, $3, $4, $5, $6) \
@@ -117,15 +122,29 @@ const UPSERT: &str = "INSERT INTO trading_settings \
 /// The user's settings (the defaults without a row).
 pub fn load(conn: &mut DbConn, user_id: i64) -> Result<Settings, DbError> {
     Ok(match conn.query_opt(SELECT, &[&user_id])? {
-        Some(row) => Settings {
-            leverage: row.get(0),
-            stop_loss_multiplier: row.get(1),
-            take_profit_multiplier: row.get(2),
-            size_percent: row.get(3),
-            enabled: row.get(4),
-        },
+        Some(row) => from_row(&row, 0),
         None => Settings::default(),
     })
+}
+
+/// The settings of those of `users` that have a row (the others take the defaults).
+pub fn load_many(conn: &mut DbConn, users: &[i64]) -> Result<HashMap<i64, Settings>, DbError> {
+    let rows = conn.query(SELECT_MANY, &[&users])?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), from_row(row, 1)))
+        .collect())
+}
+
+/// The settings in `row`'s columns from `first` on, in [`SELECT`]'s order.
+fn from_row(row: &postgres::Row, first: usize) -> Settings {
+    Settings {
+        leverage: row.get(first),
+        stop_loss_multiplier: row.get(first + 1),
+        take_profit_multiplier: row.get(first + 2),
+        size_percent: row.get(first + 3),
+        enabled: row.get(first + 4),
+    }
 }
 
 /// Applies `change` under the row's lock; the 422 body when out of bounds.

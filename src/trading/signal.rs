@@ -232,8 +232,18 @@ const SIGNAL_BY_ID: &str = concat!(
     signal_columns!(),
     " FROM trading_signals WHERE id = $1"
 );
-const SET_INTENTS: &str = concat!(
-    "UPDATE trading_signals SET intents = $2 WHERE id = $1 RETURNING ",
+/// The fan-out: signal `$1`'s intents, one per active subscriber, and their count on the
+/// signal, in one statement (the intents' rows stay in the database: only the count comes back).
+const FAN_OUT: &str = concat!(
+    "WITH fanned AS ( \
+       INSERT INTO order_intents (signal_id, user_id, client_order_id) \
+       SELECT $1, a.user_id, 'cb' || $1::bigint || 'u' || a.user_id \
+       FROM exchange_accounts a JOIN users u ON u.id = a.user_id \
+       LEFT JOIN trading_settings s ON s.user_id = a.user_id \
+       WHERE a.deleted_at IS NULL AND u.status = 'active' AND coalesce(s.enabled, true) \
+       RETURNING 1) \
+     UPDATE trading_signals SET intents = (SELECT count(*) FROM fanned)::integer \
+     WHERE id = $1 RETURNING ",
     signal_columns!()
 );
 
@@ -296,17 +306,7 @@ pub fn take(conn: &mut DbConn, signal: &Signal, origin: Origin) -> Result<Taken,
         return Ok(Taken::Duplicate(signal_json(&first)));
     };
     let id: i64 = row.get(0);
-    let fanned = conn.query(
-        "INSERT INTO order_intents (signal_id, user_id, client_order_id) \
-         SELECT $1, a.user_id, 'cb' || $1::bigint || 'u' || a.user_id \
-         FROM exchange_accounts a JOIN users u ON u.id = a.user_id \
-         LEFT JOIN trading_settings s ON s.user_id = a.user_id \
-         WHERE a.deleted_at IS NULL AND u.status = 'active' AND coalesce(s.enabled, true) \
-         RETURNING 1",
-        &[&id],
-    )?;
-    let count = fanned.len() as i32;
-    let row = conn.query_one(SET_INTENTS, &[&id, &count])?;
+    let row = conn.query_one(FAN_OUT, &[&id])?;
     Ok(Taken::Fresh(signal_json(&row)))
 }
 

@@ -115,6 +115,47 @@ struct State {
     faults: Faults,
     place_attempts: u64,
     next_order_id: i64,
+    /// Each account's orders (indices into `orders`), so that a placement, a look-up by
+    /// client order id and a close read the account's few orders: a scan of every order, under
+    /// the one lock, grew with every order placed (thousands of subscribers, bench/
+    /// trading_fanout.sh). Rebuilt from `orders` when the state is read back.
+    #[serde(skip)]
+    by_account: HashMap<String, Vec<usize>>,
+}
+
+impl State {
+    /// Rebuilds `by_account` from `orders`.
+    fn reindex(&mut self) {
+        self.by_account.clear();
+        for (index, order) in self.orders.iter().enumerate() {
+            self.by_account
+                .entry(order.api_key.clone())
+                .or_default()
+                .push(index);
+        }
+    }
+
+    /// The indices of `api_key`'s orders, oldest first.
+    fn indices_of(&self, api_key: &str) -> Vec<usize> {
+        self.by_account.get(api_key).cloned().unwrap_or_default()
+    }
+
+    /// `api_key`'s order with `client_order_id`.
+    fn order_of(&self, api_key: &str, client_order_id: &str) -> Option<&SimOrder> {
+        self.by_account
+            .get(api_key)?
+            .iter()
+            .map(|&index| &self.orders[index])
+            .find(|o| o.client_order_id == client_order_id)
+    }
+
+    fn push_order(&mut self, order: SimOrder) {
+        self.by_account
+            .entry(order.api_key.clone())
+            .or_default()
+            .push(self.orders.len());
+        self.orders.push(order);
+    }
 }
 
 /// The simulator's state, shared by its connection threads.
@@ -151,12 +192,13 @@ impl Simulator {
     /// A simulator kept in `path`: the state found there (none if the file is missing), and
     /// every change written back before it is answered.
     pub fn persistent(path: &Path) -> io::Result<Simulator> {
-        let state = match std::fs::read(path) {
+        let mut state: State = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(e),
         };
+        state.reindex();
         Ok(Simulator {
             state: Arc::new(Mutex::new(state)),
             state_file: Some(Arc::new(path.to_path_buf())),
@@ -334,11 +376,7 @@ impl Simulator {
             }
             ("GET", "/fapi/v1/order") => {
                 let wanted = wire::param(&payload, "origClientOrderId").unwrap_or("");
-                match state
-                    .orders
-                    .iter()
-                    .find(|o| o.api_key == api_key && o.client_order_id == wanted)
-                {
+                match state.order_of(&api_key, wanted) {
                     Some(order) => Outcome::Answer(200, order.json()),
                     None => error(400, -2013, "Order does not exist."),
                 }
@@ -475,11 +513,7 @@ fn place(state: &mut State, api_key: &str, params: &str) -> Outcome {
     if !matches!(side, "BUY" | "SELL") {
         return error(400, -1117, "Invalid side.");
     }
-    if state
-        .orders
-        .iter()
-        .any(|o| o.api_key == api_key && o.client_order_id == client_order_id)
-    {
+    if state.order_of(api_key, client_order_id).is_some() {
         return error(400, -4116, "ClientOrderId is duplicated.");
     }
     let price = state.prices.get(symbol).copied().unwrap_or(DEFAULT_PRICE);
@@ -535,7 +569,7 @@ fn place(state: &mut State, api_key: &str, params: &str) -> Outcome {
         stop_price,
     };
     let answer = order.json();
-    state.orders.push(order);
+    state.push_order(order);
     if lose_answer {
         return Outcome::Drop;
     }
@@ -544,8 +578,9 @@ fn place(state: &mut State, api_key: &str, params: &str) -> Outcome {
 
 /// Cancels the stop-loss and take-profit orders of a closed position.
 fn cancel_protection(state: &mut State, api_key: &str, symbol: &str) {
-    for order in state.orders.iter_mut() {
-        if order.api_key == api_key && order.symbol == symbol && order.status == "NEW" {
+    for index in state.indices_of(api_key) {
+        let order = &mut state.orders[index];
+        if order.symbol == symbol && order.status == "NEW" {
             order.status = "CANCELED".into();
         }
     }
