@@ -8,6 +8,8 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # The database tests start a real PostgreSQL primary and replicas (tests/pg/cluster.sh).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# tests/bench_scripts.rs runs bench/trading_fanout.sh, which seals exchange secrets in python3.
+python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 # tests/balancer.rs runs HAProxy in front of three instances.
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
