@@ -319,8 +319,11 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
+        // Bounds a request that never gets an answer. Registration and login hash on threads
+        // that yield to the shards (nice 10): on a host where many busy threads share the two
+        // CPUs they took over 10 s, answered, but late.
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
