@@ -9,8 +9,8 @@
 #      unformatted: pgbench would take to_char's `:MI` for a variable) against replica1;
 #   3. loadgen GET /api/users/{{user_id}} on coinbit, which reads from the three replicas;
 #   4. the same, with the server's database pool at PG_POOL2 connections per node;
-#   5. with BEFORE=path/to/an/older/coinbit, steps 3 and 4 on that binary too (before/after in
-#      one run);
+#   5. with BEFORE=path/to/an/older/coinbit, steps 3 and 4 on that binary too, and step 6's
+#      wire run (before/after in one run);
 #   6. step 3 on glommio (threads), then with DB_READ_DRIVER=wire (glommio only): each shard
 #      reads over its own connections on its event loop (src/db/wire) instead of the DB I/O
 #      threads (threads vs wire vs pgbench in one run, on the same engine);
@@ -221,6 +221,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     if [ -n "$BEFORE" ]; then
         BINARY=$BEFORE http_case "the same, pool $POOL/node, on BEFORE ($BEFORE)" "$POOL" 16 users
         BINARY=$BEFORE http_case "the same, pool $PG_POOL2/node, on BEFORE ($BEFORE)" "$PG_POOL2" 16 users
+        ENGINE=glommio DRIVER=wire BINARY=$BEFORE http_case "the same, DB_READ_DRIVER=wire, on BEFORE ($BEFORE)" "$POOL" 16 users
     fi
     [ "$WRITES" = 1 ] || continue
     http_case "POST /api/enterprise/jobs durable, DB_GROUP_COMMIT=1" "$POOL" 1 writes

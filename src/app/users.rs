@@ -10,7 +10,7 @@
 
 use serde_json::json;
 
-use crate::db::wire::{Statement, INT8};
+use crate::db::wire::{KeyedStatements, Statement, INT8, INT8_ARRAY};
 use crate::db::{DbClient, DbError, Lookup, Lsn, Row, WireLookup, WireRow};
 use crate::http::{quote_input, Reply, Request, Response, StatusCode};
 
@@ -28,12 +28,19 @@ static SELECT_USER: Lookup = Lookup {
     many: "SELECT id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
            FROM users WHERE id = ANY($1)",
 };
-/// [`SELECT_USER`]'s one-key statement for the shard's own connections (`DB_READ_DRIVER=wire`).
+/// [`SELECT_USER`]'s statements for the shard's own connections (`DB_READ_DRIVER=wire`).
 static WIRE_SELECT_USER: WireLookup<User> = WireLookup {
-    statement: Statement {
-        name: "coinbit_select_user",
-        sql: SELECT_USER.one,
-        param_types: &[INT8],
+    statements: KeyedStatements {
+        one: Statement {
+            name: "coinbit_select_user",
+            sql: SELECT_USER.one,
+            param_types: &[INT8],
+        },
+        many: Statement {
+            name: "coinbit_select_users",
+            sql: SELECT_USER.many,
+            param_types: &[INT8_ARRAY],
+        },
     },
     map: User::from_wire,
 };

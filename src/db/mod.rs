@@ -292,8 +292,9 @@ impl DbClient {
 
     /// Like [`DbClient::lookup`], over this shard's own connection ([`wire`]) when
     /// `DB_READ_DRIVER=wire`; else as `lookup` does. Same node choice, same wait for a commit
-    /// position, same retries: only the transport differs (and no batching: the requests
-    /// pipeline on the connection instead).
+    /// position, same retries: only the transport differs. The lookups that wait for a
+    /// connection while a request is in flight on it go out together as one `= ANY($1)`
+    /// ([`wire::batch`]), as the threads batch theirs.
     pub fn lookup_wire<T>(
         &mut self,
         min_position: Option<Lsn>,
@@ -323,8 +324,7 @@ impl DbClient {
                     if let Some(min) = min {
                         wire::driver::reach_position(node, &settings, min, wait, limit).await?;
                     }
-                    let params = [wire::Param::Int8(key)];
-                    wire::driver::query(node, &settings, &wire.statement, &params, limit).await
+                    wire::driver::lookup(node, &settings, &wire.statements, key, limit).await
                 }
                 .await;
                 node.request_done(rows.as_ref().is_err_and(DbError::is_node_failure));
@@ -460,8 +460,8 @@ where
 
 /// A lookup's statement and row mapping for the wire driver ([`DbClient::lookup_wire`]).
 pub struct WireLookup<T: 'static> {
-    /// The one-key statement (`$1` an `int8`), named.
-    pub statement: wire::Statement,
+    /// Its statements for one key (`$1` an `int8`) and for many (`= ANY($1)`), named.
+    pub statements: wire::KeyedStatements,
     pub map: fn(&WireRow) -> Result<T, DbError>,
 }
 

@@ -23,6 +23,8 @@ use crate::db::DbError;
 
 /// The `int8` type's OID: the parameter type of a lookup by key.
 pub const INT8: Oid = 20;
+/// The `int8[]` type's OID: the parameter type of a lookup of many keys (`= ANY($1)`).
+pub const INT8_ARRAY: Oid = 1016;
 
 /// A named prepared statement: parsed once per connection, then bound by name.
 #[derive(Debug)]
@@ -34,8 +36,10 @@ pub struct Statement {
 
 /// A parameter, sent in binary.
 #[derive(Debug, Clone, Copy)]
-pub enum Param {
+pub enum Param<'a> {
     Int8(i64),
+    /// A one-dimensional `int8[]` (no NULLs).
+    Int8Array(&'a [i64]),
 }
 
 /// One `DataRow`, its columns in binary as the server sent them.
@@ -158,6 +162,14 @@ impl<T> Connection<T> {
 
     pub fn is_dead(&self) -> bool {
         matches!(self.phase, Phase::Dead(_))
+    }
+
+    /// Why the connection failed, once it has.
+    pub fn failure(&self) -> Option<&DbError> {
+        match &self.phase {
+            Phase::Dead(e) => Some(e),
+            _ => None,
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -434,6 +446,22 @@ fn encode(
             |param, buf| {
                 match param {
                     Param::Int8(v) => types::int8_to_sql(*v, buf),
+                    Param::Int8Array(values) => {
+                        let dimension = types::ArrayDimension {
+                            len: i32::try_from(values.len())?,
+                            lower_bound: 1,
+                        };
+                        types::array_to_sql(
+                            [dimension],
+                            INT8,
+                            values.iter(),
+                            |v, buf| {
+                                types::int8_to_sql(*v, buf);
+                                Ok(IsNull::No)
+                            },
+                            buf,
+                        )?
+                    }
                 }
                 Ok(IsNull::No)
             },

@@ -3,7 +3,9 @@
 //! writes what the requests queued and reads the answers, which go straight to the waiting
 //! requests (a local one-shot: no atomics, no thread). A request that gets no answer within
 //! its limit closes the connection (its other requests fail as the node's failure, and the
-//! next request connects afresh). Only the transport: which node, the ejection and the retries
+//! next request connects afresh). A lookup by key ([`lookup`]) that comes while a request is in
+//! flight on its connection waits, with the others that come meanwhile, until the answer is in:
+//! then they go out as one `= ANY($1)` statement ([`super::batch`]). Only the transport: which node, the ejection and the retries
 //! stay the read path's ([`crate::db::DbClient`]).
 
 use std::cell::{Cell, RefCell};
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use super::batch::{self, Gather, KeyedStatements, Split};
 use super::conn::{Connection, Param, Rows, Startup, Statement};
 use crate::db::pool::{FIRST_REPLAY_LOOK, REPLAYED_SQL, WAL_POSITION_SQL};
 use crate::db::{DbError, Lsn, Node};
@@ -26,6 +29,8 @@ use crate::db::{DbError, Lsn, Node};
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// Requests on the wire at once before lookups wait to go out together (a batch).
+const IN_FLIGHT: usize = 1;
 
 static WAL_POSITION: Statement = Statement {
     name: "coinbit_wal_position",
@@ -52,18 +57,52 @@ struct Slot {
     waker: RefCell<Option<Waker>>,
 }
 
-type Token = Rc<Slot>;
+/// Where a request's answer goes: one read's slot, or the slots of a batch's reads by key.
+enum Token {
+    One(Rc<Slot>),
+    Batch(&'static KeyedStatements, Vec<(i64, Rc<Slot>)>),
+}
 
-fn answer(slot: Token, rows: Rows) {
+fn fill(slot: Rc<Slot>, rows: Rows) {
     *slot.rows.borrow_mut() = Some(rows);
     if let Some(waker) = slot.waker.borrow_mut().take() {
         waker.wake();
     }
 }
 
+/// Hands a request's answer to its reads; a refused batch's reads go again alone. Called with
+/// the connection not borrowed.
+fn answer(shared: &Shared, token: Token, rows: Rows) {
+    match token {
+        Token::One(slot) => fill(slot, rows),
+        Token::Batch(lookup, keys) => match batch::split(keys, rows) {
+            Split::Answered(answers) => {
+                for (slot, rows) in answers {
+                    fill(slot, rows);
+                }
+            }
+            Split::Alone(keys) => {
+                for (key, slot) in keys {
+                    let sent = shared.conn.borrow_mut().send(
+                        &lookup.one,
+                        &[Param::Int8(key)],
+                        Token::One(slot),
+                    );
+                    if let Err((token, e)) = sent {
+                        answer(shared, token, Err(e));
+                    }
+                }
+                shared.wake_task();
+            }
+        },
+    }
+}
+
 /// One connection as its requests and its task share it.
 struct Shared {
     conn: RefCell<Connection<Token>>,
+    /// Lookups waiting for the request in flight to be answered.
+    gather: RefCell<Gather<Rc<Slot>>>,
     /// The task's waker: a new request has bytes to write.
     task: RefCell<Option<Waker>>,
     /// Asked to close (a request timed out).
@@ -76,6 +115,32 @@ impl Shared {
     fn wake_task(&self) {
         if let Some(waker) = self.task.borrow_mut().take() {
             waker.wake();
+        }
+    }
+
+    /// Sends the waiting lookups, a batch per statement, while the connection has room; a
+    /// request that cannot go is answered in `done`.
+    fn flush(&self, done: &mut Vec<(Token, Rows)>) {
+        let mut conn = self.conn.borrow_mut();
+        let mut gather = self.gather.borrow_mut();
+        while conn.is_ready() && conn.pending() < IN_FLIGHT {
+            let Some((lookup, mut keys)) = gather.take() else {
+                return;
+            };
+            let sent = if keys.len() == 1 {
+                let (key, slot) = keys.pop().expect("one key");
+                conn.send(&lookup.one, &[Param::Int8(key)], Token::One(slot))
+            } else {
+                let values: Vec<i64> = keys.iter().map(|(key, _)| *key).collect();
+                conn.send(
+                    &lookup.many,
+                    &[Param::Int8Array(&values)],
+                    Token::Batch(lookup, keys),
+                )
+            };
+            if let Err((token, e)) = sent {
+                done.push((token, Err(e)));
+            }
         }
     }
 }
@@ -100,15 +165,56 @@ pub fn query(
     limit: Duration,
 ) -> Pin<Box<dyn Future<Output = Rows>>> {
     let shared = connection(node, settings);
-    let slot: Token = Rc::default();
+    let slot: Rc<Slot> = Rc::default();
     let sent = shared
         .conn
         .borrow_mut()
-        .send(statement, params, slot.clone());
+        .send(statement, params, Token::One(slot.clone()));
     if let Err((_, e)) = sent {
         return Box::pin(std::future::ready(Err(e)));
     }
     shared.wake_task();
+    wait(shared, slot, node, limit)
+}
+
+/// Looks up `key` on `node` over this shard's connection to it: at once when the connection
+/// has nothing in flight, else with the lookups that come meanwhile as one batch (the rows of
+/// its key, none or one). Fails as the node's failure when no answer comes within `limit`.
+/// Call on a glommio executor.
+pub fn lookup(
+    node: &Arc<Node>,
+    settings: &WireSettings,
+    statements: &'static KeyedStatements,
+    key: i64,
+    limit: Duration,
+) -> Pin<Box<dyn Future<Output = Rows>>> {
+    let shared = connection(node, settings);
+    let at_once = {
+        let conn = shared.conn.borrow();
+        // A dead connection answers at once (with its failure).
+        conn.is_dead()
+            || (conn.is_ready() && conn.pending() < IN_FLIGHT && shared.gather.borrow().is_empty())
+    };
+    if at_once {
+        return query(node, settings, &statements.one, &[Param::Int8(key)], limit);
+    }
+    let slot: Rc<Slot> = Rc::default();
+    shared
+        .gather
+        .borrow_mut()
+        .push(statements, key, slot.clone());
+    shared.wake_task();
+    wait(shared, slot, node, limit)
+}
+
+/// The answer `slot` gets, or the node's failure when none comes within `limit` (the
+/// connection then closes).
+fn wait(
+    shared: Rc<Shared>,
+    slot: Rc<Slot>,
+    node: &Node,
+    limit: Duration,
+) -> Pin<Box<dyn Future<Output = Rows>>> {
     let name = node.name().to_string();
     Box::pin(async move {
         let answered = poll_fn(|cx| match slot.rows.borrow_mut().take() {
@@ -277,6 +383,7 @@ fn address(node: &Node) -> Result<String, String> {
 fn open(node: &Arc<Node>, settings: &WireSettings) -> Rc<Shared> {
     let shared = Rc::new(Shared {
         conn: RefCell::new(Connection::new(node.name(), startup(node, settings))),
+        gather: RefCell::default(),
         task: RefCell::new(None),
         close: Cell::new(false),
         died: Cell::new(None),
@@ -290,10 +397,18 @@ fn open(node: &Arc<Node>, settings: &WireSettings) -> Rc<Shared> {
             Err(reason) => reason,
         };
         let mut done = Vec::new();
-        task.conn.borrow_mut().fail(reason, &mut done);
+        let error = {
+            let mut conn = task.conn.borrow_mut();
+            conn.fail(reason, &mut done);
+            conn.failure().cloned().expect("failed")
+        };
         task.died.set(Some(Instant::now()));
-        for (slot, rows) in done {
-            answer(slot, rows);
+        let waiting: Vec<Rc<Slot>> = task.gather.borrow_mut().drain().collect();
+        for slot in waiting {
+            fill(slot, Err(error.clone()));
+        }
+        for (token, rows) in done {
+            answer(&task, token, rows);
         }
     })
     .detach();
@@ -320,8 +435,8 @@ async fn run(shared: &Shared, address: &str, connect_timeout: Duration) -> Strin
             cx,
         );
         // Answers go out after the connection's borrow ends: a woken request may send again.
-        for (slot, rows) in done.drain(..) {
-            answer(slot, rows);
+        for (token, rows) in done.drain(..) {
+            answer(shared, token, rows);
         }
         polled
     })
@@ -345,6 +460,7 @@ fn drive(
         if shared.conn.borrow().is_dead() {
             return Poll::Ready("the connection failed".into());
         }
+        shared.flush(done);
         if writing.is_empty() {
             *writing = shared.conn.borrow_mut().take_output();
         }

@@ -7,9 +7,15 @@
 //! # Layout
 //! - [`conn`]: one connection's protocol, sans I/O (startup and authentication, named
 //!   prepared statements, pipelined requests answered in order, errors).
+//! - [`batch`]: the lookups by key that wait for a connection while a request is in flight,
+//!   sent as one `= ANY($1)` statement, and its rows handed back to them.
 //! - [`driver`]: the connections of one shard on glommio, one per node, opened on first use.
 
+pub mod batch;
 pub mod conn;
 pub mod driver;
+#[cfg(test)]
+mod testing;
 
-pub use conn::{Param, Statement, WireRow, INT8};
+pub use batch::KeyedStatements;
+pub use conn::{Param, Statement, WireRow, INT8, INT8_ARRAY};

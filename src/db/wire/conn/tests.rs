@@ -2,106 +2,7 @@
 //! as answers (whole, or cut anywhere), in order.
 
 use super::*;
-
-static USER_BY_ID: Statement = Statement {
-    name: "u1",
-    sql: "SELECT id, name FROM users WHERE id = $1",
-    param_types: &[INT8],
-};
-
-/// One backend message: its tag, its length, its body.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn ready() -> Vec<u8> {
-    message(b'Z', b"I")
-}
-
-fn data_row(columns: &[Option<&[u8]>]) -> Vec<u8> {
-    let mut body = (columns.len() as u16).to_be_bytes().to_vec();
-    for column in columns {
-        match column {
-            Some(bytes) => {
-                body.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-                body.extend_from_slice(bytes);
-            }
-            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-    message(b'D', &body)
-}
-
-fn error(code: &str, text: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (field, value) in [(b'S', "ERROR"), (b'C', code), (b'M', text)] {
-        body.push(field);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    message(b'E', &body)
-}
-
-/// The answer to one request: Parse/Bind complete, `rows` rows of (id, name), the command tag.
-fn answer(parsed: bool, rows: &[(i64, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    if parsed {
-        out.extend(message(b'1', b""));
-    }
-    out.extend(message(b'2', b""));
-    for (id, name) in rows {
-        out.extend(data_row(&[Some(&id.to_be_bytes()), Some(name.as_bytes())]));
-    }
-    out.extend(message(b'C', format!("SELECT {}\0", rows.len()).as_bytes()));
-    out.extend(ready());
-    out
-}
-
-/// The tags of the frontend messages in `bytes` (after the startup message).
-fn tags(mut bytes: &[u8]) -> String {
-    let mut tags = String::new();
-    while !bytes.is_empty() {
-        tags.push(bytes[0] as char);
-        let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
-        bytes = &bytes[1 + len..];
-    }
-    tags
-}
-
-fn startup(password: Option<&str>) -> Startup {
-    Startup {
-        user: "postgres".into(),
-        database: Some("coinbit".into()),
-        password: password.map(|p| p.as_bytes().to_vec()),
-        parameters: vec![("application_name".into(), "coinbit-wire".into())],
-    }
-}
-
-/// A connection past a trust startup, its startup bytes taken.
-fn ready_connection() -> Connection<u32> {
-    let mut conn = Connection::new("replica1", startup(None));
-    conn.take_output();
-    let mut done = Vec::new();
-    let mut bytes = message(b'R', &0u32.to_be_bytes());
-    bytes.extend(message(b'S', b"TimeZone\0UTC\0"));
-    bytes.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
-    bytes.extend(ready());
-    conn.receive(&bytes, &mut done);
-    assert!(conn.is_ready() && done.is_empty());
-    conn
-}
-
-fn ids(rows: &Rows) -> Vec<(i64, String)> {
-    rows.as_ref()
-        .unwrap()
-        .iter()
-        .map(|r| (r.int8(0).unwrap(), r.text(1).unwrap().to_string()))
-        .collect()
-}
+use crate::db::wire::testing::*;
 
 #[test]
 fn startup_message_names_the_user_and_database() {
@@ -136,7 +37,7 @@ fn requests_before_ready_wait_for_it() {
 
 #[test]
 fn a_statement_is_parsed_once_and_requests_pipeline() {
-    let mut conn = ready_connection();
+    let mut conn = ready_connection::<u32>();
     for token in 1..=3 {
         conn.send(&USER_BY_ID, &[Param::Int8(token.into())], token)
             .unwrap();
@@ -161,7 +62,7 @@ fn a_statement_is_parsed_once_and_requests_pipeline() {
 
 #[test]
 fn null_columns_read_as_none() {
-    let mut conn = ready_connection();
+    let mut conn = ready_connection::<u32>();
     conn.send(&USER_BY_ID, &[Param::Int8(1)], 1).unwrap();
     let mut bytes = message(b'1', b"");
     bytes.extend(message(b'2', b""));
@@ -178,7 +79,7 @@ fn null_columns_read_as_none() {
 
 #[test]
 fn an_error_fails_its_request_alone() {
-    let mut conn = ready_connection();
+    let mut conn = ready_connection::<u32>();
     conn.send(&USER_BY_ID, &[Param::Int8(1)], 1).unwrap();
     conn.send(&USER_BY_ID, &[Param::Int8(2)], 2).unwrap();
     conn.take_output();
@@ -203,7 +104,7 @@ fn an_error_fails_its_request_alone() {
 
 #[test]
 fn a_failed_parse_is_parsed_again() {
-    let mut conn = ready_connection();
+    let mut conn = ready_connection::<u32>();
     conn.send(&USER_BY_ID, &[Param::Int8(1)], 1).unwrap();
     conn.take_output();
     let mut bytes = error("42P01", "relation \"users\" does not exist");
@@ -217,7 +118,7 @@ fn a_failed_parse_is_parsed_again() {
 
 #[test]
 fn a_dead_socket_fails_every_pending_request() {
-    let mut conn = ready_connection();
+    let mut conn = ready_connection::<u32>();
     for token in 1..=3 {
         conn.send(&USER_BY_ID, &[Param::Int8(1)], token).unwrap();
     }
@@ -234,7 +135,7 @@ fn a_dead_socket_fails_every_pending_request() {
 
 #[test]
 fn a_shutdown_fails_the_rest_as_the_node() {
-    let mut conn = ready_connection();
+    let mut conn = ready_connection::<u32>();
     conn.send(&USER_BY_ID, &[Param::Int8(1)], 1).unwrap();
     conn.send(&USER_BY_ID, &[Param::Int8(2)], 2).unwrap();
     let mut done = Vec::new();
@@ -254,7 +155,7 @@ fn a_shutdown_fails_the_rest_as_the_node() {
 
 #[test]
 fn garbage_from_the_server_kills_the_connection() {
-    let mut conn = ready_connection();
+    let mut conn = ready_connection::<u32>();
     conn.send(&USER_BY_ID, &[Param::Int8(1)], 1).unwrap();
     let mut done = Vec::new();
     // A message the protocol has no use for here: a CopyInResponse.
