@@ -794,3 +794,44 @@ fn operators_send_signals_and_read_their_intents(#[case] engine: &str) {
         assert_eq!(exchange.orders_with_id(client_id), 1);
     }
 }
+
+/// An order answered as a bare acknowledgement (`NEW`, nothing executed, no average price) is
+/// priced from the order itself, asked for once: the open's entry is the fill, not the signal's
+/// price, and the close's exit is the fill, not the entry, so the profit and its commission are
+/// the real ones.
+#[apply(engines)]
+fn orders_answered_without_their_fill_are_priced_from_the_fill(#[case] engine: &str) {
+    let exchange = Exchange::start();
+    let bank = start(engine, "trade_ack", &exchange, &[]);
+    let user = subscriber(&bank, &exchange, "acked", "1000.00");
+    bank.fund(&user, 10_000);
+    // The signal says 100.00; the exchange fills at 101.00 and answers only "NEW".
+    exchange.price("BTCUSDT", "101.00");
+    exchange.faults(json!({ "ack_only": 1 }));
+    open_long(&bank, "BTCUSDT");
+    let position = position_on(&bank, &user, "BTCUSDT");
+    let id = position["id"].as_i64().unwrap();
+    assert_eq!(position["entry_price"], 10_100, "{position}");
+    let quantity = position["quantity"].as_i64().unwrap();
+    assert!(quantity > 0, "{position}");
+
+    // Up 1.50 a unit (below the take-profit, which the signal's 100.00 put at 103.00); the
+    // close is answered "NEW" as well.
+    exchange.price("BTCUSDT", "102.50");
+    exchange.faults(json!({ "ack_only": 1 }));
+    let closing = close(&bank, &user, id);
+    assert_eq!(closing.status, 202, "{}", closing.text());
+    let closed = wait_closed(&bank, &user, id);
+    assert_eq!(closed["exit_price"], 10_250, "{closed}");
+    let profit = 150 * quantity / 1000;
+    assert!(profit > 0, "{closed}");
+    assert_eq!(closed["profit"], profit, "{closed}");
+    // 20 % (the prepaid plan), half up, charged once.
+    let commission = (profit * 20 + 50) / 100;
+    assert_eq!(
+        closed["commission"],
+        json!({ "amount": commission, "currency": "USD" })
+    );
+    assert_eq!(commission_transfers(&bank, id), format!("1:1:{commission}"));
+    bank.assert_balanced();
+}

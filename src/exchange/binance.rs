@@ -152,6 +152,20 @@ impl BinanceClient {
             Err(e) => Err(e),
         }
     }
+
+    /// `order` with its fill: a market order's answer may not report one yet (status `NEW`,
+    /// nothing executed, no average price: Binance's `ACK` answer, or a market order not yet
+    /// matched when it answered), and then the order, asked for once, does. A failed question
+    /// keeps the answer as it was: the order is placed either way.
+    fn with_fill(&self, credentials: &Credentials, order: Order) -> Order {
+        if order.average_price > 0 && order.executed_quantity > 0 {
+            return order;
+        }
+        match self.order_by_client_id(credentials, &order.symbol, &order.client_order_id) {
+            Ok(Some(asked)) if asked.average_price > 0 => asked,
+            _ => order,
+        }
+    }
 }
 
 fn field<'a>(value: &'a Value, name: &str) -> ExchangeResult<&'a str> {
@@ -222,6 +236,7 @@ impl ExchangeClient for BinanceClient {
                 fixed::fmt(order.quantity, 3)
             ),
         )?;
+        let entry = self.with_fill(credentials, entry);
         // The entry is placed: a failure from here leaves it unprotected, and the caller must
         // come back (ask for the entry, then protect it again).
         self.protect(credentials, order).map_err(|e| match e {
@@ -296,11 +311,11 @@ impl ExchangeClient for BinanceClient {
         if let Some(done) = self.order_by_client_id(credentials, symbol, client_order_id)? {
             return Ok(done);
         }
-        let held = self
+        let position = self
             .positions(credentials)?
             .into_iter()
-            .find(|p| p.symbol == symbol)
-            .map_or(0, |p| p.amount);
+            .find(|p| p.symbol == symbol);
+        let held = position.as_ref().map_or(0, |p| p.amount);
         if held == 0 {
             return Err(ExchangeError::Rejected {
                 code: -2022,
@@ -308,7 +323,7 @@ impl ExchangeClient for BinanceClient {
             });
         }
         let side = if held > 0 { Side::Sell } else { Side::Buy };
-        self.place_one(
+        let placed = self.place_one(
             credentials,
             symbol,
             client_order_id,
@@ -317,6 +332,18 @@ impl ExchangeClient for BinanceClient {
                 side.as_str(),
                 fixed::fmt(held.abs(), 3)
             ),
-        )
+        )?;
+        let mut closed = self.with_fill(credentials, placed);
+        // Still no fill reported: the mark price read just before the close prices it. Without
+        // a price the exit would be the entry, a profit of 0 and no commission.
+        let mark = position.map_or(0, |p| p.mark_price);
+        if closed.average_price <= 0 && mark > 0 {
+            log::warn!(
+                "exchange: close {client_order_id} on {symbol} reported no fill; priced at the                  mark price {}",
+                fixed::fmt(mark, 2)
+            );
+            closed.average_price = mark;
+        }
+        Ok(closed)
     }
 }

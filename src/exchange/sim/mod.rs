@@ -20,7 +20,7 @@
 //! Admin routes (unsigned, JSON):
 //! - `POST /admin/accounts` `{"api_key","secret","balance":"1000.00"}`
 //! - `POST /admin/faults` `{"latency_ms", "fail_5xx", "timeouts", "reject", "lose_answer",
-//!   "hold_ms"}`: the counts apply to the next order placements, one each
+//!   "ack_only", "hold_ms"}`: the counts apply to the next order placements, one each
 //! - `POST /admin/price` `{"symbol","price"}`
 //! - `GET /admin/orders`: every order and how many placements were asked for
 
@@ -55,6 +55,10 @@ pub struct Faults {
     pub reject: u32,
     /// The next this many placements are placed, then the connection is dropped unanswered.
     pub lose_answer: u32,
+    /// The next this many placements are placed (a market order filled) and answered as an
+    /// acknowledgement: status `NEW`, nothing executed, no average price; asking for the order
+    /// then reports its fill.
+    pub ack_only: u32,
     /// How long a timed-out placement is held (default 10 s).
     pub hold_ms: Option<u64>,
 }
@@ -501,6 +505,10 @@ fn place(state: &mut State, api_key: &str, params: &str) -> Outcome {
     if lose_answer {
         faults.lose_answer -= 1;
     }
+    let ack_only = faults.ack_only > 0;
+    if ack_only {
+        faults.ack_only -= 1;
+    }
     let get = |name: &str| wire::param(params, name);
     let (Some(symbol), Some(side), Some(kind), Some(client_order_id)) = (
         get("symbol"),
@@ -568,10 +576,15 @@ fn place(state: &mut State, api_key: &str, params: &str) -> Outcome {
         price: if status == "FILLED" { price } else { 0 },
         stop_price,
     };
-    let answer = order.json();
+    let mut answer = order.json();
     state.push_order(order);
     if lose_answer {
         return Outcome::Drop;
+    }
+    if ack_only {
+        answer["status"] = json!("NEW");
+        answer["executedQty"] = json!("0.000");
+        answer["avgPrice"] = json!("0.00");
     }
     Outcome::Answer(200, answer)
 }
