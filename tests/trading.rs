@@ -185,14 +185,7 @@ fn a_lost_answer_places_exactly_one_order(#[case] engine: &str) {
     // The first placement answers 503 (nothing placed); the next is carried out but its
     // answer lost.
     exchange.faults(json!({ "lose_answer": 1, "fail_5xx": 1 }));
-    let taken = post_signal(
-        &bank.server,
-        &signal_body("SINAL LONG FORTE", "SOLUSDT", "100.00", now_ms()),
-    );
-    assert_eq!(taken.status, 202, "{}", taken.text());
-    let id = taken.json()["signal"]["id"].as_i64().unwrap();
-    wait_settled(&bank, id);
-    assert_eq!(intent_states(&bank, id), "placed");
+    let id = open_long(&bank, "SOLUSDT");
     let client_id = format!("cb{id}u{}", user.id);
     assert_eq!(exchange.orders_with_id(&client_id), 1);
     assert_eq!(exchange.orders_with_id(&format!("{client_id}-sl")), 1);
@@ -451,14 +444,7 @@ fn a_timed_out_order_is_asked_for_then_placed_once(#[case] engine: &str) {
     let user = subscriber(&bank, &exchange, "slow", "1000.00");
     // The first placement is held past the server's 1 s timeout and never carried out.
     exchange.faults(json!({ "timeouts": 1, "hold_ms": 3000 }));
-    let taken = post_signal(
-        &bank.server,
-        &signal_body("SINAL SHORT FORTE", "LTCUSDT", "100.00", now_ms()),
-    );
-    assert_eq!(taken.status, 202, "{}", taken.text());
-    let id = taken.json()["signal"]["id"].as_i64().unwrap();
-    wait_settled(&bank, id);
-    assert_eq!(intent_states(&bank, id), "placed");
+    let id = open(&bank, "SINAL SHORT FORTE", "LTCUSDT");
     let client_id = format!("cb{id}u{}", user.id);
     assert_eq!(exchange.orders_with_id(&client_id), 1);
     // The timed-out one, then (the exchange having none) the entry, its stop and its profit.
@@ -472,10 +458,13 @@ fn get(bank: &Bank, user: &User, path: &str) -> Response {
 
 /// Opens a long on `symbol` at 100.00 for the subscribers; the signal's id.
 fn open_long(bank: &Bank, symbol: &str) -> i64 {
-    let taken = post_signal(
-        &bank.server,
-        &signal_body("SINAL LONG FORTE", symbol, "100.00", now_ms()),
-    );
+    open(bank, "SINAL LONG FORTE", symbol)
+}
+
+/// Sends the opening signal `kind` on `symbol` at 100.00 and waits until every intent of it is
+/// placed; the signal's id.
+fn open(bank: &Bank, kind: &str, symbol: &str) -> i64 {
+    let taken = post_signal(&bank.server, &signal_body(kind, symbol, "100.00", now_ms()));
     assert_eq!(taken.status, 202, "{}", taken.text());
     let id = taken.json()["signal"]["id"].as_i64().unwrap();
     wait_settled(bank, id);
