@@ -16,6 +16,8 @@
 //! They need bash, curl, python3, taskset and the loadgen binary (`cargo test --workspace`
 //! builds it); no wrk, no nginx.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -297,23 +299,6 @@ fn idle_connections_reports_memory_per_connection_and_checks_its_argument() {
     }
 }
 
-/// `count` consecutive ports from 20000..32000 that nothing listens on now (a base from the
-/// clock; tests/common/pg.rs picks its clusters' ports in the same range the same way).
-fn free_ports(count: u16) -> u16 {
-    for attempt in 0..64u32 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let base =
-            20_000 + ((nanos ^ std::process::id() ^ attempt.wrapping_mul(7919)) % 12_000) as u16;
-        if (base..base + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {count} free consecutive ports in 20000..32000");
-}
-
 /// bench/trading_fanout.sh end to end with the test's own coinbit and exchange-sim (debug
 /// builds), 3 subscribers and one round on a PostgreSQL cluster of its own: a row for the open
 /// and one for the close, every order found on the simulator, exit 0; and SUBSCRIBERS checked
@@ -327,8 +312,8 @@ fn trading_fanout_measures_a_small_fan_out_and_checks_its_arguments() {
         .expect("the script runs");
     assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("1 to 100000, got 'none'"));
-    let pg_port = free_ports(2);
-    let port = free_ports(2);
+    let pg_port = common::free_ports(2);
+    let port = common::free_ports(2);
     let output = Command::new(&script)
         .env("BUILD", "0")
         .env("COINBIT", env!("CARGO_BIN_EXE_coinbit"))

@@ -284,7 +284,7 @@ impl Frozen {
         let text = std::fs::read_to_string(&pid_file).expect("postmaster.pid");
         let postmaster: i32 = text.lines().next().unwrap().trim().parse().unwrap();
         let mut pids = vec![postmaster];
-        pids.extend(children_of(postmaster));
+        pids.extend(common::children_of(postmaster));
         for &pid in &pids {
             // SAFETY: stopping a PostgreSQL process this test's cluster started.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -300,23 +300,6 @@ impl Drop for Frozen {
             unsafe { libc::kill(pid, libc::SIGCONT) };
         }
     }
-}
-
-/// The processes whose parent is `parent`, from /proc.
-fn children_of(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // The fields after the command's closing parenthesis: state, then the parent.
-            let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
-            after.split_whitespace().nth(1) == Some(&parent.to_string())
-        })
-        .collect()
 }
 
 /// A replica that hangs (takes connections, answers nothing) costs no read, stalls no shard and

@@ -468,19 +468,6 @@ struct Patroni {
 /// The deployed configuration's password for `postgres` (the scratch cluster keeps it).
 const PATRONI_PASSWORD: &str = "change-me-superuser";
 
-fn free_ports(count: u16) -> u16 {
-    for attempt in 0..64u32 {
-        let seed = std::process::id()
-            .wrapping_mul(7919)
-            .wrapping_add(attempt * 104_729);
-        let base = 20_000 + (seed % 12_000) as u16;
-        if (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {count} free ports in a row below 32768");
-}
-
 /// `postgres`'s user and group ids (PostgreSQL and Patroni refuse to run as root).
 fn postgres_ids() -> (u32, u32) {
     let name = std::ffi::CString::new("postgres").unwrap();
@@ -553,7 +540,7 @@ impl Patroni {
             patroni.exists(),
             "patroni is missing (apt-get install patroni etcd-server)"
         );
-        let base = free_ports(8);
+        let base = common::free_ports(8);
         let (etcd_client, etcd_peer) = (base, base + 1);
         let rest: Vec<u16> = (0..3).map(|i| base + 2 + i).collect();
         let pg: Vec<u16> = (0..3).map(|i| base + 5 + i).collect();
@@ -731,7 +718,7 @@ impl Patroni {
         }
         if let Some(pid) = postmaster {
             let mut pids = vec![pid];
-            pids.extend(children_of(pid));
+            pids.extend(common::children_of(pid));
             for pid in pids {
                 // SAFETY: killing a PostgreSQL process this test's cluster started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -749,22 +736,6 @@ impl Drop for Patroni {
         let _ = self.etcd.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The processes whose parent is `parent`, from /proc.
-fn children_of(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
-            after.split_whitespace().nth(1) == Some(&parent.to_string())
-        })
-        .collect()
 }
 
 /// Patroni + etcd, three nodes, the deployed settings: the leader's machine is lost (Patroni,

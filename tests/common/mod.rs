@@ -436,3 +436,37 @@ impl Client {
         }
     }
 }
+
+/// `count` consecutive ports from 20000..32000 that nothing listens on now (a base from the
+/// clock; tests/common/pg.rs picks its clusters' ports in the same range the same way).
+pub fn free_ports(count: u16) -> u16 {
+    for attempt in 0..64u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let base =
+            20_000 + ((nanos ^ std::process::id() ^ attempt.wrapping_mul(7919)) % 12_000) as u16;
+        if (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {count} free consecutive ports in 20000..32000");
+}
+
+/// The processes whose parent is `parent`, from /proc.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // The fields after the command's closing parenthesis: state, then the parent.
+            let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+            after.split_whitespace().nth(1) == Some(&parent.to_string())
+        })
+        .collect()
+}
