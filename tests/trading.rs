@@ -505,7 +505,14 @@ fn wait_closed(bank: &Bank, user: &User, id: i64) -> Value {
 #[apply(engines)]
 fn a_profitable_close_is_charged_once_and_a_loss_never(#[case] engine: &str) {
     let exchange = Exchange::start();
-    let bank = start(engine, "trade_close", &exchange, &[]);
+    // No sweep for closes the exchange made: the take-profit below fires, and this test is
+    // about the close order that then comes to nothing.
+    let bank = start(
+        engine,
+        "trade_close",
+        &exchange,
+        &["--trading-reconcile-interval", "0"],
+    );
     let user = subscriber(&bank, &exchange, "closer", "1000.00");
     let other = bank.user("other", "US");
     bank.fund(&user, 10_000);
@@ -615,6 +622,95 @@ fn a_profitable_close_is_charged_once_and_a_loss_never(#[case] engine: &str) {
     let again = close(&bank, &user, gone);
     assert_eq!(again.status, 202, "{}", again.text());
     assert_eq!(commission_transfers(&bank, gone), "0:0:0");
+    bank.assert_balanced();
+}
+
+/// The position as its owner reads it, once closed, with how it closed.
+fn closed_by(bank: &Bank, user: &User, id: i64, by: &str) -> Value {
+    let closed = wait_closed(bank, user, id);
+    assert_eq!(closed["closed_by"], by, "{closed}");
+    closed
+}
+
+#[apply(engines)]
+fn closes_the_exchange_made_are_recorded_at_their_fill_and_charged_once(#[case] engine: &str) {
+    let exchange = Exchange::start();
+    let bank = start(
+        engine,
+        "trade_reconcile",
+        &exchange,
+        &["--trading-reconcile-interval", "200"],
+    );
+    let user = subscriber(&bank, &exchange, "swept", "1000.00");
+    bank.fund(&user, 10_000);
+    // Two positions: the most a user may hold.
+    open_long(&bank, "XRPUSDT");
+    open_long(&bank, "ETHUSDT");
+    let won = position_on(&bank, &user, "XRPUSDT")["id"].as_i64().unwrap();
+    let lost = position_on(&bank, &user, "ETHUSDT")["id"].as_i64().unwrap();
+
+    // The take-profit (103.00) fires at 104.00, the stop-loss (98.00) at 97.00, on the
+    // exchange alone: each is recorded at its fill, the profit charged once, the loss not.
+    exchange.price("XRPUSDT", "104.00");
+    exchange.price("ETHUSDT", "97.00");
+    let profit = closed_by(&bank, &user, won, "take_profit");
+    assert_eq!(profit["exit_price"], 10_400, "{profit}");
+    let quantity = profit["quantity"].as_i64().unwrap();
+    assert_eq!(profit["profit"], 400 * quantity / 1000, "{profit}");
+    // 20 % (the prepaid plan), half up to the cent.
+    let commission = (2 * (400 * quantity / 1000) + 5) / 10;
+    assert_eq!(
+        commission_transfers(&bank, won),
+        format!("1:1:{commission}")
+    );
+    let loss = closed_by(&bank, &user, lost, "stop_loss");
+    assert_eq!(loss["exit_price"], 9_700, "{loss}");
+    let quantity = loss["quantity"].as_i64().unwrap();
+    assert_eq!(loss["profit"], -300 * quantity / 1000, "{loss}");
+    assert_eq!(commission_transfers(&bank, lost), "0:0:0");
+    // Closed is closed: the user's own close answers 409, and no second charge comes.
+    let after = close(&bank, &user, won);
+    assert_eq!(after.status, 409, "{}", after.text());
+    assert_eq!(after.error_code(), "position_closed");
+
+    // Both places are free again: two more open (the limit would refuse a third).
+    open_long(&bank, "SOLUSDT");
+    open_long(&bank, "BNBUSDT");
+    let by_hand = position_on(&bank, &user, "SOLUSDT")["id"].as_i64().unwrap();
+    let held = position_on(&bank, &user, "BNBUSDT")["id"].as_i64().unwrap();
+    // Closed on the exchange by other means: no fill to price it, so no profit and no charge.
+    exchange.close_by_hand("SOLUSDT");
+    let unknown = closed_by(&bank, &user, by_hand, "exchange");
+    assert_eq!(
+        (&unknown["exit_price"], &unknown["profit"]),
+        (&Value::Null, &Value::Null),
+        "{unknown}"
+    );
+    assert_eq!(commission_transfers(&bank, by_hand), "0:0:0");
+    // The one the exchange still holds stays open, though the sweep asks about it again.
+    let asked = |id: i64| {
+        bank.sql(&format!(
+            "SELECT coalesce(extract(epoch FROM checked_at)::text, '') FROM trading_positions \
+             WHERE id = {id}"
+        ))
+    };
+    let first = wait_for("the sweep to ask", Duration::from_secs(30), || {
+        Some(asked(held)).filter(|at| !at.is_empty())
+    });
+    wait_for("the sweep to ask again", Duration::from_secs(30), || {
+        (asked(held) != first).then_some(())
+    });
+    assert_eq!(
+        position_on(&bank, &user, "BNBUSDT")["closed_by"],
+        Value::Null
+    );
+    assert_eq!(
+        count(
+            &bank,
+            &format!("SELECT count(*) FROM trading_positions WHERE id = {held} AND state = 'open'")
+        ),
+        1
+    );
     bank.assert_balanced();
 }
 

@@ -88,13 +88,15 @@ impl AppFactory {
                 Arc::new(AccountsShared::start(config).expect("start the password hashing threads"))
             });
             if shared.trading.executes {
-                crate::trading::execute::start(
-                    &queues,
-                    db,
-                    shared.trading.clone(),
-                    shared.secrets_key.clone(),
-                    Duration::from_millis(trading_ms),
-                );
+                let context = crate::trading::TaskContext {
+                    shared: shared.trading.clone(),
+                    secrets: shared.secrets_key.clone(),
+                    database: db.clone(),
+                };
+                if !shared.trading.figures.reconcile_interval.is_zero() {
+                    crate::trading::reconcile::start(&queues, context.clone());
+                }
+                crate::trading::execute::start(&queues, context, Duration::from_millis(trading_ms));
             }
         }
         ShardApp::new(

@@ -46,6 +46,9 @@ pub struct TradingConfig {
     /// Order intents a shard claims at once.
     #[arg(long, env = "TRADING_CLAIM_BATCH", default_value_t = 64, value_parser = count(1, 10_000))]
     pub trading_claim_batch: u64,
+    /// How often each shard asks the exchange about open positions for the closes it made by itself, a stop-loss or take-profit that fired (ms; each position about once an interval, `TRADING_CLAIM_BATCH` at a time); 0: this process asks about none.
+    #[arg(long = "trading-reconcile-interval", env = "TRADING_RECONCILE_INTERVAL", default_value_t = 10_000, value_parser = millis_from(0))]
+    pub trading_reconcile_interval_ms: u64,
     /// How old a signal may be when it arrives (ms): older answers 422.
     #[arg(long = "signal-validity", env = "SIGNAL_VALIDITY", default_value_t = 30_000, value_parser = millis_from(1))]
     pub signal_validity_ms: u64,

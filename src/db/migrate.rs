@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "trading_closes",
         include_str!("migrations/0010_trading_closes.sql"),
     ),
+    (
+        11,
+        "trading_reconcile",
+        include_str!("migrations/0011_trading_reconcile.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "coinbit" in ASCII.

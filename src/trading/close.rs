@@ -42,6 +42,72 @@ pub enum Commission {
     AlreadyCharged,
 }
 
+/// What closed a position (`trading_positions.closed_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// The platform's close order (a close signal or a user's close).
+    Order,
+    /// Its stop-loss fired on the exchange.
+    StopLoss,
+    /// Its take-profit fired on the exchange.
+    TakeProfit,
+    /// The exchange no longer holds it and neither protection filled: no exit is known.
+    Exchange,
+}
+
+impl ClosedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedBy::Order => "order",
+            ClosedBy::StopLoss => "stop_loss",
+            ClosedBy::TakeProfit => "take_profit",
+            ClosedBy::Exchange => "exchange",
+        }
+    }
+}
+
+/// Closes open position `id` at `exit` (cents; `None`: unknown, so no profit) and charges
+/// its commission in the same transaction. Only the update that closes it goes on to the
+/// charge: exactly once a position. A close by anything but the platform's own order leaves
+/// alone a position a close order is working on (that order's outcome records it). Returns
+/// whether this call closed it.
+pub fn close_open(
+    conn: &mut DbConn,
+    position_id: i64,
+    exit: Option<i64>,
+    by: ClosedBy,
+) -> Result<bool, DbError> {
+    let closed = conn.query_opt(
+        "UPDATE trading_positions SET state = 'closed', closed_at = now(), closed_by = $3, \
+           exit_price = $2, \
+           profit = (($2 - entry_price) * quantity / 1000) * CASE side WHEN 'long' THEN 1 ELSE -1 END \
+         WHERE id = $1 AND state = 'open' AND ($3 = 'order' OR close_intent IS NULL) \
+         RETURNING user_id, symbol, profit",
+        &[&position_id, &exit, &by.as_str()],
+    )?;
+    let Some(row) = closed else {
+        return Ok(false);
+    };
+    let (user_id, symbol, profit): (i64, String, Option<i64>) =
+        (row.get(0), row.get(1), row.get(2));
+    match profit {
+        Some(profit) => on_closed(
+            conn,
+            &ClosedPosition {
+                position_id,
+                user_id,
+                symbol,
+                profit,
+            },
+        )?,
+        None => log::warn!(
+            "trading: position {position_id} of user {user_id} on {symbol} was closed on the \
+             exchange without its stop-loss or take-profit: no exit price, no commission"
+        ),
+    }
+    Ok(true)
+}
+
 /// The advisory lock between deferring a charge and recording a rate: "fxrates" in ASCII.
 const RATES_LOCK: i64 = 0x0066_7872_6174_6573;
 

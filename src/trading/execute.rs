@@ -15,19 +15,17 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::secrets::SecretsKey;
-use crate::db::{Database, DbConn, DbError};
+use crate::db::{DbConn, DbError};
 use crate::exchange::{Credentials, ExchangeError, Order, OrderRequest, Side};
 use crate::queue::{Priority, ShardQueues};
 
 use super::accounts::SealedKey;
-use super::close::{self, ClosedPosition};
+use super::close::{self, ClosedBy};
 use super::settings::{self, Settings};
 use super::signal::Kind;
-use super::{Figures, TradingShared};
+use super::{Figures, TaskContext, TradingShared};
 
 /// What the exchange part of an intent does.
 #[derive(Debug, Clone)]
@@ -81,7 +79,9 @@ const CLAIM: &str = "WITH due AS ( \
 /// run one transaction at a time.
 const LOCK_USERS: &str = "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
-const KEYS: &str = "SELECT user_id, api_key, secret_ciphertext, secret_nonce, key_version \
+/// The live exchange keys of users `$1`.
+pub(super) const KEYS: &str =
+    "SELECT user_id, api_key, secret_ciphertext, secret_nonce, key_version \
      FROM exchange_accounts WHERE user_id = ANY($1) AND deleted_at IS NULL";
 
 fn finish(
@@ -392,24 +392,7 @@ fn record(conn: &mut DbConn, job: &Job, came: &Came) -> Result<(), DbError> {
             } else {
                 job.price
             };
-            // Only the update that closes it goes on to the charge: exactly once a position.
-            let closed = conn.query_opt(
-                "UPDATE trading_positions SET state = 'closed', closed_at = now(), exit_price = $2, \
-                 profit = (($2 - entry_price) * quantity / 1000) * CASE side WHEN 'long' THEN 1 ELSE -1 END \
-                 WHERE id = $1 AND state = 'open' RETURNING user_id, symbol, profit",
-                &[&position_id, &exit],
-            )?;
-            if let Some(row) = closed {
-                close::on_closed(
-                    conn,
-                    &ClosedPosition {
-                        position_id,
-                        user_id: row.get(0),
-                        symbol: row.get(1),
-                        profit: row.get(2),
-                    },
-                )?;
-            }
+            close::close_open(conn, position_id, Some(exit), ClosedBy::Order)?;
         }
         Came::Rejected(detail) => finish(conn, id, "rejected", Some(detail))?,
         Came::Skipped(detail) => finish(conn, id, "skipped", Some(detail))?,
@@ -440,12 +423,12 @@ fn record(conn: &mut DbConn, job: &Job, came: &Came) -> Result<(), DbError> {
 }
 
 /// Runs one job: the calls on the pool, then the record.
-async fn run(
-    job: Job,
-    shared: Arc<TradingShared>,
-    secrets: Option<SecretsKey>,
-    database: Arc<Database>,
-) {
+async fn run(job: Job, context: TaskContext) {
+    let TaskContext {
+        shared,
+        secrets,
+        database,
+    } = context;
     let mut db = database.client();
     let credentials = secrets.as_ref().and_then(|key| job.key.open(key));
     let came = match credentials {
@@ -476,44 +459,8 @@ async fn run(
     }
 }
 
-/// Starts the shard's executor: every `every`, a claim, then each job on its own task.
-pub fn start(
-    queues: &Rc<ShardQueues>,
-    database: &Arc<Database>,
-    shared: Arc<TradingShared>,
-    secrets: Option<SecretsKey>,
-    every: Duration,
-) {
-    let runtime = queues.runtime.clone();
-    let (spawner, sleeper, database) = (runtime.clone(), runtime.clone(), database.clone());
-    runtime.spawn(
-        Priority::High,
-        Box::pin(async move {
-            let mut db = database.client();
-            loop {
-                let figures = shared.figures.clone();
-                match db.write(move |conn| claim(conn, &figures)).await {
-                    Ok(written) => {
-                        let (claimed, jobs) = written.value;
-                        for job in jobs {
-                            spawner.spawn(
-                                Priority::High,
-                                Box::pin(run(
-                                    job,
-                                    shared.clone(),
-                                    secrets.clone(),
-                                    database.clone(),
-                                )),
-                            );
-                        }
-                        if claimed as i64 == shared.figures.claim_batch {
-                            continue;
-                        }
-                    }
-                    Err(e) => log::debug!("trading: claiming intents failed: {e}"),
-                }
-                sleeper.sleep(every).await;
-            }
-        }),
-    );
+/// Starts the shard's executor: every `every` (at once while claims come back full), a claim,
+/// then each job on its own task.
+pub fn start(queues: &Rc<ShardQueues>, context: TaskContext, every: Duration) {
+    super::claim_loop(queues, context, Priority::High, every, claim, run);
 }

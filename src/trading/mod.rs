@@ -8,6 +8,8 @@
 //!   makes the exchange calls on the I/O pool and records what came of them.
 //! - [`positions`]: a user's positions and their manual close (a close intent like a close
 //!   signal's).
+//! - [`reconcile`]: each shard's sweep of open positions for the closes the exchange made by
+//!   itself (a stop-loss or take-profit that fired), recorded at their fill and charged.
 //! - [`close`]: what a closed position leads to: the commission, charged once through the
 //!   ledger (a BRL user's at a recorded rate, deferred until one is recorded).
 //!
@@ -17,19 +19,25 @@ pub mod accounts;
 pub mod close;
 pub mod execute;
 pub mod positions;
+pub mod reconcile;
 pub mod settings;
 pub mod signal;
 
+use std::future::Future;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::secrets::SecretsKey;
 use crate::config::Config;
+use crate::db::{Database, DbConn, DbError};
 use crate::exchange::binance::BinanceClient;
 use crate::exchange::pool::IoPool;
 use crate::exchange::{
     Balance, Credentials, ExchangeClient, ExchangeError, ExchangeResult, Order, OrderRequest,
     Position,
 };
+use crate::queue::{Priority, ShardQueues};
 
 /// The business's figures for signals and orders.
 #[derive(Debug, Clone)]
@@ -39,6 +47,8 @@ pub struct Figures {
     pub max_open_positions: i64,
     pub symbol_cooldown: Duration,
     pub claim_batch: i64,
+    /// How often each open position is asked about ([`reconcile`]).
+    pub reconcile_interval: Duration,
     /// How long a claimed intent is left to its executor before another may take it (and ask
     /// the exchange first): every call of an attempt, with room.
     pub claim_lease: Duration,
@@ -83,10 +93,63 @@ impl TradingShared {
                 max_open_positions: t.max_open_positions as i64,
                 symbol_cooldown: Duration::from_millis(t.symbol_cooldown_ms),
                 claim_batch: t.trading_claim_batch as i64,
+                reconcile_interval: Duration::from_millis(t.trading_reconcile_interval_ms),
                 claim_lease: timeout * 6 + Duration::from_secs(5),
             },
         })
     }
+}
+
+/// What a task of a shard's trading work runs with.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub shared: Arc<TradingShared>,
+    /// Opens the exchange secrets (`None`: no `SECRETS_KEY`, so none opens).
+    pub secrets: Option<SecretsKey>,
+    pub database: Arc<Database>,
+}
+
+/// Runs on the shard, forever: `claim` in a write transaction (a batch of work, how many rows
+/// it took), each unit of work it returns on a task of its own (`work`), at once again while
+/// claims come back full, else after `every`. The executor and the reconciliation sweep.
+pub fn claim_loop<W, Claim, Work, Done>(
+    queues: &Rc<ShardQueues>,
+    context: TaskContext,
+    class: Priority,
+    every: Duration,
+    claim: Claim,
+    work: Work,
+) where
+    W: Send + 'static,
+    Claim: Fn(&mut DbConn, &Figures) -> Result<(usize, Vec<W>), DbError> + Copy + Send + 'static,
+    Work: Fn(W, TaskContext) -> Done + 'static,
+    Done: Future<Output = ()> + 'static,
+{
+    let runtime = queues.runtime.clone();
+    let (spawner, sleeper) = (runtime.clone(), runtime.clone());
+    runtime.spawn(
+        class,
+        Box::pin(async move {
+            let mut db = context.database.client();
+            let batch = context.shared.figures.claim_batch;
+            loop {
+                let figures = context.shared.figures.clone();
+                match db.write(move |conn| claim(conn, &figures)).await {
+                    Ok(written) => {
+                        let (claimed, units) = written.value;
+                        for unit in units {
+                            spawner.spawn(class, Box::pin(work(unit, context.clone())));
+                        }
+                        if claimed as i64 == batch {
+                            continue;
+                        }
+                    }
+                    Err(e) => log::debug!("trading: a claim failed: {e}"),
+                }
+                sleeper.sleep(every).await;
+            }
+        }),
+    );
 }
 
 /// The client when `EXCHANGE_BASE_URL` is unusable: every call is refused unsent.

@@ -19,7 +19,7 @@ macro_rules! select_positions {
                p.take_profit, p.exit_price, p.profit, p.close_intent, i.state, \
                to_char(p.opened_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
                to_char(p.closed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-               p.commission_due, c.commission, c.currency \
+               p.commission_due, c.commission, c.currency, p.closed_by \
              FROM trading_positions p \
              LEFT JOIN order_intents i ON i.id = p.close_intent \
              LEFT JOIN commission_charges c ON c.position_id = p.id::text ",
@@ -54,6 +54,7 @@ fn position_json(row: &postgres::Row) -> Value {
         })),
         "opened_at": row.get::<_, String>(12),
         "closed_at": row.get::<_, Option<String>>(13),
+        "closed_by": row.get::<_, Option<String>>(17),
         "commission_due": row.get::<_, bool>(14),
         "commission": commission,
     })

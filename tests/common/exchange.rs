@@ -95,6 +95,11 @@ impl Exchange {
         );
     }
 
+    /// Closes every account's position on `symbol` on the exchange itself, as by hand.
+    pub fn close_by_hand(&self, symbol: &str) {
+        self.admin("POST", "close-by-hand", &json!({ "symbol": symbol }));
+    }
+
     pub fn faults(&self, faults: Value) {
         self.admin("POST", "faults", &faults);
     }

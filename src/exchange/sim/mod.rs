@@ -22,6 +22,8 @@
 //! - `POST /admin/faults` `{"latency_ms", "fail_5xx", "timeouts", "reject", "lose_answer",
 //!   "ack_only", "hold_ms"}`: the counts apply to the next order placements, one each
 //! - `POST /admin/price` `{"symbol","price"}`
+//! - `POST /admin/close-by-hand` `{"symbol"}`: every account's position on it closed at the
+//!   price on the exchange itself, as by hand (no order to ask for; the protection canceled)
 //! - `GET /admin/orders`: every order and how many placements were asked for
 
 use std::collections::HashMap;
@@ -440,6 +442,37 @@ impl Simulator {
                 trigger(&mut state, &form.symbol, price);
                 self.save(&state);
                 Outcome::Answer(200, json!({ "ok": true }))
+            }
+            ("POST", "close-by-hand") => {
+                // Every account's position on the symbol closed at its price on the exchange
+                // itself, not through the API (as by hand, or a liquidation): no order a
+                // client could ask for, the protection canceled.
+                #[derive(Deserialize)]
+                struct ByHand {
+                    symbol: String,
+                }
+                let form: ByHand = match serde_json::from_slice(body) {
+                    Ok(form) => form,
+                    Err(e) => return bad(e.to_string()),
+                };
+                let price = state
+                    .prices
+                    .get(&form.symbol)
+                    .copied()
+                    .unwrap_or(DEFAULT_PRICE);
+                let mut closed = Vec::new();
+                for (api_key, account) in state.accounts.iter_mut() {
+                    let held = account.positions.get(&form.symbol).map_or(0, |p| p.amount);
+                    if held != 0 {
+                        fill(account, &form.symbol, -held, price);
+                        closed.push(api_key.clone());
+                    }
+                }
+                for api_key in &closed {
+                    cancel_protection(&mut state, api_key, &form.symbol);
+                }
+                self.save(&state);
+                Outcome::Answer(200, json!({ "closed": closed.len() }))
             }
             ("GET", "orders") => {
                 let orders: Vec<Value> = state
