@@ -15,7 +15,8 @@
 #     Each reads one users row on the primary (with PG_REPLICAS=0 the open read has no replica
 #     to go to); the authenticated ones first pass the access check from the shard's credential
 #     cache (no database round trip once cached). Not the same code below that: /me reads
-#     through the primary's write queue, /api/users/{id} through the batched lookups. Reported:
+#     through the replicas' lookups (the primary's with PG_REPLICAS=0), /api/users/{id} through
+#     the batched lookups. Reported:
 #     req/s and p99 per cell, and session/open and signed/open (the goal is >= 0.9x), medians
 #     over ROUNDS (ratios: the median of the per-round ratios).
 #  2. A login flood: FLOOD_USERS connections closed-loop on POST /api/auth/login (one user's

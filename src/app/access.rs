@@ -643,7 +643,9 @@ impl Accounts {
         admit_signed(record, headers, &signed, access, &mut guards, now_ms, now)
     }
 
-    /// Looks the credentials up on the primary and caches what it finds.
+    /// Looks the credentials up on the primary (a plain read there, outside the write groups:
+    /// a lookup waited behind other requests' commits when it ran as a write) and caches what
+    /// it finds.
     fn look_up(
         &self,
         credentials: Credentials,
@@ -651,7 +653,7 @@ impl Accounts {
         let cache = self.cache.clone();
         match credentials {
             Credentials::Bearer { digest } => {
-                let pending = self.db().write(move |conn| {
+                let pending = self.db().read_primary(move |conn| {
                     let row = conn.query_opt(SELECT_SESSION, &[&&digest[..]])?;
                     Ok(row.map(|row| {
                         (
@@ -663,7 +665,7 @@ impl Accounts {
                     }))
                 });
                 Box::pin(async move {
-                    let row = pending.await.map_err(Refusal::Database)?.value;
+                    let row = pending.await.map_err(Refusal::Database)?;
                     let record = row.and_then(|(user_id, role, active, expires_at_ms)| {
                         Some(SessionRecord {
                             user_id,
@@ -683,7 +685,7 @@ impl Accounts {
                     return Box::pin(std::future::ready(Err(API_KEYS_OFF)));
                 };
                 let key_id = headers.key_id.clone();
-                let pending = self.db().write(move |conn| {
+                let pending = self.db().read_primary(move |conn| {
                     let row = conn.query_opt(SELECT_KEY, &[&key_id])?;
                     Ok(row.map(|row| KeyRow {
                         user_id: row.get(0),
@@ -699,7 +701,7 @@ impl Accounts {
                     }))
                 });
                 Box::pin(async move {
-                    let row = pending.await.map_err(Refusal::Database)?.value;
+                    let row = pending.await.map_err(Refusal::Database)?;
                     let record = row.and_then(|row| open_key(&secrets_key, &headers.key_id, row));
                     cache.borrow_mut().store_key(
                         headers.key_id.clone(),

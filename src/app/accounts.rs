@@ -476,12 +476,12 @@ pub fn me(accounts: &Accounts, caller: &Principal, _: &Request<'_>) -> Reply {
             Ok(Some(user)) => Ok(Some(user)),
             // A replica behind the user's registration: the primary has the row.
             Ok(None) => {
-                let primary = accounts.db().write(move |conn| {
+                let primary = accounts.db().read_primary(move |conn| {
                     Ok(conn
                         .query_opt(SELECT_ACCOUNT, &[&user_id])?
                         .map(|row| user_json(&row)))
                 });
-                primary.await.map(|written| written.value)
+                primary.await
             }
             Err(e) => Err(e),
         };
