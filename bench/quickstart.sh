@@ -15,6 +15,15 @@
 #   3. capacity   closed model, 1,100 users with no think time: the most this host does. Reported,
 #                 not judged: with 1,100 requests always in flight its latency is mostly the
 #                 queue the test builds itself (Little's law: 1,100 / 37k ops/s is ~30 ms).
+#   4. trading    the product's traffic (loadgen's builtin:trading): TRADING_USERS users (100),
+#                 each registered, logged in and with an exchange account on the bundled
+#                 exchange simulator (20 ms a call), read their balances, positions and
+#                 settings and change their leverage, while TradingView signals arrive among
+#                 them (1 request in 86) and fan out to every user: positions open and close on
+#                 the simulator and profitable closes are charged. Open model at TRADING_RATE
+#                 (500 req/s); judged by SLO_TRADING. The summary adds, from the database, what
+#                 the signals came to and signal-to-order latency (a signal's arrival to its
+#                 order's answer) beside the HTTP latencies.
 # Objectives (defaults), chosen from measured runs on this 2-CPU host shared with other
 # engineers' builds and tests (load average 13-23), where the server, four PostgreSQL nodes and
 # the client share both CPUs (bench/RESULTS.md, "Quick-start"). Errors count 503s, timeouts and
@@ -36,6 +45,7 @@
 #   SEED_RATE=2439   the seed's rate in req/s; phase 2 runs at 10x it
 #   DURATION=20s     how long each phase runs (phase 2 after its RAMP=5s)
 #   SLO_SEED, SLO_TENX   the objectives above (loadgen --slo syntax)
+#   TRADING_USERS=100  TRADING_RATE=500  SLO_TRADING="p99<500ms,errors<0.1%"  SIM_PORT=3001
 #   OUT=bench/out/quickstart-<date>   where the reports go: summary.md and one folder per phase
 #                    (1-seed-rate/, 2-ten-x/, 3-capacity/) with report.html, *.hgrm, summary.json
 #   SERVER_CPUS / CLIENT_CPUS   taskset CPU lists for the server and the loadgen (default: all)
@@ -56,6 +66,10 @@ DURATION=${DURATION:-20s}
 RAMP=${RAMP:-5s}
 SLO_SEED=${SLO_SEED:-"p99<500ms,errors<0.1%"}
 SLO_TENX=${SLO_TENX:-"p99<3s,errors<0.5%"}
+TRADING_USERS=${TRADING_USERS:-100}
+TRADING_RATE=${TRADING_RATE:-500}
+SLO_TRADING=${SLO_TRADING:-"p99<500ms,errors<0.1%"}
+SIM_PORT=${SIM_PORT:-$((PORT + 1))}
 OUT=${OUT:-bench/out/quickstart-$(date -u +%Y%m%dT%H%M%SZ)}
 SERVER_CPUS=${SERVER_CPUS:-}
 CLIENT_CPUS=${CLIENT_CPUS:-}
@@ -91,12 +105,13 @@ write_summary() {
     echo "| phase | model | asked req/s | achieved req/s | vs seed's $SEED_OPS ops/s | p50 ms | p99 ms | max ms | mean ms | errors | objective |"
     echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     local phase
-    for phase in 1-seed-rate 2-ten-x 3-capacity; do
+    for phase in 1-seed-rate 2-ten-x 3-capacity 4-trading; do
         if [ -f "$OUT/$phase/summary.json" ]; then summary_row "$phase"; else echo "| $phase | not run |"; fi
     done
     echo
     echo "Latency counts from each request's intended send time in the open phases (coordinated"
-    echo "omission corrected). Objectives: 1-seed-rate \`$SLO_SEED\`, 2-ten-x \`$SLO_TENX\`."
+    echo "omission corrected). Objectives: 1-seed-rate \`$SLO_SEED\`, 2-ten-x \`$SLO_TENX\`,"
+    echo "4-trading \`$SLO_TRADING\`."
     [ -f "$OUT/3-capacity/summary.json" ] && jq -r --argjson seed_ops "$SEED_OPS" \
         --argjson seed_mean "$SEED_MEAN_MS" '
         def r(n): (. * pow(10; n) | round) / pow(10; n);
@@ -108,7 +123,48 @@ write_summary() {
         "At 10x the seed'"'"'s rate: mean \(.overall.latency_ms.mean | r(2)) ms, " +
         "\($seed_mean / .overall.latency_ms.mean | r(1))x lower than the seed'"'"'s \($seed_mean) ms average."' \
         "$OUT/2-ten-x/summary.json"
+    [ -f "$OUT/trading.md" ] && { echo; cat "$OUT/trading.md"; }
     return 0
+}
+
+# trading_report: what phase 4's signals came to, from the primary, once every intent settled
+# (bounded): signals, intents by state, positions, commissions, and signal-to-order latency
+# (an intent's done_at less its signal's received_at, for those that reached the exchange).
+trading_report() {
+    local waited=0
+    while [ "$("$cluster" sql primary "SELECT count(*) FROM order_intents WHERE state IN ('pending', 'placing')")" != 0 ] \
+        && [ "$waited" -lt 120 ]; do
+        sleep 1; waited=$((waited + 1))
+    done
+    echo "## Trading (phase 4): what the signals came to"
+    echo
+    echo "| signals | intents | placed (opens) | closed | skipped by the limits | expired | rejected | unsettled | signal-to-order p50 ms | p99 ms | max ms |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    "$cluster" sql primary "
+        SELECT '| ' || concat_ws(' | ',
+            (SELECT count(*) FROM trading_signals), count(*),
+            count(*) FILTER (WHERE i.state = 'placed'), count(*) FILTER (WHERE i.state = 'closed'),
+            count(*) FILTER (WHERE i.state = 'skipped'), count(*) FILTER (WHERE i.state = 'expired'),
+            count(*) FILTER (WHERE i.state = 'rejected'),
+            count(*) FILTER (WHERE i.state IN ('pending', 'placing')),
+            coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY lat) FILTER (WHERE lat IS NOT NULL))::text, '-'),
+            coalesce(round(percentile_cont(0.99) WITHIN GROUP (ORDER BY lat) FILTER (WHERE lat IS NOT NULL))::text, '-'),
+            coalesce(round(max(lat))::text, '-')) || ' |'
+        FROM (SELECT i.state, CASE WHEN i.state IN ('placed', 'closed')
+                  THEN extract(epoch FROM i.done_at - s.received_at) * 1000 END AS lat
+              FROM order_intents i JOIN trading_signals s ON s.id = i.signal_id) i"
+    echo
+    "$cluster" sql primary "
+        SELECT 'Positions: ' || count(*) FILTER (WHERE state = 'open') || ' open, ' ||
+               count(*) FILTER (WHERE state = 'closed') || ' closed (' ||
+               count(*) FILTER (WHERE state = 'closed' AND profit > 0) || ' at a profit); ' ||
+               (SELECT count(*) FROM commission_charges) || ' commissions charged; most open for one user: ' ||
+               coalesce((SELECT max(n) FROM (SELECT count(*) AS n FROM trading_positions
+                         WHERE state IN ('opening', 'open') GROUP BY user_id) m), 0) ||
+               ' (the limit is 2). Ledger check: ' ||
+               CASE WHEN (SELECT count(*) FROM ledger_accounts WHERE user_id IS NOT NULL AND balance < 0) = 0
+                    THEN 'no negative user balance.' ELSE 'NEGATIVE USER BALANCES.' END
+        FROM trading_positions"
 }
 
 echo "== building (release)"
@@ -122,8 +178,10 @@ db_was_up=0
 echo "== PostgreSQL: primary on $PG_PORT and $PG_REPLICAS streaming replicas"
 "$cluster" up
 server=""
+sim=""
 stop() {
     [ -n "$server" ] && { kill -INT "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; }
+    [ -n "$sim" ] && { kill "$sim" 2>/dev/null && wait "$sim" 2>/dev/null || true; }
     if [ "$db_was_up" = 0 ]; then "$cluster" down >/dev/null || true; fi
 }
 trap stop EXIT
@@ -147,6 +205,18 @@ export DB_POOL_SIZE=${DB_POOL_SIZE:-4}
 # of all requests, 13 % of the creates). Here at most USERS requests are in flight, so a queue of
 # twice that sheds nothing the test itself could clear; a real overload still gets its 503s.
 export DB_QUEUE_SIZE=${DB_QUEUE_SIZE:-$((USERS * 2))}
+# Trading: the bundled exchange simulator as the exchange (20 ms before each answer, about a
+# real exchange's round trip), open to any key so that each of phase 4's users brings its own;
+# a signal secret and a secrets key (the exchange secrets sealed at rest) for this run.
+echo "== exchange-sim on port $SIM_PORT"
+target/release/exchange-sim --bind "127.0.0.1:$SIM_PORT" --latency-ms 20 \
+    --any-account "loadgen-exchange-secret:1000.00" >"$OUT/exchange-sim.log" 2>&1 &
+sim=$!
+for _ in $(seq 100); do grep -q "listening on" "$OUT/exchange-sim.log" && break; sleep 0.1; done
+grep -q "listening on" "$OUT/exchange-sim.log" || { echo "exchange-sim did not start:" >&2; cat "$OUT/exchange-sim.log" >&2; exit 1; }
+export SIGNAL_WEBHOOK_SECRET=${SIGNAL_WEBHOOK_SECRET:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+export SECRETS_KEY=${SECRETS_KEY:-1:$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')}
+export EXCHANGE_BASE_URL="http://127.0.0.1:$SIM_PORT"
 echo "== starting coinbit on port $PORT (pool $DB_POOL_SIZE per node, queue $DB_QUEUE_SIZE; user alerts at $MONITORING_CONCURRENT_USERS_WARNING/$MONITORING_CONCURRENT_USERS_CRITICAL)"
 server_cmd=(target/release/coinbit --port "$PORT")
 [ -n "$SERVER_CPUS" ] && server_cmd=(taskset -c "$SERVER_CPUS" "${server_cmd[@]}")
@@ -166,14 +236,16 @@ for i in $(seq 1 "$PG_REPLICAS"); do
     done
 done
 
-# run_phase NAME SLO LOADGEN_ARGS...: one loadgen run on the built-in mix into $OUT/NAME, judged
-# by SLO when it is not empty. Sets phase_status to loadgen's exit code.
+# run_phase NAME SLO LOADGEN_ARGS...: one loadgen run into $OUT/NAME, judged by SLO when it is
+# not empty. Sets phase_status to loadgen's exit code.
 run_phase() {
     local name=$1 slo=$2; shift 2
-    # The mix's GET /api/users/{id} answers the user or staff: it reads as staff.
-    local args=(--out "$OUT/$name" -H "$OPERATOR_HEADER" "$@")
+    local args=(--out "$OUT/$name" "$@")
     [ -n "$slo" ] && args+=(--slo "$slo")
-    echo "== loadgen, phase $name: $*${slo:+, objective $slo}"
+    local shown="$*"
+    shown=${shown//$OPERATOR_TOKEN/<operator token>}
+    shown=${shown//$SIGNAL_WEBHOOK_SECRET/<signal secret>}
+    echo "== loadgen, phase $name: $shown${slo:+, objective $slo}"
     phase_status=0
     pinned "$CLIENT_CPUS" target/release/loadgen "${args[@]}" "http://127.0.0.1:$PORT" || phase_status=$?
 }
@@ -183,19 +255,26 @@ run_phase() {
 # spinning would keep one of this host's two CPUs busy in the client, away from the server and
 # PostgreSQL. Sends may leave a little late; the lateness counts in the corrected latency.
 open_model=(-c "$USERS" --spin 0ms)
+# The built-in mix's GET /api/users/{id} answers the user or staff: phases 1-3 read as staff.
+# (Phase 4's users send their own sessions.)
+staff=(-H "$OPERATOR_HEADER")
 status=0
 # judged PHASE_EXIT: folds a judged phase's exit code into the script's: 1 (a failed step) wins
 # over 3 (an objective missed).
 judged() { if [ "$1" != 0 ] && [ "$status" != 1 ]; then status=$1; fi; }
-run_phase 1-seed-rate "$SLO_SEED" --rate "$SEED_RATE" "${open_model[@]}" -d "$DURATION"
+run_phase 1-seed-rate "$SLO_SEED" "${staff[@]}" --rate "$SEED_RATE" "${open_model[@]}" -d "$DURATION"
 judged "$phase_status"
 # Ten times the load arrives over RAMP, then holds for DURATION: a step from 2,439 to 24,390 req/s
 # in one instant overflowed the primary's write queue (create_user answered 503 "busy") and the
 # backlog it left never drained at a rate this close to the shared host's capacity.
-run_phase 2-ten-x "$SLO_TENX" --rate "$TENX_RATE" --stages "$RAMP:$TENX_RATE,$DURATION:$TENX_RATE" "${open_model[@]}"
+run_phase 2-ten-x "$SLO_TENX" "${staff[@]}" --rate "$TENX_RATE" --stages "$RAMP:$TENX_RATE,$DURATION:$TENX_RATE" "${open_model[@]}"
 judged "$phase_status"
-run_phase 3-capacity "" -u "$USERS" -d "$DURATION"
+run_phase 3-capacity "" "${staff[@]}" -u "$USERS" -d "$DURATION"
 [ "$phase_status" = 0 ] || status=1
+run_phase 4-trading "$SLO_TRADING" -s builtin:trading -H "X-Signal-Secret: $SIGNAL_WEBHOOK_SECRET" \
+    --rate "$TRADING_RATE" -c "$TRADING_USERS" --spin 0ms -d "$DURATION"
+judged "$phase_status"
+trading_report >"$OUT/trading.md"
 
 echo "== server's own view after the run"
 # With the operator token (bench/common.sh exports OPERATOR_TOKEN, which the server read): these

@@ -22,7 +22,8 @@ use common::ledger::{Bank, User};
 use common::pg::PgCluster;
 use common::trading::{
     commission_transfers, count, intent_states, now_ms, post_signal, restart_server, send,
-    signal_body, subscriber, subscriber_in, trading_args, wait_settled, SECRETS_KEY, TRADING,
+    signal_body, subscriber, subscriber_in, trading_args, wait_settled, SECRETS_KEY, SIGNAL_SECRET,
+    TRADING,
 };
 use common::{engines, wait_for, Client, Response, Server};
 
@@ -623,6 +624,95 @@ fn a_profitable_close_is_charged_once_and_a_loss_never(#[case] engine: &str) {
     assert_eq!(again.status, 202, "{}", again.text());
     assert_eq!(commission_transfers(&bank, gone), "0:0:0");
     bank.assert_balanced();
+}
+
+/// loadgen's `builtin:trading` against the real server and simulator: each virtual user logs
+/// in and links an exchange account (a key the simulator opens on first use), every call of the
+/// mix gets the status it expects, every signal loadgen was answered 202 for is in the database
+/// with one intent per virtual user, every intent settles, each one placed or closed has its
+/// one order on the simulator, no user holds more than 2 open positions, and the ledger check
+/// passes.
+#[apply(engines)]
+fn loadgen_trading_mix_fans_its_signals_out_to_its_users(#[case] engine: &str) {
+    const USERS: i64 = 4;
+    let exchange = Exchange::start_open_to_any_key("loadgen-exchange-secret", "1000.00");
+    let bank = start(engine, "trade_loadgen", &exchange, &[]);
+    let out = std::process::Command::new(common::loadgen_binary())
+        .args(["-s", "builtin:trading", "-u", &USERS.to_string(), "-t", "1"])
+        .args(["-d", "3s", "--progress", "never", "--json"])
+        .args(["-H", &format!("X-Signal-Secret: {SIGNAL_SECRET}")])
+        .arg(format!("http://{}", bank.server.addr))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(summary["scenario"], "builtin:trading");
+    assert_eq!(summary["overall"]["errors"], 0, "{}", summary["overall"]);
+    let ok = |name: &str| -> i64 {
+        summary["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {}", summary["endpoints"]))["ok"]
+            .as_i64()
+            .unwrap()
+    };
+    for name in ["balances", "positions", "change_leverage", "signal"] {
+        assert!(ok(name) > 0, "{name}: {}", summary["endpoints"]);
+    }
+    let linked = count(
+        &bank,
+        "SELECT count(*) FROM exchange_accounts a JOIN users u ON u.id = a.user_id \
+         WHERE a.deleted_at IS NULL AND u.email LIKE 'loadgen-%'",
+    );
+    assert_eq!(linked, USERS);
+    // A signal still unanswered when the run ended may have been taken: one at most.
+    let signals = count(&bank, "SELECT count(*) FROM trading_signals");
+    assert!(
+        (ok("signal")..=ok("signal") + 1).contains(&signals),
+        "{signals} signals for {} answered",
+        ok("signal")
+    );
+    assert_eq!(
+        count(&bank, "SELECT count(*) FROM order_intents"),
+        signals * USERS
+    );
+    wait_for("every intent to settle", Duration::from_secs(60), || {
+        (count(
+            &bank,
+            "SELECT count(*) FROM order_intents WHERE state IN ('pending', 'placing')",
+        ) == 0)
+            .then_some(())
+    });
+    let reached = count(
+        &bank,
+        "SELECT count(*) FROM order_intents WHERE state IN ('placed', 'closed')",
+    );
+    assert!(reached > 0, "{}", intent_states_all(&bank));
+    let orders = exchange.orders();
+    let entries = orders
+        .iter()
+        .filter(|o| o["type"] == "MARKET" && o["clientOrderId"].as_str().unwrap().starts_with("cb"))
+        .count() as i64;
+    assert_eq!(entries, reached, "{}", intent_states_all(&bank));
+    let most_open = count(
+        &bank,
+        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM trading_positions \
+         WHERE state IN ('opening', 'open') GROUP BY user_id) p",
+    );
+    assert!(most_open <= 2, "{most_open}");
+    bank.assert_balanced();
+}
+
+/// Every intent's state, counted: for a failure's message.
+fn intent_states_all(bank: &Bank) -> String {
+    bank.sql(
+        "SELECT string_agg(state || ':' || n, ',') FROM \
+              (SELECT state, count(*) AS n FROM order_intents GROUP BY state) s",
+    )
 }
 
 /// The position as its owner reads it, once closed, with how it closed.

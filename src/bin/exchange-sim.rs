@@ -21,6 +21,10 @@ struct Args {
     /// at POST /admin/accounts.
     #[arg(long = "account")]
     accounts: Vec<String>,
+    /// SECRET:BALANCE: any key the simulator does not know opens an account with this secret
+    /// and balance (USDT) on its first call, as for load tests whose users each bring a key.
+    #[arg(long = "any-account")]
+    any_account: Option<String>,
     /// Keep the state (accounts, orders, positions, prices) in this file across restarts:
     /// read at start, rewritten after every change before it is answered. An --account the
     /// file already holds keeps its state.
@@ -49,6 +53,17 @@ fn main() {
             continue;
         }
         simulator.add_account(key, secret.as_bytes(), balance);
+    }
+    if let Some(any) = &args.any_account {
+        let Some((secret, balance)) = any
+            .rsplit_once(':')
+            .and_then(|(secret, balance)| Some((secret, fixed::parse(balance, 2)?)))
+            .filter(|(secret, balance)| !secret.is_empty() && *balance >= 0)
+        else {
+            eprintln!("--any-account takes SECRET:BALANCE, got {any}");
+            std::process::exit(2);
+        };
+        simulator.open_to_any_key(secret.as_bytes(), balance);
     }
     simulator.set_faults(sim::Faults {
         latency_ms: args.latency_ms,

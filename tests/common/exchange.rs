@@ -31,6 +31,18 @@ impl Exchange {
         }
     }
 
+    /// A simulator on a free port where any key it does not know opens an account with
+    /// `secret` and `balance` on its first call.
+    pub fn start_open_to_any_key(secret: &str, balance: &str) -> Exchange {
+        let any = format!("{secret}:{balance}");
+        let (child, addr) = spawn(&["--bind", "127.0.0.1:0", "--any-account", &any]);
+        Exchange {
+            child,
+            addr,
+            state: None,
+        }
+    }
+
     /// A simulator on a free port that keeps its state in a file of its own, so that
     /// [`Exchange::restart`] finds every account, order, position and price again.
     pub fn start_persistent() -> Exchange {

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(default_value = "http://127.0.0.1:3000")]
     pub url: String,
 
-    /// Scenario: builtin:coinbitclub (default), builtin:health, builtin:probes, builtin:money, or a
+    /// Scenario: builtin:coinbitclub (default), builtin:health, builtin:probes, builtin:money, builtin:trading, or a
     /// TOML/JSON file.
     #[arg(short, long)]
     pub scenario: Option<String>,

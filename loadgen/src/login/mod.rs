@@ -11,11 +11,15 @@
 //! # password = "loadgen password"
 //! # scopes = ["read", "trade"]   # api_key: the key's scopes
 //! # rate_per_second = 10000      # api_key: the key's rate
+//! # [login.exchange_account]     # link an exchange account after logging in
+//! # api_key = "loadgen-{run}-{vu}"
+//! # secret = "..."
 //! ```
 //!
 //! Before the load starts, [`prepare`] registers (`POST /api/auth/register`) and logs in
 //! (`POST /api/auth/login`) one user per virtual user, on a few plain blocking connections, and
-//! with `api_key` creates a key for each (`POST /api/auth/api-keys`). During the run
+//! with `api_key` creates a key for each (`POST /api/auth/api-keys`); with an
+//! `exchange_account` each links one (`POST /api/enterprise/trading/exchange-accounts`). During the run
 //! [`Identities::decorate`] adds to each request, after its template is rendered:
 //! - `session`: `Authorization: Bearer <that user's token>`;
 //! - `api_key`: `X-CBC-APIKEY`, `X-CBC-TIMESTAMP` and `X-CBC-SIGNATURE`, the signature computed
@@ -67,6 +71,26 @@ pub struct LoginSpec {
     pub scopes: Vec<String>,
     #[serde(default = "default_rate")]
     pub rate_per_second: u32,
+    /// After logging in, each virtual user links an exchange account, so that trading
+    /// signals fan out to it.
+    #[serde(default)]
+    pub exchange_account: Option<ExchangeAccountSpec>,
+}
+
+/// `[login.exchange_account]`: the key and secret each virtual user links
+/// (`POST /api/enterprise/trading/exchange-accounts`, which checks them against the exchange:
+/// point the server at an `exchange-sim --any-account SECRET:BALANCE`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeAccountSpec {
+    /// `{vu}` and `{run}` as in `email`: each virtual user has its own.
+    #[serde(default = "default_exchange_key")]
+    pub api_key: String,
+    pub secret: String,
+}
+
+fn default_exchange_key() -> String {
+    "loadgen-{run}-{vu}".into()
 }
 
 fn yes() -> bool {
@@ -98,14 +122,31 @@ impl LoginSpec {
         if self.credentials == CredentialKind::ApiKey && self.scopes.is_empty() {
             return Err("login: an API key needs at least one scope".into());
         }
+        if let Some(account) = &self.exchange_account {
+            if !account.api_key.contains("{vu}") {
+                return Err("login: exchange_account.api_key must contain {vu}".into());
+            }
+        }
         Ok(())
     }
 
     /// The email of virtual user `vu` in run `run`.
     pub fn email_of(&self, vu: usize, run: &str) -> String {
-        self.email
-            .replace("{vu}", &vu.to_string())
-            .replace("{run}", run)
+        per_user(&self.email, vu, run)
+    }
+}
+
+/// `template` with `{vu}` and `{run}` filled in.
+fn per_user(template: &str, vu: usize, run: &str) -> String {
+    template
+        .replace("{vu}", &vu.to_string())
+        .replace("{run}", run)
+}
+
+impl ExchangeAccountSpec {
+    /// The API key of virtual user `vu` in run `run`.
+    pub fn api_key_of(&self, vu: usize, run: &str) -> String {
+        per_user(&self.api_key, vu, run)
     }
 }
 

@@ -155,6 +155,16 @@ fn identity(conn: &mut Conn, spec: &LoginSpec, vu: usize, run: &str) -> Result<I
         .as_str()
         .ok_or_else(|| format!("login: no token in the answer for {email}"))?;
     let bearer = format!("Authorization: Bearer {token}\r\n");
+    if let Some(account) = &spec.exchange_account {
+        let body = json!({"api_key": account.api_key_of(vu, run), "secret": account.secret});
+        let path = "/api/enterprise/trading/exchange-accounts";
+        let answer = conn.send("POST", path, &bearer, &body)?;
+        expect(
+            &answer,
+            201,
+            &format!("linking an exchange account for {email}"),
+        )?;
+    }
     if spec.credentials == CredentialKind::Session {
         return Ok(Identity::Bearer(bearer.into_bytes()));
     }

@@ -56,7 +56,10 @@ pub const PROBES: &[Call] = &[get("livez", "/livez", 1), get("readyz", "/readyz"
 
 /// Built-in mixes written as scenario files (they need what a file gives: a `[login]`, per-request
 /// headers, several expected statuses), embedded so that `builtin:NAME` needs no path.
-pub const FILES: &[(&str, &str)] = &[("money", include_str!("../../scenarios/money.toml"))];
+pub const FILES: &[(&str, &str)] = &[
+    ("money", include_str!("../../scenarios/money.toml")),
+    ("trading", include_str!("../../scenarios/trading.toml")),
+];
 
 /// Built-in mixes by name.
 pub const MIXES: &[(&str, &[Call])] = &[

@@ -378,6 +378,25 @@ mod tests {
     }
 
     #[test]
+    fn builtin_trading_links_exchange_accounts_and_sends_fresh_signals() {
+        let sc = Scenario::builtin("trading").unwrap();
+        assert_eq!(sc.name, "builtin:trading");
+        let login = sc
+            .login
+            .as_ref()
+            .expect("builtin:trading logs its users in");
+        let account = login.exchange_account.as_ref().expect("and links accounts");
+        assert_eq!(account.api_key_of(7, "r1"), "loadgen-r1-7");
+        let signal = sc.endpoints.iter().find(|e| e.name == "signal").unwrap();
+        assert_eq!(signal.method, "POST");
+        // Each signal is fresh: sent as it is made, and a new alert (not the same one again).
+        let body = signal.body.as_deref().expect("a body");
+        assert!(body.contains(r#""time": {{now_ms}}"#), "{body}");
+        assert!(body.contains(r#""alert_id": "loadgen-{{uuid}}""#), "{body}");
+        assert_eq!(signal.expect, vec![202]);
+    }
+
+    #[test]
     fn builtin_money_logs_in_and_keys_its_writes() {
         let sc = Scenario::builtin("money").unwrap();
         assert_eq!(sc.name, "builtin:money");

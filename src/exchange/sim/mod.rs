@@ -127,6 +127,10 @@ struct State {
     /// trading_fanout.sh). Rebuilt from `orders` when the state is read back.
     #[serde(skip)]
     by_account: HashMap<String, Vec<usize>>,
+    /// Any key the simulator does not know opens an account with this secret and balance
+    /// on its first call (`--any-account`: load tests whose users bring keys of their own).
+    #[serde(skip)]
+    any_account: Option<(Vec<u8>, i64)>,
 }
 
 impl State {
@@ -249,6 +253,12 @@ impl Simulator {
         self.save(&state);
     }
 
+    /// Lets any key it does not know open an account with `secret` and `balance` cents on
+    /// its first call.
+    pub fn open_to_any_key(&self, secret: &[u8], balance: i64) {
+        self.state.lock().unwrap().any_account = Some((secret.to_vec(), balance));
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         self.state.lock().unwrap().faults = faults;
     }
@@ -316,6 +326,19 @@ impl Simulator {
         }
         let mut state = self.state.lock().unwrap();
         let api_key = message.header(API_KEY_HEADER).unwrap_or("").to_string();
+        if let (false, Some((secret, balance))) = (
+            api_key.is_empty() || state.accounts.contains_key(&api_key),
+            state.any_account.clone(),
+        ) {
+            state.accounts.insert(
+                api_key.clone(),
+                Account {
+                    secret,
+                    balance,
+                    positions: HashMap::new(),
+                },
+            );
+        }
         let Some(account) = state.accounts.get(&api_key) else {
             return error(
                 401,
