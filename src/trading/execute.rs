@@ -76,8 +76,11 @@ const CLAIM: &str = "WITH due AS ( \
        i.created_at < now() - $3::bigint * interval '1 millisecond', s.kind, s.symbol, s.price";
 
 /// The claimed intents' users' row locks, in id order: each user's checks and reservations
-/// run one transaction at a time.
-const LOCK_USERS: &str = "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// run one transaction at a time. `NO KEY UPDATE`, the weakest lock that excludes itself: the
+/// key-share locks that every insert referencing a user takes (the fan-out's intents, a
+/// position, a ledger row) pass it, where `FOR UPDATE` made a claim and a fan-out to the same
+/// users wait for each other.
+const LOCK_USERS: &str = "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
 
 /// The live exchange keys of users `$1`.
 pub(super) const KEYS: &str =

@@ -147,13 +147,23 @@ fn from_row(row: &postgres::Row, first: usize) -> Settings {
     }
 }
 
-/// Applies `change` under the row's lock; the 422 body when out of bounds.
+/// Applies `change` under the settings row's lock; the 422 body when out of bounds.
 pub fn update(
     conn: &mut DbConn,
     user_id: i64,
     change: &Change,
 ) -> Result<Result<Settings, Value>, DbError> {
-    conn.query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])?;
+    // The settings row's own lock (made first if missing), not the user's: the executor locks
+    // users in id order for a batch's checks, and a write group holding several users' locks
+    // taken in request order could deadlock with it.
+    conn.query(
+        "INSERT INTO trading_settings (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+        &[&user_id],
+    )?;
+    conn.query(
+        "SELECT 1 FROM trading_settings WHERE user_id = $1 FOR UPDATE",
+        &[&user_id],
+    )?;
     let current = load(conn, user_id)?;
     let next = match current.apply(change) {
         Ok(next) => next,
