@@ -142,7 +142,7 @@ trading_report() {
     echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     "$cluster" sql primary "
         SELECT '| ' || concat_ws(' | ',
-            (SELECT count(*) FROM trading_signals), count(*),
+            (SELECT count(*) FROM trading_signals WHERE received_at >= '$trading_since'), count(*),
             count(*) FILTER (WHERE i.state = 'placed'), count(*) FILTER (WHERE i.state = 'closed'),
             count(*) FILTER (WHERE i.state = 'skipped'), count(*) FILTER (WHERE i.state = 'expired'),
             count(*) FILTER (WHERE i.state = 'rejected'),
@@ -152,19 +152,25 @@ trading_report() {
             coalesce(round(max(lat))::text, '-')) || ' |'
         FROM (SELECT i.state, CASE WHEN i.state IN ('placed', 'closed')
                   THEN extract(epoch FROM i.done_at - s.received_at) * 1000 END AS lat
-              FROM order_intents i JOIN trading_signals s ON s.id = i.signal_id) i"
+              FROM order_intents i JOIN trading_signals s ON s.id = i.signal_id
+              WHERE s.received_at >= '$trading_since') i"
     echo
     "$cluster" sql primary "
         SELECT 'Positions: ' || count(*) FILTER (WHERE state = 'open') || ' open, ' ||
                count(*) FILTER (WHERE state = 'closed') || ' closed (' ||
-               count(*) FILTER (WHERE state = 'closed' AND profit > 0) || ' at a profit); ' ||
-               (SELECT count(*) FROM commission_charges) || ' commissions charged; most open for one user: ' ||
+               count(*) FILTER (WHERE state = 'closed' AND profit > 0) || ' at a profit, ' ||
+               count(*) FILTER (WHERE closed_by IN ('stop_loss', 'take_profit')) ||
+               ' by their stop-loss or take-profit); ' ||
+               (SELECT count(*) FROM commission_charges WHERE charged_at >= '$trading_since') ||
+               ' commissions charged (' || (SELECT coalesce(sum(commission), 0) FROM commission_charges
+                   WHERE charged_at >= '$trading_since') || ' in minor units); most open for one user: ' ||
                coalesce((SELECT max(n) FROM (SELECT count(*) AS n FROM trading_positions
-                         WHERE state IN ('opening', 'open') GROUP BY user_id) m), 0) ||
+                         WHERE state IN ('opening', 'open') AND opened_at >= '$trading_since'
+                         GROUP BY user_id) m), 0) ||
                ' (the limit is 2). Ledger check: ' ||
                CASE WHEN (SELECT count(*) FROM ledger_accounts WHERE user_id IS NOT NULL AND balance < 0) = 0
                     THEN 'no negative user balance.' ELSE 'NEGATIVE USER BALANCES.' END
-        FROM trading_positions"
+        FROM trading_positions WHERE opened_at >= '$trading_since'"
 }
 
 echo "== building (release)"
@@ -206,10 +212,11 @@ export DB_POOL_SIZE=${DB_POOL_SIZE:-4}
 # twice that sheds nothing the test itself could clear; a real overload still gets its 503s.
 export DB_QUEUE_SIZE=${DB_QUEUE_SIZE:-$((USERS * 2))}
 # Trading: the bundled exchange simulator as the exchange (20 ms before each answer, about a
-# real exchange's round trip), open to any key so that each of phase 4's users brings its own;
+# real exchange's round trip; prices walking by up to 0.05 % every 100 ms, so that positions win
+# and lose), open to any key so that each of phase 4's users brings its own;
 # a signal secret and a secrets key (the exchange secrets sealed at rest) for this run.
 echo "== exchange-sim on port $SIM_PORT"
-target/release/exchange-sim --bind "127.0.0.1:$SIM_PORT" --latency-ms 20 \
+target/release/exchange-sim --bind "127.0.0.1:$SIM_PORT" --latency-ms 20 --price-walk-bp 5 \
     --any-account "loadgen-exchange-secret:1000.00" >"$OUT/exchange-sim.log" 2>&1 &
 sim=$!
 for _ in $(seq 100); do grep -q "listening on" "$OUT/exchange-sim.log" && break; sleep 0.1; done
@@ -271,6 +278,11 @@ run_phase 2-ten-x "$SLO_TENX" "${staff[@]}" --rate "$TENX_RATE" --stages "$RAMP:
 judged "$phase_status"
 run_phase 3-capacity "" "${staff[@]}" -u "$USERS" -d "$DURATION"
 [ "$phase_status" = 0 ] || status=1
+# Phase 4 counts from here: the load users of earlier runs (whose secrets were sealed under
+# their run's SECRETS_KEY) no longer receive signals, and the report reads this run's only.
+"$cluster" sql primary "UPDATE exchange_accounts SET deleted_at = now()
+    WHERE deleted_at IS NULL AND api_key LIKE 'loadgen-%'" >/dev/null
+trading_since=$("$cluster" sql primary "SELECT now()")
 run_phase 4-trading "$SLO_TRADING" -s builtin:trading -H "X-Signal-Secret: $SIGNAL_WEBHOOK_SECRET" \
     --rate "$TRADING_RATE" -c "$TRADING_USERS" --spin 0ms -d "$DURATION"
 judged "$phase_status"

@@ -25,6 +25,10 @@ struct Args {
     /// and balance (USDT) on its first call, as for load tests whose users each bring a key.
     #[arg(long = "any-account")]
     any_account: Option<String>,
+    /// Move every symbol's price by a random step of at most this many basis points every
+    /// 100 ms (0: prices move only at POST /admin/price), so that positions win and lose.
+    #[arg(long, default_value_t = 0)]
+    price_walk_bp: u32,
     /// Keep the state (accounts, orders, positions, prices) in this file across restarts:
     /// read at start, rewritten after every change before it is answered. An --account the
     /// file already holds keeps its state.
@@ -69,6 +73,9 @@ fn main() {
         latency_ms: args.latency_ms,
         ..sim::Faults::default()
     });
+    if args.price_walk_bp > 0 {
+        simulator.walk_prices(args.price_walk_bp, std::time::Duration::from_millis(100));
+    }
     let listener = TcpListener::bind(&args.bind).unwrap_or_else(|e| {
         eprintln!("cannot listen on {}: {e}", args.bind);
         std::process::exit(1);

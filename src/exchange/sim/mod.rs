@@ -259,6 +259,37 @@ impl Simulator {
         self.state.lock().unwrap().any_account = Some((secret.to_vec(), balance));
     }
 
+    /// Moves every symbol's price (those priced and those held) by a random step of at most
+    /// `basis_points` each `every`, on a thread of its own, for as long as the process runs: a
+    /// market, so that positions win and lose and their stop-losses and take-profits fire.
+    pub fn walk_prices(&self, basis_points: u32, every: Duration) {
+        let sim = self.clone();
+        let mut seed = now_ms() | 1;
+        std::thread::spawn(move || loop {
+            std::thread::sleep(every);
+            let mut state = sim.state.lock().unwrap();
+            let mut symbols: Vec<String> = state.prices.keys().cloned().collect();
+            for account in state.accounts.values() {
+                symbols.extend(account.positions.keys().cloned());
+            }
+            symbols.sort();
+            symbols.dedup();
+            for symbol in symbols {
+                // xorshift64: a step in [-basis_points, +basis_points].
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let span = 2 * u64::from(basis_points) + 1;
+                let step = (seed % span) as i64 - i64::from(basis_points);
+                let price = state.prices.get(&symbol).copied().unwrap_or(DEFAULT_PRICE);
+                let moved = (price + price * step / 10_000).max(1);
+                state.prices.insert(symbol.clone(), moved);
+                trigger(&mut state, &symbol, moved);
+            }
+            sim.save(&state);
+        });
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         self.state.lock().unwrap().faults = faults;
     }
@@ -705,6 +736,27 @@ mod tests {
     use super::*;
     use crate::exchange::binance::BinanceClient;
     use crate::exchange::{Credentials, ExchangeClient, ExchangeError, OrderRequest, Side};
+
+    #[test]
+    fn walking_prices_move_held_symbols_and_fire_their_protection() {
+        let (sim, client, credentials) = started();
+        client.place_order(&credentials, &order("walk")).unwrap();
+        // Steps of up to 5 %: the stop (2 % under the entry) or the take-profit fires soon.
+        sim.walk_prices(500, Duration::from_millis(5));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !client.positions(&credentials).unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no protection fired");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let state = sim.state.lock().unwrap();
+        assert_ne!(state.prices.get("BTCUSDT"), None);
+        let fired = state
+            .orders
+            .iter()
+            .filter(|o| o.client_order_id.starts_with("walk-") && o.status == "FILLED")
+            .count();
+        assert_eq!(fired, 1);
+    }
 
     fn started() -> (Simulator, BinanceClient, Credentials) {
         let sim = Simulator::new();
