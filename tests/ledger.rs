@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use common::ledger::{post_with, unique, Bank, User, FINANCIAL};
 use common::pg::{psql_binary, PgCluster};
-use common::{engines, wait_for};
+use common::{engines, wait_for, LoadgenSummary};
 
 /// One primary and one replica: balances and transactions read from the replica.
 fn cluster() -> &'static PgCluster {
@@ -764,28 +764,8 @@ fn concurrent_holds_never_overdraw_and_settle_once() {
 fn loadgen_money_mix_gets_its_answers_and_writes_what_it_was_told(#[case] engine: &str) {
     const USERS: u64 = 4;
     let bank = Bank::start(cluster(), engine, "loadgen_money", &[]);
-    let out = std::process::Command::new(common::loadgen_binary())
-        .args(["-s", "builtin:money", "-u", &USERS.to_string(), "-t", "1"])
-        .args(["-d", "3s", "--progress", "never", "--json"])
-        .arg(format!("http://{}", bank.server.addr))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let summary: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-    assert_eq!(summary["scenario"], "builtin:money");
-    assert_eq!(summary["overall"]["errors"], 0, "{}", summary["overall"]);
-    let endpoint = |name: &str| -> Value {
-        summary["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {}", summary["endpoints"]))
-            .clone()
-    };
-    let ok = |name: &str| endpoint(name)["ok"].as_i64().unwrap();
+    let summary = LoadgenSummary::run("builtin:money", USERS, &[], &bank.server);
+    let (endpoint, ok) = (|name| summary.endpoint(name), |name| summary.ok(name));
     for name in ["balances", "recharge", "recharge_replay", "withdrawal"] {
         assert!(ok(name) > 0, "{name}: {}", endpoint(name));
     }

@@ -25,7 +25,7 @@ use common::trading::{
     signal_body, subscriber, subscriber_in, trading_args, wait_settled, SECRETS_KEY, SIGNAL_SECRET,
     TRADING,
 };
-use common::{engines, wait_for, Client, Response, Server};
+use common::{engines, wait_for, Client, LoadgenSummary, Response, Server};
 
 fn cluster() -> &'static PgCluster {
     static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
@@ -637,31 +637,16 @@ fn loadgen_trading_mix_fans_its_signals_out_to_its_users(#[case] engine: &str) {
     const USERS: i64 = 4;
     let exchange = Exchange::start_open_to_any_key("loadgen-exchange-secret", "1000.00");
     let bank = start(engine, "trade_loadgen", &exchange, &[]);
-    let out = std::process::Command::new(common::loadgen_binary())
-        .args(["-s", "builtin:trading", "-u", &USERS.to_string(), "-t", "1"])
-        .args(["-d", "3s", "--progress", "never", "--json"])
-        .args(["-H", &format!("X-Signal-Secret: {SIGNAL_SECRET}")])
-        .arg(format!("http://{}", bank.server.addr))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let summary: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-    assert_eq!(summary["scenario"], "builtin:trading");
-    assert_eq!(summary["overall"]["errors"], 0, "{}", summary["overall"]);
-    let ok = |name: &str| -> i64 {
-        summary["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {}", summary["endpoints"]))["ok"]
-            .as_i64()
-            .unwrap()
-    };
+    let secret = format!("X-Signal-Secret: {SIGNAL_SECRET}");
+    let summary = LoadgenSummary::run(
+        "builtin:trading",
+        USERS as u64,
+        &["-H", &secret],
+        &bank.server,
+    );
+    let ok = |name| summary.ok(name);
     for name in ["balances", "positions", "change_leverage", "signal"] {
-        assert!(ok(name) > 0, "{name}: {}", summary["endpoints"]);
+        assert!(ok(name) > 0, "{name}: {}", summary.endpoint(name));
     }
     let linked = count(
         &bank,

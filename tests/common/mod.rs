@@ -61,6 +61,46 @@ pub fn loadgen_binary() -> std::path::PathBuf {
     path
 }
 
+/// A loadgen run's JSON summary (`--json`).
+pub struct LoadgenSummary(pub serde_json::Value);
+
+impl LoadgenSummary {
+    /// Runs loadgen's `scenario` for 3 s with `users` closed-loop virtual users on one thread
+    /// against `server`, with `extra` arguments; panics unless it exited 0 with no error.
+    pub fn run(scenario: &str, users: u64, extra: &[&str], server: &Server) -> LoadgenSummary {
+        let out = Command::new(loadgen_binary())
+            .args(["-s", scenario, "-u", &users.to_string(), "-t", "1"])
+            .args(["-d", "3s", "--progress", "never", "--json"])
+            .args(extra)
+            .arg(format!("http://{}", server.addr))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let summary: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        assert_eq!(summary["scenario"], scenario);
+        assert_eq!(summary["overall"]["errors"], 0, "{}", summary["overall"]);
+        LoadgenSummary(summary)
+    }
+
+    /// The figures of the endpoint named `name`.
+    pub fn endpoint(&self, name: &str) -> serde_json::Value {
+        self.0["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {}", self.0["endpoints"]))
+            .clone()
+    }
+
+    /// How many of `name`'s requests got an expected status.
+    pub fn ok(&self, name: &str) -> i64 {
+        self.endpoint(name)["ok"].as_i64().unwrap()
+    }
+}
+
 /// A running server process, killed on drop.
 pub struct Server {
     pub child: Child,
