@@ -188,13 +188,9 @@ pub fn balances(accounts: &Accounts, caller: &Principal, request: &Request<'_>) 
     let user_id = caller.user_id;
     let pending = accounts
         .db()
-        .lookup(min, &store::BALANCES, user_id, store::balances_of);
+        .read(min, move |conn| store::balances(conn, user_id));
     Reply::Later(Box::pin(async move {
-        // No row: no accounts yet (every balance 0).
-        match pending
-            .await
-            .and_then(|found| found.unwrap_or(Ok(Vec::new())))
-        {
+        match pending.await {
             Ok(list) => Response::json(StatusCode::OK, balances_json(user_id, &list).to_string()),
             Err(e) => db_error(&e),
         }

@@ -14,7 +14,7 @@
 use serde_json::Value;
 
 use super::rules::{balance_delta, Currency, Kind, Side};
-use crate::db::{DbConn, DbError, Lookup, Row};
+use crate::db::{DbConn, DbError, Row};
 
 /// One ledger account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,56 +368,22 @@ impl AccountBalance {
     }
 }
 
-/// A user's accounts as one row (the user id, then one array a column, in currency and account
-/// order), so that balance reads waiting for one node go out together as one `= ANY($1)`
-/// ([`crate::db::DbClient::lookup`]). A user without accounts has no row.
-macro_rules! balances_sql {
-    ($which:literal) => {
-        concat!(
-            "SELECT a.user_id, \
-               array_agg(a.kind ORDER BY a.currency, a.id), \
-               array_agg(a.currency ORDER BY a.currency, a.id), \
-               array_agg(a.balance ORDER BY a.currency, a.id), \
-               array_agg(a.pending_out ORDER BY a.currency, a.id), \
-               array_agg(coalesce((SELECT sum(t.amount) FROM ledger_transfers t \
+const SELECT_BALANCES: &str = "SELECT a.kind, a.currency, a.balance, a.pending_out, \
+         coalesce((SELECT sum(t.amount) FROM ledger_transfers t \
                    WHERE t.credit_account = a.id AND t.state = 'pending'), 0)::bigint \
-                 ORDER BY a.currency, a.id) \
-             FROM ledger_accounts a WHERE a.user_id ",
-            $which,
-            " GROUP BY a.user_id"
-        )
-    };
-}
+     FROM ledger_accounts a WHERE a.user_id = $1 ORDER BY a.currency, a.id";
 
-/// The user's accounts, every currency they have one in, by user id.
-pub static BALANCES: Lookup = Lookup {
-    one: balances_sql!("= $1"),
-    many: balances_sql!("= ANY($1)"),
-};
-
-/// The user's accounts, read on `conn` ([`BALANCES`] for one user).
+/// The user's accounts, every currency they have one in.
 pub fn balances(conn: &mut DbConn, user_id: i64) -> Result<Vec<AccountBalance>, DbError> {
-    match conn.query_opt(BALANCES.one, &[&user_id])? {
-        Some(row) => balances_of(&row),
-        None => Ok(Vec::new()),
-    }
-}
-
-/// The accounts of a [`BALANCES`] row.
-pub fn balances_of(row: &Row) -> Result<Vec<AccountBalance>, DbError> {
-    let kinds: Vec<String> = row.get(1);
-    let currencies: Vec<String> = row.get(2);
-    let balances: Vec<i64> = row.get(3);
-    let pending_out: Vec<i64> = row.get(4);
-    let pending_in: Vec<i64> = row.get(5);
-    (0..kinds.len())
-        .map(|i| {
+    conn.query(SELECT_BALANCES, &[&user_id])?
+        .iter()
+        .map(|row| {
             Ok(AccountBalance {
-                kind: kind_of(&kinds[i])?,
-                currency: currency_of(&currencies[i])?,
-                balance: balances[i],
-                pending_out: pending_out[i],
-                pending_in: pending_in[i],
+                kind: kind_of(row.get(0))?,
+                currency: currency_of(row.get(1))?,
+                balance: row.get(2),
+                pending_out: row.get(3),
+                pending_in: row.get(4),
             })
         })
         .collect()
