@@ -107,9 +107,18 @@ impl Settings {
     }
 }
 
-const SELECT: &str =
-    "SELECT leverage, stop_loss_multiplier, take_profit_multiplier, size_percent, enabled \
-     FROM trading_settings WHERE user_id = $1";
+macro_rules! select_settings {
+    ($tail:literal) => {
+        concat!(
+            "SELECT leverage, stop_loss_multiplier, take_profit_multiplier, size_percent, enabled \
+             FROM trading_settings WHERE user_id = $1",
+            $tail
+        )
+    };
+}
+const SELECT: &str = select_settings!("");
+/// The row, locked for a change.
+const SELECT_FOR_UPDATE: &str = select_settings!(" FOR UPDATE");
 const SELECT_MANY: &str =
     "SELECT user_id, leverage, stop_loss_multiplier, take_profit_multiplier, \
      size_percent, enabled FROM trading_settings WHERE user_id = ANY($1)";
@@ -160,11 +169,7 @@ pub fn update(
         "INSERT INTO trading_settings (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
         &[&user_id],
     )?;
-    conn.query(
-        "SELECT 1 FROM trading_settings WHERE user_id = $1 FOR UPDATE",
-        &[&user_id],
-    )?;
-    let current = load(conn, user_id)?;
+    let current = from_row(&conn.query_one(SELECT_FOR_UPDATE, &[&user_id])?, 0);
     let next = match current.apply(change) {
         Ok(next) => next,
         Err(wrong) => return Ok(Err(wrong)),
