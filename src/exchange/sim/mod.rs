@@ -111,6 +111,16 @@ struct Account {
     positions: HashMap<String, SimPosition>,
 }
 
+impl Account {
+    fn new(secret: Vec<u8>, balance: i64) -> Account {
+        Account {
+            secret,
+            balance,
+            positions: HashMap::new(),
+        }
+    }
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct State {
     accounts: HashMap<String, Account>,
@@ -157,6 +167,11 @@ impl State {
             .iter()
             .map(|&index| &self.orders[index])
             .find(|o| o.client_order_id == client_order_id)
+    }
+
+    /// The price of `symbol` (`DEFAULT_PRICE` until one is set or walked to).
+    fn price(&self, symbol: &str) -> i64 {
+        self.prices.get(symbol).copied().unwrap_or(DEFAULT_PRICE)
     }
 
     fn push_order(&mut self, order: SimOrder) {
@@ -242,14 +257,9 @@ impl Simulator {
     /// Opens an account (or resets its balance) with `balance` cents.
     pub fn add_account(&self, api_key: &str, secret: &[u8], balance: i64) {
         let mut state = self.state.lock().unwrap();
-        state.accounts.insert(
-            api_key.to_string(),
-            Account {
-                secret: secret.to_vec(),
-                balance,
-                positions: HashMap::new(),
-            },
-        );
+        state
+            .accounts
+            .insert(api_key.to_string(), Account::new(secret.to_vec(), balance));
         self.save(&state);
     }
 
@@ -281,7 +291,7 @@ impl Simulator {
                 seed ^= seed << 17;
                 let span = 2 * u64::from(basis_points) + 1;
                 let step = (seed % span) as i64 - i64::from(basis_points);
-                let price = state.prices.get(&symbol).copied().unwrap_or(DEFAULT_PRICE);
+                let price = state.price(&symbol);
                 let moved = (price + price * step / 10_000).max(1);
                 state.prices.insert(symbol.clone(), moved);
                 trigger(&mut state, &symbol, moved);
@@ -357,18 +367,12 @@ impl Simulator {
         }
         let mut state = self.state.lock().unwrap();
         let api_key = message.header(API_KEY_HEADER).unwrap_or("").to_string();
-        if let (false, Some((secret, balance))) = (
-            api_key.is_empty() || state.accounts.contains_key(&api_key),
-            state.any_account.clone(),
-        ) {
-            state.accounts.insert(
-                api_key.clone(),
-                Account {
-                    secret,
-                    balance,
-                    positions: HashMap::new(),
-                },
-            );
+        if !api_key.is_empty() && !state.accounts.contains_key(&api_key) {
+            if let Some((secret, balance)) = state.any_account.clone() {
+                state
+                    .accounts
+                    .insert(api_key.clone(), Account::new(secret, balance));
+            }
         }
         let Some(account) = state.accounts.get(&api_key) else {
             return error(
@@ -422,7 +426,7 @@ impl Simulator {
                     .iter()
                     .filter(|(_, p)| p.amount != 0)
                     .map(|(symbol, p)| {
-                        let mark = state.prices.get(symbol).copied().unwrap_or(DEFAULT_PRICE);
+                        let mark = state.price(symbol);
                         json!({
                             "symbol": symbol,
                             "positionAmt": fixed::fmt(p.amount, 3),
@@ -509,11 +513,7 @@ impl Simulator {
                     Ok(form) => form,
                     Err(e) => return bad(e.to_string()),
                 };
-                let price = state
-                    .prices
-                    .get(&form.symbol)
-                    .copied()
-                    .unwrap_or(DEFAULT_PRICE);
+                let price = state.price(&form.symbol);
                 let mut closed = Vec::new();
                 for (api_key, account) in state.accounts.iter_mut() {
                     let held = account.positions.get(&form.symbol).map_or(0, |p| p.amount);
@@ -611,7 +611,7 @@ fn place(state: &mut State, api_key: &str, params: &str) -> Outcome {
     if state.order_of(api_key, client_order_id).is_some() {
         return error(400, -4116, "ClientOrderId is duplicated.");
     }
-    let price = state.prices.get(symbol).copied().unwrap_or(DEFAULT_PRICE);
+    let price = state.price(symbol);
     let account = state
         .accounts
         .get_mut(api_key)
