@@ -64,6 +64,42 @@ fn read_until(money: &Money, who: &Person, path: &str, done: impl Fn(&Value) -> 
     })
 }
 
+/// The dashboard without `X-Min-LSN` is the row the sweep stored, byte for byte, and comes to
+/// agree (bounded wait) with the dashboard summed up on the read at the primary's position now
+/// (`X-Min-LSN`), `as_of` aside: each change to `who`'s figures reached the stored row.
+/// Returns the stored body.
+fn stored_dashboard_settles(money: &Money, who: &Person) -> Value {
+    let without_as_of = |mut body: Value| {
+        body.as_object_mut()
+            .expect("a dashboard is an object")
+            .remove("as_of")
+            .expect("a dashboard says as of when");
+        body
+    };
+    let at = money.sql("SELECT pg_current_wal_lsn()");
+    let summed = money.server.connect().request(
+        "GET",
+        &format!("{AFFILIATE}/dashboard"),
+        &[("Authorization", &who.auth), ("X-Min-LSN", &at)],
+        b"",
+    );
+    assert_eq!(summed.status, 200, "{}", summed.text());
+    let summed = without_as_of(summed.json());
+    wait_for("the stored dashboard", Duration::from_secs(20), || {
+        let stored = fetch(money, who, "dashboard");
+        assert_eq!(stored.status, 200, "{}", stored.text());
+        let row = money.sql(&format!(
+            "SELECT body FROM affiliate_dashboards WHERE user_id = {}",
+            who.id
+        ));
+        // Not built yet, or the replica behind the primary's row: not settled.
+        if stored.text() != row {
+            return None;
+        }
+        (without_as_of(stored.json()) == summed).then(|| stored.json())
+    })
+}
+
 fn apply_as_affiliate(money: &Money, who: &Person) -> String {
     let made = call(money, who, "POST", "apply", &json!({}));
     assert_eq!(made.status, 201, "{}", made.text());
@@ -356,6 +392,9 @@ fn attribution_once_within_48h_never_oneself(#[case] engine: &str) {
     });
     assert_eq!(dashboard["affiliate"]["code"], code_a.as_str());
     assert_eq!(dashboard["campaigns"]["clicks"], 1);
+    let stored = stored_dashboard_settles(&money, &ana);
+    assert_eq!(stored["referrals"]["total"], expected_referrals);
+    assert_eq!(stored["campaigns"]["clicks"], 1);
     let listed = read_until(&money, &ana, "referrals", |r| {
         r["referrals"].as_array().map(Vec::len) == Some(expected_referrals)
     });
@@ -465,6 +504,9 @@ fn shares_sum_exactly_are_held_then_released_and_clawed_back(#[case] engine: &st
     });
     assert_eq!(earnings["earnings"]["USD"]["available"], 0);
     assert!(money.sql("SELECT count(*) FROM affiliate_earnings WHERE state <> 'pending'") == "0");
+    let stored = stored_dashboard_settles(&money, &ana);
+    assert_eq!(stored["earnings"]["USD"]["pending"], ana_share);
+    stored_dashboard_settles(&money, &bia);
     ledger_check(&money, &admin);
 
     // Reversed while pending: voided.
@@ -502,6 +544,8 @@ fn shares_sum_exactly_are_held_then_released_and_clawed_back(#[case] engine: &st
     assert_eq!(earnings["earnings"]["USD"]["pending"], 0);
     assert_eq!(earnings["earnings"]["USD"]["clawed_back"], voided_amount);
     assert_eq!(money.account(&ana, "commission", "USD"), (available, 0));
+    let stored = stored_dashboard_settles(&money, &ana);
+    assert_eq!(stored["earnings"]["USD"]["available"], available);
     // The admin report: Ana's shares today, what was clawed back, what is due.
     let report = fetch(&money, &admin, "admin/report");
     assert_eq!(report.status, 200, "{}", report.text());
@@ -543,6 +587,8 @@ fn shares_sum_exactly_are_held_then_released_and_clawed_back(#[case] engine: &st
     );
     assert_eq!(money.account(&ana, "commission", "USD"), (0, 0));
     assert_eq!(money.account(&ana, "debt", "USD"), (big - 1, 0));
+    let stored = stored_dashboard_settles(&money, &ana);
+    assert_eq!(stored["earnings"]["USD"]["debt"], big - 1);
     money.assert_ledger_sound();
 }
 
@@ -575,6 +621,9 @@ fn conversion_converts_once_under_concurrency(#[case] engine: &str) {
     wait_for("the share released", Duration::from_secs(10), || {
         (money.account(&ana, "commission", "USD") == (share, 0)).then_some(())
     });
+    // Settled before the conversion, so that the conversion's own mark is what brings it.
+    let stored = stored_dashboard_settles(&money, &ana);
+    assert_eq!(stored["earnings"]["USD"]["available"], share);
 
     let converter = ana.clone();
     let (winner, answers) =
@@ -619,6 +668,8 @@ fn conversion_converts_once_under_concurrency(#[case] engine: &str) {
     });
     assert_eq!(earnings["earnings"]["USD"]["available"], 0);
     assert_eq!(earnings["earnings"]["USD"]["earned"], share);
+    let stored = stored_dashboard_settles(&money, &ana);
+    assert_eq!(stored["earnings"]["USD"]["converted"], share);
     // No key: 400; too much: 422.
     let keyless = money.server.connect().request(
         "POST",

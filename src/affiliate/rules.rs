@@ -86,6 +86,9 @@ pub struct Settings {
     pub hold: Hold,
     pub conversion_bonus_percent: i64,
     pub landing_url: String,
+    /// Whether a dashboard read without `X-Min-LSN` answers the stored dashboard (the rebuild
+    /// sweep runs), or every read sums the dashboard up.
+    pub stored_dashboard: bool,
 }
 
 impl Default for Settings {
@@ -96,6 +99,7 @@ impl Default for Settings {
             hold: Hold::NextPayout(vec![5, 20]),
             conversion_bonus_percent: 10,
             landing_url: "/register".into(),
+            stored_dashboard: true,
         }
     }
 }
@@ -112,6 +116,7 @@ impl Settings {
             },
             conversion_bonus_percent: affiliate.affiliate_conversion_bonus_percent,
             landing_url: affiliate.affiliate_landing_url.clone(),
+            stored_dashboard: affiliate.affiliate_dashboard_interval_ms > 0,
         }
     }
 

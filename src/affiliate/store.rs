@@ -852,8 +852,9 @@ macro_rules! dashboard_sql {
                  k.clicks, k.signups, \
                  (SELECT coalesce(json_agg(e), '[]')::text FROM (",
             earnings_sql!("a.user_id"),
-            ") e) \
-             FROM affiliates a \
+            ") e), ",
+            utc!("now()"),
+            " FROM affiliates a \
              CROSS JOIN LATERAL ( \
                  SELECT count(*) AS referrals, \
                         count(*) FILTER (WHERE attributed_at > now() - interval '30 days') AS recent \
@@ -900,7 +901,75 @@ pub fn dashboard_of(row: &crate::db::Row) -> Result<Value, DbError> {
         },
         "campaigns": { "clicks": row.get::<_, i64>(8), "signups": row.get::<_, i64>(9) },
         "earnings": earnings_json(&earnings),
+        "as_of": row.get::<_, String>(11),
     }))
+}
+
+/// The stored dashboard of an affiliate (its body as [`dashboard_of`] made it when the sweep
+/// last rebuilt it), as a lookup by its user id: one row, as the plain user read is.
+pub static STORED_DASHBOARD: Lookup = Lookup {
+    one: "SELECT user_id, body FROM affiliate_dashboards WHERE user_id = $1",
+    many: "SELECT user_id, body FROM affiliate_dashboards WHERE user_id = ANY($1)",
+};
+
+/// The body from a [`STORED_DASHBOARD`] row.
+pub fn stored_dashboard_of(row: &crate::db::Row) -> String {
+    row.get(1)
+}
+
+/// A stored dashboard older than this is rebuilt though nothing marked it: its counts of the
+/// last 30 days move with the clock alone.
+const DASHBOARD_MAX_AGE_MINUTES: i64 = 60;
+/// Of those, at most this many a batch.
+const DASHBOARD_AGED_BATCH: i64 = 100;
+/// The first key of the rebuild's advisory locks ("dash" in ASCII): two-key locks never meet
+/// the one-key locks of idempotency keys.
+const DASHBOARD_LOCK_SPACE: i32 = 0x6461_7368;
+
+/// Rebuilds the stored dashboards of the affiliates that the changes since the last run marked
+/// (at most `batch` marks, taken and deleted in this transaction) and of the oldest ones past
+/// [`DASHBOARD_MAX_AGE_MINUTES`]; returns how many marks and aged rows it took. The marks of
+/// transactions not committed yet are not seen, and stay for the next run.
+pub fn rebuild_dashboards(conn: &mut DbConn, batch: i64) -> Result<u64, DbError> {
+    let taken = conn.query_one(
+        "WITH marks AS ( \
+             DELETE FROM affiliate_dashboard_marks WHERE ctid = ANY(ARRAY( \
+                 SELECT ctid FROM affiliate_dashboard_marks LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+             RETURNING affiliate_user_id), \
+         aged AS ( \
+             SELECT user_id FROM affiliate_dashboards \
+             WHERE built_at < now() - $2::bigint * interval '1 minute' \
+             ORDER BY built_at LIMIT $3) \
+         SELECT (SELECT count(*) FROM marks) + (SELECT count(*) FROM aged), \
+                ARRAY(SELECT affiliate_user_id FROM marks UNION SELECT user_id FROM aged ORDER BY 1)",
+        &[&batch, &DASHBOARD_MAX_AGE_MINUTES, &DASHBOARD_AGED_BATCH],
+    )?;
+    let (count, ids): (i64, Vec<i64>) = (taken.get(0), taken.get(1));
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    // One rebuild of an affiliate at a time (processes sweeping at once), locked in id order
+    // so two never wait on each other crosswise. Each statement after it reads a newer
+    // snapshot: a rebuild that waited sees all that the one before it saw.
+    conn.query(
+        "SELECT pg_advisory_xact_lock($1, (id % 2147483647)::int) \
+         FROM unnest($2::bigint[]) id ORDER BY id",
+        &[&DASHBOARD_LOCK_SPACE, &ids],
+    )?;
+    let rows = conn.query(DASHBOARD.many, &[&ids])?;
+    let mut built = Vec::with_capacity(rows.len());
+    let mut bodies = Vec::with_capacity(rows.len());
+    for row in &rows {
+        built.push(row.get::<_, i64>(0));
+        bodies.push(dashboard_of(row)?.to_string());
+    }
+    conn.query(
+        "INSERT INTO affiliate_dashboards (user_id, body, built_at) \
+         SELECT id, body, now() FROM unnest($1::bigint[], $2::text[]) AS built(id, body) \
+         ON CONFLICT (user_id) DO UPDATE SET body = EXCLUDED.body, built_at = EXCLUDED.built_at",
+        &[&built, &bodies],
+    )?;
+    Ok(u64::try_from(count).unwrap_or(0))
 }
 
 /// The admin report: per affiliate and currency, the shares made and clawed back in

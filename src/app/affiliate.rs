@@ -8,7 +8,8 @@
 //! - `POST attribute` `{code, campaign?}` (a session): the caller was referred by `code`'s
 //!   affiliate: 201; 409 attributed already; 410 past 48 h of sign-up; 422 own or unknown code.
 //! - `GET dashboard`, `GET earnings`, `GET referrals`, `GET code`, `GET campaigns` (a session,
-//!   or a key with `read`): read from a replica (`X-Min-LSN` to see one's own write).
+//!   or a key with `read`): read from a replica (`X-Min-LSN` to see one's own write). The
+//!   dashboard is stored, one row per affiliate, rebuilt shortly after each change.
 //! - `POST campaigns` `{slug, name?}` (a session): a campaign link; `GET r/{slug}` (open)
 //!   counts a click and redirects to the landing page with `ref` and `campaign`.
 //! - `POST conversions` `{currency?, amount?}` (a session, or a key with `trade`;
@@ -214,17 +215,37 @@ pub fn attribute(accounts: &Accounts, caller: &Principal, request: &Request<'_>)
     })
 }
 
-/// `GET /api/enterprise/affiliate/dashboard`.
+/// `GET /api/enterprise/affiliate/dashboard`: the stored dashboard, rebuilt by a sweep within
+/// `AFFILIATE_DASHBOARD_INTERVAL` of a change (`as_of` says when it was summed up); with
+/// `X-Min-LSN` (one's own write to see), or before its first rebuild, summed up on the read.
 pub fn dashboard(accounts: &Accounts, caller: &Principal, request: &Request<'_>) -> Reply {
     let min = match min_position(request) {
         Ok(min) => min,
         Err(response) => return response.into(),
     };
-    let pending = accounts
-        .db()
-        .lookup(min, &store::DASHBOARD, caller.user_id, store::dashboard_of);
+    let user_id = caller.user_id;
+    let stored = (min.is_none() && accounts.shared.affiliate.stored_dashboard).then(|| {
+        accounts.db().lookup(
+            None,
+            &store::STORED_DASHBOARD,
+            user_id,
+            store::stored_dashboard_of,
+        )
+    });
+    let accounts = accounts.clone();
     Reply::Later(Box::pin(async move {
-        match pending.await {
+        if let Some(stored) = stored {
+            match stored.await {
+                Ok(Some(body)) => return Response::json(StatusCode::OK, body),
+                // Not built yet (a new affiliate, or not one at all): summed up below.
+                Ok(None) => {}
+                Err(e) => return db_error(&e),
+            }
+        }
+        let summed = accounts
+            .db()
+            .lookup(min, &store::DASHBOARD, user_id, store::dashboard_of);
+        match summed.await {
             Ok(Some(Ok(body))) => Response::json(StatusCode::OK, body.to_string()),
             Ok(None) => not_affiliate(),
             Ok(Some(Err(e))) | Err(e) => db_error(&e),
@@ -523,6 +544,21 @@ pub fn release_sweep(hold: crate::affiliate::Hold, every: std::time::Duration) -
         every,
         batch_size: SWEEP_BATCH,
         batch: std::sync::Arc::new(move |conn, batch| store::release_due(conn, &hold, batch)),
+    }
+}
+
+/// Marks a dashboard rebuild takes at most per batch.
+const DASHBOARD_BATCH: i64 = 2_000;
+
+/// The sweep that rebuilds the stored dashboards the affiliates' changes marked, every `every`.
+pub fn dashboard_sweep(every: std::time::Duration) -> Sweep {
+    Sweep {
+        name: "affiliate dashboards",
+        counted: "change(s) rebuilt",
+        level: log::Level::Debug,
+        every,
+        batch_size: DASHBOARD_BATCH,
+        batch: std::sync::Arc::new(store::rebuild_dashboards),
     }
 }
 

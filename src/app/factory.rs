@@ -79,6 +79,9 @@ impl AppFactory {
                         crate::affiliate::Settings::from_config(config).hold,
                         ms(config.affiliate.affiliate_sweep_interval_ms),
                     ),
+                    super::affiliate::dashboard_sweep(ms(config
+                        .affiliate
+                        .affiliate_dashboard_interval_ms)),
                 ],
             );
         }

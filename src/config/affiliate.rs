@@ -28,6 +28,10 @@ pub struct AffiliateConfig {
     #[arg(long = "affiliate-sweep-interval", env = "AFFILIATE_SWEEP_INTERVAL", default_value_t = 60_000,
           value_parser = super::millis_from(0))]
     pub affiliate_sweep_interval_ms: u64,
+    /// How often the affiliates' stored dashboards are rebuilt after a change (ms); a dashboard read without X-Min-LSN answers the stored one. 0: every dashboard is summed up on its read.
+    #[arg(long = "affiliate-dashboard-interval", env = "AFFILIATE_DASHBOARD_INTERVAL", default_value_t = 1_000,
+          value_parser = super::millis_from(0))]
+    pub affiliate_dashboard_interval_ms: u64,
     /// Where a campaign link's click is sent, with `ref=<code>&campaign=<slug>` added to its query.
     #[arg(long, env = "AFFILIATE_LANDING_URL", default_value = "/register")]
     pub affiliate_landing_url: String,

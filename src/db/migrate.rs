@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "trading_reconcile",
         include_str!("migrations/0011_trading_reconcile.sql"),
     ),
+    (
+        12,
+        "affiliate_dashboards",
+        include_str!("migrations/0012_affiliate_dashboards.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "coinbit" in ASCII.
