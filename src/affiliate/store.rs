@@ -273,6 +273,47 @@ pub fn attribute(
 
 // ------------------------------------------------------------------------------- shares
 
+/// A referred user's referrer, as a charge finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Referrer {
+    pub affiliate_user_id: i64,
+    pub share_bp: i64,
+    /// The affiliate's commission account in the payer's currency; `None` before its first
+    /// share in that currency.
+    pub commission_account: Option<i64>,
+}
+
+/// Who pays a charge: their currency and, when referred, their referrer; `None`: no such
+/// user. One statement, the charge's first (each is a round trip inside the charge's write).
+pub fn payer(
+    conn: &mut DbConn,
+    user_id: i64,
+) -> Result<Option<(Currency, Option<Referrer>)>, DbError> {
+    let Some(row) = conn.query_opt(
+        "SELECT u.currency, r.affiliate_user_id, a.share_bp, c.id \
+         FROM users u \
+         LEFT JOIN affiliate_referrals r ON r.referred_user_id = u.id \
+         LEFT JOIN affiliates a ON a.user_id = r.affiliate_user_id \
+         LEFT JOIN ledger_accounts c ON c.user_id = a.user_id AND c.kind = $2 \
+                                      AND c.currency = u.currency \
+         WHERE u.id = $1",
+        &[&user_id, &Kind::Commission.as_str()],
+    )?
+    else {
+        return Ok(None);
+    };
+    let currency = currency_of(row.get(0))?;
+    let referrer = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<i32>>(2)) {
+        (Some(affiliate_user_id), Some(share_bp)) => Some(Referrer {
+            affiliate_user_id,
+            share_bp: i64::from(share_bp),
+            commission_account: row.get(3),
+        }),
+        _ => None,
+    };
+    Ok(Some((currency, referrer)))
+}
+
 /// A commission event, as the charge made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommissionEvent<'a> {
@@ -297,38 +338,23 @@ pub struct Share {
     pub transfer_id: i64,
 }
 
-/// The referrer's share of a commission event, once: a pending transfer from
+/// `referrer`'s share of a commission event, once: a pending transfer from
 /// `affiliate_expense` to the affiliate's commission account in the charge's group, and its
-/// earnings row (keyed by the position, as the charge is). `None`: the user was referred by
-/// no one, or the share rounds to nothing. Call it in the charge's write, after its transfers.
-pub fn share(conn: &mut DbConn, event: &CommissionEvent<'_>) -> Result<Option<Share>, DbError> {
+/// earnings row (keyed by the position, as the charge is). `None`: the share rounds to
+/// nothing. Call it in the charge's write, after its transfers.
+pub fn share(
+    conn: &mut DbConn,
+    event: &CommissionEvent<'_>,
+    referrer: &Referrer,
+) -> Result<Option<Share>, DbError> {
     if event.commission <= 0 {
         return Ok(None);
     }
-    // The referrer, its share, its commission account and the expense account: one round
-    // trip (each statement is one, inside the charge's write).
-    let Some(row) = conn.query_opt(
-        "SELECT r.affiliate_user_id, a.share_bp, \
-                (SELECT id FROM ledger_accounts WHERE user_id = r.affiliate_user_id \
-                 AND kind = $3 AND currency = $2), \
-                (SELECT id FROM ledger_accounts WHERE user_id IS NULL AND kind = $4 \
-                 AND currency = $2) \
-         FROM affiliate_referrals r \
-         JOIN affiliates a ON a.user_id = r.affiliate_user_id WHERE r.referred_user_id = $1",
-        &[
-            &event.user_id,
-            &event.currency.as_str(),
-            &Kind::Commission.as_str(),
-            &Kind::AffiliateExpense.as_str(),
-        ],
-    )?
-    else {
-        return Ok(None);
-    };
-    let affiliate_user_id: i64 = row.get(0);
-    let share_bp = i64::from(row.get::<_, i32>(1));
-    let (commission_account, expense_account): (Option<i64>, Option<i64>) =
-        (row.get(2), row.get(3));
+    let Referrer {
+        affiliate_user_id,
+        share_bp,
+        commission_account,
+    } = *referrer;
     let amount = rules::share(
         event.profit,
         event.profit_currency,
@@ -349,14 +375,7 @@ pub fn share(conn: &mut DbConn, event: &CommissionEvent<'_>) -> Result<Option<Sh
         },
         None => store::open_user_accounts(conn, affiliate_user_id, event.currency)?.commission,
     };
-    let expense = match expense_account {
-        Some(id) => store::Account {
-            id,
-            kind: Kind::AffiliateExpense,
-            currency: event.currency,
-        },
-        None => store::system_account(conn, Kind::AffiliateExpense, event.currency)?,
-    };
+    let expense = store::system_account(conn, Kind::AffiliateExpense, event.currency)?;
     let made = store::hold(
         conn,
         &NewTransfer {

@@ -182,7 +182,7 @@ pub fn trading_blocked(conn: &mut DbConn, user_id: i64) -> Result<bool, DbError>
 /// Charges a closed position's commission once: see the module's note. Locks the user's
 /// real, then admin credit, then debt rows (the order every flow here takes them in).
 pub fn charge(conn: &mut DbConn, position: &Position) -> Result<Result<Charged, Refused>, DbError> {
-    let Some(currency) = store::user_currency(conn, position.user_id)? else {
+    let Some((currency, referrer)) = crate::affiliate::store::payer(conn, position.user_id)? else {
         return Ok(Err(Refused::UnknownUser));
     };
     let rate_bp = plans::user_plan(conn, position.user_id)?
@@ -255,8 +255,8 @@ pub fn charge(conn: &mut DbConn, position: &Position) -> Result<Result<Charged, 
         group.get_or_insert(made.group_id);
     }
     // The referrer's share, in the charge's group: platform + affiliate = commission.
-    let affiliate_share = match group {
-        Some(group) => crate::affiliate::store::share(
+    let affiliate_share = match (group, referrer) {
+        (Some(group), Some(referrer)) => crate::affiliate::store::share(
             conn,
             &crate::affiliate::store::CommissionEvent {
                 position_id: &position.position_id,
@@ -268,9 +268,10 @@ pub fn charge(conn: &mut DbConn, position: &Position) -> Result<Result<Charged, 
                 commission,
                 group,
             },
+            &referrer,
         )?
         .map_or(0, |share| share.amount),
-        None => 0,
+        _ => 0,
     };
     Ok(Ok(Charged {
         currency,
