@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 use common::engines;
 
 const AFFILIATE: &str = "/api/enterprise/affiliate";
+/// The stored dashboards' sweep, which the test servers run without.
+const DASHBOARD_SWEEP: [&str; 2] = ["--affiliate-dashboard-interval", "200"];
 
 fn call(money: &Money, who: &Person, method: &str, path: &str, body: &Value) -> Response {
     money.server.connect().request(
@@ -245,7 +247,11 @@ fn quote(text: &str) -> String {
 /// claims: exactly one), the database's own refusals, and campaign links.
 #[apply(engines)]
 fn attribution_once_within_48h_never_oneself(#[case] engine: &str) {
-    let money = Money::start(engine, "aff_attribution", &[]);
+    let money = Money::start(
+        engine,
+        "aff_attribution",
+        &[DASHBOARD_SWEEP[0], DASHBOARD_SWEEP[1]],
+    );
     let admin = money.person("Adm", "BR", "admin");
     let ana = money.person("Ana", "BR", "user");
     let bia = money.person("Bia", "US", "user");
@@ -419,7 +425,16 @@ type Trader<'a> = (Person, bool, Option<(&'a str, i64)>);
 /// while pending; a negative entry after, the rest becoming debt).
 #[apply(engines)]
 fn shares_sum_exactly_are_held_then_released_and_clawed_back(#[case] engine: &str) {
-    let money = Money::start(engine, "aff_shares", &["--affiliate-sweep-interval", "100"]);
+    let money = Money::start(
+        engine,
+        "aff_shares",
+        &[
+            "--affiliate-sweep-interval",
+            "100",
+            DASHBOARD_SWEEP[0],
+            DASHBOARD_SWEEP[1],
+        ],
+    );
     let admin = money.person("Adm", "US", "admin");
     let operator = money.person("Ope", "US", "operator");
     let ana = money.person("Ana", "US", "user");
@@ -600,7 +615,14 @@ fn conversion_converts_once_under_concurrency(#[case] engine: &str) {
     let money = Money::start(
         engine,
         "aff_convert",
-        &["--affiliate-hold", "0", "--affiliate-sweep-interval", "100"],
+        &[
+            "--affiliate-hold",
+            "0",
+            "--affiliate-sweep-interval",
+            "100",
+            DASHBOARD_SWEEP[0],
+            DASHBOARD_SWEEP[1],
+        ],
     );
     let operator = money.person("Ope", "US", "operator");
     let ana = money.person("Ana", "US", "user");

@@ -28,7 +28,7 @@ pub struct AffiliateConfig {
     #[arg(long = "affiliate-sweep-interval", env = "AFFILIATE_SWEEP_INTERVAL", default_value_t = 60_000,
           value_parser = super::millis_from(0))]
     pub affiliate_sweep_interval_ms: u64,
-    /// How often the affiliates' stored dashboards are rebuilt after a change (ms); a dashboard read without X-Min-LSN answers the stored one. 0: every dashboard is summed up on its read.
+    /// How often the affiliates' stored dashboards are rebuilt after a change (ms): the most a dashboard read without X-Min-LSN lags behind. 0: off, every read sums the dashboard up (the changes' marks pile up until it is on again).
     #[arg(long = "affiliate-dashboard-interval", env = "AFFILIATE_DASHBOARD_INTERVAL", default_value_t = 1_000,
           value_parser = super::millis_from(0))]
     pub affiliate_dashboard_interval_ms: u64,

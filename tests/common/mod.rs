@@ -137,13 +137,14 @@ impl Server {
             .args(args)
             .env("RUST_LOG", "info")
             .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
-            // The background sweeps (idempotency purge, coupon credit, affiliate shares) write
-            // on the primary at times no test chooses, which tests that count the primary's
-            // requests would read as their own; a test of a sweep sets its interval (a flag
-            // wins over these).
+            // The background sweeps (idempotency purge, coupon credit, affiliate shares and
+            // dashboards) write on the primary at times no test chooses, which tests that count
+            // the primary's requests would read as their own; a test of a sweep sets its
+            // interval (a flag wins over these).
             .env("IDEMPOTENCY_PURGE_INTERVAL", "0")
             .env("MONEY_SWEEP_INTERVAL", "0")
-            .env("AFFILIATE_SWEEP_INTERVAL", "0");
+            .env("AFFILIATE_SWEEP_INTERVAL", "0")
+            .env("AFFILIATE_DASHBOARD_INTERVAL", "0");
         command
     }
 
