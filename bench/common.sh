@@ -251,11 +251,12 @@ record() { # NAME RATE TRANSFERS_PER_REQUEST P99 PROBLEMS
     refuse_cell "$1, round $round" "$5" || true
 }
 
-# loadgen_case NAME SCENARIO TRANSFERS_PER_REQUEST: loadgen with $tmp/SCENARIO.toml, CLIENTS
-# connections for DURATION seconds against 127.0.0.1:PORT, recorded as NAME.
+# loadgen_case NAME SCENARIO TRANSFERS_PER_REQUEST [LOADGEN ARGS...]: loadgen with
+# $tmp/SCENARIO.toml, CLIENTS connections for DURATION seconds against 127.0.0.1:PORT (and the
+# arguments after the third, such as a fixed rate), recorded as NAME.
 loadgen_case() {
     local report=$tmp/$2-$round.json
-    run_loadgen "$report" "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/$2.toml" "http://127.0.0.1:$PORT"
+    run_loadgen "$report" "$LOADGEN" -c "$CLIENTS" -d "${DURATION}s" -s "$tmp/$2.toml" "${@:4}" "http://127.0.0.1:$PORT"
     record "$1" "$(ok_rps "$report")" "$3" "$(printf '%.1f' "$(p99 "$report")")" "$(loadgen_problems "$report")"
 }
 

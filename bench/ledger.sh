@@ -13,10 +13,15 @@
 #      first applies, the rest answer the stored outcome);
 #   5. reads: GET balances (the caller's, on the replica) vs GET /api/users/{id} (plain row, as
 #      staff with the operator token: no session looked up) and GET /api/auth/me (the same
-#      sessions: what authentication costs).
+#      sessions: what authentication costs);
+#   6. the replay and the withdrawals again at a fixed rate (open model: REPLAY_RATE, by
+#      default the 2,439 ops/s the replaced system claimed, and UNIFORM_RATE, half what a
+#      quiet 2-CPU host sustains): their p99 at a stated load. In the closed loop of 2. to 5.
+#      every request waits behind the others' (CLIENTS in flight at saturation), so a p99 there
+#      is the host's queue, whatever the request.
 # It prints each run's req/s and transfers/s (medians over the rounds), p99, and the ratios the
 # issue asks for: uniform transfers/s vs pgbench tps (goal >= 5x), hot vs uniform (>= 0.5x),
-# replay p99 (< 5 ms), balances vs user read (>= 0.8x). A run with errors (an answer other than
+# replay p99 (< 5 ms), withdrawal p99 (< 50 ms), balances vs user read (>= 0.8x). A run with errors (an answer other than
 # the scenario's status, socket errors, pgbench's failed transactions) is INVALID and the script
 # exits 2 after its table (bench/common.sh, "valid cells"). Then, for round 1's runs, what the
 # primary ran per request (pg_stat_statements, reset before each run): where a request's
@@ -26,7 +31,7 @@
 # Usage: bench/ledger.sh
 # Environment (all optional):
 #   ROUNDS=3  CLIENTS=32  DURATION=15  USERS=1000  PORT=18400  PG_PORT=25700  POOL=8  BUILD=1
-#   COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen
+#   REPLAY_RATE=2439  UNIFORM_RATE=400  COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -34,6 +39,10 @@ cd "$(dirname "$0")/.."
 pgbench_bench_settings 18400 8 25700 1
 USERS=${USERS:-1000}
 [ "$USERS" -ge 1 ] && [ "$USERS" -le 8999 ] || { echo "ledger: USERS is 1 to 8999" >&2; exit 1; }
+REPLAY_RATE=${REPLAY_RATE:-2439}
+UNIFORM_RATE=${UNIFORM_RATE:-400}
+[[ "$REPLAY_RATE" =~ ^[1-9][0-9]*$ && "$UNIFORM_RATE" =~ ^[1-9][0-9]*$ ]] ||
+    { echo "ledger: REPLAY_RATE and UNIFORM_RATE are whole requests per second" >&2; exit 1; }
 
 [ "$BUILD" = 1 ] && cargo build --release -q -p coinbit -p loadgen
 fresh_pg_cluster ledger-bench
@@ -98,6 +107,9 @@ path = "/api/auth/me"
 headers = { authorization = "$user_auth" }
 expect = 200
 EOF
+# The fixed-rate runs send the same requests (the replay's keys exist by then: every one replays).
+cp "$tmp/replay.toml" "$tmp/replay_fixed.toml"
+cp "$tmp/uniform.toml" "$tmp/uniform_fixed.toml"
 # GET /api/users/{id} answers the user or staff: it goes as staff, with the operator token (one
 # digest compared on the shard, no session looked up), as bench/pg_reads.sh reads it.
 cat >"$tmp/users.toml" <<EOF
@@ -161,6 +173,8 @@ R="idempotent replay: POST commissions, one key per connection"
 B="GET balances (replica)"
 M="GET /api/auth/me (the same sessions, primary)"
 G="GET /api/users/{id} (operator token, replica)"
+RF="idempotent replay at $REPLAY_RATE req/s (fixed rate)"
+UF="uniform: POST withdrawals at $UNIFORM_RATE req/s (fixed rate)"
 for ((round = 1; round <= ROUNDS; round++)); do
     echo "ledger: round $round of $ROUNDS" >&2
     pgbench_case
@@ -171,6 +185,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
     ledger_case "$B" balances 0
     ledger_case "$M" me 0
     ledger_case "$G" users 0
+    ledger_case "$RF" replay_fixed 0 -R "$REPLAY_RATE"
+    ledger_case "$UF" uniform_fixed 2 -R "$UNIFORM_RATE"
     stop_server
 done
 
@@ -184,7 +200,10 @@ echo "| uniform requests/s vs pgbench tps | $(ratio ROUND_RATE "$U" "$P") | |"
 echo "| hot transfers/s vs uniform transfers/s | $(ratio ROUND_XFER "$H" "$U") | >= 0.5x |"
 echo "| balances via replica vs plain user read | $(ratio ROUND_RATE "$B" "$G") | >= 0.8x |"
 echo "| balances via replica vs /auth/me (same authentication) | $(ratio ROUND_RATE "$B" "$M") | |"
-echo "| idempotent replay p99 (ms, per round) | $(per_round ROUND_P99 "$R" | paste -sd/) | < 5 |"
+echo "| idempotent replay p99 (ms, per round), closed loop at saturation | $(per_round ROUND_P99 "$R" | paste -sd/) | < 5 |"
+echo "| idempotent replay p99 (ms, per round) at $REPLAY_RATE req/s | $(per_round ROUND_P99 "$RF" | paste -sd/) | < 5 |"
+echo "| withdrawal p99 (ms, per round), closed loop at saturation | $(per_round ROUND_P99 "$U" | paste -sd/) | < 50 |"
+echo "| withdrawal p99 (ms, per round) at $UNIFORM_RATE req/s | $(per_round ROUND_P99 "$UF" | paste -sd/) | < 50 |"
 echo
 echo "What the primary ran (round 1; pg_stat_statements):"
 echo
