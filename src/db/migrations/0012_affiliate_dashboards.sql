@@ -48,3 +48,6 @@ CREATE TRIGGER ledger_accounts_affiliate_dashboard
     AFTER INSERT OR UPDATE OF balance, pending_out ON ledger_accounts
     FOR EACH ROW WHEN (NEW.kind = 'commission')
     EXECUTE FUNCTION affiliate_dashboard_mark_user();
+
+-- The affiliates there already: built by the sweep's first run.
+INSERT INTO affiliate_dashboard_marks (affiliate_user_id) SELECT user_id FROM affiliates;
