@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use postgres::{Config, NoTls};
 
+use super::lsn::Lsn;
+use super::pool::WAL_POSITION_SQL;
+
 /// (version, name, SQL), in version order. A released migration is never edited: add one.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "users", include_str!("migrations/0001_users.sql")),
@@ -60,15 +63,28 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
 /// The advisory lock's key: "coinbit" in ASCII.
 const LOCK_KEY: i64 = 0x0063_6f69_6e62_6974;
 
-/// Applies what is missing; returns the versions applied now. Errors are ready to print.
-pub fn apply(config: &Config, connect_timeout: Duration) -> Result<Vec<i32>, String> {
+/// What [`apply`] did.
+#[derive(Debug, Default)]
+pub struct Migrated {
+    /// The versions applied now.
+    pub applied: Vec<i32>,
+    /// The primary's WAL position once the schema was current (none on a standby): a replica
+    /// that has not replayed it may lack tables, so reads leave it alone until it has.
+    pub schema_position: Option<Lsn>,
+}
+
+/// Applies what is missing. Errors are ready to print.
+pub fn apply(config: &Config, connect_timeout: Duration) -> Result<Migrated, String> {
     let mut config = config.clone();
     config
         .connect_timeout(connect_timeout)
         .application_name("coinbit-migrate");
     let (mut client, in_recovery) = greet(config, connect_timeout)?;
     if in_recovery {
-        return check_standby(&mut client);
+        return check_standby(&mut client).map(|applied| Migrated {
+            applied,
+            schema_position: None,
+        });
     }
     let mut tx = client.transaction().map_err(|e| describe(&e))?;
     let run = |tx: &mut postgres::Transaction<'_>| -> Result<Vec<i32>, postgres::Error> {
@@ -101,7 +117,15 @@ pub fn apply(config: &Config, connect_timeout: Duration) -> Result<Vec<i32>, Str
     };
     let applied = run(&mut tx).map_err(|e| describe(&e))?;
     tx.commit().map_err(|e| describe(&e))?;
-    Ok(applied)
+    // Taken even when nothing was applied here: another server may have migrated a moment ago.
+    let position: String = client
+        .query_one(WAL_POSITION_SQL, &[])
+        .map_err(|e| describe(&e))?
+        .get(0);
+    Ok(Migrated {
+        applied,
+        schema_position: Some(position.parse()?),
+    })
 }
 
 /// Connects and asks whether the node is in recovery, within `2 * connect_timeout`: the
@@ -181,15 +205,15 @@ pub fn main(config: &crate::config::Config) -> i32 {
     };
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
     match apply(&primary.pg, timeout) {
-        Ok(applied) if applied.is_empty() => {
+        Ok(migrated) if migrated.applied.is_empty() => {
             println!(
                 "schema is current (version {})",
                 MIGRATIONS.last().map_or(0, |m| m.0)
             );
             0
         }
-        Ok(applied) => {
-            println!("applied migrations {applied:?}");
+        Ok(migrated) => {
+            println!("applied migrations {:?}", migrated.applied);
             0
         }
         Err(reason) => {

@@ -77,6 +77,10 @@ pub struct Database {
     pub read_answer_limit: Duration,
     /// With `DB_READ_DRIVER=wire`, the settings of the shards' own connections ([`wire`]).
     pub wire_reads: Option<WireSettings>,
+    /// The primary's position once its schema was current ([`migrate::Migrated`]): a replica
+    /// is picked for reads only once the health check saw it replay this far, so no read meets
+    /// a replica still without the tables a migration just made.
+    pub schema_position: Lsn,
 }
 
 impl Database {
@@ -96,11 +100,12 @@ impl Database {
         }
         let primary = &specs[0];
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-        migrate::apply(&primary.pg, connect_timeout).map_err(|reason| DbStartError {
-            variable: primary.variable.clone(),
-            url: primary.display_url.clone(),
-            reason,
-        })?;
+        let migrated =
+            migrate::apply(&primary.pg, connect_timeout).map_err(|reason| DbStartError {
+                variable: primary.variable.clone(),
+                url: primary.display_url.clone(),
+                reason,
+            })?;
         let policy = availability::Policy {
             ejection_time: Duration::from_millis(config.ejection_time_ms),
             breaker_failures: config.breaker_failures,
@@ -152,6 +157,7 @@ impl Database {
                 statement_timeout: settings.statement_timeout,
                 connect_timeout: settings.connect_timeout,
             }),
+            schema_position: migrated.schema_position.unwrap_or_default(),
         });
         health_check::spawn(database.clone(), settings, checker_cpu);
         log::info!(
@@ -170,6 +176,11 @@ impl Database {
 
     pub fn replicas(&self) -> &[Arc<Node>] {
         &self.nodes[1..]
+    }
+
+    /// Whether `replica` may be picked for a read: routable, and seen holding the schema.
+    fn serves_reads(&self, replica: &Node) -> bool {
+        replica.routable() && replica.position() >= self.schema_position
     }
 
     /// A shard's handle, with its own chooser.
@@ -390,7 +401,7 @@ impl DbClient {
                             let Some(other) = db
                                 .replicas()
                                 .iter()
-                                .find(|r| !Arc::ptr_eq(r, &replica) && r.routable())
+                                .find(|r| !Arc::ptr_eq(r, &replica) && db.serves_reads(r))
                                 .cloned()
                             else {
                                 return Err(failed);
@@ -413,7 +424,7 @@ impl DbClient {
         let mut candidates: Vec<Candidate> = replicas
             .iter()
             .map(|r| Candidate {
-                routable: r.routable(),
+                routable: self.db.serves_reads(r),
                 weight: r.spec.weight,
                 in_flight: r.in_flight.load(Ordering::Relaxed),
             })

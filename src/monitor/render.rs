@@ -832,6 +832,7 @@ mod tests {
             check_interval: Duration::from_secs(1),
             group_commit: 8,
             read_answer_limit: Duration::from_secs(3),
+            schema_position: db::Lsn::default(),
             wire_reads: None,
         };
         database.nodes[1].lag_bytes.store(4096, Relaxed);
