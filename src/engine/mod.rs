@@ -216,13 +216,15 @@ pub fn run_generation(
 
 /// Sends the shard's metrics to the monitor, with the read buffers its connections hold. A full
 /// channel means the monitor is behind; the next report carries the counters anyway. Then, when
-/// many connections closed or many buffers were freed since the last time, gives the freed
-/// memory back to the system ([`crate::http::pool::trim_allocator`]).
+/// many connections closed or many buffers were freed since the last time, frees the pool's
+/// spare buffers beyond a few and gives the freed memory back to the system
+/// ([`crate::http::pool::trim_allocator`]).
 pub fn send_report(app: &mut ShardApp, ctx: &ShardContext, now: Instant, buffers: &BufferPool) {
     app.metrics.connections.read_buffers = buffers.read_lent();
     let report = app.report(ctx.generation, ctx.slot.tid(), now);
     let _ = ctx.reports.try_send(report);
     if buffers.trim_due(app.metrics.connections.open) {
+        buffers.shed();
         crate::http::pool::trim_allocator();
     }
 }

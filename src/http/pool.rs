@@ -110,6 +110,15 @@ impl BufferPool {
         self.freed.swap(0, Ordering::Relaxed)
     }
 
+    /// Frees the kept buffers beyond [`KEEP_AFTER_TRIM`] of each kind: called before the
+    /// allocator is trimmed, once many connections closed, so that a burst of connections
+    /// leaves no 5 MiB of spares behind it. The busy path takes new ones as it needs them.
+    pub fn shed(&self) {
+        let mut free = self.lock();
+        free.read.truncate(KEEP_AFTER_TRIM);
+        free.write.truncate(KEEP_AFTER_TRIM);
+    }
+
     /// Whether the allocator should be trimmed now ([`trim_allocator`]), asked at each report
     /// with the shard's open connections: yes once [`TRIM_AFTER_FREED`] bytes of buffers were
     /// freed, or [`TRIM_AFTER_CLOSED`] connections closed, since the last yes (what each
@@ -130,6 +139,8 @@ impl BufferPool {
     }
 }
 
+/// Free buffers of each kind a pool keeps after [`BufferPool::shed`].
+pub const KEEP_AFTER_TRIM: usize = 16;
 /// Closed connections past which housekeeping asks the allocator to give memory back.
 pub const TRIM_AFTER_CLOSED: u64 = 1024;
 /// Freed bytes past which housekeeping asks the allocator to give memory back to the system.
@@ -168,6 +179,9 @@ mod tests {
         assert_eq!(pool.lock().read.len(), KEEP_FREE);
         assert_eq!(pool.take_freed(), 10 * READ_BUFFER as u64);
         assert_eq!(pool.take_freed(), 0);
+        pool.shed();
+        assert_eq!(pool.lock().read.len(), KEEP_AFTER_TRIM);
+        assert_eq!(pool.lock().write.len(), 1, "fewer than the floor: all kept");
     }
 
     #[test]

@@ -150,6 +150,11 @@ async fn serve(mut s: Serving) {
 /// sender's softirq: 10 % of the shard's time, pipelined.) Before that wait the connection
 /// gives its buffers back to the shard's pool when they are empty, as nginx does: an idle
 /// keep-alive connection holds no buffer, only its task and its pending 1-byte peek.
+///
+/// That peek is most of what an idle connection costs (4.7 KiB at 15,000): glommio gives each
+/// one a page-aligned buffer. Waiting on glommio's poll instead (a one-byte read) costs 1.9 KiB,
+/// but glommio queues polls on its main ring, where receives go on its latency ring: p99 at 64
+/// keep-alive connections went from 1.2–2.5 ms to 6–60 ms (`bench/RESULTS.md`). The peek stays.
 async fn read_some(
     stream: &mut TcpStream,
     conn: &mut Connection,
