@@ -268,10 +268,8 @@ fn reads_go_to_the_primary_when_no_replica_is_routable(#[case] engine: &str) {
             ("DB_READ_REPLICA_1", &dead_replica),
         ],
     );
-    server.wait_for_status("the replica taken out", |s| {
-        s["database"]["nodes"][1]["state"]
-            .as_str()
-            .is_some_and(|state| state != "up")
+    server.wait_for_status("the replica ejected", |s| {
+        s["database"]["nodes"][1]["state"] == "ejected"
     });
     let mut client = server.connect();
     let created = create_user(&mut client, "Solo", "solo@example.com");

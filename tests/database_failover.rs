@@ -410,9 +410,16 @@ fn reads_leave_a_replica_alone_until_it_has_replayed_the_migrations(#[case] engi
         "2",
         "--replica-health-check-interval",
         "60000",
+        "--max-replica-lag",
+        "1GB,3600s",
     ];
     let server = Server::start_with(engine, &args, &env);
-    wait_for_every_node_up(&server);
+    // The status says why they take no reads.
+    server.wait_for_status("every replica behind the schema", |s| {
+        replicas
+            .iter()
+            .all(|r| node(s, r)["state"] == "behind-schema")
+    });
     let mut client = server.connect();
     let created = create_user(&mut client, "Early", "early@example.com");
     assert_eq!(created.status, 201, "{}", created.text());
@@ -433,6 +440,7 @@ fn reads_leave_a_replica_alone_until_it_has_replayed_the_migrations(#[case] engi
     for replica in replicas {
         cluster.psql(replica, &db, "SELECT pg_wal_replay_resume()");
     }
+    wait_for_every_node_up(&server);
     common::wait_for("reads on the replicas", Duration::from_secs(20), || {
         let read = client.request("GET", &path, &[OPERATOR], b"");
         assert_eq!(read.status, 200, "{}", read.text());

@@ -167,7 +167,7 @@ impl Checker {
     /// ([`Database::schema_position`]): it is looked at every tick, not every round, so that it
     /// takes them soon after it replays the migrations.
     fn lacks_schema(&self, node: &Node) -> bool {
-        !node.is_primary && node.routable() && node.position() < self.db.schema_position
+        !node.is_primary && node.routable() && !self.db.holds_schema(node)
     }
 
     fn check(&mut self, due: &[bool]) {

@@ -180,7 +180,12 @@ impl Database {
 
     /// Whether `replica` may be picked for a read: routable, and seen holding the schema.
     fn serves_reads(&self, replica: &Node) -> bool {
-        replica.routable() && replica.position() >= self.schema_position
+        replica.routable() && self.holds_schema(replica)
+    }
+
+    /// Whether `node` was seen at or past [`Database::schema_position`].
+    pub fn holds_schema(&self, node: &Node) -> bool {
+        node.position() >= self.schema_position
     }
 
     /// A shard's handle, with its own chooser.

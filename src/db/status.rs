@@ -54,14 +54,18 @@ pub fn cluster_section(db: Option<&Database>) -> Value {
         "strategy": db.strategy.as_str(),
         "health_check_interval_ms": db.check_interval.as_millis() as u64,
         "group_commit": db.group_commit,
-        "nodes": db.nodes.iter().map(|n| node_json(n)).collect::<Vec<_>>(),
+        "schema_position": db.schema_position.to_string(),
+        "nodes": db.nodes.iter().map(|n| node_json(n, db)).collect::<Vec<_>>(),
     })
 }
 
-fn node_json(node: &Node) -> Value {
+fn node_json(node: &Node, db: &Database) -> Value {
     let health = node.health_snapshot();
     let lag_ms = node.lag_ms.load(Ordering::Relaxed);
-    let state = if health.routable() {
+    let state = if health.routable() && !node.is_primary && !db.holds_schema(node) {
+        // Answers its checks but has not replayed the server's migrations: takes no reads yet.
+        "behind-schema"
+    } else if health.routable() {
         "up"
     } else if health.ejection != Gate::Open {
         "ejected"
