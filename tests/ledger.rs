@@ -179,11 +179,12 @@ fn a_key_in_flight_answers_409(#[case] engine: &str) {
         .spawn()
         .unwrap();
     // Held once the holder sleeps (the lock is taken first in its select list); any advisory
-    // lock would not do: the server's own work takes some.
+    // lock would not do: the server's own work takes some. Only this database's sessions: the
+    // other engine's run of this test holds and ends its own key on the same cluster.
     wait_for("the key's lock held", Duration::from_secs(30), || {
         (bank.sql(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
-             AND query LIKE '%hashtextextended(''busy''%'",
+             AND datname = current_database() AND query LIKE '%hashtextextended(''busy''%'",
         ) != "0")
             .then_some(())
     });
@@ -193,7 +194,8 @@ fn a_key_in_flight_answers_409(#[case] engine: &str) {
     assert_eq!(busy.error_code(), "idempotency_key_in_flight");
     bank.sql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE query LIKE '%pg_advisory_xact_lock%' AND pid <> pg_backend_pid()",
+         WHERE datname = current_database() AND query LIKE '%pg_advisory_xact_lock%' \
+         AND pid <> pg_backend_pid()",
     );
     let mut holder = holder;
     holder.wait().unwrap();
