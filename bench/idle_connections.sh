@@ -15,7 +15,7 @@
 #                                                 commit) for a before/after in the same run
 #   COINBIT=target/release/coinbit   the binary measured as coinbit-*; BUILD=1 builds it first
 #   COINBIT_BEFORE=                  path of the "before" binary
-#   SERVER_CPU=0 CLIENT_CPU=1 PORT=18190 OUT_DIR=bench/results SETTLE_S=2
+#   SERVER_CPU=0 CLIENT_CPU=1 PORT=18190 OUT_DIR=bench/out SETTLE_S=2
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/common.sh
@@ -34,7 +34,7 @@ BUILD=${BUILD:-0}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT=${PORT:-18190}
-OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
+OUT_DIR=${OUT_DIR:-$ROOT/bench/out}
 SETTLE_S=${SETTLE_S:-2}
 HOST=127.0.0.1
 for s in $SERVERS; do
