@@ -154,20 +154,15 @@ impl Checker {
                 .db
                 .nodes
                 .iter()
-                .map(|n| round || n.probe_due(now) || self.lacks_schema(n))
+                // A replica behind the schema is looked at every tick, not every round, so
+                // that it takes reads soon after it replays the migrations.
+                .map(|n| round || n.probe_due(now) || self.db.behind_schema(n))
                 .collect();
             if due.iter().any(|d| *d) {
                 self.check(&due);
             }
             std::thread::sleep(TICK);
         }
-    }
-
-    /// A routable replica not yet seen holding the schema takes no reads
-    /// ([`Database::schema_position`]): it is looked at every tick, not every round, so that it
-    /// takes them soon after it replays the migrations.
-    fn lacks_schema(&self, node: &Node) -> bool {
-        !node.is_primary && node.routable() && !self.db.holds_schema(node)
     }
 
     fn check(&mut self, due: &[bool]) {

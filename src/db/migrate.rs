@@ -64,7 +64,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
 const LOCK_KEY: i64 = 0x0063_6f69_6e62_6974;
 
 /// What [`apply`] did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Migrated {
     /// The versions applied now.
     pub applied: Vec<i32>,

@@ -184,8 +184,14 @@ impl Database {
     }
 
     /// Whether `node` was seen at or past [`Database::schema_position`].
-    pub fn holds_schema(&self, node: &Node) -> bool {
+    fn holds_schema(&self, node: &Node) -> bool {
         node.position() >= self.schema_position
+    }
+
+    /// A routable replica not yet seen holding the schema: it takes no reads, the health check
+    /// looks at it every tick, and the status names it `behind-schema`.
+    pub fn behind_schema(&self, node: &Node) -> bool {
+        !node.is_primary && node.routable() && !self.holds_schema(node)
     }
 
     /// A shard's handle, with its own chooser.

@@ -62,8 +62,7 @@ pub fn cluster_section(db: Option<&Database>) -> Value {
 fn node_json(node: &Node, db: &Database) -> Value {
     let health = node.health_snapshot();
     let lag_ms = node.lag_ms.load(Ordering::Relaxed);
-    let state = if health.routable() && !node.is_primary && !db.holds_schema(node) {
-        // Answers its checks but has not replayed the server's migrations: takes no reads yet.
+    let state = if db.behind_schema(node) {
         "behind-schema"
     } else if health.routable() {
         "up"
