@@ -477,6 +477,77 @@ fn balances_and_transactions_are_the_callers_own(#[case] engine: &str) {
     assert_eq!(check.status, 403);
 }
 
+/// Balance reads that wait for one connection go out together as one `= ANY($1)` statement,
+/// and each caller gets their own accounts out of its rows (several rows a user, in two
+/// currencies): nobody's balances in another's answer.
+#[apply(engines)]
+fn balance_reads_queued_together_each_get_their_own_accounts(#[case] engine: &str) {
+    // One connection per node: concurrent reads queue behind each other.
+    let bank = Bank::start(cluster(), engine, "balances_batched", &["--pool-size", "1"]);
+    bank.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+    let users: Vec<User> = ["Ana", "Bia", "Cal", "Dan"]
+        .iter()
+        .map(|name| bank.user(name, if *name == "Cal" { "US" } else { "BR" }))
+        .collect();
+    // Different amounts, a bonus (admin credit) for some, a debt for one.
+    for (n, user) in users.iter().enumerate() {
+        bank.fund(user, 30_000 + 1_000 * n as i64);
+    }
+    owe(&bank, &users[3], 700, "BRL");
+    owe(&bank, &users[2], 900, "BRL");
+    let lsn = bank.primary_lsn();
+    let expected: Vec<Value> = users.iter().map(|u| bank.balances(u, Some(&lsn))).collect();
+    for (user, balances) in users.iter().zip(&expected) {
+        assert_eq!(balances["user_id"], user.id);
+    }
+    assert_eq!(real(&expected[1], "BRL"), 31_000);
+    assert_eq!(expected[3]["balances"]["BRL"]["debt"], 700);
+    assert_eq!(real(&expected[2], "USD"), 32_000);
+    assert_eq!(expected[2]["balances"]["BRL"]["debt"], 900);
+
+    const THREADS: usize = 8;
+    const READS: usize = 100;
+    let addr = bank.server.addr;
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let (users, expected) = (&users, &expected);
+            scope.spawn(move || {
+                let mut client = common::Client::connect(addr);
+                for n in 0..READS {
+                    let pick = (t + n) % users.len();
+                    let bearer = users[pick].bearer();
+                    let path = format!("{FINANCIAL}/balances");
+                    let read = client.request("GET", &path, &[("Authorization", &bearer)], b"");
+                    assert_eq!(read.status, 200, "{}", read.text());
+                    assert_eq!(read.json(), expected[pick], "user {}", users[pick].id);
+                }
+            });
+        }
+    });
+    // Fewer statements ran on the replicas than reads were answered: batches.
+    let completed = |condition: &str| -> u64 {
+        let sql = format!(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s \
+             JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database() \
+             AND s.query LIKE 'SELECT a.user_id, a.kind,%WHERE a.user_id {condition} ORDER BY%'"
+        );
+        (1..=bank.cluster.replicas)
+            .map(|i| bank.cluster.psql(&format!("replica{i}"), &bank.db, &sql))
+            .map(|n| n.parse::<u64>().unwrap())
+            .sum()
+    };
+    let (alone, batched) = (completed("= $1"), completed("= ANY($1)"));
+    assert!(
+        batched > 0,
+        "no batched statement ran ({alone} reads alone)"
+    );
+    assert!(
+        alone + batched < (THREADS * READS) as u64,
+        "{alone} reads alone and {batched} batched for {} reads",
+        THREADS * READS
+    );
+}
+
 #[apply(engines)]
 fn the_check_catches_a_tampered_balance(#[case] engine: &str) {
     let bank = Bank::start(cluster(), engine, "check_tamper", &[]);

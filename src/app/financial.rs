@@ -188,9 +188,9 @@ pub fn balances(accounts: &Accounts, caller: &Principal, request: &Request<'_>) 
     let user_id = caller.user_id;
     let pending = accounts
         .db()
-        .read(min, move |conn| store::balances(conn, user_id));
+        .lookup_rows(min, &store::BALANCES, user_id, store::balances_of);
     Reply::Later(Box::pin(async move {
-        match pending.await {
+        match pending.await.and_then(|list| list) {
             Ok(list) => Response::json(StatusCode::OK, balances_json(user_id, &list).to_string()),
             Err(e) => db_error(&e),
         }

@@ -309,6 +309,22 @@ impl DbClient {
     where
         T: Send + 'static,
     {
+        self.read_task(min_position, keyed(sql, key, first_row(map)))
+    }
+
+    /// Like [`DbClient::lookup`] for a key with any number of rows (a user's accounts):
+    /// `map` gets all of them, in the statement's order, and none when there are none.
+    /// Batched the same way: one `sql.many` answers every such lookup queued together.
+    pub fn lookup_rows<T>(
+        &mut self,
+        min_position: Option<Lsn>,
+        sql: &'static Lookup,
+        key: i64,
+        map: fn(&[&Row]) -> T,
+    ) -> DbFuture<T>
+    where
+        T: Send + 'static,
+    {
         self.read_task(min_position, keyed(sql, key, map))
     }
 
@@ -335,7 +351,7 @@ impl DbClient {
         self.route(min_position, move |node, min, wait| {
             if node.finds_primary() {
                 // A several-host primary is found again by the pool's client after a failover.
-                return thread_read(node, min, wait, limit, keyed(sql, key, map));
+                return thread_read(node, min, wait, limit, keyed(sql, key, first_row(map)));
             }
             node.in_flight.fetch_add(1, Ordering::Relaxed);
             let in_flight = InFlight(node.clone());
@@ -581,21 +597,29 @@ pub struct Lookup {
     pub many: &'static str,
 }
 
-/// A lookup by key: alone, or answered from a batch's rows.
-struct Keyed<T> {
+/// A lookup by key: alone, or answered from a batch's rows. `map` turns the key's rows (one
+/// for [`DbClient::lookup`], any number for [`DbClient::lookup_rows`]) into the answer.
+struct Keyed<T, M> {
     sql: &'static Lookup,
     key: i64,
+    map: M,
+    value: Option<T>,
+    reply: Reply<T>,
+}
+
+/// [`DbClient::lookup`]'s map of a key's rows: the first, if any.
+fn first_row<T: 'static>(
     map: fn(&Row) -> T,
-    value: Option<Option<T>>,
-    reply: Reply<Option<T>>,
+) -> impl Fn(&[&Row]) -> Option<T> + Copy + Send + 'static {
+    move |rows: &[&Row]| rows.first().map(|row| map(row))
 }
 
 /// The requests of a lookup by key, for each node asked.
-fn keyed<T: Send + 'static>(
-    sql: &'static Lookup,
-    key: i64,
-    map: fn(&Row) -> T,
-) -> impl Fn(Reply<Option<T>>) -> Box<dyn Task> {
+fn keyed<T, M>(sql: &'static Lookup, key: i64, map: M) -> impl Fn(Reply<T>) -> Box<dyn Task>
+where
+    T: Send + 'static,
+    M: Fn(&[&Row]) -> T + Copy + Send + 'static,
+{
     move |reply| {
         Box::new(Keyed {
             sql,
@@ -607,10 +631,10 @@ fn keyed<T: Send + 'static>(
     }
 }
 
-impl<T: Send> Task for Keyed<T> {
+impl<T: Send, M: Fn(&[&Row]) -> T + Send> Task for Keyed<T, M> {
     fn run(&mut self, conn: &mut DbConn) -> Result<(), DbError> {
-        let row = conn.query_opt(self.sql.one, &[&self.key])?;
-        self.found(row.as_ref());
+        let rows = conn.query(self.sql.one, &[&self.key])?;
+        self.found(&rows.iter().collect::<Vec<_>>());
         Ok(())
     }
 
@@ -618,8 +642,8 @@ impl<T: Send> Task for Keyed<T> {
         Some((self.sql.many, self.key))
     }
 
-    fn found(&mut self, row: Option<&Row>) {
-        self.value = Some(row.map(self.map));
+    fn found(&mut self, rows: &[&Row]) {
+        self.value = Some((self.map)(rows));
     }
 
     fn finish(self: Box<Self>, outcome: Result<Option<Lsn>, DbError>) {

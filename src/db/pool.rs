@@ -77,8 +77,9 @@ pub(crate) trait Task: Send {
     fn lookup(&self) -> Option<(&'static str, i64)> {
         None
     }
-    /// A lookup's row (or none) out of a batch's result, kept until [`Task::finish`].
-    fn found(&mut self, _row: Option<&Row>) {}
+    /// A lookup's rows (none, one, or several) out of a batch's result, in the statement's
+    /// order, kept until [`Task::finish`].
+    fn found(&mut self, _rows: &[&Row]) {}
     /// Sends the result (with the commit position for writes), or the error.
     fn finish(self: Box<Self>, outcome: Result<Option<Lsn>, DbError>);
 }
@@ -460,11 +461,13 @@ impl PoolThread {
                 .collect();
             match self.conn().query(sql, &[&keys]) {
                 Ok(rows) => {
-                    let by_key: HashMap<i64, &Row> =
-                        rows.iter().map(|row| (row.get::<_, i64>(0), row)).collect();
+                    let mut by_key: HashMap<i64, Vec<&Row>> = HashMap::new();
+                    for row in &rows {
+                        by_key.entry(row.get::<_, i64>(0)).or_default().push(row);
+                    }
                     for task in batch.iter_mut() {
                         let key = task.lookup().expect("a lookup").1;
-                        task.found(by_key.get(&key).copied());
+                        task.found(by_key.get(&key).map_or(&[], Vec::as_slice));
                     }
                     Ok(())
                 }

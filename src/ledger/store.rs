@@ -14,7 +14,7 @@
 use serde_json::Value;
 
 use super::rules::{balance_delta, Currency, Kind, Side};
-use crate::db::{DbConn, DbError, Row};
+use crate::db::{DbConn, DbError, Lookup, Row};
 
 /// One ledger account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,25 +368,45 @@ impl AccountBalance {
     }
 }
 
-const SELECT_BALANCES: &str = "SELECT a.kind, a.currency, a.balance, a.pending_out, \
-         coalesce((SELECT sum(t.amount) FROM ledger_transfers t \
-                   WHERE t.credit_account = a.id AND t.state = 'pending'), 0)::bigint \
-     FROM ledger_accounts a WHERE a.user_id = $1 ORDER BY a.currency, a.id";
+macro_rules! balances_sql {
+    ($which:literal) => {
+        concat!(
+            "SELECT a.user_id, a.kind, a.currency, a.balance, a.pending_out, \
+                 coalesce((SELECT sum(t.amount) FROM ledger_transfers t \
+                           WHERE t.credit_account = a.id AND t.state = 'pending'), 0)::bigint \
+             FROM ledger_accounts a WHERE a.user_id ",
+            $which,
+            " ORDER BY a.currency, a.id"
+        )
+    };
+}
 
-/// The user's accounts, every currency they have one in.
-pub fn balances(conn: &mut DbConn, user_id: i64) -> Result<Vec<AccountBalance>, DbError> {
-    conn.query(SELECT_BALANCES, &[&user_id])?
-        .iter()
+/// A user's accounts, every currency they have one in, as a lookup by user id (the key in
+/// column 0): concurrent balance reads waiting for one node go out as one statement.
+pub static BALANCES: Lookup = Lookup {
+    one: balances_sql!("= $1"),
+    many: balances_sql!("= ANY($1)"),
+};
+
+/// The accounts out of [`BALANCES`]' rows for one user.
+pub fn balances_of(rows: &[&Row]) -> Result<Vec<AccountBalance>, DbError> {
+    rows.iter()
         .map(|row| {
             Ok(AccountBalance {
-                kind: kind_of(row.get(0))?,
-                currency: currency_of(row.get(1))?,
-                balance: row.get(2),
-                pending_out: row.get(3),
-                pending_in: row.get(4),
+                kind: kind_of(row.get(1))?,
+                currency: currency_of(row.get(2))?,
+                balance: row.get(3),
+                pending_out: row.get(4),
+                pending_in: row.get(5),
             })
         })
         .collect()
+}
+
+/// The user's accounts, every currency they have one in.
+pub fn balances(conn: &mut DbConn, user_id: i64) -> Result<Vec<AccountBalance>, DbError> {
+    let rows = conn.query(BALANCES.one, &[&user_id])?;
+    balances_of(&rows.iter().collect::<Vec<_>>())
 }
 
 /// A transfer as its user sees it.
