@@ -485,6 +485,11 @@ fn balance_reads_queued_together_each_get_their_own_accounts(#[case] engine: &st
     // One connection per node: concurrent reads queue behind each other.
     let bank = Bank::start(cluster(), engine, "balances_batched", &["--pool-size", "1"]);
     bank.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+    // Set before the server's first read on a replica opens its connection there.
+    bank.sql(&format!(
+        "ALTER DATABASE {} SET pg_stat_statements.track_planning = on",
+        bank.db
+    ));
     let users: Vec<User> = ["Ana", "Bia", "Cal", "Dan"]
         .iter()
         .map(|name| bank.user(name, if *name == "Cal" { "US" } else { "BR" }))
@@ -525,9 +530,9 @@ fn balance_reads_queued_together_each_get_their_own_accounts(#[case] engine: &st
         }
     });
     // Fewer statements ran on the replicas than reads were answered: batches.
-    let completed = |condition: &str| -> u64 {
+    let counted = |column: &str, condition: &str| -> u64 {
         let sql = format!(
-            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s \
+            "SELECT coalesce(sum({column}), 0) FROM pg_stat_statements s \
              JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database() \
              AND s.query LIKE 'SELECT a.user_id, a.kind,%WHERE a.user_id {condition} ORDER BY%'"
         );
@@ -536,7 +541,7 @@ fn balance_reads_queued_together_each_get_their_own_accounts(#[case] engine: &st
             .map(|n| n.parse::<u64>().unwrap())
             .sum()
     };
-    let (alone, batched) = (completed("= $1"), completed("= ANY($1)"));
+    let (alone, batched) = (counted("calls", "= $1"), counted("calls", "= ANY($1)"));
     assert!(
         batched > 0,
         "no batched statement ran ({alone} reads alone)"
@@ -545,6 +550,12 @@ fn balance_reads_queued_together_each_get_their_own_accounts(#[case] engine: &st
         alone + batched < (THREADS * READS) as u64,
         "{alone} reads alone and {batched} batched for {} reads",
         THREADS * READS
+    );
+    // A replica plans the batched statement once per connection, not on every run.
+    let plans = counted("plans", "= ANY($1)");
+    assert!(
+        batched > 10 && plans < batched,
+        "{plans} plans for {batched} batched runs"
     );
 }
 
