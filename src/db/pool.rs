@@ -202,31 +202,34 @@ impl DbConn {
     }
 }
 
-/// Opens a client to `node` with the statement timeout set for the session. On a replica,
-/// prepared statements also keep one generic plan: PostgreSQL would otherwise plan a batched
-/// lookup (`= ANY($1)`) afresh on every run, since a plan for the array it is given always
-/// looks cheaper than one for any array, and that planning was a fifth of a balance batch's
-/// time. A replica's reads are keyed by a user or an id (a lookup, a page after a cursor),
-/// where one plan fits every key; the primary's writes and sweeps, whose ranges and states a
-/// custom plan can serve better, keep PostgreSQL's own choice.
+/// Opens a client to `node` with [`session_options`].
 pub(crate) fn connect(
     node: &Node,
     settings: &PoolSettings,
     application: &str,
 ) -> Result<Client, postgres::Error> {
     let mut config = node.spec.pg.clone();
-    let mut options = format!(
-        "-c statement_timeout={}",
-        settings.statement_timeout.as_millis()
-    );
-    if !node.is_primary {
-        options.push_str(" -c plan_cache_mode=force_generic_plan");
-    }
     config
         .connect_timeout(settings.connect_timeout)
         .application_name(application)
-        .options(&options);
+        .options(&session_options(node, settings.statement_timeout));
     config.connect(NoTls)
+}
+
+/// The settings of every session the server opens to `node` (the `options` startup
+/// parameter): the statement timeout and, on a replica, one generic plan per prepared
+/// statement. PostgreSQL would otherwise plan a batched lookup (`= ANY($1)`) afresh on every
+/// run, since a plan for the array it is given always looks cheaper than one for any array;
+/// that planning was a fifth of a balance batch's time. A replica's reads are keyed by a user
+/// or an id (a lookup, a page after a cursor), where one plan fits every key; the primary's
+/// writes and sweeps, whose ranges and states a custom plan can serve better, keep
+/// PostgreSQL's own choice.
+pub(crate) fn session_options(node: &Node, statement_timeout: Duration) -> String {
+    let mut options = format!("-c statement_timeout={}", statement_timeout.as_millis());
+    if !node.is_primary {
+        options.push_str(" -c plan_cache_mode=force_generic_plan");
+    }
+    options
 }
 
 /// Reconnection delays: 50 ms doubling to 5 s.

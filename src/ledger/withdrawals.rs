@@ -418,11 +418,29 @@ const LOCK_ONE: &str = concat!(
     withdrawal_columns!(),
     " FROM withdrawals w WHERE w.id = $1 FOR UPDATE OF w"
 );
-const SELECT_BY_STATE: &str = concat!(
-    "SELECT ",
-    withdrawal_columns!(),
-    " FROM withdrawals w WHERE w.state = $1 AND w.seq < $2 ORDER BY w.seq DESC LIMIT $3"
-);
+/// The admin's list of one state. The state is written into the statement, not passed: a
+/// replica keeps one generic plan per statement (`db::pool::connect`), and only a plan that
+/// knows the state can take the open withdrawals' partial index (`withdrawals_open`).
+macro_rules! select_by_state {
+    ($state:literal) => {
+        concat!(
+            "SELECT ",
+            withdrawal_columns!(),
+            " FROM withdrawals w WHERE w.state = '",
+            $state,
+            "' AND w.seq < $1 ORDER BY w.seq DESC LIMIT $2"
+        )
+    };
+}
+
+fn select_by_state(state: State) -> &'static str {
+    match state {
+        State::Requested => select_by_state!("requested"),
+        State::Approved => select_by_state!("approved"),
+        State::Paid => select_by_state!("paid"),
+        State::Rejected => select_by_state!("rejected"),
+    }
+}
 const SELECT_OWN: &str = concat!(
     "SELECT ",
     withdrawal_columns!(),
@@ -573,7 +591,7 @@ pub fn list_by_state(
     before: i64,
     limit: i64,
 ) -> Result<Vec<Withdrawal>, DbError> {
-    conn.query(SELECT_BY_STATE, &[&state.as_str(), &before, &limit])?
+    conn.query(select_by_state(state), &[&before, &limit])?
         .iter()
         .map(from_row)
         .collect()

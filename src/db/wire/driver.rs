@@ -357,10 +357,7 @@ fn startup(node: &Node, settings: &WireSettings) -> Startup {
             ("application_name".into(), "coinbit-wire".into()),
             (
                 "options".into(),
-                format!(
-                    "-c statement_timeout={}",
-                    settings.statement_timeout.as_millis()
-                ),
+                crate::db::pool::session_options(node, settings.statement_timeout),
             ),
         ],
     }
