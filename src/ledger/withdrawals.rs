@@ -419,7 +419,7 @@ const LOCK_ONE: &str = concat!(
     " FROM withdrawals w WHERE w.id = $1 FOR UPDATE OF w"
 );
 /// The admin's list of one state. The state is written into the statement, not passed: a
-/// replica keeps one generic plan per statement (`db::pool::connect`), and only a plan that
+/// replica keeps one generic plan per statement (`db::pool::session_options`), and only a plan that
 /// knows the state can take the open withdrawals' partial index (`withdrawals_open`).
 macro_rules! select_by_state {
     ($state:literal) => {
@@ -713,6 +713,22 @@ pub fn pay_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_state_lists_with_its_own_name_written_in() {
+        for state in [
+            State::Requested,
+            State::Approved,
+            State::Paid,
+            State::Rejected,
+        ] {
+            let sql = select_by_state(state);
+            assert!(
+                sql.contains(&format!("w.state = '{}' AND", state.as_str())),
+                "{sql}"
+            );
+        }
+    }
 
     fn bank() -> Bank {
         Bank {
