@@ -338,6 +338,21 @@ pub struct Share {
     pub transfer_id: i64,
 }
 
+/// A share's hold and its earnings row in one statement (one round trip inside the charge's
+/// write). A hold whose debit is a system account changes no account row (`store::hold` keeps
+/// `pending_out` on user accounts only): the pending transfer's row is all the ledger writes.
+const SHARE: &str = "WITH t AS ( \
+         INSERT INTO ledger_transfers (debit_account, credit_account, amount, currency, code, \
+                                       state, group_id, metadata) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7::text::jsonb) \
+         RETURNING id), \
+     e AS ( \
+         INSERT INTO affiliate_earnings (position_id, affiliate_user_id, referred_user_id, \
+             currency, commission, share_bp, amount, transfer_id) \
+         SELECT $8, $9, $10, $4, $11, $12, $3, t.id FROM t \
+         ON CONFLICT (position_id) DO NOTHING RETURNING 1) \
+     SELECT t.id, EXISTS (SELECT 1 FROM e) FROM t";
+
 /// `referrer`'s share of a commission event, once: a pending transfer from
 /// `affiliate_expense` to the affiliate's commission account in the charge's group, and its
 /// earnings row (keyed by the position, as the charge is). `None`: the share rounds to
@@ -376,39 +391,40 @@ pub fn share(
         None => store::open_user_accounts(conn, affiliate_user_id, event.currency)?.commission,
     };
     let expense = store::system_account(conn, Kind::AffiliateExpense, event.currency)?;
-    let made = store::hold(
-        conn,
-        &NewTransfer {
-            debit: expense,
-            credit: commission,
-            amount,
-            code: SHARE_CODE,
-            group: Some(event.group),
-            metadata: json!({
-                "position_id": event.position_id,
-                "referred_user_id": event.user_id,
-                "share_bp": share_bp,
-                "commission": event.commission,
-            }),
-        },
-    )?
-    .map_err(|r| DbError::Query(format!("an affiliate share was refused: {r:?}")))?;
-    let claimed = conn.query(
-        "INSERT INTO affiliate_earnings (position_id, affiliate_user_id, referred_user_id, \
-             currency, commission, share_bp, amount, transfer_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (position_id) DO NOTHING RETURNING 1",
+    let hold = NewTransfer {
+        debit: expense,
+        credit: commission,
+        amount,
+        code: SHARE_CODE,
+        group: Some(event.group),
+        metadata: json!({
+            "position_id": event.position_id,
+            "referred_user_id": event.user_id,
+            "share_bp": share_bp,
+            "commission": event.commission,
+        }),
+    };
+    store::check_transfer(&hold)
+        .map_err(|r| DbError::Query(format!("an affiliate share was refused: {r:?}")))?;
+    let row = conn.query_one(
+        SHARE,
         &[
+            &hold.debit.id,
+            &hold.credit.id,
+            &amount,
+            &event.currency.as_str(),
+            &hold.code,
+            &event.group,
+            &hold.metadata.to_string(),
             &event.position_id,
             &affiliate_user_id,
             &event.user_id,
-            &event.currency.as_str(),
             &event.commission,
             &(share_bp as i32),
-            &amount,
-            &made.id,
         ],
     )?;
-    if claimed.is_empty() {
+    let (transfer_id, claimed): (i64, bool) = (row.get(0), row.get(1));
+    if !claimed {
         // The charge claims its position first, so this never happens; were it to, the
         // write fails whole rather than pay a second share.
         return Err(unexpected("second share of one commission event"));
@@ -417,7 +433,7 @@ pub fn share(
         affiliate_user_id,
         share_bp,
         amount,
-        transfer_id: made.id,
+        transfer_id,
     }))
 }
 

@@ -195,7 +195,8 @@ const TRANSFER: &str = "WITH d AS ( \
      SELECT EXISTS (SELECT 1 FROM d), EXISTS (SELECT 1 FROM c), \
             (SELECT id FROM t), (SELECT group_id FROM t)";
 
-fn check_transfer(transfer: &NewTransfer) -> Result<(), Refused> {
+/// What the ledger refuses in any transfer before it reaches the database.
+pub fn check_transfer(transfer: &NewTransfer) -> Result<(), Refused> {
     if transfer.amount <= 0 {
         return Err(Refused::Invalid("a transfer's amount must be positive"));
     }
