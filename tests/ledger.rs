@@ -706,31 +706,38 @@ fn old_idempotency_records_are_purged(#[case] engine: &str) {
     assert!(again.header("Idempotency-Replayed").is_none());
 }
 
-/// The ledger's API as the money features use it, straight on the database tier (no server):
-/// holds under concurrency never overdraw, and each is posted or voided once.
-#[test]
-fn concurrent_holds_never_overdraw_and_settle_once() {
-    use coinbit::db::{Database, DbClient};
-    use coinbit::ledger::rules::{Currency, Kind};
-    use coinbit::ledger::store::{self, NewTransfer, Refused};
-    use futures_lite::future::block_on;
-
+/// A database of its own named `name`, the server's database tier started on it (no server),
+/// and one BRL user in it: for the tests of the ledger's API straight on the database tier.
+fn store_database(name: &str) -> (Arc<coinbit::db::Database>, String, i64) {
     let cluster = cluster();
-    let name = cluster.create_database("store_holds");
+    let name = cluster.create_database(name);
     let url = cluster.url("primary", &name);
     let cli = coinbit::config::Cli::parse_from(["coinbit", "--database-url", &url], &[]).unwrap();
-    let database = Database::start(&cli.config.database, None)
+    let database = coinbit::db::Database::start(&cli.config.database, None)
         .unwrap()
         .unwrap();
-    let user: i64 = cluster
+    let user = cluster
         .psql(
             "primary",
             &name,
             "INSERT INTO users (name, email, country, currency) \
-             VALUES ('Hold', 'hold@coinbit.test', 'BR', 'BRL') RETURNING id",
+             VALUES ('Store', 'store@coinbit.test', 'BR', 'BRL') RETURNING id",
         )
         .parse()
         .unwrap();
+    (database, name, user)
+}
+
+/// The ledger's API as the money features use it, straight on the database tier (no server):
+/// holds under concurrency never overdraw, and each is posted or voided once.
+#[test]
+fn concurrent_holds_never_overdraw_and_settle_once() {
+    use coinbit::db::DbClient;
+    use coinbit::ledger::rules::{Currency, Kind};
+    use coinbit::ledger::store::{self, NewTransfer, Refused};
+    use futures_lite::future::block_on;
+
+    let (database, _, user) = store_database("store_holds");
     let mut db: DbClient = database.client();
     let accounts = block_on(db.write(move |conn| {
         let mine = store::open_user_accounts(conn, user, Currency::Brl)?;
@@ -836,6 +843,88 @@ fn concurrent_holds_never_overdraw_and_settle_once() {
     let real = balances.iter().find(|b| b.kind == Kind::Real).unwrap();
     assert_eq!(real.balance, 100_000 - posted * 6_000);
     assert_eq!(real.pending_out, 0);
+    let report = block_on(db.write(store::check)).unwrap().value;
+    assert!(report.ok, "{report:?}");
+}
+
+/// `open_user_accounts_locking` locks the kinds it is asked for and only those, and reads each
+/// locked row's figures once its lock is held: a money write that checks a balance in the same
+/// round trip as its lock decides on what the row holds, never on a version another
+/// transaction was changing.
+#[test]
+fn opening_accounts_locks_the_kinds_asked_and_reads_them_after_the_lock() {
+    use coinbit::ledger::rules::{Currency, Kind};
+    use coinbit::ledger::store;
+    use futures_lite::future::block_on;
+
+    let (database, name, user) = store_database("store_locking");
+    let (cluster, url) = (cluster(), cluster().url("primary", &name));
+    // First use: the accounts are made, and the kinds asked come back locked, at zero.
+    let mut db = database.client();
+    let first = block_on(db.write(move |conn| {
+        store::open_user_accounts_locking(conn, user, Currency::Brl, &[Kind::Real, Kind::Debt])
+    }))
+    .unwrap()
+    .value;
+    assert_eq!(first.figures(Kind::Real).unwrap(), (0, 0));
+    assert_eq!(first.figures(Kind::Debt).unwrap(), (0, 0));
+    assert!(
+        first.figures(Kind::Commission).is_err(),
+        "not asked, not locked"
+    );
+    let (real, commission) = (first.accounts.real.id, first.accounts.commission.id);
+
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let open = |db: &mut coinbit::db::DbClient, kind: Kind| {
+        block_on(db.write(move |conn| {
+            store::open_user_accounts_locking(conn, user, Currency::Brl, &[kind])
+        }))
+        .unwrap()
+        .value
+        .figures(kind)
+        .unwrap()
+    };
+
+    // Another transaction holds the commission row: locking the real one does not wait for it.
+    let mut tx = other.transaction().unwrap();
+    tx.execute(
+        "SELECT 1 FROM ledger_accounts WHERE id = $1 FOR UPDATE",
+        &[&commission],
+    )
+    .unwrap();
+    assert_eq!(open(&mut db, Kind::Real), (0, 0));
+    tx.rollback().unwrap();
+
+    // Another transaction is changing the real row: locking it waits for that transaction,
+    // then reads what it committed.
+    let mut tx = other.transaction().unwrap();
+    tx.execute(
+        "UPDATE ledger_accounts SET pending_out = pending_out + 700, balance = balance + 700 \
+         WHERE id = $1",
+        &[&real],
+    )
+    .unwrap();
+    let read = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| open(&mut database.client(), Kind::Real));
+        let lock_waits = format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND wait_event_type = 'Lock'"
+        );
+        wait_for("the locking read to wait", Duration::from_secs(30), || {
+            (cluster.psql("primary", &name, &lock_waits) == "1").then_some(())
+        });
+        assert!(!waiting.is_finished(), "it read past the other's lock");
+        tx.commit().unwrap();
+        waiting.join().unwrap()
+    });
+    assert_eq!(read, (700, 700), "the figures after the other's commit");
+    // The change was the test's own, not a transfer's: undone, so the ledger stays whole.
+    other
+        .execute(
+            "UPDATE ledger_accounts SET pending_out = 0, balance = 0 WHERE id = $1",
+            &[&real],
+        )
+        .unwrap();
     let report = block_on(db.write(store::check)).unwrap().value;
     assert!(report.ok, "{report:?}");
 }

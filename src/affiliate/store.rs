@@ -556,8 +556,14 @@ pub fn clawback(
             }
         }
         _ => {
-            let accounts = store::open_user_accounts(conn, affiliate_user_id, currency)?;
-            let (balance, held) = store::lock_balance(conn, &accounts.commission)?;
+            let locked = store::open_user_accounts_locking(
+                conn,
+                affiliate_user_id,
+                currency,
+                &[Kind::Commission],
+            )?;
+            let accounts = locked.accounts;
+            let (balance, held) = locked.figures(Kind::Commission)?;
             let (taken, owed) = crate::ledger::rules::charge_split(amount, balance - held);
             let expense = store::system_account(conn, Kind::AffiliateExpense, currency)?;
             let metadata = json!({ "position_id": position_id, "share_transfer": transfer_id });
@@ -637,8 +643,9 @@ pub fn convert(
     amount: Option<i64>,
     bonus_percent: i64,
 ) -> Result<Result<Converted, ConvertRefused>, DbError> {
-    let accounts = store::open_user_accounts(conn, user_id, currency)?;
-    let (balance, held) = store::lock_balance(conn, &accounts.commission)?;
+    let locked = store::open_user_accounts_locking(conn, user_id, currency, &[Kind::Commission])?;
+    let accounts = locked.accounts;
+    let (balance, held) = locked.figures(Kind::Commission)?;
     let available = balance - held;
     if available <= 0 {
         return Ok(Err(ConvertRefused::NothingAvailable));

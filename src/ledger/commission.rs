@@ -197,9 +197,15 @@ pub fn charge(conn: &mut DbConn, position: &Position) -> Result<Result<Charged, 
     ) else {
         return Ok(Err(Refused::RateRequired));
     };
-    let accounts = store::open_user_accounts(conn, position.user_id, currency)?;
-    let (real, real_held) = store::lock_balance(conn, &accounts.real)?;
-    let (credit, credit_held) = store::lock_balance(conn, &accounts.admin_credit)?;
+    let locked = store::open_user_accounts_locking(
+        conn,
+        position.user_id,
+        currency,
+        &[Kind::Real, Kind::AdminCredit],
+    )?;
+    let accounts = locked.accounts;
+    let (real, real_held) = locked.figures(Kind::Real)?;
+    let (credit, credit_held) = locked.figures(Kind::AdminCredit)?;
     let split = split(commission, real - real_held, credit - credit_held);
     let fx = position
         .fx_rate

@@ -346,8 +346,10 @@ pub fn expire_credits(conn: &mut DbConn, batch: i64) -> Result<usize, DbError> {
         let currency = Currency::parse(row.get(2))
             .ok_or_else(|| DbError::Query("coupons: unexpected currency".into()))?;
         let credit: i64 = row.get(3);
-        let accounts = store::open_user_accounts(conn, user_id, currency)?;
-        let (balance, pending) = store::lock_balance(conn, &accounts.admin_credit)?;
+        let locked =
+            store::open_user_accounts_locking(conn, user_id, currency, &[Kind::AdminCredit])?;
+        let accounts = locked.accounts;
+        let (balance, pending) = locked.figures(Kind::AdminCredit)?;
         let take = credit.min(balance - pending).max(0);
         if take > 0 {
             let promotions = store::system_account(conn, Kind::Promotions, currency)?;

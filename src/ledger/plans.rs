@@ -229,8 +229,8 @@ pub fn subscribe(
     let currency = store::user_currency(conn, user_id)?
         .ok_or_else(|| DbError::Query("plans: the caller is no user".into()))?;
     // The user's real account row is the turnstile: concurrent subscriptions take turns.
-    let accounts = store::open_user_accounts(conn, user_id, currency)?;
-    store::lock_balance(conn, &accounts.real)?;
+    let accounts =
+        store::open_user_accounts_locking(conn, user_id, currency, &[Kind::Real])?.accounts;
     let current = plan_of(conn.query_opt(SELECT_PLAN, &[&user_id])?.as_ref());
     if plan == Plan::Monthly && current.plan == Some(Plan::Monthly) && current.paid {
         return Ok(Err(Refused::AlreadySubscribed));

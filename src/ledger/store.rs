@@ -64,6 +64,18 @@ const SELECT_USER_ACCOUNTS: &str =
 const INSERT_USER_ACCOUNTS: &str = "INSERT INTO ledger_accounts (user_id, kind, currency) \
      SELECT $1, kind, $2 FROM unnest(ARRAY['real', 'admin_credit', 'commission', 'debt']) AS kind \
      ON CONFLICT (user_id, kind, currency) DO NOTHING";
+/// The user's accounts in $2, those of the kinds in $3 locked, with their stored balance and
+/// held amount (the others' columns null). Several rows are locked in id order (the outer rows
+/// come sorted to the loop that locks them), as `LOCK_SETTLE` locks a settle's: two writes
+/// that lock several rows of one user here never wait on each other crosswise. The lock is
+/// taken inside the lateral subquery, so the figures are each row's newest version once its
+/// lock is held.
+const SELECT_USER_ACCOUNTS_LOCKING: &str = "SELECT a.id, a.kind, l.balance, l.pending_out \
+     FROM (SELECT id, kind FROM ledger_accounts \
+           WHERE user_id = $1 AND currency = $2 ORDER BY id) a \
+     LEFT JOIN LATERAL ( \
+         SELECT x.balance, x.pending_out FROM ledger_accounts x \
+         WHERE x.id = a.id AND a.kind = ANY($3::text[]) FOR UPDATE) l ON true";
 
 /// The user's four accounts in `currency`, made on first use.
 pub fn open_user_accounts(
@@ -76,6 +88,66 @@ pub fn open_user_accounts(
         conn.query(INSERT_USER_ACCOUNTS, &[&user_id, &currency.as_str()])?;
         rows = conn.query(SELECT_USER_ACCOUNTS, &[&user_id, &currency.as_str()])?;
     }
+    user_accounts_of(&rows, user_id, currency)
+}
+
+/// A user's accounts in one currency, some of them locked until the transaction ends.
+#[derive(Debug, Clone)]
+pub struct LockedAccounts {
+    pub accounts: UserAccounts,
+    /// (kind, balance, pending_out) of each locked account.
+    locked: Vec<(Kind, i64, i64)>,
+}
+
+impl LockedAccounts {
+    /// A locked account's stored (balance, pending_out).
+    pub fn figures(&self, kind: Kind) -> Result<(i64, i64), DbError> {
+        self.locked
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .map(|&(_, balance, pending)| (balance, pending))
+            .ok_or_else(|| bad_row("account not locked"))
+    }
+}
+
+/// The user's four accounts in `currency` (made on first use), those of `kinds` locked with
+/// their stored (balance, pending_out): what [`open_user_accounts`] and a [`lock_balance`] of
+/// each give, in one round trip.
+pub fn open_user_accounts_locking(
+    conn: &mut DbConn,
+    user_id: i64,
+    currency: Currency,
+    kinds: &[Kind],
+) -> Result<LockedAccounts, DbError> {
+    let currency_text = currency.as_str();
+    let kinds_text: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
+    let select = |conn: &mut DbConn| {
+        conn.query(
+            SELECT_USER_ACCOUNTS_LOCKING,
+            &[&user_id, &currency_text, &kinds_text],
+        )
+    };
+    let mut rows = select(conn)?;
+    if rows.len() < Kind::USER.len() {
+        conn.query(INSERT_USER_ACCOUNTS, &[&user_id, &currency_text])?;
+        rows = select(conn)?;
+    }
+    let accounts = user_accounts_of(&rows, user_id, currency)?;
+    let mut locked = Vec::with_capacity(kinds.len());
+    for row in &rows {
+        if let (Some(balance), Some(pending)) = (row.get(2), row.get(3)) {
+            locked.push((kind_of(row.get(1))?, balance, pending));
+        }
+    }
+    Ok(LockedAccounts { accounts, locked })
+}
+
+/// A user's four accounts from rows of (id, kind).
+fn user_accounts_of(
+    rows: &[Row],
+    user_id: i64,
+    currency: Currency,
+) -> Result<UserAccounts, DbError> {
     let find = |kind: Kind| -> Result<Account, DbError> {
         let row = rows
             .iter()

@@ -401,11 +401,33 @@ macro_rules! withdrawal_columns {
     };
 }
 
-const INSERT: &str = concat!(
-    "INSERT INTO withdrawals AS w (id, user_id, currency, amount, fee, source, bank, \
+/// A withdrawal's two holds (the amount to `withdrawals_in_flight`, the fee to `fees`, one
+/// group: the amount's transfer id) and its row, in one statement: one round trip inside the
+/// request's write. The source account's row is locked and its available balance checked
+/// first ([`request`]); the guard in `d` (and the table's `ledger_accounts_never_negative`)
+/// still refuses an overdraft, and then the statement returns no row.
+const REQUEST: &str = concat!(
+    "WITH d AS ( \
+         UPDATE ledger_accounts SET pending_out = pending_out + $4 + $5 \
+         WHERE id = $10 AND balance - pending_out - $4 - $5 >= 0 \
+         RETURNING id), \
+     n AS (SELECT nextval('ledger_transfers_id_seq') AS id FROM d), \
+     a AS ( \
+         INSERT INTO ledger_transfers (id, debit_account, credit_account, amount, currency, code, \
+                                       state, group_id, metadata) \
+         SELECT n.id, $10, $11, $4, $3, 'withdrawal', 'pending', n.id, $14::text::jsonb FROM n \
+         RETURNING id, group_id), \
+     f AS ( \
+         INSERT INTO ledger_transfers (debit_account, credit_account, amount, currency, code, \
+                                       state, group_id, metadata) \
+         SELECT $10, $12, $5, $3, 'withdrawal_fee', 'pending', a.group_id, $14::text::jsonb \
+         FROM a \
+         RETURNING id) \
+     INSERT INTO withdrawals AS w (id, user_id, currency, amount, fee, source, bank, \
          state, approvals_needed, amount_transfer, fee_transfer, payout_date, decided_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10, $11, $12::text::date, \
-             CASE WHEN $8 = 'approved' THEN now() END) RETURNING ",
+     SELECT $1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, a.id, f.id, $13::text::date, \
+            CASE WHEN $8 = 'approved' THEN now() END \
+     FROM a, f RETURNING ",
     withdrawal_columns!()
 );
 const SELECT_ONE: &str = concat!(
@@ -505,44 +527,42 @@ pub fn request(
         Ok(fee) => fee,
         Err(refused) => return Ok(Err(refused)),
     };
-    let accounts = store::open_user_accounts(conn, ask.user_id, ask.currency)?;
     let kind = match ask.source {
         Source::Real => Kind::Real,
         Source::Commission => Kind::Commission,
     };
-    let from = accounts.get(kind).ok_or_else(|| bad_row("source kind"))?;
-    let (balance, pending) = store::lock_balance(conn, &from)?;
+    let locked = store::open_user_accounts_locking(conn, ask.user_id, ask.currency, &[kind])?;
+    let from = locked
+        .accounts
+        .get(kind)
+        .ok_or_else(|| bad_row("source kind"))?;
+    let (balance, pending) = locked.figures(kind)?;
     if balance - pending < ask.amount + fee {
         return Ok(Err(Refused::InsufficientFunds));
     }
     let in_flight = store::system_account(conn, Kind::WithdrawalsInFlight, ask.currency)?;
     let fees = store::system_account(conn, Kind::Fees, ask.currency)?;
     let id = new_id()?;
-    let hold = |conn: &mut DbConn, credit, amount, code, group| {
-        let transfer = NewTransfer {
+    let metadata = json!({ "withdrawal_id": id });
+    for (credit, amount, code) in [
+        (in_flight, ask.amount, "withdrawal"),
+        (fees, fee, "withdrawal_fee"),
+    ] {
+        let hold = NewTransfer {
             debit: from,
             credit,
             amount,
             code,
-            group,
-            metadata: json!({ "withdrawal_id": id }),
+            group: None,
+            metadata: Value::Null,
         };
-        match store::hold(conn, &transfer)? {
-            Ok(made) => Ok(made),
-            // The row is locked and covered both: a refusal here is a bug, and rolls back.
-            Err(refused) => Err(DbError::Query(format!(
+        // The row is locked and covers both: a refusal here is a bug, and rolls back.
+        store::check_transfer(&hold).map_err(|refused| {
+            DbError::Query(format!(
                 "a covered withdrawal hold was refused: {refused:?}"
-            ))),
-        }
-    };
-    let amount_hold = hold(conn, in_flight, ask.amount, "withdrawal", None)?;
-    let fee_hold = hold(
-        conn,
-        fees,
-        fee,
-        "withdrawal_fee",
-        Some(amount_hold.group_id),
-    )?;
+            ))
+        })?;
+    }
     let needed = rules.approvals_needed(ask.amount, ask.currency);
     let (state, payout) = if needed == 0 {
         let date = next_payout_date(today, &rules.payout_days);
@@ -551,23 +571,27 @@ pub fn request(
         (State::Requested, None)
     };
     let bank = serde_json::to_string(&ask.bank).map_err(|e| bad_row(&e.to_string()))?;
-    let row = conn.query_one(
-        INSERT,
-        &[
-            &id,
-            &ask.user_id,
-            &ask.currency.as_str(),
-            &ask.amount,
-            &fee,
-            &ask.source.kind(),
-            &bank,
-            &state.as_str(),
-            &(needed as i32),
-            &amount_hold.id,
-            &fee_hold.id,
-            &payout,
-        ],
-    )?;
+    let row = conn
+        .query_opt(
+            REQUEST,
+            &[
+                &id,
+                &ask.user_id,
+                &ask.currency.as_str(),
+                &ask.amount,
+                &fee,
+                &ask.source.kind(),
+                &bank,
+                &state.as_str(),
+                &(needed as i32),
+                &from.id,
+                &in_flight.id,
+                &fees.id,
+                &payout,
+                &metadata.to_string(),
+            ],
+        )?
+        .ok_or_else(|| DbError::Query("a covered withdrawal hold was refused".into()))?;
     from_row(&row).map(Ok)
 }
 
