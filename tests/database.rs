@@ -1060,11 +1060,15 @@ fn a_write_that_loses_a_deadlock_is_retried_and_both_succeed() {
     let first = first.join().unwrap();
     assert!(first.is_ok(), "the first write: {first:?}");
     assert!(second.is_ok(), "the second write: {second:?}");
-    assert_eq!(attempts.load(Ordering::SeqCst), 3, "one of them ran twice");
+    // PostgreSQL rolls one of them back, so one ran twice. Once, in a full run beside
+    // `stress-ng`, they took four runs between them (not seen again in eight runs alone); what
+    // the pool promises holds either way: the loser ran again, and the node counted each rerun.
+    let retries = database.primary().retries.load(Ordering::Relaxed);
+    assert!(retries >= 1, "the node counts the retry");
     assert_eq!(
-        database.primary().retries.load(Ordering::Relaxed),
-        1,
-        "the node counts the retry"
+        attempts.load(Ordering::SeqCst),
+        2 + retries as usize,
+        "each write ran once, and again once per counted retry"
     );
     let balances = block_on(db.write(move |conn| {
         Ok((
