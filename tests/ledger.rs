@@ -858,7 +858,8 @@ fn opening_accounts_locks_the_kinds_asked_and_reads_them_after_the_lock() {
     use futures_lite::future::block_on;
 
     let (database, name, user) = store_database("store_locking");
-    let (cluster, url) = (cluster(), cluster().url("primary", &name));
+    let cluster = cluster();
+    let url = cluster.url("primary", &name);
     // First use: the accounts are made, and the kinds asked come back locked, at zero.
     let mut db = database.client();
     let first = block_on(db.write(move |conn| {

@@ -83,12 +83,26 @@ pub fn open_user_accounts(
     user_id: i64,
     currency: Currency,
 ) -> Result<UserAccounts, DbError> {
-    let mut rows = conn.query(SELECT_USER_ACCOUNTS, &[&user_id, &currency.as_str()])?;
-    if rows.len() < Kind::USER.len() {
-        conn.query(INSERT_USER_ACCOUNTS, &[&user_id, &currency.as_str()])?;
-        rows = conn.query(SELECT_USER_ACCOUNTS, &[&user_id, &currency.as_str()])?;
-    }
+    let rows = made_on_first_use(conn, user_id, currency, |conn| {
+        conn.query(SELECT_USER_ACCOUNTS, &[&user_id, &currency.as_str()])
+    })?;
     user_accounts_of(&rows, user_id, currency)
+}
+
+/// The rows `select` reads of a user's accounts in `currency`, after making the accounts when
+/// some are missing (and reading again).
+fn made_on_first_use(
+    conn: &mut DbConn,
+    user_id: i64,
+    currency: Currency,
+    select: impl Fn(&mut DbConn) -> Result<Vec<Row>, DbError>,
+) -> Result<Vec<Row>, DbError> {
+    let rows = select(conn)?;
+    if rows.len() >= Kind::USER.len() {
+        return Ok(rows);
+    }
+    conn.query(INSERT_USER_ACCOUNTS, &[&user_id, &currency.as_str()])?;
+    select(conn)
 }
 
 /// A user's accounts in one currency, some of them locked until the transaction ends.
@@ -119,19 +133,13 @@ pub fn open_user_accounts_locking(
     currency: Currency,
     kinds: &[Kind],
 ) -> Result<LockedAccounts, DbError> {
-    let currency_text = currency.as_str();
     let kinds_text: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
-    let select = |conn: &mut DbConn| {
+    let rows = made_on_first_use(conn, user_id, currency, |conn| {
         conn.query(
             SELECT_USER_ACCOUNTS_LOCKING,
-            &[&user_id, &currency_text, &kinds_text],
+            &[&user_id, &currency.as_str(), &kinds_text],
         )
-    };
-    let mut rows = select(conn)?;
-    if rows.len() < Kind::USER.len() {
-        conn.query(INSERT_USER_ACCOUNTS, &[&user_id, &currency_text])?;
-        rows = select(conn)?;
-    }
+    })?;
     let accounts = user_accounts_of(&rows, user_id, currency)?;
     let mut locked = Vec::with_capacity(kinds.len());
     for row in &rows {
