@@ -930,6 +930,108 @@ fn opening_accounts_locks_the_kinds_asked_and_reads_them_after_the_lock() {
     assert!(report.ok, "{report:?}");
 }
 
+/// The balance read stays a probe per account however many transfers are pending elsewhere,
+/// with the plan a replica session keeps (one generic plan per statement) made before the
+/// ledger's tables were ever analysed: the state a table is in after a burst of writes and
+/// before autovacuum reaches it. Its figures stay right: a pending credit is counted on its
+/// way in, a posted one in the balance.
+#[test]
+fn a_balance_read_probes_its_own_accounts_before_any_statistics_exist() {
+    use coinbit::ledger::rules::{Currency, Kind};
+    use coinbit::ledger::store::{self, NewTransfer};
+    use futures_lite::future::block_on;
+
+    let (database, name, user) = store_database("store_balance_plan");
+    let cluster = cluster();
+    let psql = |sql: &str| cluster.psql("primary", &name, sql);
+    // No statistics arrive while the test runs.
+    psql(
+        "ALTER TABLE ledger_transfers SET (autovacuum_enabled = false); \
+         ALTER TABLE ledger_accounts SET (autovacuum_enabled = false)",
+    );
+    let mut db = database.client();
+    block_on(db.write(move |conn| {
+        let mine = store::open_user_accounts(conn, user, Currency::Brl)?;
+        let expense = store::system_account(conn, Kind::AffiliateExpense, Currency::Brl)?;
+        for (amount, pending) in [(250, true), (50, true), (1_000, false)] {
+            let transfer = NewTransfer {
+                debit: expense,
+                credit: mine.commission,
+                amount,
+                code: "affiliate_share",
+                group: None,
+                metadata: json!({}),
+            };
+            let made = if pending {
+                store::hold(conn, &transfer)?
+            } else {
+                store::transfer(conn, &transfer)?
+            };
+            assert!(made.is_ok(), "{made:?}");
+        }
+        Ok(())
+    }))
+    .unwrap();
+    // Many pending transfers between two system accounts, as withdrawals' holds make them.
+    psql(
+        "INSERT INTO ledger_transfers (debit_account, credit_account, amount, currency, code, \
+                                       state, group_id) \
+         SELECT d.id, c.id, 100, 'BRL', 'withdrawal', 'pending', 1 \
+         FROM ledger_accounts d, ledger_accounts c, generate_series(1, 20000) \
+         WHERE d.user_id IS NULL AND d.kind = 'payment_clearing' AND d.currency = 'BRL' \
+           AND c.user_id IS NULL AND c.kind = 'withdrawals_in_flight' AND c.currency = 'BRL'",
+    );
+    assert_eq!(
+        psql(
+            "SELECT count(*) FROM pg_stats \
+             WHERE tablename IN ('ledger_transfers', 'ledger_accounts')"
+        ),
+        "0",
+        "no statistics yet"
+    );
+    let pages: i64 = psql("SELECT pg_relation_size('ledger_transfers') / 8192")
+        .parse()
+        .unwrap();
+
+    for (statement, types, argument) in [
+        (store::BALANCES.one, "bigint", format!("{user}")),
+        (
+            store::BALANCES.many,
+            "bigint[]",
+            format!("ARRAY[{user}]::bigint[]"),
+        ),
+    ] {
+        let explained = psql(&format!(
+            "SET plan_cache_mode = force_generic_plan; \
+             PREPARE balances({types}) AS {statement}; \
+             EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE balances({argument})"
+        ));
+        let plan: Value = serde_json::from_str(&explained).unwrap();
+        let top = &plan[0]["Plan"];
+        let touched = top["Shared Hit Blocks"].as_i64().unwrap()
+            + top["Shared Read Blocks"].as_i64().unwrap();
+        assert!(
+            touched * 4 < pages,
+            "{touched} buffers for one user's accounts, the pending transfers fill {pages} pages: \
+             {explained}"
+        );
+        let rows = psql(&format!(
+            "SET plan_cache_mode = force_generic_plan; \
+             PREPARE balances({types}) AS {statement}; \
+             EXECUTE balances({argument})"
+        ));
+        let commission = rows
+            .lines()
+            .find(|row| row.split('|').nth(1) == Some("commission"))
+            .unwrap_or_else(|| panic!("no commission account in {rows}"));
+        // user, kind, currency, balance, pending_out, pending_in
+        let figures: Vec<&str> = commission.split('|').skip(3).collect();
+        assert_eq!(figures, ["1000", "0", "300"], "{rows}");
+    }
+    let report = block_on(db.write(store::check)).unwrap().value;
+    assert!(report.ok, "{report:?}");
+}
+
 /// loadgen's `builtin:money` against the real server: each virtual user logs in, and every
 /// call of the mix gets the status the mix expects (a fresh account's withdrawal: 422); what the
 /// database holds afterwards is what loadgen was answered (one recharge per fresh key, one per

@@ -452,15 +452,17 @@ impl AccountBalance {
 macro_rules! balances_sql {
     ($which:literal) => {
         concat!(
-            // What is on its way in: most accounts have nothing pending in, and the probe
-            // of the partial index costs a fraction of starting the sum.
+            // What is on its way in, summed per account through the partial index of pending
+            // credits. A lateral sum is always that probe, one per account; a correlated
+            // `EXISTS` here let the planner pick a hashed subplan over every pending transfer,
+            // which it did with the statistics of a table that had just grown (before
+            // autovacuum analysed it), and a replica session keeps that generic plan.
             "SELECT a.user_id, a.kind, a.currency, a.balance, a.pending_out, \
-                 CASE WHEN EXISTS (SELECT FROM ledger_transfers t \
-                                   WHERE t.credit_account = a.id AND t.state = 'pending') \
-                 THEN (SELECT sum(t.amount) FROM ledger_transfers t \
-                       WHERE t.credit_account = a.id AND t.state = 'pending')::bigint \
-                 ELSE 0 END \
-             FROM ledger_accounts a WHERE a.user_id ",
+                 coalesce(p.pending_in, 0)::bigint \
+             FROM ledger_accounts a \
+             LEFT JOIN LATERAL (SELECT sum(t.amount) AS pending_in FROM ledger_transfers t \
+                                WHERE t.credit_account = a.id AND t.state = 'pending') p ON true \
+             WHERE a.user_id ",
             $which,
             " ORDER BY a.currency, a.id"
         )
