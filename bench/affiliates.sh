@@ -14,7 +14,8 @@
 #   4. GET /api/enterprise/affiliate/dashboard as a random affiliate's session (a read on the
 #      replica, over the shares made so far).
 # It prints each run's req/s (medians over the rounds), p99, and the ratios the issue asks
-# for: with shares vs plain (goal >= 0.8x), dashboard vs user read (goal >= 0.8x). A run with
+# for: with shares vs plain (goal >= 0.8x), dashboard vs user read (goal >= 0.8x), and what
+# the primary wrote to its WAL per event in round 1's write runs (pg_stat_wal). A run with
 # errors is INVALID and the script exits 2 after its table (bench/common.sh, "valid cells").
 # On a small host clients, server and PostgreSQL share the CPUs: compare ratios, not rates.
 #
@@ -95,11 +96,28 @@ P="plain: POST commissions, unreferred traders (1 transfer)"
 S="with shares: POST commissions, referred traders (1 transfer + the share's)"
 G="GET /api/users/{id} (operator session)"
 D="GET affiliate/dashboard (affiliate session, replica)"
+# wal_case NAME FILE TRANSFERS: a write run; in round 1, the WAL records and bytes the
+# primary wrote per answered event (pg_stat_wal, reset before it) into $tmp/wal.md.
+wal_case() {
+    [ "$round" = 1 ] && "$cluster" sql primary "SELECT pg_stat_reset_shared('wal')" >/dev/null
+    loadgen_case "$@"
+    [ "$round" = 1 ] || return 0
+    local n
+    n=$(json "$tmp/$2-$round.json" "d['overall']['count']")
+    n=${n//[^0-9]/}
+    n=${n:-1}
+    echo "| $1 | $("$cluster" sql primary "
+        SELECT round(wal_records::numeric / greatest($n, 1), 1) || ' | '
+               || round(wal_bytes::numeric / greatest($n, 1)) || ' | '
+               || round(wal_fpi::numeric / greatest($n, 1), 2)
+        FROM pg_stat_wal") |" >>"$tmp/wal.md"
+}
+
 start_server
 for ((round = 1; round <= ROUNDS; round++)); do
     echo "affiliates: round $round of $ROUNDS" >&2
-    loadgen_case "$P" plain 1
-    loadgen_case "$S" shares 2
+    wal_case "$P" plain 1
+    wal_case "$S" shares 2
     loadgen_case "$G" users 0
     loadgen_case "$D" dashboard 0
 done
@@ -114,4 +132,10 @@ echo "| ratio | value | goal |"
 echo "|---|---:|---|"
 echo "| commission events with shares vs plain (req/s) | $(ratio ROUND_RATE "$S" "$P") | >= 0.8x |"
 echo "| dashboard (replica) vs plain user read (req/s) | $(ratio ROUND_RATE "$D" "$G") | >= 0.8x |"
+echo
+echo "What the primary wrote to its WAL per event (round 1; pg_stat_wal):"
+echo
+echo "| run | records | bytes | full-page images |"
+echo "|---|---:|---:|---:|"
+cat "$tmp/wal.md"
 exit_if_invalid affiliates
