@@ -103,13 +103,11 @@ wal_case() {
     loadgen_case "$@"
     [ "$round" = 1 ] || return 0
     local n
-    n=$(json "$tmp/$2-$round.json" "d['overall']['count']")
-    n=${n//[^0-9]/}
-    n=${n:-1}
+    n=$(answered "$tmp/$2-$round.json")
     echo "| $1 | $("$cluster" sql primary "
-        SELECT round(wal_records::numeric / greatest($n, 1), 1) || ' | '
-               || round(wal_bytes::numeric / greatest($n, 1)) || ' | '
-               || round(wal_fpi::numeric / greatest($n, 1), 2)
+        SELECT round(wal_records::numeric / $n, 1) || ' | '
+               || round(wal_bytes::numeric / $n) || ' | '
+               || round(wal_fpi::numeric / $n, 2)
         FROM pg_stat_wal") |" >>"$tmp/wal.md"
 }
 

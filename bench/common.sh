@@ -162,6 +162,15 @@ json() {
         { echo "$(basename "$0"): no result in $1" >&2; echo n/a; }
 }
 
+# answered FILE: how many requests a loadgen report counts, as a divisor for per-request
+# figures (1 when the report has none).
+answered() {
+    local n
+    n=$(json "$1" "d['overall']['count']")
+    n=${n//[^0-9]/}
+    [ "${n:-0}" -gt 0 ] && echo "$n" || echo 1
+}
+
 # p99 FILE: the corrected p99 (ms) of a loadgen report.
 p99() { json "$1" "d['overall']['latency_ms']['p99']"; }
 

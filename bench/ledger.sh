@@ -137,26 +137,25 @@ pgbench_case() {
 ledger_case() {
     [ "$round" = 1 ] && "$cluster" sql primary "SELECT pg_stat_statements_reset()" >/dev/null
     loadgen_case "$@"
-    [ "$round" = 1 ] && statements "$1" "$(json "$tmp/$2-$round.json" "d['overall']['count']")"
+    [ "$round" = 1 ] && statements "$1" "$(answered "$tmp/$2-$round.json")"
     return 0
 }
 
 # statements NAME REQUESTS: what the primary ran for a run of round 1 (pg_stat_statements, reset
 # before it): statements per request, and the busiest by calls, into $tmp/statements.md.
 statements() {
-    local n=${2//[^0-9]/}
-    n=${n:-1}
+    local n=$2
     {
         "$cluster" sql primary "
-            SELECT '#### $1: ' || round(sum(calls)::numeric / greatest($n, 1), 1)
+            SELECT '#### $1: ' || round(sum(calls)::numeric / $n, 1)
                    || ' statements per request on the primary, '
-                   || round(sum(total_exec_time)::numeric / greatest($n, 1), 3) || ' ms executing'
+                   || round(sum(total_exec_time)::numeric / $n, 3) || ' ms executing'
             FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'"
         echo
         echo "| per request | mean ms | statement |"
         echo "|---:|---:|---|"
         "$cluster" sql primary "
-            SELECT '| ' || round(calls::numeric / greatest($n, 1), 2) || ' | '
+            SELECT '| ' || round(calls::numeric / $n, 2) || ' | '
                    || round(mean_exec_time::numeric, 3) || ' | '
                    || regexp_replace(left(query, 100), '[|[:space:]]+', ' ', 'g') || ' |'
             FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'

@@ -1001,10 +1001,14 @@ fn a_balance_read_probes_its_own_accounts_before_any_statistics_exist() {
             format!("ARRAY[{user}]::bigint[]"),
         ),
     ] {
-        let explained = psql(&format!(
+        // Each psql call is its own session: the statement prepared in it, as a replica
+        // session keeps it.
+        let prepared = format!(
             "SET plan_cache_mode = force_generic_plan; \
-             PREPARE balances({types}) AS {statement}; \
-             EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE balances({argument})"
+             PREPARE balances({types}) AS {statement};"
+        );
+        let explained = psql(&format!(
+            "{prepared} EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE balances({argument})"
         ));
         let plan: Value = serde_json::from_str(&explained).unwrap();
         let top = &plan[0]["Plan"];
@@ -1015,11 +1019,7 @@ fn a_balance_read_probes_its_own_accounts_before_any_statistics_exist() {
             "{touched} buffers for one user's accounts, the pending transfers fill {pages} pages: \
              {explained}"
         );
-        let rows = psql(&format!(
-            "SET plan_cache_mode = force_generic_plan; \
-             PREPARE balances({types}) AS {statement}; \
-             EXECUTE balances({argument})"
-        ));
+        let rows = psql(&format!("{prepared} EXECUTE balances({argument})"));
         let commission = rows
             .lines()
             .find(|row| row.split('|').nth(1) == Some("commission"))
