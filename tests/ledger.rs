@@ -534,7 +534,7 @@ fn balance_reads_queued_together_each_get_their_own_accounts(#[case] engine: &st
         let sql = format!(
             "SELECT coalesce(sum({column}), 0) FROM pg_stat_statements s \
              JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database() \
-             AND s.query LIKE 'SELECT a.user_id, a.kind,%WHERE a.user_id {condition} ORDER BY%'"
+             AND s.query LIKE 'SELECT a.user_id, a.kind,%WHERE a.user_id {condition}'"
         );
         (1..=bank.cluster.replicas)
             .map(|i| bank.cluster.psql(&format!("replica{i}"), &bank.db, &sql))
@@ -728,6 +728,43 @@ fn store_database(name: &str) -> (Arc<coinbit::db::Database>, String, i64) {
     (database, name, user)
 }
 
+/// Moves `amount` from the BRL system account of kind `from` into the user's BRL account of
+/// kind `into` (the user's accounts made on first use): held pending, or posted. The user's
+/// accounts.
+fn credit_user(
+    conn: &mut coinbit::db::DbConn,
+    user: i64,
+    (from, into): (coinbit::ledger::rules::Kind, coinbit::ledger::rules::Kind),
+    amount: i64,
+    code: &'static str,
+    pending: bool,
+) -> Result<coinbit::ledger::store::UserAccounts, coinbit::db::DbError> {
+    use coinbit::ledger::rules::Currency;
+    use coinbit::ledger::store::{self, NewTransfer};
+    let mine = store::open_user_accounts(conn, user, Currency::Brl)?;
+    let transfer = NewTransfer {
+        debit: store::system_account(conn, from, Currency::Brl)?,
+        credit: mine.get(into).expect("a user account kind"),
+        amount,
+        code,
+        group: None,
+        metadata: json!({}),
+    };
+    let made = if pending {
+        store::hold(conn, &transfer)?
+    } else {
+        store::transfer(conn, &transfer)?
+    };
+    assert!(made.is_ok(), "{made:?}");
+    Ok(mine)
+}
+
+/// An affiliate share's way into a user: the platform's affiliate expense to their commission.
+const SHARE: (coinbit::ledger::rules::Kind, coinbit::ledger::rules::Kind) = (
+    coinbit::ledger::rules::Kind::AffiliateExpense,
+    coinbit::ledger::rules::Kind::Commission,
+);
+
 /// The ledger's API as the money features use it, straight on the database tier (no server):
 /// holds under concurrency never overdraw, and each is posted or voided once.
 #[test]
@@ -740,20 +777,8 @@ fn concurrent_holds_never_overdraw_and_settle_once() {
     let (database, _, user) = store_database("store_holds");
     let mut db: DbClient = database.client();
     let accounts = block_on(db.write(move |conn| {
-        let mine = store::open_user_accounts(conn, user, Currency::Brl)?;
-        let clearing = store::system_account(conn, Kind::PaymentClearing, Currency::Brl)?;
-        let funded = store::transfer(
-            conn,
-            &NewTransfer {
-                debit: clearing,
-                credit: mine.real,
-                amount: 100_000,
-                code: "recharge",
-                group: None,
-                metadata: json!({}),
-            },
-        )?;
-        assert!(funded.is_ok());
+        let recharge = (Kind::PaymentClearing, Kind::Real);
+        let mine = credit_user(conn, user, recharge, 100_000, "recharge", false)?;
         let out = store::system_account(conn, Kind::WithdrawalsInFlight, Currency::Brl)?;
         Ok((mine, out))
     }))
@@ -937,8 +962,7 @@ fn opening_accounts_locks_the_kinds_asked_and_reads_them_after_the_lock() {
 /// way in, a posted one in the balance.
 #[test]
 fn a_balance_read_probes_its_own_accounts_before_any_statistics_exist() {
-    use coinbit::ledger::rules::{Currency, Kind};
-    use coinbit::ledger::store::{self, NewTransfer};
+    use coinbit::ledger::store;
     use futures_lite::future::block_on;
 
     let (database, name, user) = store_database("store_balance_plan");
@@ -951,23 +975,8 @@ fn a_balance_read_probes_its_own_accounts_before_any_statistics_exist() {
     );
     let mut db = database.client();
     block_on(db.write(move |conn| {
-        let mine = store::open_user_accounts(conn, user, Currency::Brl)?;
-        let expense = store::system_account(conn, Kind::AffiliateExpense, Currency::Brl)?;
         for (amount, pending) in [(250, true), (50, true), (1_000, false)] {
-            let transfer = NewTransfer {
-                debit: expense,
-                credit: mine.commission,
-                amount,
-                code: "affiliate_share",
-                group: None,
-                metadata: json!({}),
-            };
-            let made = if pending {
-                store::hold(conn, &transfer)?
-            } else {
-                store::transfer(conn, &transfer)?
-            };
-            assert!(made.is_ok(), "{made:?}");
+            credit_user(conn, user, SHARE, amount, "affiliate_share", pending)?;
         }
         Ok(())
     }))
@@ -1030,6 +1039,97 @@ fn a_balance_read_probes_its_own_accounts_before_any_statistics_exist() {
     }
     let report = block_on(db.write(store::check)).unwrap().value;
     assert!(report.ok, "{report:?}");
+}
+
+/// The balance read probes the pending credits only of the accounts marked as receiving them
+/// (migration 0013): an account's first pending credit marks it in the same transaction, a
+/// later one neither writes nor locks its row, and the ledger check reports a pending credit
+/// into an account without the mark, which balances would leave out.
+#[test]
+fn a_balance_read_probes_only_the_accounts_marked_for_pending_credits() {
+    use coinbit::ledger::rules::Kind;
+    use coinbit::ledger::store;
+    use futures_lite::future::block_on;
+
+    /// How many times the plan scanned the partial index of pending credits.
+    fn pending_probes(plan: &Value) -> i64 {
+        let own = if plan["Index Name"] == "ledger_transfers_pending_in" {
+            plan["Actual Loops"].as_i64().unwrap()
+        } else {
+            0
+        };
+        let nested = plan["Plans"]
+            .as_array()
+            .map_or(0, |plans| plans.iter().map(pending_probes).sum::<i64>());
+        own + nested
+    }
+
+    let (database, name, user) = store_database("store_pending_mark");
+    let cluster = cluster();
+    let psql = |sql: &str| cluster.psql("primary", &name, sql);
+    let mut db = database.client();
+    let share = move |amount: i64| {
+        move |conn: &mut coinbit::db::DbConn| {
+            let mine = credit_user(conn, user, SHARE, amount, "affiliate_share", true)?;
+            Ok(mine.commission.id)
+        }
+    };
+    let commission = block_on(db.write(share(250))).unwrap().value;
+    let marked = format!(
+        "SELECT string_agg(kind || '=' || receives_pending, ',' ORDER BY kind) \
+         FROM ledger_accounts WHERE user_id = {user}"
+    );
+    assert_eq!(
+        psql(&marked),
+        "admin_credit=false,commission=true,debt=false,real=false",
+        "the first pending credit marks its account, and only it"
+    );
+
+    // A later pending credit leaves the marked row as it was: no new row version, no lock.
+    let version = format!("SELECT xmin FROM ledger_accounts WHERE id = {commission}");
+    let before = psql(&version);
+    block_on(db.write(share(50))).unwrap();
+    assert_eq!(
+        psql(&version),
+        before,
+        "the second share rewrote the account row"
+    );
+
+    let explained = psql(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        store::BALANCES.one.replace("$1", &user.to_string())
+    ));
+    let plan: Value = serde_json::from_str(&explained).unwrap();
+    assert_eq!(
+        pending_probes(&plan[0]["Plan"]),
+        1,
+        "one probe, of the one marked account, for four accounts: {explained}"
+    );
+    let balances = block_on(db.write(move |conn| store::balances(conn, user)))
+        .unwrap()
+        .value;
+    let incoming: Vec<(Kind, i64)> = balances.iter().map(|b| (b.kind, b.pending_in)).collect();
+    assert_eq!(balances.len(), 4, "{balances:?}");
+    for (kind, pending_in) in incoming {
+        let expected = if kind == Kind::Commission { 300 } else { 0 };
+        assert_eq!(pending_in, expected, "{kind:?}: {balances:?}");
+    }
+    let report = block_on(db.write(store::check)).unwrap().value;
+    assert!(report.ok, "{report:?}");
+
+    // The mark taken away by hand: balances would miss the 300, and the check says so.
+    psql(&format!(
+        "UPDATE ledger_accounts SET receives_pending = false WHERE id = {commission}"
+    ));
+    let report = block_on(db.write(store::check)).unwrap().value;
+    assert!(!report.ok, "{report:?}");
+    let unmarked: Vec<i64> = report
+        .drift
+        .iter()
+        .filter(|finding| finding.pending_in_unmarked)
+        .map(|finding| finding.account_id)
+        .collect();
+    assert_eq!(unmarked, [commission], "{report:?}");
 }
 
 /// loadgen's `builtin:money` against the real server: each virtual user logs in, and every

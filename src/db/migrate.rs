@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "affiliate_dashboards",
         include_str!("migrations/0012_affiliate_dashboards.sql"),
     ),
+    (
+        13,
+        "ledger_pending_in_mark",
+        include_str!("migrations/0013_ledger_pending_in_mark.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "coinbit" in ASCII.
