@@ -1084,6 +1084,11 @@ fn a_balance_read_probes_only_the_accounts_marked_for_pending_credits() {
         "admin_credit=false,commission=true,debt=false,real=false",
         "the first pending credit marks its account, and only it"
     );
+    // The system accounts come marked: no transfer into a shared one ever locks its row.
+    assert_eq!(
+        psql("SELECT count(*) FROM ledger_accounts WHERE user_id IS NULL AND NOT receives_pending"),
+        "0"
+    );
 
     // A later pending credit leaves the marked row as it was: no new row version, no lock.
     let version = format!("SELECT xmin FROM ledger_accounts WHERE id = {commission}");

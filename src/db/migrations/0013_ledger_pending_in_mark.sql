@@ -9,14 +9,17 @@
 -- mark with the transfer, and it is never cleared. The balance read probes only marked accounts;
 -- the ledger check lists a user account with a pending credit and no mark as drift.
 --
--- Setting it updates the account row once, on its first pending credit. Afterwards the UPDATE's
--- WHERE finds the mark already set and neither writes nor locks the row, so the affiliate
--- shares into one commission account (and the withdrawals into the system account) do not queue
--- on it.
+-- Setting it updates the account row once, on its first pending credit, and holds that row's
+-- lock until the transaction ends. Afterwards the UPDATE's WHERE finds the mark already set and
+-- neither writes nor locks the row, so the affiliate shares into one commission account do not
+-- queue on it. The system accounts are marked here, once: no balance read shows them, and a
+-- first mark of a shared one (every withdrawal's hold credits `withdrawals_in_flight`) would
+-- make the concurrent transfers into it wait on the transaction that marked it.
 ALTER TABLE ledger_accounts ADD COLUMN receives_pending boolean NOT NULL DEFAULT false;
 
 UPDATE ledger_accounts SET receives_pending = true
-WHERE id IN (SELECT credit_account FROM ledger_transfers WHERE state = 'pending');
+WHERE user_id IS NULL
+   OR id IN (SELECT credit_account FROM ledger_transfers WHERE state = 'pending');
 
 CREATE OR REPLACE FUNCTION ledger_transfers_mark_pending_in() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
