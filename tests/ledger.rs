@@ -1113,11 +1113,14 @@ fn a_balance_read_probes_only_the_accounts_marked_for_pending_credits() {
     let balances = block_on(db.write(move |conn| store::balances(conn, user)))
         .unwrap()
         .value;
-    let incoming: Vec<(Kind, i64)> = balances.iter().map(|b| (b.kind, b.pending_in)).collect();
     assert_eq!(balances.len(), 4, "{balances:?}");
-    for (kind, pending_in) in incoming {
-        let expected = if kind == Kind::Commission { 300 } else { 0 };
-        assert_eq!(pending_in, expected, "{kind:?}: {balances:?}");
+    for account in &balances {
+        let expected = if account.kind == Kind::Commission {
+            300
+        } else {
+            0
+        };
+        assert_eq!(account.pending_in, expected, "{balances:?}");
     }
     let report = block_on(db.write(store::check)).unwrap().value;
     assert!(report.ok, "{report:?}");

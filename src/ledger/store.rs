@@ -644,14 +644,14 @@ const CHECK: &str = "WITH moves AS ( \
          FROM per_account), \
      totals AS ( \
          SELECT currency, count(*) AS transfers, coalesce(sum(amount), 0)::bigint AS amount \
-         FROM ledger_transfers WHERE state = 'posted' GROUP BY currency) \
+         FROM ledger_transfers WHERE state = 'posted' GROUP BY currency), \
+     judged AS ( \
+         SELECT *, (balance <> recomputed OR pending_out <> held OR unmarked) AS drifted, \
+                (balance < 0 OR recomputed < 0 OR balance - pending_out < 0) AS negative \
+         FROM checked WHERE user_id IS NOT NULL) \
      SELECT 'account', id, user_id, kind, currency, balance, recomputed, pending_out, held, \
-            (balance <> recomputed OR pending_out <> held OR unmarked) AS drifted, \
-            (balance < 0 OR recomputed < 0 OR balance - pending_out < 0) AS negative, unmarked \
-     FROM checked \
-     WHERE user_id IS NOT NULL \
-       AND (balance <> recomputed OR pending_out <> held OR unmarked \
-            OR balance < 0 OR recomputed < 0 OR balance - pending_out < 0) \
+            drifted, negative, unmarked \
+     FROM judged WHERE drifted OR negative \
      UNION ALL \
      SELECT 'system', NULL, NULL, kind, currency, net, net, 0, held, false, false, false \
      FROM checked WHERE user_id IS NULL \
