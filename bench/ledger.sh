@@ -14,11 +14,13 @@
 #   5. reads: GET balances (the caller's, on the replica) vs GET /api/users/{id} (plain row, as
 #      staff with the operator token: no session looked up) and GET /api/auth/me (the same
 #      sessions: what authentication costs);
-#   6. the replay and the withdrawals again at a fixed rate (open model: REPLAY_RATE, by
-#      default the 2,439 ops/s the replaced system claimed, and UNIFORM_RATE, half what a
-#      quiet 2-CPU host sustains): their p99 at a stated load. In the closed loop of 2. to 5.
-#      every request waits behind the others' (CLIENTS in flight at saturation), so a p99 there
-#      is the host's queue, whatever the request.
+#   6. the replay, the withdrawals and the balance read again at a fixed rate (open model:
+#      REPLAY_RATE, by default the 2,439 ops/s the replaced system claimed, UNIFORM_RATE, half
+#      what a quiet 2-CPU host sustains, and READ_RATE, about a third): their p99 at a stated
+#      load. In the closed loop of 2. to 5. every request waits behind the others' (CLIENTS in
+#      flight at saturation), so a p99 there is the host's queue, whatever the request. Below
+#      saturation a balance read that finds its session's cache entry expired waits for a
+#      lookup on the primary (AUTH_CACHE_TTL): that wait shows in the fixed-rate p99.
 # It prints each run's req/s and transfers/s (medians over the rounds), p99, and the ratios the
 # issue asks for: uniform transfers/s vs pgbench tps (goal >= 5x), hot vs uniform (>= 0.5x),
 # replay p99 (< 5 ms), withdrawal p99 (< 50 ms), balances vs user read (>= 0.8x). A run with errors (an answer other than
@@ -31,7 +33,7 @@
 # Usage: bench/ledger.sh
 # Environment (all optional):
 #   ROUNDS=3  CLIENTS=32  DURATION=15  USERS=1000  PORT=18400  PG_PORT=25700  POOL=8  BUILD=1
-#   REPLAY_RATE=2439  UNIFORM_RATE=400  COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen
+#   REPLAY_RATE=2439  UNIFORM_RATE=400  READ_RATE=5000  COINBIT=target/release/coinbit  LOADGEN=target/release/loadgen
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -41,8 +43,9 @@ USERS=${USERS:-1000}
 [ "$USERS" -ge 1 ] && [ "$USERS" -le 8999 ] || { echo "ledger: USERS is 1 to 8999" >&2; exit 1; }
 REPLAY_RATE=${REPLAY_RATE:-2439}
 UNIFORM_RATE=${UNIFORM_RATE:-400}
-[[ "$REPLAY_RATE" =~ ^[1-9][0-9]*$ && "$UNIFORM_RATE" =~ ^[1-9][0-9]*$ ]] ||
-    { echo "ledger: REPLAY_RATE and UNIFORM_RATE are whole requests per second" >&2; exit 1; }
+READ_RATE=${READ_RATE:-5000}
+[[ "$REPLAY_RATE" =~ ^[1-9][0-9]*$ && "$UNIFORM_RATE" =~ ^[1-9][0-9]*$ && "$READ_RATE" =~ ^[1-9][0-9]*$ ]] ||
+    { echo "ledger: REPLAY_RATE, UNIFORM_RATE and READ_RATE are whole requests per second" >&2; exit 1; }
 
 [ "$BUILD" = 1 ] && cargo build --release -q -p coinbit -p loadgen
 fresh_pg_cluster ledger-bench
@@ -110,6 +113,7 @@ EOF
 # The fixed-rate runs send the same requests (the replay's keys exist by then: every one replays).
 cp "$tmp/replay.toml" "$tmp/replay_fixed.toml"
 cp "$tmp/uniform.toml" "$tmp/uniform_fixed.toml"
+cp "$tmp/balances.toml" "$tmp/balances_fixed.toml"
 # GET /api/users/{id} answers the user or staff: it goes as staff, with the operator token (one
 # digest compared on the shard, no session looked up), as bench/pg_reads.sh reads it.
 cat >"$tmp/users.toml" <<EOF
@@ -174,6 +178,8 @@ M="GET /api/auth/me (the same sessions, primary)"
 G="GET /api/users/{id} (operator token, replica)"
 RF="idempotent replay at $REPLAY_RATE req/s (fixed rate)"
 UF="uniform: POST withdrawals at $UNIFORM_RATE req/s (fixed rate)"
+BF="GET balances at $READ_RATE req/s (fixed rate)"
+declare -A READ_SPREAD
 for ((round = 1; round <= ROUNDS; round++)); do
     echo "ledger: round $round of $ROUNDS" >&2
     pgbench_case
@@ -186,6 +192,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     ledger_case "$G" users 0
     ledger_case "$RF" replay_fixed 0 -R "$REPLAY_RATE"
     ledger_case "$UF" uniform_fixed 2 -R "$UNIFORM_RATE"
+    ledger_case "$BF" balances_fixed 0 -R "$READ_RATE"
+    READ_SPREAD["$BF|$round"]=$(json "$tmp/balances_fixed-$round.json" \
+        "'%.2f / %.2f' % (d['overall']['latency_ms']['p50'], d['overall']['latency_ms']['p90'])")
     stop_server
 done
 
@@ -203,6 +212,8 @@ echo "| idempotent replay p99 (ms, per round), closed loop at saturation | $(per
 echo "| idempotent replay p99 (ms, per round) at $REPLAY_RATE req/s | $(per_round ROUND_P99 "$RF" | paste -sd/) | < 5 |"
 echo "| withdrawal p99 (ms, per round), closed loop at saturation | $(per_round ROUND_P99 "$U" | paste -sd/) | < 50 |"
 echo "| withdrawal p99 (ms, per round) at $UNIFORM_RATE req/s | $(per_round ROUND_P99 "$UF" | paste -sd/) | < 50 |"
+echo "| balances p50 / p90 (ms, per round) at $READ_RATE req/s | $(per_round READ_SPREAD "$BF" | paste -sd';') | |"
+echo "| balances p99 (ms, per round) at $READ_RATE req/s | $(per_round ROUND_P99 "$BF" | paste -sd/) | |"
 echo
 echo "What the primary ran (round 1; pg_stat_statements):"
 echo

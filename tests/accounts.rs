@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coinbit::auth::hex;
 use coinbit::auth::signature::{sign, Signed};
@@ -31,12 +31,18 @@ fn start(engine: &str, test: &str) -> Server {
 }
 
 fn start_with(engine: &str, test: &str, extra: &[&str]) -> Server {
+    start_with_ttl(engine, test, CACHE_TTL_MS, extra)
+}
+
+/// A server whose shards trust a cached session or key for `ttl_ms`, on database
+/// `{test}_{engine}`.
+fn start_with_ttl(engine: &str, test: &str, ttl_ms: u64, extra: &[&str]) -> Server {
     let cluster = cluster();
     let db = cluster.create_database(&format!("{test}_{engine}"));
     let env = cluster.env(&db);
     let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     all.push(("SECRETS_KEY", SECRETS_KEY));
-    let ttl = CACHE_TTL_MS.to_string();
+    let ttl = ttl_ms.to_string();
     let args = [
         "--shards",
         "2",
@@ -747,6 +753,69 @@ fn revocation_reaches_every_shard_within_the_cache_bound(#[case] engine: &str) {
             status_and_code(&by_session),
             (401, "invalid_session".into())
         );
+    }
+}
+
+/// A session and a key in steady use are looked up again ahead of their cache entries' end,
+/// off the request: a revocation made behind the server's back is seen by the shard after
+/// three quarters of the TTL, before the entries it had cached would have expired.
+#[apply(engines)]
+fn credentials_in_use_are_refreshed_before_their_cache_entries_end(#[case] engine: &str) {
+    // Long enough that a loaded host sends a request, refreshes and sees the answer within
+    // the last quarter (1.5 s).
+    const TTL: Duration = Duration::from_secs(6);
+    let test = "refresh_ahead";
+    let server = start_with_ttl(engine, test, TTL.as_millis() as u64, &[]);
+    let mut client = server.connect();
+    let token = session(&mut client, "Ana", "ana@example.com");
+    let auth = bearer(&token);
+    // No entry of either credential is older: the shard looks them up from here on.
+    let first_use = Instant::now();
+    let key = new_key(&mut client, &token, &["read"], 1_000);
+    let me = ("GET", "/api/auth/me");
+    let mut stamp = now_ms();
+    let mut by_key = |client: &mut Client| {
+        stamp = stamp.max(now_ms()) + 1;
+        signed_request(client, me, &key, stamp, b"", b"").status
+    };
+    assert_eq!(by_key(&mut client), 200);
+    let by_session = |client: &mut Client| {
+        let response = client.request("GET", "/api/auth/me", &[("Authorization", &auth)], b"");
+        response.status
+    };
+    assert_eq!(by_session(&mut client), 200);
+    cluster().psql(
+        "primary",
+        &format!("{test}_{engine}"),
+        "UPDATE sessions SET revoked_at = now(); UPDATE api_keys SET revoked_at = now()",
+    );
+    // When each was first refused, measured at the send of the refused request.
+    let (mut session_refused, mut key_refused) = (None, None);
+    while (session_refused.is_none() || key_refused.is_none()) && first_use.elapsed() < TTL * 2 {
+        std::thread::sleep(Duration::from_millis(50));
+        let sent = first_use.elapsed();
+        note_refusal(&mut session_refused, sent, by_session(&mut client));
+        let sent = first_use.elapsed();
+        note_refusal(&mut key_refused, sent, by_key(&mut client));
+    }
+    for (what, refused) in [("session", session_refused), ("key", key_refused)] {
+        let refused = refused.unwrap_or_else(|| panic!("the {what} was never refused"));
+        // Cached until the refresh point; refused before the first entry's TTL ran out.
+        assert!(
+            refused >= TTL * 3 / 4 && refused < TTL,
+            "the {what} was first refused {refused:?} after its first use (TTL {TTL:?})"
+        );
+    }
+}
+
+/// Keeps the first time a credential was refused (401); anything but 200 or 401 fails.
+fn note_refusal(refused: &mut Option<Duration>, sent: Duration, status: u16) {
+    match status {
+        200 => {}
+        401 => {
+            refused.get_or_insert(sent);
+        }
+        status => panic!("status {status} after {sent:?}"),
     }
 }
 

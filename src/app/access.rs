@@ -12,11 +12,16 @@
 //! shard's app checks before it asks for a session ([`Accounts::admit_then`]).
 //!
 //! Speed: each shard keeps the sessions and API keys it looked up in its own cache (no lock),
-//! and trusts an entry for `AUTH_CACHE_TTL` (2 s by default); only a miss or a stale entry
-//! costs a database round trip (on the primary). So a revoked session or key is refused by the
-//! shard that revoked it at once, and by every other shard within `AUTH_CACHE_TTL`: that is the
-//! documented bound. Unknown credentials are cached too, so a flood of bad tokens costs one
-//! lookup per token and shard per period.
+//! and trusts an entry for `AUTH_CACHE_TTL` (2 s by default) from the moment its lookup was
+//! sent; only a miss or a stale entry costs a database round trip (on the primary). So a
+//! revoked session or key is refused by the shard that revoked it at once, and by every other
+//! shard within `AUTH_CACHE_TTL`: that is the documented bound. Unknown credentials are cached
+//! too, so a flood of bad tokens costs one lookup per token and shard per period.
+//!
+//! A live entry still in use after three quarters of its TTL is looked up again in the
+//! background while the request is answered from the cache (refresh ahead): a caller in steady
+//! use waits for a lookup only the first time a shard sees it, and entries filled together do
+//! not all expire together.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,6 +38,7 @@ use crate::auth::{token, unix_millis};
 use crate::config::Config;
 use crate::db::{DbClient, DbError};
 use crate::http::{Reply, Request, Response, StatusCode};
+use crate::queue::{Priority, QueueRuntime};
 
 use super::users::db_error;
 
@@ -309,11 +315,21 @@ pub fn admit_signed(
     })
 }
 
-/// A looked-up record (`None`: none such) and when it was looked up.
+/// A looked-up record (`None`: none such), when its lookup was sent, and whether a refresh
+/// of it is under way.
 #[derive(Debug, Clone)]
 struct Cached<T> {
     record: Option<T>,
     fetched_at: Instant,
+    refreshing: bool,
+}
+
+/// A cached record trusted now (`None`: known not to exist), and whether the caller should
+/// look it up again ahead of its expiry: true once per entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trusted<T> {
+    pub record: Option<T>,
+    pub refresh: bool,
 }
 
 /// Entries of each kind a shard keeps; past it the stale ones go, then all.
@@ -323,14 +339,32 @@ const MAX_CACHED: usize = 100_000;
 #[derive(Debug)]
 pub struct CredentialCache {
     ttl: Duration,
+    /// From this age on, a live entry in use is refreshed ahead (three quarters of `ttl`:
+    /// a hot entry costs 4/3 of the lookups it cost without, and a refresh has a quarter of
+    /// the TTL to land before the entry expires).
+    refresh_after: Duration,
     sessions: HashMap<[u8; 32], Cached<SessionRecord>>,
     keys: HashMap<String, Cached<KeyRecord>>,
 }
 
-fn fresh<T: Clone>(entry: Option<&Cached<T>>, ttl: Duration, now: Instant) -> Option<Option<T>> {
-    entry
-        .filter(|e| now.saturating_duration_since(e.fetched_at) < ttl)
-        .map(|e| e.record.clone())
+fn trusted<T: Clone>(
+    entry: Option<&mut Cached<T>>,
+    ttl: Duration,
+    refresh_after: Duration,
+    now: Instant,
+) -> Option<Trusted<T>> {
+    let entry = entry?;
+    let age = now.saturating_duration_since(entry.fetched_at);
+    if age >= ttl {
+        return None;
+    }
+    // Only a live record: an unknown token or key id does not come to exist later.
+    let refresh = entry.record.is_some() && age >= refresh_after && !entry.refreshing;
+    entry.refreshing |= refresh;
+    Some(Trusted {
+        record: entry.record.clone(),
+        refresh,
+    })
 }
 
 fn store<K: std::hash::Hash + Eq, T>(
@@ -338,10 +372,15 @@ fn store<K: std::hash::Hash + Eq, T>(
     key: K,
     record: Option<T>,
     ttl: Duration,
-    now: Instant,
+    fetched_at: Instant,
 ) {
+    // A lookup sent before the entry was last written (a revocation on this shard, above all)
+    // read an older state: it must not bring a revoked credential back.
+    if map.get(&key).is_some_and(|e| e.fetched_at > fetched_at) {
+        return;
+    }
     if map.len() >= MAX_CACHED {
-        map.retain(|_, e| now.saturating_duration_since(e.fetched_at) < ttl);
+        map.retain(|_, e| fetched_at.saturating_duration_since(e.fetched_at) < ttl);
         if map.len() >= MAX_CACHED {
             map.clear();
         }
@@ -350,7 +389,8 @@ fn store<K: std::hash::Hash + Eq, T>(
         key,
         Cached {
             record,
-            fetched_at: now,
+            fetched_at,
+            refreshing: false,
         },
     );
 }
@@ -359,26 +399,35 @@ impl CredentialCache {
     pub fn new(ttl: Duration) -> Self {
         CredentialCache {
             ttl,
+            refresh_after: ttl * 3 / 4,
             sessions: HashMap::new(),
             keys: HashMap::new(),
         }
     }
 
-    /// The session, if looked up less than `ttl` ago (`Some(None)`: known not to exist).
-    pub fn session(&self, digest: &[u8; 32], now: Instant) -> Option<Option<SessionRecord>> {
-        fresh(self.sessions.get(digest), self.ttl, now)
+    /// The session, if looked up less than `ttl` ago.
+    pub fn session(&mut self, digest: &[u8; 32], now: Instant) -> Option<Trusted<SessionRecord>> {
+        let (ttl, refresh_after) = (self.ttl, self.refresh_after);
+        trusted(self.sessions.get_mut(digest), ttl, refresh_after, now)
     }
 
-    pub fn key(&self, key_id: &str, now: Instant) -> Option<Option<KeyRecord>> {
-        fresh(self.keys.get(key_id), self.ttl, now)
+    pub fn key(&mut self, key_id: &str, now: Instant) -> Option<Trusted<KeyRecord>> {
+        let (ttl, refresh_after) = (self.ttl, self.refresh_after);
+        trusted(self.keys.get_mut(key_id), ttl, refresh_after, now)
     }
 
-    pub fn store_session(&mut self, digest: [u8; 32], record: Option<SessionRecord>, now: Instant) {
-        store(&mut self.sessions, digest, record, self.ttl, now);
+    /// What a lookup sent at `fetched_at` found.
+    pub fn store_session(
+        &mut self,
+        digest: [u8; 32],
+        record: Option<SessionRecord>,
+        fetched_at: Instant,
+    ) {
+        store(&mut self.sessions, digest, record, self.ttl, fetched_at);
     }
 
-    pub fn store_key(&mut self, key_id: String, record: Option<KeyRecord>, now: Instant) {
-        store(&mut self.keys, key_id, record, self.ttl, now);
+    pub fn store_key(&mut self, key_id: String, record: Option<KeyRecord>, fetched_at: Instant) {
+        store(&mut self.keys, key_id, record, self.ttl, fetched_at);
     }
 
     /// Forgets a session or key revoked on this shard: refused here from now on.
@@ -453,6 +502,8 @@ pub struct Accounts {
     db: Rc<RefCell<DbClient>>,
     pub cache: Rc<RefCell<CredentialCache>>,
     guards: Rc<RefCell<ShardGuards>>,
+    /// The shard's task runner: refreshes ahead run there, off the request.
+    runtime: Rc<dyn QueueRuntime>,
 }
 
 /// A request's parts a handler reads, kept for after a lookup.
@@ -546,13 +597,14 @@ struct KeyRow {
 }
 
 impl Accounts {
-    pub fn new(shared: Arc<AccountsShared>, db: DbClient) -> Self {
+    pub fn new(shared: Arc<AccountsShared>, db: DbClient, runtime: Rc<dyn QueueRuntime>) -> Self {
         let cache = CredentialCache::new(shared.cache_ttl);
         Accounts {
             shared,
             db: Rc::new(RefCell::new(db)),
             cache: Rc::new(RefCell::new(cache)),
             guards: Rc::default(),
+            runtime,
         }
     }
 
@@ -580,18 +632,26 @@ impl Accounts {
             Err(refusal) => return refusal.response().into(),
         };
         let cached = match &credentials {
-            Credentials::Bearer { digest } => self
-                .cache
-                .borrow()
-                .session(digest, now)
-                .map(|record| admit_session(record.as_ref(), *digest, access, now_ms)),
+            Credentials::Bearer { digest } => {
+                let trusted = self.cache.borrow_mut().session(digest, now);
+                trusted.map(|t| {
+                    let admitted = admit_session(t.record.as_ref(), *digest, access, now_ms);
+                    (t.refresh, admitted)
+                })
+            }
             Credentials::Signed(headers) => {
-                self.cache.borrow().key(&headers.key_id, now).map(|record| {
-                    self.admit_key(record.as_ref(), headers, request, access, now_ms, now)
+                let trusted = self.cache.borrow_mut().key(&headers.key_id, now);
+                trusted.map(|t| {
+                    let admitted =
+                        self.admit_key(t.record.as_ref(), headers, request, access, now_ms, now);
+                    (t.refresh, admitted)
                 })
             }
         };
-        if let Some(admitted) = cached {
+        if let Some((refresh, admitted)) = cached {
+            if refresh {
+                self.refresh_ahead(credentials);
+            }
             return match admitted {
                 Ok(principal) => then(self, &principal, request),
                 Err(refusal) => refusal.response().into(),
@@ -643,14 +703,28 @@ impl Accounts {
         admit_signed(record, headers, &signed, access, &mut guards, now_ms, now)
     }
 
+    /// Looks a cached credential up again in a task of its own, while the request goes on with
+    /// the cached entry. A failed refresh leaves the entry as it was, to expire at its TTL and
+    /// be looked up by the request that finds it stale, as without refreshes.
+    fn refresh_ahead(&self, credentials: Credentials) {
+        let lookup = self.look_up(credentials);
+        let refresh = async move {
+            if let Err(refusal) = lookup.await {
+                log::debug!("a credential's refresh ahead failed: {refusal:?}");
+            }
+        };
+        self.runtime.spawn(Priority::High, Box::pin(refresh));
+    }
+
     /// Looks the credentials up on the primary (a plain read there, outside the write groups:
     /// a lookup waited behind other requests' commits when it ran as a write) and caches what
-    /// it finds.
+    /// it finds, as of when the lookup was sent.
     fn look_up(
         &self,
         credentials: Credentials,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<LookedUp, Refusal>>>> {
         let cache = self.cache.clone();
+        let asked = Instant::now();
         match credentials {
             Credentials::Bearer { digest } => {
                 let pending = self.db().read_primary(move |conn| {
@@ -676,7 +750,7 @@ impl Accounts {
                     });
                     cache
                         .borrow_mut()
-                        .store_session(digest, record.clone(), Instant::now());
+                        .store_session(digest, record.clone(), asked);
                     Ok(LookedUp::Session(digest, record))
                 })
             }
@@ -703,11 +777,9 @@ impl Accounts {
                 Box::pin(async move {
                     let row = pending.await.map_err(Refusal::Database)?;
                     let record = row.and_then(|row| open_key(&secrets_key, &headers.key_id, row));
-                    cache.borrow_mut().store_key(
-                        headers.key_id.clone(),
-                        record.clone(),
-                        Instant::now(),
-                    );
+                    cache
+                        .borrow_mut()
+                        .store_key(headers.key_id.clone(), record.clone(), asked);
                     Ok(LookedUp::Key(headers, record))
                 })
             }
@@ -1066,24 +1138,85 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn cache_entries_expire_after_the_ttl_and_revocation_is_immediate_here() {
-        let mut cache = CredentialCache::new(Duration::from_millis(100));
-        let now = Instant::now();
-        let record = SessionRecord {
+    fn live_session() -> SessionRecord {
+        SessionRecord {
             user_id: 1,
             role: Role::User,
             active: true,
             expires_at_ms: u64::MAX,
-        };
+        }
+    }
+
+    fn trusted_now(record: Option<SessionRecord>, refresh: bool) -> Option<Trusted<SessionRecord>> {
+        Some(Trusted { record, refresh })
+    }
+
+    #[test]
+    fn cache_entries_expire_after_the_ttl_and_revocation_is_immediate_here() {
+        let mut cache = CredentialCache::new(Duration::from_millis(100));
+        let now = Instant::now();
+        let record = live_session();
         assert_eq!(cache.session(&[1; 32], now), None);
         cache.store_session([1; 32], Some(record.clone()), now);
-        assert_eq!(cache.session(&[1; 32], now), Some(Some(record)));
+        assert_eq!(
+            cache.session(&[1; 32], now),
+            trusted_now(Some(record), false)
+        );
         assert_eq!(
             cache.session(&[1; 32], now + Duration::from_millis(100)),
             None
         );
         cache.revoke(&Via::Session { digest: [1; 32] }, now);
-        assert_eq!(cache.session(&[1; 32], now), Some(None));
+        assert_eq!(cache.session(&[1; 32], now), trusted_now(None, false));
+    }
+
+    #[test]
+    fn a_live_entry_in_use_is_refreshed_once_ahead_of_its_expiry() {
+        let mut cache = CredentialCache::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        let live = Some(live_session());
+        cache.store_session([1; 32], live.clone(), t0);
+        cache.store_session([2; 32], None, t0);
+        let after = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(
+            cache.session(&[1; 32], after(74)),
+            trusted_now(live.clone(), false)
+        );
+        // From three quarters of the TTL: the first caller refreshes, later ones do not.
+        assert_eq!(
+            cache.session(&[1; 32], after(75)),
+            trusted_now(live.clone(), true)
+        );
+        assert_eq!(
+            cache.session(&[1; 32], after(80)),
+            trusted_now(live.clone(), false)
+        );
+        // An unknown token is never refreshed: it expires.
+        assert_eq!(cache.session(&[2; 32], after(90)), trusted_now(None, false));
+        // The refresh's answer, as of when it was sent, starts a new period.
+        cache.store_session([1; 32], live.clone(), after(75));
+        assert_eq!(
+            cache.session(&[1; 32], after(120)),
+            trusted_now(live.clone(), false)
+        );
+        assert_eq!(cache.session(&[1; 32], after(150)), trusted_now(live, true));
+    }
+
+    #[test]
+    fn a_lookup_sent_before_a_revocation_here_does_not_undo_it() {
+        let mut cache = CredentialCache::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        let live = Some(live_session());
+        cache.store_session([1; 32], live.clone(), t0);
+        let sent = t0 + Duration::from_millis(80);
+        let revoked = t0 + Duration::from_millis(85);
+        cache.revoke(&Via::Session { digest: [1; 32] }, revoked);
+        // A refresh sent at 80 ms read the session before its revocation committed.
+        cache.store_session([1; 32], live.clone(), sent);
+        assert_eq!(cache.session(&[1; 32], revoked), trusted_now(None, false));
+        // One sent after it is trusted (it read the revoked row, or a new login's).
+        cache.store_session([1; 32], live.clone(), t0 + Duration::from_millis(90));
+        let later = t0 + Duration::from_millis(90);
+        assert_eq!(cache.session(&[1; 32], later), trusted_now(live, false));
     }
 }

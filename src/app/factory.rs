@@ -54,6 +54,7 @@ impl AppFactory {
             self.control.clone(),
         );
         crate::queue::worker::start(&queues);
+        let runtime = queues.runtime.clone();
         let poll_ms = config.database.durable_poll_interval_ms;
         if let Some(db) = self.database.as_ref().filter(|_| poll_ms > 0) {
             crate::queue::durable::start(
@@ -122,7 +123,7 @@ impl AppFactory {
                 // Two threads at start-up: a host that cannot start them cannot serve.
                 Arc::new(AccountsShared::start(config).expect("start the password hashing threads"))
             });
-            Accounts::new(shared.clone(), db.client())
+            Accounts::new(shared.clone(), db.client(), runtime)
         }))
     }
 }
