@@ -783,7 +783,8 @@ fn credentials_in_use_are_refreshed_before_their_cache_entries_end(#[case] engin
         let response = client.request("GET", "/api/auth/me", &[("Authorization", &auth)], b"");
         response.status
     };
-    assert_eq!(by_session(&mut client), 200);
+    // Not asked again before the revocation: on a slow host a request past half the TTL
+    // would refresh the session before the revocation, which would put its refusal off.
     cluster().psql(
         "primary",
         &format!("{test}_{engine}"),

@@ -20,8 +20,8 @@
 //!
 //! A live entry still in use after half its TTL is looked up again in the
 //! background while the request is answered from the cache (refresh ahead): a caller in steady
-//! use waits for a lookup only the first time a shard sees it, and entries filled together do
-//! not all expire together. The sessions due on a shard go out together, many in one statement.
+//! use normally waits for a lookup only the first time a shard sees it. The sessions due on a
+//! shard go out together, many in one statement.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -349,6 +349,8 @@ pub struct CredentialCache {
     refresh_after: Duration,
     sessions: HashMap<[u8; 32], Cached<SessionRecord>>,
     keys: HashMap<String, Cached<KeyRecord>>,
+    /// When either map was last emptied to make room (a flood of unknown credentials).
+    cleared_at: Option<Instant>,
     /// Sessions to refresh, waiting for the shard's refresh task (one at a time, so that the
     /// sessions due while a refresh runs go out together in the next).
     due_sessions: Vec<[u8; 32]>,
@@ -380,20 +382,24 @@ fn trusted<T: Clone>(
 
 fn store<K: std::hash::Hash + Eq, T>(
     map: &mut HashMap<K, Cached<T>>,
-    key: K,
-    record: Option<T>,
+    cleared_at: &mut Option<Instant>,
+    (key, record): (K, Option<T>),
     ttl: Duration,
     fetched_at: Instant,
 ) {
-    // A lookup sent before the entry was last written (a revocation on this shard, above all)
-    // read an older state: it must not bring a revoked credential back.
-    if map.get(&key).is_some_and(|e| e.fetched_at > fetched_at) {
+    // A lookup sent before the entry was last written (a revocation on this shard, above all),
+    // or before the map was last cleared (which forgot such writes), read an older state: it
+    // must not bring a revoked credential back.
+    let older = map.get(&key).is_some_and(|e| e.fetched_at > fetched_at);
+    if older || cleared_at.is_some_and(|cleared| fetched_at < cleared) {
         return;
     }
     if map.len() >= MAX_CACHED {
-        map.retain(|_, e| fetched_at.saturating_duration_since(e.fetched_at) < ttl);
+        let now = Instant::now();
+        map.retain(|_, e| now.saturating_duration_since(e.fetched_at) < ttl);
         if map.len() >= MAX_CACHED {
             map.clear();
+            *cleared_at = Some(now);
         }
     }
     map.insert(
@@ -413,6 +419,7 @@ impl CredentialCache {
             refresh_after: ttl / 2,
             sessions: HashMap::new(),
             keys: HashMap::new(),
+            cleared_at: None,
             due_sessions: Vec::new(),
             session_refresher_running: false,
         }
@@ -430,11 +437,30 @@ impl CredentialCache {
         !std::mem::replace(&mut self.session_refresher_running, true)
     }
 
-    /// The next sessions the refresh task looks up; none (and the task stops) when none wait.
+    /// Whether a full statement's worth of sessions is due: the refresher goes on at once.
+    pub fn a_refresh_is_full(&self) -> bool {
+        self.due_sessions.len() >= SESSIONS_PER_REFRESH
+    }
+
+    /// The next sessions the refresh task looks up, skipping those whose entry was replaced
+    /// or dropped since they fell due (a refresh that fell behind looks up only what is still
+    /// cached); none (and the task stops) when none wait.
     pub fn take_due_sessions(&mut self) -> Vec<[u8; 32]> {
-        let n = self.due_sessions.len().min(SESSIONS_PER_REFRESH);
-        self.session_refresher_running = n > 0;
-        self.due_sessions.drain(..n).collect()
+        let sessions = &self.sessions;
+        let mut due = Vec::new();
+        let mut taken = 0;
+        for digest in &self.due_sessions {
+            if due.len() == SESSIONS_PER_REFRESH {
+                break;
+            }
+            taken += 1;
+            if sessions.get(digest).is_some_and(|e| e.refreshing) {
+                due.push(*digest);
+            }
+        }
+        self.due_sessions.drain(..taken);
+        self.session_refresher_running = !due.is_empty();
+        due
     }
 
     /// The session, if looked up less than `ttl` ago.
@@ -455,11 +481,25 @@ impl CredentialCache {
         record: Option<SessionRecord>,
         fetched_at: Instant,
     ) {
-        store(&mut self.sessions, digest, record, self.ttl, fetched_at);
+        let entry = (digest, record);
+        store(
+            &mut self.sessions,
+            &mut self.cleared_at,
+            entry,
+            self.ttl,
+            fetched_at,
+        );
     }
 
     pub fn store_key(&mut self, key_id: String, record: Option<KeyRecord>, fetched_at: Instant) {
-        store(&mut self.keys, key_id, record, self.ttl, fetched_at);
+        let entry = (key_id, record);
+        store(
+            &mut self.keys,
+            &mut self.cleared_at,
+            entry,
+            self.ttl,
+            fetched_at,
+        );
     }
 
     /// Forgets a session or key revoked on this shard: refused here from now on.
@@ -810,7 +850,9 @@ impl Accounts {
         let gather = self.cache.borrow().refresh_gather();
         loop {
             // The sessions that fall due meanwhile go in the same statement.
-            self.runtime.sleep(gather).await;
+            if !self.cache.borrow().a_refresh_is_full() {
+                self.runtime.sleep(gather).await;
+            }
             let due = self.cache.borrow_mut().take_due_sessions();
             if due.is_empty() {
                 return;
@@ -1308,26 +1350,74 @@ mod tests {
         assert_eq!(cache.session(&[1; 32], after(100)), trusted_now(live, true));
     }
 
+    /// Digest number `n`.
+    fn digest(n: u16) -> [u8; 32] {
+        let mut digest = [0; 32];
+        digest[..2].copy_from_slice(&n.to_be_bytes());
+        digest
+    }
+
+    /// Caches session `n` as looked up at `t0` and makes it due at half the 100 ms TTL; true
+    /// when its queueing starts the refresher.
+    fn fall_due(cache: &mut CredentialCache, n: u16, t0: Instant) -> bool {
+        cache.store_session(digest(n), Some(live_session()), t0);
+        let trusted = cache.session(&digest(n), t0 + Duration::from_millis(50));
+        assert!(trusted.is_some_and(|t| t.refresh), "session {n} is due");
+        cache.queue_session_refresh(digest(n))
+    }
+
     #[test]
     fn sessions_due_while_a_refresh_runs_wait_for_the_next_one() {
         let mut cache = CredentialCache::new(Duration::from_millis(100));
+        let t0 = Instant::now();
         assert!(
-            cache.queue_session_refresh([1; 32]),
+            fall_due(&mut cache, 1, t0),
             "the first starts the refresher"
         );
-        assert!(!cache.queue_session_refresh([2; 32]));
-        assert_eq!(cache.take_due_sessions(), vec![[1; 32], [2; 32]]);
+        assert!(!fall_due(&mut cache, 2, t0));
+        assert_eq!(cache.take_due_sessions(), vec![digest(1), digest(2)]);
         // Due while that statement runs: taken by the same task next.
-        assert!(!cache.queue_session_refresh([3; 32]));
-        assert_eq!(cache.take_due_sessions(), vec![[3; 32]]);
+        assert!(!fall_due(&mut cache, 3, t0));
+        assert_eq!(cache.take_due_sessions(), vec![digest(3)]);
         assert!(cache.take_due_sessions().is_empty());
         // The task stopped: the next one due starts another.
-        assert!(cache.queue_session_refresh([4; 32]));
-        for digest in 5..=SESSIONS_PER_REFRESH + 5 {
-            cache.queue_session_refresh([digest as u8; 32]);
+        assert!(fall_due(&mut cache, 4, t0));
+        for n in 5..=SESSIONS_PER_REFRESH as u16 + 5 {
+            fall_due(&mut cache, n, t0);
         }
+        assert!(cache.a_refresh_is_full());
         assert_eq!(cache.take_due_sessions().len(), SESSIONS_PER_REFRESH);
+        assert!(!cache.a_refresh_is_full());
         assert_eq!(cache.take_due_sessions().len(), 2);
+    }
+
+    #[test]
+    fn a_session_looked_up_again_since_it_fell_due_is_not_refreshed() {
+        let mut cache = CredentialCache::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        fall_due(&mut cache, 1, t0);
+        fall_due(&mut cache, 2, t0);
+        // Session 1 expired and was looked up on a request before the refresher came.
+        let later = t0 + Duration::from_millis(120);
+        cache.store_session(digest(1), Some(live_session()), later);
+        assert_eq!(cache.take_due_sessions(), vec![digest(2)]);
+    }
+
+    #[test]
+    fn a_lookup_sent_before_the_cache_was_emptied_is_not_kept() {
+        let mut cache = CredentialCache::new(Duration::from_secs(60));
+        let sent = Instant::now();
+        cache.revoke(&Via::Session { digest: [1; 32] }, Instant::now());
+        // A flood of unknown tokens fills the cache; the next one empties it, revocation too.
+        for n in 0..=MAX_CACHED as u32 {
+            let mut token = [2; 32];
+            token[..4].copy_from_slice(&n.to_be_bytes());
+            cache.store_session(token, None, Instant::now());
+        }
+        assert_eq!(cache.session(&[1; 32], Instant::now()), None);
+        // The lookup sent before the revocation comes back: not cached.
+        cache.store_session([1; 32], Some(live_session()), sent);
+        assert_eq!(cache.session(&[1; 32], Instant::now()), None);
     }
 
     #[test]
