@@ -927,14 +927,27 @@ fn operators_send_signals_and_read_their_intents(#[case] engine: &str) {
     assert_eq!(signal["origin"], "operator", "{signal}");
     assert_eq!(signal["intents"], 2, "{signal}");
     let id = signal["id"].as_i64().unwrap();
+    // The signal is read from a replica: its commit position makes the replica wait for it.
+    let written_at = taken
+        .header("X-Commit-LSN")
+        .expect("X-Commit-LSN")
+        .to_string();
+    let read_back = |path: &str| {
+        let bearer = bank.admin.bearer();
+        let headers = [
+            ("Authorization", bearer.as_str()),
+            ("X-Min-LSN", written_at.as_str()),
+        ];
+        bank.server.connect().request("GET", path, &headers, b"")
+    };
     wait_settled(&bank, id);
 
     let path = format!("{TRADING}/signals/{id}");
     assert_eq!(get(&bank, &users[0], &path).status, 403);
-    let missing = get(&bank, &bank.admin, &format!("{TRADING}/signals/{}", id + 1));
+    let missing = read_back(&format!("{TRADING}/signals/{}", id + 1));
     assert_eq!(missing.status, 404, "{}", missing.text());
     let read = wait_for("the intents as placed", Duration::from_secs(30), || {
-        let answer = get(&bank, &bank.admin, &path);
+        let answer = read_back(&path);
         assert_eq!(answer.status, 200, "{}", answer.text());
         let body = answer.json();
         body["intents"]

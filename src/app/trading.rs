@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 use super::access::{Accounts, Principal};
 use super::financial;
 use super::handlers::{parse_form, parse_json_body};
-use super::users::db_error;
+use super::users::{self, db_error, COMMIT_LSN_HEADER};
 use crate::db::DbError;
 use crate::exchange::{Credentials, ExchangeError};
 use crate::http::{Reply, Request, Response, StatusCode};
@@ -114,6 +114,8 @@ fn take_signal(accounts: &Accounts, form: &signal::Form, origin: Origin) -> Repl
         .write(move |conn| signal::take(conn, &signal, origin));
     Reply::Later(Box::pin(async move {
         match pending.await {
+            // The commit position lets the operator read the signal back from a replica
+            // (`X-Min-LSN`) at once.
             Ok(written) => match written.value {
                 Taken::Fresh(body) => {
                     Response::json(StatusCode(202), json!({ "signal": body }).to_string())
@@ -122,7 +124,8 @@ fn take_signal(accounts: &Accounts, form: &signal::Form, origin: Origin) -> Repl
                     StatusCode::OK,
                     json!({ "signal": body, "duplicate": true }).to_string(),
                 ),
-            },
+            }
+            .with_header(COMMIT_LSN_HEADER, written.commit_position.to_string()),
             Err(e) => db_error(&e),
         }
     }))
@@ -351,7 +354,7 @@ pub fn position_get(accounts: &Accounts, caller: &Principal, request: &Request<'
     let Some(id) = position_id(request, "") else {
         return no_position().into();
     };
-    let min = match financial::min_position(request) {
+    let min = match users::min_position(request) {
         Ok(min) => min,
         Err(response) => return response.into(),
     };
@@ -483,7 +486,7 @@ pub fn signal_get(accounts: &Accounts, _: &Principal, request: &Request<'_>) -> 
     else {
         return not_found().into();
     };
-    let min = match financial::min_position(request) {
+    let min = match users::min_position(request) {
         Ok(min) => min,
         Err(response) => return response.into(),
     };
