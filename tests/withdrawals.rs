@@ -142,6 +142,19 @@ fn four_eyes_then_pay(#[case] engine: &str) {
         (listed[0]["id"].as_str(), listed[0]["user_id"].as_i64()),
         (Some(id.as_str()), Some(ana.id))
     );
+    // A position that is not one is refused, not read without it.
+    let garbled = money.server.connect().request(
+        "GET",
+        &format!("{FINANCIAL}/admin/withdrawals?state=requested"),
+        &[("Authorization", &bia.auth), ("X-Min-LSN", "yesterday")],
+        b"",
+    );
+    assert_eq!(
+        (garbled.status, garbled.error_code().as_str()),
+        (400, "bad_lsn"),
+        "{}",
+        garbled.text()
+    );
     let peek = get(
         &mut money.server.connect(),
         &user,

@@ -24,10 +24,10 @@ use serde_json::{json, Value};
 use super::access::{Accounts, Principal};
 use super::financial;
 use super::handlers::parse_form;
-use super::users::{db_error, COMMIT_LSN_HEADER, MIN_LSN_HEADER};
+use super::users::{db_error, min_position, COMMIT_LSN_HEADER};
 use crate::affiliate::rules::{self, Tier};
 use crate::affiliate::store::{self, ClawbackRefused, ConvertRefused};
-use crate::db::{DbConn, DbError, Lsn};
+use crate::db::{DbConn, DbError};
 use crate::http::{Reply, Request, Response, StatusCode};
 use crate::ledger::idempotency::Answer;
 use crate::ledger::rules::{parse_amount, Currency};
@@ -56,21 +56,6 @@ fn not_affiliate() -> Response {
         "not_an_affiliate",
         "this user is not an affiliate: POST /api/enterprise/affiliate/apply first",
     )
-}
-
-/// The commit position a read must see (`X-Min-LSN`), or the 400 for a malformed one.
-fn min_position(request: &Request<'_>) -> Result<Option<Lsn>, Response> {
-    match request.header(MIN_LSN_HEADER) {
-        None => Ok(None),
-        Some(value) => match std::str::from_utf8(value).ok().map(str::parse::<Lsn>) {
-            Some(Ok(lsn)) => Ok(Some(lsn)),
-            _ => Err(Response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_lsn",
-                &format!("{MIN_LSN_HEADER} must be a WAL position as {COMMIT_LSN_HEADER} gives it"),
-            )),
-        },
-    }
 }
 
 /// Runs `effect` in one write and answers `(status, body)` with the commit position.

@@ -24,8 +24,8 @@ use serde_json::{json, Value};
 
 use super::access::{Accounts, Principal};
 use super::handlers::parse_form;
-use super::users::{db_error, COMMIT_LSN_HEADER, MIN_LSN_HEADER};
-use crate::db::{DbConn, DbError, Lsn};
+use super::users::{db_error, min_position, COMMIT_LSN_HEADER};
+use crate::db::{DbConn, DbError};
 use crate::http::{Reply, Request, Response, StatusCode};
 use crate::ledger::idempotency::{self, Answer, KeyError, Keyed, Outcome};
 use crate::ledger::payment::{self, Event};
@@ -111,21 +111,6 @@ where
 
 fn answer_response(answer: Answer) -> Response {
     Response::json(StatusCode(answer.status), answer.body)
-}
-
-/// The commit position a read must see (`X-Min-LSN`), or the 400 for a malformed one.
-pub(super) fn min_position(request: &Request<'_>) -> Result<Option<Lsn>, Response> {
-    match request.header(MIN_LSN_HEADER) {
-        None => Ok(None),
-        Some(value) => match std::str::from_utf8(value).ok().map(str::parse::<Lsn>) {
-            Some(Ok(lsn)) => Ok(Some(lsn)),
-            _ => Err(Response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_lsn",
-                &format!("{MIN_LSN_HEADER} must be a WAL position as {COMMIT_LSN_HEADER} gives it, e.g. 0/16B3748"),
-            )),
-        },
-    }
 }
 
 /// One account in the balances body. Fields in alphabetical order: the body is written

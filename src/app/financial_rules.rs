@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 use super::access::{Accounts, Principal};
 use super::financial;
 use super::handlers::parse_form;
-use super::users::{db_error, MIN_LSN_HEADER};
-use crate::db::{DbError, Lsn};
+use super::users::{db_error, min_position};
+use crate::db::DbError;
 use crate::http::{Reply, Request, Response, StatusCode};
 use crate::ledger::commission::{self, Position};
 use crate::ledger::coupons::{self, CouponForm};
@@ -177,9 +177,12 @@ pub fn list_withdrawals(
         Ok(page) => page,
         Err(response) => return response.into(),
     };
-    let min_position = min_position(request);
+    let min = match min_position(request) {
+        Ok(min) => min,
+        Err(response) => return response.into(),
+    };
     let user_id = principal.user_id;
-    let pending = accounts.db().read(min_position, move |conn| {
+    let pending = accounts.db().read(min, move |conn| {
         withdrawals::list_own(conn, user_id, before, limit)
     });
     Reply::Later(Box::pin(async move {
@@ -224,7 +227,11 @@ pub fn admin_withdrawals(
         )
         .into();
     };
-    let pending = accounts.db().read(min_position(request), move |conn| {
+    let min = match min_position(request) {
+        Ok(min) => min,
+        Err(response) => return response.into(),
+    };
+    let pending = accounts.db().read(min, move |conn| {
         withdrawals::list_by_state(conn, state, before, limit)
     });
     Reply::Later(Box::pin(async move {
@@ -250,13 +257,6 @@ pub fn admin_withdrawals(
             Err(e) => db_error(&e),
         }
     }))
-}
-
-/// The commit position a read must see (`X-Min-LSN`), if the request names one.
-fn min_position(request: &Request<'_>) -> Option<Lsn> {
-    request
-        .header(MIN_LSN_HEADER)
-        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<Lsn>().ok())
 }
 
 const WITHDRAWALS_PREFIX: &str = "/api/enterprise/financial/withdrawals/";
@@ -383,8 +383,12 @@ pub fn redeem_coupon(accounts: &Accounts, principal: &Principal, request: &Reque
 
 /// `GET /api/enterprise/financial/plans`: on a replica (`X-Min-LSN` for read-your-writes).
 pub fn plans(accounts: &Accounts, principal: &Principal, request: &Request<'_>) -> Reply {
+    let min = match min_position(request) {
+        Ok(min) => min,
+        Err(response) => return response.into(),
+    };
     let user_id = principal.user_id;
-    let pending = accounts.db().read(min_position(request), move |conn| {
+    let pending = accounts.db().read(min, move |conn| {
         let currency = store::user_currency(conn, user_id)?.ok_or_else(no_user)?;
         let plan = plans::user_plan(conn, user_id)?;
         let blocked = commission::trading_blocked(conn, user_id)?;

@@ -21,6 +21,21 @@ pub const COMMIT_LSN_HEADER: &str = "X-Commit-LSN";
 /// Request header with the position a read must see.
 pub const MIN_LSN_HEADER: &str = "X-Min-LSN";
 
+/// The commit position a read must see (`X-Min-LSN`), or the 400 `bad_lsn` for a malformed one.
+pub(super) fn min_position(request: &Request<'_>) -> Result<Option<Lsn>, Response> {
+    match request.header(MIN_LSN_HEADER) {
+        None => Ok(None),
+        Some(value) => match std::str::from_utf8(value).ok().map(str::parse::<Lsn>) {
+            Some(Ok(lsn)) => Ok(Some(lsn)),
+            _ => Err(Response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_lsn",
+                &format!("{MIN_LSN_HEADER} must be a WAL position as {COMMIT_LSN_HEADER} gives it, e.g. 0/16B3748"),
+            )),
+        },
+    }
+}
+
 /// A user by id: alone, and for a batch of reads queued together.
 static SELECT_USER: Lookup = Lookup {
     one: "SELECT id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
@@ -123,19 +138,9 @@ pub fn get(db: Option<&mut DbClient>, reader: Reader, request: &Request<'_>) -> 
         )
         .into();
     };
-    let min_position = match request.header(MIN_LSN_HEADER) {
-        None => None,
-        Some(value) => match std::str::from_utf8(value).ok().map(str::parse::<Lsn>) {
-            Some(Ok(lsn)) => Some(lsn),
-            _ => {
-                return Response::error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_lsn",
-                    &format!("{MIN_LSN_HEADER} must be a WAL position as {COMMIT_LSN_HEADER} gives it, e.g. 0/16B3748"),
-                )
-                .into()
-            }
-        },
+    let min_position = match min_position(request) {
+        Ok(min) => min,
+        Err(response) => return response.into(),
     };
     if !reader.may_read(id) {
         return user_not_found(id).into();
