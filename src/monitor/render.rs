@@ -542,6 +542,7 @@ fn traffic(
             "protocol_errors_total": totals.connections.protocol_errors,
             "rejected_overload_total": totals.connections.rejected_overload,
             "read_buffers": totals.connections.read_buffers,
+            "idle_stack_trims_total": totals.connections.idle_stack_trims,
         },
     })
 }
@@ -614,7 +615,7 @@ fn traffic_families(w: &mut PromWriter, view: &View) {
 /// The per-shard families: connections, restarts, up, heartbeat age.
 fn shard_families(w: &mut PromWriter, state: &ClusterState, facts: &[ShardFacts]) {
     type Gauge = fn(&ShardTrack, &ShardFacts) -> f64;
-    let per_shard: [(&'static str, Kind, &str, Gauge); 8] = [
+    let per_shard: [(&'static str, Kind, &str, Gauge); 9] = [
         (
             "coinbit_http_connections_open",
             Kind::Gauge,
@@ -650,6 +651,12 @@ fn shard_families(w: &mut PromWriter, state: &ClusterState, facts: &[ShardFacts]
             Kind::Gauge,
             "Read buffers lent to connections (an idle keep-alive connection holds none).",
             |_, f| f.totals.connections.read_buffers as f64,
+        ),
+        (
+            "coinbit_http_idle_stack_trims_total",
+            Kind::Counter,
+            "Times an idle connection gave its dead stack pages back (may engine).",
+            |_, f| f.totals.connections.idle_stack_trims as f64,
         ),
         (
             "coinbit_shard_restarts_total",

@@ -24,8 +24,11 @@ use crate::shard::ShardSlot;
 /// a database and 31 KiB for a panic that prints its backtrace (`/debug/crash-shard`); release
 /// builds use less. The routes that reach PostgreSQL were not measured that way, hence the 4x
 /// margin. A smaller size would not make an idle connection cheaper: its resident stack is
-/// the depth it reached (a few pages), not the size reserved.
+/// the depth it reached (a few pages), not the size reserved, and an idle connection gives
+/// those pages back ([`super::stack`]).
 const STACK_WORDS: usize = 16 * 1024;
+/// The same in bytes: what may maps for each coroutine's stack, below a guard page.
+pub(super) const STACK_BYTES: usize = STACK_WORDS * std::mem::size_of::<usize>();
 /// Finished coroutines may keeps for reuse, each with its stack and the pages it touched (may's
 /// default is 1000): enough for the connections a shard opens between two of its passes; past
 /// it a coroutine's stack is unmapped when it ends, so memory goes back after a mass close.

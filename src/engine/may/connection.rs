@@ -17,6 +17,7 @@ use std::time::Instant;
 use may::io::{WaitIo, WaitIoWaker};
 use may::net::TcpStream;
 
+use super::stack::{self, StackTop};
 use super::{carriers, guarded, lock, to_ticks, MayShard};
 use crate::app::AcceptDecision;
 use crate::engine::{LINGER_BYTES, LINGER_TIME};
@@ -129,6 +130,7 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
     // `with_app`, never held across the waits below.
     let shard = registration.shard.clone();
     let settings = shard.settings;
+    let stack = StackTop::here();
     let mut conn = Connection::with_pool(
         settings.limits,
         settings.timeouts,
@@ -166,7 +168,7 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
             Step::Flush => shard.with_app(|app| conn.advance(app, Instant::now())),
             Step::Read => {
                 let Some((n, emptied)) =
-                    read_some(&shard, &mut stream, &shared, &mut conn, drained)
+                    read_some(&shard, &mut stream, &shared, &mut conn, drained, &stack)
                 else {
                     return;
                 };
@@ -206,14 +208,21 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
 /// skips straight to the wait instead of a `recv` that would return `EAGAIN` (one system call
 /// per request saved, as nginx does). No wake-up is lost: `wait_io` returns at once when an
 /// edge arrived since the last wait, which covers bytes that came after that read.
+///
+/// An idle connection still silent after [`stack::TRIM_AFTER`] gives its dead stack pages back
+/// (housekeeping wakes it then, as for a deadline), once per idle spell.
 fn read_some(
     shard: &MayShard,
     stream: &mut TcpStream,
     shared: &ConnShared,
     conn: &mut Connection,
     mut drained: bool,
+    stack: &StackTop,
 ) -> Option<(usize, bool)> {
     let mut woken = false;
+    // When this idle spell's trim falls due; `None` before the first idle wait and after it.
+    let mut trim_at: Option<Instant> = None;
+    let mut trimmed = false;
     loop {
         if !drained {
             let buf = conn.read_buf();
@@ -230,17 +239,33 @@ fn read_some(
         let deadline = conn.deadline();
         // Only a wake-up without bytes can mean the deadline passed (housekeeping wakes the
         // wait at the deadline published below): no clock read on the first pass.
-        if let (true, Some((at, kind))) = (woken, deadline) {
-            if Instant::now() >= at {
+        if woken {
+            let now = Instant::now();
+            if let Some((_, kind)) = deadline.filter(|(at, _)| now >= *at) {
                 shard.with_app(|app| app.count_timeout(kind));
                 return None;
+            }
+            if trim_at.is_some_and(|at| now >= at) {
+                trim_at = None;
+                trimmed = true;
+                if stack.trim_below_caller() > 0 {
+                    shard.with_app(|app| app.metrics.connections.idle_stack_trims += 1);
+                }
             }
         }
         let idle = conn.is_idle();
         if shared.must_close(idle) {
             return None;
         }
-        shared.publish(deadline.map_or(0, |(at, _)| to_ticks(shard, at)), idle);
+        if idle && !trimmed && trim_at.is_none() {
+            trim_at = Some(Instant::now() + stack::TRIM_AFTER);
+        }
+        let wake_at = match (deadline, trim_at.filter(|_| idle)) {
+            (Some((at, _)), Some(trim)) => Some(at.min(trim)),
+            (Some((at, _)), None) => Some(at),
+            (None, trim) => trim,
+        };
+        shared.publish(wake_at.map_or(0, |at| to_ticks(shard, at)), idle);
         // Nothing to read now: the buffers go back to the shard's pool while the client is
         // silent (kept when they hold part of a request).
         conn.release_buffers();

@@ -37,6 +37,7 @@
 //! - [`heartbeat`]: the reports to the monitor, from the generation's carrier.
 //! - [`connection`]: one connection's read/advance/write loop around the codec, and the wait
 //!   that drives a handler's later reply.
+//! - [`stack`]: an idle connection's coroutine gives its dead stack pages back.
 //! - [`housekeeping`]: the per-shard timer loop on the generation's housekeeping thread, which
 //!   carries out the shard's lifecycle ([`crate::shard::lifecycle`]).
 
@@ -46,6 +47,7 @@ mod connection;
 mod gate;
 mod heartbeat;
 mod housekeeping;
+mod stack;
 
 use std::collections::HashMap;
 use std::io;
