@@ -23,11 +23,12 @@ use crate::shard::ShardSlot;
 /// may's usage tracking (an odd size), a debug build used at most 24 KiB for any route without
 /// a database and 31 KiB for a panic that prints its backtrace (`/debug/crash-shard`); release
 /// builds use less. The routes that reach PostgreSQL were not measured that way, hence the 4x
-/// margin. A smaller size would not make an idle connection cheaper: its resident stack is
-/// the depth it reached (a few pages), not the size reserved, and an idle connection gives
-/// those pages back ([`super::stack`]).
-const STACK_WORDS: usize = 16 * 1024;
-/// The same in bytes: what may maps for each coroutine's stack, below a guard page.
+/// margin (an idle connection's stack trim, [`super::stack`], zeroes the usage-tracking words
+/// in its range, so measure with trimming off). A smaller size would not make an idle
+/// connection cheaper: its resident stack is the depth it reached (a few pages), not the size
+/// reserved, and an idle connection gives those within 64 KiB below its waiting frame back.
+pub(super) const STACK_WORDS: usize = 16 * 1024;
+/// The same in bytes: what may maps for each coroutine's stack, above a guard page.
 pub(super) const STACK_BYTES: usize = STACK_WORDS * std::mem::size_of::<usize>();
 /// Finished coroutines may keeps for reuse, each with its stack and the pages it touched (may's
 /// default is 1000): enough for the connections a shard opens between two of its passes; past

@@ -21,6 +21,7 @@ use super::stack::{self, StackTop};
 use super::{carriers, guarded, lock, to_ticks, MayShard};
 use crate::app::AcceptDecision;
 use crate::engine::{LINGER_BYTES, LINGER_TIME};
+use crate::http::conn::TimeoutKind;
 use crate::http::{Connection, Step};
 
 /// What housekeeping reads of a connection, the flags it sets, and how it wakes the coroutine.
@@ -167,9 +168,14 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
             }
             Step::Flush => shard.with_app(|app| conn.advance(app, Instant::now())),
             Step::Read => {
-                let Some((n, emptied)) =
-                    read_some(&shard, &mut stream, &shared, &mut conn, drained, &stack)
-                else {
+                let Some((n, emptied)) = read_some(
+                    &shard,
+                    &mut stream,
+                    &shared,
+                    &mut conn,
+                    drained,
+                    stack.as_ref(),
+                ) else {
                     return;
                 };
                 drained = emptied;
@@ -209,20 +215,19 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
 /// per request saved, as nginx does). No wake-up is lost: `wait_io` returns at once when an
 /// edge arrived since the last wait, which covers bytes that came after that read.
 ///
-/// An idle connection still silent after [`stack::TRIM_AFTER`] gives its dead stack pages back
-/// (housekeeping wakes it then, as for a deadline), once per idle spell.
+/// An idle connection still silent [`stack::TRIM_AFTER`] into its idle spell gives its dead
+/// stack pages back (housekeeping wakes it then, as for a deadline), once per idle spell.
 fn read_some(
     shard: &MayShard,
     stream: &mut TcpStream,
     shared: &ConnShared,
     conn: &mut Connection,
     mut drained: bool,
-    stack: &StackTop,
+    stack: Option<&StackTop>,
 ) -> Option<(usize, bool)> {
     let mut woken = false;
-    // When this idle spell's trim falls due; `None` before the first idle wait and after it.
-    let mut trim_at: Option<Instant> = None;
-    let mut trimmed = false;
+    // This idle spell's trim is done, or there is none to do.
+    let mut trimmed = stack.is_none();
     loop {
         if !drained {
             let buf = conn.read_buf();
@@ -237,33 +242,39 @@ fn read_some(
         }
         drained = false;
         let deadline = conn.deadline();
+        // The idle deadline is the spell's start plus the keep-alive timeout: the trim falls due
+        // TRIM_AFTER after that start.
+        let trim_at = match deadline {
+            Some((at, TimeoutKind::Idle)) if !trimmed => at
+                .checked_sub(shard.settings.timeouts.keep_alive)
+                .map(|since| since + stack::TRIM_AFTER)
+                .filter(|trim| *trim < at),
+            _ => None,
+        };
         // Only a wake-up without bytes can mean the deadline passed (housekeeping wakes the
         // wait at the deadline published below): no clock read on the first pass.
+        let mut trim_due = false;
         if woken {
             let now = Instant::now();
             if let Some((_, kind)) = deadline.filter(|(at, _)| now >= *at) {
                 shard.with_app(|app| app.count_timeout(kind));
                 return None;
             }
-            if trim_at.is_some_and(|at| now >= at) {
-                trim_at = None;
-                trimmed = true;
-                if stack.trim_below_caller() > 0 {
-                    shard.with_app(|app| app.metrics.connections.idle_stack_trims += 1);
-                }
-            }
+            trim_due = trim_at.is_some_and(|trim| now >= trim);
         }
         let idle = conn.is_idle();
         if shared.must_close(idle) {
             return None;
         }
-        if idle && !trimmed && trim_at.is_none() {
-            trim_at = Some(Instant::now() + stack::TRIM_AFTER);
+        if let (true, Some(stack)) = (trim_due, stack) {
+            trimmed = true;
+            if stack.trim_below_caller() > 0 {
+                shard.with_app(|app| app.metrics.connections.idle_stack_trims += 1);
+            }
         }
-        let wake_at = match (deadline, trim_at.filter(|_| idle)) {
-            (Some((at, _)), Some(trim)) => Some(at.min(trim)),
-            (Some((at, _)), None) => Some(at),
-            (None, trim) => trim,
+        let wake_at = match (deadline, trim_at) {
+            (Some((at, _)), Some(trim)) if !trimmed => Some(at.min(trim)),
+            (deadline, _) => deadline.map(|(at, _)| at),
         };
         shared.publish(wake_at.map_or(0, |at| to_ticks(shard, at)), idle);
         // Nothing to read now: the buffers go back to the shard's pool while the client is

@@ -6,15 +6,17 @@
 //! stack, nearly all of what it cost (`bench/idle_connections.sh`). Once a connection has been
 //! idle for [`TRIM_AFTER`], its coroutine discards the pages below its own frame
 //! (`madvise(MADV_DONTNEED)`: they read back as zeros, and below the stack pointer nothing is
-//! read before it is written). A busy connection never waits that long, so the request path
-//! pays nothing; the next request after a trim faults back the pages it uses.
+//! read before it is written). A busy connection never waits that long, so it never trims; a
+//! client that sends a request every second or more pays a `madvise` and the page faults of
+//! its next request each time (and the `madvise` that frees pages interrupts the process's
+//! other CPUs to flush their TLBs).
 //!
 //! Only the coroutine itself may do it, from the frame that is about to wait: another thread
 //! cannot know that the coroutine is not running deeper at that moment.
 
 use std::time::Duration;
 
-use super::carriers::STACK_BYTES;
+use super::carriers::{STACK_BYTES, STACK_WORDS};
 
 /// How long a connection waits idle before its coroutine trims its stack.
 pub(super) const TRIM_AFTER: Duration = Duration::from_secs(1);
@@ -24,10 +26,19 @@ const MARGIN: usize = 1024;
 /// The most discarded below the trimming frame: deeper than any request goes (see
 /// [`super::carriers`] on stack depth), and far above the stack's bottom.
 const WINDOW: usize = 64 * 1024;
-/// The stack's lowest bytes are never discarded: generator keeps a sentinel there that it
-/// checks when the coroutine ends (a zeroed sentinel reads as an overflow), and [`StackTop`] may
-/// place the top a few pages low.
+/// The stack's lowest bytes (above the estimated bottom) are never discarded: generator keeps a
+/// sentinel there that may checks whenever a coroutine ends, pooled ones included (a zeroed
+/// sentinel reads as an overflow, and may ends the process), and [`StackTop`] may place the top
+/// a few pages low.
 const KEEP_BOTTOM: usize = 16 * 1024;
+/// How deep a waiting frame may sit with the whole window still above `KEEP_BOTTOM`: the range
+/// cannot reach the stack's bottom unless the trimming frame is this deep, or the top estimate
+/// this far off.
+const DEPTH_ROOM: usize = STACK_BYTES - WINDOW - MARGIN - KEEP_BOTTOM;
+const _: () = assert!(
+    DEPTH_ROOM >= 32 * 1024,
+    "the stack is too small for the trim window"
+);
 
 fn page_size() -> usize {
     // SAFETY: sysconf with a valid name has no preconditions.
@@ -40,7 +51,7 @@ fn page_size() -> usize {
 /// Where a coroutine's stack ends (its highest address), estimated from the coroutine's first
 /// frame: the page boundary above it. The coroutine's earlier frames (may's entry, the
 /// closure) could span more than a page, which puts the estimate a page or more low; the
-/// bounds below leave room for that.
+/// bounds below leave room for that ([`DEPTH_ROOM`]).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct StackTop {
     top: usize,
@@ -48,20 +59,28 @@ pub(super) struct StackTop {
 }
 
 impl StackTop {
-    /// Called from the coroutine's first frame of its own (`serve`).
+    /// Called from the coroutine's first frame of its own (`serve`). `None` outside a coroutine
+    /// or in one whose stack is not the size the bounds assume ([`STACK_WORDS`], which
+    /// `carriers::start` gives may before its first coroutine): then nothing is ever trimmed.
     #[inline(never)]
-    pub fn here() -> StackTop {
+    pub fn here() -> Option<StackTop> {
+        if !may::coroutine::is_coroutine() || may::coroutine::current().stack_size() != STACK_WORDS
+        {
+            return None;
+        }
         let marker = 0u8;
         let at = std::hint::black_box(&marker) as *const u8 as usize;
         let page = page_size();
-        StackTop {
+        Some(StackTop {
             top: at.next_multiple_of(page),
             page,
-        }
+        })
     }
 
     /// Discards the stack pages below the caller's frame; the bytes given back (0 when there is
-    /// nothing to discard, e.g. on a thread's own stack in a test).
+    /// nothing to discard). Never inlined: `here` below must be a local of this frame, the
+    /// deepest in use, for MARGIN to cover what the `madvise` call itself puts on the stack
+    /// (this frame's rest and the system call's return address).
     #[inline(never)]
     pub fn trim_below_caller(&self) -> usize {
         let marker = 0u8;
@@ -70,8 +89,8 @@ impl StackTop {
             return 0;
         };
         // SAFETY: `[from, to)` lies inside this coroutine's own stack mapping (below the
-        // current frame by at least MARGIN, above the stack's bottom by at least KEEP_BOTTOM,
-        // see `trimmable`), and nothing there is live: the stack grows down and this frame is
+        // current frame by at least MARGIN, at most WINDOW below it and KEEP_BOTTOM above the
+        // estimated bottom, see `trimmable` and DEPTH_ROOM), and nothing there is live: the stack grows down and this frame is
         // the deepest one in use. MADV_DONTNEED on private anonymous memory only drops pages,
         // which read back as zeros.
         let done =
@@ -104,6 +123,8 @@ mod tests {
 
     const PAGE: usize = 4096;
 
+    /// A stack ending at `at`, on 4 KiB pages (the range arithmetic; the coroutine test below
+    /// uses the host's page size).
     fn top(at: usize) -> StackTop {
         StackTop {
             top: at,
@@ -159,7 +180,7 @@ mod tests {
 
     /// How many of the pages in `[from, to)` are resident.
     fn resident(from: usize, to: usize) -> usize {
-        let pages = (to - from) / PAGE;
+        let pages = (to - from) / page_size();
         let mut map = vec![0u8; pages];
         // SAFETY: a page-aligned range of this coroutine's stack mapping and a vector of one
         // byte per page.
@@ -173,32 +194,49 @@ mod tests {
         // SAFETY: the coroutine keeps no thread-local across a yield (it does not yield).
         let coroutine = unsafe {
             may::coroutine::Builder::new()
-                .stack_size(STACK_BYTES / std::mem::size_of::<usize>())
+                .stack_size(STACK_WORDS)
                 .spawn(|| {
-                    let stack = StackTop::here();
+                    let page = page_size();
+                    let stack = StackTop::here().expect("a coroutine of the configured size");
                     let frame = {
                         let marker = 0u8;
                         std::hint::black_box(&marker) as *const u8 as usize
                     };
-                    let deepest = go_deep(24) & !(PAGE - 1);
-                    let above = (frame - 2 * PAGE) & !(PAGE - 1);
+                    let deepest = go_deep(24) & !(page - 1);
+                    let above = (frame - 2 * page) & !(page - 1);
                     let before = resident(deepest, above);
                     let given = stack.trim_below_caller();
                     let after = resident(deepest, above);
-                    (before, given, after, (above - deepest) / PAGE)
+                    (before, given, after, (above - deepest) / page, page)
                 })
         }
         .expect("a coroutine");
-        let (before, given, after, pages) = coroutine.join().expect("the coroutine ends");
-        assert!(pages >= 5, "the calls went {pages} pages deep");
+        let (before, given, after, pages, page) = coroutine.join().expect("the coroutine ends");
+        assert!(
+            pages * page >= 16 * 1024,
+            "the calls went {pages} pages deep"
+        );
         assert_eq!(before, pages, "every page the calls touched is resident");
         assert!(
-            given >= pages * PAGE,
+            given >= pages * page,
             "{given} bytes given back for {pages} pages"
         );
         assert_eq!(
             after, 0,
             "of {pages} pages, {after} still resident after the trim"
         );
+    }
+
+    #[test]
+    fn outside_a_coroutine_or_on_another_stack_size_nothing_is_trimmed() {
+        assert!(StackTop::here().is_none(), "a test thread is no coroutine");
+        // SAFETY: the coroutine keeps no thread-local across a yield (it does not yield).
+        let coroutine = unsafe {
+            may::coroutine::Builder::new()
+                .stack_size(STACK_WORDS / 4)
+                .spawn(|| StackTop::here().is_none())
+        }
+        .expect("a coroutine");
+        assert!(coroutine.join().expect("the coroutine ends"));
     }
 }
