@@ -932,14 +932,7 @@ fn operators_send_signals_and_read_their_intents(#[case] engine: &str) {
         .header("X-Commit-LSN")
         .expect("X-Commit-LSN")
         .to_string();
-    let read_back = |path: &str| {
-        let bearer = bank.admin.bearer();
-        let headers = [
-            ("Authorization", bearer.as_str()),
-            ("X-Min-LSN", written_at.as_str()),
-        ];
-        bank.server.connect().request("GET", path, &headers, b"")
-    };
+    let read_back = |path: &str| bank.get(&bank.admin, path, Some(&written_at));
     wait_settled(&bank, id);
 
     let path = format!("{TRADING}/signals/{id}");

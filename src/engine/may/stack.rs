@@ -90,9 +90,9 @@ impl StackTop {
         };
         // SAFETY: `[from, to)` lies inside this coroutine's own stack mapping (below the
         // current frame by at least MARGIN, at most WINDOW below it and KEEP_BOTTOM above the
-        // estimated bottom, see `trimmable` and DEPTH_ROOM), and nothing there is live: the stack grows down and this frame is
-        // the deepest one in use. MADV_DONTNEED on private anonymous memory only drops pages,
-        // which read back as zeros.
+        // estimated bottom, see `trimmable` and DEPTH_ROOM), and nothing there is live: the
+        // stack grows down and this frame is the deepest one in use. MADV_DONTNEED on private
+        // anonymous memory only drops pages, which read back as zeros.
         let done =
             unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) };
         if done == 0 {
