@@ -464,12 +464,13 @@ fn idle_keep_alive_connections_hold_no_read_buffer(#[case] engine: &str) {
     }
 }
 
-/// may: a connection idle for a second gives its coroutine's dead stack pages back (the
-/// shard counts each trim), once per idle spell, and serves its next requests as before.
-#[test]
-fn idle_may_connections_give_their_stack_pages_back_and_still_serve() {
-    let server = Server::start("may", &["--shards", "1"]);
-    let trims = || prometheus_sum(&server, "coinbit_http_idle_stack_trims_total");
+/// A connection idle for a second moves to its engine's cheapest wait (may: its coroutine gives
+/// its dead stack pages back; glommio: its task drops its pending receive and its buffer for a
+/// poll), once per idle spell (the shard counts each), and serves its next requests as before.
+#[apply(engines)]
+fn idle_connections_settle_once_per_spell_and_still_serve(#[case] engine: &str) {
+    let server = Server::start(engine, &["--shards", "1"]);
+    let settles = || prometheus_sum(&server, "coinbit_http_idle_settles_total");
     let status = |client: &mut common::Client| {
         let answer = client.request("GET", "/api/enterprise/cluster/status", &[], b"");
         assert_eq!(answer.status, 200, "{}", answer.text());
@@ -485,13 +486,17 @@ fn idle_may_connections_give_their_stack_pages_back_and_still_serve() {
     }
     for spell in 1..=2u64 {
         common::wait_for(
-            &format!("idle spell {spell}: every connection's stack trimmed"),
+            &format!("idle spell {spell}: every connection settled"),
             Duration::from_secs(20),
-            || (trims()? >= 20 * spell).then_some(()),
+            || (settles()? >= 20 * spell).then_some(()),
         );
-        // Once per spell: more silence trims nothing again.
+        // Once per spell: more silence settles nothing again.
         std::thread::sleep(Duration::from_millis(1500));
-        assert_eq!(trims(), Some(20 * spell), "trims after idle spell {spell}");
+        assert_eq!(
+            settles(),
+            Some(20 * spell),
+            "settles after idle spell {spell}"
+        );
         for client in &mut idle {
             status(client);
             assert_eq!(client.request("GET", "/livez", &[], b"").status, 200);

@@ -44,6 +44,7 @@ use crossbeam::channel::Sender;
 
 use crate::app::{AppFactory, ShardApp};
 use crate::config::{Config, EngineKind};
+use crate::http::conn::TimeoutKind;
 use crate::http::{BufferPool, Limits, Timeouts};
 use crate::metrics::ShardReport;
 use crate::shard::{Control, ShardError, ShardExit, ShardFailure, ShardOperation, ShardSlot};
@@ -110,6 +111,32 @@ pub fn choose(
 /// How often the shards' housekeeping runs: coarse enough to cost nothing, fine enough for
 /// second-scale timeouts and a prompt shutdown.
 pub const TICK: Duration = Duration::from_millis(50);
+/// How long an idle keep-alive connection stays silent before it moves to its engine's cheapest
+/// wait: may's coroutine gives its dead stack pages back, glommio's task trades its pending
+/// receive (and the page-aligned buffer glommio gives each one) for a readiness poll. Far above
+/// the gap between two requests on a busy connection, which never pays for it; a client that
+/// sends a request every second or more pays a little on its next request (page faults on may,
+/// a poll on glommio's main ring, which wakes later under load than a receive on its latency
+/// ring).
+pub const SETTLE_AFTER: Duration = Duration::from_secs(1);
+
+/// When an idle spell settles ([`SETTLE_AFTER`] into it), from the connection's current
+/// deadline: the idle deadline is the spell's start plus the keep-alive timeout, so no clock
+/// read is needed. `None` when the connection is not idle (a request in progress has another
+/// deadline) or the keep-alive timeout ends the spell first.
+pub fn settle_at(
+    deadline: Option<(Instant, TimeoutKind)>,
+    keep_alive: Duration,
+) -> Option<Instant> {
+    match deadline {
+        Some((at, TimeoutKind::Idle)) => at
+            .checked_sub(keep_alive)
+            .map(|since| since + SETTLE_AFTER)
+            .filter(|settle| *settle < at),
+        _ => None,
+    }
+}
+
 /// How often draining checks whether the last connection has gone.
 pub const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Closing: how much the client may still send, and for how long, before the socket closes.

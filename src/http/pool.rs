@@ -76,8 +76,7 @@ impl BufferPool {
                 return;
             }
         }
-        self.freed
-            .fetch_add(buf.capacity() as u64, Ordering::Relaxed);
+        self.count_freed(buf.capacity() as u64);
     }
 
     /// Gives back a buffer from [`BufferPool::take_write`]; its content is dropped.
@@ -91,8 +90,14 @@ impl BufferPool {
                 return;
             }
         }
-        self.freed
-            .fetch_add(buf.capacity() as u64, Ordering::Relaxed);
+        self.count_freed(buf.capacity() as u64);
+    }
+
+    /// Counts `bytes` freed to the allocator toward the next trim ([`BufferPool::trim_due`]):
+    /// the pool's own buffers, and memory a connection gives up elsewhere (glommio's receive
+    /// buffer, when an idle connection settles).
+    pub fn count_freed(&self, bytes: u64) {
+        self.freed.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Read buffers held by connections now.

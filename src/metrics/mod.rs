@@ -49,9 +49,10 @@ pub struct ConnectionCounters {
     /// Read buffers lent to connections at the last report (a gauge): requests being received
     /// or parsed; an idle keep-alive connection holds none.
     pub read_buffers: u64,
-    /// Times an idle connection gave its dead stack pages back (may's coroutines; glommio's
-    /// tasks have no stack of their own).
-    pub idle_stack_trims: u64,
+    /// Times an idle connection moved to its engine's cheapest wait after
+    /// [`crate::engine::SETTLE_AFTER`] of silence (may: gave its dead stack pages back;
+    /// glommio: traded its pending receive and its buffer for a readiness poll).
+    pub idle_settles: u64,
 }
 
 /// Responses per route and status class, cumulative.

@@ -36,7 +36,7 @@ impl Totals {
         c.protocol_errors += o.protocol_errors;
         c.rejected_overload += o.rejected_overload;
         c.read_buffers += o.read_buffers;
-        c.idle_stack_trims += o.idle_stack_trims;
+        c.idle_settles += o.idle_settles;
         self.latency_sum_micros += other.latency_sum_micros;
     }
 

@@ -542,7 +542,7 @@ fn traffic(
             "protocol_errors_total": totals.connections.protocol_errors,
             "rejected_overload_total": totals.connections.rejected_overload,
             "read_buffers": totals.connections.read_buffers,
-            "idle_stack_trims_total": totals.connections.idle_stack_trims,
+            "idle_settles_total": totals.connections.idle_settles,
         },
     })
 }
@@ -653,10 +653,10 @@ fn shard_families(w: &mut PromWriter, state: &ClusterState, facts: &[ShardFacts]
             |_, f| f.totals.connections.read_buffers as f64,
         ),
         (
-            "coinbit_http_idle_stack_trims_total",
+            "coinbit_http_idle_settles_total",
             Kind::Counter,
-            "Times an idle connection gave its dead stack pages back (may engine).",
-            |_, f| f.totals.connections.idle_stack_trims as f64,
+            "Times an idle connection moved to its cheapest wait after a second of silence (may: stack pages given back; glommio: receive buffer given back).",
+            |_, f| f.totals.connections.idle_settles as f64,
         ),
         (
             "coinbit_shard_restarts_total",

@@ -3,12 +3,14 @@
 use std::cell::Cell;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::{GlommioShard, Tracked};
+use crate::engine::settle_at;
 use crate::http::conn::TimeoutKind;
 use crate::http::{Connection, Step};
 
@@ -20,6 +22,42 @@ pub(crate) struct ConnShared {
     pub idle: Cell<bool>,
     /// The shard is shutting down: close after the next response.
     pub drain: Cell<bool>,
+    /// When the idle spell the task waits in settles ([`crate::engine::SETTLE_AFTER`]); set
+    /// while it waits on its receive, cleared by housekeeping when due.
+    settle_at: Cell<Option<Instant>>,
+    /// Wakes the task waiting for its spell to settle.
+    settle_waker: Cell<Option<Waker>>,
+}
+
+impl ConnShared {
+    /// Housekeeping: wakes the task if its idle spell has settled by `now`.
+    pub fn settle_if_due(&self, now: Instant) {
+        if self.settle_at.get().is_some_and(|at| at <= now) {
+            self.settle_at.set(None);
+            if let Some(waker) = self.settle_waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Resolves when housekeeping finds the spell settled at `at`.
+    async fn settled(&self, at: Instant) {
+        self.settle_at.set(Some(at));
+        std::future::poll_fn(|cx| {
+            if self.settle_at.get().is_none() {
+                return Poll::Ready(());
+            }
+            self.settle_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The wait ended some other way: housekeeping has nothing to wake.
+    fn unsettle(&self) {
+        self.settle_at.set(None);
+        self.settle_waker.set(None);
+    }
 }
 
 /// Registers and starts a connection's task.
@@ -80,63 +118,70 @@ struct Serving {
     step: Step,
 }
 
-async fn serve(mut s: Serving) {
-    let shard = s.registration.shard.clone();
-    // A client that stops reading is closed by the write timeout (glommio arms it only when a
-    // write would block); the codec's deadlines cover reads only.
-    let _ = s
-        .stream
-        .set_write_timeout(Some(shard.settings.send_timeout));
-    loop {
-        let wrote = !s.conn.output().is_empty();
-        if wrote {
-            s.shared.deadline.set(None);
-            if s.stream.write_all(s.conn.output()).await.is_err() {
-                return;
-            }
-            s.conn.clear_output();
-        }
-        if s.shared.drain.get() {
-            s.conn.drain();
-        }
-        let step = std::mem::replace(&mut s.step, Step::Read);
-        s.step = match step {
-            Step::Close => {
-                // Boxed: its 4 KiB sink would otherwise be part of every connection's task,
-                // idle ones included (a future is as large as its largest await point).
-                Box::pin(linger_close(&mut s.stream)).await;
-                return;
-            }
-            Step::Flush => s.conn.advance(&mut *shard.app.borrow_mut(), Instant::now()),
-            Step::Read => {
-                s.shared.deadline.set(s.conn.deadline());
-                s.shared.idle.set(s.conn.is_idle());
-                let read = read_some(&mut s.stream, &mut s.conn, wrote).await;
-                s.shared.idle.set(false);
-                let n = match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let now = Instant::now();
-                s.conn.filled(n, now);
-                s.conn.advance(&mut *shard.app.borrow_mut(), now)
-            }
-            Step::Await(pending) => {
+/// The connection's task. A function returning an `async move` block rather than an `async fn`:
+/// an `async fn` moves its argument into a local and keeps room for both, which would hold the
+/// connection's state twice in every task (the block uses it in place).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve(mut s: Serving) -> impl std::future::Future<Output = ()> {
+    async move {
+        let shard = s.registration.shard.clone();
+        // A client that stops reading is closed by the write timeout (glommio arms it only when a
+        // write would block); the codec's deadlines cover reads only.
+        let _ = s
+            .stream
+            .set_write_timeout(Some(shard.settings.send_timeout));
+        loop {
+            let wrote = !s.conn.output().is_empty();
+            if wrote {
                 s.shared.deadline.set(None);
-                let response = pending.await;
-                if s.shared.drain.get() {
-                    s.conn.drain();
+                if s.stream.write_all(s.conn.output()).await.is_err() {
+                    return;
                 }
-                s.conn
-                    .resume(response, &mut *shard.app.borrow_mut(), Instant::now())
+                s.conn.clear_output();
             }
-            Step::AwaitTurn(turn) => {
-                s.shared.deadline.set(None);
-                turn.await;
-                s.conn
-                    .turn_came(&mut *shard.app.borrow_mut(), Instant::now())
+            if s.shared.drain.get() {
+                s.conn.drain();
             }
-        };
+            let step = std::mem::replace(&mut s.step, Step::Read);
+            s.step = match step {
+                Step::Close => {
+                    // Boxed: its 4 KiB sink would otherwise be part of every connection's task,
+                    // idle ones included (a future is as large as its largest await point).
+                    Box::pin(linger_close(&mut s.stream)).await;
+                    return;
+                }
+                Step::Flush => s.conn.advance(&mut *shard.app.borrow_mut(), Instant::now()),
+                Step::Read => {
+                    s.shared.deadline.set(s.conn.deadline());
+                    s.shared.idle.set(s.conn.is_idle());
+                    let read =
+                        read_some(&shard, &mut s.stream, &mut s.conn, &s.shared, wrote).await;
+                    s.shared.idle.set(false);
+                    let n = match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let now = Instant::now();
+                    s.conn.filled(n, now);
+                    s.conn.advance(&mut *shard.app.borrow_mut(), now)
+                }
+                Step::Await(pending) => {
+                    s.shared.deadline.set(None);
+                    let response = pending.await;
+                    if s.shared.drain.get() {
+                        s.conn.drain();
+                    }
+                    s.conn
+                        .resume(response, &mut *shard.app.borrow_mut(), Instant::now())
+                }
+                Step::AwaitTurn(turn) => {
+                    s.shared.deadline.set(None);
+                    turn.await;
+                    s.conn
+                        .turn_came(&mut *shard.app.borrow_mut(), Instant::now())
+                }
+            };
+        }
     }
 }
 
@@ -145,19 +190,28 @@ async fn serve(mut s: Serving) {
 /// raised on the client's CPU, costs an IPI and task work here: the largest per-request cost in
 /// the profile. Right after writing a response the next request has not arrived yet, so the
 /// task first lets the shard's other connections run (`yield_first`), then tries a plain
-/// non-blocking `recv`; only when that finds nothing does it fall back to glommio's read, which
-/// waits on a poll. (An io_uring `recv` peek instead contends for the socket lock with the
-/// sender's softirq: 10 % of the shard's time, pipelined.) Before that wait the connection
-/// gives its buffers back to the shard's pool when they are empty, as nginx does: an idle
-/// keep-alive connection holds no buffer, only its task and its pending 1-byte peek.
+/// non-blocking `recv`; only when that finds nothing does it wait. (An io_uring `recv` peek
+/// instead of the plain `recv` contends for the socket lock with the sender's softirq: 10 % of
+/// the shard's time, pipelined.) Before the wait the connection gives its buffers back to the
+/// shard's pool when they are empty, as nginx does: an idle keep-alive connection holds no
+/// buffer of its own.
 ///
-/// That peek is most of what an idle connection costs (4.7 KiB at 15,000): glommio gives each
-/// one a page-aligned buffer. Waiting on glommio's poll instead (a one-byte read) costs 1.9 KiB,
-/// but glommio queues polls on its main ring, where receives go on its latency ring: p99 at 64
-/// keep-alive connections went from 1.2–2.5 ms to 6–60 ms (`bench/RESULTS.md`). The peek stays.
+/// The wait is a pending 1-byte `recv` peek on glommio's latency ring, which wakes promptly
+/// under load; but glommio gives each `recv` a page-aligned buffer, most of what an idle
+/// connection held (4.5 KiB at 15,000). So an idle spell that lasts
+/// [`crate::engine::SETTLE_AFTER`] drops its peek and waits on glommio's read instead (a poll
+/// on its main ring, no buffer), and pays that ring's later wake-up on one request only.
+/// Waiting on the poll from the start had cost p99 6–60 ms at 64 keep-alive connections
+/// against 1.2–2.5 ms with the peek (`bench/RESULTS.md`).
+/// What glommio's buffer for a pending `recv` peek costs: one page (it is page-aligned). Freed
+/// when the peek is cancelled, and given back to the system with the allocator's next trim.
+const PEEK_BUFFER_BYTES: u64 = 4096;
+
 async fn read_some(
+    shard: &GlommioShard,
     stream: &mut TcpStream,
     conn: &mut Connection,
+    shared: &ConnShared,
     yield_first: bool,
 ) -> std::io::Result<usize> {
     if yield_first {
@@ -182,9 +236,42 @@ async fn read_some(
             return Err(error);
         }
         conn.release_buffers();
-        // Wait until at least a byte is there; the next pass reads it.
-        if stream.peek(&mut [0u8; 1]).await? == 0 {
-            return Ok(0);
+        let settle = settle_at(conn.deadline(), shard.settings.timeouts.keep_alive);
+        let mut peek = [0u8; 1];
+        // Wait until at least a byte is there; the next pass reads it. A ready peek wins a
+        // tie: it is polled first.
+        let peeked = match settle {
+            None => Some(stream.peek(&mut peek).await),
+            Some(at) => {
+                let peeked =
+                    futures_lite::future::or(async { Some(stream.peek(&mut peek).await) }, async {
+                        shared.settled(at).await;
+                        None
+                    })
+                    .await;
+                shared.unsettle();
+                peeked
+            }
+        };
+        match peeked {
+            Some(peeked) => {
+                if peeked? == 0 {
+                    return Ok(0);
+                }
+            }
+            None => {
+                shard.app.borrow_mut().metrics.connections.idle_settles += 1;
+                shard.buffers.count_freed(PEEK_BUFFER_BYTES);
+                // Settled: the peek (cancelled with its buffer) gives way to a read that waits
+                // on a poll and takes the first byte into the task; the rest follows on the
+                // next pass.
+                let mut first = [0u8; 1];
+                if stream.read(&mut first).await? == 0 {
+                    return Ok(0);
+                }
+                conn.read_buf()[0] = first[0];
+                return Ok(1);
+            }
         }
     }
 }
@@ -201,5 +288,52 @@ pub(crate) async fn linger_close(stream: &mut TcpStream) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::mem::size_of;
+
+    use super::*;
+
+    fn size_of_serve<F: Future>(_: fn(Serving) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    fn size_of_read_some<'a, F: Future + 'a>(
+        _: fn(&'a GlommioShard, &'a mut TcpStream, &'a mut Connection, &'a ConnShared, bool) -> F,
+    ) -> usize {
+        size_of::<F>()
+    }
+
+    /// Every connection's task holds this future: its state once, plus the deepest wait's
+    /// (an `async fn serve` held the state twice, 1,192 bytes where 808 do).
+    #[test]
+    fn a_connection_task_holds_its_state_once() {
+        let serve = size_of_serve(serve);
+        let state = size_of::<Serving>();
+        let read = size_of_read_some(read_some);
+        assert!(
+            serve <= state + read + 64,
+            "serve's future is {serve} bytes for {state} of state and a {read}-byte read"
+        );
+    }
+
+    /// The panic guard adds a pointer to the task, not a second copy of it.
+    #[test]
+    fn the_panic_guard_wraps_the_task_in_place() {
+        fn guarded_size<F: Future<Output = ()>>(_: fn(Serving) -> F) -> (usize, usize) {
+            (
+                size_of::<super::super::Guarded<F>>(),
+                size_of::<futures_lite::future::CatchUnwind<std::panic::AssertUnwindSafe<F>>>(),
+            )
+        }
+        let (guarded, inner) = guarded_size(serve);
+        assert!(
+            guarded <= inner + 16,
+            "guarded {guarded} bytes around {inner}"
+        );
     }
 }

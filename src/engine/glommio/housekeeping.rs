@@ -131,10 +131,12 @@ fn send_report(shard: &GlommioShard, now: Instant) {
     engine::send_report(&mut shard.app.borrow_mut(), &shard.ctx, now, &shard.buffers);
 }
 
-/// Cancels connections whose deadline passed; their tasks' guards unregister them.
+/// Cancels connections whose deadline passed (their tasks' guards unregister them), and wakes
+/// those whose idle spell settled.
 fn expire_deadlines(shard: &GlommioShard, now: Instant) {
     let connections = shard.connections.borrow();
     for connection in connections.values() {
+        connection.shared.settle_if_due(now);
         let Some((at, kind)) = connection.shared.deadline.get() else {
             continue;
         };

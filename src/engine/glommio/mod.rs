@@ -108,14 +108,39 @@ pub(crate) fn spawn_guarded(
     shard: &Rc<GlommioShard>,
     task: impl std::future::Future<Output = ()> + 'static,
 ) -> glommio::task::JoinHandle<()> {
-    glommio::spawn_local(guard(shard.clone(), task)).detach()
+    glommio::spawn_local(Guarded {
+        shard: shard.clone(),
+        task: futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task)),
+    })
+    .detach()
 }
 
-async fn guard(shard: Rc<GlommioShard>, task: impl std::future::Future<Output = ()> + 'static) {
-    if let Err(payload) =
-        futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task)).await
-    {
-        shard.record_crash(crate::http::conn::panic_message(payload.as_ref()).to_string());
+pin_project_lite::pin_project! {
+    /// A task that records its panic as the shard's crash. A named future, not an `async fn`:
+    /// an `async fn` that awaits a future it took by value keeps room for that future twice (its
+    /// argument and the awaited value), which doubled every connection's task (2.4 KiB, measured
+    /// with heaptrack at 5,000 idle connections).
+    struct Guarded<F> {
+        shard: Rc<GlommioShard>,
+        #[pin]
+        task: futures_lite::future::CatchUnwind<std::panic::AssertUnwindSafe<F>>,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for Guarded<F> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.project();
+        this.task.poll(cx).map(|outcome| {
+            if let Err(payload) = outcome {
+                this.shard
+                    .record_crash(crate::http::conn::panic_message(payload.as_ref()).to_string());
+            }
+        })
     }
 }
 

@@ -17,11 +17,10 @@ use std::time::Instant;
 use may::io::{WaitIo, WaitIoWaker};
 use may::net::TcpStream;
 
-use super::stack::{self, StackTop};
+use super::stack::StackTop;
 use super::{carriers, guarded, lock, to_ticks, MayShard};
 use crate::app::AcceptDecision;
-use crate::engine::{LINGER_BYTES, LINGER_TIME};
-use crate::http::conn::TimeoutKind;
+use crate::engine::{settle_at, LINGER_BYTES, LINGER_TIME};
 use crate::http::{Connection, Step};
 
 /// What housekeeping reads of a connection, the flags it sets, and how it wakes the coroutine.
@@ -215,7 +214,7 @@ fn serve(registration: Registration, mut stream: TcpStream, shared: Arc<ConnShar
 /// per request saved, as nginx does). No wake-up is lost: `wait_io` returns at once when an
 /// edge arrived since the last wait, which covers bytes that came after that read.
 ///
-/// An idle connection still silent [`stack::TRIM_AFTER`] into its idle spell gives its dead
+/// An idle connection still silent [`crate::engine::SETTLE_AFTER`] into its idle spell gives its dead
 /// stack pages back (housekeeping wakes it then, as for a deadline), once per idle spell.
 fn read_some(
     shard: &MayShard,
@@ -242,15 +241,7 @@ fn read_some(
         }
         drained = false;
         let deadline = conn.deadline();
-        // The idle deadline is the spell's start plus the keep-alive timeout: the trim falls due
-        // TRIM_AFTER after that start.
-        let trim_at = match deadline {
-            Some((at, TimeoutKind::Idle)) if !trimmed => at
-                .checked_sub(shard.settings.timeouts.keep_alive)
-                .map(|since| since + stack::TRIM_AFTER)
-                .filter(|trim| *trim < at),
-            _ => None,
-        };
+        let trim_at = settle_at(deadline, shard.settings.timeouts.keep_alive).filter(|_| !trimmed);
         // Only a wake-up without bytes can mean the deadline passed (housekeeping wakes the
         // wait at the deadline published below): no clock read on the first pass.
         let mut trim_due = false;
@@ -269,7 +260,7 @@ fn read_some(
         if let (true, Some(stack)) = (trim_due, stack) {
             trimmed = true;
             if stack.trim_below_caller() > 0 {
-                shard.with_app(|app| app.metrics.connections.idle_stack_trims += 1);
+                shard.with_app(|app| app.metrics.connections.idle_settles += 1);
             }
         }
         let wake_at = match (deadline, trim_at) {

@@ -4,7 +4,7 @@
 //! (parsing, routing, the handler, the response), and the pages it touched stay resident after
 //! it returns to wait for the next request: an idle keep-alive connection held about 12 KiB of
 //! stack, nearly all of what it cost (`bench/idle_connections.sh`). Once a connection has been
-//! idle for [`TRIM_AFTER`], its coroutine discards the pages below its own frame
+//! idle for [`crate::engine::SETTLE_AFTER`], its coroutine discards the pages below its own frame
 //! (`madvise(MADV_DONTNEED)`: they read back as zeros, and below the stack pointer nothing is
 //! read before it is written). A busy connection never waits that long, so it never trims; a
 //! client that sends a request every second or more pays a `madvise` and the page faults of
@@ -14,12 +14,7 @@
 //! Only the coroutine itself may do it, from the frame that is about to wait: another thread
 //! cannot know that the coroutine is not running deeper at that moment.
 
-use std::time::Duration;
-
 use super::carriers::{STACK_BYTES, STACK_WORDS};
-
-/// How long a connection waits idle before its coroutine trims its stack.
-pub(super) const TRIM_AFTER: Duration = Duration::from_secs(1);
 
 /// Bytes below the trimming frame that are kept: the frames of the `madvise` call itself.
 const MARGIN: usize = 1024;
