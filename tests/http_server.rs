@@ -490,12 +490,14 @@ fn idle_connections_settle_once_per_spell_and_still_serve(#[case] engine: &str) 
             Duration::from_secs(20),
             || (settles()? >= 20 * spell).then_some(()),
         );
-        // Once per spell: more silence settles nothing again.
+        // Once per spell: more silence settles nothing again. (A band, not an exact count: a
+        // pause of a second on a loaded host between a client's requests settles that
+        // connection once more; settling on every tick would add 20 every 50 ms.)
         std::thread::sleep(Duration::from_millis(1500));
-        assert_eq!(
-            settles(),
-            Some(20 * spell),
-            "settles after idle spell {spell}"
+        let settled = settles().unwrap_or(0);
+        assert!(
+            (20 * spell..=20 * spell + 5).contains(&settled),
+            "{settled} settles after idle spell {spell}: one per connection expected"
         );
         for client in &mut idle {
             status(client);

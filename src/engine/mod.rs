@@ -114,8 +114,9 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// How long an idle keep-alive connection stays silent before it moves to its engine's cheapest
 /// wait: may's coroutine gives its dead stack pages back, glommio's task trades its pending
 /// receive (and the page-aligned buffer glommio gives each one) for a readiness poll. Far above
-/// the gap between two requests on a busy connection, which never pays for it; a client that
-/// sends a request every second or more pays a little on its next request (page faults on may,
+/// the gap between two requests on a busy connection, which never pays for it (the spell is
+/// counted from the last answer, so one answer that takes a second to write to a slow reader
+/// also settles); a client that sends a request every second or more pays a little on its next request (page faults on may,
 /// a poll on glommio's main ring, which wakes later under load than a receive on its latency
 /// ring).
 pub const SETTLE_AFTER: Duration = Duration::from_secs(1);
