@@ -469,7 +469,7 @@ fn idle_keep_alive_connections_hold_no_read_buffer(#[case] engine: &str) {
 /// poll), once per idle spell (the shard counts each), and serves its next requests as before.
 #[apply(engines)]
 fn idle_connections_settle_once_per_spell_and_still_serve(#[case] engine: &str) {
-    let server = Server::start(engine, &["--shards", "1"]);
+    let mut server = Server::start(engine, &["--shards", "1"]);
     let settles = || prometheus_sum(&server, "coinbit_http_idle_settles_total");
     let status = |client: &mut common::Client| {
         let answer = client.request("GET", "/api/enterprise/cluster/status", &[], b"");
@@ -504,4 +504,21 @@ fn idle_connections_settle_once_per_spell_and_still_serve(#[case] engine: &str) 
             assert_eq!(client.request("GET", "/livez", &[], b"").status, 200);
         }
     }
+    // The connections end after settling; on may each coroutine's end checks the overflow
+    // pattern at its stack's bottom, which the settle gave back and put back: were it missing,
+    // may would end the server.
+    drop(idle);
+    common::wait_for(
+        "the settled connections to close",
+        Duration::from_secs(20),
+        || (prometheus_sum(&server, "coinbit_http_connections_open")? <= 1).then_some(()),
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server ended"
+    );
+    assert_eq!(
+        server.connect().request("GET", "/livez", &[], b"").status,
+        200
+    );
 }

@@ -259,7 +259,7 @@ fn read_some(
         }
         if let (true, Some(stack)) = (trim_due, stack) {
             trimmed = true;
-            if stack.trim_below_caller() > 0 {
+            if stack.trim_below_caller() + stack.trim_bottom() > 0 {
                 shard.with_app(|app| app.metrics.connections.idle_settles += 1);
             }
         }

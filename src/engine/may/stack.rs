@@ -13,6 +13,14 @@
 //!
 //! Only the coroutine itself may do it, from the frame that is about to wait: another thread
 //! cannot know that the coroutine is not running deeper at that moment.
+//!
+//! That leaves the page of the waiting frames at the stack's top, and one at its bottom that
+//! holds nothing but generator's overflow pattern (64 bytes): the first idle spell gives that
+//! one back too, once it has checked that the pattern is where the estimated bottom says, and
+//! the pattern is written back before the coroutine ends. An idle connection's stack then
+//! holds one page.
+
+use std::cell::Cell;
 
 use super::carriers::{STACK_BYTES, STACK_WORDS};
 
@@ -47,11 +55,27 @@ fn page_size() -> usize {
 /// frame: the page boundary above it. The coroutine's earlier frames (may's entry, the
 /// closure) could span more than a page, which puts the estimate a page or more low; the
 /// bounds below leave room for that ([`DEPTH_ROOM`]).
-#[derive(Clone, Copy, Debug)]
+///
+/// It also gives back the stack's bottom page, which generator's overflow pattern keeps resident
+/// ([`StackTop::trim_bottom`]), and puts the pattern back when dropped, before the coroutine
+/// ends.
+#[derive(Debug)]
 pub(super) struct StackTop {
     top: usize,
     page: usize,
+    /// Where the bottom page given back starts: the pattern goes back there on drop.
+    bottom_given: Cell<Option<usize>>,
 }
+
+/// generator (0.8.12) marks a stack's lowest words with this pattern when it maps the stack
+/// (its `STACK_SENTINEL`, on `STACK_USAGE_SAMPLE` words for an even stack size such as ours),
+/// and may reads them whenever a coroutine ends: a lowest word that lost the pattern means the
+/// stack overflowed, and may ends the process. Those 64 bytes keep each stack's bottom page
+/// resident, half of what an idle connection's stack held once its upper pages were trimmed.
+const SENTINEL: usize = 0xDEAD_BEEF;
+const SENTINEL_WORDS: usize = 8;
+/// How many pages above the estimated bottom [`StackTop::trim_bottom`] looks for the real one.
+const BOTTOM_SEARCH: usize = 4;
 
 impl StackTop {
     /// Called from the coroutine's first frame of its own (`serve`). `None` outside a coroutine
@@ -69,7 +93,42 @@ impl StackTop {
         Some(StackTop {
             top: at.next_multiple_of(page),
             page,
+            bottom_given: Cell::new(None),
         })
+    }
+
+    /// Gives the stack's bottom page back, once, where it finds it: the lowest words of the
+    /// stack hold generator's pattern and the page below is the guard page. Both are read
+    /// without faulting ([`read_own`]), at the estimated bottom and the pages above it (a top
+    /// estimated low, by the frames above `serve`'s, puts the estimate that many pages low).
+    /// The bytes given back.
+    pub fn trim_bottom(&self) -> usize {
+        if self.bottom_given.get().is_some() {
+            return 0;
+        }
+        let Some(estimated) = self.top.checked_sub(STACK_BYTES) else {
+            return 0;
+        };
+        let word = std::mem::size_of::<usize>();
+        let Some(bottom) = (0..BOTTOM_SEARCH)
+            .map(|pages| estimated + pages * self.page)
+            .find(|&at| {
+                read_own::<1>(at - word).is_none()
+                    && read_own::<SENTINEL_WORDS>(at) == Some([SENTINEL; SENTINEL_WORDS])
+            })
+        else {
+            return 0;
+        };
+        // SAFETY: `[bottom, bottom + page)` is this coroutine's stack's lowest page (its
+        // pattern is there, above the guard page), far below any live frame (DEPTH_ROOM);
+        // nothing there but the pattern, which `drop` puts back before the coroutine ends.
+        let done =
+            unsafe { libc::madvise(bottom as *mut libc::c_void, self.page, libc::MADV_DONTNEED) };
+        if done != 0 {
+            return 0;
+        }
+        self.bottom_given.set(Some(bottom));
+        self.page
     }
 
     /// Discards the stack pages below the caller's frame; the bytes given back (0 when there is
@@ -97,6 +156,19 @@ impl StackTop {
         }
     }
 
+    /// Puts generator's pattern back on a bottom page given back, unless a frame reached down
+    /// there since (its words are not all zero): may then reports the overflow as before.
+    fn restore_bottom(&self, bottom: usize) {
+        let bottom = bottom as *mut usize;
+        // SAFETY: `trim_bottom` found the pattern there: these words are this stack's lowest,
+        // mapped read-write; volatile, because they are read by may, not by this code.
+        unsafe {
+            if (0..SENTINEL_WORDS).all(|i| bottom.add(i).read_volatile() == 0) {
+                (0..SENTINEL_WORDS).for_each(|i| bottom.add(i).write_volatile(SENTINEL));
+            }
+        }
+    }
+
     /// The page-aligned range to discard for a frame at `here`, if any.
     fn trimmable(&self, here: usize) -> Option<(usize, usize)> {
         let lowest = self.top.checked_sub(STACK_BYTES)? + KEEP_BOTTOM;
@@ -112,6 +184,33 @@ impl StackTop {
     }
 }
 
+impl Drop for StackTop {
+    fn drop(&mut self) {
+        if let Some(bottom) = self.bottom_given.get() {
+            self.restore_bottom(bottom);
+        }
+    }
+}
+
+/// The `N` words at `at` in this process, or `None` where they cannot be read
+/// (`process_vm_readv` answers `EFAULT` for an unreadable address instead of faulting, and
+/// fails whole where the system refuses the call).
+fn read_own<const N: usize>(at: usize) -> Option<[usize; N]> {
+    let mut words = [0usize; N];
+    let len = std::mem::size_of_val(&words);
+    let local = libc::iovec {
+        iov_base: words.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: at as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: `local` is this frame's own buffer of `len` bytes; the kernel checks `remote`.
+    let read = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (read == len as isize).then_some(words)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +223,7 @@ mod tests {
         StackTop {
             top: at,
             page: PAGE,
+            bottom_given: Cell::new(None),
         }
     }
 
@@ -219,6 +319,51 @@ mod tests {
         assert_eq!(
             after, 0,
             "of {pages} pages, {after} still resident after the trim"
+        );
+    }
+
+    /// The bottom page goes back while the pattern is not needed, and the pattern is back
+    /// before the coroutine ends: were it not, may would end this test process as overflowed.
+    #[test]
+    fn the_bottom_page_goes_back_and_its_pattern_returns_before_the_end() {
+        // SAFETY: the coroutine keeps no thread-local across a yield (it does not yield).
+        let coroutine = unsafe {
+            may::coroutine::Builder::new()
+                .stack_size(STACK_WORDS)
+                .spawn(|| {
+                    let page = page_size();
+                    let stack = StackTop::here().expect("a coroutine of the configured size");
+                    let given = stack.trim_bottom();
+                    let bottom = stack.bottom_given.get().expect("the bottom found");
+                    let again = stack.trim_bottom();
+                    let after = resident(bottom, bottom + page);
+                    drop(stack);
+                    let restored = read_own::<SENTINEL_WORDS>(bottom);
+                    (given, again, after, restored, page)
+                })
+        }
+        .expect("a coroutine");
+        let (given, again, after, restored, page) = coroutine.join().expect("the coroutine ends");
+        assert_eq!((given, again), (page, 0), "given back once");
+        assert_eq!(after, 0, "the bottom page is no longer resident");
+        assert_eq!(
+            restored,
+            Some([SENTINEL; SENTINEL_WORDS]),
+            "the pattern is back"
+        );
+    }
+
+    #[test]
+    fn a_bottom_that_is_not_the_stack_is_left_alone() {
+        // Outside a coroutine: a "stack" whose bottom is this thread's guard or another
+        // mapping; the pattern is not there, so nothing is given back.
+        let marker = 0u8;
+        let at = std::hint::black_box(&marker) as *const u8 as usize;
+        assert_eq!(top(at.next_multiple_of(PAGE)).trim_bottom(), 0);
+        assert_eq!(
+            read_own::<1>(8),
+            None,
+            "an unmapped address reads as nothing"
         );
     }
 
