@@ -259,7 +259,8 @@ fn read_some(
         }
         if let (true, Some(stack)) = (trim_due, stack) {
             trimmed = true;
-            if stack.trim_below_caller() + stack.trim_bottom() > 0 {
+            // The bottom first: its frame reaches below the waiting one.
+            if stack.trim_bottom() + stack.trim_below_caller() > 0 {
                 shard.with_app(|app| app.metrics.connections.idle_settles += 1);
             }
         }

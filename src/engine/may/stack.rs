@@ -18,7 +18,9 @@
 //! holds nothing but generator's overflow pattern (64 bytes): the first idle spell gives that
 //! one back too, once it has checked that the pattern is where the estimated bottom says, and
 //! the pattern is written back before the coroutine ends. An idle connection's stack then
-//! holds one page.
+//! holds one page. The checks read memory with `process_vm_readv` on the process itself; where
+//! a seccomp filter refuses it with an error the bottom page simply stays (a filter that kills
+//! on it instead, unlike Docker's default, would need it allowed).
 
 use std::cell::Cell;
 
@@ -75,7 +77,7 @@ pub(super) struct StackTop {
 const SENTINEL: usize = 0xDEAD_BEEF;
 const SENTINEL_WORDS: usize = 8;
 /// How many pages above the estimated bottom [`StackTop::trim_bottom`] looks for the real one.
-const BOTTOM_SEARCH: usize = 4;
+const BOTTOM_SEARCH: usize = 8;
 
 impl StackTop {
     /// Called from the coroutine's first frame of its own (`serve`). `None` outside a coroutine
@@ -98,30 +100,41 @@ impl StackTop {
     }
 
     /// Gives the stack's bottom page back, once, where it finds it: the lowest words of the
-    /// stack hold generator's pattern and the page below is the guard page. Both are read
-    /// without faulting ([`read_own`]), at the estimated bottom and the pages above it (a top
-    /// estimated low, by the frames above `serve`'s, puts the estimate that many pages low).
-    /// The bytes given back.
+    /// stack hold generator's pattern, the page below is the guard page, and every page from
+    /// there up to the caller's frame can be read (so no guard page, and no other mapping,
+    /// lies between: the bottom is this stack's). It looks at the estimated bottom and the
+    /// pages above it (a top estimated low, by the frames above `serve`'s, puts the estimate
+    /// that many pages low). All of it read without faulting ([`read_own`], [`readable_pages`]).
+    /// The bytes given back. Never inlined, and called before [`StackTop::trim_below_caller`]:
+    /// its frame is deeper than the waiting one.
+    #[inline(never)]
     pub fn trim_bottom(&self) -> usize {
         if self.bottom_given.get().is_some() {
             return 0;
         }
+        let marker = 0u8;
+        let here = std::hint::black_box(&marker) as *const u8 as usize;
         let Some(estimated) = self.top.checked_sub(STACK_BYTES) else {
             return 0;
         };
         let word = std::mem::size_of::<usize>();
         let Some(bottom) = (0..BOTTOM_SEARCH)
             .map(|pages| estimated + pages * self.page)
-            .find(|&at| {
-                read_own::<1>(at - word).is_none()
-                    && read_own::<SENTINEL_WORDS>(at) == Some([SENTINEL; SENTINEL_WORDS])
-            })
+            .find(|&at| read_own::<1>(at - word).is_none())
         else {
             return 0;
         };
+        let here_page = here & !(self.page - 1);
+        if bottom >= here_page
+            || read_own::<SENTINEL_WORDS>(bottom) != Some([SENTINEL; SENTINEL_WORDS])
+            || !readable_pages(bottom, here_page, self.page)
+        {
+            return 0;
+        }
         // SAFETY: `[bottom, bottom + page)` is this coroutine's stack's lowest page (its
-        // pattern is there, above the guard page), far below any live frame (DEPTH_ROOM);
-        // nothing there but the pattern, which `drop` puts back before the coroutine ends.
+        // pattern is there, the guard page below, and readable memory up to this frame), far
+        // below any live frame (DEPTH_ROOM); nothing there but the pattern, which `drop` puts
+        // back before the coroutine ends.
         let done =
             unsafe { libc::madvise(bottom as *mut libc::c_void, self.page, libc::MADV_DONTNEED) };
         if done != 0 {
@@ -156,15 +169,18 @@ impl StackTop {
         }
     }
 
-    /// Puts generator's pattern back on a bottom page given back, unless a frame reached down
-    /// there since (its words are not all zero): may then reports the overflow as before.
+    /// Puts generator's pattern back on a bottom page given back, on each word that still reads
+    /// as the zero the trim left: a word a frame wrote since keeps what it holds, and may
+    /// reports an overflow from it as before.
     fn restore_bottom(&self, bottom: usize) {
         let bottom = bottom as *mut usize;
         // SAFETY: `trim_bottom` found the pattern there: these words are this stack's lowest,
         // mapped read-write; volatile, because they are read by may, not by this code.
         unsafe {
-            if (0..SENTINEL_WORDS).all(|i| bottom.add(i).read_volatile() == 0) {
-                (0..SENTINEL_WORDS).for_each(|i| bottom.add(i).write_volatile(SENTINEL));
+            for i in 0..SENTINEL_WORDS {
+                if bottom.add(i).read_volatile() == 0 {
+                    bottom.add(i).write_volatile(SENTINEL);
+                }
             }
         }
     }
@@ -190,6 +206,31 @@ impl Drop for StackTop {
             self.restore_bottom(bottom);
         }
     }
+}
+
+/// Whether one word at the start of each page in `[from, to)` can be read (page-aligned, at
+/// most [`MAX_PAGES`] pages): one `process_vm_readv`, which stops at the first it cannot read.
+fn readable_pages(from: usize, to: usize, page: usize) -> bool {
+    const MAX_PAGES: usize = 64;
+    let pages = to.saturating_sub(from) / page;
+    if pages > MAX_PAGES {
+        return false;
+    }
+    let word = std::mem::size_of::<usize>();
+    let mut words = [0usize; MAX_PAGES];
+    let local = libc::iovec {
+        iov_base: words.as_mut_ptr().cast(),
+        iov_len: pages * word,
+    };
+    let remote: [libc::iovec; MAX_PAGES] = std::array::from_fn(|i| libc::iovec {
+        iov_base: (from + i * page) as *mut libc::c_void,
+        iov_len: word,
+    });
+    // SAFETY: `local` is this frame's buffer of `pages` words; the kernel checks `remote`.
+    let read = unsafe {
+        libc::process_vm_readv(libc::getpid(), &local, 1, remote.as_ptr(), pages as _, 0)
+    };
+    read == (pages * word) as isize
 }
 
 /// The `N` words at `at` in this process, or `None` where they cannot be read
@@ -335,6 +376,8 @@ mod tests {
                     let stack = StackTop::here().expect("a coroutine of the configured size");
                     let given = stack.trim_bottom();
                     let bottom = stack.bottom_given.get().expect("the bottom found");
+                    // This closure's frame is in the stack's top page: the estimate is exact.
+                    assert_eq!(bottom, stack.top - STACK_BYTES, "the stack's own bottom");
                     let again = stack.trim_bottom();
                     let after = resident(bottom, bottom + page);
                     drop(stack);
@@ -365,6 +408,47 @@ mod tests {
             None,
             "an unmapped address reads as nothing"
         );
+    }
+
+    /// Another mapping laid out like a stack's bottom (a guard page, then the pattern) is not
+    /// taken for this stack's: it is not joined to the caller's frame.
+    #[test]
+    fn a_pattern_above_a_guard_page_elsewhere_is_left_alone() {
+        let page = page_size();
+        // SAFETY: a fresh private anonymous mapping of three pages, the first made unreadable,
+        // the second given the pattern; unmapped at the end.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                3 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            assert_eq!(libc::mprotect(map, page, libc::PROT_NONE), 0);
+            let bottom = map as usize + page;
+            for i in 0..SENTINEL_WORDS {
+                (bottom as *mut usize).add(i).write(SENTINEL);
+            }
+            let elsewhere = StackTop {
+                top: bottom + STACK_BYTES,
+                page,
+                bottom_given: Cell::new(None),
+            };
+            assert_eq!(elsewhere.trim_bottom(), 0);
+            assert_eq!(
+                read_own::<SENTINEL_WORDS>(bottom),
+                Some([SENTINEL; SENTINEL_WORDS])
+            );
+            assert!(
+                !readable_pages(map as usize, bottom + page, page),
+                "the guard page"
+            );
+            assert!(readable_pages(bottom, bottom + 2 * page, page));
+            libc::munmap(map, 3 * page);
+        }
     }
 
     #[test]
