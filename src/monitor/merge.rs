@@ -331,6 +331,15 @@ mod tests {
     use super::*;
     use crate::metrics::ShardMetrics;
 
+    /// The monitor's view of one shard with one route, reporting every second.
+    fn one_shard() -> ClusterState {
+        ClusterState::new(
+            vec![Arc::new(ShardSlot::new(0, 0))],
+            &["health"],
+            Duration::from_secs(1),
+        )
+    }
+
     fn report(metrics: &mut ShardMetrics, generation: u64, at: Instant) -> ShardReport {
         metrics.report(0, generation, 7, at)
     }
@@ -339,11 +348,7 @@ mod tests {
     fn the_window_rate_counts_each_interval_over_its_own_span() {
         let t0 = Instant::now();
         let second = Duration::from_secs(1);
-        let mut state = ClusterState::new(
-            vec![Arc::new(ShardSlot::new(0, 0))],
-            &["health"],
-            Duration::from_secs(1),
-        );
+        let mut state = one_shard();
         let mut metrics = ShardMetrics::new(1);
         // The shard reports at start, then 100 requests in each of the next 3 seconds.
         state.absorb(report(&mut metrics, 1, t0));
@@ -361,11 +366,7 @@ mod tests {
     #[test]
     fn an_interval_leaves_the_window_with_exactly_its_counts() {
         let t0 = Instant::now();
-        let mut state = ClusterState::new(
-            vec![Arc::new(ShardSlot::new(0, 0))],
-            &["health"],
-            Duration::from_secs(1),
-        );
+        let mut state = one_shard();
         let mut metrics = ShardMetrics::new(1);
         for micros in (1..2_000u64).map(|i| i * i * 7) {
             metrics.record_latency(1, Duration::from_micros(micros));
@@ -399,11 +400,7 @@ mod tests {
     #[test]
     fn restarts_carry_counters_and_the_window_expires() {
         let t0 = Instant::now();
-        let mut state = ClusterState::new(
-            vec![Arc::new(ShardSlot::new(0, 0))],
-            &["health"],
-            Duration::from_secs(1),
-        );
+        let mut state = one_shard();
         let mut first = ShardMetrics::new(1);
         for _ in 0..5 {
             first.count_route(0, 200);

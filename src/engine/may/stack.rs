@@ -104,7 +104,7 @@ impl StackTop {
     /// there up to the caller's frame can be read (so no guard page, and no other mapping,
     /// lies between: the bottom is this stack's). It looks at the estimated bottom and the
     /// pages above it (a top estimated low, by the frames above `serve`'s, puts the estimate
-    /// that many pages low). All of it read without faulting ([`read_own`], [`readable_pages`]).
+    /// that many pages low). All of it read without faulting ([`read_self`]).
     /// The bytes given back. Never inlined, and called before [`StackTop::trim_below_caller`]:
     /// its frame is deeper than the waiting one.
     #[inline(never)]
@@ -209,7 +209,7 @@ impl Drop for StackTop {
 }
 
 /// Whether one word at the start of each page in `[from, to)` can be read (page-aligned, at
-/// most [`MAX_PAGES`] pages): one `process_vm_readv`, which stops at the first it cannot read.
+/// most 64 pages): one read, which stops at the first it cannot read.
 fn readable_pages(from: usize, to: usize, page: usize) -> bool {
     const MAX_PAGES: usize = 64;
     let pages = to.saturating_sub(from) / page;
@@ -218,38 +218,37 @@ fn readable_pages(from: usize, to: usize, page: usize) -> bool {
     }
     let word = std::mem::size_of::<usize>();
     let mut words = [0usize; MAX_PAGES];
-    let local = libc::iovec {
-        iov_base: words.as_mut_ptr().cast(),
-        iov_len: pages * word,
-    };
     let remote: [libc::iovec; MAX_PAGES] = std::array::from_fn(|i| libc::iovec {
         iov_base: (from + i * page) as *mut libc::c_void,
         iov_len: word,
     });
-    // SAFETY: `local` is this frame's buffer of `pages` words; the kernel checks `remote`.
-    let read = unsafe {
-        libc::process_vm_readv(libc::getpid(), &local, 1, remote.as_ptr(), pages as _, 0)
-    };
-    read == (pages * word) as isize
+    read_self(&mut words[..pages], &remote[..pages])
 }
 
-/// The `N` words at `at` in this process, or `None` where they cannot be read
-/// (`process_vm_readv` answers `EFAULT` for an unreadable address instead of faulting, and
-/// fails whole where the system refuses the call).
+/// The `N` words at `at` in this process, or `None` where they cannot be read.
 fn read_own<const N: usize>(at: usize) -> Option<[usize; N]> {
     let mut words = [0usize; N];
-    let len = std::mem::size_of_val(&words);
-    let local = libc::iovec {
-        iov_base: words.as_mut_ptr().cast(),
-        iov_len: len,
-    };
     let remote = libc::iovec {
         iov_base: at as *mut libc::c_void,
+        iov_len: std::mem::size_of_val(&words),
+    };
+    read_self(&mut words, &[remote]).then_some(words)
+}
+
+/// Fills `into` from the places `from` names in this process; whether all of it was read.
+/// `process_vm_readv` answers `EFAULT` for an unreadable address instead of faulting, stops at
+/// the first place it cannot read, and fails whole where the system refuses the call.
+fn read_self(into: &mut [usize], from: &[libc::iovec]) -> bool {
+    let len = std::mem::size_of_val(into);
+    let local = libc::iovec {
+        iov_base: into.as_mut_ptr().cast(),
         iov_len: len,
     };
-    // SAFETY: `local` is this frame's own buffer of `len` bytes; the kernel checks `remote`.
-    let read = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    (read == len as isize).then_some(words)
+    // SAFETY: `local` is the caller's buffer of `len` bytes; the kernel checks `from`.
+    let read = unsafe {
+        libc::process_vm_readv(libc::getpid(), &local, 1, from.as_ptr(), from.len() as _, 0)
+    };
+    read == len as isize
 }
 
 #[cfg(test)]
@@ -325,29 +324,35 @@ mod tests {
         map.iter().filter(|page| *page & 1 == 1).count()
     }
 
+    /// Runs `body` in a coroutine of `words` words of stack, and returns what it returns.
+    fn in_coroutine<T: Send + 'static>(
+        words: usize,
+        body: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        // SAFETY: the coroutine keeps no thread-local across a yield (it does not yield).
+        let coroutine = unsafe { may::coroutine::Builder::new().stack_size(words).spawn(body) };
+        coroutine
+            .expect("a coroutine")
+            .join()
+            .expect("the coroutine ends")
+    }
+
     #[test]
     fn an_idle_coroutine_gives_back_the_pages_its_deepest_call_touched() {
-        // SAFETY: the coroutine keeps no thread-local across a yield (it does not yield).
-        let coroutine = unsafe {
-            may::coroutine::Builder::new()
-                .stack_size(STACK_WORDS)
-                .spawn(|| {
-                    let page = page_size();
-                    let stack = StackTop::here().expect("a coroutine of the configured size");
-                    let frame = {
-                        let marker = 0u8;
-                        std::hint::black_box(&marker) as *const u8 as usize
-                    };
-                    let deepest = go_deep(24) & !(page - 1);
-                    let above = (frame - 2 * page) & !(page - 1);
-                    let before = resident(deepest, above);
-                    let given = stack.trim_below_caller();
-                    let after = resident(deepest, above);
-                    (before, given, after, (above - deepest) / page, page)
-                })
-        }
-        .expect("a coroutine");
-        let (before, given, after, pages, page) = coroutine.join().expect("the coroutine ends");
+        let (before, given, after, pages, page) = in_coroutine(STACK_WORDS, || {
+            let page = page_size();
+            let stack = StackTop::here().expect("a coroutine of the configured size");
+            let frame = {
+                let marker = 0u8;
+                std::hint::black_box(&marker) as *const u8 as usize
+            };
+            let deepest = go_deep(24) & !(page - 1);
+            let above = (frame - 2 * page) & !(page - 1);
+            let before = resident(deepest, above);
+            let given = stack.trim_below_caller();
+            let after = resident(deepest, above);
+            (before, given, after, (above - deepest) / page, page)
+        });
         assert!(
             pages * page >= 16 * 1024,
             "the calls went {pages} pages deep"
@@ -367,26 +372,19 @@ mod tests {
     /// before the coroutine ends: were it not, may would end this test process as overflowed.
     #[test]
     fn the_bottom_page_goes_back_and_its_pattern_returns_before_the_end() {
-        // SAFETY: the coroutine keeps no thread-local across a yield (it does not yield).
-        let coroutine = unsafe {
-            may::coroutine::Builder::new()
-                .stack_size(STACK_WORDS)
-                .spawn(|| {
-                    let page = page_size();
-                    let stack = StackTop::here().expect("a coroutine of the configured size");
-                    let given = stack.trim_bottom();
-                    let bottom = stack.bottom_given.get().expect("the bottom found");
-                    // This closure's frame is in the stack's top page: the estimate is exact.
-                    assert_eq!(bottom, stack.top - STACK_BYTES, "the stack's own bottom");
-                    let again = stack.trim_bottom();
-                    let after = resident(bottom, bottom + page);
-                    drop(stack);
-                    let restored = read_own::<SENTINEL_WORDS>(bottom);
-                    (given, again, after, restored, page)
-                })
-        }
-        .expect("a coroutine");
-        let (given, again, after, restored, page) = coroutine.join().expect("the coroutine ends");
+        let (given, again, after, restored, page) = in_coroutine(STACK_WORDS, || {
+            let page = page_size();
+            let stack = StackTop::here().expect("a coroutine of the configured size");
+            let given = stack.trim_bottom();
+            let bottom = stack.bottom_given.get().expect("the bottom found");
+            // This closure's frame is in the stack's top page: the estimate is exact.
+            assert_eq!(bottom, stack.top - STACK_BYTES, "the stack's own bottom");
+            let again = stack.trim_bottom();
+            let after = resident(bottom, bottom + page);
+            drop(stack);
+            let restored = read_own::<SENTINEL_WORDS>(bottom);
+            (given, again, after, restored, page)
+        });
         assert_eq!((given, again), (page, 0), "given back once");
         assert_eq!(after, 0, "the bottom page is no longer resident");
         assert_eq!(
@@ -454,13 +452,6 @@ mod tests {
     #[test]
     fn outside_a_coroutine_or_on_another_stack_size_nothing_is_trimmed() {
         assert!(StackTop::here().is_none(), "a test thread is no coroutine");
-        // SAFETY: the coroutine keeps no thread-local across a yield (it does not yield).
-        let coroutine = unsafe {
-            may::coroutine::Builder::new()
-                .stack_size(STACK_WORDS / 4)
-                .spawn(|| StackTop::here().is_none())
-        }
-        .expect("a coroutine");
-        assert!(coroutine.join().expect("the coroutine ends"));
+        assert!(in_coroutine(STACK_WORDS / 4, || StackTop::here().is_none()));
     }
 }
