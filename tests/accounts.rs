@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -97,11 +98,21 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// The clock in milliseconds, but never the same value twice. Two requests signed alike in
+/// one millisecond carry the same signature, which the server rightly refuses as a replay; on
+/// a fast host a loop of signed requests does that, so each call moves on by at least 1 ms.
 fn now_ms() -> u64 {
-    SystemTime::now()
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let clock = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_millis() as u64
+        .as_millis() as u64;
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(clock.max(last + 1))
+        })
+        .unwrap();
+    clock.max(previous + 1)
 }
 
 /// A key of the user with `token`: (key id, secret).
