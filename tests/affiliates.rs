@@ -607,6 +607,68 @@ fn shares_sum_exactly_are_held_then_released_and_clawed_back(#[case] engine: &st
     money.assert_ledger_sound();
 }
 
+/// A charge that runs into debt blocks the trader's trading whether or not someone referred
+/// them (a referred charge learns it from its share's statement, an unreferred one asks on its
+/// own), one that the balance covers blocks nothing, and one covered while older debt is owed
+/// still blocks.
+#[apply(engines)]
+fn a_charge_into_debt_blocks_trading_referred_or_not(#[case] engine: &str) {
+    let money = Money::start(engine, "aff_debt", &[]);
+    let admin = money.person("Adm", "US", "admin");
+    let operator = money.person("Ope", "US", "operator");
+    let ana = money.person("Ana", "US", "user");
+    let code = apply_as_affiliate(&money, &ana);
+    // A charge on 10,000 of profit (2,000 of commission), its answer checked against what the
+    // ledger holds: returns the answer.
+    let charge_checked = |who: &Person, position: &str| -> Value {
+        let charged = charge(
+            &money,
+            &operator,
+            &format!("k-{position}"),
+            json!({ "user_id": who.id, "position_id": position, "profit": 10_000,
+                    "profit_currency": "USD" }),
+        );
+        assert_eq!(charged.status, 201, "{position}: {}", charged.text());
+        let c = charged.json()["charge"].clone();
+        let owes = money.account(who, "debt", "USD").0;
+        assert_eq!(c["trading_blocked"], owes > 0, "{position}: {c}");
+        c
+    };
+    // 100 of funds cannot cover the charge, 1,000,000 can; the first two were referred.
+    let mut poor_referred = None;
+    for (name, referrer, funds) in [
+        ("Rico", Some(code.as_str()), 1_000_000),
+        ("Pobre", Some(code.as_str()), 100),
+        ("Rica", None, 1_000_000),
+        ("Pobra", None, 100),
+    ] {
+        let who = trader(&money, name, "US", ("USD", funds), referrer);
+        let c = charge_checked(&who, name);
+        let to_debt = c["to_debt"].as_i64().unwrap();
+        assert_eq!(to_debt > 0, funds == 100, "{name}: {c}");
+        assert_eq!(c["trading_blocked"], to_debt > 0, "{name}: {c}");
+        assert_eq!(
+            c["affiliate_share"].as_i64().unwrap() > 0,
+            referrer.is_some(),
+            "{name}: {c}"
+        );
+        if name == "Pobre" {
+            poor_referred = Some(who);
+        }
+    }
+    // Funded (not a recharge, which would pay the debt first), the referred debtor's next
+    // charge is covered, and the older debt still blocks.
+    let debtor = poor_referred.unwrap();
+    money.fund(&debtor, "USD", 1_000_000);
+    let c = charge_checked(&debtor, "Pobre-again");
+    assert_eq!(c["to_debt"], 0, "{c}");
+    assert!(c["affiliate_share"].as_i64().unwrap() > 0, "{c}");
+    assert_eq!(c["trading_blocked"], true, "{c}");
+    money.assert_commission_groups_sound();
+    ledger_check(&money, &admin);
+    money.assert_ledger_sound();
+}
+
 /// 50 concurrent conversions of one available balance (distinct keys): it is converted once,
 /// admin credit gets it plus 10 %, the others find nothing; a repeat of the winner's key
 /// replays its answer.

@@ -336,12 +336,18 @@ pub struct Share {
     pub share_bp: i64,
     pub amount: i64,
     pub transfer_id: i64,
+    /// Whether the referred user owes debt in some currency (their trading is then blocked),
+    /// read after the charge's transfers: true of the charge because the share is its last
+    /// statement, and the share itself writes none of the payer's accounts.
+    pub payer_owes_debt: bool,
 }
 
 /// A share's hold and its earnings row in one statement (one round trip inside the charge's
 /// write). A hold whose debit is a system account changes no account row (`store::hold` keeps
 /// `pending_out` on user accounts only): the pending transfer's row is all the ledger writes.
-const SHARE: &str = "WITH t AS ( \
+/// It also reads whether the payer owes debt: the charge's transfers before it are visible.
+const SHARE: &str = concat!(
+    "WITH t AS ( \
          INSERT INTO ledger_transfers (debit_account, credit_account, amount, currency, code, \
                                        state, group_id, metadata) \
          VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7::text::jsonb) \
@@ -351,12 +357,16 @@ const SHARE: &str = "WITH t AS ( \
              currency, commission, share_bp, amount, transfer_id) \
          SELECT $8, $9, $10, $4, $11, $12, $3, t.id FROM t \
          ON CONFLICT (position_id) DO NOTHING RETURNING 1) \
-     SELECT t.id, EXISTS (SELECT 1 FROM e) FROM t";
+     SELECT t.id, EXISTS (SELECT 1 FROM e), ",
+    store::owes_debt_sql!("$10"),
+    " FROM t"
+);
 
 /// `referrer`'s share of a commission event, once: a pending transfer from
 /// `affiliate_expense` to the affiliate's commission account in the charge's group, and its
 /// earnings row (keyed by the position, as the charge is). `None`: the share rounds to
-/// nothing. Call it in the charge's write, after its transfers.
+/// nothing. Call it in the charge's write, after its transfers, as its last statement: the
+/// share's [`Share::payer_owes_debt`] stands for the charge's only then.
 pub fn share(
     conn: &mut DbConn,
     event: &CommissionEvent<'_>,
@@ -423,7 +433,8 @@ pub fn share(
             &(share_bp as i32),
         ],
     )?;
-    let (transfer_id, claimed): (i64, bool) = (row.get(0), row.get(1));
+    let (transfer_id, claimed, payer_owes_debt): (i64, bool, bool) =
+        (row.get(0), row.get(1), row.get(2));
     if !claimed {
         // The charge claims its position first, so this never happens; were it to, the
         // write fails whole rather than pay a second share.
@@ -434,6 +445,7 @@ pub fn share(
         share_bp,
         amount,
         transfer_id,
+        payer_owes_debt,
     }))
 }
 

@@ -171,8 +171,8 @@ const CLAIM: &str = "INSERT INTO commission_charges (position_id, user_id, profi
          to_debt) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
      ON CONFLICT (position_id) DO NOTHING RETURNING 1";
-const BLOCKED: &str = "SELECT EXISTS (SELECT 1 FROM ledger_accounts \
-     WHERE user_id = $1 AND kind = 'debt' AND balance > 0)";
+
+const BLOCKED: &str = concat!("SELECT ", store::owes_debt_sql!("$1"));
 
 /// Whether the user's trading is blocked: they owe debt in some currency.
 pub fn trading_blocked(conn: &mut DbConn, user_id: i64) -> Result<bool, DbError> {
@@ -260,8 +260,10 @@ pub fn charge(conn: &mut DbConn, position: &Position) -> Result<Result<Charged, 
         .map_err(|r| DbError::Query(format!("a covered commission was refused: {r:?}")))?;
         group.get_or_insert(made.group_id);
     }
-    // The referrer's share, in the charge's group: platform + affiliate = commission.
-    let affiliate_share = match (group, referrer) {
+    // The referrer's share, in the charge's group: platform + affiliate = commission. Its
+    // statement also says whether the payer now owes debt, which saves the referred charge
+    // the round trip of asking on its own.
+    let share = match (group, referrer) {
         (Some(group), Some(referrer)) => crate::affiliate::store::share(
             conn,
             &crate::affiliate::store::CommissionEvent {
@@ -275,16 +277,19 @@ pub fn charge(conn: &mut DbConn, position: &Position) -> Result<Result<Charged, 
                 group,
             },
             &referrer,
-        )?
-        .map_or(0, |share| share.amount),
-        _ => 0,
+        )?,
+        _ => None,
+    };
+    let (affiliate_share, blocked) = match share {
+        Some(share) => (share.amount, share.payer_owes_debt),
+        None => (0, trading_blocked(conn, position.user_id)?),
     };
     Ok(Ok(Charged {
         currency,
         rate_bp,
         commission,
         split,
-        trading_blocked: trading_blocked(conn, position.user_id)?,
+        trading_blocked: blocked,
         affiliate_share,
     }))
 }

@@ -251,6 +251,21 @@ pub enum Refused {
     Invalid(&'static str),
 }
 
+/// SQL text: whether the user whose id is the parameter `$user` owes debt in some currency,
+/// which blocks their trading. A macro so that the commission charge's last statement,
+/// whichever it is, can ask it without a round trip of its own (`commission::trading_blocked`
+/// and `affiliate::store::share`).
+macro_rules! owes_debt_sql {
+    ($user:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM ledger_accounts WHERE user_id = ",
+            $user,
+            " AND kind = 'debt' AND balance > 0)"
+        )
+    };
+}
+pub(crate) use owes_debt_sql;
+
 const TRANSFER: &str = "WITH d AS ( \
          UPDATE ledger_accounts SET balance = balance + $9::bigint, \
                                     pending_out = pending_out + $10::bigint \
