@@ -539,10 +539,15 @@ fn a_profitable_close_is_charged_once_and_a_loss_never(#[case] engine: &str) {
     assert_eq!(closing.status, 202, "{}", closing.text());
     let intent = closing.json()["close_intent"].clone();
     assert_eq!(intent["state"], "pending", "{intent}");
-    // Closing already: 409 until it is done, and 409 once it is.
+    // Closing already: 409 until it is done, and 409 once it is. A fast host's executor can
+    // finish the close (its poll is 50 ms) before this second request takes the row.
     let again = close(&bank, &user, id);
     assert_eq!(again.status, 409, "{}", again.text());
-    assert_eq!(again.error_code(), "position_closing");
+    assert!(
+        ["position_closing", "position_closed"].contains(&again.error_code().as_str()),
+        "{}",
+        again.text()
+    );
 
     let closed = wait_closed(&bank, &user, id);
     assert_eq!(closed["profit"], 3_000, "{closed}");

@@ -84,8 +84,10 @@ fn injected_delay_shows_in_percentiles() {
         "slow p50 {}",
         slow.latency_ms.p50
     );
+    // The minimum is its histogram bucket's lowest value, up to 16 us under a true 20 ms at
+    // three significant figures.
     assert!(
-        slow.latency_ms.min >= 20.0,
+        slow.latency_ms.min >= 19.98,
         "slow min {}",
         slow.latency_ms.min
     );
