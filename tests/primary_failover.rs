@@ -667,6 +667,11 @@ impl Patroni {
     /// Patroni's REST says "replica" before a node streams, and Patroni promotes no replica
     /// more than `maximum_lag_on_failover` behind: a leader lost before its replicas stream
     /// has no successor, and a candidate promoted early loses what the leader acknowledged.
+    /// The deployed `synchronous_mode` also makes one of them the leader's synchronous
+    /// standby, which Patroni names within a `loop_wait` and records in etcd after the
+    /// server applies it: until then a commit is acknowledged before any replica has it, and
+    /// Patroni refuses to promote or switch over to any replica. Waits for etcd's word too
+    /// (the standby's REST `/sync` answers 200).
     fn wait_streaming(&self, leader: usize, replicas: &[usize]) {
         let names: Vec<String> = replicas.iter().map(|r| format!("'pg{}'", r + 1)).collect();
         let streaming = format!(
@@ -675,10 +680,17 @@ impl Patroni {
             names.join(",")
         );
         let all = replicas.len().to_string();
-        let what = format!("{} streaming from pg{}", names.join(" and "), leader + 1);
+        let what = format!(
+            "{} streaming from pg{}, one of them its synchronous standby",
+            names.join(" and "),
+            leader + 1
+        );
         let began = Instant::now();
         self.wait_for(&what, Duration::from_secs(90), || {
-            (self.psql(leader, "postgres", &streaming) == all).then_some(())
+            let synchronous = replicas
+                .iter()
+                .any(|&r| rest_status(self.rest[r], "/sync") == 200);
+            (synchronous && self.psql(leader, "postgres", &streaming) == all).then_some(())
         });
         eprintln!("patroni: {what} after {:?}", began.elapsed());
     }
